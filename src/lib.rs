@@ -1,1 +1,33 @@
-//! x
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    rust_2018_idioms,
+    unreachable_pub,
+    rustdoc::broken_intra_doc_links
+)]
+
+mod config;
+mod connstr;
+mod error;
+mod health;
+mod manager;
+mod node;
+mod retry;
+mod status;
+mod strategy;
+mod topology;
+
+pub use config::{
+    Config, ConfigBuilder, HealthSettings, NodeConfig, PoolSettings, ReadStrategy, RetrySettings,
+    Role,
+};
+pub use connstr::ConnectionString;
+pub use error::{ConfigError, Error, NodeContext, Operation};
+pub use manager::{DatabaseManager, Read, ReadOptions, TxFuture, Write, WriteOptions};
+pub use retry::RetryDecision;
+pub use status::{NodeStatus, PoolStatus, Status};
+
+pub use deadpool_postgres;
+pub use tokio_postgres;

@@ -1,0 +1,125 @@
+//! The original sketch's environment variables, for the two-node case.
+
+use super::{Config, NodeConfig, ReadStrategy, Role};
+use crate::error::ConfigError;
+
+/// The writer's connection string (required).
+pub(crate) const PRIMARY_URL: &str = "PRIMARY_DATABASE_URL";
+/// The replica's connection string (optional).
+pub(crate) const SECONDARY_URL: &str = "SECONDARY_DATABASE_URL";
+/// The service's own region (optional).
+pub(crate) const LOCAL_REGION: &str = "AWS_REGION";
+/// `regional-preferred` | `global-random` | `primary-only` (optional).
+pub(crate) const READ_STRATEGY: &str = "DB_READ_STRATEGY";
+/// The primary's region (optional; default `primary`).
+pub(crate) const PRIMARY_REGION: &str = "PRIMARY_DATABASE_REGION";
+/// The replica's region (optional; default: the service's region).
+pub(crate) const SECONDARY_REGION: &str = "SECONDARY_DATABASE_REGION";
+/// `true` asks for TLS, which this version cannot provide yet.
+pub(crate) const SSL: &str = "DB_SSL";
+
+pub(super) fn from_env(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+    let get = |name: &str| lookup(name).filter(|value| !value.trim().is_empty());
+    reject_tls(get(SSL))?;
+    let primary_url = get(PRIMARY_URL).ok_or(ConfigError::MissingEnv { var: PRIMARY_URL })?;
+    let local_region = get(LOCAL_REGION).unwrap_or_default();
+    let primary_region = get(PRIMARY_REGION).unwrap_or_else(|| "primary".to_owned());
+    let mut nodes = vec![NodeConfig::new(
+        "primary",
+        primary_region,
+        primary_url,
+        Role::Primary,
+    )];
+    if let Some(url) = get(SECONDARY_URL) {
+        let region = get(SECONDARY_REGION)
+            .or_else(|| Some(local_region.clone()).filter(|r| !r.is_empty()))
+            .unwrap_or_else(|| "secondary".to_owned());
+        nodes.push(NodeConfig::new("secondary", region, url, Role::Replica));
+    }
+    let mut config = Config::new(nodes);
+    config.local_region = local_region;
+    if let Some(name) = get(READ_STRATEGY) {
+        config.read_strategy = name.parse::<ReadStrategy>()?;
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+fn reject_tls(value: Option<String>) -> Result<(), ConfigError> {
+    match value.as_deref().map(str::trim) {
+        None | Some("false" | "0" | "no" | "off") => Ok(()),
+        Some("true" | "1" | "yes" | "on") => Err(ConfigError::Unsupported {
+            field: SSL.to_owned(),
+            reason: "TLS is not supported yet; connect over a private network or a TLS-terminating sidecar",
+        }),
+        Some(other) => Err(ConfigError::InvalidValue {
+            field: SSL.to_owned(),
+            value: other.to_owned(),
+            reason: "expected true or false",
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn load(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        from_env(|name| map.get(name).cloned())
+    }
+
+    #[test]
+    fn two_nodes_from_the_original_variables() {
+        let config = load(&[
+            (PRIMARY_URL, "postgres://app:pw@writer/db"),
+            (SECONDARY_URL, "postgres://app:pw@reader/db"),
+            (LOCAL_REGION, "eu-west-1"),
+            (PRIMARY_REGION, "us-east-1"),
+            (READ_STRATEGY, "global-random"),
+        ])
+        .unwrap();
+        assert_eq!(config.nodes.len(), 2);
+        assert_eq!(config.nodes[0].role, Role::Primary);
+        assert_eq!(config.nodes[0].region, "us-east-1");
+        assert_eq!(config.nodes[1].region, "eu-west-1");
+        assert_eq!(config.local_region, "eu-west-1");
+        assert_eq!(config.read_strategy, ReadStrategy::GlobalRandom);
+    }
+
+    #[test]
+    fn primary_only_deployments_work() {
+        let config = load(&[(PRIMARY_URL, "host=writer")]).unwrap();
+        assert_eq!(config.nodes.len(), 1);
+        assert_eq!(config.read_strategy, ReadStrategy::RegionalPreferred);
+    }
+
+    #[test]
+    fn missing_and_bad_values_are_typed() {
+        assert!(matches!(
+            load(&[]),
+            Err(ConfigError::MissingEnv { var }) if var == PRIMARY_URL
+        ));
+        assert!(matches!(
+            load(&[(PRIMARY_URL, "host=w"), (READ_STRATEGY, "nearest-ish")]),
+            Err(ConfigError::UnknownStrategy { value }) if value == "nearest-ish"
+        ));
+        assert!(matches!(
+            load(&[(PRIMARY_URL, "host=w"), (SSL, "true")]),
+            Err(ConfigError::Unsupported { .. })
+        ));
+        assert!(matches!(
+            load(&[(PRIMARY_URL, "host=w"), (SSL, "maybe")]),
+            Err(ConfigError::InvalidValue { .. })
+        ));
+        assert!(matches!(
+            load(&[(PRIMARY_URL, "postgres://a:b@h:port/db")]),
+            Err(ConfigError::InvalidConnectionString { .. })
+        ));
+    }
+}

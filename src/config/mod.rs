@@ -1,0 +1,310 @@
+//! Configuration: plain `serde` data, validated once by [`Config::validate`].
+//!
+//! Every default is written in the field's documentation. Durations are
+//! written in [humantime](https://docs.rs/humantime) form (`"250ms"`, `"5s"`).
+
+mod builder;
+mod env;
+mod validate;
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use builder::ConfigBuilder;
+
+use crate::connstr::ConnectionString;
+use crate::error::ConfigError;
+
+/// Everything pgrouter needs: the nodes, where the service runs, and how to
+/// route, pool, probe and retry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Every node: exactly one with [`Role::Primary`], any number of replicas.
+    pub nodes: Vec<NodeConfig>,
+    /// The region this service runs in (e.g. `eu-west-1`); used by
+    /// [`ReadStrategy::RegionalPreferred`]. Default: empty (no local region).
+    #[serde(default)]
+    pub local_region: String,
+    /// How reads choose a node. Default: [`ReadStrategy::RegionalPreferred`].
+    #[serde(default)]
+    pub read_strategy: ReadStrategy,
+    /// The overall deadline of one call (checkout, statement and any retries),
+    /// overridable per call. Default: 10 s.
+    #[serde(default = "defaults::deadline", with = "humantime_serde")]
+    pub deadline: Duration,
+    /// Connection pool settings, the same for every node.
+    #[serde(default)]
+    pub pool: PoolSettings,
+    /// Health monitor settings.
+    #[serde(default)]
+    pub health: HealthSettings,
+    /// Write and transaction retry settings.
+    #[serde(default)]
+    pub retry: RetrySettings,
+}
+
+/// One PostgreSQL server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// A unique name, used in logs, errors and [`Status`](crate::Status).
+    pub name: String,
+    /// The region the node runs in (e.g. `us-east-1`).
+    pub region: String,
+    /// How to connect; the password never reaches logs or `Debug`.
+    pub url: ConnectionString,
+    /// The configured role. Default: [`Role::Replica`].
+    #[serde(default)]
+    pub role: Role,
+}
+
+/// A node's role in replication.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// The writer: every write and transaction goes here.
+    Primary,
+    /// A streaming replica: serves reads only.
+    #[default]
+    Replica,
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::Primary => "primary",
+            Role::Replica => "replica",
+        })
+    }
+}
+
+/// Where reads go. Writes and transactions always go to the primary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReadStrategy {
+    /// A healthy node in the service's own region (uniformly at random when
+    /// there are several, primary and replicas alike); when none is healthy,
+    /// any other healthy node, uniformly at random. Lowest latency; reads may
+    /// see replication lag.
+    #[default]
+    RegionalPreferred,
+    /// Any healthy node, uniformly at random, wherever it is. Spreads load
+    /// evenly; pays cross-region latency on most reads.
+    GlobalRandom,
+    /// The primary only. Never stale; every read loads the writer and pays
+    /// its latency.
+    PrimaryOnly,
+}
+
+impl ReadStrategy {
+    /// Every strategy, in documentation order.
+    pub const ALL: [ReadStrategy; 3] = [
+        ReadStrategy::RegionalPreferred,
+        ReadStrategy::GlobalRandom,
+        ReadStrategy::PrimaryOnly,
+    ];
+
+    /// The name used in configuration and `DB_READ_STRATEGY`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReadStrategy::RegionalPreferred => "regional-preferred",
+            ReadStrategy::GlobalRandom => "global-random",
+            ReadStrategy::PrimaryOnly => "primary-only",
+        }
+    }
+}
+
+impl fmt::Display for ReadStrategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ReadStrategy {
+    type Err = ConfigError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|strategy| strategy.as_str() == text.trim())
+            .ok_or_else(|| ConfigError::UnknownStrategy {
+                value: text.to_owned(),
+            })
+    }
+}
+
+/// Connection pool settings (one deadpool-postgres pool per node).
+///
+/// Every wait is bounded: deadpool's own timeouts default to none, and a pool
+/// pointed at a silent server would otherwise hang for ever.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PoolSettings {
+    /// Connections per node. Default: 16.
+    pub max_size: usize,
+    /// How long a checkout waits for a free connection. Default: 2 s.
+    #[serde(with = "humantime_serde")]
+    pub wait_timeout: Duration,
+    /// How long creating a connection (TCP, TLS, startup) may take. Default: 3 s.
+    #[serde(with = "humantime_serde")]
+    pub create_timeout: Duration,
+    /// How long checking an idle connection before reuse may take (a
+    /// round trip; catches a peer that went silent). Default: 1 s.
+    #[serde(with = "humantime_serde")]
+    pub recycle_timeout: Duration,
+    /// TCP connect timeout, unless the connection string sets one. Default: 3 s.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Idle time before TCP keepalives start. Default: 30 s.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_idle: Duration,
+    /// Linux `TCP_USER_TIMEOUT`: unacknowledged data for this long closes the
+    /// connection. Default: 10 s.
+    #[serde(with = "humantime_serde")]
+    pub tcp_user_timeout: Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        Self {
+            max_size: 16,
+            wait_timeout: Duration::from_secs(2),
+            create_timeout: Duration::from_secs(3),
+            recycle_timeout: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(3),
+            keepalive_idle: Duration::from_secs(30),
+            tcp_user_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Health monitor settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HealthSettings {
+    /// How often a healthy node is probed. Default: 5 s (the original sketch
+    /// used 60 s; detection time is bounded by this).
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Bound on one probe (connect and `SELECT 1`). Default: 2 s.
+    #[serde(with = "humantime_serde")]
+    pub probe_timeout: Duration,
+    /// First re-probe of an unhealthy node. Default: 5 s.
+    #[serde(with = "humantime_serde")]
+    pub recovery_initial: Duration,
+    /// Longest gap between re-probes of an unhealthy node; the gap doubles
+    /// from `recovery_initial` up to this. Default: 30 s.
+    #[serde(with = "humantime_serde")]
+    pub recovery_max: Duration,
+    /// Consecutive failed probes that mark a healthy node down. Default: 1.
+    pub fall: u32,
+    /// Consecutive successful probes that bring an unhealthy node back
+    /// (probes after the first success come every `interval`). Default: 2.
+    pub rise: u32,
+}
+
+impl Default for HealthSettings {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(5),
+            probe_timeout: Duration::from_secs(2),
+            recovery_initial: Duration::from_secs(5),
+            recovery_max: Duration::from_secs(30),
+            fall: 1,
+            rise: 2,
+        }
+    }
+}
+
+/// Retry settings for writes and transactions (reads retry once on another
+/// node, see [`ReadStrategy`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetrySettings {
+    /// Retries after the first attempt. Default: 3.
+    pub max_retries: usize,
+    /// First backoff delay. Default: 300 ms.
+    #[serde(with = "humantime_serde")]
+    pub min_delay: Duration,
+    /// Largest backoff delay; delays double up to it. Default: 3 s.
+    #[serde(with = "humantime_serde")]
+    pub max_delay: Duration,
+    /// Add random jitter (up to the current delay) to each delay. Default: true.
+    pub jitter: bool,
+}
+
+impl Default for RetrySettings {
+    fn default() -> Self {
+        Self {
+            max_retries: 3,
+            min_delay: Duration::from_millis(300),
+            max_delay: Duration::from_secs(3),
+            jitter: true,
+        }
+    }
+}
+
+mod defaults {
+    use std::time::Duration;
+
+    pub(super) fn deadline() -> Duration {
+        Duration::from_secs(10)
+    }
+}
+
+impl Config {
+    /// A configuration with these nodes and every other setting at its default.
+    pub fn new(nodes: Vec<NodeConfig>) -> Self {
+        Self {
+            nodes,
+            local_region: String::new(),
+            read_strategy: ReadStrategy::default(),
+            deadline: defaults::deadline(),
+            pool: PoolSettings::default(),
+            health: HealthSettings::default(),
+            retry: RetrySettings::default(),
+        }
+    }
+
+    /// Starts a builder that writes into a [`Config`].
+    pub fn builder() -> ConfigBuilder {
+        ConfigBuilder::default()
+    }
+
+    /// Checks every field once; the error names the field and the bad value.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        validate::validate(self)
+    }
+
+    /// Reads the original sketch's environment variables; see the README.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        env::from_env(|name| std::env::var(name).ok())
+    }
+
+    /// Like [`Config::from_env`], reading variables through `lookup`
+    /// (handy in tests and for other configuration sources).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        env::from_env(lookup)
+    }
+}
+
+impl NodeConfig {
+    /// A node with this name, region, connection string and role.
+    pub fn new(
+        name: impl Into<String>,
+        region: impl Into<String>,
+        url: impl Into<ConnectionString>,
+        role: Role,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            region: region.into(),
+            url: url.into(),
+            role,
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! `Config::validate`: every rule, each with a typed error naming the field.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use super::{Config, Role};
+use crate::error::ConfigError;
+
+pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
+    validate_nodes(config)?;
+    validate_durations(config)?;
+    validate_counts(config)
+}
+
+fn validate_nodes(config: &Config) -> Result<(), ConfigError> {
+    if config.nodes.is_empty() {
+        return Err(ConfigError::NoNodes);
+    }
+    let mut names = HashSet::new();
+    let mut primary: Option<&str> = None;
+    for (index, node) in config.nodes.iter().enumerate() {
+        require_non_empty(format!("nodes[{index}].name"), &node.name)?;
+        require_non_empty(format!("nodes[{index}].region"), &node.region)?;
+        if !names.insert(node.name.as_str()) {
+            return Err(ConfigError::DuplicateNodeName {
+                name: node.name.clone(),
+            });
+        }
+        node.url
+            .parse()
+            .map_err(|source| ConfigError::InvalidConnectionString {
+                node: node.name.clone(),
+                reason: source.to_string(),
+            })?;
+        if node.role == Role::Primary {
+            if let Some(first) = primary {
+                return Err(ConfigError::MultiplePrimaries {
+                    first: first.to_owned(),
+                    second: node.name.clone(),
+                });
+            }
+            primary = Some(&node.name);
+        }
+    }
+    primary.map(|_| ()).ok_or(ConfigError::NoPrimary)
+}
+
+fn require_non_empty(field: String, value: &str) -> Result<(), ConfigError> {
+    if value.trim().is_empty() {
+        return Err(ConfigError::EmptyField { field });
+    }
+    Ok(())
+}
+
+fn validate_durations(config: &Config) -> Result<(), ConfigError> {
+    let pool = &config.pool;
+    let health = &config.health;
+    let retry = &config.retry;
+    for (field, value) in [
+        ("deadline", config.deadline),
+        ("pool.wait_timeout", pool.wait_timeout),
+        ("pool.create_timeout", pool.create_timeout),
+        ("pool.recycle_timeout", pool.recycle_timeout),
+        ("pool.connect_timeout", pool.connect_timeout),
+        ("pool.keepalive_idle", pool.keepalive_idle),
+        ("pool.tcp_user_timeout", pool.tcp_user_timeout),
+        ("health.interval", health.interval),
+        ("health.probe_timeout", health.probe_timeout),
+        ("health.recovery_initial", health.recovery_initial),
+        ("health.recovery_max", health.recovery_max),
+        ("retry.min_delay", retry.min_delay),
+        ("retry.max_delay", retry.max_delay),
+    ] {
+        if value.is_zero() {
+            return Err(invalid(field, value, "must be greater than zero"));
+        }
+    }
+    require_ordered(
+        ("health.recovery_initial", health.recovery_initial),
+        ("health.recovery_max", health.recovery_max),
+    )?;
+    require_ordered(
+        ("retry.min_delay", retry.min_delay),
+        ("retry.max_delay", retry.max_delay),
+    )
+}
+
+fn require_ordered(low: (&str, Duration), high: (&str, Duration)) -> Result<(), ConfigError> {
+    if low.1 > high.1 {
+        return Err(ConfigError::InvertedRange {
+            low: low.0.to_owned(),
+            low_value: low.1,
+            high: high.0.to_owned(),
+            high_value: high.1,
+        });
+    }
+    Ok(())
+}
+
+fn validate_counts(config: &Config) -> Result<(), ConfigError> {
+    for (field, value) in [
+        ("pool.max_size", config.pool.max_size as u64),
+        ("health.fall", u64::from(config.health.fall)),
+        ("health.rise", u64::from(config.health.rise)),
+    ] {
+        if value == 0 {
+            return Err(ConfigError::InvalidValue {
+                field: field.to_owned(),
+                value: "0".to_owned(),
+                reason: "must be at least 1",
+            });
+        }
+    }
+    Ok(())
+}
+
+fn invalid(field: &str, value: Duration, reason: &'static str) -> ConfigError {
+    ConfigError::InvalidValue {
+        field: field.to_owned(),
+        value: format!("{value:?}"),
+        reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::NodeConfig;
+
+    fn node(name: &str, role: Role) -> NodeConfig {
+        NodeConfig::new(name, "r1", "host=127.0.0.1 user=app", role)
+    }
+
+    fn valid() -> Config {
+        Config::new(vec![node("a", Role::Primary), node("b", Role::Replica)])
+    }
+
+    fn error_of(edit: impl FnOnce(&mut Config)) -> ConfigError {
+        let mut config = valid();
+        edit(&mut config);
+        config.validate().expect_err("config should be rejected")
+    }
+
+    #[test]
+    fn a_plain_config_is_valid() {
+        valid().validate().unwrap();
+    }
+
+    #[test]
+    fn node_set_errors() {
+        assert!(matches!(
+            error_of(|c| c.nodes.clear()),
+            ConfigError::NoNodes
+        ));
+        assert!(matches!(
+            error_of(|c| c.nodes[0].role = Role::Replica),
+            ConfigError::NoPrimary
+        ));
+        let two = error_of(|c| c.nodes[1].role = Role::Primary);
+        assert!(
+            matches!(&two, ConfigError::MultiplePrimaries { first, second } if first == "a" && second == "b")
+        );
+        let dup = error_of(|c| c.nodes[1].name = "a".into());
+        assert!(matches!(&dup, ConfigError::DuplicateNodeName { name } if name == "a"));
+        let empty = error_of(|c| c.nodes[1].region = " ".into());
+        assert!(matches!(&empty, ConfigError::EmptyField { field } if field == "nodes[1].region"));
+        let empty = error_of(|c| c.nodes[0].name = String::new());
+        assert!(matches!(&empty, ConfigError::EmptyField { field } if field == "nodes[0].name"));
+    }
+
+    #[test]
+    fn an_unparsable_connection_string_names_the_node_not_the_secret() {
+        let err = error_of(|c| c.nodes[1].url = "postgres://u:s3cret@h:notaport/db".into());
+        assert!(matches!(&err, ConfigError::InvalidConnectionString { node, .. } if node == "b"));
+        assert!(!err.to_string().contains("s3cret"), "{err}");
+    }
+
+    #[test]
+    fn zero_values_are_rejected_by_field() {
+        let cases: [(&str, fn(&mut Config)); 8] = [
+            ("deadline", |c| c.deadline = Duration::ZERO),
+            ("pool.max_size", |c| c.pool.max_size = 0),
+            ("pool.wait_timeout", |c| {
+                c.pool.wait_timeout = Duration::ZERO
+            }),
+            ("pool.recycle_timeout", |c| {
+                c.pool.recycle_timeout = Duration::ZERO
+            }),
+            ("health.interval", |c| c.health.interval = Duration::ZERO),
+            ("health.probe_timeout", |c| {
+                c.health.probe_timeout = Duration::ZERO
+            }),
+            ("health.rise", |c| c.health.rise = 0),
+            ("retry.min_delay", |c| c.retry.min_delay = Duration::ZERO),
+        ];
+        for (name, edit) in cases {
+            match error_of(edit) {
+                ConfigError::InvalidValue { field, .. } => assert_eq!(field, name),
+                other => panic!("{name}: unexpected {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn inverted_ranges_are_rejected() {
+        let err = error_of(|c| c.retry.min_delay = Duration::from_secs(10));
+        assert!(matches!(&err, ConfigError::InvertedRange { low, .. } if low == "retry.min_delay"));
+        let err = error_of(|c| c.health.recovery_initial = Duration::from_secs(60));
+        assert!(
+            matches!(&err, ConfigError::InvertedRange { high, .. } if high == "health.recovery_max")
+        );
+    }
+}

@@ -1,0 +1,279 @@
+//! Typed errors: [`ConfigError`] for bad configuration, [`Error`] for calls.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_postgres::error::SqlState;
+
+use crate::config::ReadStrategy;
+
+/// A configuration value that cannot work. Each variant names the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// `nodes` is empty.
+    #[error("no nodes configured")]
+    NoNodes,
+    /// No node has the primary role.
+    #[error("no node has role primary")]
+    NoPrimary,
+    /// More than one node has the primary role.
+    #[error("nodes {first:?} and {second:?} both have role primary; exactly one may")]
+    MultiplePrimaries {
+        /// The first primary.
+        first: String,
+        /// The second primary.
+        second: String,
+    },
+    /// Two nodes share a name.
+    #[error("node name {name:?} is used twice")]
+    DuplicateNodeName {
+        /// The repeated name.
+        name: String,
+    },
+    /// A required text field is empty.
+    #[error("{field} is empty")]
+    EmptyField {
+        /// The field, e.g. `nodes[1].region`.
+        field: String,
+    },
+    /// A connection string does not parse. The string itself is not repeated:
+    /// it may hold a password.
+    #[error("node {node:?}: invalid connection string: {reason}")]
+    InvalidConnectionString {
+        /// The node whose `url` is bad.
+        node: String,
+        /// What the parser said.
+        reason: String,
+    },
+    /// A value is out of range.
+    #[error("{field} = {value}: {reason}")]
+    InvalidValue {
+        /// The field, e.g. `pool.max_size`.
+        field: String,
+        /// The bad value as written.
+        value: String,
+        /// What it must be.
+        reason: &'static str,
+    },
+    /// A lower bound is above its upper bound.
+    #[error("{low} ({low_value:?}) is greater than {high} ({high_value:?})")]
+    InvertedRange {
+        /// The lower bound's field.
+        low: String,
+        /// Its value.
+        low_value: Duration,
+        /// The upper bound's field.
+        high: String,
+        /// Its value.
+        high_value: Duration,
+    },
+    /// A read strategy name is unknown.
+    #[error("unknown read strategy {value:?}; expected regional-preferred, global-random or primary-only")]
+    UnknownStrategy {
+        /// The name given.
+        value: String,
+    },
+    /// A required environment variable is unset or empty.
+    #[error("environment variable {var} is not set")]
+    MissingEnv {
+        /// The variable.
+        var: &'static str,
+    },
+    /// A setting asks for something this version cannot do.
+    #[error("{field}: {reason}")]
+    Unsupported {
+        /// The field or variable.
+        field: String,
+        /// Why, and what to do instead.
+        reason: &'static str,
+    },
+}
+
+/// Whether a call was a read or a write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    /// A read, routed by a [`ReadStrategy`].
+    Read,
+    /// A write or transaction, sent to the primary.
+    Write,
+}
+
+impl fmt::Display for Operation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Operation::Read => "read",
+            Operation::Write => "write",
+        })
+    }
+}
+
+/// Where a node-level failure happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeContext {
+    /// The node's configured name.
+    pub node: Arc<str>,
+    /// The node's region.
+    pub region: Arc<str>,
+}
+
+impl fmt::Display for NodeContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "node {} ({})", self.node, self.region)
+    }
+}
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No node may serve this call right now.
+    #[error("no healthy node for a {operation} with strategy {strategy}")]
+    NoHealthyNode {
+        /// Read or write.
+        operation: Operation,
+        /// The strategy in force (writes report `primary-only`).
+        strategy: ReadStrategy,
+    },
+    /// No connection could be had (pool wait, connect, or a dead idle
+    /// connection). Nothing was sent: always safe to retry.
+    #[error("{context}: could not get a connection")]
+    Connect {
+        /// The node.
+        context: NodeContext,
+        /// deadpool's error.
+        #[source]
+        source: deadpool_postgres::PoolError,
+    },
+    /// The call's deadline passed.
+    #[error("{context}: deadline of {deadline:?} exceeded")]
+    Timeout {
+        /// The node being waited on.
+        context: NodeContext,
+        /// The deadline in force.
+        deadline: Duration,
+    },
+    /// The server answered with an error (it has a SQLSTATE, see [`Error::code`]).
+    #[error("{context}: {source}")]
+    Database {
+        /// The node.
+        context: NodeContext,
+        /// tokio-postgres's error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// The connection failed before the statement could run (e.g. while
+    /// preparing it). Nothing ran: safe to retry.
+    #[error("{context}: connection failed before the statement ran")]
+    ConnectionLost {
+        /// The node.
+        context: NodeContext,
+        /// tokio-postgres's error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// tokio-postgres refused the call locally (parameter count or types,
+    /// row conversion). Nothing was applied; retrying cannot help.
+    #[error("{context}: {source}")]
+    Statement {
+        /// The node.
+        context: NodeContext,
+        /// tokio-postgres's error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// The connection failed after a write was sent: it may or may not have
+    /// been applied. Not retried unless the write was marked idempotent.
+    #[error("{context}: connection lost after the statement was sent; its outcome is unknown")]
+    OutcomeUnknown {
+        /// The node.
+        context: NodeContext,
+        /// tokio-postgres's error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// `query_one` / `query_opt` got the wrong number of rows.
+    #[error("{context}: expected {expected}, got {actual} rows")]
+    RowCount {
+        /// The node.
+        context: NodeContext,
+        /// "exactly one row" or "at most one row".
+        expected: &'static str,
+        /// Rows returned.
+        actual: usize,
+    },
+    /// A statement inside a transaction closure failed; the runner adds the
+    /// node and classifies it. Produced by `?` on a `tokio_postgres::Error`.
+    #[error(transparent)]
+    Postgres(#[from] tokio_postgres::Error),
+    /// A transaction closure gave up with its own error; the transaction was
+    /// rolled back and not retried.
+    #[error("transaction aborted: {0}")]
+    Aborted(#[source] Box<dyn StdError + Send + Sync + 'static>),
+    /// [`DatabaseManager::close`](crate::DatabaseManager::close) was called.
+    #[error("the database manager is closed")]
+    Closed,
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
+impl Error {
+    /// Wraps an application error so a transaction closure can return it.
+    pub fn aborted(error: impl Into<Box<dyn StdError + Send + Sync + 'static>>) -> Self {
+        Error::Aborted(error.into())
+    }
+
+    /// The SQLSTATE the server sent, if any.
+    pub fn code(&self) -> Option<&SqlState> {
+        self.postgres().and_then(tokio_postgres::Error::code)
+    }
+
+    /// The node involved, if any.
+    pub fn node(&self) -> Option<&str> {
+        self.context().map(|context| &*context.node)
+    }
+
+    /// The node and region involved, if any.
+    pub fn context(&self) -> Option<&NodeContext> {
+        match self {
+            Error::Connect { context, .. }
+            | Error::Timeout { context, .. }
+            | Error::Database { context, .. }
+            | Error::ConnectionLost { context, .. }
+            | Error::OutcomeUnknown { context, .. }
+            | Error::Statement { context, .. }
+            | Error::RowCount { context, .. } => Some(context),
+            _ => None,
+        }
+    }
+
+    /// True when the write may have been applied although the call failed.
+    pub fn is_outcome_unknown(&self) -> bool {
+        matches!(self, Error::OutcomeUnknown { .. })
+    }
+
+    /// True for a deadline that passed.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Error::Timeout { .. })
+    }
+
+    pub(crate) fn postgres(&self) -> Option<&tokio_postgres::Error> {
+        match self {
+            Error::Database { source, .. }
+            | Error::ConnectionLost { source, .. }
+            | Error::OutcomeUnknown { source, .. }
+            | Error::Statement { source, .. }
+            | Error::Postgres(source) => Some(source),
+            _ => None,
+        }
+    }
+}
+
+const _: () = {
+    const fn assert_send_sync<T: Send + Sync + 'static>() {}
+    assert_send_sync::<Error>();
+    assert_send_sync::<ConfigError>();
+};

@@ -1,0 +1,8 @@
+//! The health monitor: one background task that probes every node, keeps
+//! each node's state machine, and publishes the next topology snapshot.
+
+mod monitor;
+mod probe;
+mod tracker;
+
+pub(crate) use monitor::Monitor;

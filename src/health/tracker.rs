@@ -1,0 +1,188 @@
+//! One node's health state machine: pure, driven by probe results and time.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::config::HealthSettings;
+
+/// A change of a node's health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Transition {
+    /// The node was up and is now down.
+    WentDown,
+    /// The node was down and is now up.
+    CameUp,
+}
+
+/// Counts consecutive results and schedules the next probe.
+///
+/// - Up: probed every `interval`; `fall` consecutive failures (or one
+///   failure after a caller reported the node suspect) take it down.
+/// - Down: re-probed after `recovery_initial`, the gap doubling up to
+///   `recovery_max`; after a success, the next probe comes after `interval`,
+///   and `rise` consecutive successes bring it back.
+#[derive(Debug, Clone)]
+pub(crate) struct Tracker {
+    up: bool,
+    failures: u32,
+    successes: u32,
+    recovery_attempt: u32,
+    next_probe: Instant,
+}
+
+impl Tracker {
+    pub(crate) fn new(now: Instant) -> Self {
+        Self {
+            up: true,
+            failures: 0,
+            successes: 0,
+            recovery_attempt: 0,
+            next_probe: now,
+        }
+    }
+
+    pub(crate) fn is_up(&self) -> bool {
+        self.up
+    }
+
+    pub(crate) fn next_probe(&self) -> Instant {
+        self.next_probe
+    }
+
+    pub(crate) fn is_due(&self, now: Instant) -> bool {
+        self.next_probe <= now
+    }
+
+    /// Probe at once (a caller saw a failure or a topology change).
+    pub(crate) fn probe_now(&mut self, now: Instant) {
+        self.next_probe = now;
+    }
+
+    pub(crate) fn on_success(
+        &mut self,
+        now: Instant,
+        settings: &HealthSettings,
+    ) -> Option<Transition> {
+        self.failures = 0;
+        self.successes = self.successes.saturating_add(1);
+        self.next_probe = now + settings.interval;
+        if self.up || self.successes < settings.rise {
+            return None;
+        }
+        self.up = true;
+        self.recovery_attempt = 0;
+        Some(Transition::CameUp)
+    }
+
+    pub(crate) fn on_failure(
+        &mut self,
+        now: Instant,
+        suspected: bool,
+        settings: &HealthSettings,
+    ) -> Option<Transition> {
+        self.successes = 0;
+        self.failures = self.failures.saturating_add(1);
+        if self.up && !suspected && self.failures < settings.fall {
+            self.next_probe = now + settings.interval;
+            return None;
+        }
+        self.next_probe = now + recovery_delay(self.recovery_attempt, settings);
+        self.recovery_attempt = self.recovery_attempt.saturating_add(1);
+        if !self.up {
+            return None;
+        }
+        self.up = false;
+        Some(Transition::WentDown)
+    }
+}
+
+/// `recovery_initial * 2^attempt`, capped at `recovery_max`.
+pub(crate) fn recovery_delay(attempt: u32, settings: &HealthSettings) -> Duration {
+    let factor = 2u32.saturating_pow(attempt.min(20));
+    settings
+        .recovery_initial
+        .saturating_mul(factor)
+        .min(settings.recovery_max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> HealthSettings {
+        HealthSettings {
+            interval: Duration::from_secs(1),
+            fall: 2,
+            rise: 2,
+            ..HealthSettings::default()
+        }
+    }
+
+    #[test]
+    fn recovery_backoff_doubles_to_the_cap() {
+        let s = HealthSettings::default();
+        let delays: Vec<u64> = (0..5).map(|a| recovery_delay(a, &s).as_secs()).collect();
+        assert_eq!(delays, [5, 10, 20, 30, 30]);
+        assert_eq!(recovery_delay(u32::MAX, &s), s.recovery_max);
+    }
+
+    #[test]
+    fn fall_consecutive_failures_take_a_node_down() {
+        let s = settings();
+        let t0 = Instant::now();
+        let mut tracker = Tracker::new(t0);
+        assert_eq!(tracker.on_failure(t0, false, &s), None);
+        assert!(tracker.is_up());
+        assert_eq!(tracker.next_probe(), t0 + s.interval);
+        assert_eq!(tracker.on_success(t0, &s), None);
+        assert_eq!(tracker.on_failure(t0, false, &s), None);
+        assert_eq!(
+            tracker.on_failure(t0, false, &s),
+            Some(Transition::WentDown)
+        );
+        assert_eq!(tracker.next_probe(), t0 + s.recovery_initial);
+    }
+
+    #[test]
+    fn a_suspect_node_goes_down_on_its_first_failed_probe() {
+        let s = settings();
+        let t0 = Instant::now();
+        let mut tracker = Tracker::new(t0);
+        assert_eq!(tracker.on_failure(t0, true, &s), Some(Transition::WentDown));
+    }
+
+    #[test]
+    fn rise_consecutive_successes_bring_it_back_with_backoff_between_failures() {
+        let s = HealthSettings {
+            fall: 1,
+            ..settings()
+        };
+        let t0 = Instant::now();
+        let mut tracker = Tracker::new(t0);
+        tracker.on_failure(t0, false, &s);
+        tracker.on_failure(t0, false, &s);
+        assert_eq!(tracker.next_probe(), t0 + s.recovery_initial * 2);
+        assert_eq!(tracker.on_success(t0, &s), None);
+        assert_eq!(tracker.next_probe(), t0 + s.interval);
+        assert!(!tracker.is_up());
+        assert_eq!(tracker.on_success(t0, &s), Some(Transition::CameUp));
+        assert!(tracker.is_up());
+        tracker.on_failure(t0, false, &s);
+        assert_eq!(
+            tracker.next_probe(),
+            t0 + s.recovery_initial,
+            "backoff restarts"
+        );
+    }
+
+    #[test]
+    fn probe_now_makes_it_due() {
+        let t0 = Instant::now();
+        let mut tracker = Tracker::new(t0);
+        tracker.on_success(t0, &settings());
+        assert!(!tracker.is_due(t0));
+        tracker.probe_now(t0);
+        assert!(tracker.is_due(t0));
+    }
+}

@@ -1,0 +1,227 @@
+//! One attempt on one node: checkout, prepare, run, all before a deadline.
+//!
+//! Failures are turned into typed errors by what was sent: a failure before
+//! the statement ran is [`Error::Connect`] or [`Error::ConnectionLost`]; a
+//! lost connection afterwards is [`Error::OutcomeUnknown`]. Node failures
+//! mark the node suspect; a timeout also drops its idle connections and
+//! cancels the statement on the server.
+
+use std::time::Duration;
+
+use deadpool_postgres::{Object, PoolError};
+use tokio::time::{timeout, timeout_at, Instant};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{NoTls, Row};
+
+use super::Shared;
+use crate::error::Error;
+use crate::retry::{code_kind, is_node_failure, CodeKind};
+
+/// How long a cancel request for a timed-out statement may take.
+const CANCEL_BOUND: Duration = Duration::from_secs(2);
+
+/// Statement parameters, as tokio-postgres takes them.
+pub(crate) type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
+
+/// What to run.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Op {
+    /// Return the rows.
+    Rows,
+    /// Return the number of rows affected.
+    Count,
+}
+
+/// What came back.
+#[derive(Debug)]
+pub(crate) enum Output {
+    Rows(Vec<Row>),
+    Count(u64),
+}
+
+/// One routed call: the statement and its deadline.
+#[derive(Clone, Copy)]
+pub(crate) struct Call<'a> {
+    pub(crate) sql: &'a str,
+    pub(crate) params: Params<'a>,
+    pub(crate) op: Op,
+    pub(crate) deadline: Instant,
+    pub(crate) budget: Duration,
+}
+
+impl<'a> Call<'a> {
+    pub(crate) fn new(sql: &'a str, params: Params<'a>, op: Op, budget: Duration) -> Self {
+        Self {
+            sql,
+            params,
+            op,
+            deadline: Instant::now() + budget,
+            budget,
+        }
+    }
+}
+
+/// Whether a statement error leaves the connection usable.
+pub(crate) enum Fate {
+    Keep,
+    Discard,
+}
+
+impl Shared {
+    /// Runs the call once on node `index`.
+    pub(crate) async fn attempt(&self, index: usize, call: &Call<'_>) -> Result<Output, Error> {
+        let client = self.checkout(index, call.deadline, call.budget).await?;
+        let prepared = timeout_at(call.deadline, client.prepare_cached(call.sql)).await;
+        let statement = match prepared {
+            Ok(Ok(statement)) => statement,
+            Ok(Err(error)) => return Err(self.finish_failed(index, client, error, false)),
+            Err(_) => return Err(self.finish_timed_out(index, client, call.budget)),
+        };
+        let run = async {
+            match call.op {
+                Op::Rows => client
+                    .query(&statement, call.params)
+                    .await
+                    .map(Output::Rows),
+                Op::Count => client
+                    .execute(&statement, call.params)
+                    .await
+                    .map(Output::Count),
+            }
+        };
+        match timeout_at(call.deadline, run).await {
+            Ok(Ok(output)) => Ok(output),
+            Ok(Err(error)) => Err(self.finish_failed(index, client, error, true)),
+            Err(_) => Err(self.finish_timed_out(index, client, call.budget)),
+        }
+    }
+
+    /// A pooled connection to node `index`, before `deadline`.
+    pub(crate) async fn checkout(
+        &self,
+        index: usize,
+        deadline: Instant,
+        budget: Duration,
+    ) -> Result<Object, Error> {
+        let node = &self.nodes[index];
+        match timeout_at(deadline, node.pool.get()).await {
+            Ok(Ok(client)) => Ok(client),
+            Ok(Err(source)) => {
+                if is_node_failure(&source) {
+                    self.report_failure(index);
+                }
+                if matches!(source, PoolError::Closed) {
+                    return Err(Error::Closed);
+                }
+                Err(Error::Connect {
+                    context: node.context.clone(),
+                    source,
+                })
+            }
+            Err(_) => Err(self.timed_out(index, budget)),
+        }
+    }
+
+    /// Classifies a statement error, penalises the node if it failed, and
+    /// returns or discards the connection.
+    fn finish_failed(
+        &self,
+        index: usize,
+        client: Object,
+        error: tokio_postgres::Error,
+        sent: bool,
+    ) -> Error {
+        let (error, fate) = self.classify_statement_error(index, error, sent);
+        if let Fate::Discard = fate {
+            drop(Object::take(client));
+        }
+        error
+    }
+
+    /// Maps a tokio-postgres error from node `index` to a typed error and
+    /// says whether the connection is still good. `sent`: the statement may
+    /// have reached the server.
+    pub(crate) fn classify_statement_error(
+        &self,
+        index: usize,
+        error: tokio_postgres::Error,
+        sent: bool,
+    ) -> (Error, Fate) {
+        let context = self.nodes[index].context.clone();
+        if let Some(code) = error.code() {
+            if code_kind(code) == CodeKind::TopologyChanged {
+                self.request_probe(index);
+            }
+            let fate = if error.is_closed() {
+                Fate::Discard
+            } else {
+                Fate::Keep
+            };
+            return (
+                Error::Database {
+                    context,
+                    source: error,
+                },
+                fate,
+            );
+        }
+        if !is_connection_error(&error) {
+            return (
+                Error::Statement {
+                    context,
+                    source: error,
+                },
+                Fate::Keep,
+            );
+        }
+        self.report_failure(index);
+        let error = if sent {
+            Error::OutcomeUnknown {
+                context,
+                source: error,
+            }
+        } else {
+            Error::ConnectionLost {
+                context,
+                source: error,
+            }
+        };
+        (error, Fate::Discard)
+    }
+
+    fn finish_timed_out(&self, index: usize, client: Object, budget: Duration) -> Error {
+        cancel_in_background(client.cancel_token());
+        drop(Object::take(client));
+        self.timed_out(index, budget)
+    }
+
+    /// The deadline passed on node `index`: mark it suspect and drop its idle
+    /// connections, so the next caller does not wait on each of them.
+    pub(crate) fn timed_out(&self, index: usize, budget: Duration) -> Error {
+        let node = &self.nodes[index];
+        self.report_failure(index);
+        let dropped = node.discard_idle();
+        tracing::warn!(
+            node = %node.context.node, region = %node.context.region,
+            deadline = ?budget, dropped_idle = dropped, "call deadline exceeded"
+        );
+        Error::Timeout {
+            context: node.context.clone(),
+            deadline: budget,
+        }
+    }
+}
+
+/// Asks the server to stop the statement a dropped future left running.
+pub(crate) fn cancel_in_background(token: tokio_postgres::CancelToken) {
+    tokio::spawn(async move {
+        let _ = timeout(CANCEL_BOUND, token.cancel_query(NoTls)).await;
+    });
+}
+
+/// A closed connection or an I/O failure, as opposed to a local usage error
+/// (parameter count or type, row conversion).
+pub(crate) fn is_connection_error(error: &tokio_postgres::Error) -> bool {
+    error.is_closed()
+        || std::error::Error::source(error).is_some_and(|source| source.is::<std::io::Error>())
+}

@@ -1,0 +1,172 @@
+//! Reads: routed by a strategy, retried once on another node after a
+//! connection-level failure.
+
+use std::time::Duration;
+
+use tokio_postgres::Row;
+use tracing::Instrument;
+
+use super::attempt::{Call, Op, Output, Params};
+use super::Shared;
+use crate::config::ReadStrategy;
+use crate::error::{Error, Operation};
+use crate::retry::read_retryable;
+
+/// Per-call read options. `None` fields use the configuration's value.
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct ReadOptions {
+    /// Overrides [`Config::read_strategy`](crate::Config::read_strategy).
+    pub strategy: Option<ReadStrategy>,
+    /// Overrides [`Config::deadline`](crate::Config::deadline).
+    pub deadline: Option<Duration>,
+}
+
+/// A read being set up; see [`DatabaseManager::read`](crate::DatabaseManager::read).
+///
+/// A read is tried on the node the strategy picks. If that fails before a
+/// result arrives for a connection-level reason (checkout, connect, lost
+/// connection) or a recovery conflict (40001), it is tried once more on
+/// another eligible node. Both attempts share one deadline.
+#[derive(Debug, Clone)]
+#[must_use = "a read does nothing until query, query_one or query_opt is awaited"]
+pub struct Read<'a> {
+    shared: &'a Shared,
+    options: ReadOptions,
+}
+
+impl<'a> Read<'a> {
+    pub(super) fn new(shared: &'a Shared) -> Self {
+        Self {
+            shared,
+            options: ReadOptions::default(),
+        }
+    }
+
+    /// Uses this strategy for this call.
+    pub fn strategy(mut self, strategy: ReadStrategy) -> Self {
+        self.options.strategy = Some(strategy);
+        self
+    }
+
+    /// Bounds this call (checkout, statement and retry) by `deadline`.
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.options.deadline = Some(deadline);
+        self
+    }
+
+    /// Replaces every option.
+    pub fn options(mut self, options: ReadOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Runs the statement and returns every row.
+    pub async fn query(self, sql: &str, params: Params<'_>) -> Result<Vec<Row>, Error> {
+        self.rows(sql, params).await.map(|(_, rows)| rows)
+    }
+
+    /// Runs the statement and returns its only row; any other count is
+    /// [`Error::RowCount`].
+    pub async fn query_one(self, sql: &str, params: Params<'_>) -> Result<Row, Error> {
+        let shared = self.shared;
+        let (index, rows) = self.rows(sql, params).await?;
+        shared.exactly_one(index, rows)
+    }
+
+    /// Runs the statement and returns its row, if any; more than one row is
+    /// [`Error::RowCount`].
+    pub async fn query_opt(self, sql: &str, params: Params<'_>) -> Result<Option<Row>, Error> {
+        let shared = self.shared;
+        let (index, rows) = self.rows(sql, params).await?;
+        shared.at_most_one(index, rows)
+    }
+
+    async fn rows(self, sql: &str, params: Params<'_>) -> Result<(usize, Vec<Row>), Error> {
+        let shared = self.shared;
+        let budget = self.options.deadline.unwrap_or(shared.config.deadline);
+        let strategy = self.options.strategy.unwrap_or(shared.config.read_strategy);
+        let call = Call::new(sql, params, Op::Rows, budget);
+        let span = tracing::debug_span!("pgrouter.read", %strategy);
+        match shared.read(strategy, &call).instrument(span).await? {
+            (index, Output::Rows(rows)) => Ok((index, rows)),
+            (index, Output::Count(_)) => Ok((index, Vec::new())),
+        }
+    }
+}
+
+impl Shared {
+    /// Picks a node, runs the call, and on a retryable failure runs it once
+    /// more on another node.
+    async fn read(
+        &self,
+        strategy: ReadStrategy,
+        call: &Call<'_>,
+    ) -> Result<(usize, Output), Error> {
+        self.ensure_open()?;
+        let mut rng = fastrand::Rng::new();
+        let no_node = || Error::NoHealthyNode {
+            operation: Operation::Read,
+            strategy,
+        };
+        let first = self
+            .pick_read(strategy, None, &mut rng)
+            .ok_or_else(no_node)?;
+        let error = match self.traced_attempt(first, 1, call).await {
+            Ok(output) => return Ok((first, output)),
+            Err(error) => error,
+        };
+        if !read_retryable(&error) {
+            return Err(error);
+        }
+        let Some(second) = self.pick_read(strategy, Some(first), &mut rng) else {
+            return Err(error);
+        };
+        tracing::debug!(from = %self.nodes[first].context.node, to = %self.nodes[second].context.node,
+            %error, "retrying read on another node");
+        self.traced_attempt(second, 2, call)
+            .await
+            .map(|output| (second, output))
+    }
+
+    /// One attempt inside a span naming the node, its role and the attempt.
+    pub(crate) async fn traced_attempt(
+        &self,
+        index: usize,
+        attempt: u32,
+        call: &Call<'_>,
+    ) -> Result<Output, Error> {
+        let node = &self.nodes[index];
+        let role = self.snapshot.load().nodes[index].role;
+        let span =
+            tracing::debug_span!("pgrouter.attempt", node = %node.context.node, %role, attempt);
+        self.attempt(index, call).instrument(span).await
+    }
+
+    pub(crate) fn exactly_one(&self, index: usize, mut rows: Vec<Row>) -> Result<Row, Error> {
+        if rows.len() != 1 {
+            return Err(self.row_count(index, "exactly one row", rows.len()));
+        }
+        rows.pop()
+            .ok_or_else(|| self.row_count(index, "exactly one row", 0))
+    }
+
+    pub(crate) fn at_most_one(
+        &self,
+        index: usize,
+        mut rows: Vec<Row>,
+    ) -> Result<Option<Row>, Error> {
+        if rows.len() > 1 {
+            return Err(self.row_count(index, "at most one row", rows.len()));
+        }
+        Ok(rows.pop())
+    }
+
+    fn row_count(&self, index: usize, expected: &'static str, actual: usize) -> Error {
+        Error::RowCount {
+            context: self.nodes[index].context.clone(),
+            expected,
+            actual,
+        }
+    }
+}

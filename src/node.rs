@@ -1,0 +1,140 @@
+//! One node: its name, region, role, deadpool pool and the flags callers flip.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+
+use crate::config::{NodeConfig, PoolSettings, Role};
+use crate::error::{ConfigError, NodeContext};
+
+/// A configured node and its pool. Owned by the manager, shared with the monitor.
+pub(crate) struct Node {
+    pub(crate) context: NodeContext,
+    pub(crate) role: Role,
+    pub(crate) is_local: bool,
+    pub(crate) pool: Pool,
+    /// Connection settings for the monitor's own probe connection.
+    pub(crate) probe_config: tokio_postgres::Config,
+    /// Set by a caller that saw a connection failure; the monitor clears it.
+    suspect: AtomicBool,
+    /// Set by a caller that saw a sign of a topology change; asks for a probe
+    /// without taking the node out of routing.
+    probe_requested: AtomicBool,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("context", &self.context)
+            .field("role", &self.role)
+            .field("suspect", &self.is_suspect())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    /// Builds the node's pool. No I/O: connections are made on first use.
+    pub(crate) fn build(
+        config: &NodeConfig,
+        settings: &PoolSettings,
+        local_region: &str,
+    ) -> Result<Self, ConfigError> {
+        let pg_config = pg_config(config, settings)?;
+        let pool = build_pool(pg_config.clone(), settings, &config.name)?;
+        Ok(Self {
+            context: NodeContext {
+                node: Arc::from(config.name.as_str()),
+                region: Arc::from(config.region.as_str()),
+            },
+            role: config.role,
+            is_local: !local_region.is_empty() && config.region == local_region,
+            pool,
+            probe_config: pg_config,
+            suspect: AtomicBool::new(false),
+            probe_requested: AtomicBool::new(false),
+        })
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.context.node
+    }
+
+    /// Marks the node suspect; true when it was not suspect before.
+    pub(crate) fn mark_suspect(&self) -> bool {
+        !self.suspect.swap(true, Ordering::AcqRel)
+    }
+
+    pub(crate) fn is_suspect(&self) -> bool {
+        self.suspect.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn take_suspect(&self) -> bool {
+        self.suspect.swap(false, Ordering::AcqRel)
+    }
+
+    /// Asks the monitor to probe this node soon; true when newly asked.
+    pub(crate) fn request_probe(&self) -> bool {
+        !self.probe_requested.swap(true, Ordering::AcqRel)
+    }
+
+    pub(crate) fn take_probe_request(&self) -> bool {
+        self.probe_requested.swap(false, Ordering::AcqRel)
+    }
+
+    /// Drops every idle connection, so the next caller does not pay a
+    /// recycle timeout once per dead connection.
+    pub(crate) fn discard_idle(&self) -> usize {
+        self.pool.retain(|_, _| false).removed.len()
+    }
+}
+
+/// The node's `tokio_postgres::Config` with every timeout pgrouter relies on.
+fn pg_config(
+    config: &NodeConfig,
+    settings: &PoolSettings,
+) -> Result<tokio_postgres::Config, ConfigError> {
+    let mut pg = config
+        .url
+        .parse()
+        .map_err(|source| ConfigError::InvalidConnectionString {
+            node: config.name.clone(),
+            reason: source.to_string(),
+        })?;
+    if pg.get_connect_timeout().is_none() {
+        pg.connect_timeout(settings.connect_timeout);
+    }
+    if pg.get_application_name().is_none() {
+        pg.application_name("pgrouter");
+    }
+    pg.keepalives(true)
+        .keepalives_idle(settings.keepalive_idle)
+        .tcp_user_timeout(settings.tcp_user_timeout);
+    Ok(pg)
+}
+
+fn build_pool(
+    pg_config: tokio_postgres::Config,
+    settings: &PoolSettings,
+    name: &str,
+) -> Result<Pool, ConfigError> {
+    // Verified recycling runs a round trip before reuse, bounded by the
+    // recycle timeout: it catches a peer that went silent while idle.
+    let manager_config = ManagerConfig {
+        recycling_method: RecyclingMethod::Verified,
+    };
+    let manager = Manager::from_config(pg_config, NoTls, manager_config);
+    Pool::builder(manager)
+        .max_size(settings.max_size)
+        .wait_timeout(Some(settings.wait_timeout))
+        .create_timeout(Some(settings.create_timeout))
+        .recycle_timeout(Some(settings.recycle_timeout))
+        .runtime(Runtime::Tokio1)
+        .build()
+        .map_err(|error| ConfigError::InvalidValue {
+            field: format!("pool for node {name:?}"),
+            value: error.to_string(),
+            reason: "deadpool refused the pool settings",
+        })
+}

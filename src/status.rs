@@ -1,0 +1,114 @@
+//! [`Status`]: a plain copy of what the manager knows, for health endpoints,
+//! metrics and logs.
+
+use std::time::Duration;
+
+use crate::config::{ReadStrategy, Role};
+use crate::manager::Shared;
+
+/// Every node's state at one moment.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Status {
+    /// One entry per configured node, in configuration order.
+    pub nodes: Vec<NodeStatus>,
+    /// The default read strategy.
+    pub read_strategy: ReadStrategy,
+    /// The service's region.
+    pub local_region: String,
+}
+
+/// One node's state.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct NodeStatus {
+    /// The node's name.
+    pub name: String,
+    /// The node's region.
+    pub region: String,
+    /// Its role.
+    pub role: Role,
+    /// Whether routing may use it: the monitor has it up and no caller has
+    /// reported it since.
+    pub healthy: bool,
+    /// A caller reported a failure the monitor has not yet checked.
+    pub suspect: bool,
+    /// The last probe error, kept until the node is healthy again.
+    pub last_error: Option<String>,
+    /// Time since the last probe finished; `None` before the first.
+    pub last_probe_age: Option<Duration>,
+    /// The node's connection pool.
+    pub pool: PoolStatus,
+}
+
+/// A node's pool, as deadpool reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PoolStatus {
+    /// The most connections the pool opens.
+    pub max_size: usize,
+    /// Connections open now.
+    pub size: usize,
+    /// Idle connections.
+    pub available: usize,
+    /// Callers waiting for a connection.
+    pub waiting: usize,
+}
+
+impl Status {
+    pub(crate) fn capture(shared: &Shared) -> Self {
+        let snapshot = shared.snapshot.load();
+        let now = tokio::time::Instant::now();
+        let nodes = shared
+            .nodes
+            .iter()
+            .zip(snapshot.nodes.iter())
+            .map(|(node, state)| {
+                let pool = node.pool.status();
+                NodeStatus {
+                    name: node.context.node.to_string(),
+                    region: node.context.region.to_string(),
+                    role: state.role,
+                    healthy: state.up && !node.is_suspect(),
+                    suspect: node.is_suspect(),
+                    last_error: state.last_error.as_deref().map(str::to_owned),
+                    last_probe_age: state.last_probe.map(|at| now.saturating_duration_since(at)),
+                    pool: PoolStatus {
+                        max_size: pool.max_size,
+                        size: pool.size,
+                        available: pool.available,
+                        waiting: pool.waiting,
+                    },
+                }
+            })
+            .collect();
+        Self {
+            nodes,
+            read_strategy: shared.config.read_strategy,
+            local_region: shared.config.local_region.clone(),
+        }
+    }
+
+    /// The healthy primary, if any.
+    pub fn primary(&self) -> Option<&NodeStatus> {
+        self.nodes
+            .iter()
+            .find(|node| node.role == Role::Primary && node.healthy)
+    }
+
+    /// Readiness, as the original `/health/ready`: a healthy primary, so
+    /// both reads and writes can be served.
+    pub fn is_ready(&self) -> bool {
+        self.primary().is_some()
+    }
+
+    /// Whether at least one node can serve reads.
+    pub fn can_read(&self) -> bool {
+        self.nodes.iter().any(|node| node.healthy)
+    }
+
+    /// The node with this name.
+    pub fn node(&self, name: &str) -> Option<&NodeStatus> {
+        self.nodes.iter().find(|node| node.name == name)
+    }
+}

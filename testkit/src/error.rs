@@ -1,0 +1,45 @@
+//! The testkit's error type.
+
+/// Everything that can go wrong while setting up or driving a test cluster.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TestkitError {
+    /// The PostgreSQL server binaries (`initdb`, `pg_ctl`, ...) could not be found.
+    #[error(
+        "PostgreSQL server binaries (initdb, pg_ctl, pg_basebackup, psql) not found \
+         (searched: {searched}); install the PostgreSQL server packages, e.g. \
+         `apt-get install postgresql`, or set PGROUTER_PG_BINDIR to the directory \
+         that contains initdb"
+    )]
+    BinariesNotFound {
+        /// The places that were searched, in order.
+        searched: String,
+    },
+
+    /// An external command (`initdb`, `pg_ctl`, `psql`, ...) failed.
+    #[error("`{command}` failed ({status}): {stderr}")]
+    Command {
+        /// The command line that was run.
+        command: String,
+        /// How it ended (exit code or signal).
+        status: String,
+        /// Its standard error, followed by the tail of the node's log file where
+        /// that helps.
+        stderr: String,
+    },
+
+    /// An I/O error (creating directories, writing configuration, spawning, ...).
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+
+    /// A node index that is out of range for this cluster.
+    #[error("no node with index {0} in this cluster")]
+    NoSuchNode(usize),
+
+    /// Something did not happen within the allowed time.
+    #[error("timed out waiting for {what}")]
+    Timeout {
+        /// What was being waited for.
+        what: String,
+    },
+}

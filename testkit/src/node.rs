@@ -1,0 +1,96 @@
+//! One PostgreSQL server of a test cluster.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+/// The host every test node listens on.
+pub(crate) const HOST: &str = "127.0.0.1";
+/// The superuser created by `initdb`.
+pub(crate) const USER: &str = "postgres";
+/// The database every node has.
+pub(crate) const DBNAME: &str = "postgres";
+
+/// How to reach one node of a [`Cluster`](crate::Cluster): a PostgreSQL server
+/// listening on `127.0.0.1` with `trust` authentication for user `postgres`.
+///
+/// The node keeps its port and data directory for the cluster's whole life,
+/// also across [`Cluster::stop`](crate::Cluster::stop) and
+/// [`Cluster::start_node`](crate::Cluster::start_node).
+#[derive(Debug, Clone)]
+pub struct LocalNode {
+    name: String,
+    port: u16,
+    data_dir: PathBuf,
+    log_file: PathBuf,
+}
+
+impl LocalNode {
+    pub(crate) fn new(index: usize, port: u16, data_dir: PathBuf, log_file: PathBuf) -> Self {
+        Self {
+            name: format!("node{index}"),
+            port,
+            data_dir,
+            log_file,
+        }
+    }
+
+    /// The node's name: `"node0"`, `"node1"`, ... (also its `cluster_name`, so
+    /// replicas show up under it in the primary's `pg_stat_replication`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The host the node listens on: always `"127.0.0.1"`.
+    pub fn host(&self) -> &str {
+        HOST
+    }
+
+    /// The TCP port the node listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The user to connect as: `"postgres"` (a superuser, no password needed).
+    pub fn user(&self) -> &str {
+        USER
+    }
+
+    /// The database to connect to: `"postgres"`.
+    pub fn dbname(&self) -> &str {
+        DBNAME
+    }
+
+    /// The node's socket address, `127.0.0.1:port`.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
+    }
+
+    /// A libpq key/value connection string:
+    /// `"host=127.0.0.1 port=P user=postgres dbname=postgres"`.
+    pub fn connection_string(&self) -> String {
+        format!("host={HOST} port={} user={USER} dbname={DBNAME}", self.port)
+    }
+
+    /// A connection URL: `"postgres://postgres@127.0.0.1:P/postgres"`.
+    pub fn url(&self) -> String {
+        format!("postgres://{USER}@{HOST}:{}/{DBNAME}", self.port)
+    }
+
+    /// A [`tokio_postgres::Config`] for this node (host, port, user, dbname).
+    pub fn pg_config(&self) -> tokio_postgres::Config {
+        let mut config = tokio_postgres::Config::new();
+        config.host(HOST).port(self.port).user(USER).dbname(DBNAME);
+        config
+    }
+
+    /// The node's data directory (inside the cluster's temporary directory).
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The node's server log file (`<cluster dir>/nodeN.log`), handy when a
+    /// test fails.
+    pub fn log_file(&self) -> &Path {
+        &self.log_file
+    }
+}

@@ -1,0 +1,336 @@
+//! A fault-injection TCP proxy.
+
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::Poll;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::watch;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::Instant;
+
+/// Bytes read per chunk.
+const CHUNK: usize = 16 * 1024;
+/// Chunks a direction may hold back (under latency) before it stops reading.
+const MAX_QUEUED: usize = 256;
+/// How often the accept loop retries a failed re-bind.
+const REBIND_RETRY: Duration = Duration::from_millis(50);
+
+/// What a [`FaultProxy`] does to traffic; switch with [`FaultProxy::set`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Fault {
+    /// Forward bytes both ways.
+    Pass,
+    /// Forward, but hold each chunk back by this long, in each direction (a
+    /// round trip takes at least twice as long); byte order is kept.
+    Latency(Duration),
+    /// Keep new and existing connections open but forward nothing in either
+    /// direction, like a silent peer or dropped packets. Held data flows again
+    /// once the fault is lifted.
+    BlackHole,
+    /// Stop listening, so new connections get `ECONNREFUSED`; existing
+    /// connections keep working. Leaving `Refuse` listens on the same port
+    /// again.
+    Refuse,
+    /// Reset (TCP RST) every existing connection at once, and accept then
+    /// reset every new one.
+    Reset,
+}
+
+/// A TCP proxy on `127.0.0.1:<free port>` forwarding to an upstream address,
+/// whose behaviour ([`Fault`]) can be switched at run time.
+///
+/// A change applies at once to existing connections too. Dropping the proxy
+/// stops listening and closes all its connections. It needs a Tokio runtime
+/// (its tasks run there) with the `net` and `time` drivers enabled.
+#[derive(Debug)]
+pub struct FaultProxy {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    faults: watch::Sender<Fault>,
+    accept_task: JoinHandle<()>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    addr: SocketAddr,
+    /// `None` while refusing (or if re-binding failed).
+    listener: Mutex<Option<TcpListener>>,
+    connections: AtomicUsize,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Shared {
+    fn listener(&self) -> MutexGuard<'_, Option<TcpListener>> {
+        self.listener.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Listens again on the same port unless already listening.
+    fn ensure_listening(&self) {
+        let mut listener = self.listener();
+        if listener.is_none() {
+            let _runtime = self.runtime.enter();
+            match bind(self.addr) {
+                Ok(bound) => *listener = Some(bound),
+                Err(e) => {
+                    tracing::warn!(addr = %self.addr, error = %e, "fault proxy could not listen again; retrying")
+                }
+            }
+        }
+    }
+}
+
+impl FaultProxy {
+    /// Starts a proxy in [`Fault::Pass`] mode on a free port of `127.0.0.1`,
+    /// forwarding to `upstream`. Must be called within a Tokio runtime.
+    pub async fn start(upstream: SocketAddr) -> io::Result<FaultProxy> {
+        let listener = bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            addr,
+            listener: Mutex::new(Some(listener)),
+            connections: AtomicUsize::new(0),
+            runtime: tokio::runtime::Handle::current(),
+        });
+        let (faults, rx) = watch::channel(Fault::Pass);
+        let accept_task = tokio::spawn(accept_loop(Arc::clone(&shared), upstream, rx));
+        Ok(FaultProxy {
+            addr,
+            shared,
+            faults,
+            accept_task,
+        })
+    }
+
+    /// The address clients connect to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The port clients connect to (on `127.0.0.1`).
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Switches the fault; it applies at once to new and existing connections.
+    /// Entering [`Fault::Refuse`] closes the listening socket before this
+    /// returns, and leaving it listens again before this returns.
+    pub fn set(&self, fault: Fault) {
+        if fault == Fault::Refuse {
+            let old = self.shared.listener().take();
+            drop(old);
+        } else {
+            self.shared.ensure_listening();
+        }
+        tracing::debug!(addr = %self.addr, ?fault, "fault proxy switched");
+        self.faults.send_replace(fault);
+    }
+
+    /// The current fault.
+    pub fn fault(&self) -> Fault {
+        self.faults.borrow().clone()
+    }
+
+    /// How many client connections the proxy currently holds open.
+    pub fn connections(&self) -> usize {
+        self.shared.connections.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        // Aborting the accept loop drops its `JoinSet`, which aborts every
+        // connection task; closing the watch channel ends them too.
+        self.accept_task.abort();
+        let listener = self.shared.listener().take();
+        drop(listener);
+    }
+}
+
+/// A listener on `addr` with `SO_REUSEADDR`, so the port can be taken again
+/// while connections accepted on it are still open.
+fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+async fn accept_loop(
+    shared: Arc<Shared>,
+    upstream: SocketAddr,
+    mut faults: watch::Receiver<Fault>,
+) {
+    let mut tasks = JoinSet::new();
+    loop {
+        let refusing = *faults.borrow_and_update() == Fault::Refuse;
+        let missing = !refusing && shared.listener().is_none();
+        let accept = poll_fn(|cx| match shared.listener().as_ref() {
+            Some(listener) => listener.poll_accept(cx),
+            None => Poll::Pending,
+        });
+        tokio::select! {
+            accepted = accept => match accepted {
+                Ok((client, _)) => {
+                    let guard = ConnGuard::new(&shared);
+                    tasks.spawn(connection(client, upstream, faults.clone(), guard));
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "fault proxy accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            },
+            changed = faults.changed() => if changed.is_err() {
+                return;
+            },
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            () = tokio::time::sleep(REBIND_RETRY), if missing => shared.ensure_listening(),
+        }
+    }
+}
+
+/// Counts a client connection while it is alive.
+struct ConnGuard(Arc<Shared>);
+
+impl ConnGuard {
+    fn new(shared: &Arc<Shared>) -> Self {
+        shared.connections.fetch_add(1, Ordering::SeqCst);
+        Self(Arc::clone(shared))
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Why a direction stopped other than by a clean end of stream.
+enum Stop {
+    /// The fault became [`Fault::Reset`] or a socket failed: reset both sides.
+    Reset,
+    /// The proxy was dropped.
+    Closed,
+}
+
+async fn connection(
+    mut client: TcpStream,
+    upstream: SocketAddr,
+    mut faults: watch::Receiver<Fault>,
+    _guard: ConnGuard,
+) {
+    // Do not even connect upstream while black-holed: the client just waits.
+    loop {
+        let fault = faults.borrow_and_update().clone();
+        match fault {
+            Fault::Reset => return reset(&client),
+            Fault::BlackHole => {
+                if faults.changed().await.is_err() {
+                    return;
+                }
+            }
+            _ => break,
+        }
+    }
+    let mut server = match TcpStream::connect(upstream).await {
+        Ok(server) => server,
+        Err(e) => {
+            tracing::debug!(%upstream, error = %e, "fault proxy could not reach upstream");
+            return reset(&client);
+        }
+    };
+    let _ = client.set_nodelay(true);
+    let _ = server.set_nodelay(true);
+    let outcome = {
+        let (client_read, client_write) = client.split();
+        let (server_read, server_write) = server.split();
+        tokio::try_join!(
+            pump(client_read, server_write, faults.clone()),
+            pump(server_read, client_write, faults),
+        )
+    };
+    if let Err(Stop::Reset) = outcome {
+        reset(&client);
+        reset(&server);
+    }
+}
+
+/// Makes dropping `stream` send a TCP RST instead of a FIN.
+fn reset(stream: &TcpStream) {
+    let _ = stream.set_zero_linger();
+}
+
+/// Copies `from` to `to` under the current fault until `from` ends (then
+/// shuts `to` down) or the connection must stop.
+async fn pump<R, W>(mut from: R, mut to: W, mut faults: watch::Receiver<Fault>) -> Result<(), Stop>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; CHUNK];
+    let mut queue: VecDeque<(Instant, Vec<u8>)> = VecDeque::new();
+    // The chunk being written: when it is due, its bytes, and how many are sent.
+    let mut current: Option<(Instant, Vec<u8>, usize)> = None;
+    let mut eof = false;
+    loop {
+        let fault = faults.borrow_and_update().clone();
+        let delay = match fault {
+            Fault::Reset => return Err(Stop::Reset),
+            Fault::BlackHole => {
+                faults.changed().await.map_err(|_| Stop::Closed)?;
+                continue;
+            }
+            Fault::Latency(delay) => delay,
+            _ => Duration::ZERO,
+        };
+        if current.is_none() {
+            current = queue.pop_front().map(|(due, bytes)| (due, bytes, 0));
+        }
+        if eof && current.is_none() {
+            let _ = to.shutdown().await;
+            return Ok(());
+        }
+        let can_read = !eof && queue.len() < MAX_QUEUED;
+        tokio::select! {
+            changed = faults.changed() => changed.map_err(|_| Stop::Closed)?,
+            read = from.read(&mut buf), if can_read => match read {
+                Ok(0) => eof = true,
+                Ok(n) => queue.push_back((Instant::now() + delay, buf[..n].to_vec())),
+                Err(_) => return Err(Stop::Reset),
+            },
+            written = write_due(&mut to, current.as_ref()), if current.is_some() => match written {
+                Ok(n) => {
+                    if let Some((_, bytes, sent)) = current.as_mut() {
+                        *sent += n;
+                        if *sent >= bytes.len() {
+                            current = None;
+                        }
+                    }
+                }
+                Err(_) => return Err(Stop::Reset),
+            },
+        }
+    }
+}
+
+/// Waits until `chunk` is due, then writes some of its remaining bytes.
+async fn write_due<W: AsyncWrite + Unpin>(
+    to: &mut W,
+    chunk: Option<&(Instant, Vec<u8>, usize)>,
+) -> io::Result<usize> {
+    let Some((due, bytes, sent)) = chunk else {
+        return std::future::pending().await;
+    };
+    tokio::time::sleep_until(*due).await;
+    match to.write(&bytes[*sent..]).await? {
+        0 => Err(io::ErrorKind::WriteZero.into()),
+        n => Ok(n),
+    }
+}
