@@ -1,0 +1,133 @@
+//! Shared set-up for the integration tests: a real local cluster (primary +
+//! two streaming replicas, one per region) and a manager with short timings.
+#![allow(dead_code, unreachable_pub)]
+
+use std::time::Duration;
+
+use pgrouter::{
+    Config, DatabaseManager, HealthSettings, NodeConfig, PoolSettings, ReadStrategy, RetrySettings,
+    Role,
+};
+use pgrouter_testkit::{Cluster, FaultProxy};
+
+/// node0 (primary), node1, node2 live in these regions.
+pub const REGIONS: [&str; 3] = ["us-east-1", "eu-west-1", "ap-south-1"];
+/// The service under test runs next to node1.
+pub const LOCAL_REGION: &str = "eu-west-1";
+
+/// Timings short enough for tests, with the same shape as the defaults.
+pub fn fast_config(nodes: Vec<NodeConfig>) -> Config {
+    let mut config = Config::new(nodes);
+    config.local_region = LOCAL_REGION.to_owned();
+    config.deadline = Duration::from_secs(3);
+    config.pool = PoolSettings {
+        max_size: 8,
+        wait_timeout: Duration::from_secs(1),
+        create_timeout: Duration::from_secs(1),
+        recycle_timeout: Duration::from_millis(500),
+        connect_timeout: Duration::from_secs(1),
+        keepalive_idle: Duration::from_secs(5),
+        tcp_user_timeout: Duration::from_secs(2),
+    };
+    config.health = HealthSettings {
+        interval: Duration::from_millis(200),
+        probe_timeout: Duration::from_millis(500),
+        recovery_initial: Duration::from_millis(200),
+        recovery_max: Duration::from_secs(1),
+        fall: 1,
+        rise: 2,
+    };
+    config.retry = RetrySettings {
+        max_retries: 3,
+        min_delay: Duration::from_millis(50),
+        max_delay: Duration::from_millis(400),
+        jitter: true,
+    };
+    config
+}
+
+/// One node config per cluster node, at `ports` (the node's own port, or a
+/// proxy's in front of it).
+pub fn node_configs(cluster: &Cluster, ports: &[u16]) -> Vec<NodeConfig> {
+    cluster
+        .nodes()
+        .iter()
+        .zip(ports)
+        .enumerate()
+        .map(|(index, (node, port))| {
+            let role = if index == 0 {
+                Role::Primary
+            } else {
+                Role::Replica
+            };
+            let url = format!(
+                "host=127.0.0.1 port={port} user={} dbname={}",
+                node.user(),
+                node.dbname()
+            );
+            NodeConfig::new(node.name(), REGIONS[index], url, role)
+        })
+        .collect()
+}
+
+pub fn start_cluster() -> Cluster {
+    Cluster::start(2).expect("start a local cluster (primary + 2 replicas)")
+}
+
+/// A cluster and a manager pointed straight at it.
+pub async fn cluster_and_manager(strategy: ReadStrategy) -> (Cluster, DatabaseManager) {
+    let cluster = start_cluster();
+    let ports: Vec<u16> = cluster.nodes().iter().map(|n| n.port()).collect();
+    let mut config = fast_config(node_configs(&cluster, &ports));
+    config.read_strategy = strategy;
+    let db = DatabaseManager::new(config).await.expect("manager");
+    (cluster, db)
+}
+
+/// A cluster with a fault proxy in front of every node, and a manager that
+/// connects through the proxies.
+pub async fn proxied(strategy: ReadStrategy) -> (Cluster, Vec<FaultProxy>, DatabaseManager) {
+    let cluster = start_cluster();
+    let mut proxies = Vec::new();
+    for node in cluster.nodes() {
+        proxies.push(FaultProxy::start(node.addr()).await.expect("proxy"));
+    }
+    let ports: Vec<u16> = proxies.iter().map(FaultProxy::port).collect();
+    let mut config = fast_config(node_configs(&cluster, &ports));
+    config.read_strategy = strategy;
+    let db = DatabaseManager::new(config).await.expect("manager");
+    (cluster, proxies, db)
+}
+
+/// The real port of the server that answered (not the proxy's).
+pub async fn answering_port(db: &DatabaseManager, strategy: ReadStrategy) -> u16 {
+    let row = db
+        .read()
+        .strategy(strategy)
+        .query_one("SELECT inet_server_port()", &[])
+        .await
+        .expect("read");
+    let port: i32 = row.get(0);
+    u16::try_from(port).expect("port")
+}
+
+pub fn port_of(cluster: &Cluster, index: usize) -> u16 {
+    cluster.node(index).port()
+}
+
+/// Polls `condition` every 20 ms until it holds or `limit` passes; returns
+/// how long it took.
+pub async fn wait_until(limit: Duration, mut condition: impl FnMut() -> bool) -> Option<Duration> {
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        if condition() {
+            return Some(start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
+pub fn healthy(db: &DatabaseManager, node: &str) -> bool {
+    db.status().node(node).is_some_and(|n| n.healthy)
+}
