@@ -15,7 +15,10 @@ use support::*;
 async fn a_stopped_replica_is_routed_around_and_recovers() {
     let (cluster, db) = cluster_and_manager(ReadStrategy::RegionalPreferred).await;
     let config = db.config().health.clone();
-    assert_eq!(answering_port(&db, ReadStrategy::RegionalPreferred).await, port_of(&cluster, 1));
+    assert_eq!(
+        answering_port(&db, ReadStrategy::RegionalPreferred).await,
+        port_of(&cluster, 1)
+    );
 
     // Readers run throughout: none may fail, before or after detection.
     let stop = Arc::new(AtomicBool::new(false));
@@ -23,7 +26,8 @@ async fn a_stopped_replica_is_routed_around_and_recovers() {
     let reads = Arc::new(AtomicUsize::new(0));
     let mut readers = Vec::new();
     for _ in 0..4 {
-        let (db, stop, failures, reads) = (db.clone(), stop.clone(), failures.clone(), reads.clone());
+        let (db, stop, failures, reads) =
+            (db.clone(), stop.clone(), failures.clone(), reads.clone());
         readers.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 match db.query_one("SELECT 1", &[]).await {
@@ -42,28 +46,46 @@ async fn a_stopped_replica_is_routed_around_and_recovers() {
     cluster.stop(1, StopMode::Immediate).unwrap();
     let bound = config.interval + config.probe_timeout + Duration::from_millis(300);
     let detected = wait_until(bound, || !healthy(&db, "node1")).await;
-    assert!(detected.is_some(), "node1 not marked unhealthy within {bound:?}");
+    assert!(
+        detected.is_some(),
+        "node1 not marked unhealthy within {bound:?}"
+    );
     let status = db.status();
     let node1 = status.node("node1").unwrap();
     assert!(node1.last_error.is_some(), "{node1:?}");
 
     for _ in 0..20 {
         let port = answering_port(&db, ReadStrategy::RegionalPreferred).await;
-        assert_ne!(port, port_of(&cluster, 1), "reads must avoid the stopped replica");
+        assert_ne!(
+            port,
+            port_of(&cluster, 1),
+            "reads must avoid the stopped replica"
+        );
     }
 
     cluster.start_node(1).unwrap();
     let recovered = wait_until(Duration::from_secs(10), || healthy(&db, "node1")).await;
-    assert!(recovered.is_some(), "node1 did not recover: {:?}", db.status());
+    assert!(
+        recovered.is_some(),
+        "node1 did not recover: {:?}",
+        db.status()
+    );
     assert!(db.status().node("node1").unwrap().last_error.is_none());
-    assert_eq!(answering_port(&db, ReadStrategy::RegionalPreferred).await, port_of(&cluster, 1));
+    assert_eq!(
+        answering_port(&db, ReadStrategy::RegionalPreferred).await,
+        port_of(&cluster, 1)
+    );
 
     stop.store(true, Ordering::Relaxed);
     for reader in readers {
         reader.await.unwrap();
     }
     assert!(reads.load(Ordering::Relaxed) > 100);
-    assert_eq!(failures.load(Ordering::Relaxed), 0, "reads failed while a replica was down");
+    assert_eq!(
+        failures.load(Ordering::Relaxed),
+        0,
+        "reads failed while a replica was down"
+    );
     db.close().await;
 }
 
@@ -77,7 +99,13 @@ async fn global_random_with_no_healthy_node_is_a_typed_error() {
     assert!(all_down.is_some(), "{:?}", db.status());
     let err = db.query("SELECT 1", &[]).await.unwrap_err();
     assert!(
-        matches!(err, pgrouter::Error::NoHealthyNode { operation: pgrouter::Operation::Read, strategy: ReadStrategy::GlobalRandom }),
+        matches!(
+            err,
+            pgrouter::Error::NoHealthyNode {
+                operation: pgrouter::Operation::Read,
+                strategy: ReadStrategy::GlobalRandom
+            }
+        ),
         "{err:?}"
     );
     assert!(!db.status().is_ready());
@@ -95,6 +123,10 @@ async fn a_node_down_at_start_is_unhealthy_and_comes_in_later() {
     assert!(!healthy(&db, "node2"), "{:?}", db.status());
     assert!(db.status().is_ready());
     cluster.start_node(2).unwrap();
-    assert!(wait_until(Duration::from_secs(10), || healthy(&db, "node2")).await.is_some());
+    assert!(
+        wait_until(Duration::from_secs(10), || healthy(&db, "node2"))
+            .await
+            .is_some()
+    );
     db.close().await;
 }

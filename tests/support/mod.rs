@@ -87,6 +87,13 @@ pub async fn cluster_and_manager(strategy: ReadStrategy) -> (Cluster, DatabaseMa
 /// A cluster with a fault proxy in front of every node, and a manager that
 /// connects through the proxies.
 pub async fn proxied(strategy: ReadStrategy) -> (Cluster, Vec<FaultProxy>, DatabaseManager) {
+    proxied_with(|config| config.read_strategy = strategy).await
+}
+
+/// [`proxied`], with the configuration edited before the manager starts.
+pub async fn proxied_with(
+    edit: impl FnOnce(&mut Config),
+) -> (Cluster, Vec<FaultProxy>, DatabaseManager) {
     let cluster = start_cluster();
     let mut proxies = Vec::new();
     for node in cluster.nodes() {
@@ -94,7 +101,7 @@ pub async fn proxied(strategy: ReadStrategy) -> (Cluster, Vec<FaultProxy>, Datab
     }
     let ports: Vec<u16> = proxies.iter().map(FaultProxy::port).collect();
     let mut config = fast_config(node_configs(&cluster, &ports));
-    config.read_strategy = strategy;
+    edit(&mut config);
     let db = DatabaseManager::new(config).await.expect("manager");
     (cluster, proxies, db)
 }

@@ -1,0 +1,234 @@
+//! Writes and transactions: where they go, what is retried, what is not.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use pgrouter::tokio_postgres::error::SqlState;
+use pgrouter::{DatabaseManager, Error, ReadStrategy};
+use pgrouter_testkit::Fault;
+use support::*;
+
+const SCHEMA: &str = "
+    CREATE SEQUENCE attempts;
+    CREATE TABLE parents (id int PRIMARY KEY);
+    CREATE TABLE children (id int PRIMARY KEY, parent int REFERENCES parents(id));
+    CREATE TABLE log (id serial PRIMARY KEY, note text);
+    INSERT INTO parents VALUES (1);
+    INSERT INTO children VALUES (1, 1);
+    -- Fails with 40001 until it has been called `$1` times (counted in a
+    -- sequence, which does not roll back).
+    CREATE FUNCTION flaky(succeed_on bigint) RETURNS int LANGUAGE plpgsql AS $$
+    BEGIN
+        IF nextval('attempts') < succeed_on THEN
+            RAISE EXCEPTION 'simulated conflict' USING ERRCODE = '40001';
+        END IF;
+        RETURN 1;
+    END $$;";
+
+async fn attempts(db: &DatabaseManager) -> i64 {
+    db.read()
+        .strategy(ReadStrategy::PrimaryOnly)
+        .query_one("SELECT last_value FROM attempts", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+async fn setup(db: &DatabaseManager) {
+    let client = db.write_pool().unwrap().get().await.unwrap();
+    client.batch_execute(SCHEMA).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn constraint_violations_are_never_retried() {
+    let (_cluster, db) = cluster_and_manager(ReadStrategy::RegionalPreferred).await;
+    setup(&db).await;
+
+    let start = Instant::now();
+    let err = db
+        .execute(
+            "INSERT INTO children SELECT 1, 1 FROM (SELECT nextval('attempts')) s",
+            &[],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(&SqlState::UNIQUE_VIOLATION), "{err:?}");
+    assert_eq!(err.node(), Some("node0"));
+    assert_eq!(attempts(&db).await, 1, "exactly one attempt for 23505");
+
+    let err = db
+        .execute(
+            "INSERT INTO children SELECT 2, 99 FROM (SELECT nextval('attempts')) s",
+            &[],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(&SqlState::FOREIGN_KEY_VIOLATION),
+        "{err:?}"
+    );
+    assert_eq!(attempts(&db).await, 2, "exactly one attempt for 23503");
+
+    let err = db
+        .execute("INSERT INTO children VALUES (3, 1, 'x')", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(&SqlState::SYNTAX_ERROR).or(err.code()),
+        "{err:?}"
+    );
+    assert!(
+        err.code().is_some_and(|c| c.code().starts_with("42")),
+        "{err:?}"
+    );
+    // No backoff was slept: the minimum delay alone is 50 ms per retry.
+    assert!(
+        start.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        start.elapsed()
+    );
+    db.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_serialization_failure_is_retried_until_it_succeeds() {
+    let (_cluster, db) = cluster_and_manager(ReadStrategy::RegionalPreferred).await;
+    setup(&db).await;
+    let inserted = db
+        .execute(
+            "INSERT INTO log (note) SELECT 'ok' FROM (SELECT flaky(3)) s",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(inserted, 1);
+    assert_eq!(attempts(&db).await, 3, "two failures, then success");
+
+    // More failures than the schedule allows: the last error comes back.
+    let err = db.execute("SELECT flaky(100)", &[]).await.unwrap_err();
+    assert_eq!(err.code(), Some(&SqlState::T_R_SERIALIZATION_FAILURE));
+    assert_eq!(attempts(&db).await, 3 + 4, "one attempt plus three retries");
+    db.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_commit_roll_back_and_retry_as_a_whole() {
+    let (cluster, db) = cluster_and_manager(ReadStrategy::RegionalPreferred).await;
+    setup(&db).await;
+
+    let id: i32 = db
+        .transaction(|tx| {
+            Box::pin(async move {
+                let row = tx
+                    .query_one(
+                        "INSERT INTO log (note) VALUES ('committed') RETURNING id",
+                        &[],
+                    )
+                    .await?;
+                tx.execute("INSERT INTO parents VALUES (2)", &[]).await?;
+                Ok(row.get(0))
+            })
+        })
+        .await
+        .unwrap();
+
+    let err = db
+        .transaction(|tx| {
+            Box::pin(async move {
+                tx.execute("INSERT INTO log (note) VALUES ('rolled back')", &[])
+                    .await?;
+                Err::<(), _>(Error::aborted("business rule says no"))
+            })
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Aborted(_)), "{err:?}");
+
+    let err = db
+        .transaction(|tx| {
+            Box::pin(async move {
+                tx.execute("INSERT INTO log (note) VALUES ('rolled back too')", &[])
+                    .await?;
+                tx.execute("INSERT INTO parents VALUES (1)", &[]).await?;
+                Ok(())
+            })
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(&SqlState::UNIQUE_VIOLATION));
+    assert_eq!(
+        err.node(),
+        Some("node0"),
+        "closure errors gain node context"
+    );
+
+    let mut runs = 0;
+    db.transaction(|tx| {
+        runs += 1;
+        Box::pin(async move {
+            tx.execute("INSERT INTO log (note) VALUES ('retried')", &[])
+                .await?;
+            tx.execute("SELECT flaky(3)", &[]).await?;
+            Ok(())
+        })
+    })
+    .await
+    .unwrap();
+    assert_eq!(runs, 3, "the whole closure reran after each 40001");
+
+    cluster.wait_for_replicas(Duration::from_secs(5)).unwrap();
+    let notes: Vec<String> = db
+        .query("SELECT note FROM log ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(notes, ["committed", "retried"]);
+    let parent: Option<i32> = db
+        .query_opt("SELECT id FROM parents WHERE id = 2", &[])
+        .await
+        .unwrap()
+        .map(|row| row.get(0));
+    assert_eq!(parent, Some(2));
+    assert!(id > 0);
+    db.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_lost_after_sending_is_an_unknown_outcome() {
+    // Room for the monitor to re-admit the primary between retries.
+    let (_cluster, proxies, db) = proxied_with(|config| config.retry.max_retries = 8).await;
+    setup(&db).await;
+    let proxy = &proxies[0];
+    let reset_after = |delay: Duration| async move {
+        tokio::time::sleep(delay).await;
+        proxy.set(Fault::Reset);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        proxy.set(Fault::Pass);
+    };
+
+    let (result, ()) = tokio::join!(
+        db.execute("INSERT INTO log (note) SELECT 'slow' FROM pg_sleep(1)", &[]),
+        reset_after(Duration::from_millis(300)),
+    );
+    let err = result.unwrap_err();
+    assert!(err.is_outcome_unknown(), "{err:?}");
+    assert_eq!(err.node(), Some("node0"));
+
+    // Marked idempotent, the same failure is retried and succeeds.
+    let healthy_again = wait_until(Duration::from_secs(5), || healthy(&db, "node0")).await;
+    assert!(healthy_again.is_some(), "{:?}", db.status());
+    let (written, ()) = tokio::join!(
+        db.write().idempotent().execute(
+            "INSERT INTO parents SELECT 7 FROM pg_sleep(1) ON CONFLICT DO NOTHING",
+            &[]
+        ),
+        reset_after(Duration::from_millis(300)),
+    );
+    assert!(written.is_ok(), "{written:?}");
+    db.close().await;
+}
