@@ -43,9 +43,13 @@
 //!
 //!     // Put a fault-injection proxy in front of replica 1.
 //!     let proxy = FaultProxy::start(cluster.node(1).addr()).await?;
-//!     let mut config = cluster.node(1).pg_config();
-//!     config.port(proxy.port());
-//!     let (replica, connection) = config.connect(tokio_postgres::NoTls).await?;
+//!     let (replica, connection) = tokio_postgres::Config::new()
+//!         .host("127.0.0.1")
+//!         .port(proxy.port())
+//!         .user("postgres")
+//!         .dbname("postgres")
+//!         .connect(tokio_postgres::NoTls)
+//!         .await?;
 //!     tokio::spawn(connection);
 //!
 //!     proxy.set(Fault::BlackHole);

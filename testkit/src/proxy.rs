@@ -275,8 +275,11 @@ where
     W: AsyncWrite + Unpin,
 {
     let mut buf = vec![0u8; CHUNK];
+    // Chunks read but not yet written, with the time they were read: each is
+    // due that long after it was read as the *current* fault says, so lifting
+    // a latency also releases what is already held back.
     let mut queue: VecDeque<(Instant, Vec<u8>)> = VecDeque::new();
-    // The chunk being written: when it is due, its bytes, and how many are sent.
+    // The chunk being written: when it was read, its bytes, and how many are sent.
     let mut current: Option<(Instant, Vec<u8>, usize)> = None;
     let mut eof = false;
     loop {
@@ -291,7 +294,9 @@ where
             _ => Duration::ZERO,
         };
         if current.is_none() {
-            current = queue.pop_front().map(|(due, bytes)| (due, bytes, 0));
+            current = queue
+                .pop_front()
+                .map(|(read_at, bytes)| (read_at, bytes, 0));
         }
         if eof && current.is_none() {
             let _ = to.shutdown().await;
@@ -302,10 +307,10 @@ where
             changed = faults.changed() => changed.map_err(|_| Stop::Closed)?,
             read = from.read(&mut buf), if can_read => match read {
                 Ok(0) => eof = true,
-                Ok(n) => queue.push_back((Instant::now() + delay, buf[..n].to_vec())),
+                Ok(n) => queue.push_back((Instant::now(), buf[..n].to_vec())),
                 Err(_) => return Err(Stop::Reset),
             },
-            written = write_due(&mut to, current.as_ref()), if current.is_some() => match written {
+            written = write_due(&mut to, current.as_ref(), delay), if current.is_some() => match written {
                 Ok(n) => {
                     if let Some((_, bytes, sent)) = current.as_mut() {
                         *sent += n;
@@ -320,15 +325,16 @@ where
     }
 }
 
-/// Waits until `chunk` is due, then writes some of its remaining bytes.
+/// Waits until `chunk` is `delay` old, then writes some of its remaining bytes.
 async fn write_due<W: AsyncWrite + Unpin>(
     to: &mut W,
     chunk: Option<&(Instant, Vec<u8>, usize)>,
+    delay: Duration,
 ) -> io::Result<usize> {
-    let Some((due, bytes, sent)) = chunk else {
+    let Some((read_at, bytes, sent)) = chunk else {
         return std::future::pending().await;
     };
-    tokio::time::sleep_until(*due).await;
+    tokio::time::sleep_until(*read_at + delay).await;
     match to.write(&bytes[*sent..]).await? {
         0 => Err(io::ErrorKind::WriteZero.into()),
         n => Ok(n),

@@ -1,0 +1,133 @@
+//! The fault proxy in front of a real PostgreSQL server.
+
+use std::time::{Duration, Instant};
+
+use pgrouter_testkit::{Cluster, Fault, FaultProxy};
+use tokio_postgres::{Client, NoTls};
+
+/// A single-node cluster and a proxy in front of it.
+async fn setup() -> (Cluster, FaultProxy) {
+    let cluster = Cluster::start(0).unwrap();
+    let proxy = FaultProxy::start(cluster.primary().addr()).await.unwrap();
+    (cluster, proxy)
+}
+
+async fn connect(cluster: &Cluster, proxy: &FaultProxy) -> Result<Client, tokio_postgres::Error> {
+    let node = cluster.primary();
+    let (client, connection) = tokio_postgres::Config::new()
+        .host(node.host())
+        .port(proxy.port())
+        .user(node.user())
+        .dbname(node.dbname())
+        .connect(NoTls)
+        .await?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+async fn select_one(client: &Client) -> Result<i32, tokio_postgres::Error> {
+    Ok(client.query_one("SELECT 1", &[]).await?.get(0))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pass_forwards_queries() {
+    let (cluster, proxy) = setup().await;
+    assert_eq!(proxy.fault(), Fault::Pass);
+    assert_eq!(proxy.addr().ip().to_string(), "127.0.0.1");
+    let client = connect(&cluster, &proxy).await.unwrap();
+    let row = client.query_one("SELECT 40 + 2", &[]).await.unwrap();
+    assert_eq!(row.get::<_, i32>(0), 42);
+    assert_eq!(proxy.connections(), 1);
+
+    drop(client);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while proxy.connections() != 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(proxy.connections(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn black_hole_stalls_queries_until_lifted() {
+    let (cluster, proxy) = setup().await;
+    let client = connect(&cluster, &proxy).await.unwrap();
+    proxy.set(Fault::BlackHole);
+    assert_eq!(proxy.fault(), Fault::BlackHole);
+
+    let stalled = tokio::time::timeout(Duration::from_millis(300), select_one(&client)).await;
+    assert!(stalled.is_err(), "query should time out, got {stalled:?}");
+    let new = tokio::time::timeout(Duration::from_millis(300), connect(&cluster, &proxy)).await;
+    assert!(new.is_err(), "connecting should time out");
+
+    proxy.set(Fault::Pass);
+    assert_eq!(select_one(&client).await.unwrap(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuse_refuses_then_listens_again_on_the_same_port() {
+    let (cluster, proxy) = setup().await;
+    let existing = connect(&cluster, &proxy).await.unwrap();
+    let port = proxy.port();
+
+    proxy.set(Fault::Refuse);
+    let err = tokio::net::TcpStream::connect(proxy.addr())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+    assert_eq!(
+        select_one(&existing).await.unwrap(),
+        1,
+        "existing connections keep working"
+    );
+
+    proxy.set(Fault::Pass);
+    assert_eq!(proxy.port(), port);
+    let client = connect(&cluster, &proxy).await.unwrap();
+    assert_eq!(select_one(&client).await.unwrap(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_breaks_existing_and_new_connections() {
+    let (cluster, proxy) = setup().await;
+    let client = connect(&cluster, &proxy).await.unwrap();
+    assert_eq!(select_one(&client).await.unwrap(), 1);
+
+    proxy.set(Fault::Reset);
+    assert!(select_one(&client).await.is_err());
+    assert!(connect(&cluster, &proxy).await.is_err());
+
+    proxy.set(Fault::Pass);
+    let client = connect(&cluster, &proxy).await.unwrap();
+    assert_eq!(select_one(&client).await.unwrap(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latency_delays_each_direction() {
+    let (cluster, proxy) = setup().await;
+    let client = connect(&cluster, &proxy).await.unwrap();
+
+    proxy.set(Fault::Latency(Duration::from_millis(200)));
+    let started = Instant::now();
+    assert_eq!(select_one(&client).await.unwrap(), 1);
+    let round_trip = started.elapsed();
+    assert!(round_trip >= Duration::from_millis(400), "{round_trip:?}");
+
+    proxy.set(Fault::Pass);
+    let started = Instant::now();
+    assert_eq!(select_one(&client).await.unwrap(), 1);
+    assert!(
+        started.elapsed() < Duration::from_millis(200),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_proxy_closes_everything() {
+    let (cluster, proxy) = setup().await;
+    let client = connect(&cluster, &proxy).await.unwrap();
+    let addr = proxy.addr();
+    drop(proxy);
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+    assert!(select_one(&client).await.is_err());
+}
