@@ -15,7 +15,11 @@ const SLACK: Duration = Duration::from_millis(500);
 
 async fn warm_every_pool(db: &DatabaseManager) {
     for strategy in [ReadStrategy::PrimaryOnly, ReadStrategy::RegionalPreferred] {
-        let calls = (0..6).map(|_| db.read().strategy(strategy).query("SELECT pg_sleep(0.05)", &[]));
+        let calls = (0..6).map(|_| {
+            db.read()
+                .strategy(strategy)
+                .query("SELECT pg_sleep(0.05)", &[])
+        });
         for result in futures_util::future::join_all(calls).await {
             result.unwrap();
         }
@@ -38,17 +42,30 @@ async fn a_black_holed_replica_costs_at_most_the_deadline_then_is_avoided() {
         match result {
             Ok(row) => assert_ne!(row.get::<_, i32>(0), i32::from(port_of(&cluster, 1))),
             Err(error) => {
-                assert!(error.is_timeout() || error.node() == Some("node1"), "{error:?}");
+                assert!(
+                    error.is_timeout() || error.node() == Some("node1"),
+                    "{error:?}"
+                );
                 failures += 1;
             }
         }
     }
-    assert!(slowest <= deadline + SLACK, "a call waited {slowest:?}, deadline {deadline:?}");
-    assert!(failures <= 1, "only the call that found the black hole may fail: {failures}");
+    assert!(
+        slowest <= deadline + SLACK,
+        "a call waited {slowest:?}, deadline {deadline:?}"
+    );
+    assert!(
+        failures <= 1,
+        "only the call that found the black hole may fail: {failures}"
+    );
     assert!(!healthy(&db, "node1"));
 
     proxies[1].set(Fault::Pass);
-    assert!(wait_until(Duration::from_secs(10), || healthy(&db, "node1")).await.is_some());
+    assert!(
+        wait_until(Duration::from_secs(10), || healthy(&db, "node1"))
+            .await
+            .is_some()
+    );
     db.close().await;
 }
 
@@ -74,22 +91,42 @@ async fn a_black_holed_primary_bounds_writes_and_per_call_deadlines() {
     let deadline = db.config().deadline;
     for _ in 0..3 {
         let start = Instant::now();
-        let err = db.execute("INSERT INTO t VALUES (1)", &[]).await.unwrap_err();
-        assert!(start.elapsed() <= deadline + SLACK, "write waited {:?}", start.elapsed());
-        assert!(err.is_timeout() || matches!(err, pgrouter::Error::NoHealthyNode { .. }), "{err:?}");
+        let err = db
+            .execute("INSERT INTO t VALUES (1)", &[])
+            .await
+            .unwrap_err();
+        assert!(
+            start.elapsed() <= deadline + SLACK,
+            "write waited {:?}",
+            start.elapsed()
+        );
+        assert!(
+            err.is_timeout() || matches!(err, pgrouter::Error::NoHealthyNode { .. }),
+            "{err:?}"
+        );
     }
     let start = Instant::now();
     let err = db
-        .transaction(|tx| Box::pin(async move { Ok(tx.execute("INSERT INTO t VALUES (2)", &[]).await?) }))
+        .transaction(|tx| {
+            Box::pin(async move { Ok(tx.execute("INSERT INTO t VALUES (2)", &[]).await?) })
+        })
         .await
         .unwrap_err();
-    assert!(start.elapsed() <= deadline + SLACK, "transaction waited {:?}", start.elapsed());
+    assert!(
+        start.elapsed() <= deadline + SLACK,
+        "transaction waited {:?}",
+        start.elapsed()
+    );
     assert!(!db.status().is_ready(), "{err:?}");
 
     // Reads that may go elsewhere still work.
     db.query("SELECT 1", &[]).await.unwrap();
     proxies[0].set(Fault::Pass);
-    assert!(wait_until(Duration::from_secs(10), || healthy(&db, "node0")).await.is_some());
+    assert!(
+        wait_until(Duration::from_secs(10), || healthy(&db, "node0"))
+            .await
+            .is_some()
+    );
     db.execute("INSERT INTO t VALUES (3)", &[]).await.unwrap();
     db.close().await;
 }

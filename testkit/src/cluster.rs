@@ -1,55 +1,23 @@
 //! Throwaway local clusters: one primary and streaming replicas.
 
-use std::fmt::Write as _;
-use std::fs::OpenOptions;
-use std::io::Write as _;
-use std::net::{Ipv4Addr, TcpListener};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
 use crate::binaries::{self, file_len, PgBin};
+pub use crate::builder::ClusterBuilder;
 pub use crate::node::LocalNode;
 use crate::node::{DBNAME, HOST, USER};
 use crate::TestkitError;
 
 /// Seconds `pg_ctl` waits for a start, stop or promotion.
 const PG_CTL_TIMEOUT: &str = "30";
-/// How long cluster start-up waits for a replica to stream.
-const STREAM_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long [`Cluster::pause_replay`] waits for replay to pause.
 const PAUSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Interval between polls.
 const POLL: Duration = Duration::from_millis(20);
-/// Fresh ports tried when a node cannot bind its port.
-const PORT_ATTEMPTS: usize = 5;
-
-/// Settings appended to every node's `postgresql.conf` (before the builder's).
-const BASE_CONF: &str = "
-# ---- added by pgrouter-testkit ----
-listen_addresses = '127.0.0.1'
-wal_level = replica
-max_wal_senders = 10
-hot_standby = on
-fsync = off
-synchronous_commit = off
-full_page_writes = off
-max_connections = 200
-shared_buffers = 32MB
-wal_keep_size = 256MB
-logging_collector = off
-wal_writer_delay = 10ms
-";
-
-/// `pg_hba.conf` of every node: trust everything local.
-const HBA_CONF: &str = "\
-local all all trust
-local replication all trust
-host all all 127.0.0.1/32 trust
-host replication all 127.0.0.1/32 trust
-";
 
 /// How [`Cluster::stop`] shuts a node down (`pg_ctl stop -m ...`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,79 +37,9 @@ impl StopMode {
     }
 }
 
-/// Configures and starts a [`Cluster`]; get one from [`Cluster::builder`].
-#[derive(Debug, Clone)]
-pub struct ClusterBuilder {
-    replicas: usize,
-    bindir: Option<PathBuf>,
-    settings: Vec<(String, String)>,
-}
-
-impl Default for ClusterBuilder {
-    fn default() -> Self {
-        Self {
-            replicas: 2,
-            bindir: None,
-            settings: Vec::new(),
-        }
-    }
-}
-
-impl ClusterBuilder {
-    /// The number of streaming replicas next to the primary (default 2).
-    pub fn replicas(mut self, n: usize) -> Self {
-        self.replicas = n;
-        self
-    }
-
-    /// The directory holding `initdb`, `pg_ctl`, `pg_basebackup` and `psql`,
-    /// instead of discovering it (see [`Cluster`] for the discovery order).
-    pub fn bindir(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.bindir = Some(dir.into());
-        self
-    }
-
-    /// An extra `postgresql.conf` setting for all nodes, written as
-    /// `name = 'value'` (the value is quoted for you, so pass e.g. `"100ms"`).
-    /// It comes after the testkit's defaults, so it overrides them.
-    pub fn setting(mut self, name: &str, value: &str) -> Self {
-        self.settings.push((name.to_owned(), value.to_owned()));
-        self
-    }
-
-    /// Creates the cluster and blocks until the primary accepts connections
-    /// and every replica is streaming from it.
-    ///
-    /// If any step fails, whatever was already started is stopped again.
-    pub fn start(self) -> Result<Cluster, TestkitError> {
-        let started = Instant::now();
-        let bin = PgBin::discover(self.bindir.as_deref())?;
-        let dir = tempfile::Builder::new()
-            .prefix("pgrouter-")
-            .tempdir_in("/tmp")?;
-        if let Some((uid, gid)) = bin.owner() {
-            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))?;
-        }
-        // Built first so that `Drop` stops nodes if a later step fails.
-        let mut cluster = Cluster {
-            nodes: Vec::new(),
-            bin,
-            dir,
-        };
-        cluster.init_primary(&self.settings)?;
-        for index in 1..=self.replicas {
-            cluster.add_replica(index)?;
-        }
-        for index in 1..=self.replicas {
-            cluster.wait_streaming(index)?;
-        }
-        tracing::debug!(dir = %cluster.dir().display(), elapsed = ?started.elapsed(), "test cluster ready");
-        Ok(cluster)
-    }
-}
-
 /// A throwaway PostgreSQL cluster on this machine: a primary (node 0) and
-/// streaming replicas (nodes 1..), in a temporary directory under `/tmp`.
+/// streaming replicas (nodes 1..), in a temporary directory (under `/dev/shm` when it has room, else `/tmp`;
+/// set `PGROUTER_TESTKIT_DIR` to choose another place).
 ///
 /// Every node listens on `127.0.0.1` on a free port, with `trust`
 /// authentication for user `postgres`, `wal_level = replica`, and durability
@@ -158,9 +56,9 @@ impl ClusterBuilder {
 /// directory, also when a test panics.
 #[derive(Debug)]
 pub struct Cluster {
-    nodes: Vec<LocalNode>,
-    bin: PgBin,
-    dir: TempDir,
+    pub(crate) nodes: Vec<LocalNode>,
+    pub(crate) bin: PgBin,
+    pub(crate) dir: TempDir,
 }
 
 impl Cluster {
@@ -323,7 +221,7 @@ impl Cluster {
     }
 
     /// `pg_ctl <action> -D <data> -w -t 30`.
-    fn pg_ctl(&self, node: &LocalNode, action: &str) -> Command {
+    pub(crate) fn pg_ctl(&self, node: &LocalNode, action: &str) -> Command {
         let mut cmd = self.bin.command("pg_ctl");
         cmd.arg(action).arg("-D").arg(node.data_dir());
         if action != "status" {
@@ -333,12 +231,16 @@ impl Cluster {
     }
 
     /// Runs `cmd`, quoting what it added to `node`'s log if it fails.
-    fn run_logged(&self, cmd: &mut Command, node: &LocalNode) -> Result<(), TestkitError> {
+    pub(crate) fn run_logged(
+        &self,
+        cmd: &mut Command,
+        node: &LocalNode,
+    ) -> Result<(), TestkitError> {
         let from = file_len(node.log_file());
         binaries::run(cmd, Some((node.log_file(), from))).map(drop)
     }
 
-    fn pg_ctl_start(&self, data: &Path, log: &Path) -> Result<(), TestkitError> {
+    pub(crate) fn pg_ctl_start(&self, data: &Path, log: &Path) -> Result<(), TestkitError> {
         let from = file_len(log);
         let mut cmd = self.bin.command("pg_ctl");
         cmd.arg("start").arg("-D").arg(data).arg("-l").arg(log);
@@ -347,7 +249,7 @@ impl Cluster {
     }
 
     /// Runs `sql` on node `index` until it prints `expected` or time is up.
-    fn poll_until(
+    pub(crate) fn poll_until(
         &self,
         index: usize,
         sql: &str,
@@ -369,90 +271,6 @@ impl Cluster {
             }
             std::thread::sleep(POLL);
         }
-    }
-
-    fn init_primary(&mut self, settings: &[(String, String)]) -> Result<(), TestkitError> {
-        let data = self.dir().join("node0");
-        let mut cmd = self.bin.command("initdb");
-        cmd.arg("-D").arg(&data);
-        cmd.args([
-            "-U",
-            USER,
-            "--auth=trust",
-            "-E",
-            "UTF8",
-            "--locale=C",
-            "--no-sync",
-        ]);
-        binaries::run(&mut cmd, None)?;
-
-        let mut conf = BASE_CONF.to_owned();
-        let socket_dir = self.dir().display().to_string();
-        writeln!(conf, "unix_socket_directories = {}", quote(&socket_dir)).ok();
-        for (name, value) in settings {
-            writeln!(conf, "{name} = {}", quote(value)).ok();
-        }
-        append(&data.join("postgresql.conf"), &conf)?;
-        // Truncating keeps the file's owner (postgres when we are root).
-        std::fs::write(data.join("pg_hba.conf"), HBA_CONF)?;
-        self.start_new_node(0, data)
-    }
-
-    fn add_replica(&mut self, index: usize) -> Result<(), TestkitError> {
-        let data = self.dir().join(format!("node{index}"));
-        let primary = self.primary().clone();
-        let port = primary.port().to_string();
-        let mut cmd = self.bin.command("pg_basebackup");
-        cmd.args(["-h", HOST, "-p", &port, "-U", USER, "-D"])
-            .arg(&data);
-        cmd.args(["-X", "stream", "-R", "--no-sync", "-c", "fast"]);
-        self.run_logged(&mut cmd, &primary)?;
-        self.start_new_node(index, data)
-    }
-
-    /// Gives a fresh node a free port and starts it, retrying with another
-    /// port if the chosen one was taken in the meantime.
-    fn start_new_node(&mut self, index: usize, data: PathBuf) -> Result<(), TestkitError> {
-        let log = self.dir().join(format!("node{index}.log"));
-        let conf = data.join("postgresql.conf");
-        append(&conf, &format!("cluster_name = 'node{index}'\n"))?;
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let port = free_port()?;
-            append(&conf, &format!("port = {port}\n"))?;
-            let from = file_len(&log);
-            match self.pg_ctl_start(&data, &log) {
-                Ok(()) => {
-                    self.nodes.push(LocalNode::new(index, port, data, log));
-                    return Ok(());
-                }
-                Err(e) => {
-                    // A timed-out start may have left a server behind.
-                    let mut stop = self.bin.command("pg_ctl");
-                    stop.arg("stop")
-                        .arg("-D")
-                        .arg(&data)
-                        .args(["-m", "immediate", "-w"]);
-                    let _ = binaries::run(&mut stop, None);
-                    let tail = binaries::log_tail(&log, from);
-                    let port_taken = tail.contains("could not bind")
-                        || tail.contains("could not create any TCP/IP sockets");
-                    if !port_taken || attempt >= PORT_ATTEMPTS {
-                        return Err(e);
-                    }
-                    tracing::debug!(port, "port taken, retrying node{index} with another");
-                }
-            }
-        }
-    }
-
-    /// Waits until replica `index` is in recovery and streaming.
-    fn wait_streaming(&self, index: usize) -> Result<(), TestkitError> {
-        let sql = "SELECT pg_is_in_recovery() AND EXISTS \
-                   (SELECT 1 FROM pg_stat_wal_receiver WHERE status = 'streaming')";
-        let what = format!("node{index} to stream from the primary");
-        self.poll_until(index, sql, "t", STREAM_TIMEOUT, &what)
     }
 }
 
@@ -476,21 +294,4 @@ impl Drop for Cluster {
         }
         // The `TempDir` field then removes the directory.
     }
-}
-
-/// A port that was free on 127.0.0.1 a moment ago.
-fn free_port() -> Result<u16, TestkitError> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
-    Ok(listener.local_addr()?.port())
-}
-
-/// `value` as a single-quoted `postgresql.conf` string.
-fn quote(value: &str) -> String {
-    format!("'{}'", value.replace('\'', "''"))
-}
-
-fn append(path: &Path, text: &str) -> Result<(), TestkitError> {
-    let mut file = OpenOptions::new().append(true).open(path)?;
-    file.write_all(text.as_bytes())?;
-    Ok(())
 }

@@ -70,6 +70,7 @@
 )]
 
 mod binaries;
+mod builder;
 mod cluster;
 mod error;
 mod node;

@@ -1,0 +1,252 @@
+//! Building a cluster: `initdb`, configuration, base backups, start-up.
+
+use std::fmt::Write as _;
+use std::fs::OpenOptions;
+use std::io::Write as _;
+use std::net::{Ipv4Addr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::binaries::{self, file_len, PgBin};
+use crate::node::{LocalNode, HOST, USER};
+use crate::{Cluster, TestkitError};
+
+/// Environment variable naming the directory to create clusters in.
+const DIR_ENV: &str = "PGROUTER_TESTKIT_DIR";
+/// Free space `/dev/shm` needs (in KiB) to be used for clusters.
+const SHM_MIN_KIB: u64 = 1024 * 1024;
+/// How long cluster start-up waits for a replica to stream.
+const STREAM_TIMEOUT: Duration = Duration::from_secs(30);
+/// Fresh ports tried when a node cannot bind its port.
+const PORT_ATTEMPTS: usize = 5;
+
+/// Settings appended to every node's `postgresql.conf` (before the builder's).
+const BASE_CONF: &str = "
+# ---- added by pgrouter-testkit ----
+listen_addresses = '127.0.0.1'
+wal_level = replica
+max_wal_senders = 10
+hot_standby = on
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+max_connections = 200
+shared_buffers = 32MB
+wal_keep_size = 256MB
+logging_collector = off
+wal_writer_delay = 10ms
+";
+
+/// `pg_hba.conf` of every node: trust everything local.
+const HBA_CONF: &str = "\
+local all all trust
+local replication all trust
+host all all 127.0.0.1/32 trust
+host replication all 127.0.0.1/32 trust
+";
+
+/// Configures and starts a [`Cluster`]; get one from [`Cluster::builder`].
+#[derive(Debug, Clone)]
+pub struct ClusterBuilder {
+    replicas: usize,
+    bindir: Option<PathBuf>,
+    settings: Vec<(String, String)>,
+}
+
+impl Default for ClusterBuilder {
+    fn default() -> Self {
+        Self {
+            replicas: 2,
+            bindir: None,
+            settings: Vec::new(),
+        }
+    }
+}
+
+impl ClusterBuilder {
+    /// The number of streaming replicas next to the primary (default 2).
+    pub fn replicas(mut self, n: usize) -> Self {
+        self.replicas = n;
+        self
+    }
+
+    /// The directory holding `initdb`, `pg_ctl`, `pg_basebackup` and `psql`,
+    /// instead of discovering it (see [`Cluster`] for the discovery order).
+    pub fn bindir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.bindir = Some(dir.into());
+        self
+    }
+
+    /// An extra `postgresql.conf` setting for all nodes, written as
+    /// `name = 'value'` (the value is quoted for you, so pass e.g. `"100ms"`).
+    /// It comes after the testkit's defaults, so it overrides them.
+    pub fn setting(mut self, name: &str, value: &str) -> Self {
+        self.settings.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Creates the cluster and blocks until the primary accepts connections
+    /// and every replica is streaming from it.
+    ///
+    /// If any step fails, whatever was already started is stopped again.
+    pub fn start(self) -> Result<Cluster, TestkitError> {
+        let started = Instant::now();
+        let bin = PgBin::discover(self.bindir.as_deref())?;
+        let dir = tempfile::Builder::new()
+            .prefix("pgrouter-")
+            .tempdir_in(base_dir())?;
+        if let Some((uid, gid)) = bin.owner() {
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))?;
+        }
+        // Built first so that `Drop` stops nodes if a later step fails.
+        let mut cluster = Cluster {
+            nodes: Vec::new(),
+            bin,
+            dir,
+        };
+        cluster.init_primary(&self.settings)?;
+        for index in 1..=self.replicas {
+            cluster.add_replica(index)?;
+        }
+        for index in 1..=self.replicas {
+            cluster.wait_streaming(index)?;
+        }
+        tracing::debug!(dir = %cluster.dir().display(), elapsed = ?started.elapsed(), "test cluster ready");
+        Ok(cluster)
+    }
+}
+
+/// Set-up steps, run by [`ClusterBuilder::start`].
+impl Cluster {
+    fn init_primary(&mut self, settings: &[(String, String)]) -> Result<(), TestkitError> {
+        let data = self.dir().join("node0");
+        let mut cmd = self.bin.command("initdb");
+        cmd.arg("-D").arg(&data);
+        cmd.args([
+            "-U",
+            USER,
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+        ]);
+        binaries::run(&mut cmd, None)?;
+
+        let mut conf = BASE_CONF.to_owned();
+        let socket_dir = self.dir().display().to_string();
+        writeln!(conf, "unix_socket_directories = {}", quote(&socket_dir)).ok();
+        for (name, value) in settings {
+            writeln!(conf, "{name} = {}", quote(value)).ok();
+        }
+        append(&data.join("postgresql.conf"), &conf)?;
+        // Truncating keeps the file's owner (postgres when we are root).
+        std::fs::write(data.join("pg_hba.conf"), HBA_CONF)?;
+        self.start_new_node(0, data)
+    }
+
+    fn add_replica(&mut self, index: usize) -> Result<(), TestkitError> {
+        let data = self.dir().join(format!("node{index}"));
+        let primary = self.primary().clone();
+        let port = primary.port().to_string();
+        let mut cmd = self.bin.command("pg_basebackup");
+        cmd.args(["-h", HOST, "-p", &port, "-U", USER, "-D"])
+            .arg(&data);
+        cmd.args(["-X", "stream", "-R", "--no-sync", "-c", "fast"]);
+        self.run_logged(&mut cmd, &primary)?;
+        self.start_new_node(index, data)
+    }
+
+    /// Gives a fresh node a free port and starts it, retrying with another
+    /// port if the chosen one was taken in the meantime.
+    fn start_new_node(&mut self, index: usize, data: PathBuf) -> Result<(), TestkitError> {
+        let log = self.dir().join(format!("node{index}.log"));
+        let conf = data.join("postgresql.conf");
+        append(&conf, &format!("cluster_name = 'node{index}'\n"))?;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let port = free_port()?;
+            append(&conf, &format!("port = {port}\n"))?;
+            let from = file_len(&log);
+            match self.pg_ctl_start(&data, &log) {
+                Ok(()) => {
+                    self.nodes.push(LocalNode::new(index, port, data, log));
+                    return Ok(());
+                }
+                Err(e) => {
+                    // A timed-out start may have left a server behind.
+                    let mut stop = self.bin.command("pg_ctl");
+                    stop.arg("stop")
+                        .arg("-D")
+                        .arg(&data)
+                        .args(["-m", "immediate", "-w"]);
+                    let _ = binaries::run(&mut stop, None);
+                    let tail = binaries::log_tail(&log, from);
+                    let port_taken = tail.contains("could not bind")
+                        || tail.contains("could not create any TCP/IP sockets");
+                    if !port_taken || attempt >= PORT_ATTEMPTS {
+                        return Err(e);
+                    }
+                    tracing::debug!(port, "port taken, retrying node{index} with another");
+                }
+            }
+        }
+    }
+
+    /// Waits until replica `index` is in recovery and streaming.
+    fn wait_streaming(&self, index: usize) -> Result<(), TestkitError> {
+        let sql = "SELECT pg_is_in_recovery() AND EXISTS \
+                   (SELECT 1 FROM pg_stat_wal_receiver WHERE status = 'streaming')";
+        let what = format!("node{index} to stream from the primary");
+        self.poll_until(index, sql, "t", STREAM_TIMEOUT, &what)
+    }
+}
+
+/// Where cluster directories are created: `$PGROUTER_TESTKIT_DIR` if set,
+/// else `/dev/shm` when it has at least 1 GiB free (a RAM disk: creating the
+/// ~1000 files of a data directory there is many times faster than on disk),
+/// else `/tmp`. Both keep the Unix socket paths short.
+fn base_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os(DIR_ENV) {
+        return PathBuf::from(dir);
+    }
+    let shm_free_kib = Command::new("df")
+        .args(["-Pk", "/dev/shm"])
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .and_then(|out| {
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let fields = text
+                .lines()
+                .nth(1)?
+                .split_whitespace()
+                .nth(3)?
+                .parse::<u64>();
+            fields.ok()
+        });
+    if shm_free_kib.is_some_and(|kib| kib >= SHM_MIN_KIB) {
+        PathBuf::from("/dev/shm")
+    } else {
+        PathBuf::from("/tmp")
+    }
+}
+
+/// A port that was free on 127.0.0.1 a moment ago.
+fn free_port() -> Result<u16, TestkitError> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// `value` as a single-quoted `postgresql.conf` string.
+fn quote(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
+fn append(path: &Path, text: &str) -> Result<(), TestkitError> {
+    let mut file = OpenOptions::new().append(true).open(path)?;
+    file.write_all(text.as_bytes())?;
+    Ok(())
+}
