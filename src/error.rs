@@ -156,7 +156,7 @@ pub enum Error {
         deadline: Duration,
     },
     /// The server answered with an error (it has a SQLSTATE, see [`Error::code`]).
-    #[error("{context}: {source}")]
+    #[error("{context}: {}", server_message(source))]
     Database {
         /// The node.
         context: NodeContext,
@@ -218,6 +218,14 @@ pub enum Error {
     /// The configuration is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
+}
+
+/// "ERROR 23505: duplicate key value violates …" for a server error.
+fn server_message(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => format!("{} {}: {}", db.severity(), db.code().code(), db.message()),
+        None => error.to_string(),
+    }
 }
 
 impl Error {

@@ -179,7 +179,8 @@ mod tests {
 
     #[test]
     fn zero_values_are_rejected_by_field() {
-        let cases: [(&str, fn(&mut Config)); 8] = [
+        type Edit = fn(&mut Config);
+        let cases: [(&str, Edit); 8] = [
             ("deadline", |c| c.deadline = Duration::ZERO),
             ("pool.max_size", |c| c.pool.max_size = 0),
             ("pool.wait_timeout", |c| {

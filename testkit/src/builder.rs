@@ -14,6 +14,10 @@ use crate::{Cluster, TestkitError};
 
 /// Environment variable naming the directory to create clusters in.
 const DIR_ENV: &str = "PGROUTER_TESTKIT_DIR";
+/// Prefix of cluster directories.
+const DIR_PREFIX: &str = "pgrouter-testkit-";
+/// File in a cluster directory holding the pid of the process that owns it.
+const OWNER_FILE: &str = "owner.pid";
 /// Free space `/dev/shm` needs (in KiB) to be used for clusters.
 const SHM_MIN_KIB: u64 = 1024 * 1024;
 /// How long cluster start-up waits for a replica to stream.
@@ -93,9 +97,12 @@ impl ClusterBuilder {
     pub fn start(self) -> Result<Cluster, TestkitError> {
         let started = Instant::now();
         let bin = PgBin::discover(self.bindir.as_deref())?;
+        let base = base_dir();
+        reap_abandoned(&base, &bin);
         let dir = tempfile::Builder::new()
-            .prefix("pgrouter-")
-            .tempdir_in(base_dir())?;
+            .prefix(DIR_PREFIX)
+            .tempdir_in(&base)?;
+        std::fs::write(dir.path().join(OWNER_FILE), std::process::id().to_string())?;
         if let Some((uid, gid)) = bin.owner() {
             std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))?;
         }
@@ -231,6 +238,43 @@ fn base_dir() -> PathBuf {
         PathBuf::from("/dev/shm")
     } else {
         PathBuf::from("/tmp")
+    }
+}
+
+/// Stops the servers of, and deletes, cluster directories in `base` whose
+/// owning process is gone (killed before `Drop` could run, e.g. by Ctrl-C).
+fn reap_abandoned(base: &Path, bin: &PgBin) {
+    // Without /proc every owner would look dead.
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if !entry.file_name().to_string_lossy().starts_with(DIR_PREFIX) {
+            continue;
+        }
+        let dir = entry.path();
+        let Ok(pid) = std::fs::read_to_string(dir.join(OWNER_FILE)) else {
+            continue;
+        };
+        let pid = pid.trim();
+        if pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        if Path::new("/proc").join(pid).exists() {
+            continue;
+        }
+        tracing::info!(dir = %dir.display(), pid, "removing a test cluster whose process is gone");
+        let nodes = std::fs::read_dir(&dir).into_iter().flatten().flatten();
+        for node in nodes.filter(|node| node.path().join("PG_VERSION").is_file()) {
+            let mut stop = bin.command("pg_ctl");
+            stop.arg("stop").arg("-D").arg(node.path());
+            stop.args(["-m", "immediate", "-w"]);
+            let _ = binaries::run(&mut stop, None);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
 

@@ -151,11 +151,13 @@ impl Cluster {
 
     /// Runs `sql` on node `index` with `psql -X -A -t` (unaligned, tuples
     /// only: one row per line, columns separated by `|`) and returns its
-    /// trimmed output. A failure carries psql's standard error.
+    /// trimmed output. A failure carries psql's standard error. Connecting
+    /// gives up after 10 s; the statement itself has no time limit.
     pub fn psql(&self, index: usize, sql: &str) -> Result<String, TestkitError> {
         let node = self.checked(index)?;
         let port = node.port().to_string();
         let mut cmd = self.bin.command("psql");
+        cmd.env("PGCONNECT_TIMEOUT", "10");
         cmd.args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1"])
             .args(["-h", HOST, "-p", &port, "-U", USER, "-d", DBNAME, "-c", sql]);
         binaries::run(&mut cmd, None).map(|out| out.trim().to_owned())
@@ -188,11 +190,12 @@ impl Cluster {
                 what: "replicas to catch up: no running primary".to_owned(),
             });
         };
-        // A synchronous commit flushes all WAL before it, async commits included.
-        self.psql(
+        // A locally synchronous commit flushes all WAL before it, async
+        // commits included. If it fails, the next query reports the problem.
+        let _ = self.psql(
             primary,
-            "SET synchronous_commit = on; SELECT txid_current()",
-        )?;
+            "SET synchronous_commit = local; SELECT txid_current()",
+        );
         let target = self.psql(primary, "SELECT pg_current_wal_lsn()")?;
         let sql = format!("SELECT coalesce(pg_last_wal_replay_lsn() >= '{target}', false)");
         for index in replicas {

@@ -196,3 +196,28 @@ fn missing_binaries_explain_how_to_install_them() {
     assert!(message.contains("apt-get install postgresql"), "{message}");
     assert!(message.contains("PGROUTER_PG_BINDIR"), "{message}");
 }
+
+#[test]
+fn clusters_abandoned_by_a_dead_process_are_reaped() {
+    let abandoned = Cluster::start(0).unwrap();
+    let dir = abandoned.dir().to_path_buf();
+    let addr = abandoned.primary().addr();
+    // Pretend its process died without running `Drop` (e.g. Ctrl-C).
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    child.wait().unwrap();
+    std::fs::write(dir.join("owner.pid"), child.id().to_string()).unwrap();
+    std::mem::forget(abandoned);
+
+    let _next = Cluster::start(0).unwrap();
+    assert!(!dir.exists(), "{} should be gone", dir.display());
+    assert!(std::net::TcpStream::connect(addr).is_err());
+}
+
+#[test]
+fn handles_are_send_and_sync() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Cluster>();
+    assert_send_sync::<pgrouter_testkit::LocalNode>();
+    assert_send_sync::<pgrouter_testkit::FaultProxy>();
+    assert_send_sync::<TestkitError>();
+}
