@@ -9,6 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::binaries::{self, file_len, PgBin};
+use crate::cluster::port_taken;
 use crate::node::{LocalNode, HOST, USER};
 use crate::{Cluster, TestkitError};
 
@@ -24,6 +25,8 @@ const SHM_MIN_KIB: u64 = 1024 * 1024;
 const STREAM_TIMEOUT: Duration = Duration::from_secs(30);
 /// Fresh ports tried when a node cannot bind its port.
 const PORT_ATTEMPTS: usize = 5;
+/// Lowest port given to a node.
+const MIN_PORT: u16 = 10_000;
 
 /// Settings appended to every node's `postgresql.conf` (before the builder's).
 const BASE_CONF: &str = "
@@ -190,10 +193,7 @@ impl Cluster {
                         .arg(&data)
                         .args(["-m", "immediate", "-w"]);
                     let _ = binaries::run(&mut stop, None);
-                    let tail = binaries::log_tail(&log, from);
-                    let port_taken = tail.contains("could not bind")
-                        || tail.contains("could not create any TCP/IP sockets");
-                    if !port_taken || attempt >= PORT_ATTEMPTS {
+                    if !port_taken(&log, from) || attempt >= PORT_ATTEMPTS {
                         return Err(e);
                     }
                     tracing::debug!(port, "port taken, retrying node{index} with another");
@@ -279,9 +279,35 @@ fn reap_abandoned(base: &Path, bin: &PgBin) {
 }
 
 /// A port that was free on 127.0.0.1 a moment ago.
+///
+/// It is picked at random below the kernel's ephemeral port range when there
+/// is room, so that the local ends of outgoing connections (which take
+/// ephemeral ports) cannot occupy the port of a stopped node.
 fn free_port() -> Result<u16, TestkitError> {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    if ephemeral_low > MIN_PORT + 1000 {
+        let span = u64::from(ephemeral_low - MIN_PORT);
+        for _ in 0..20 {
+            let offset = u16::try_from(random() % span).unwrap_or(0);
+            let port = MIN_PORT + offset;
+            if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+                return Ok(port);
+            }
+        }
+    }
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
     Ok(listener.local_addr()?.port())
+}
+
+/// A random number from the standard library's randomly seeded hasher.
+fn random() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    hasher.finish()
 }
 
 /// `value` as a single-quoted `postgresql.conf` string.

@@ -18,6 +18,10 @@ const PG_CTL_TIMEOUT: &str = "30";
 const PAUSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Interval between polls.
 const POLL: Duration = Duration::from_millis(20);
+/// Retries of [`Cluster::start_node`] while its port is taken.
+const PORT_RETRIES: usize = 10;
+/// Pause between those retries.
+const PORT_RETRY_DELAY: Duration = Duration::from_millis(200);
 
 /// How [`Cluster::stop`] shuts a node down (`pg_ctl stop -m ...`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,14 +42,16 @@ impl StopMode {
 }
 
 /// A throwaway PostgreSQL cluster on this machine: a primary (node 0) and
-/// streaming replicas (nodes 1..), in a temporary directory (under `/dev/shm` when it has room, else `/tmp`;
-/// set `PGROUTER_TESTKIT_DIR` to choose another place).
+/// streaming replicas (nodes 1..), in a temporary directory (under `/dev/shm`
+/// when it has room, else `/tmp`; `PGROUTER_TESTKIT_DIR` overrides).
 ///
 /// Every node listens on `127.0.0.1` on a free port, with `trust`
-/// authentication for user `postgres`, `wal_level = replica`, and durability
-/// switched off for speed (`fsync`, `synchronous_commit`, `full_page_writes`
-/// off). Methods are blocking: from async code they briefly block a runtime
-/// worker, which is fine in tests.
+/// authentication for user `postgres`, `wal_level = replica`, the `C` locale,
+/// and durability switched off for speed (`fsync`, `synchronous_commit`,
+/// `full_page_writes` off; `wal_writer_delay = 10ms` keeps replication lag of
+/// asynchronous commits short). Each node's `cluster_name` is its
+/// [`LocalNode::name`]. Methods are blocking: from async code they briefly
+/// block a runtime worker, which is fine in tests.
 ///
 /// The server binaries are looked for in: [`ClusterBuilder::bindir`], the
 /// `PGROUTER_PG_BINDIR` environment variable, `pg_config --bindir`, `initdb` on
@@ -115,10 +121,21 @@ impl Cluster {
     }
 
     /// Starts node `index` again (`pg_ctl start -w`) on the same port and data
-    /// directory; fails if another process took the port in the meantime.
+    /// directory. If another process holds the port, it retries for about two
+    /// seconds before failing.
     pub fn start_node(&self, index: usize) -> Result<(), TestkitError> {
         let node = self.checked(index)?;
-        self.pg_ctl_start(node.data_dir(), node.log_file())
+        let mut attempt = 0;
+        loop {
+            let from = file_len(node.log_file());
+            match self.pg_ctl_start(node.data_dir(), node.log_file()) {
+                Err(_) if attempt < PORT_RETRIES && port_taken(node.log_file(), from) => {
+                    attempt += 1;
+                    std::thread::sleep(PORT_RETRY_DELAY);
+                }
+                result => return result,
+            }
+        }
     }
 
     /// Promotes replica `index` to a primary (`pg_ctl promote -w`); returns
@@ -275,6 +292,13 @@ impl Cluster {
             std::thread::sleep(POLL);
         }
     }
+}
+
+/// Whether what a failed start wrote to `log` from byte `from` on says that
+/// the port was taken.
+pub(crate) fn port_taken(log: &Path, from: u64) -> bool {
+    let tail = binaries::log_tail(log, from);
+    tail.contains("could not bind") || tail.contains("could not create any TCP/IP sockets")
 }
 
 impl Drop for Cluster {

@@ -13,8 +13,15 @@
 //! It needs the PostgreSQL server binaries (`initdb`, `pg_ctl`,
 //! `pg_basebackup`, `psql`), e.g. from `apt-get install postgresql`; set
 //! `PGROUTER_PG_BINDIR` if they are somewhere unusual. Run as root, the servers
-//! run as the `postgres` user. A primary with two replicas starts in a couple
-//! of seconds.
+//! run as the `postgres` user. A primary with two replicas starts in about a
+//! second.
+//!
+//! Cluster directories go under `/dev/shm` when it has at least 1 GiB free
+//! (much faster than a disk), else under `/tmp`; set `PGROUTER_TESTKIT_DIR` to
+//! pick another (short: it also holds the Unix sockets). Dropping a [`Cluster`]
+//! stops its servers and deletes its directory, also when a test panics. If
+//! the test process is killed before that, the next cluster started in the
+//! same place stops and deletes the abandoned one.
 //!
 //! # Example
 //!

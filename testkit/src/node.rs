@@ -77,6 +77,10 @@ impl LocalNode {
     }
 
     /// A [`tokio_postgres::Config`] for this node (host, port, user, dbname).
+    ///
+    /// Note that [`tokio_postgres::Config::port`] adds a port rather than
+    /// replacing it: to connect through a [`FaultProxy`](crate::FaultProxy),
+    /// build a fresh config with the proxy's port.
     pub fn pg_config(&self) -> tokio_postgres::Config {
         let mut config = tokio_postgres::Config::new();
         config.host(HOST).port(self.port).user(USER).dbname(DBNAME);

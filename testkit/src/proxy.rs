@@ -29,7 +29,9 @@ pub enum Fault {
     /// Forward bytes both ways.
     Pass,
     /// Forward, but hold each chunk back by this long, in each direction (a
-    /// round trip takes at least twice as long); byte order is kept.
+    /// round trip takes at least twice as long); byte order is kept. Data
+    /// already held back is timed by the current fault, so switching back to
+    /// [`Fault::Pass`] releases it at once.
     Latency(Duration),
     /// Keep new and existing connections open but forward nothing in either
     /// direction, like a silent peer or dropped packets. Held data flows again
@@ -48,8 +50,9 @@ pub enum Fault {
 /// whose behaviour ([`Fault`]) can be switched at run time.
 ///
 /// A change applies at once to existing connections too. Dropping the proxy
-/// stops listening and closes all its connections. It needs a Tokio runtime
-/// (its tasks run there) with the `net` and `time` drivers enabled.
+/// stops listening and forwarding at once; its connections are closed by its
+/// tasks right after. It needs a Tokio runtime (its tasks run there) with the
+/// `net` and `time` drivers enabled.
 #[derive(Debug)]
 pub struct FaultProxy {
     addr: SocketAddr,
@@ -119,9 +122,10 @@ impl FaultProxy {
         self.addr.port()
     }
 
-    /// Switches the fault; it applies at once to new and existing connections.
-    /// Entering [`Fault::Refuse`] closes the listening socket before this
-    /// returns, and leaving it listens again before this returns.
+    /// Switches the fault; it applies at once to new and existing connections:
+    /// once this returns, no byte is forwarded under the old fault. Entering
+    /// [`Fault::Refuse`] closes the listening socket before this returns, and
+    /// leaving it listens on the same port again before this returns.
     pub fn set(&self, fault: Fault) {
         if fault == Fault::Refuse {
             let old = self.shared.listener().take();
@@ -176,7 +180,12 @@ async fn accept_loop(
             Some(listener) => listener.poll_accept(cx),
             None => Poll::Pending,
         });
+        // Biased: a fault change (or the proxy being dropped) wins over traffic.
         tokio::select! {
+            biased;
+            changed = faults.changed() => if changed.is_err() {
+                return;
+            },
             accepted = accept => match accepted {
                 Ok((client, _)) => {
                     let guard = ConnGuard::new(&shared);
@@ -186,9 +195,6 @@ async fn accept_loop(
                     tracing::debug!(error = %e, "fault proxy accept failed");
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
-            },
-            changed = faults.changed() => if changed.is_err() {
-                return;
             },
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             () = tokio::time::sleep(REBIND_RETRY), if missing => shared.ensure_listening(),
@@ -303,7 +309,10 @@ where
             return Ok(());
         }
         let can_read = !eof && queue.len() < MAX_QUEUED;
+        // Biased: once `set` returns, no byte is read or written under the
+        // old fault (bytes already held back are timed by the new one).
         tokio::select! {
+            biased;
             changed = faults.changed() => changed.map_err(|_| Stop::Closed)?,
             read = from.read(&mut buf), if can_read => match read {
                 Ok(0) => eof = true,

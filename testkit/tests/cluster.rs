@@ -221,3 +221,19 @@ fn handles_are_send_and_sync() {
     assert_send_sync::<pgrouter_testkit::FaultProxy>();
     assert_send_sync::<TestkitError>();
 }
+
+#[test]
+fn start_node_waits_for_its_port_to_be_free() {
+    let cluster = Cluster::start(0).unwrap();
+    cluster.stop(0, StopMode::Immediate).unwrap();
+    let squatter = std::net::TcpListener::bind(cluster.primary().addr()).unwrap();
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(500));
+        drop(squatter);
+    });
+    cluster.start_node(0).unwrap();
+    release.join().unwrap();
+    assert_eq!(cluster.psql(0, "SELECT 1").unwrap(), "1");
+    let log = std::fs::read_to_string(cluster.primary().log_file()).unwrap();
+    assert!(log.contains("could not bind"), "{log}");
+}
