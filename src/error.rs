@@ -71,7 +71,7 @@ pub enum ConfigError {
         high_value: Duration,
     },
     /// A read strategy name is unknown.
-    #[error("unknown read strategy {value:?}; expected regional-preferred, global-random or primary-only")]
+    #[error("unknown read strategy {value:?}; expected regional-preferred, global-random, primary-only or nearest")]
     UnknownStrategy {
         /// The name given.
         value: String,
@@ -136,6 +136,39 @@ pub enum Error {
         operation: Operation,
         /// The strategy in force (writes report `primary-only`).
         strategy: ReadStrategy,
+    },
+    /// No primary was known, also after holding the write for
+    /// [`Config::write_hold`](crate::Config::write_hold) (or until the
+    /// deadline). Nothing was sent.
+    #[error("no primary is known (waited {waited:?}); the write was not sent")]
+    NoPrimary {
+        /// How long the write waited for one.
+        waited: Duration,
+    },
+    /// Several nodes claim to be primary and fencing cannot choose (equal
+    /// or unknown timelines): writes are refused rather than risk both.
+    #[error("split brain: {claimants:?} all claim to be primary; writes refused")]
+    SplitBrain {
+        /// Every claimant.
+        claimants: Vec<String>,
+    },
+    /// A per-call option makes no sense (e.g. a zero deadline).
+    #[error("invalid {option}: {reason}")]
+    InvalidArgument {
+        /// The option.
+        option: &'static str,
+        /// What it must be.
+        reason: &'static str,
+    },
+    /// The write was applied, but its causal token could not be read
+    /// afterwards. Do not repeat the write.
+    #[error("{context}: the write was applied but its causal token could not be read")]
+    TokenUnavailable {
+        /// The node.
+        context: NodeContext,
+        /// tokio-postgres's error.
+        #[source]
+        source: tokio_postgres::Error,
     },
     /// No connection could be had (pool wait, connect, or a dead idle
     /// connection). Nothing was sent: always safe to retry.
@@ -253,6 +286,7 @@ impl Error {
             | Error::ConnectionLost { context, .. }
             | Error::OutcomeUnknown { context, .. }
             | Error::Statement { context, .. }
+            | Error::TokenUnavailable { context, .. }
             | Error::RowCount { context, .. } => Some(context),
             _ => None,
         }
@@ -274,6 +308,7 @@ impl Error {
             | Error::ConnectionLost { source, .. }
             | Error::OutcomeUnknown { source, .. }
             | Error::Statement { source, .. }
+            | Error::TokenUnavailable { source, .. }
             | Error::Postgres(source) => Some(source),
             _ => None,
         }

@@ -11,7 +11,9 @@
 mod config;
 mod connstr;
 mod error;
+mod events;
 mod health;
+mod lsn;
 mod manager;
 mod node;
 mod retry;
@@ -20,14 +22,17 @@ mod strategy;
 mod topology;
 
 pub use config::{
-    Config, ConfigBuilder, HealthSettings, NodeConfig, PoolSettings, ReadStrategy, RetrySettings,
-    Role,
+    Config, ConfigBuilder, HealthSettings, NearestSettings, NodeConfig, PoolSettings, ReadStrategy,
+    RetrySettings, Role,
 };
 pub use connstr::ConnectionString;
 pub use error::{ConfigError, Error, NodeContext, Operation};
+pub use events::Event;
+pub use lsn::{CausalToken, Lsn, TokenError};
 pub use manager::{DatabaseManager, Read, ReadOptions, TxFuture, Write, WriteOptions};
 pub use retry::RetryDecision;
 pub use status::{NodeStatus, PoolStatus, Status};
+pub use topology::Lag;
 
 pub use deadpool_postgres;
 pub use tokio_postgres;

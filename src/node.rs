@@ -14,6 +14,8 @@ pub(crate) struct Node {
     pub(crate) context: NodeContext,
     pub(crate) role: Role,
     pub(crate) is_local: bool,
+    /// The node's region's place in `nearest.preferred_regions`.
+    pub(crate) region_rank: Option<usize>,
     pub(crate) pool: Pool,
     /// Connection settings for the monitor's own probe connection.
     pub(crate) probe_config: tokio_postgres::Config,
@@ -40,6 +42,7 @@ impl Node {
         config: &NodeConfig,
         settings: &PoolSettings,
         local_region: &str,
+        preferred_regions: &[String],
     ) -> Result<Self, ConfigError> {
         let pg_config = pg_config(config, settings)?;
         let pool = build_pool(pg_config.clone(), settings, &config.name)?;
@@ -50,6 +53,7 @@ impl Node {
             },
             role: config.role,
             is_local: !local_region.is_empty() && config.region == local_region,
+            region_rank: preferred_regions.iter().position(|r| *r == config.region),
             pool,
             probe_config: pg_config,
             suspect: AtomicBool::new(false),

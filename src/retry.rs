@@ -62,6 +62,7 @@ impl Error {
     /// `idempotent` says the caller accepts the statement running twice.
     pub fn retry_decision(&self, idempotent: bool) -> RetryDecision {
         match self {
+            // NoPrimary and SplitBrain already waited out the write hold.
             Error::NoHealthyNode { .. } | Error::ConnectionLost { .. } => RetryDecision::Retry,
             Error::Connect { source, .. } => pool_error_decision(source),
             Error::OutcomeUnknown { .. } if idempotent => RetryDecision::Retry,

@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use crate::config::{ReadStrategy, Role};
+use crate::lsn::Lsn;
 use crate::manager::Shared;
+use crate::topology::Lag;
 
 /// Every node's state at one moment.
 #[derive(Debug, Clone, PartialEq)]
@@ -16,6 +18,10 @@ pub struct Status {
     pub read_strategy: ReadStrategy,
     /// The service's region.
     pub local_region: String,
+    /// The write target now, if one is known.
+    pub write_target: Option<String>,
+    /// Several nodes claim to be primary and fencing cannot choose.
+    pub split_brain: bool,
 }
 
 /// One node's state.
@@ -26,8 +32,19 @@ pub struct NodeStatus {
     pub name: String,
     /// The node's region.
     pub region: String,
-    /// Its role.
+    /// The role it reported at its last probe (the configured role before).
     pub role: Role,
+    /// Reports itself primary but is not the write target (stale or
+    /// undecidable): it serves neither reads nor writes.
+    pub fenced: bool,
+    /// Its timeline, when known.
+    pub timeline: Option<u32>,
+    /// Primary: flushed WAL position; replica: replayed position.
+    pub wal_position: Option<Lsn>,
+    /// A replica's lag behind the primary, once both have been probed.
+    pub lag: Option<Lag>,
+    /// Smoothed probe round trip.
+    pub rtt: Option<Duration>,
     /// Whether routing may use it: the monitor has it up and no caller has
     /// reported it since.
     pub healthy: bool,
@@ -69,6 +86,11 @@ impl Status {
                     name: node.context.node.to_string(),
                     region: node.context.region.to_string(),
                     role: state.role,
+                    fenced: state.fenced,
+                    timeline: state.timeline,
+                    wal_position: state.position,
+                    lag: state.lag,
+                    rtt: state.rtt,
                     healthy: state.up && !node.is_suspect(),
                     suspect: node.is_suspect(),
                     last_error: state.last_error.as_deref().map(str::to_owned),
@@ -86,14 +108,19 @@ impl Status {
             nodes,
             read_strategy: shared.config.read_strategy,
             local_region: shared.config.local_region.clone(),
+            write_target: snapshot
+                .primary
+                .map(|index| shared.nodes[index].name().to_owned()),
+            split_brain: snapshot.split_brain,
         }
     }
 
-    /// The healthy primary, if any.
+    /// The write target, if it is healthy.
     pub fn primary(&self) -> Option<&NodeStatus> {
+        let target = self.write_target.as_deref()?;
         self.nodes
             .iter()
-            .find(|node| node.role == Role::Primary && node.healthy)
+            .find(|node| node.name == target && node.healthy)
     }
 
     /// Readiness, as the original `/health/ready`: a healthy primary, so

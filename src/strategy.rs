@@ -3,6 +3,8 @@
 //! Nothing here waits, locks or allocates: a decision counts the eligible
 //! nodes and picks one uniformly with the caller's random number generator.
 
+use std::time::Duration;
+
 use crate::config::ReadStrategy;
 
 /// What a routing decision may know about the nodes.
@@ -15,6 +17,14 @@ pub(crate) trait NodeView {
     fn is_local(&self, index: usize) -> bool;
     /// Whether the node is the primary now.
     fn is_primary(&self, index: usize) -> bool;
+    /// The node's smoothed round trip, once measured.
+    fn rtt(&self, index: usize) -> Option<Duration>;
+    /// The node's region's place in the preferred regions, if listed.
+    fn region_rank(&self, index: usize) -> Option<usize>;
+    /// How many preferred regions there are.
+    fn preferred_levels(&self) -> usize;
+    /// The nearest strategy's latency window.
+    fn window(&self) -> Duration;
 }
 
 /// Chooses the node for a read, skipping `exclude` (a node that just failed).
@@ -33,7 +43,39 @@ pub(crate) fn pick_read(
         .or_else(|| pick_uniform(view.len(), rng, usable)),
         ReadStrategy::GlobalRandom => pick_uniform(view.len(), rng, usable),
         ReadStrategy::PrimaryOnly => pick_primary(view).filter(|&index| Some(index) != exclude),
+        ReadStrategy::Nearest => pick_nearest(view, rng, usable),
     }
+}
+
+/// Level by level (each preferred region in order, then every region):
+/// among the usable nodes of the level, uniformly among those within the
+/// window of the fastest. Nodes not yet measured count only when no node of
+/// the level is.
+fn pick_nearest(
+    view: &impl NodeView,
+    rng: &mut fastrand::Rng,
+    usable: impl Fn(usize) -> bool,
+) -> Option<usize> {
+    let levels = view.preferred_levels();
+    let window = view.window();
+    (0..=levels).find_map(|level| {
+        let in_level = |index: usize| {
+            usable(index) && (level == levels || view.region_rank(index) == Some(level))
+        };
+        let fastest = (0..view.len())
+            .filter(|&i| in_level(i))
+            .filter_map(|i| view.rtt(i))
+            .min();
+        let near = |index: usize| {
+            in_level(index)
+                && match (fastest, view.rtt(index)) {
+                    (Some(fastest), Some(rtt)) => rtt <= fastest.saturating_add(window),
+                    (Some(_), None) => false,
+                    (None, _) => true,
+                }
+        };
+        pick_uniform(view.len(), rng, near)
+    })
 }
 
 /// The node writes go to: the primary, when it is up.
@@ -59,9 +101,14 @@ fn pick_uniform(
 pub(crate) mod tests {
     use super::*;
 
-    /// A plain view for tests and benches: (up, local, primary) per node.
-    #[derive(Debug, Clone)]
-    pub(crate) struct FixedView(pub(crate) Vec<(bool, bool, bool)>);
+    /// A plain view for tests: (up, local, primary) per node, plus round
+    /// trips and region ranks for the nearest strategy.
+    #[derive(Debug, Clone, Default)]
+    pub(crate) struct FixedView(
+        pub(crate) Vec<(bool, bool, bool)>,
+        pub(crate) Vec<(Option<u64>, Option<usize>)>,
+        pub(crate) usize,
+    );
 
     impl NodeView for FixedView {
         fn len(&self) -> usize {
@@ -76,6 +123,21 @@ pub(crate) mod tests {
         fn is_primary(&self, index: usize) -> bool {
             self.0[index].2
         }
+        fn rtt(&self, index: usize) -> Option<Duration> {
+            self.1
+                .get(index)
+                .and_then(|n| n.0)
+                .map(Duration::from_millis)
+        }
+        fn region_rank(&self, index: usize) -> Option<usize> {
+            self.1.get(index).and_then(|n| n.1)
+        }
+        fn preferred_levels(&self) -> usize {
+            self.2
+        }
+        fn window(&self) -> Duration {
+            Duration::from_millis(15)
+        }
     }
 
     const UP: bool = true;
@@ -85,11 +147,15 @@ pub(crate) mod tests {
 
     /// primary (remote), replica (local), replica (remote)
     fn three(up: [bool; 3]) -> FixedView {
-        FixedView(vec![
-            (up[0], REMOTE, true),
-            (up[1], LOCAL, false),
-            (up[2], REMOTE, false),
-        ])
+        FixedView(
+            vec![
+                (up[0], REMOTE, true),
+                (up[1], LOCAL, false),
+                (up[2], REMOTE, false),
+            ],
+            Vec::new(),
+            0,
+        )
     }
 
     fn picks(strategy: ReadStrategy, view: &FixedView, exclude: Option<usize>) -> Vec<usize> {
@@ -124,7 +190,7 @@ pub(crate) mod tests {
 
     #[test]
     fn regional_preferred_without_a_local_node_uses_every_healthy_node() {
-        let view = FixedView(vec![(UP, REMOTE, true), (UP, REMOTE, false)]);
+        let view = FixedView(vec![(UP, REMOTE, true), (UP, REMOTE, false)], Vec::new(), 0);
         let counts = picks(ReadStrategy::RegionalPreferred, &view, None);
         assert!(counts[0] > 1300 && counts[1] > 1300, "{counts:?}");
     }
@@ -154,7 +220,7 @@ pub(crate) mod tests {
         for strategy in ReadStrategy::ALL {
             assert_eq!(pick_read(strategy, &three([DOWN; 3]), None, &mut rng), None);
         }
-        let empty = FixedView(Vec::new());
+        let empty = FixedView::default();
         assert_eq!(
             pick_read(ReadStrategy::GlobalRandom, &empty, None, &mut rng),
             None
@@ -193,5 +259,68 @@ pub(crate) mod tests {
                 .collect::<Vec<_>>()
         };
         assert_eq!(run(42), run(42));
+    }
+
+    /// Four up nodes with these round trips (ms) and region ranks.
+    fn measured(nodes: [(Option<u64>, Option<usize>); 4], levels: usize) -> FixedView {
+        FixedView(vec![(UP, REMOTE, false); 4], nodes.to_vec(), levels)
+    }
+
+    #[test]
+    fn nearest_picks_within_the_window_of_the_fastest() {
+        let view = measured(
+            [
+                (Some(80), None),
+                (Some(5), None),
+                (Some(18), None),
+                (Some(21), None),
+            ],
+            0,
+        );
+        let counts = picks(ReadStrategy::Nearest, &view, None);
+        assert_eq!(counts[0] + counts[3], 0, "{counts:?}");
+        assert!(counts[1] > 1300 && counts[2] > 1300, "{counts:?}");
+    }
+
+    #[test]
+    fn nearest_tries_preferred_regions_in_order() {
+        // Node 0 is slow but in the first preferred region.
+        let view = measured(
+            [
+                (Some(80), Some(0)),
+                (Some(5), Some(1)),
+                (Some(5), None),
+                (None, Some(1)),
+            ],
+            2,
+        );
+        assert_eq!(picks(ReadStrategy::Nearest, &view, None), [3000, 0, 0, 0]);
+        // Without it, the second region; node 3 is not measured yet.
+        assert_eq!(
+            picks(ReadStrategy::Nearest, &view, Some(0)),
+            [0, 3000, 0, 0]
+        );
+    }
+
+    #[test]
+    fn nearest_falls_back_to_every_region_and_to_unmeasured_nodes() {
+        let view = measured(
+            [
+                (None, None),
+                (None, None),
+                (Some(40), Some(0)),
+                (None, None),
+            ],
+            1,
+        );
+        let counts = picks(ReadStrategy::Nearest, &view, Some(2));
+        assert_eq!(counts[2], 0);
+        assert!(
+            counts[0] > 800 && counts[1] > 800 && counts[3] > 800,
+            "{counts:?}"
+        );
+        let mut view = view;
+        view.0.iter_mut().for_each(|node| node.0 = DOWN);
+        assert_eq!(picks(ReadStrategy::Nearest, &view, None), [0; 4]);
     }
 }

@@ -2,22 +2,49 @@
 //!
 //! The health monitor is the single writer: it builds the next [`Snapshot`]
 //! and publishes it whole through `arc-swap`. Routing loads the current one
-//! (no lock, no allocation) and combines it with each node's `suspect` flag.
+//! (no lock, no allocation) and combines it with each node's `suspect` flag
+//! and the call's freshness constraints.
 
 use std::sync::Arc;
+use std::time::Duration;
+
 use tokio::time::Instant;
 
-use crate::config::Role;
+use crate::config::{NearestSettings, Role};
+use crate::lsn::{CausalToken, Lsn};
 use crate::node::Node;
 use crate::strategy::NodeView;
+
+/// How far a replica is behind the primary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Lag {
+    /// WAL bytes the primary has flushed that the replica has not replayed.
+    pub bytes: u64,
+    /// How long ago the primary had the oldest WAL the replica still lacks
+    /// (zero when it has replayed everything, however idle the primary).
+    /// Measured on pgrouter's clock at probe resolution, so never skewed
+    /// by the servers' clocks.
+    pub time: Duration,
+}
 
 /// What the monitor last concluded about one node.
 #[derive(Debug, Clone)]
 pub(crate) struct NodeState {
     /// Whether the monitor considers the node usable.
     pub(crate) up: bool,
-    /// The role the node plays now.
+    /// The role the node reported (the configured role until it is probed).
     pub(crate) role: Role,
+    /// Reports itself primary but is not the write target (a stale or
+    /// undecidable primary): it serves neither reads nor writes.
+    pub(crate) fenced: bool,
+    /// The node's timeline, when known.
+    pub(crate) timeline: Option<u32>,
+    /// Primary: flushed WAL position; replica: replayed position.
+    pub(crate) position: Option<Lsn>,
+    /// Replicas only, once a primary position is known.
+    pub(crate) lag: Option<Lag>,
+    /// Smoothed probe round trip.
+    pub(crate) rtt: Option<Duration>,
     /// The last probe error, kept until the node is up again.
     pub(crate) last_error: Option<Arc<str>>,
     /// When the last probe finished.
@@ -28,6 +55,11 @@ pub(crate) struct NodeState {
 #[derive(Debug, Clone)]
 pub(crate) struct Snapshot {
     pub(crate) nodes: Box<[NodeState]>,
+    /// The write target: the node that reports itself primary on the
+    /// highest timeline seen.
+    pub(crate) primary: Option<usize>,
+    /// Several nodes claim to be primary and fencing cannot choose.
+    pub(crate) split_brain: bool,
 }
 
 impl Snapshot {
@@ -39,19 +71,60 @@ impl Snapshot {
             .map(|node| NodeState {
                 up: true,
                 role: node.role,
+                fenced: false,
+                timeline: None,
+                position: None,
+                lag: None,
+                rtt: None,
                 last_error: None,
                 last_probe: None,
             })
             .collect();
-        Self { nodes: states }
+        Self {
+            nodes: states,
+            primary: nodes.iter().position(|node| node.role == Role::Primary),
+            split_brain: false,
+        }
     }
 }
 
-/// A snapshot seen together with the callers' suspect flags.
+/// What a read asks of the node that serves it, beyond being healthy.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Freshness {
+    /// Replicas must lag by at most this much (known lag only).
+    pub(crate) max_staleness: Option<Duration>,
+    /// Replicas must have replayed at least this position.
+    pub(crate) after: Option<CausalToken>,
+}
+
+/// A snapshot seen together with the callers' suspect flags and a call's
+/// freshness constraints.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct LiveView<'a> {
     pub(crate) snapshot: &'a Snapshot,
     pub(crate) nodes: &'a [Node],
+    pub(crate) freshness: Freshness,
+    pub(crate) nearest: &'a NearestSettings,
+}
+
+impl LiveView<'_> {
+    /// The primary is always fresh; a replica must meet both constraints.
+    fn is_fresh(&self, index: usize) -> bool {
+        if self.snapshot.primary == Some(index) {
+            return true;
+        }
+        let state = &self.snapshot.nodes[index];
+        let lag_ok = self
+            .freshness
+            .max_staleness
+            .is_none_or(|bound| state.lag.is_some_and(|lag| lag.time <= bound));
+        let token_ok = self.freshness.after.is_none_or(|token| {
+            state
+                .position
+                .is_some_and(|position| position >= token.lsn())
+        });
+        lag_ok && token_ok
+    }
 }
 
 impl NodeView for LiveView<'_> {
@@ -60,7 +133,8 @@ impl NodeView for LiveView<'_> {
     }
 
     fn is_up(&self, index: usize) -> bool {
-        self.snapshot.nodes[index].up && !self.nodes[index].is_suspect()
+        let state = &self.snapshot.nodes[index];
+        state.up && !state.fenced && !self.nodes[index].is_suspect() && self.is_fresh(index)
     }
 
     fn is_local(&self, index: usize) -> bool {
@@ -68,6 +142,22 @@ impl NodeView for LiveView<'_> {
     }
 
     fn is_primary(&self, index: usize) -> bool {
-        self.snapshot.nodes[index].role == Role::Primary
+        self.snapshot.primary == Some(index)
+    }
+
+    fn rtt(&self, index: usize) -> Option<Duration> {
+        self.snapshot.nodes[index].rtt
+    }
+
+    fn region_rank(&self, index: usize) -> Option<usize> {
+        self.nodes[index].region_rank
+    }
+
+    fn preferred_levels(&self) -> usize {
+        self.nearest.preferred_regions.len()
+    }
+
+    fn window(&self) -> Duration {
+        self.nearest.window
     }
 }

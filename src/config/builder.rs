@@ -80,6 +80,26 @@ impl ConfigBuilder {
         self
     }
 
+    /// Sets the default bound on replica lag for reads.
+    pub fn max_staleness(mut self, bound: Duration) -> Self {
+        self.config.max_staleness = Some(bound);
+        self
+    }
+
+    /// Sets how long writes wait for a primary during a failover.
+    pub fn write_hold(mut self, hold: Duration) -> Self {
+        self.config.write_hold = hold;
+        self
+    }
+
+    /// Sets the nearest strategy's latency window and region preference.
+    pub fn nearest(mut self, window: Duration, preferred_regions: &[&str]) -> Self {
+        self.config.nearest.window = window;
+        self.config.nearest.preferred_regions =
+            preferred_regions.iter().map(|r| (*r).to_owned()).collect();
+        self
+    }
+
     /// Sets connections per node.
     pub fn pool_max_size(mut self, size: usize) -> Self {
         self.config.pool.max_size = size;

@@ -36,6 +36,18 @@ pub struct Config {
     /// overridable per call. Default: 10 s.
     #[serde(default = "defaults::deadline", with = "humantime_serde")]
     pub deadline: Duration,
+    /// Default bound on a replica's lag for reads: a replica further behind
+    /// (or whose lag is unknown) serves no read; the primary always may.
+    /// Overridable per call. Default: none (any healthy replica).
+    #[serde(default, with = "humantime_serde")]
+    pub max_staleness: Option<Duration>,
+    /// How long a write waits for a primary while none is known (during a
+    /// failover), never past its deadline. Zero: fail at once. Default: 5 s.
+    #[serde(default = "defaults::write_hold", with = "humantime_serde")]
+    pub write_hold: Duration,
+    /// Settings of [`ReadStrategy::Nearest`].
+    #[serde(default)]
+    pub nearest: NearestSettings,
     /// Connection pool settings, the same for every node.
     #[serde(default)]
     pub pool: PoolSettings,
@@ -98,14 +110,21 @@ pub enum ReadStrategy {
     /// The primary only. Never stale; every read loads the writer and pays
     /// its latency.
     PrimaryOnly,
+    /// The lowest-latency healthy nodes: uniformly among those whose smoothed
+    /// probe round trip is within [`NearestSettings::window`] of the
+    /// fastest. With [`NearestSettings::preferred_regions`], each region in
+    /// order is tried first, then every region. Adapts to the network as
+    /// measured; needs a probe or two before it knows.
+    Nearest,
 }
 
 impl ReadStrategy {
     /// Every strategy, in documentation order.
-    pub const ALL: [ReadStrategy; 3] = [
+    pub const ALL: [ReadStrategy; 4] = [
         ReadStrategy::RegionalPreferred,
         ReadStrategy::GlobalRandom,
         ReadStrategy::PrimaryOnly,
+        ReadStrategy::Nearest,
     ];
 
     /// The name used in configuration and `DB_READ_STRATEGY`.
@@ -114,6 +133,7 @@ impl ReadStrategy {
             ReadStrategy::RegionalPreferred => "regional-preferred",
             ReadStrategy::GlobalRandom => "global-random",
             ReadStrategy::PrimaryOnly => "primary-only",
+            ReadStrategy::Nearest => "nearest",
         }
     }
 }
@@ -134,6 +154,27 @@ impl FromStr for ReadStrategy {
             .ok_or_else(|| ConfigError::UnknownStrategy {
                 value: text.to_owned(),
             })
+    }
+}
+
+/// Settings of [`ReadStrategy::Nearest`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NearestSettings {
+    /// Nodes whose smoothed round trip is within this of the fastest are
+    /// equally near. Default: 15 ms (as MongoDB's `localThresholdMS`).
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// Regions to try first, in order, before every region. Default: none.
+    pub preferred_regions: Vec<String>,
+}
+
+impl Default for NearestSettings {
+    fn default() -> Self {
+        Self {
+            window: defaults::nearest_window(),
+            preferred_regions: Vec::new(),
+        }
     }
 }
 
@@ -254,6 +295,14 @@ mod defaults {
     pub(super) fn deadline() -> Duration {
         Duration::from_secs(10)
     }
+
+    pub(super) fn write_hold() -> Duration {
+        Duration::from_secs(5)
+    }
+
+    pub(super) fn nearest_window() -> Duration {
+        Duration::from_millis(15)
+    }
 }
 
 impl Config {
@@ -264,6 +313,9 @@ impl Config {
             local_region: String::new(),
             read_strategy: ReadStrategy::default(),
             deadline: defaults::deadline(),
+            max_staleness: None,
+            write_hold: defaults::write_hold(),
+            nearest: NearestSettings::default(),
             pool: PoolSettings::default(),
             health: HealthSettings::default(),
             retry: RetrySettings::default(),

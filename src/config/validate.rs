@@ -75,6 +75,16 @@ fn validate_durations(config: &Config) -> Result<(), ConfigError> {
             return Err(invalid(field, value, "must be greater than zero"));
         }
     }
+    if config.max_staleness.is_some_and(|bound| bound.is_zero()) {
+        return Err(invalid(
+            "max_staleness",
+            Duration::ZERO,
+            "must be greater than zero (use the primary-only strategy for no staleness)",
+        ));
+    }
+    for (index, region) in config.nearest.preferred_regions.iter().enumerate() {
+        require_non_empty(format!("nearest.preferred_regions[{index}]"), region)?;
+    }
     require_ordered(
         ("health.recovery_initial", health.recovery_initial),
         ("health.recovery_max", health.recovery_max),
@@ -180,7 +190,8 @@ mod tests {
     #[test]
     fn zero_values_are_rejected_by_field() {
         type Edit = fn(&mut Config);
-        let cases: [(&str, Edit); 8] = [
+        let cases: [(&str, Edit); 9] = [
+            ("max_staleness", |c| c.max_staleness = Some(Duration::ZERO)),
             ("deadline", |c| c.deadline = Duration::ZERO),
             ("pool.max_size", |c| c.pool.max_size = 0),
             ("pool.wait_timeout", |c| {

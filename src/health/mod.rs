@@ -1,6 +1,9 @@
 //! The health monitor: one background task that probes every node, keeps
 //! each node's state machine, and publishes the next topology snapshot.
 
+mod assess;
+mod fencing;
+mod lag;
 mod monitor;
 mod probe;
 mod tracker;

@@ -7,11 +7,17 @@ use futures_util::future::join_all;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::probe::ProbeConnection;
+use super::assess::Assessor;
+use super::probe::{ProbeConnection, ProbeReport};
 use super::tracker::{Tracker, Transition};
+use crate::config::Role;
+use crate::events;
 use crate::manager::Shared;
 use crate::node::Node;
-use crate::topology::Snapshot;
+use crate::topology::{NodeState, Snapshot};
+
+/// Weight of a new round trip in the smoothed one.
+const RTT_ALPHA: f64 = 0.3;
 
 /// Owns the probe connections and trackers; the single writer of snapshots.
 #[derive(Debug)]
@@ -19,13 +25,14 @@ pub(crate) struct Monitor {
     shared: Arc<Shared>,
     trackers: Vec<Tracker>,
     probes: Vec<ProbeConnection>,
+    assessor: Assessor,
 }
 
 /// One probe's result for one node.
 struct Outcome {
     index: usize,
     suspected: bool,
-    result: Result<(), String>,
+    result: Result<ProbeReport, String>,
 }
 
 impl Monitor {
@@ -36,6 +43,7 @@ impl Monitor {
             shared,
             trackers: vec![Tracker::new(now); count],
             probes: (0..count).map(|_| ProbeConnection::default()).collect(),
+            assessor: Assessor::default(),
         }
     }
 
@@ -82,6 +90,10 @@ impl Monitor {
         for outcome in outcomes.iter().filter(|o| o.suspected) {
             self.shared.nodes[outcome.index].take_suspect();
         }
+        // Wake writers waiting for a primary: a cleared suspect flag counts.
+        self.shared
+            .published
+            .send_modify(|generation| *generation += 1);
     }
 
     /// Nodes that callers reported (suspect or a topology hint) are due now.
@@ -117,47 +129,71 @@ impl Monitor {
         join_all(probes).await
     }
 
+    /// Applies the outcomes, judges the topology, publishes the snapshot and
+    /// sends the events.
     fn publish(&mut self, outcomes: &[Outcome]) {
         let finished = Instant::now();
-        let settings = &self.shared.config.health;
-        let mut next: Snapshot = (**self.shared.snapshot.load()).clone();
+        let previous = self.shared.snapshot.load_full();
+        let mut next: Snapshot = (*previous).clone();
         for outcome in outcomes {
-            let tracker = &mut self.trackers[outcome.index];
-            let state = &mut next.nodes[outcome.index];
-            let transition = match &outcome.result {
-                Ok(()) => tracker.on_success(finished, settings),
-                Err(error) => {
-                    state.last_error = Some(Arc::from(error.as_str()));
-                    tracker.on_failure(finished, outcome.suspected, settings)
-                }
-            };
-            state.up = tracker.is_up();
-            state.last_probe = Some(finished);
-            if transition == Some(Transition::CameUp) {
-                state.last_error = None;
-            }
-            if let Some(transition) = transition {
-                on_transition(
-                    &self.shared.nodes[outcome.index],
-                    transition,
-                    &outcome.result,
-                );
-            }
+            self.apply(&mut next.nodes[outcome.index], outcome, finished);
         }
-        self.shared.snapshot.store(Arc::new(next));
+        let probed: Vec<usize> = outcomes.iter().map(|outcome| outcome.index).collect();
+        self.assessor.assess(&mut next, &probed, finished);
+        let shared = &self.shared;
+        let events = events::diff(&previous, &next, &shared.nodes, shared.config.max_staleness);
+        shared.snapshot.store(Arc::new(next));
+        for event in events {
+            // No subscriber is not an error.
+            let _ = shared.events.send(event);
+        }
+    }
+
+    fn apply(&mut self, state: &mut NodeState, outcome: &Outcome, finished: Instant) {
+        let settings = &self.shared.config.health;
+        let tracker = &mut self.trackers[outcome.index];
+        let transition = match &outcome.result {
+            Ok(report) => {
+                record_report(state, report);
+                tracker.on_success(finished, settings)
+            }
+            Err(error) => {
+                state.last_error = Some(Arc::from(error.as_str()));
+                tracker.on_failure(finished, outcome.suspected, settings)
+            }
+        };
+        state.up = tracker.is_up();
+        state.last_probe = Some(finished);
+        if transition == Some(Transition::CameUp) {
+            state.last_error = None;
+        }
+        if let Some(transition) = transition {
+            let error = outcome.result.as_ref().err().map(String::as_str);
+            on_transition(&self.shared.nodes[outcome.index], transition, error);
+        }
     }
 }
 
-fn on_transition(node: &Node, transition: Transition, result: &Result<(), String>) {
+fn record_report(state: &mut NodeState, report: &ProbeReport) {
+    state.role = if report.in_recovery {
+        Role::Replica
+    } else {
+        Role::Primary
+    };
+    state.timeline = report.timeline.or(state.timeline);
+    state.position = report.position;
+    state.rtt = Some(match state.rtt {
+        Some(smoothed) => smoothed.mul_f64(1.0 - RTT_ALPHA) + report.rtt.mul_f64(RTT_ALPHA),
+        None => report.rtt,
+    });
+}
+
+fn on_transition(node: &Node, transition: Transition, error: Option<&str>) {
     let context = &node.context;
     match transition {
         Transition::WentDown => {
             let dropped = node.discard_idle();
-            let error = result
-                .as_ref()
-                .err()
-                .map(String::as_str)
-                .unwrap_or_default();
+            let error = error.unwrap_or_default();
             tracing::warn!(
                 node = %context.node, region = %context.region, from = "up", to = "down",
                 error, dropped_idle = dropped, "node health changed"

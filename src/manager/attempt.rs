@@ -15,10 +15,15 @@ use tokio_postgres::{NoTls, Row};
 
 use super::Shared;
 use crate::error::Error;
+use crate::lsn::{CausalToken, Lsn};
 use crate::retry::{code_kind, is_node_failure, CodeKind};
 
 /// How long a cancel request for a timed-out statement may take.
 const CANCEL_BOUND: Duration = Duration::from_secs(2);
+
+/// Read right after a write on the same connection: at least the end of
+/// the write's commit record.
+pub(crate) const TOKEN_SQL: &str = "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint";
 
 /// Statement parameters, as tokio-postgres takes them.
 pub(crate) type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
@@ -47,6 +52,8 @@ pub(crate) struct Call<'a> {
     pub(crate) op: Op,
     pub(crate) deadline: Instant,
     pub(crate) budget: Duration,
+    /// Also return the write's causal token.
+    pub(crate) token: bool,
 }
 
 impl<'a> Call<'a> {
@@ -57,6 +64,7 @@ impl<'a> Call<'a> {
             op,
             deadline: Instant::now() + budget,
             budget,
+            token: false,
         }
     }
 }
@@ -68,8 +76,13 @@ pub(crate) enum Fate {
 }
 
 impl Shared {
-    /// Runs the call once on node `index`.
-    pub(crate) async fn attempt(&self, index: usize, call: &Call<'_>) -> Result<Output, Error> {
+    /// Runs the call once on node `index`; with `call.token`, pipelines the
+    /// causal token query behind it.
+    pub(crate) async fn attempt(
+        &self,
+        index: usize,
+        call: &Call<'_>,
+    ) -> Result<(Output, Option<CausalToken>), Error> {
         let client = self.checkout(index, call.deadline, call.budget).await?;
         let prepared = timeout_at(call.deadline, client.prepare_cached(call.sql)).await;
         let statement = match prepared {
@@ -89,10 +102,27 @@ impl Shared {
                     .map(Output::Count),
             }
         };
-        match timeout_at(call.deadline, run).await {
-            Ok(Ok(output)) => Ok(output),
-            Ok(Err(error)) => Err(self.finish_failed(index, client, error, true)),
+        let token = async {
+            match call.token {
+                true => client.query_one(TOKEN_SQL, &[]).await.map(Some),
+                false => Ok(None),
+            }
+        };
+        match timeout_at(call.deadline, async { tokio::join!(run, token) }).await {
+            Ok((Ok(output), Ok(row))) => match row.map(|row| token_of(&row)).transpose() {
+                Ok(token) => Ok((output, token)),
+                Err(error) => Err(self.token_unavailable(index, error)),
+            },
+            Ok((Ok(_), Err(error))) => Err(self.token_unavailable(index, error)),
+            Ok((Err(error), _)) => Err(self.finish_failed(index, client, error, true)),
             Err(_) => Err(self.finish_timed_out(index, client, call.budget)),
+        }
+    }
+
+    pub(crate) fn token_unavailable(&self, index: usize, source: tokio_postgres::Error) -> Error {
+        Error::TokenUnavailable {
+            context: self.nodes[index].context.clone(),
+            source,
         }
     }
 
@@ -210,6 +240,12 @@ impl Shared {
             deadline: budget,
         }
     }
+}
+
+/// The causal token in a `TOKEN_SQL` row.
+pub(crate) fn token_of(row: &Row) -> Result<CausalToken, tokio_postgres::Error> {
+    let position: i64 = row.try_get(0)?;
+    Ok(CausalToken::new(Lsn(position.unsigned_abs())))
 }
 
 /// Asks the server to stop the statement a dropped future left running.

@@ -7,11 +7,13 @@ mod write;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use deadpool_postgres::Pool;
-use tokio::sync::Notify;
+use tokio::sync::{broadcast, watch, Notify};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_postgres::Row;
 use tokio_util::sync::CancellationToken;
 
@@ -22,11 +24,15 @@ pub use write::{Write, WriteOptions};
 
 use crate::config::{Config, ReadStrategy};
 use crate::error::{Error, Operation};
+use crate::events::Event;
 use crate::health::Monitor;
 use crate::node::Node;
 use crate::status::Status;
 use crate::strategy::{pick_primary, pick_read};
-use crate::topology::{LiveView, Snapshot};
+use crate::topology::{Freshness, LiveView, Snapshot};
+
+/// Events kept for a subscriber that falls behind.
+const EVENT_BUFFER: usize = 1024;
 
 /// One handle to every node of a primary-and-replicas deployment.
 ///
@@ -57,6 +63,11 @@ pub(crate) struct Shared {
     pub(crate) snapshot: ArcSwap<Snapshot>,
     /// Wakes the monitor when a caller reports a node.
     pub(crate) wake: Notify,
+    /// Bumped after every published snapshot; writers holding for a
+    /// primary wait on it.
+    pub(crate) published: watch::Sender<u64>,
+    /// Topology events for subscribers.
+    pub(crate) events: broadcast::Sender<Event>,
     closed: AtomicBool,
 }
 
@@ -87,7 +98,10 @@ impl DatabaseManager {
         let nodes = config
             .nodes
             .iter()
-            .map(|node| Node::build(node, &config.pool, &config.local_region))
+            .map(|node| {
+                let preferred = &config.nearest.preferred_regions;
+                Node::build(node, &config.pool, &config.local_region, preferred)
+            })
             .collect::<Result<Box<[Node]>, _>>()?;
         warn_without_local_node(&config, &nodes);
         let snapshot = ArcSwap::from_pointee(Snapshot::initial(&nodes));
@@ -96,6 +110,8 @@ impl DatabaseManager {
             nodes,
             snapshot,
             wake: Notify::new(),
+            published: watch::Sender::new(0),
+            events: broadcast::Sender::new(EVENT_BUFFER),
             closed: AtomicBool::new(false),
         });
         let mut monitor = Monitor::new(Arc::clone(&shared));
@@ -119,6 +135,13 @@ impl DatabaseManager {
     /// The configuration in force.
     pub fn config(&self) -> &Config {
         &self.inner.shared.config
+    }
+
+    /// Topology events from now on: primary changed, split brain, node down
+    /// or up, lag bound crossed. A subscriber that falls more than 1024
+    /// events behind gets `RecvError::Lagged` and then the newest events.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.inner.shared.events.subscribe()
     }
 
     /// A plain copy of every node's state.
@@ -163,7 +186,12 @@ impl DatabaseManager {
         shared.ensure_open()?;
         let strategy = shared.config.read_strategy;
         let index = shared
-            .pick_read(strategy, None, &mut fastrand::Rng::new())
+            .pick_read(
+                strategy,
+                Freshness::default(),
+                None,
+                &mut fastrand::Rng::new(),
+            )
             .ok_or(Error::NoHealthyNode {
                 operation: Operation::Read,
                 strategy,
@@ -175,10 +203,9 @@ impl DatabaseManager {
     pub fn write_pool(&self) -> Result<Pool, Error> {
         let shared = &self.inner.shared;
         shared.ensure_open()?;
-        let index = shared.primary_index().ok_or(Error::NoHealthyNode {
-            operation: Operation::Write,
-            strategy: ReadStrategy::PrimaryOnly,
-        })?;
+        let index = shared
+            .primary_index()
+            .ok_or_else(|| shared.no_primary(Duration::ZERO))?;
         Ok(shared.nodes[index].pool.clone())
     }
 
@@ -233,23 +260,60 @@ impl Shared {
     pub(crate) fn pick_read(
         &self,
         strategy: ReadStrategy,
+        freshness: Freshness,
         exclude: Option<usize>,
         rng: &mut fastrand::Rng,
     ) -> Option<usize> {
         let snapshot = self.snapshot.load();
-        let view = LiveView {
-            snapshot: &snapshot,
-            nodes: &self.nodes,
-        };
-        pick_read(strategy, &view, exclude, rng)
+        pick_read(strategy, &self.view(&snapshot, freshness), exclude, rng)
     }
 
+    /// The write target now, if it is healthy.
     pub(crate) fn primary_index(&self) -> Option<usize> {
         let snapshot = self.snapshot.load();
-        pick_primary(&LiveView {
-            snapshot: &snapshot,
+        pick_primary(&self.view(&snapshot, Freshness::default()))
+    }
+
+    fn view<'a>(&'a self, snapshot: &'a Snapshot, freshness: Freshness) -> LiveView<'a> {
+        LiveView {
+            snapshot,
             nodes: &self.nodes,
-        })
+            freshness,
+            nearest: &self.config.nearest,
+        }
+    }
+
+    /// The write target, waiting up to `write_hold` (never past `deadline`)
+    /// while none is known, e.g. during a failover.
+    pub(crate) async fn await_primary(&self, deadline: Instant) -> Result<usize, Error> {
+        let mut published = self.published.subscribe();
+        if let Some(index) = self.primary_index() {
+            return Ok(index);
+        }
+        let start = Instant::now();
+        let until = deadline.min(start + self.config.write_hold);
+        while let Ok(Ok(())) = tokio::time::timeout_at(until, published.changed()).await {
+            if let Some(index) = self.primary_index() {
+                tracing::debug!(waited = ?start.elapsed(), "write waited for a primary");
+                return Ok(index);
+            }
+        }
+        Err(self.no_primary(start.elapsed()))
+    }
+
+    pub(crate) fn no_primary(&self, waited: Duration) -> Error {
+        let snapshot = self.snapshot.load();
+        if snapshot.split_brain {
+            let claimants = snapshot
+                .nodes
+                .iter()
+                .zip(self.nodes.iter())
+                .filter(|(state, _)| state.fenced)
+                .map(|(_, node)| node.name().to_owned())
+                .collect();
+            return Error::SplitBrain { claimants };
+        }
+        Error::NoPrimary { waited }
     }
 
     /// A caller saw the node fail: take it out of routing and wake the monitor.

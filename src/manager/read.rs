@@ -10,7 +10,9 @@ use super::attempt::{Call, Op, Output, Params};
 use super::Shared;
 use crate::config::ReadStrategy;
 use crate::error::{Error, Operation};
+use crate::lsn::CausalToken;
 use crate::retry::read_retryable;
+use crate::topology::Freshness;
 
 /// Per-call read options. `None` fields use the configuration's value.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -20,14 +22,48 @@ pub struct ReadOptions {
     pub strategy: Option<ReadStrategy>,
     /// Overrides [`Config::deadline`](crate::Config::deadline).
     pub deadline: Option<Duration>,
+    /// Overrides [`Config::max_staleness`](crate::Config::max_staleness).
+    pub max_staleness: Option<Duration>,
+    /// Only nodes known to have replayed this write may serve the read.
+    pub after: Option<CausalToken>,
+}
+
+impl ReadOptions {
+    /// Checks the options against the configuration's defaults.
+    fn resolve(&self, shared: &Shared) -> Result<(Duration, Freshness), Error> {
+        let zero = |option| Error::InvalidArgument {
+            option,
+            reason: "must be greater than zero",
+        };
+        let budget = self.deadline.unwrap_or(shared.config.deadline);
+        if budget.is_zero() {
+            return Err(zero("deadline"));
+        }
+        let max_staleness = self.max_staleness.or(shared.config.max_staleness);
+        if max_staleness.is_some_and(|bound| bound.is_zero()) {
+            return Err(zero("max_staleness"));
+        }
+        let freshness = Freshness {
+            max_staleness,
+            after: self.after,
+        };
+        Ok((budget, freshness))
+    }
 }
 
 /// A read being set up; see [`DatabaseManager::read`](crate::DatabaseManager::read).
 ///
-/// A read is tried on the node the strategy picks. If that fails before a
-/// result arrives for a connection-level reason (checkout, connect, lost
-/// connection) or a recovery conflict (40001), it is tried once more on
-/// another eligible node. Both attempts share one deadline.
+/// A read is tried on the node the strategy picks among the eligible ones:
+/// healthy, not fenced, and, for a replica, within the staleness bound (lag
+/// known and at most the bound) and past the causal token (replay position
+/// known and at or after it). The primary is always fresh enough, so when
+/// every replica is too stale or behind the token, the read goes to the
+/// primary; it never waits for a replica to catch up.
+///
+/// If the attempt fails before a result arrives for a connection-level
+/// reason (checkout, connect, lost connection) or a recovery conflict
+/// (40001), it is tried once more on another eligible node. Both attempts
+/// share one deadline.
 #[derive(Debug, Clone)]
 #[must_use = "a read does nothing until query, query_one or query_opt is awaited"]
 pub struct Read<'a> {
@@ -52,6 +88,19 @@ impl<'a> Read<'a> {
     /// Bounds this call (checkout, statement and retry) by `deadline`.
     pub fn deadline(mut self, deadline: Duration) -> Self {
         self.options.deadline = Some(deadline);
+        self
+    }
+
+    /// Reads only from replicas lagging by at most `bound` (or the primary).
+    pub fn max_staleness(mut self, bound: Duration) -> Self {
+        self.options.max_staleness = Some(bound);
+        self
+    }
+
+    /// Reads only from a node known to have replayed the write that gave
+    /// `token` (read-your-writes).
+    pub fn after(mut self, token: CausalToken) -> Self {
+        self.options.after = Some(token);
         self
     }
 
@@ -84,11 +133,15 @@ impl<'a> Read<'a> {
 
     async fn rows(self, sql: &str, params: Params<'_>) -> Result<(usize, Vec<Row>), Error> {
         let shared = self.shared;
-        let budget = self.options.deadline.unwrap_or(shared.config.deadline);
+        let (budget, freshness) = self.options.resolve(shared)?;
         let strategy = self.options.strategy.unwrap_or(shared.config.read_strategy);
         let call = Call::new(sql, params, Op::Rows, budget);
         let span = tracing::debug_span!("pgrouter.read", %strategy);
-        match shared.read(strategy, &call).instrument(span).await? {
+        match shared
+            .read(strategy, freshness, &call)
+            .instrument(span)
+            .await?
+        {
             (index, Output::Rows(rows)) => Ok((index, rows)),
             (index, Output::Count(_)) => Ok((index, Vec::new())),
         }
@@ -101,6 +154,7 @@ impl Shared {
     async fn read(
         &self,
         strategy: ReadStrategy,
+        freshness: Freshness,
         call: &Call<'_>,
     ) -> Result<(usize, Output), Error> {
         self.ensure_open()?;
@@ -110,23 +164,22 @@ impl Shared {
             strategy,
         };
         let first = self
-            .pick_read(strategy, None, &mut rng)
+            .pick_read(strategy, freshness, None, &mut rng)
             .ok_or_else(no_node)?;
         let error = match self.traced_attempt(first, 1, call).await {
-            Ok(output) => return Ok((first, output)),
+            Ok((output, _)) => return Ok((first, output)),
             Err(error) => error,
         };
         if !read_retryable(&error) {
             return Err(error);
         }
-        let Some(second) = self.pick_read(strategy, Some(first), &mut rng) else {
+        let Some(second) = self.pick_read(strategy, freshness, Some(first), &mut rng) else {
             return Err(error);
         };
         tracing::debug!(from = %self.nodes[first].context.node, to = %self.nodes[second].context.node,
             %error, "retrying read on another node");
-        self.traced_attempt(second, 2, call)
-            .await
-            .map(|output| (second, output))
+        let (output, _) = self.traced_attempt(second, 2, call).await?;
+        Ok((second, output))
     }
 
     /// One attempt inside a span naming the node, its role and the attempt.
@@ -135,7 +188,7 @@ impl Shared {
         index: usize,
         attempt: u32,
         call: &Call<'_>,
-    ) -> Result<Output, Error> {
+    ) -> Result<(Output, Option<CausalToken>), Error> {
         let node = &self.nodes[index];
         let role = self.snapshot.load().nodes[index].role;
         let span =

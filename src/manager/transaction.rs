@@ -11,10 +11,10 @@ use tokio::time::{timeout_at, Instant};
 use tokio_postgres::CancelToken;
 use tracing::Instrument;
 
-use super::attempt::{cancel_in_background, Fate};
-use super::write::no_primary;
+use super::attempt::{cancel_in_background, token_of, Fate, TOKEN_SQL};
 use super::{DatabaseManager, Shared, WriteOptions};
 use crate::error::Error;
+use crate::lsn::CausalToken;
 use crate::retry::Retrier;
 
 /// The future a transaction closure returns: box it with `Box::pin(async
@@ -62,50 +62,89 @@ impl DatabaseManager {
         F: for<'t> FnMut(&'t Transaction<'t>) -> TxFuture<'t, T> + Send,
         T: Send,
     {
+        let (value, _) = self.run_transaction(&options, false, body).await?;
+        Ok(value)
+    }
+
+    /// [`DatabaseManager::transaction_with`], also returning the commit's
+    /// [`CausalToken`] for read-your-writes (one extra round trip after
+    /// COMMIT).
+    pub async fn transaction_with_token<T, F>(
+        &self,
+        options: WriteOptions,
+        body: F,
+    ) -> Result<(T, CausalToken), Error>
+    where
+        F: for<'t> FnMut(&'t Transaction<'t>) -> TxFuture<'t, T> + Send,
+        T: Send,
+    {
+        let (value, token) = self.run_transaction(&options, true, body).await?;
+        Ok((value, token.unwrap_or(CausalToken::PRIMARY)))
+    }
+
+    async fn run_transaction<T, F>(
+        &self,
+        options: &WriteOptions,
+        token: bool,
+        body: F,
+    ) -> Result<(T, Option<CausalToken>), Error>
+    where
+        F: for<'t> FnMut(&'t Transaction<'t>) -> TxFuture<'t, T> + Send,
+        T: Send,
+    {
         let shared = &self.inner.shared;
-        let budget = options.deadline.unwrap_or(shared.config.deadline);
+        let bounds = Bounds::new(options.budget(shared.config.deadline)?, token);
         let span = tracing::debug_span!("pgrouter.transaction");
         shared
-            .transaction(budget, options.idempotent, body)
+            .transaction(bounds, options.idempotent, body)
             .instrument(span)
             .await
     }
 }
 
-/// One transaction attempt's limits.
+/// One transaction's limits, and whether it wants a causal token.
 #[derive(Clone, Copy)]
 struct Bounds {
     deadline: Instant,
     budget: Duration,
+    token: bool,
 }
+
+impl Bounds {
+    fn new(budget: Duration, token: bool) -> Self {
+        Self {
+            deadline: Instant::now() + budget,
+            budget,
+            token,
+        }
+    }
+}
+
+type Committed<T> = (T, Option<CausalToken>);
 
 impl Shared {
     async fn transaction<T, F>(
         &self,
-        budget: Duration,
+        bounds: Bounds,
         idempotent: bool,
         mut body: F,
-    ) -> Result<T, Error>
+    ) -> Result<Committed<T>, Error>
     where
         F: for<'t> FnMut(&'t Transaction<'t>) -> TxFuture<'t, T> + Send,
         T: Send,
     {
         self.ensure_open()?;
-        let bounds = Bounds {
-            deadline: Instant::now() + budget,
-            budget,
-        };
         let mut retrier = Retrier::new(&self.config.retry, bounds.deadline, idempotent);
         loop {
-            let result = match self.primary_index() {
-                Some(index) => {
+            let result = match self.await_primary(bounds.deadline).await {
+                Ok(index) => {
                     let span = tracing::debug_span!("pgrouter.attempt",
                         node = %self.nodes[index].context.node, attempt = retrier.attempt());
                     self.transaction_once(index, bounds, &mut body)
                         .instrument(span)
                         .await
                 }
-                None => Err(no_primary()),
+                Err(error) => Err(error),
             };
             match result {
                 Ok(value) => return Ok(value),
@@ -120,7 +159,7 @@ impl Shared {
         index: usize,
         bounds: Bounds,
         body: &mut F,
-    ) -> Result<T, Error>
+    ) -> Result<Committed<T>, Error>
     where
         F: for<'t> FnMut(&'t Transaction<'t>) -> TxFuture<'t, T> + Send,
         T: Send,
@@ -132,8 +171,16 @@ impl Shared {
             .await;
         if let Fate::Discard = fate {
             drop(Object::take(client));
+            return result.map(|value| (value, None));
         }
-        result
+        match result {
+            Ok(value) if bounds.token => {
+                let token = self.read_token(index, &client, bounds).await?;
+                Ok((value, Some(token)))
+            }
+            Ok(value) => Ok((value, None)),
+            Err(error) => Err(error),
+        }
     }
 
     async fn run_transaction<T, F>(
@@ -164,6 +211,23 @@ impl Shared {
             // leaves the outcome unknown.
             Ok(Err(error)) => self.failed(index, error, true),
             Err(_) => self.expired(index, cancel, bounds),
+        }
+    }
+
+    /// The committed transaction's causal token, read on its connection.
+    async fn read_token(
+        &self,
+        index: usize,
+        client: &Object,
+        bounds: Bounds,
+    ) -> Result<CausalToken, Error> {
+        match timeout_at(bounds.deadline, client.query_one(TOKEN_SQL, &[])).await {
+            Ok(Ok(row)) => token_of(&row).map_err(|error| self.token_unavailable(index, error)),
+            Ok(Err(error)) => Err(self.token_unavailable(index, error)),
+            Err(_) => Err(Error::Timeout {
+                context: self.nodes[index].context.clone(),
+                deadline: bounds.budget,
+            }),
         }
     }
 

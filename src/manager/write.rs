@@ -7,8 +7,8 @@ use tracing::Instrument;
 
 use super::attempt::{Call, Op, Output, Params};
 use super::Shared;
-use crate::config::ReadStrategy;
-use crate::error::{Error, Operation};
+use crate::error::Error;
+use crate::lsn::CausalToken;
 use crate::retry::Retrier;
 
 /// Per-call write options.
@@ -23,14 +23,30 @@ pub struct WriteOptions {
     pub deadline: Option<Duration>,
 }
 
+impl WriteOptions {
+    /// The deadline in force, checked.
+    pub(crate) fn budget(&self, default: Duration) -> Result<Duration, Error> {
+        match self.deadline {
+            Some(deadline) if deadline.is_zero() => Err(Error::InvalidArgument {
+                option: "deadline",
+                reason: "must be greater than zero",
+            }),
+            Some(deadline) => Ok(deadline),
+            None => Ok(default),
+        }
+    }
+}
+
 /// A write being set up; see [`DatabaseManager::write`](crate::DatabaseManager::write).
 ///
-/// Runs on the primary. Retried with exponential backoff and jitter (see
+/// Runs on the node that is primary now, waiting up to
+/// [`Config::write_hold`](crate::Config::write_hold) for one during a
+/// failover. Retried with exponential backoff and jitter (see
 /// [`RetrySettings`](crate::RetrySettings)) while the deadline allows, but
-/// only after failures a retry can fix: nothing sent (checkout, connect, no
-/// healthy primary), 40001, 40P01, 57P01/57P02/57P03, 25006. Constraint
-/// violations (class 23), syntax and permission (42), data (22) and every
-/// other server error return at once.
+/// only after failures a retry can fix: nothing sent (checkout, connect),
+/// 40001, 40P01, 57P01/57P02/57P03, 25006 (the last four also trigger an
+/// immediate re-probe). Constraint violations (class 23), syntax and
+/// permission (42), data (22) and every other server error return at once.
 #[derive(Debug, Clone)]
 #[must_use = "a write does nothing until execute or a query method is awaited"]
 pub struct Write<'a> {
@@ -52,7 +68,7 @@ impl<'a> Write<'a> {
         self
     }
 
-    /// Bounds this call, retries included, by `deadline`.
+    /// Bounds this call, retries and write hold included, by `deadline`.
     pub fn deadline(mut self, deadline: Duration) -> Self {
         self.options.deadline = Some(deadline);
         self
@@ -66,41 +82,66 @@ impl<'a> Write<'a> {
 
     /// Runs the statement and returns the number of rows affected.
     pub async fn execute(self, sql: &str, params: Params<'_>) -> Result<u64, Error> {
-        match self.run(sql, params, Op::Count).await? {
-            (_, Output::Count(count)) => Ok(count),
-            (_, Output::Rows(rows)) => Ok(rows.len() as u64),
-        }
+        self.run(sql, params, Op::Count, false)
+            .await
+            .map(|s| s.count())
+    }
+
+    /// Like [`Write::execute`], and returns the write's [`CausalToken`] for
+    /// read-your-writes. The token query is pipelined behind the statement
+    /// on the same connection: no extra round trip.
+    pub async fn execute_with_token(
+        self,
+        sql: &str,
+        params: Params<'_>,
+    ) -> Result<(u64, CausalToken), Error> {
+        let served = self.run(sql, params, Op::Count, true).await?;
+        let token = served.token;
+        Ok((served.count(), token.unwrap_or(CausalToken::PRIMARY)))
     }
 
     /// Runs the statement (e.g. with `RETURNING`) and returns every row.
     pub async fn query(self, sql: &str, params: Params<'_>) -> Result<Vec<Row>, Error> {
-        self.rows(sql, params).await.map(|(_, rows)| rows)
+        self.run(sql, params, Op::Rows, false)
+            .await
+            .map(|s| s.rows())
+    }
+
+    /// Like [`Write::query`], and returns the write's [`CausalToken`].
+    pub async fn query_with_token(
+        self,
+        sql: &str,
+        params: Params<'_>,
+    ) -> Result<(Vec<Row>, CausalToken), Error> {
+        let served = self.run(sql, params, Op::Rows, true).await?;
+        let token = served.token;
+        Ok((served.rows(), token.unwrap_or(CausalToken::PRIMARY)))
     }
 
     /// Runs the statement and returns its only row.
     pub async fn query_one(self, sql: &str, params: Params<'_>) -> Result<Row, Error> {
         let shared = self.shared;
-        let (index, rows) = self.rows(sql, params).await?;
-        shared.exactly_one(index, rows)
+        let served = self.run(sql, params, Op::Rows, false).await?;
+        shared.exactly_one(served.index, served.rows())
     }
 
     /// Runs the statement and returns its row, if any.
     pub async fn query_opt(self, sql: &str, params: Params<'_>) -> Result<Option<Row>, Error> {
         let shared = self.shared;
-        let (index, rows) = self.rows(sql, params).await?;
-        shared.at_most_one(index, rows)
+        let served = self.run(sql, params, Op::Rows, false).await?;
+        shared.at_most_one(served.index, served.rows())
     }
 
-    async fn rows(self, sql: &str, params: Params<'_>) -> Result<(usize, Vec<Row>), Error> {
-        match self.run(sql, params, Op::Rows).await? {
-            (index, Output::Rows(rows)) => Ok((index, rows)),
-            (index, Output::Count(_)) => Ok((index, Vec::new())),
-        }
-    }
-
-    async fn run(self, sql: &str, params: Params<'_>, op: Op) -> Result<(usize, Output), Error> {
-        let budget = self.options.deadline.unwrap_or(self.shared.config.deadline);
-        let call = Call::new(sql, params, op, budget);
+    async fn run(
+        self,
+        sql: &str,
+        params: Params<'_>,
+        op: Op,
+        token: bool,
+    ) -> Result<Served, Error> {
+        let budget = self.options.budget(self.shared.config.deadline)?;
+        let mut call = Call::new(sql, params, op, budget);
+        call.token = token;
         let span = tracing::debug_span!("pgrouter.write");
         self.shared
             .write(&call, self.options.idempotent)
@@ -109,17 +150,44 @@ impl<'a> Write<'a> {
     }
 }
 
+/// What a write returned, and where.
+struct Served {
+    index: usize,
+    output: Output,
+    token: Option<CausalToken>,
+}
+
+impl Served {
+    fn count(self) -> u64 {
+        match self.output {
+            Output::Count(count) => count,
+            Output::Rows(rows) => rows.len() as u64,
+        }
+    }
+
+    fn rows(self) -> Vec<Row> {
+        match self.output {
+            Output::Rows(rows) => rows,
+            Output::Count(_) => Vec::new(),
+        }
+    }
+}
+
 impl Shared {
-    async fn write(&self, call: &Call<'_>, idempotent: bool) -> Result<(usize, Output), Error> {
+    async fn write(&self, call: &Call<'_>, idempotent: bool) -> Result<Served, Error> {
         self.ensure_open()?;
         let mut retrier = Retrier::new(&self.config.retry, call.deadline, idempotent);
         loop {
-            let result = match self.primary_index() {
-                Some(index) => self
+            let result = match self.await_primary(call.deadline).await {
+                Ok(index) => self
                     .traced_attempt(index, retrier.attempt(), call)
                     .await
-                    .map(|output| (index, output)),
-                None => Err(no_primary()),
+                    .map(|(output, token)| Served {
+                        index,
+                        output,
+                        token,
+                    }),
+                Err(error) => Err(error),
             };
             match result {
                 Ok(served) => return Ok(served),
@@ -127,12 +195,5 @@ impl Shared {
                 Err(error) => return Err(error),
             }
         }
-    }
-}
-
-pub(crate) fn no_primary() -> Error {
-    Error::NoHealthyNode {
-        operation: Operation::Write,
-        strategy: ReadStrategy::PrimaryOnly,
     }
 }
