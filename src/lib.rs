@@ -8,6 +8,8 @@
     rustdoc::broken_intra_doc_links
 )]
 
+#[doc(hidden)]
+pub mod bench_support;
 mod config;
 mod connstr;
 mod error;
