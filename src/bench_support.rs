@@ -29,7 +29,11 @@ impl RoutingBench {
         let regions = ["local", "far-1", "far-2"];
         let nodes: Box<[Node]> = (0..count)
             .map(|index| {
-                let role = if index == 0 { Role::Primary } else { Role::Replica };
+                let role = if index == 0 {
+                    Role::Primary
+                } else {
+                    Role::Replica
+                };
                 let config = NodeConfig::new(
                     format!("node{index}"),
                     regions[index % regions.len()],
@@ -53,7 +57,12 @@ impl RoutingBench {
     }
 
     /// One routing decision, exactly as a read makes it.
-    pub fn pick(&self, strategy: ReadStrategy, max_staleness: Option<Duration>, rng: &mut fastrand::Rng) -> Option<usize> {
+    pub fn pick(
+        &self,
+        strategy: ReadStrategy,
+        max_staleness: Option<Duration>,
+        rng: &mut fastrand::Rng,
+    ) -> Option<usize> {
         let snapshot = self.snapshot.load();
         let view = LiveView {
             snapshot: &snapshot,
@@ -71,5 +80,8 @@ impl RoutingBench {
 /// Whether a SQLSTATE is retryable: `(conflict, topology changed)`.
 pub fn classify_code(code: &SqlState) -> (bool, bool) {
     let kind = code_kind(code);
-    (kind == CodeKind::Conflict, kind == CodeKind::TopologyChanged)
+    (
+        kind == CodeKind::Conflict,
+        kind == CodeKind::TopologyChanged,
+    )
 }

@@ -88,10 +88,13 @@ async fn a_black_holed_primary_bounds_writes_and_per_call_deadlines() {
     assert!(start.elapsed() <= short + SLACK, "{:?}", start.elapsed());
     assert!(err.is_timeout(), "{err:?}");
 
-    let deadline = db.config().deadline;
-    for _ in 0..3 {
+    // The configured deadline first, then a shorter one per call.
+    let short_write = Duration::from_secs(1);
+    for deadline in [db.config().deadline, short_write, short_write] {
         let start = Instant::now();
         let err = db
+            .write()
+            .deadline(deadline)
             .execute("INSERT INTO t VALUES (1)", &[])
             .await
             .unwrap_err();
@@ -106,14 +109,15 @@ async fn a_black_holed_primary_bounds_writes_and_per_call_deadlines() {
         );
     }
     let start = Instant::now();
+    let options = pgrouter::WriteOptions::new().deadline(short_write);
     let err = db
-        .transaction(|tx| {
+        .transaction_with(options, |tx| {
             Box::pin(async move { Ok(tx.execute("INSERT INTO t VALUES (2)", &[]).await?) })
         })
         .await
         .unwrap_err();
     assert!(
-        start.elapsed() <= deadline + SLACK,
+        start.elapsed() <= short_write + SLACK,
         "transaction waited {:?}",
         start.elapsed()
     );

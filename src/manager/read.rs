@@ -29,6 +29,35 @@ pub struct ReadOptions {
 }
 
 impl ReadOptions {
+    /// The defaults: everything as configured, no causal token.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Overrides the read strategy.
+    pub fn strategy(mut self, strategy: ReadStrategy) -> Self {
+        self.strategy = Some(strategy);
+        self
+    }
+
+    /// Overrides the deadline.
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    /// Overrides the staleness bound.
+    pub fn max_staleness(mut self, bound: Duration) -> Self {
+        self.max_staleness = Some(bound);
+        self
+    }
+
+    /// Requires a node that has replayed `token`.
+    pub fn after(mut self, token: CausalToken) -> Self {
+        self.after = Some(token);
+        self
+    }
+
     /// Checks the options against the configuration's defaults.
     fn resolve(&self, shared: &Shared) -> Result<(Duration, Freshness), Error> {
         let zero = |option| Error::InvalidArgument {

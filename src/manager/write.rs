@@ -24,6 +24,23 @@ pub struct WriteOptions {
 }
 
 impl WriteOptions {
+    /// The defaults: not idempotent, the configured deadline.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Marks the write (or transaction) safe to run twice.
+    pub fn idempotent(mut self, idempotent: bool) -> Self {
+        self.idempotent = idempotent;
+        self
+    }
+
+    /// Bounds the call, retries and write hold included.
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+
     /// The deadline in force, checked.
     pub(crate) fn budget(&self, default: Duration) -> Result<Duration, Error> {
         match self.deadline {
