@@ -181,3 +181,25 @@ async fn writes_hold_for_a_primary_then_fail_typed() {
     assert!(holds <= 2, "{holds}");
     db.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_configured_role_is_only_a_hint() {
+    let cluster = start_cluster();
+    let ports: Vec<u16> = cluster.nodes().iter().map(|n| n.port()).collect();
+    let mut nodes = node_configs(&cluster, &ports);
+    // Wrong on purpose: node2 is configured as the primary.
+    nodes[0].role = Role::Replica;
+    nodes[2].role = Role::Primary;
+    let db = DatabaseManager::new(fast_config(nodes)).await.unwrap();
+    let status = db.status();
+    assert_eq!(status.write_target.as_deref(), Some("node0"), "{status:?}");
+    assert_eq!(status.node("node2").unwrap().role, Role::Replica);
+    let port: i32 = db
+        .write()
+        .query_one("SELECT inet_server_port()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(port, i32::from(port_of(&cluster, 0)));
+    db.close().await;
+}

@@ -15,6 +15,7 @@ use support::*;
 async fn a_stopped_replica_is_routed_around_and_recovers() {
     let (cluster, db) = cluster_and_manager(ReadStrategy::RegionalPreferred).await;
     let config = db.config().health.clone();
+    let mut events = db.subscribe();
     assert_eq!(
         answering_port(&db, ReadStrategy::RegionalPreferred).await,
         port_of(&cluster, 1)
@@ -81,6 +82,18 @@ async fn a_stopped_replica_is_routed_around_and_recovers() {
         reader.await.unwrap();
     }
     assert!(reads.load(Ordering::Relaxed) > 100);
+    let mut seen = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        match event {
+            pgrouter::Event::NodeDown { node, error } if node == "node1" => {
+                assert!(!error.is_empty());
+                seen.push("down");
+            }
+            pgrouter::Event::NodeUp { node } if node == "node1" => seen.push("up"),
+            _ => {}
+        }
+    }
+    assert_eq!(seen, ["down", "up"], "events for node1");
     assert_eq!(
         failures.load(Ordering::Relaxed),
         0,
