@@ -184,58 +184,30 @@ async fn a_causal_token_never_reads_before_its_write() {
     db.close().await;
 }
 
+/// The option an `InvalidArgument` error names.
+fn rejected_option<T: std::fmt::Debug>(result: Result<T, Error>) -> &'static str {
+    match result {
+        Err(Error::InvalidArgument { option, .. }) => option,
+        other => panic!("expected InvalidArgument, got {other:?}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_per_call_input_is_a_typed_error() {
     let cluster = start_cluster();
     let db = manager_with(&cluster, |_| {}).await;
-    let err = db
-        .read()
-        .max_staleness(Duration::ZERO)
-        .query("SELECT 1", &[])
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::InvalidArgument {
-                option: "max_staleness",
-                ..
-            }
-        ),
-        "{err:?}"
-    );
-    let err = db
-        .read()
-        .deadline(Duration::ZERO)
-        .query("SELECT 1", &[])
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::InvalidArgument {
-                option: "deadline",
-                ..
-            }
-        ),
-        "{err:?}"
-    );
-    let err = db
-        .write()
-        .deadline(Duration::ZERO)
-        .execute("SELECT 1", &[])
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::InvalidArgument {
-                option: "deadline",
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    let zero = Duration::ZERO;
+    let read = db.read().max_staleness(zero).query("SELECT 1", &[]).await;
+    assert_eq!(rejected_option(read), "max_staleness");
+    let read = db.read().deadline(zero).query("SELECT 1", &[]).await;
+    assert_eq!(rejected_option(read), "deadline");
+    let write = db.write().deadline(zero).execute("SELECT 1", &[]).await;
+    assert_eq!(rejected_option(write), "deadline");
+    let options = pgrouter::WriteOptions::new().deadline(zero);
+    let tx = db
+        .transaction_with(options, |_| Box::pin(async { Ok(()) }))
+        .await;
+    assert_eq!(rejected_option(tx), "deadline");
     assert!("not-a-token".parse::<CausalToken>().is_err());
     db.close().await;
 }
