@@ -189,7 +189,7 @@ pub enum Error {
         deadline: Duration,
     },
     /// The server answered with an error (it has a SQLSTATE, see [`Error::code`]).
-    #[error("{context}: {}", server_message(source))]
+    #[error("{context}: {}", pg_message(source))]
     Database {
         /// The node.
         context: NodeContext,
@@ -209,7 +209,7 @@ pub enum Error {
     },
     /// tokio-postgres refused the call locally (parameter count or types,
     /// row conversion). Nothing was applied; retrying cannot help.
-    #[error("{context}: {source}")]
+    #[error("{context}: {}", pg_message(source))]
     Statement {
         /// The node.
         context: NodeContext,
@@ -239,7 +239,7 @@ pub enum Error {
     },
     /// A statement inside a transaction closure failed; the runner adds the
     /// node and classifies it. Produced by `?` on a `tokio_postgres::Error`.
-    #[error(transparent)]
+    #[error("{}", pg_message(.0))]
     Postgres(#[from] tokio_postgres::Error),
     /// A transaction closure gave up with its own error; the transaction was
     /// rolled back and not retried.
@@ -253,10 +253,14 @@ pub enum Error {
     Config(#[from] ConfigError),
 }
 
-/// "ERROR 23505: duplicate key value violates …" for a server error.
-fn server_message(error: &tokio_postgres::Error) -> String {
-    match error.as_db_error() {
-        Some(db) => format!("{} {}: {}", db.severity(), db.code().code(), db.message()),
+/// "ERROR 23505: duplicate key value violates …" for a server error;
+/// tokio-postgres's text and its cause for anything else.
+fn pg_message(error: &tokio_postgres::Error) -> String {
+    if let Some(db) = error.as_db_error() {
+        return format!("{} {}: {}", db.severity(), db.code().code(), db.message());
+    }
+    match StdError::source(error) {
+        Some(cause) => format!("{error}: {cause}"),
         None => error.to_string(),
     }
 }

@@ -108,7 +108,9 @@ impl Shared {
                 false => Ok(None),
             }
         };
-        match timeout_at(call.deadline, async { tokio::join!(run, token) }).await {
+        // Biased: the statement is sent first, the token query right behind it.
+        let both = async { tokio::join!(biased; run, token) };
+        match timeout_at(call.deadline, both).await {
             Ok((Ok(output), Ok(row))) => match row.map(|row| token_of(&row)).transpose() {
                 Ok(token) => Ok((output, token)),
                 Err(error) => Err(self.token_unavailable(index, error)),
