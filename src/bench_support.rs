@@ -10,6 +10,7 @@ use crate::config::{NearestSettings, NodeConfig, PoolSettings, ReadStrategy, Rol
 use crate::node::Node;
 use crate::retry::{code_kind, CodeKind};
 use crate::strategy::pick_read;
+use crate::tls::Connector;
 use crate::topology::{Freshness, Lag, LiveView, Snapshot};
 
 /// The routing hot path over a synthetic topology: real `Node`s (pools that
@@ -40,8 +41,14 @@ impl RoutingBench {
                     "host=127.0.0.1 port=1 user=bench",
                     role,
                 );
-                Node::build(&config, &PoolSettings::default(), "local", &[])
-                    .expect("a valid synthetic node")
+                Node::build(
+                    &config,
+                    &PoolSettings::default(),
+                    "local",
+                    &[],
+                    &Connector::Plain,
+                )
+                .expect("a valid synthetic node")
             })
             .collect();
         let mut snapshot = Snapshot::initial(&nodes);

@@ -82,13 +82,11 @@ pub enum ConfigError {
         /// The variable.
         var: &'static str,
     },
-    /// A setting asks for something this version cannot do.
-    #[error("{field}: {reason}")]
-    Unsupported {
-        /// The field or variable.
-        field: String,
-        /// Why, and what to do instead.
-        reason: &'static str,
+    /// The TLS settings cannot work (an unreadable or empty CA file, …).
+    #[error("tls: {reason}")]
+    Tls {
+        /// What is wrong.
+        reason: String,
     },
 }
 

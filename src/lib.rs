@@ -21,11 +21,12 @@ mod node;
 mod retry;
 mod status;
 mod strategy;
+mod tls;
 mod topology;
 
 pub use config::{
     Config, ConfigBuilder, HealthSettings, NearestSettings, NodeConfig, PoolSettings, ReadStrategy,
-    RetrySettings, Role,
+    RetrySettings, Role, TlsSettings,
 };
 pub use connstr::ConnectionString;
 pub use error::{ConfigError, Error, NodeContext, Operation};

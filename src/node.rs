@@ -3,11 +3,11 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::NoTls;
+use deadpool_postgres::{ManagerConfig, Pool, RecyclingMethod, Runtime};
 
 use crate::config::{NodeConfig, PoolSettings, Role};
 use crate::error::{ConfigError, NodeContext};
+use crate::tls::Connector;
 
 /// A configured node and its pool. Owned by the manager, shared with the monitor.
 pub(crate) struct Node {
@@ -43,9 +43,11 @@ impl Node {
         settings: &PoolSettings,
         local_region: &str,
         preferred_regions: &[String],
+        connector: &Connector,
     ) -> Result<Self, ConfigError> {
-        let pg_config = pg_config(config, settings)?;
-        let pool = build_pool(pg_config.clone(), settings, &config.name)?;
+        let mut pg_config = pg_config(config, settings)?;
+        connector.require(&mut pg_config);
+        let pool = build_pool(connector, pg_config.clone(), settings, &config.name)?;
         Ok(Self {
             context: NodeContext {
                 node: Arc::from(config.name.as_str()),
@@ -119,6 +121,7 @@ fn pg_config(
 }
 
 fn build_pool(
+    connector: &Connector,
     pg_config: tokio_postgres::Config,
     settings: &PoolSettings,
     name: &str,
@@ -128,7 +131,7 @@ fn build_pool(
     let manager_config = ManagerConfig {
         recycling_method: RecyclingMethod::Verified,
     };
-    let manager = Manager::from_config(pg_config, NoTls, manager_config);
+    let manager = connector.manager(pg_config, manager_config);
     Pool::builder(manager)
         .max_size(settings.max_size)
         .wait_timeout(Some(settings.wait_timeout))

@@ -15,12 +15,14 @@ pub(crate) const READ_STRATEGY: &str = "DB_READ_STRATEGY";
 pub(crate) const PRIMARY_REGION: &str = "PRIMARY_DATABASE_REGION";
 /// The replica's region (optional; default: the service's region).
 pub(crate) const SECONDARY_REGION: &str = "SECONDARY_DATABASE_REGION";
-/// `true` asks for TLS, which this version cannot provide yet.
+/// `true`: TLS with certificate verification.
 pub(crate) const SSL: &str = "DB_SSL";
+/// A PEM file of CA certificates to trust for `DB_SSL` (optional).
+pub(crate) const SSL_CA: &str = "DB_SSL_CA";
 
 pub(super) fn from_env(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
     let get = |name: &str| lookup(name).filter(|value| !value.trim().is_empty());
-    reject_tls(get(SSL))?;
+    let tls_enabled = parse_flag(get(SSL))?;
     let primary_url = get(PRIMARY_URL).ok_or(ConfigError::MissingEnv { var: PRIMARY_URL })?;
     let local_region = get(LOCAL_REGION).unwrap_or_default();
     let primary_region = get(PRIMARY_REGION).unwrap_or_else(|| "primary".to_owned());
@@ -38,6 +40,8 @@ pub(super) fn from_env(lookup: impl Fn(&str) -> Option<String>) -> Result<Config
     }
     let mut config = Config::new(nodes);
     config.local_region = local_region;
+    config.tls.enabled = tls_enabled;
+    config.tls.ca_file = get(SSL_CA).map(Into::into);
     if let Some(name) = get(READ_STRATEGY) {
         config.read_strategy = name.parse::<ReadStrategy>()?;
     }
@@ -45,13 +49,10 @@ pub(super) fn from_env(lookup: impl Fn(&str) -> Option<String>) -> Result<Config
     Ok(config)
 }
 
-fn reject_tls(value: Option<String>) -> Result<(), ConfigError> {
+fn parse_flag(value: Option<String>) -> Result<bool, ConfigError> {
     match value.as_deref().map(str::trim) {
-        None | Some("false" | "0" | "no" | "off") => Ok(()),
-        Some("true" | "1" | "yes" | "on") => Err(ConfigError::Unsupported {
-            field: SSL.to_owned(),
-            reason: "TLS is not supported yet; connect over a private network or a TLS-terminating sidecar",
-        }),
+        None | Some("false" | "0" | "no" | "off") => Ok(false),
+        Some("true" | "1" | "yes" | "on") => Ok(true),
         Some(other) => Err(ConfigError::InvalidValue {
             field: SSL.to_owned(),
             value: other.to_owned(),
@@ -109,10 +110,17 @@ mod tests {
             load(&[(PRIMARY_URL, "host=w"), (READ_STRATEGY, "nearest-ish")]),
             Err(ConfigError::UnknownStrategy { value }) if value == "nearest-ish"
         ));
-        assert!(matches!(
-            load(&[(PRIMARY_URL, "host=w"), (SSL, "true")]),
-            Err(ConfigError::Unsupported { .. })
-        ));
+        let tls = load(&[
+            (PRIMARY_URL, "host=w"),
+            (SSL, "true"),
+            (SSL_CA, "/etc/ca.pem"),
+        ])
+        .unwrap();
+        assert!(tls.tls.enabled);
+        assert_eq!(
+            tls.tls.ca_file.as_deref(),
+            Some(std::path::Path::new("/etc/ca.pem"))
+        );
         assert!(matches!(
             load(&[(PRIMARY_URL, "host=w"), (SSL, "maybe")]),
             Err(ConfigError::InvalidValue { .. })

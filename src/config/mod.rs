@@ -51,6 +51,9 @@ pub struct Config {
     /// Connection pool settings, the same for every node.
     #[serde(default)]
     pub pool: PoolSettings,
+    /// TLS for every connection. Default: off.
+    #[serde(default)]
+    pub tls: TlsSettings,
     /// Health monitor settings.
     #[serde(default)]
     pub health: HealthSettings,
@@ -176,6 +179,22 @@ impl Default for NearestSettings {
             preferred_regions: Vec::new(),
         }
     }
+}
+
+/// TLS (rustls) for every connection: pools, probes and cancel requests.
+///
+/// When enabled, a server that does not offer TLS is an error (no fall back
+/// to plain text), and its certificate must chain to a trusted root and name
+/// the host in the connection string.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSettings {
+    /// Encrypt and verify. Default: false.
+    pub enabled: bool,
+    /// A PEM file of CA certificates to trust instead of Mozilla's roots
+    /// (`webpki-roots`), e.g. the Amazon RDS bundle or a Cloud SQL server CA.
+    /// Default: none.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// Connection pool settings (one deadpool-postgres pool per node).
@@ -317,6 +336,7 @@ impl Config {
             write_hold: defaults::write_hold(),
             nearest: NearestSettings::default(),
             pool: PoolSettings::default(),
+            tls: TlsSettings::default(),
             health: HealthSettings::default(),
             retry: RetrySettings::default(),
         }

@@ -113,13 +113,16 @@ impl Monitor {
     async fn probe_due(&mut self, now: Instant, suspected: &[bool]) -> Vec<Outcome> {
         let timeout = self.shared.config.health.probe_timeout;
         let nodes = &self.shared.nodes;
+        let connector = &self.shared.connector;
         let probes = self
             .probes
             .iter_mut()
             .enumerate()
             .filter(|(index, _)| self.trackers[*index].is_due(now))
             .map(|(index, probe)| async move {
-                let result = probe.probe(&nodes[index].probe_config, timeout).await;
+                let result = probe
+                    .probe(connector, &nodes[index].probe_config, timeout)
+                    .await;
                 Outcome {
                     index,
                     suspected: suspected[index],

@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tokio_postgres::{Client, NoTls, SimpleQueryMessage, SimpleQueryRow};
+use tokio_postgres::{Client, SimpleQueryMessage, SimpleQueryRow};
 
 use crate::lsn::Lsn;
+use crate::tls::Connector;
 
 /// One round trip tells role, timeline and WAL positions. `CASE` keeps the
 /// primary-only functions from running on a replica (where they raise).
@@ -58,10 +59,11 @@ impl ProbeConnection {
     /// On any failure the connection is dropped, so the next probe reconnects.
     pub(crate) async fn probe(
         &mut self,
+        connector: &Connector,
         config: &tokio_postgres::Config,
         timeout: Duration,
     ) -> Result<ProbeReport, String> {
-        let result = tokio::time::timeout(timeout, self.round_trip(config)).await;
+        let result = tokio::time::timeout(timeout, self.round_trip(connector, config)).await;
         let outcome = match result {
             Ok(Ok(Some(report))) => Ok(report),
             Ok(Ok(None)) => Err("the probe query returned no row".to_owned()),
@@ -76,11 +78,15 @@ impl ProbeConnection {
 
     async fn round_trip(
         &mut self,
+        connector: &Connector,
         config: &tokio_postgres::Config,
     ) -> Result<Option<ProbeReport>, tokio_postgres::Error> {
         let open = match self.open.take() {
             Some(open) if !open.client.is_closed() => open,
-            _ => connect(config).await?,
+            _ => {
+                let (client, driver) = connector.connect(config).await?;
+                Open { client, driver }
+            }
         };
         let sent = Instant::now();
         let messages = open.client.simple_query(PROBE_SQL).await?;
@@ -91,15 +97,6 @@ impl ProbeConnection {
             _ => None,
         }))
     }
-}
-
-async fn connect(config: &tokio_postgres::Config) -> Result<Open, tokio_postgres::Error> {
-    let (client, connection) = config.connect(NoTls).await?;
-    let driver = tokio::spawn(async move {
-        // The error, if any, reaches the client as a closed connection.
-        let _ = connection.await;
-    });
-    Ok(Open { client, driver })
 }
 
 fn parse_report(row: &SimpleQueryRow, rtt: Duration) -> ProbeReport {

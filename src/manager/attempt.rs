@@ -9,17 +9,14 @@
 use std::time::Duration;
 
 use deadpool_postgres::{Object, PoolError};
-use tokio::time::{timeout, timeout_at, Instant};
+use tokio::time::{timeout_at, Instant};
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{NoTls, Row};
+use tokio_postgres::Row;
 
 use super::Shared;
 use crate::error::Error;
 use crate::lsn::{CausalToken, Lsn};
 use crate::retry::{code_kind, is_node_failure, CodeKind};
-
-/// How long a cancel request for a timed-out statement may take.
-const CANCEL_BOUND: Duration = Duration::from_secs(2);
 
 /// Read right after a write on the same connection: at least the end of
 /// the write's commit record.
@@ -222,7 +219,7 @@ impl Shared {
     }
 
     fn finish_timed_out(&self, index: usize, client: Object, budget: Duration) -> Error {
-        cancel_in_background(client.cancel_token());
+        self.connector.cancel_in_background(client.cancel_token());
         drop(Object::take(client));
         self.timed_out(index, budget)
     }
@@ -248,13 +245,6 @@ impl Shared {
 pub(crate) fn token_of(row: &Row) -> Result<CausalToken, tokio_postgres::Error> {
     let position: i64 = row.try_get(0)?;
     Ok(CausalToken::new(Lsn(position.unsigned_abs())))
-}
-
-/// Asks the server to stop the statement a dropped future left running.
-pub(crate) fn cancel_in_background(token: tokio_postgres::CancelToken) {
-    tokio::spawn(async move {
-        let _ = timeout(CANCEL_BOUND, token.cancel_query(NoTls)).await;
-    });
 }
 
 /// A closed connection or an I/O failure, as opposed to a local usage error

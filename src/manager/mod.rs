@@ -29,6 +29,7 @@ use crate::health::Monitor;
 use crate::node::Node;
 use crate::status::Status;
 use crate::strategy::{pick_primary, pick_read};
+use crate::tls::Connector;
 use crate::topology::{Freshness, LiveView, Snapshot};
 
 /// Events kept for a subscriber that falls behind.
@@ -59,6 +60,8 @@ struct Inner {
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) config: Config,
+    /// Plain or TLS, for pools, probes and cancel requests.
+    pub(crate) connector: Connector,
     pub(crate) nodes: Box<[Node]>,
     pub(crate) snapshot: ArcSwap<Snapshot>,
     /// Wakes the monitor when a caller reports a node.
@@ -95,18 +98,26 @@ impl DatabaseManager {
     /// Tokio runtime.
     pub async fn new(config: Config) -> Result<Self, Error> {
         config.validate()?;
+        let connector = Connector::new(&config.tls)?;
         let nodes = config
             .nodes
             .iter()
             .map(|node| {
                 let preferred = &config.nearest.preferred_regions;
-                Node::build(node, &config.pool, &config.local_region, preferred)
+                Node::build(
+                    node,
+                    &config.pool,
+                    &config.local_region,
+                    preferred,
+                    &connector,
+                )
             })
             .collect::<Result<Box<[Node]>, _>>()?;
         warn_without_local_node(&config, &nodes);
         let snapshot = ArcSwap::from_pointee(Snapshot::initial(&nodes));
         let shared = Arc::new(Shared {
             config,
+            connector,
             nodes,
             snapshot,
             wake: Notify::new(),

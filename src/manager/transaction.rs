@@ -11,7 +11,7 @@ use tokio::time::{timeout_at, Instant};
 use tokio_postgres::CancelToken;
 use tracing::Instrument;
 
-use super::attempt::{cancel_in_background, token_of, Fate, TOKEN_SQL};
+use super::attempt::{token_of, Fate, TOKEN_SQL};
 use super::{DatabaseManager, Shared, WriteOptions};
 use crate::error::Error;
 use crate::lsn::CausalToken;
@@ -270,7 +270,7 @@ impl Shared {
         cancel: CancelToken,
         bounds: Bounds,
     ) -> (Result<T, Error>, Fate) {
-        cancel_in_background(cancel);
+        self.connector.cancel_in_background(cancel);
         (Err(self.timed_out(index, bounds.budget)), Fate::Discard)
     }
 }

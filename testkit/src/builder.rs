@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use crate::binaries::{self, file_len, PgBin};
 use crate::cluster::port_taken;
 use crate::node::{LocalNode, HOST, USER};
-use crate::{Cluster, TestkitError};
+use crate::{tls, Cluster, TestkitError};
 
 /// Environment variable naming the directory to create clusters in.
 const DIR_ENV: &str = "PGROUTER_TESTKIT_DIR";
@@ -59,6 +59,7 @@ pub struct ClusterBuilder {
     replicas: usize,
     bindir: Option<PathBuf>,
     settings: Vec<(String, String)>,
+    tls: bool,
 }
 
 impl Default for ClusterBuilder {
@@ -67,6 +68,7 @@ impl Default for ClusterBuilder {
             replicas: 2,
             bindir: None,
             settings: Vec::new(),
+            tls: false,
         }
     }
 }
@@ -93,6 +95,14 @@ impl ClusterBuilder {
         self
     }
 
+    /// Serve TLS as well as plain connections, with a server certificate for
+    /// `127.0.0.1` and `localhost` signed by a throwaway CA; clients trust
+    /// [`Cluster::ca_file`]. Default: off.
+    pub fn tls(mut self, enabled: bool) -> Self {
+        self.tls = enabled;
+        self
+    }
+
     /// Creates the cluster and blocks until the primary accepts connections
     /// and every replica is streaming from it.
     ///
@@ -110,12 +120,25 @@ impl ClusterBuilder {
             std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))?;
         }
         // Built first so that `Drop` stops nodes if a later step fails.
+        let mut settings = Vec::new();
+        let ca_file = match self.tls {
+            true => {
+                let files = tls::write_certificates(dir.path(), bin.owner())?;
+                settings.push(("ssl".to_owned(), "on".to_owned()));
+                settings.push(("ssl_cert_file".to_owned(), files.cert.display().to_string()));
+                settings.push(("ssl_key_file".to_owned(), files.key.display().to_string()));
+                Some(files.ca)
+            }
+            false => None,
+        };
+        settings.extend(self.settings);
         let mut cluster = Cluster {
             nodes: Vec::new(),
             bin,
             dir,
+            ca_file,
         };
-        cluster.init_primary(&self.settings)?;
+        cluster.init_primary(&settings)?;
         for index in 1..=self.replicas {
             cluster.add_replica(index)?;
         }

@@ -1,6 +1,6 @@
 //! Throwaway local clusters: one primary and streaming replicas.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -65,12 +65,19 @@ pub struct Cluster {
     pub(crate) nodes: Vec<LocalNode>,
     pub(crate) bin: PgBin,
     pub(crate) dir: TempDir,
+    pub(crate) ca_file: Option<PathBuf>,
 }
 
 impl Cluster {
     /// A builder, to choose the number of replicas, the binaries or settings.
     pub fn builder() -> ClusterBuilder {
         ClusterBuilder::default()
+    }
+
+    /// The CA certificate (PEM) that signed the servers' certificates, when
+    /// the cluster was built with [`ClusterBuilder::tls`].
+    pub fn ca_file(&self) -> Option<&Path> {
+        self.ca_file.as_deref()
     }
 
     /// Shorthand: a primary and `replicas` streaming replicas, started and

@@ -32,6 +32,13 @@ pub enum TestkitError {
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
 
+    /// The throwaway TLS certificates could not be made.
+    #[error("could not generate TLS certificates: {reason}")]
+    Tls {
+        /// What went wrong.
+        reason: String,
+    },
+
     /// A node index that is out of range for this cluster.
     #[error("no node with index {0} in this cluster")]
     NoSuchNode(usize),

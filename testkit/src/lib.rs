@@ -82,6 +82,7 @@ mod cluster;
 mod error;
 mod node;
 mod proxy;
+mod tls;
 
 pub use cluster::{Cluster, ClusterBuilder, LocalNode, StopMode};
 pub use error::TestkitError;

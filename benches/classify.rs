@@ -1,0 +1,70 @@
+//! Error classification: the SQLSTATE table and `Error::retry_decision`, as
+//! the write retry loop and the read retry consult them (no server needed).
+//!
+//! ```text
+//! cargo bench --bench classify
+//! ```
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use pgrouter::bench_support::classify_code;
+use pgrouter::tokio_postgres::error::SqlState;
+use pgrouter::{Error, Operation, ReadStrategy};
+
+/// Conflicts, topology changes and permanent errors, as a mix.
+const CODES: [&str; 16] = [
+    "23505", "40001", "57P01", "42601", "23503", "40P01", "57P02", "42501", "23514", "25006",
+    "57P03", "42P01", "23502", "22012", "22P02", "57014",
+];
+
+fn sqlstates(c: &mut Criterion) {
+    let table: Vec<SqlState> = CODES.iter().map(|code| SqlState::from_code(code)).collect();
+    let mut group = c.benchmark_group("classify_code");
+    group.throughput(Throughput::Elements(table.len() as u64));
+    group.bench_function("16-sqlstates", |b| {
+        b.iter(|| {
+            table
+                .iter()
+                .map(|code| classify_code(black_box(code)))
+                .fold(0u32, |n, (conflict, topology)| {
+                    n + u32::from(conflict) + u32::from(topology)
+                })
+        })
+    });
+    for code in ["23505", "40001", "57P01", "42601"] {
+        let state = SqlState::from_code(code);
+        group.bench_function(code, |b| b.iter(|| classify_code(black_box(&state))));
+    }
+    group.finish();
+}
+
+fn retry_decisions(c: &mut Criterion) {
+    let no_node = Error::NoHealthyNode {
+        operation: Operation::Write,
+        strategy: ReadStrategy::PrimaryOnly,
+    };
+    let aborted = Error::aborted("business rule");
+    let mut group = c.benchmark_group("retry_decision");
+    group.bench_function("no-healthy-node", |b| {
+        b.iter(|| black_box(&no_node).retry_decision(black_box(false)))
+    });
+    group.bench_function("aborted", |b| {
+        b.iter(|| black_box(&aborted).retry_decision(black_box(true)))
+    });
+    group.finish();
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = sqlstates, retry_decisions
+}
+criterion_main!(benches);

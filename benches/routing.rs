@@ -1,0 +1,64 @@
+//! Routing decisions: the read path's node choice for every strategy, over a
+//! synthetic topology of 3 and 30 healthy nodes (no server needed).
+//!
+//! ```text
+//! cargo bench --bench routing
+//! ```
+//!
+//! Each iteration is one decision exactly as a read makes it: an `arc-swap`
+//! snapshot load, the live view (health, suspect flag, freshness) and the
+//! strategy function. `tests/alloc.rs` checks that it allocates nothing.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use pgrouter::bench_support::RoutingBench;
+use pgrouter::ReadStrategy;
+
+/// Topology sizes: a primary and two replicas, and a large fleet.
+const SIZES: [usize; 2] = [3, 30];
+
+/// The staleness bound of the bounded regional-preferred case.
+const MAX_STALENESS: Duration = Duration::from_secs(1);
+
+/// Every strategy without a bound, then regional-preferred with one.
+fn cases() -> Vec<(String, ReadStrategy, Option<Duration>)> {
+    let mut cases: Vec<_> = ReadStrategy::ALL
+        .into_iter()
+        .map(|strategy| (strategy.as_str().to_owned(), strategy, None))
+        .collect();
+    cases.push((
+        "regional-preferred+max_staleness".to_owned(),
+        ReadStrategy::RegionalPreferred,
+        Some(MAX_STALENESS),
+    ));
+    cases
+}
+
+fn routing(c: &mut Criterion) {
+    for size in SIZES {
+        let bench = RoutingBench::new(size);
+        let mut group = c.benchmark_group(format!("pick/{size}-nodes"));
+        for (name, strategy, max_staleness) in cases() {
+            let mut rng = fastrand::Rng::with_seed(7);
+            group.bench_function(BenchmarkId::from_parameter(&name), |b| {
+                b.iter(|| bench.pick(black_box(strategy), black_box(max_staleness), &mut rng))
+            });
+        }
+        group.finish();
+    }
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = routing
+}
+criterion_main!(benches);

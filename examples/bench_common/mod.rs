@@ -1,0 +1,92 @@
+//! Shared by the `bench_*` examples: node configurations for a local test
+//! cluster, and latency histograms. Not an example itself (no `main.rs`).
+
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use pgrouter::{NodeConfig, Role};
+use pgrouter_testkit::Cluster;
+
+/// node0 (the primary), node1 and node2 live in these regions.
+pub const REGIONS: [&str; 3] = ["us-east-1", "eu-west-1", "ap-south-1"];
+/// The benchmarked service runs next to node1.
+pub const LOCAL_REGION: &str = "eu-west-1";
+
+/// One node config per cluster node, reached at `ports` (the node's own
+/// port, or a proxy's in front of it). Node 0 is the primary.
+pub fn node_configs(cluster: &Cluster, ports: &[u16]) -> Vec<NodeConfig> {
+    cluster
+        .nodes()
+        .iter()
+        .zip(ports)
+        .enumerate()
+        .map(|(index, (node, port))| {
+            let role = if index == 0 {
+                Role::Primary
+            } else {
+                Role::Replica
+            };
+            let url = format!(
+                "host=127.0.0.1 port={port} user={} dbname={}",
+                node.user(),
+                node.dbname()
+            );
+            NodeConfig::new(node.name(), REGIONS[index], url, role)
+        })
+        .collect()
+}
+
+/// Call latencies in microseconds, 1 µs to 60 s, three significant digits.
+#[derive(Debug, Clone)]
+pub struct Latencies(Histogram<u64>);
+
+impl Default for Latencies {
+    fn default() -> Self {
+        Self(Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds"))
+    }
+}
+
+impl Latencies {
+    /// Records one call.
+    pub fn record(&mut self, latency: Duration) {
+        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        self.0.saturating_record(micros.max(1));
+    }
+
+    /// Adds every call recorded in `other`.
+    pub fn merge(&mut self, other: &Latencies) {
+        self.0
+            .add(&other.0)
+            .expect("histograms with the same bounds");
+    }
+
+    /// The latency at quantile `q` (0.5 for the median), zero when empty.
+    pub fn quantile(&self, q: f64) -> Duration {
+        Duration::from_micros(self.0.value_at_quantile(q))
+    }
+
+    /// Calls recorded.
+    pub fn len(&self) -> u64 {
+        self.0.len()
+    }
+}
+
+/// The median of `values` (the mean of the middle two for an even count);
+/// zero when empty.
+pub fn median(values: &mut [f64]) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.sort_by(f64::total_cmp);
+    let middle = values.len() / 2;
+    if values.len() % 2 == 1 {
+        values[middle]
+    } else {
+        (values[middle - 1] + values[middle]) / 2.0
+    }
+}
+
+/// A duration in milliseconds with two decimals, e.g. `0.23`.
+pub fn millis(duration: Duration) -> String {
+    format!("{:.2}", duration.as_secs_f64() * 1000.0)
+}

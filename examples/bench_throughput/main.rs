@@ -1,0 +1,469 @@
+//! Throughput, side by side in one run: bare deadpool-postgres against one
+//! node, pgrouter reads with every strategy, pgrouter writes, and pgpool-II
+//! (when installed) in front of the same local cluster (primary + 2
+//! replicas), at 16 and 64 concurrent tasks.
+//!
+//! ```text
+//! cargo run --release --example bench_throughput
+//! ```
+//!
+//! Every pool has the same size (`POOL_SIZE` connections per node, also for
+//! the bare pools and the pool of connections to pgpool). Each round runs
+//! every row once (a fixed number of queries, the row order rotated per
+//! round) after one shorter warm-up round; the table shows the medians of
+//! the rounds and each row's ratio to the bare deadpool row of the same
+//! workload and concurrency. `BENCH_QUERIES` and `BENCH_ROUNDS` override the
+//! query count per read row and the number of rounds.
+
+#[path = "../bench_common/mod.rs"]
+mod common;
+mod pgpool;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{median, millis, node_configs, Latencies, LOCAL_REGION};
+use pgrouter::deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use pgrouter::tokio_postgres::types::ToSql;
+use pgrouter::tokio_postgres::NoTls;
+use pgrouter::{Config, DatabaseManager, ReadStrategy};
+use pgrouter_testkit::Cluster;
+
+/// Connections per pool: pgrouter's per-node pools, the bare pools, and the
+/// pool of connections to pgpool.
+const POOL_SIZE: usize = 16;
+/// Concurrent tokio tasks issuing queries.
+const CONCURRENCY: [usize; 2] = [16, 64];
+/// Rows in the pgbench-like `accounts` table.
+const ACCOUNTS: i32 = 100_000;
+/// Queries per read row and round (writes run half as many).
+const DEFAULT_QUERIES: usize = 20_000;
+/// Measured rounds (after one warm-up round of a quarter of the queries).
+const DEFAULT_ROUNDS: usize = 5;
+/// pgpool child processes (one per client connection); above `POOL_SIZE`.
+const PGPOOL_CHILDREN: usize = POOL_SIZE + 4;
+
+/// What every query of a row runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Workload {
+    Select1,
+    PointSelect,
+    Update,
+}
+
+impl Workload {
+    const ALL: [Workload; 3] = [Workload::Select1, Workload::PointSelect, Workload::Update];
+
+    fn sql(self) -> &'static str {
+        match self {
+            Workload::Select1 => "SELECT 1",
+            Workload::PointSelect => "SELECT abalance FROM accounts WHERE aid = $1",
+            Workload::Update => "UPDATE accounts SET abalance = abalance + 1 WHERE aid = $1",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Workload::Select1 => "SELECT 1",
+            Workload::PointSelect => "point select",
+            Workload::Update => "UPDATE by key",
+        }
+    }
+
+    fn queries(self, reads: usize) -> usize {
+        match self {
+            Workload::Update => reads / 2,
+            _ => reads,
+        }
+    }
+}
+
+/// Who runs the queries of a row.
+#[derive(Debug, Clone)]
+enum Client {
+    /// A deadpool pool used directly (against a node, or against pgpool).
+    Pool(Pool),
+    /// pgrouter reads with this strategy.
+    Read(DatabaseManager, ReadStrategy),
+    /// pgrouter writes (always the primary).
+    Write(DatabaseManager),
+}
+
+/// One line of the table.
+#[derive(Debug)]
+struct Row {
+    label: String,
+    client: Client,
+    /// Per measured round: queries per second, p50, p99.
+    rounds: Vec<(f64, Duration, Duration)>,
+    errors: usize,
+    first_error: Option<String>,
+}
+
+impl Row {
+    fn new(label: impl Into<String>, client: Client) -> Self {
+        Self {
+            label: label.into(),
+            client,
+            rounds: Vec::new(),
+            errors: 0,
+            first_error: None,
+        }
+    }
+}
+
+/// One workload at one concurrency; row 0 is the bare deadpool reference.
+#[derive(Debug)]
+struct Block {
+    workload: Workload,
+    tasks: usize,
+    rows: Vec<Row>,
+}
+
+/// What one run of one row measured.
+#[derive(Debug, Default)]
+struct Sample {
+    elapsed: Duration,
+    latencies: Latencies,
+    errors: usize,
+    first_error: Option<String>,
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    let queries = env_number("BENCH_QUERIES", DEFAULT_QUERIES);
+    let rounds = env_number("BENCH_ROUNDS", DEFAULT_ROUNDS);
+    let started = Instant::now();
+
+    let cluster = Cluster::start(2)?;
+    println!(
+        "cluster: primary + 2 streaming replicas, up in {:.1?}",
+        started.elapsed()
+    );
+    load_accounts(&cluster)?;
+
+    let db = DatabaseManager::new(router_config(&cluster)).await?;
+    let pgpool = start_pgpool(&cluster).await;
+    let mut blocks = blocks(&cluster, &db, pgpool.as_ref());
+    println!(
+        "pool size {POOL_SIZE} per pool (pgrouter: per node); {queries} queries per read row \
+         and round, {} per write row; 1 warm-up round + {rounds} rounds\n",
+        Workload::Update.queries(queries)
+    );
+
+    run_round(&mut blocks, queries / 4, 0, false).await;
+    for round in 1..=rounds {
+        let round_start = Instant::now();
+        run_round(&mut blocks, queries, round, true).await;
+        println!(
+            "round {round}/{rounds} done in {:.1?}",
+            round_start.elapsed()
+        );
+    }
+    print_table(&blocks);
+    print_spread(&db).await;
+
+    db.close().await;
+    drop(blocks);
+    drop(pgpool);
+    println!("\ntotal time {:.1?}", started.elapsed());
+    Ok(())
+}
+
+fn env_number(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .filter(|&value| value > 0)
+        .unwrap_or(default)
+}
+
+/// `accounts(aid, abalance, filler)` with `ACCOUNTS` rows, on every replica.
+fn load_accounts(cluster: &Cluster) -> Result<(), Box<dyn std::error::Error>> {
+    let start = Instant::now();
+    cluster.psql(
+        0,
+        &format!(
+            "CREATE TABLE accounts (aid int PRIMARY KEY, abalance int NOT NULL, filler char(84));
+             INSERT INTO accounts SELECT g, 0, '' FROM generate_series(1, {ACCOUNTS}) g;"
+        ),
+    )?;
+    cluster.psql(0, "VACUUM ANALYZE accounts")?;
+    cluster.wait_for_replicas(Duration::from_secs(60))?;
+    println!(
+        "accounts: {ACCOUNTS} rows on the primary, replicated, in {:.1?}",
+        start.elapsed()
+    );
+    Ok(())
+}
+
+/// Default settings, with the pool size written out.
+fn router_config(cluster: &Cluster) -> Config {
+    let ports: Vec<u16> = cluster.nodes().iter().map(|node| node.port()).collect();
+    let mut config = Config::new(node_configs(cluster, &ports));
+    config.local_region = LOCAL_REGION.to_owned();
+    config.pool.max_size = POOL_SIZE;
+    config
+}
+
+/// A deadpool pool of `POOL_SIZE` connections, no timeouts (deadpool's
+/// defaults), with this recycling method.
+fn bare_pool(config: pgrouter::tokio_postgres::Config, recycling_method: RecyclingMethod) -> Pool {
+    let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method });
+    Pool::builder(manager)
+        .max_size(POOL_SIZE)
+        .runtime(Runtime::Tokio1)
+        .build()
+        .expect("a pool with a runtime")
+}
+
+async fn start_pgpool(cluster: &Cluster) -> Option<pgpool::Pgpool> {
+    let Some(binary) = pgpool::find_binary() else {
+        println!("pgpool-II: not installed (Debian package pgpool2); its rows are skipped");
+        return None;
+    };
+    match pgpool::Pgpool::start(binary, cluster, PGPOOL_CHILDREN).await {
+        Ok(pgpool) => {
+            println!(
+                "pgpool-II: listening on 127.0.0.1:{} (load balancing over 3 nodes)",
+                pgpool.port()
+            );
+            Some(pgpool)
+        }
+        Err(error) => {
+            println!("pgpool-II: could not start ({error}); its rows are skipped");
+            None
+        }
+    }
+}
+
+/// Every workload at every concurrency, with its rows.
+fn blocks(cluster: &Cluster, db: &DatabaseManager, pgpool: Option<&pgpool::Pgpool>) -> Vec<Block> {
+    let mut blocks = Vec::new();
+    for workload in Workload::ALL {
+        for tasks in CONCURRENCY {
+            let rows = rows(cluster, db, pgpool, workload);
+            blocks.push(Block {
+                workload,
+                tasks,
+                rows,
+            });
+        }
+    }
+    blocks
+}
+
+/// Row 0 is the reference: bare deadpool (default `Fast` recycling) against
+/// the node regional-preferred reads use (node1), or the primary for writes.
+fn rows(
+    cluster: &Cluster,
+    db: &DatabaseManager,
+    pgpool: Option<&pgpool::Pgpool>,
+    workload: Workload,
+) -> Vec<Row> {
+    let node = if workload == Workload::Update { 0 } else { 1 };
+    let target = cluster.node(node);
+    let name = target.name();
+    let mut rows = vec![
+        Row::new(
+            format!("deadpool Fast, {name}"),
+            Client::Pool(bare_pool(target.pg_config(), RecyclingMethod::Fast)),
+        ),
+        Row::new(
+            format!("deadpool Verified, {name}"),
+            Client::Pool(bare_pool(target.pg_config(), RecyclingMethod::Verified)),
+        ),
+    ];
+    if workload == Workload::Update {
+        rows.push(Row::new("pgrouter write", Client::Write(db.clone())));
+    } else {
+        for strategy in ReadStrategy::ALL {
+            rows.push(Row::new(
+                format!("pgrouter {strategy}"),
+                Client::Read(db.clone(), strategy),
+            ));
+        }
+    }
+    if let Some(pgpool) = pgpool {
+        rows.push(Row::new(
+            "pgpool-II (deadpool Fast)",
+            Client::Pool(bare_pool(pgpool.pg_config(), RecyclingMethod::Fast)),
+        ));
+    }
+    rows
+}
+
+/// Runs every row of every block once, the row order rotated by `round`.
+async fn run_round(blocks: &mut [Block], queries: usize, round: usize, keep: bool) {
+    for block in blocks.iter_mut() {
+        let count = block.rows.len();
+        for offset in 0..count {
+            let row = &mut block.rows[(offset + round) % count];
+            let total = block.workload.queries(queries);
+            let sample = run(&row.client, block.workload, block.tasks, total).await;
+            if std::env::var_os("BENCH_VERBOSE").is_some() {
+                eprintln!(
+                    "  {} x{} {}: {:.1?}, {} errors",
+                    block.workload.label(),
+                    block.tasks,
+                    row.label,
+                    sample.elapsed,
+                    sample.errors
+                );
+            }
+            if !keep {
+                continue;
+            }
+            let rate = sample.latencies.len() as f64 / sample.elapsed.as_secs_f64();
+            row.rounds.push((
+                rate,
+                sample.latencies.quantile(0.5),
+                sample.latencies.quantile(0.99),
+            ));
+            row.errors += sample.errors;
+            if row.first_error.is_none() {
+                row.first_error = sample.first_error;
+            }
+        }
+    }
+}
+
+/// `total` queries from `tasks` tasks; only successful queries count
+/// towards the rate and the latencies.
+async fn run(client: &Client, workload: Workload, tasks: usize, total: usize) -> Sample {
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let handles: Vec<_> = (0..tasks)
+        .map(|task| {
+            let client = client.clone();
+            let next = Arc::clone(&next);
+            tokio::spawn(async move {
+                let mut rng = fastrand::Rng::with_seed(task as u64);
+                let mut sample = Sample::default();
+                while next.fetch_add(1, Ordering::Relaxed) < total {
+                    let aid = rng.i32(1..=ACCOUNTS);
+                    let begun = Instant::now();
+                    match call(&client, workload, aid).await {
+                        Ok(()) => sample.latencies.record(begun.elapsed()),
+                        Err(error) => {
+                            sample.errors += 1;
+                            sample.first_error.get_or_insert(error);
+                        }
+                    }
+                }
+                sample
+            })
+        })
+        .collect();
+    let mut merged = Sample::default();
+    for handle in handles {
+        let sample = handle.await.expect("a benchmark task panicked");
+        merged.latencies.merge(&sample.latencies);
+        merged.errors += sample.errors;
+        if merged.first_error.is_none() {
+            merged.first_error = sample.first_error;
+        }
+    }
+    merged.elapsed = start.elapsed();
+    merged
+}
+
+/// One query. Bare pools use a cached prepared statement, as pgrouter does.
+async fn call(client: &Client, workload: Workload, aid: i32) -> Result<(), String> {
+    let sql = workload.sql();
+    let with_key: [&(dyn ToSql + Sync); 1] = [&aid];
+    let params: &[&(dyn ToSql + Sync)] = match workload {
+        Workload::Select1 => &[],
+        Workload::PointSelect | Workload::Update => &with_key,
+    };
+    match client {
+        Client::Pool(pool) => {
+            let conn = pool.get().await.map_err(|e| e.to_string())?;
+            let statement = conn.prepare_cached(sql).await.map_err(|e| e.to_string())?;
+            match workload {
+                Workload::Update => conn.execute(&statement, params).await.map(drop),
+                _ => conn.query_one(&statement, params).await.map(drop),
+            }
+            .map_err(|e| e.to_string())
+        }
+        Client::Read(db, strategy) => db
+            .read()
+            .strategy(*strategy)
+            .query_one(sql, params)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string()),
+        Client::Write(db) => db
+            .execute(sql, params)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string()),
+    }
+}
+
+fn print_table(blocks: &[Block]) {
+    println!(
+        "\n{:<14} {:>5}  {:<34} {:>8} {:>17} {:>8} {:>8} {:>6} {:>6}",
+        "workload", "tasks", "client", "q/s", "(min-max)", "p50 ms", "p99 ms", "×bare", "errors"
+    );
+    for block in blocks {
+        let reference = median_of(&block.rows[0], |r| r.0);
+        for row in &block.rows {
+            let rate = median_of(row, |r| r.0);
+            let (low, high) = row
+                .rounds
+                .iter()
+                .map(|r| r.0)
+                .fold((f64::MAX, 0.0f64), |(lo, hi), q| (lo.min(q), hi.max(q)));
+            let p50 = Duration::from_secs_f64(median_of(row, |r| r.1.as_secs_f64()));
+            let p99 = Duration::from_secs_f64(median_of(row, |r| r.2.as_secs_f64()));
+            println!(
+                "{:<14} {:>5}  {:<34} {:>8.0} {:>17} {:>8} {:>8} {:>6.2} {:>6}",
+                block.workload.label(),
+                block.tasks,
+                row.label,
+                rate,
+                format!("({low:.0}-{high:.0})"),
+                millis(p50),
+                millis(p99),
+                rate / reference,
+                row.errors
+            );
+            if let Some(error) = &row.first_error {
+                println!("{:>22}first error: {error}", "");
+            }
+        }
+        println!();
+    }
+}
+
+fn median_of(row: &Row, field: impl Fn(&(f64, Duration, Duration)) -> f64) -> f64 {
+    let mut values: Vec<f64> = row.rounds.iter().map(field).collect();
+    median(&mut values)
+}
+
+/// Which node served reads of each strategy (100 reads each), to show
+/// which rows hit one node and which spread.
+async fn print_spread(db: &DatabaseManager) {
+    println!("where 100 reads of each strategy went (local region {LOCAL_REGION}):");
+    for strategy in ReadStrategy::ALL {
+        let mut counts = std::collections::BTreeMap::<String, usize>::new();
+        for _ in 0..100 {
+            let served = db
+                .read()
+                .strategy(strategy)
+                .query_one("SELECT current_setting('cluster_name')", &[])
+                .await;
+            let name = served.map_or_else(|e| format!("error: {e}"), |row| row.get(0));
+            *counts.entry(name).or_default() += 1;
+        }
+        let spread: Vec<String> = counts.iter().map(|(n, c)| format!("{n}={c}")).collect();
+        println!("  {:<19} {}", strategy.as_str(), spread.join(" "));
+    }
+}
