@@ -3,7 +3,9 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use deadpool_postgres::{ManagerConfig, Pool, RecyclingMethod, Runtime};
+use std::time::Duration;
+
+use deadpool_postgres::{Hook, HookError, ManagerConfig, Metrics, Pool, RecyclingMethod, Runtime};
 
 use crate::config::{NodeConfig, PoolSettings, Role};
 use crate::error::{ConfigError, NodeContext};
@@ -126,13 +128,17 @@ fn build_pool(
     settings: &PoolSettings,
     name: &str,
 ) -> Result<Pool, ConfigError> {
-    // Verified recycling runs a round trip before reuse, bounded by the
-    // recycle timeout: it catches a peer that went silent while idle.
+    // Fast recycling drops closed connections without I/O; the hook adds a
+    // round trip only for connections idle long enough to have gone silent.
     let manager_config = ManagerConfig {
-        recycling_method: RecyclingMethod::Verified,
+        recycling_method: RecyclingMethod::Fast,
     };
     let manager = connector.manager(pg_config, manager_config);
     Pool::builder(manager)
+        .pre_recycle(verify_idle(
+            settings.verify_idle_after,
+            settings.recycle_timeout,
+        ))
         .max_size(settings.max_size)
         .wait_timeout(Some(settings.wait_timeout))
         .create_timeout(Some(settings.create_timeout))
@@ -144,4 +150,21 @@ fn build_pool(
             value: error.to_string(),
             reason: "deadpool refused the pool settings",
         })
+}
+
+/// Checks, with one bounded round trip, a connection not handed out for
+/// `idle_after`; an error discards it and deadpool takes the next one.
+fn verify_idle(idle_after: Duration, bound: Duration) -> Hook {
+    Hook::async_fn(move |client, metrics: &Metrics| {
+        Box::pin(async move {
+            if metrics.last_used() < idle_after {
+                return Ok(());
+            }
+            match tokio::time::timeout(bound, client.simple_query("")).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(error)) => Err(HookError::Backend(error)),
+                Err(_) => Err(HookError::message("idle connection check timed out")),
+            }
+        })
+    })
 }

@@ -51,9 +51,14 @@ async fn a_stopped_replica_is_routed_around_and_recovers() {
         detected.is_some(),
         "node1 not marked unhealthy within {bound:?}"
     );
-    let status = db.status();
-    let node1 = status.node("node1").unwrap();
-    assert!(node1.last_error.is_some(), "{node1:?}");
+    // A caller's failure may take it out first; the monitor confirms.
+    let confirmed = wait_until(bound, || {
+        db.status()
+            .node("node1")
+            .is_some_and(|n| n.last_error.is_some() && !n.suspect)
+    })
+    .await;
+    assert!(confirmed.is_some(), "{:?}", db.status().node("node1"));
 
     for _ in 0..20 {
         let port = answering_port(&db, ReadStrategy::RegionalPreferred).await;

@@ -216,6 +216,14 @@ pub struct PoolSettings {
     /// round trip; catches a peer that went silent). Default: 1 s.
     #[serde(with = "humantime_serde")]
     pub recycle_timeout: Duration,
+    /// A connection not handed out for this long is checked with a round
+    /// trip (bounded by `recycle_timeout`) before reuse; busier connections
+    /// are reused at once, and a silent peer behind one of them is bounded
+    /// by the call deadline instead (which then drops the node's idle
+    /// connections). Zero checks every checkout, as deadpool's `Verified`
+    /// recycling does, at one extra round trip per call. Default: 1 s.
+    #[serde(with = "humantime_serde")]
+    pub verify_idle_after: Duration,
     /// TCP connect timeout, unless the connection string sets one. Default: 3 s.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
@@ -235,6 +243,7 @@ impl Default for PoolSettings {
             wait_timeout: Duration::from_secs(2),
             create_timeout: Duration::from_secs(3),
             recycle_timeout: Duration::from_secs(1),
+            verify_idle_after: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(3),
             keepalive_idle: Duration::from_secs(30),
             tcp_user_timeout: Duration::from_secs(10),

@@ -25,6 +25,7 @@ pub fn fast_config(nodes: Vec<NodeConfig>) -> Config {
         wait_timeout: Duration::from_secs(1),
         create_timeout: Duration::from_secs(1),
         recycle_timeout: Duration::from_millis(500),
+        verify_idle_after: Duration::from_secs(1),
         connect_timeout: Duration::from_secs(1),
         keepalive_idle: Duration::from_secs(5),
         tcp_user_timeout: Duration::from_secs(2),
