@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use futures_util::future::join_all;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -23,8 +23,15 @@ const RTT_ALPHA: f64 = 0.3;
 #[derive(Debug)]
 pub(crate) struct Monitor {
     shared: Arc<Shared>,
-    trackers: Vec<Tracker>,
     probes: Vec<ProbeConnection>,
+    judge: Judge,
+}
+
+/// Per-node state machines and the topology judge: what `publish` updates
+/// while other probes are still in flight.
+#[derive(Debug)]
+struct Judge {
+    trackers: Vec<Tracker>,
     assessor: Assessor,
 }
 
@@ -41,9 +48,11 @@ impl Monitor {
         let count = shared.nodes.len();
         Self {
             shared,
-            trackers: vec![Tracker::new(now); count],
             probes: (0..count).map(|_| ProbeConnection::default()).collect(),
-            assessor: Assessor::default(),
+            judge: Judge {
+                trackers: vec![Tracker::new(now); count],
+                assessor: Assessor::default(),
+            },
         }
     }
 
@@ -71,36 +80,55 @@ impl Monitor {
     }
 
     fn next_due(&self) -> Instant {
-        self.trackers
+        self.judge
+            .trackers
             .iter()
             .map(Tracker::next_probe)
             .min()
             .unwrap_or_else(|| Instant::now() + self.shared.config.health.interval)
     }
 
-    /// Probes the due nodes concurrently, then publishes one new snapshot.
+    /// Probes the due nodes concurrently and publishes each result as it
+    /// arrives, so a silent node's probe never holds back the others.
     async fn round(&mut self) {
         let now = Instant::now();
         let suspected = self.collect_reports(now);
-        let outcomes = self.probe_due(now, &suspected).await;
-        if outcomes.is_empty() {
-            return;
+        let shared = &self.shared;
+        let timeout = shared.config.health.probe_timeout;
+        let judge = &mut self.judge;
+        let mut probes: FuturesUnordered<_> = self
+            .probes
+            .iter_mut()
+            .enumerate()
+            .filter(|(index, _)| judge.trackers[*index].is_due(now))
+            .map(|(index, probe)| (index, probe, suspected[index]))
+            .map(|(index, probe, suspected)| async move {
+                let node = &shared.nodes[index];
+                let result = probe
+                    .probe(&shared.connector, &node.probe_config, timeout)
+                    .await;
+                Outcome {
+                    index,
+                    suspected,
+                    result,
+                }
+            })
+            .collect();
+        while let Some(outcome) = probes.next().await {
+            judge.publish(shared, &outcome);
+            if outcome.suspected {
+                shared.nodes[outcome.index].take_suspect();
+            }
+            // Wake writers waiting for a primary: a cleared suspect flag counts.
+            shared.published.send_modify(|generation| *generation += 1);
         }
-        self.publish(&outcomes);
-        for outcome in outcomes.iter().filter(|o| o.suspected) {
-            self.shared.nodes[outcome.index].take_suspect();
-        }
-        // Wake writers waiting for a primary: a cleared suspect flag counts.
-        self.shared
-            .published
-            .send_modify(|generation| *generation += 1);
     }
 
     /// Nodes that callers reported (suspect or a topology hint) are due now.
     fn collect_reports(&mut self, now: Instant) -> Vec<bool> {
         let nodes = &self.shared.nodes;
         let mut suspected = Vec::with_capacity(nodes.len());
-        for (node, tracker) in nodes.iter().zip(&mut self.trackers) {
+        for (node, tracker) in nodes.iter().zip(&mut self.judge.trackers) {
             let suspect = node.is_suspect();
             if suspect | node.take_probe_request() {
                 tracker.probe_now(now);
@@ -109,41 +137,17 @@ impl Monitor {
         }
         suspected
     }
+}
 
-    async fn probe_due(&mut self, now: Instant, suspected: &[bool]) -> Vec<Outcome> {
-        let timeout = self.shared.config.health.probe_timeout;
-        let nodes = &self.shared.nodes;
-        let connector = &self.shared.connector;
-        let probes = self
-            .probes
-            .iter_mut()
-            .enumerate()
-            .filter(|(index, _)| self.trackers[*index].is_due(now))
-            .map(|(index, probe)| async move {
-                let result = probe
-                    .probe(connector, &nodes[index].probe_config, timeout)
-                    .await;
-                Outcome {
-                    index,
-                    suspected: suspected[index],
-                    result,
-                }
-            });
-        join_all(probes).await
-    }
-
-    /// Applies the outcomes, judges the topology, publishes the snapshot and
+impl Judge {
+    /// Applies one outcome, judges the topology, publishes the snapshot and
     /// sends the events.
-    fn publish(&mut self, outcomes: &[Outcome]) {
+    fn publish(&mut self, shared: &Shared, outcome: &Outcome) {
         let finished = Instant::now();
-        let previous = self.shared.snapshot.load_full();
+        let previous = shared.snapshot.load_full();
         let mut next: Snapshot = (*previous).clone();
-        for outcome in outcomes {
-            self.apply(&mut next.nodes[outcome.index], outcome, finished);
-        }
-        let probed: Vec<usize> = outcomes.iter().map(|outcome| outcome.index).collect();
-        self.assessor.assess(&mut next, &probed, finished);
-        let shared = &self.shared;
+        self.apply(shared, &mut next.nodes[outcome.index], outcome, finished);
+        self.assessor.assess(&mut next, &[outcome.index], finished);
         let events = events::diff(&previous, &next, &shared.nodes, shared.config.max_staleness);
         shared.snapshot.store(Arc::new(next));
         for event in events {
@@ -152,8 +156,14 @@ impl Monitor {
         }
     }
 
-    fn apply(&mut self, state: &mut NodeState, outcome: &Outcome, finished: Instant) {
-        let settings = &self.shared.config.health;
+    fn apply(
+        &mut self,
+        shared: &Shared,
+        state: &mut NodeState,
+        outcome: &Outcome,
+        finished: Instant,
+    ) {
+        let settings = &shared.config.health;
         let tracker = &mut self.trackers[outcome.index];
         let transition = match &outcome.result {
             Ok(report) => {
@@ -172,7 +182,7 @@ impl Monitor {
         }
         if let Some(transition) = transition {
             let error = outcome.result.as_ref().err().map(String::as_str);
-            on_transition(&self.shared.nodes[outcome.index], transition, error);
+            on_transition(&shared.nodes[outcome.index], transition, error);
         }
     }
 }

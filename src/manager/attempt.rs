@@ -80,12 +80,13 @@ impl Shared {
         index: usize,
         call: &Call<'_>,
     ) -> Result<(Output, Option<CausalToken>), Error> {
+        let started = Instant::now();
         let client = self.checkout(index, call.deadline, call.budget).await?;
         let prepared = timeout_at(call.deadline, client.prepare_cached(call.sql)).await;
         let statement = match prepared {
             Ok(Ok(statement)) => statement,
             Ok(Err(error)) => return Err(self.finish_failed(index, client, error, false)),
-            Err(_) => return Err(self.finish_timed_out(index, client, call.budget)),
+            Err(_) => return Err(self.finish_timed_out(index, client, call.budget, started)),
         };
         let run = async {
             match call.op {
@@ -114,7 +115,7 @@ impl Shared {
             },
             Ok((Ok(_), Err(error))) => Err(self.token_unavailable(index, error)),
             Ok((Err(error), _)) => Err(self.finish_failed(index, client, error, true)),
-            Err(_) => Err(self.finish_timed_out(index, client, call.budget)),
+            Err(_) => Err(self.finish_timed_out(index, client, call.budget, started)),
         }
     }
 
@@ -133,6 +134,7 @@ impl Shared {
         budget: Duration,
     ) -> Result<Object, Error> {
         let node = &self.nodes[index];
+        let started = Instant::now();
         match timeout_at(deadline, node.pool.get()).await {
             Ok(Ok(client)) => Ok(client),
             Ok(Err(source)) => {
@@ -147,7 +149,7 @@ impl Shared {
                     source,
                 })
             }
-            Err(_) => Err(self.timed_out(index, budget)),
+            Err(_) => Err(self.timed_out(index, budget, started)),
         }
     }
 
@@ -218,22 +220,39 @@ impl Shared {
         (error, Fate::Discard)
     }
 
-    fn finish_timed_out(&self, index: usize, client: Object, budget: Duration) -> Error {
+    fn finish_timed_out(
+        &self,
+        index: usize,
+        client: Object,
+        budget: Duration,
+        started: Instant,
+    ) -> Error {
         self.connector.cancel_in_background(client.cancel_token());
         drop(Object::take(client));
-        self.timed_out(index, budget)
+        self.timed_out(index, budget, started)
     }
 
-    /// The deadline passed on node `index`: mark it suspect and drop its idle
-    /// connections, so the next caller does not wait on each of them.
-    pub(crate) fn timed_out(&self, index: usize, budget: Duration) -> Error {
+    /// The deadline passed on node `index`, whose attempt began at
+    /// `started`. If the attempt had a fair share of the time (half the
+    /// smaller of the probe timeout and the call's budget), mark the node
+    /// suspect and drop its idle connections, so the next caller does not
+    /// wait on each of them. A deadline spent mostly elsewhere (an earlier
+    /// attempt on another node) is no evidence against this one.
+    pub(crate) fn timed_out(&self, index: usize, budget: Duration, started: Instant) -> Error {
         let node = &self.nodes[index];
-        self.report_failure(index);
-        let dropped = node.discard_idle();
-        tracing::warn!(
-            node = %node.context.node, region = %node.context.region,
-            deadline = ?budget, dropped_idle = dropped, "call deadline exceeded"
-        );
+        let spent = started.elapsed();
+        let fair_share = self.config.health.probe_timeout.min(budget) / 2;
+        if spent >= fair_share {
+            self.report_failure(index);
+            let dropped = node.discard_idle();
+            tracing::warn!(
+                node = %node.context.node, region = %node.context.region,
+                deadline = ?budget, ?spent, dropped_idle = dropped, "call deadline exceeded"
+            );
+        } else {
+            tracing::debug!(node = %node.context.node, deadline = ?budget, ?spent,
+                "call deadline exceeded after a short attempt; node not marked");
+        }
         Error::Timeout {
             context: node.context.clone(),
             deadline: budget,

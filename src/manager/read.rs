@@ -199,7 +199,7 @@ impl Shared {
             Ok((output, _)) => return Ok((first, output)),
             Err(error) => error,
         };
-        if !read_retryable(&error) {
+        if !read_retryable(&error) || !self.time_for_another_attempt(call) {
             return Err(error);
         }
         let Some(second) = self.pick_read(strategy, freshness, Some(first), &mut rng) else {
@@ -209,6 +209,15 @@ impl Shared {
             %error, "retrying read on another node");
         let (output, _) = self.traced_attempt(second, 2, call).await?;
         Ok((second, output))
+    }
+
+    /// Whether enough of the deadline is left for a fair attempt elsewhere
+    /// (half the smaller of the probe timeout and the budget).
+    fn time_for_another_attempt(&self, call: &Call<'_>) -> bool {
+        let left = call
+            .deadline
+            .saturating_duration_since(tokio::time::Instant::now());
+        left >= self.config.health.probe_timeout.min(call.budget) / 2
     }
 
     /// One attempt inside a span naming the node, its role and the attempt.

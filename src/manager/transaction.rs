@@ -122,6 +122,12 @@ impl Bounds {
 
 type Committed<T> = (T, Option<CausalToken>);
 
+/// What a timed-out attempt needs: how to cancel it, and when it began.
+struct InFlight {
+    cancel: CancelToken,
+    started: Instant,
+}
+
 impl Shared {
     async fn transaction<T, F>(
         &self,
@@ -164,8 +170,12 @@ impl Shared {
         F: for<'t> FnMut(&'t Transaction<'t>) -> TxFuture<'t, T> + Send,
         T: Send,
     {
+        let started = Instant::now();
         let mut client = self.checkout(index, bounds.deadline, bounds.budget).await?;
-        let cancel = client.cancel_token();
+        let cancel = InFlight {
+            cancel: client.cancel_token(),
+            started,
+        };
         let (result, fate) = self
             .run_transaction(index, &mut client, cancel, bounds, body)
             .await;
@@ -187,7 +197,7 @@ impl Shared {
         &self,
         index: usize,
         client: &mut Object,
-        cancel: CancelToken,
+        cancel: InFlight,
         bounds: Bounds,
         body: &mut F,
     ) -> (Result<T, Error>, Fate)
@@ -267,10 +277,11 @@ impl Shared {
     fn expired<T>(
         &self,
         index: usize,
-        cancel: CancelToken,
+        in_flight: InFlight,
         bounds: Bounds,
     ) -> (Result<T, Error>, Fate) {
-        self.connector.cancel_in_background(cancel);
-        (Err(self.timed_out(index, bounds.budget)), Fate::Discard)
+        self.connector.cancel_in_background(in_flight.cancel);
+        let error = self.timed_out(index, bounds.budget, in_flight.started);
+        (Err(error), Fate::Discard)
     }
 }

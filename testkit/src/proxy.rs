@@ -343,7 +343,11 @@ async fn write_due<W: AsyncWrite + Unpin>(
     let Some((read_at, bytes, sent)) = chunk else {
         return std::future::pending().await;
     };
-    tokio::time::sleep_until(*read_at + delay).await;
+    // Without a delay, write at once: a zero-length sleep still waits for
+    // the next timer tick (about a millisecond).
+    if !delay.is_zero() {
+        tokio::time::sleep_until(*read_at + delay).await;
+    }
     match to.write(&bytes[*sent..]).await? {
         0 => Err(io::ErrorKind::WriteZero.into()),
         n => Ok(n),
