@@ -89,6 +89,30 @@ fn pick_uniform(
     rng: &mut fastrand::Rng,
     eligible: impl Fn(usize) -> bool,
 ) -> Option<usize> {
+    if len > INLINE {
+        return pick_uniform_walking(len, rng, eligible);
+    }
+    // One walk, remembering the eligible indexes on the stack.
+    let mut found = [0u8; INLINE];
+    let mut count = 0;
+    for index in 0..len {
+        if eligible(index) {
+            found[count] = index as u8;
+            count += 1;
+        }
+    }
+    (count > 0).then(|| usize::from(found[rng.usize(..count)]))
+}
+
+/// Topologies up to this many nodes are decided in one walk.
+const INLINE: usize = 64;
+
+/// Larger topologies: count, then walk again to the chosen one.
+fn pick_uniform_walking(
+    len: usize,
+    rng: &mut fastrand::Rng,
+    eligible: impl Fn(usize) -> bool,
+) -> Option<usize> {
     let count = (0..len).filter(|&index| eligible(index)).count();
     if count == 0 {
         return None;
@@ -322,5 +346,23 @@ pub(crate) mod tests {
         let mut view = view;
         view.0.iter_mut().for_each(|node| node.0 = DOWN);
         assert_eq!(picks(ReadStrategy::Nearest, &view, None), [0; 4]);
+    }
+
+    #[test]
+    fn large_topologies_are_uniform_too() {
+        let view = FixedView(vec![(UP, REMOTE, false); 100], Vec::new(), 0);
+        let mut rng = fastrand::Rng::with_seed(3);
+        let mut counts = vec![0; 100];
+        for _ in 0..20_000 {
+            counts[pick_read(ReadStrategy::GlobalRandom, &view, Some(5), &mut rng).unwrap()] += 1;
+        }
+        assert_eq!(counts[5], 0);
+        assert!(
+            counts
+                .iter()
+                .enumerate()
+                .all(|(i, &c)| i == 5 || (100..320).contains(&c)),
+            "{counts:?}"
+        );
     }
 }
