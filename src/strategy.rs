@@ -57,25 +57,60 @@ fn pick_nearest(
     usable: impl Fn(usize) -> bool,
 ) -> Option<usize> {
     let levels = view.preferred_levels();
-    let window = view.window();
     (0..=levels).find_map(|level| {
         let in_level = |index: usize| {
             usable(index) && (level == levels || view.region_rank(index) == Some(level))
         };
-        let fastest = (0..view.len())
-            .filter(|&i| in_level(i))
-            .filter_map(|i| view.rtt(i))
-            .min();
-        let near = |index: usize| {
-            in_level(index)
-                && match (fastest, view.rtt(index)) {
-                    (Some(fastest), Some(rtt)) => rtt <= fastest.saturating_add(window),
-                    (Some(_), None) => false,
-                    (None, _) => true,
+        if view.len() > INLINE {
+            return pick_nearest_walking(view, rng, in_level);
+        }
+        // One walk: the level's usable nodes and the fastest round trip.
+        let mut found = [0u8; INLINE];
+        let mut count = 0;
+        let mut fastest: Option<Duration> = None;
+        for index in 0..view.len() {
+            if in_level(index) {
+                found[count] = index as u8;
+                count += 1;
+                if let Some(rtt) = view.rtt(index) {
+                    fastest = Some(fastest.map_or(rtt, |f| f.min(rtt)));
                 }
-        };
-        pick_uniform(view.len(), rng, near)
+            }
+        }
+        let mut near = 0;
+        for slot in 0..count {
+            let index = found[slot];
+            if is_near(fastest, view.rtt(usize::from(index)), view.window()) {
+                found[near] = index;
+                near += 1;
+            }
+        }
+        (near > 0).then(|| usize::from(found[rng.usize(..near)]))
     })
+}
+
+/// Larger topologies: find the fastest, then pick among the near ones.
+fn pick_nearest_walking(
+    view: &impl NodeView,
+    rng: &mut fastrand::Rng,
+    in_level: impl Fn(usize) -> bool,
+) -> Option<usize> {
+    let fastest = (0..view.len())
+        .filter(|&i| in_level(i))
+        .filter_map(|i| view.rtt(i))
+        .min();
+    let near = |index: usize| in_level(index) && is_near(fastest, view.rtt(index), view.window());
+    pick_uniform_walking(view.len(), rng, near)
+}
+
+/// Within `window` of the fastest; unmeasured nodes count only when no node
+/// of the level is measured.
+fn is_near(fastest: Option<Duration>, rtt: Option<Duration>, window: Duration) -> bool {
+    match (fastest, rtt) {
+        (Some(fastest), Some(rtt)) => rtt <= fastest.saturating_add(window),
+        (Some(_), None) => false,
+        (None, _) => true,
+    }
 }
 
 /// The node writes go to: the primary, when it is up.
