@@ -14,6 +14,9 @@ use crate::lsn::CausalToken;
 use crate::retry::read_retryable;
 use crate::topology::Freshness;
 
+/// Less than this left of the deadline, a read is not tried elsewhere.
+const RETRY_FLOOR: Duration = Duration::from_millis(5);
+
 /// Per-call read options. `None` fields use the configuration's value.
 #[derive(Debug, Clone, Default, PartialEq)]
 #[non_exhaustive]
@@ -211,13 +214,14 @@ impl Shared {
         Ok((second, output))
     }
 
-    /// Whether enough of the deadline is left for a fair attempt elsewhere
-    /// (half the smaller of the probe timeout and the budget).
+    /// Whether any useful part of the deadline is left for another node (a
+    /// healthy one answers in well under a millisecond on a local network).
+    /// If it runs out there, `timed_out` does not hold it against that node.
     fn time_for_another_attempt(&self, call: &Call<'_>) -> bool {
         let left = call
             .deadline
             .saturating_duration_since(tokio::time::Instant::now());
-        left >= self.config.health.probe_timeout.min(call.budget) / 2
+        left >= RETRY_FLOOR
     }
 
     /// One attempt inside a span naming the node, its role and the attempt.
