@@ -33,6 +33,7 @@ fn sqlstates(c: &mut Criterion) {
                 })
         })
     });
+    group.throughput(Throughput::Elements(1));
     for code in ["23505", "40001", "57P01", "42601"] {
         let state = SqlState::from_code(code);
         group.bench_function(code, |b| b.iter(|| classify_code(black_box(&state))));

@@ -13,7 +13,8 @@
 //! round) after one shorter warm-up round; the table shows the medians of
 //! the rounds and each row's ratio to the bare deadpool row of the same
 //! workload and concurrency. `BENCH_QUERIES` and `BENCH_ROUNDS` override the
-//! query count per read row and the number of rounds.
+//! query count per read row and the number of rounds; `BENCH_VERBOSE=1`
+//! prints every run of every row.
 
 #[path = "../bench_common/mod.rs"]
 mod common;
@@ -150,7 +151,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let db = DatabaseManager::new(router_config(&cluster)).await?;
     let pgpool = start_pgpool(&cluster).await;
-    let mut blocks = blocks(&cluster, &db, pgpool.as_ref());
+    let pools = Pools::new(&cluster, pgpool.as_ref());
+    let mut blocks = blocks(&cluster, &db, &pools);
     println!(
         "pool size {POOL_SIZE} per pool (pgrouter: per node); {queries} queries per read row \
          and round, {} per write row; 1 warm-up round + {rounds} rounds\n",
@@ -171,6 +173,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     db.close().await;
     drop(blocks);
+    drop(pools);
     drop(pgpool);
     println!("\ntotal time {:.1?}", started.elapsed());
     Ok(())
@@ -243,12 +246,40 @@ async fn start_pgpool(cluster: &Cluster) -> Option<pgpool::Pgpool> {
     }
 }
 
+/// The bare pools, shared by every block (so connections stay bounded).
+#[derive(Debug)]
+struct Pools {
+    /// Against node1, the node regional-preferred reads use.
+    reads: [Pool; 2],
+    /// Against the primary, for writes.
+    writes: [Pool; 2],
+    /// Against pgpool-II, when it runs.
+    pgpool: Option<Pool>,
+}
+
+impl Pools {
+    fn new(cluster: &Cluster, pgpool: Option<&pgpool::Pgpool>) -> Self {
+        let pair = |index: usize| {
+            let config = cluster.node(index).pg_config();
+            [
+                bare_pool(config.clone(), RecyclingMethod::Fast),
+                bare_pool(config, RecyclingMethod::Verified),
+            ]
+        };
+        Self {
+            reads: pair(1),
+            writes: pair(0),
+            pgpool: pgpool.map(|p| bare_pool(p.pg_config(), RecyclingMethod::Fast)),
+        }
+    }
+}
+
 /// Every workload at every concurrency, with its rows.
-fn blocks(cluster: &Cluster, db: &DatabaseManager, pgpool: Option<&pgpool::Pgpool>) -> Vec<Block> {
+fn blocks(cluster: &Cluster, db: &DatabaseManager, pools: &Pools) -> Vec<Block> {
     let mut blocks = Vec::new();
     for workload in Workload::ALL {
         for tasks in CONCURRENCY {
-            let rows = rows(cluster, db, pgpool, workload);
+            let rows = rows(cluster, db, pools, workload);
             blocks.push(Block {
                 workload,
                 tasks,
@@ -261,23 +292,17 @@ fn blocks(cluster: &Cluster, db: &DatabaseManager, pgpool: Option<&pgpool::Pgpoo
 
 /// Row 0 is the reference: bare deadpool (default `Fast` recycling) against
 /// the node regional-preferred reads use (node1), or the primary for writes.
-fn rows(
-    cluster: &Cluster,
-    db: &DatabaseManager,
-    pgpool: Option<&pgpool::Pgpool>,
-    workload: Workload,
-) -> Vec<Row> {
-    let node = if workload == Workload::Update { 0 } else { 1 };
-    let target = cluster.node(node);
-    let name = target.name();
+fn rows(cluster: &Cluster, db: &DatabaseManager, pools: &Pools, workload: Workload) -> Vec<Row> {
+    let (node, [fast, verified]) = match workload {
+        Workload::Update => (0, &pools.writes),
+        Workload::Select1 | Workload::PointSelect => (1, &pools.reads),
+    };
+    let name = cluster.node(node).name();
     let mut rows = vec![
-        Row::new(
-            format!("deadpool Fast, {name}"),
-            Client::Pool(bare_pool(target.pg_config(), RecyclingMethod::Fast)),
-        ),
+        Row::new(format!("deadpool Fast, {name}"), Client::Pool(fast.clone())),
         Row::new(
             format!("deadpool Verified, {name}"),
-            Client::Pool(bare_pool(target.pg_config(), RecyclingMethod::Verified)),
+            Client::Pool(verified.clone()),
         ),
     ];
     if workload == Workload::Update {
@@ -290,10 +315,10 @@ fn rows(
             ));
         }
     }
-    if let Some(pgpool) = pgpool {
+    if let Some(pool) = &pools.pgpool {
         rows.push(Row::new(
             "pgpool-II (deadpool Fast)",
-            Client::Pool(bare_pool(pgpool.pg_config(), RecyclingMethod::Fast)),
+            Client::Pool(pool.clone()),
         ));
     }
     rows
@@ -407,13 +432,25 @@ async fn call(client: &Client, workload: Workload, aid: i32) -> Result<(), Strin
     }
 }
 
+/// One line per row: median q/s (and the rounds' range), median p50 and
+/// p99, and the ratio of median rates to the two bare rows of its block.
 fn print_table(blocks: &[Block]) {
     println!(
-        "\n{:<14} {:>5}  {:<34} {:>8} {:>17} {:>8} {:>8} {:>6} {:>6}",
-        "workload", "tasks", "client", "q/s", "(min-max)", "p50 ms", "p99 ms", "×bare", "errors"
+        "\n{:<13} {:>5}  {:<28} {:>7} {:>13} {:>6} {:>6} {:>6} {:>6} {:>6}",
+        "workload",
+        "tasks",
+        "client",
+        "q/s",
+        "(min-max)",
+        "p50ms",
+        "p99ms",
+        "×Fast",
+        "×Verif",
+        "errors"
     );
     for block in blocks {
-        let reference = median_of(&block.rows[0], |r| r.0);
+        let fast = median_of(&block.rows[0], |r| r.0);
+        let verified = median_of(&block.rows[1], |r| r.0);
         for row in &block.rows {
             let rate = median_of(row, |r| r.0);
             let (low, high) = row
@@ -424,15 +461,16 @@ fn print_table(blocks: &[Block]) {
             let p50 = Duration::from_secs_f64(median_of(row, |r| r.1.as_secs_f64()));
             let p99 = Duration::from_secs_f64(median_of(row, |r| r.2.as_secs_f64()));
             println!(
-                "{:<14} {:>5}  {:<34} {:>8.0} {:>17} {:>8} {:>8} {:>6.2} {:>6}",
+                "{:<13} {:>5}  {:<28} {:>7.0} {:>13} {:>6} {:>6} {:>6.2} {:>6.2} {:>6}",
                 block.workload.label(),
                 block.tasks,
                 row.label,
                 rate,
-                format!("({low:.0}-{high:.0})"),
+                format!("({:.0}-{:.0})", low / 1000.0, high / 1000.0) + "k",
                 millis(p50),
                 millis(p99),
-                rate / reference,
+                rate / fast,
+                rate / verified,
                 row.errors
             );
             if let Some(error) = &row.first_error {
