@@ -4,37 +4,12 @@
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use pgrouter::{NodeConfig, Role};
-use pgrouter_testkit::Cluster;
 
-/// node0 (the primary), node1 and node2 live in these regions.
-pub const REGIONS: [&str; 3] = ["us-east-1", "eu-west-1", "ap-south-1"];
-/// The benchmarked service runs next to node1.
-pub const LOCAL_REGION: &str = "eu-west-1";
+// The node configurations the integration tests use, shared rather than copied.
+#[path = "../../tests/support/mod.rs"]
+mod support;
 
-/// One node config per cluster node, reached at `ports` (the node's own
-/// port, or a proxy's in front of it). Node 0 is the primary.
-pub fn node_configs(cluster: &Cluster, ports: &[u16]) -> Vec<NodeConfig> {
-    cluster
-        .nodes()
-        .iter()
-        .zip(ports)
-        .enumerate()
-        .map(|(index, (node, port))| {
-            let role = if index == 0 {
-                Role::Primary
-            } else {
-                Role::Replica
-            };
-            let url = format!(
-                "host=127.0.0.1 port={port} user={} dbname={}",
-                node.user(),
-                node.dbname()
-            );
-            NodeConfig::new(node.name(), REGIONS[index], url, role)
-        })
-        .collect()
-}
+pub use support::{node_configs, LOCAL_REGION};
 
 /// Call latencies in microseconds, 1 µs to 60 s, three significant digits.
 #[derive(Debug, Clone)]
