@@ -75,15 +75,8 @@ async fn constraint_violations_are_never_retried() {
         .execute("INSERT INTO children VALUES (3, 1, 'x')", &[])
         .await
         .unwrap_err();
-    assert_eq!(
-        err.code(),
-        Some(&SqlState::SYNTAX_ERROR).or(err.code()),
-        "{err:?}"
-    );
-    assert!(
-        err.code().is_some_and(|c| c.code().starts_with("42")),
-        "{err:?}"
-    );
+    // "INSERT has more expressions than target columns": class 42.
+    assert_eq!(err.code(), Some(&SqlState::SYNTAX_ERROR), "{err:?}");
     // No backoff was slept: the minimum delay alone is 50 ms per retry.
     assert!(
         start.elapsed() < Duration::from_millis(500),
