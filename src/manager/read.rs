@@ -232,9 +232,9 @@ impl Shared {
         call: &Call<'_>,
     ) -> Result<(Output, Option<CausalToken>), Error> {
         let node = &self.nodes[index];
-        let role = self.snapshot.load().nodes[index].role;
-        let span =
-            tracing::debug_span!("pgrouter.attempt", node = %node.context.node, %role, attempt);
+        // Field values are only evaluated when the span is enabled.
+        let span = tracing::debug_span!("pgrouter.attempt",
+            node = %node.context.node, role = %self.snapshot.load().nodes[index].role, attempt);
         self.attempt(index, call).instrument(span).await
     }
 
