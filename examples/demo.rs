@@ -1,6 +1,6 @@
 //! The main demonstration: a local three-node cluster (one primary, two
 //! streaming replicas, three regions), reads with each strategy, writes, a
-//! replica stopped and recovered.
+//! replica stopped and recovered, and a failover to a promoted replica.
 //!
 //! ```text
 //! cargo run --example demo
@@ -108,20 +108,44 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let spread = read_spread(&db, ReadStrategy::RegionalPreferred, &names, 60).await?;
     println!("  regional-preferred reads now: {}", show(&spread));
 
+    println!("\nfailover: stopping the primary (node0) and promoting node1 ...");
+    cluster.wait_for_replicas(Duration::from_secs(10))?;
+    cluster.stop(0, StopMode::Immediate)?;
+    let promoted = Instant::now();
+    cluster.promote(1)?;
+    let row = db
+        .write()
+        .query_one(
+            "INSERT INTO orders (item) VALUES ('after failover') RETURNING inet_server_port()",
+            &[],
+        )
+        .await?;
+    let port: i32 = row.get(0);
+    let landed = names.get(&port).map_or("?", String::as_str);
+    println!(
+        "  first write after promote landed on {landed} after {:.0?} (promote included)",
+        promoted.elapsed()
+    );
+
+    // Let the monitor probe the stopped node once more before the summary.
+    tokio::time::sleep(Duration::from_millis(600)).await;
     let status = db.status();
     println!("\nsummary:");
     for node in &status.nodes {
         println!(
-            "  {:<6} {:<8} healthy={:<5} pool size={} probe age={:.0?}",
+            "  {:<6} {:<8} timeline={} healthy={:<5} fenced={:<5} pool size={} probe age={:.0?}",
             node.name,
             node.role,
+            node.timeline.map_or("?".to_owned(), |t| t.to_string()),
             node.healthy,
+            node.fenced,
             node.pool.size,
             node.last_probe_age.unwrap_or_default()
         );
     }
     println!(
-        "  ready={} total time {:.1?}",
+        "  write target={} ready={} total time {:.1?}",
+        status.write_target.as_deref().unwrap_or("none"),
         status.is_ready(),
         started.elapsed()
     );
