@@ -1,6 +1,7 @@
 //! Hooks for this crate's benchmarks and allocation tests. Not part of the
 //! public API: hidden from the docs, may change in any release.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -10,6 +11,7 @@ use crate::config::{NearestSettings, NodeConfig, PoolSettings, ReadStrategy, Rol
 use crate::node::Node;
 use crate::retry::{code_kind, CodeKind};
 use crate::strategy::pick_read;
+use crate::suspects::Suspects;
 use crate::tls::Connector;
 use crate::topology::{Freshness, Lag, LiveView, Snapshot};
 
@@ -19,6 +21,7 @@ use crate::topology::{Freshness, Lag, LiveView, Snapshot};
 #[derive(Debug)]
 pub struct RoutingBench {
     nodes: Box<[Node]>,
+    suspects: Arc<Suspects>,
     snapshot: ArcSwap<Snapshot>,
     nearest: NearestSettings,
 }
@@ -28,6 +31,7 @@ impl RoutingBench {
     /// primary; every node healthy, measured and caught up.
     pub fn new(count: usize) -> Self {
         let regions = ["local", "far-1", "far-2"];
+        let suspects = Arc::new(Suspects::new(count));
         let nodes: Box<[Node]> = (0..count)
             .map(|index| {
                 let role = if index == 0 {
@@ -47,6 +51,7 @@ impl RoutingBench {
                     "local",
                     &[],
                     &Connector::Plain,
+                    (index, &suspects),
                 )
                 .expect("a valid synthetic node")
             })
@@ -58,6 +63,7 @@ impl RoutingBench {
         }
         Self {
             nodes,
+            suspects,
             snapshot: ArcSwap::from_pointee(snapshot),
             nearest: NearestSettings::default(),
         }
@@ -74,6 +80,7 @@ impl RoutingBench {
         let view = LiveView {
             snapshot: &snapshot,
             nodes: &self.nodes,
+            suspects: &self.suspects,
             freshness: Freshness {
                 max_staleness,
                 after: None,

@@ -21,6 +21,7 @@ mod node;
 mod retry;
 mod status;
 mod strategy;
+mod suspects;
 mod tls;
 mod topology;
 

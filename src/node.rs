@@ -9,6 +9,7 @@ use deadpool_postgres::{Hook, HookError, ManagerConfig, Metrics, Pool, Recycling
 
 use crate::config::{NodeConfig, PoolSettings, Role};
 use crate::error::{ConfigError, NodeContext};
+use crate::suspects::Suspects;
 use crate::tls::Connector;
 
 /// A configured node and its pool. Owned by the manager, shared with the monitor.
@@ -21,8 +22,11 @@ pub(crate) struct Node {
     pub(crate) pool: Pool,
     /// Connection settings for the monitor's own probe connection.
     pub(crate) probe_config: tokio_postgres::Config,
-    /// Set by a caller that saw a connection failure; the monitor clears it.
-    suspect: AtomicBool,
+    /// The node's place among the manager's nodes.
+    index: usize,
+    /// Every node's "a caller saw a connection failure" bit; the monitor
+    /// clears this node's.
+    suspects: Arc<Suspects>,
     /// Set by a caller that saw a sign of a topology change; asks for a probe
     /// without taking the node out of routing.
     probe_requested: AtomicBool,
@@ -46,6 +50,7 @@ impl Node {
         local_region: &str,
         preferred_regions: &[String],
         connector: &Connector,
+        (index, suspects): (usize, &Arc<Suspects>),
     ) -> Result<Self, ConfigError> {
         let mut pg_config = pg_config(config, settings)?;
         connector.require(&mut pg_config);
@@ -60,7 +65,8 @@ impl Node {
             region_rank: preferred_regions.iter().position(|r| *r == config.region),
             pool,
             probe_config: pg_config,
-            suspect: AtomicBool::new(false),
+            index,
+            suspects: Arc::clone(suspects),
             probe_requested: AtomicBool::new(false),
         })
     }
@@ -71,15 +77,15 @@ impl Node {
 
     /// Marks the node suspect; true when it was not suspect before.
     pub(crate) fn mark_suspect(&self) -> bool {
-        !self.suspect.swap(true, Ordering::AcqRel)
+        self.suspects.mark(self.index)
     }
 
     pub(crate) fn is_suspect(&self) -> bool {
-        self.suspect.load(Ordering::Acquire)
+        self.suspects.contains(self.index)
     }
 
     pub(crate) fn take_suspect(&self) -> bool {
-        self.suspect.swap(false, Ordering::AcqRel)
+        self.suspects.clear(self.index)
     }
 
     /// Asks the monitor to probe this node soon; true when newly asked.

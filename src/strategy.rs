@@ -25,6 +25,15 @@ pub(crate) trait NodeView {
     fn preferred_levels(&self) -> usize;
     /// The nearest strategy's latency window.
     fn window(&self) -> Duration;
+    /// Bit `i` set when node `i` is up, for views that can say so at once
+    /// (at most 64 nodes); `None` to decide node by node.
+    fn usable_mask(&self) -> Option<u64> {
+        None
+    }
+    /// Bit `i` set when node `i` is local (with [`NodeView::usable_mask`]).
+    fn local_mask(&self) -> u64 {
+        0
+    }
 }
 
 /// Chooses the node for a read, skipping `exclude` (a node that just failed).
@@ -35,6 +44,12 @@ pub(crate) fn pick_read(
     exclude: Option<usize>,
     rng: &mut fastrand::Rng,
 ) -> Option<usize> {
+    if let Some(mask) = view.usable_mask() {
+        let excluded = exclude
+            .filter(|&index| index < 64)
+            .map_or(0, |index| 1 << index);
+        return pick_read_masked(strategy, view, mask & !excluded, rng);
+    }
     let usable = |index: usize| view.is_up(index) && Some(index) != exclude;
     match strategy {
         ReadStrategy::RegionalPreferred => pick_uniform(view.len(), rng, |index| {
@@ -45,6 +60,66 @@ pub(crate) fn pick_read(
         ReadStrategy::PrimaryOnly => pick_primary(view).filter(|&index| Some(index) != exclude),
         ReadStrategy::Nearest => pick_nearest(view, rng, usable),
     }
+}
+
+/// [`pick_read`] over a bitmask of usable nodes: a few instructions instead
+/// of a walk over every node.
+fn pick_read_masked(
+    strategy: ReadStrategy,
+    view: &impl NodeView,
+    usable: u64,
+    rng: &mut fastrand::Rng,
+) -> Option<usize> {
+    match strategy {
+        ReadStrategy::RegionalPreferred => {
+            choose_bit(usable & view.local_mask(), rng).or_else(|| choose_bit(usable, rng))
+        }
+        ReadStrategy::GlobalRandom => choose_bit(usable, rng),
+        ReadStrategy::PrimaryOnly => (0..view.len())
+            .find(|&index| view.is_primary(index))
+            .filter(|&index| usable & (1 << index) != 0),
+        ReadStrategy::Nearest => {
+            let levels = view.preferred_levels();
+            (0..=levels).find_map(|level| {
+                let in_level = match level == levels {
+                    true => usable,
+                    false => bits(usable)
+                        .filter(|&i| view.region_rank(i) == Some(level))
+                        .fold(0u64, |mask, index| mask | (1 << index)),
+                };
+                let fastest = bits(in_level).filter_map(|i| view.rtt(i)).min();
+                let near = bits(in_level)
+                    .filter(|&i| is_near(fastest, view.rtt(i), view.window()))
+                    .fold(0u64, |mask, index| mask | (1 << index));
+                choose_bit(near, rng)
+            })
+        }
+    }
+}
+
+/// A uniformly chosen set bit of `mask`.
+fn choose_bit(mask: u64, rng: &mut fastrand::Rng) -> Option<usize> {
+    let count = mask.count_ones();
+    if count == 0 {
+        return None;
+    }
+    let mut rest = mask;
+    for _ in 0..rng.u32(..count) {
+        rest &= rest - 1;
+    }
+    Some(rest.trailing_zeros() as usize)
+}
+
+/// The indexes of the set bits of `mask`, lowest first.
+fn bits(mask: u64) -> impl Iterator<Item = usize> {
+    let mut rest = mask;
+    std::iter::from_fn(move || {
+        (rest != 0).then(|| {
+            let index = rest.trailing_zeros() as usize;
+            rest &= rest - 1;
+            index
+        })
+    })
 }
 
 /// Level by level (each preferred region in order, then every region):
@@ -217,7 +292,47 @@ pub(crate) mod tests {
         )
     }
 
-    fn picks(strategy: ReadStrategy, view: &FixedView, exclude: Option<usize>) -> Vec<usize> {
+    /// The same view, answering with bitmasks: the fast path.
+    struct Masked<'a>(&'a FixedView);
+
+    impl NodeView for Masked<'_> {
+        fn len(&self) -> usize {
+            self.0.len()
+        }
+        fn is_up(&self, index: usize) -> bool {
+            self.0.is_up(index)
+        }
+        fn is_local(&self, index: usize) -> bool {
+            self.0.is_local(index)
+        }
+        fn is_primary(&self, index: usize) -> bool {
+            self.0.is_primary(index)
+        }
+        fn rtt(&self, index: usize) -> Option<Duration> {
+            self.0.rtt(index)
+        }
+        fn region_rank(&self, index: usize) -> Option<usize> {
+            self.0.region_rank(index)
+        }
+        fn preferred_levels(&self) -> usize {
+            self.0.preferred_levels()
+        }
+        fn window(&self) -> Duration {
+            self.0.window()
+        }
+        fn usable_mask(&self) -> Option<u64> {
+            (self.len() <= 64).then(|| mask(self.len(), |i| self.is_up(i)))
+        }
+        fn local_mask(&self) -> u64 {
+            mask(self.len(), |i| self.is_local(i))
+        }
+    }
+
+    fn mask(len: usize, flag: impl Fn(usize) -> bool) -> u64 {
+        (0..len).filter(|&i| flag(i)).fold(0, |m, i| m | (1 << i))
+    }
+
+    fn counts(strategy: ReadStrategy, view: &impl NodeView, exclude: Option<usize>) -> Vec<usize> {
         let mut rng = fastrand::Rng::with_seed(7);
         let mut counts = vec![0; view.len()];
         for _ in 0..3000 {
@@ -226,6 +341,25 @@ pub(crate) mod tests {
             }
         }
         counts
+    }
+
+    /// Choices node by node; every test also checks that the bitmask path
+    /// chooses among the same nodes with about the same frequencies.
+    fn picks(strategy: ReadStrategy, view: &FixedView, exclude: Option<usize>) -> Vec<usize> {
+        let walked = counts(strategy, view, exclude);
+        let masked = counts(strategy, &Masked(view), exclude);
+        for (w, m) in walked.iter().zip(&masked) {
+            assert_eq!(
+                *w == 0,
+                *m == 0,
+                "{strategy}: walked {walked:?}, masked {masked:?}"
+            );
+            assert!(
+                w.abs_diff(*m) < 300,
+                "{strategy}: walked {walked:?}, masked {masked:?}"
+            );
+        }
+        walked
     }
 
     #[test]

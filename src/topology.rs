@@ -14,6 +14,7 @@ use crate::config::{NearestSettings, Role};
 use crate::lsn::{CausalToken, Lsn};
 use crate::node::Node;
 use crate::strategy::NodeView;
+use crate::suspects::Suspects;
 
 /// How far a replica is behind the primary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -60,6 +61,10 @@ pub(crate) struct Snapshot {
     pub(crate) primary: Option<usize>,
     /// Several nodes claim to be primary and fencing cannot choose.
     pub(crate) split_brain: bool,
+    /// Bit `i`: node `i` is up and not fenced (nodes 0 to 63).
+    pub(crate) routable: u64,
+    /// Bit `i`: node `i` is in the service's region (nodes 0 to 63).
+    pub(crate) local: u64,
 }
 
 impl Snapshot {
@@ -80,12 +85,29 @@ impl Snapshot {
                 last_probe: None,
             })
             .collect();
-        Self {
+        let mut snapshot = Self {
             nodes: states,
             primary: nodes.iter().position(|node| node.role == Role::Primary),
             split_brain: false,
-        }
+            routable: 0,
+            local: mask_of(nodes.iter().map(|node| node.is_local)),
+        };
+        snapshot.derive_masks();
+        snapshot
     }
+
+    /// Recomputes `routable` after node states changed.
+    pub(crate) fn derive_masks(&mut self) {
+        self.routable = mask_of(self.nodes.iter().map(|node| node.up && !node.fenced));
+    }
+}
+
+/// Bit `i` set when the `i`-th flag is (only the first 64 count).
+fn mask_of(flags: impl Iterator<Item = bool>) -> u64 {
+    flags
+        .take(64)
+        .enumerate()
+        .fold(0, |mask, (index, flag)| mask | (u64::from(flag) << index))
 }
 
 /// What a read asks of the node that serves it, beyond being healthy.
@@ -103,6 +125,7 @@ pub(crate) struct Freshness {
 pub(crate) struct LiveView<'a> {
     pub(crate) snapshot: &'a Snapshot,
     pub(crate) nodes: &'a [Node],
+    pub(crate) suspects: &'a Suspects,
     pub(crate) freshness: Freshness,
     pub(crate) nearest: &'a NearestSettings,
 }
@@ -134,11 +157,33 @@ impl NodeView for LiveView<'_> {
 
     fn is_up(&self, index: usize) -> bool {
         let state = &self.snapshot.nodes[index];
-        state.up && !state.fenced && !self.nodes[index].is_suspect() && self.is_fresh(index)
+        state.up && !state.fenced && !self.suspects.contains(index) && self.is_fresh(index)
     }
 
     fn is_local(&self, index: usize) -> bool {
         self.nodes[index].is_local
+    }
+
+    fn usable_mask(&self) -> Option<u64> {
+        if self.nodes.len() > 64 {
+            return None;
+        }
+        let mut usable = self.snapshot.routable & !self.suspects.first_word();
+        if self.freshness.max_staleness.is_some() || self.freshness.after.is_some() {
+            let mut rest = usable;
+            while rest != 0 {
+                let index = rest.trailing_zeros() as usize;
+                rest &= rest - 1;
+                if !self.is_fresh(index) {
+                    usable &= !(1 << index);
+                }
+            }
+        }
+        Some(usable)
+    }
+
+    fn local_mask(&self) -> u64 {
+        self.snapshot.local
     }
 
     fn is_primary(&self, index: usize) -> bool {

@@ -26,6 +26,7 @@ impl Assessor {
             }
         }
         self.measure_lag(next, now);
+        next.derive_masks();
     }
 
     fn elect(&mut self, next: &mut Snapshot) {

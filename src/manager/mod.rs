@@ -29,6 +29,7 @@ use crate::health::Monitor;
 use crate::node::Node;
 use crate::status::Status;
 use crate::strategy::{pick_primary, pick_read};
+use crate::suspects::Suspects;
 use crate::tls::Connector;
 use crate::topology::{Freshness, LiveView, Snapshot};
 
@@ -63,6 +64,8 @@ pub(crate) struct Shared {
     /// Plain or TLS, for pools, probes and cancel requests.
     pub(crate) connector: Connector,
     pub(crate) nodes: Box<[Node]>,
+    /// The nodes callers reported, one bit each (the nodes' own flags).
+    pub(crate) suspects: Arc<Suspects>,
     pub(crate) snapshot: ArcSwap<Snapshot>,
     /// Wakes the monitor when a caller reports a node.
     pub(crate) wake: Notify,
@@ -99,10 +102,12 @@ impl DatabaseManager {
     pub async fn new(config: Config) -> Result<Self, Error> {
         config.validate()?;
         let connector = Connector::new(&config.tls)?;
+        let suspects = Arc::new(Suspects::new(config.nodes.len()));
         let nodes = config
             .nodes
             .iter()
-            .map(|node| {
+            .enumerate()
+            .map(|(index, node)| {
                 let preferred = &config.nearest.preferred_regions;
                 Node::build(
                     node,
@@ -110,6 +115,7 @@ impl DatabaseManager {
                     &config.local_region,
                     preferred,
                     &connector,
+                    (index, &suspects),
                 )
             })
             .collect::<Result<Box<[Node]>, _>>()?;
@@ -119,6 +125,7 @@ impl DatabaseManager {
             config,
             connector,
             nodes,
+            suspects,
             snapshot,
             wake: Notify::new(),
             published: watch::Sender::new(0),
@@ -289,6 +296,7 @@ impl Shared {
         LiveView {
             snapshot,
             nodes: &self.nodes,
+            suspects: &self.suspects,
             freshness,
             nearest: &self.config.nearest,
         }
