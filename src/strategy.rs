@@ -1,7 +1,9 @@
 //! Read strategies as pure functions over a view of the nodes.
 //!
-//! Nothing here waits, locks or allocates: a decision counts the eligible
-//! nodes and picks one uniformly with the caller's random number generator.
+//! Nothing here waits, locks or allocates. Up to 64 nodes a view hands over a
+//! bitmask of the usable nodes and a decision is a few bit operations; larger
+//! views (and the tests' plain views) are walked node by node. Either way one
+//! eligible node is picked uniformly with the caller's random number generator.
 
 use std::time::Duration;
 
@@ -136,46 +138,13 @@ fn pick_nearest(
         let in_level = |index: usize| {
             usable(index) && (level == levels || view.region_rank(index) == Some(level))
         };
-        if view.len() > INLINE {
-            return pick_nearest_walking(view, rng, in_level);
-        }
-        // One walk: the level's usable nodes and the fastest round trip.
-        let mut found = [0u8; INLINE];
-        let mut count = 0;
-        let mut fastest: Option<Duration> = None;
-        for index in 0..view.len() {
-            if in_level(index) {
-                found[count] = index as u8;
-                count += 1;
-                if let Some(rtt) = view.rtt(index) {
-                    fastest = Some(fastest.map_or(rtt, |f| f.min(rtt)));
-                }
-            }
-        }
-        let mut near = 0;
-        for slot in 0..count {
-            let index = found[slot];
-            if is_near(fastest, view.rtt(usize::from(index)), view.window()) {
-                found[near] = index;
-                near += 1;
-            }
-        }
-        (near > 0).then(|| usize::from(found[rng.usize(..near)]))
+        let fastest = (0..view.len())
+            .filter(|&i| in_level(i))
+            .filter_map(|i| view.rtt(i))
+            .min();
+        let near = |i: usize| in_level(i) && is_near(fastest, view.rtt(i), view.window());
+        pick_uniform(view.len(), rng, near)
     })
-}
-
-/// Larger topologies: find the fastest, then pick among the near ones.
-fn pick_nearest_walking(
-    view: &impl NodeView,
-    rng: &mut fastrand::Rng,
-    in_level: impl Fn(usize) -> bool,
-) -> Option<usize> {
-    let fastest = (0..view.len())
-        .filter(|&i| in_level(i))
-        .filter_map(|i| view.rtt(i))
-        .min();
-    let near = |index: usize| in_level(index) && is_near(fastest, view.rtt(index), view.window());
-    pick_uniform_walking(view.len(), rng, near)
 }
 
 /// Within `window` of the fastest; unmeasured nodes count only when no node
@@ -193,32 +162,9 @@ pub(crate) fn pick_primary(view: &impl NodeView) -> Option<usize> {
     (0..view.len()).find(|&index| view.is_primary(index) && view.is_up(index))
 }
 
-/// Uniform choice among the indexes in `0..len` that satisfy `eligible`.
+/// Uniform choice among the indexes in `0..len` that satisfy `eligible`:
+/// count, then walk again to the chosen one.
 fn pick_uniform(
-    len: usize,
-    rng: &mut fastrand::Rng,
-    eligible: impl Fn(usize) -> bool,
-) -> Option<usize> {
-    if len > INLINE {
-        return pick_uniform_walking(len, rng, eligible);
-    }
-    // One walk, remembering the eligible indexes on the stack.
-    let mut found = [0u8; INLINE];
-    let mut count = 0;
-    for index in 0..len {
-        if eligible(index) {
-            found[count] = index as u8;
-            count += 1;
-        }
-    }
-    (count > 0).then(|| usize::from(found[rng.usize(..count)]))
-}
-
-/// Topologies up to this many nodes are decided in one walk.
-const INLINE: usize = 64;
-
-/// Larger topologies: count, then walk again to the chosen one.
-fn pick_uniform_walking(
     len: usize,
     rng: &mut fastrand::Rng,
     eligible: impl Fn(usize) -> bool,

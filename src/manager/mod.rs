@@ -305,6 +305,11 @@ impl Shared {
     /// The write target, waiting up to `write_hold` (never past `deadline`)
     /// while none is known, e.g. during a failover.
     pub(crate) async fn await_primary(&self, deadline: Instant) -> Result<usize, Error> {
+        if let Some(index) = self.primary_index() {
+            return Ok(index);
+        }
+        // Subscribe, then look again: a snapshot published in between is
+        // seen by the second look, a later one wakes the wait.
         let mut published = self.published.subscribe();
         if let Some(index) = self.primary_index() {
             return Ok(index);
