@@ -82,9 +82,19 @@ impl Shared {
     ) -> Result<(Output, Option<CausalToken>), Error> {
         let started = Instant::now();
         let client = self.checkout(index, call.deadline, call.budget).await?;
-        let prepared = timeout_at(call.deadline, client.prepare_cached(call.sql)).await;
-        let statement = match prepared {
-            Ok(Ok(statement)) => statement,
+        // The token query is prepared (once per connection) with the
+        // statement, so its execution rides right behind the statement's.
+        let prepare = async {
+            let statement = client.prepare_cached(call.sql).await?;
+            let token = match call.token {
+                true => Some(client.prepare_cached(TOKEN_SQL).await?),
+                false => None,
+            };
+            Ok((statement, token))
+        };
+        let prepared = timeout_at(call.deadline, prepare).await;
+        let (statement, token_statement) = match prepared {
+            Ok(Ok(prepared)) => prepared,
             Ok(Err(error)) => return Err(self.finish_failed(index, client, error, false)),
             Err(_) => return Err(self.finish_timed_out(index, client, call.budget, started)),
         };
@@ -101,9 +111,9 @@ impl Shared {
             }
         };
         let token = async {
-            match call.token {
-                true => client.query_one(TOKEN_SQL, &[]).await.map(Some),
-                false => Ok(None),
+            match &token_statement {
+                Some(statement) => client.query_one(statement, &[]).await.map(Some),
+                None => Ok(None),
             }
         };
         // Biased: the statement is sent first, the token query right behind it.

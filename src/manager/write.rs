@@ -105,8 +105,9 @@ impl<'a> Write<'a> {
     }
 
     /// Like [`Write::execute`], and returns the write's [`CausalToken`] for
-    /// read-your-writes. The token query is pipelined behind the statement
-    /// on the same connection: no extra round trip.
+    /// read-your-writes. The token query (prepared once per connection) is
+    /// sent right behind the statement on the same connection, not after its
+    /// answer.
     pub async fn execute_with_token(
         self,
         sql: &str,
