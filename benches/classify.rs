@@ -1,5 +1,6 @@
-//! Error classification: the SQLSTATE table and `Error::retry_decision`, as
-//! the write retry loop and the read retry consult them (no server needed).
+//! Error classification: a server error on a sent statement, classified as
+//! an attempt classifies it, and `Error::retry_decision`, as the retry loops
+//! consult it (no server needed).
 //!
 //! ```text
 //! cargo bench --bench classify
@@ -9,9 +10,9 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use pgrouter::bench_support::classify_code;
+use pgrouter::bench::retry_after_server_error;
 use pgrouter::tokio_postgres::error::SqlState;
-use pgrouter::{Error, Operation, ReadStrategy};
+use pgrouter::{Error, ReadStrategy};
 
 /// Conflicts, topology changes and permanent errors, as a mix.
 const CODES: [&str; 16] = [
@@ -21,29 +22,28 @@ const CODES: [&str; 16] = [
 
 fn sqlstates(c: &mut Criterion) {
     let table: Vec<SqlState> = CODES.iter().map(|code| SqlState::from_code(code)).collect();
-    let mut group = c.benchmark_group("classify_code");
+    let mut group = c.benchmark_group("classify_server_error");
     group.throughput(Throughput::Elements(table.len() as u64));
     group.bench_function("16-sqlstates", |b| {
         b.iter(|| {
             table
                 .iter()
-                .map(|code| classify_code(black_box(code)))
-                .fold(0u32, |n, (conflict, topology)| {
-                    n + u32::from(conflict) + u32::from(topology)
-                })
+                .filter(|code| retry_after_server_error(black_box(code)))
+                .count()
         })
     });
     group.throughput(Throughput::Elements(1));
     for code in ["23505", "40001", "57P01", "42601"] {
         let state = SqlState::from_code(code);
-        group.bench_function(code, |b| b.iter(|| classify_code(black_box(&state))));
+        group.bench_function(code, |b| {
+            b.iter(|| retry_after_server_error(black_box(&state)))
+        });
     }
     group.finish();
 }
 
 fn retry_decisions(c: &mut Criterion) {
     let no_node = Error::NoHealthyNode {
-        operation: Operation::Write,
         strategy: ReadStrategy::PrimaryOnly,
     };
     let aborted = Error::aborted("business rule");

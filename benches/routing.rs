@@ -13,7 +13,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use pgrouter::bench_support::RoutingBench;
+use pgrouter::bench::RoutingBench;
 use pgrouter::ReadStrategy;
 
 /// Topology sizes: a primary and two replicas, and a large fleet.
@@ -38,7 +38,7 @@ fn cases() -> Vec<(String, ReadStrategy, Option<Duration>)> {
 
 fn routing(c: &mut Criterion) {
     for size in SIZES {
-        let bench = RoutingBench::new(size);
+        let bench = RoutingBench::new(size).expect("a valid synthetic topology");
         let mut group = c.benchmark_group(format!("pick/{size}-nodes"));
         for (name, strategy, max_staleness) in cases() {
             let mut rng = fastrand::Rng::with_seed(7);

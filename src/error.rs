@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio_postgres::error::SqlState;
 
 use crate::config::ReadStrategy;
+use crate::safety::{Cause, Phase};
 
 /// A configuration value that cannot work. Each variant names the field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -90,24 +91,6 @@ pub enum ConfigError {
     },
 }
 
-/// Whether a call was a read or a write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Operation {
-    /// A read, routed by a [`ReadStrategy`].
-    Read,
-    /// A write or transaction, sent to the primary.
-    Write,
-}
-
-impl fmt::Display for Operation {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Operation::Read => "read",
-            Operation::Write => "write",
-        })
-    }
-}
-
 /// Where a node-level failure happened.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeContext {
@@ -127,12 +110,12 @@ impl fmt::Display for NodeContext {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// No node may serve this call right now.
-    #[error("no healthy node for a {operation} with strategy {strategy}")]
+    /// No node may serve this read right now: none is healthy, or none
+    /// that the strategy, the staleness bound and the causal token allow.
+    /// (Writes that find no primary fail with [`Error::NoPrimary`].)
+    #[error("no healthy node for a read with strategy {strategy}")]
     NoHealthyNode {
-        /// Read or write.
-        operation: Operation,
-        /// The strategy in force (writes report `primary-only`).
+        /// The strategy in force.
         strategy: ReadStrategy,
     },
     /// No primary was known, also after holding the write for
@@ -302,6 +285,22 @@ impl Error {
     /// True for a deadline that passed.
     pub fn is_timeout(&self) -> bool {
         matches!(self, Error::Timeout { .. })
+    }
+
+    /// How far the failed call got and why, for the retry rules; `None`
+    /// for failures no retry can help (nothing of the node's, or the
+    /// deadline or write hold already spent).
+    pub(crate) fn failure(&self) -> Option<(Phase, Cause)> {
+        match self {
+            Error::Connect { source, .. } => Some((Phase::Checkout, Cause::of_pool(source))),
+            Error::ConnectionLost { .. } => Some((Phase::BeforeSend, Cause::Lost)),
+            Error::OutcomeUnknown { .. } => Some((Phase::Sent, Cause::Lost)),
+            Error::Database { source, .. } => Some((Phase::Sent, Cause::of_postgres(source))),
+            // Raised by a transaction closure: nothing is committed yet.
+            Error::Postgres(source) => Some((Phase::InTransaction, Cause::of_postgres(source))),
+            Error::Statement { .. } => Some((Phase::BeforeSend, Cause::Local)),
+            _ => None,
+        }
     }
 
     pub(crate) fn postgres(&self) -> Option<&tokio_postgres::Error> {

@@ -8,20 +8,24 @@
     rustdoc::broken_intra_doc_links
 )]
 
-#[doc(hidden)]
-pub mod bench_support;
+#[cfg(feature = "bench")]
+pub mod bench;
+mod clock;
 mod config;
 mod connstr;
 mod error;
 mod events;
+mod freshness;
 mod health;
+mod hub;
 mod lsn;
 mod manager;
 mod node;
+mod node_set;
 mod retry;
+mod safety;
 mod status;
 mod strategy;
-mod suspects;
 mod tls;
 mod topology;
 
@@ -30,10 +34,10 @@ pub use config::{
     RetrySettings, Role, TlsSettings,
 };
 pub use connstr::ConnectionString;
-pub use error::{ConfigError, Error, NodeContext, Operation};
+pub use error::{ConfigError, Error, NodeContext};
 pub use events::Event;
 pub use lsn::{CausalToken, Lsn, TokenError};
-pub use manager::{DatabaseManager, Read, ReadOptions, TxFuture, Write, WriteOptions};
+pub use manager::{DatabaseManager, Read, TxFuture, Write};
 pub use retry::RetryDecision;
 pub use status::{NodeStatus, PoolStatus, Status};
 pub use topology::Lag;

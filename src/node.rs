@@ -1,18 +1,15 @@
-//! One node: its name, region, role, deadpool pool and the flags callers flip.
+//! One node: its name, region, configured role and deadpool pool.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-
 use std::time::Duration;
 
 use deadpool_postgres::{Hook, HookError, ManagerConfig, Metrics, Pool, RecyclingMethod, Runtime};
 
 use crate::config::{NodeConfig, PoolSettings, Role};
 use crate::error::{ConfigError, NodeContext};
-use crate::suspects::Suspects;
 use crate::tls::Connector;
 
-/// A configured node and its pool. Owned by the manager, shared with the monitor.
+/// A configured node and its pool. Owned by the hub.
 pub(crate) struct Node {
     pub(crate) context: NodeContext,
     pub(crate) role: Role,
@@ -22,14 +19,6 @@ pub(crate) struct Node {
     pub(crate) pool: Pool,
     /// Connection settings for the monitor's own probe connection.
     pub(crate) probe_config: tokio_postgres::Config,
-    /// The node's place among the manager's nodes.
-    index: usize,
-    /// Every node's "a caller saw a connection failure" bit; the monitor
-    /// clears this node's.
-    suspects: Arc<Suspects>,
-    /// Set by a caller that saw a sign of a topology change; asks for a probe
-    /// without taking the node out of routing.
-    probe_requested: AtomicBool,
 }
 
 impl std::fmt::Debug for Node {
@@ -37,7 +26,6 @@ impl std::fmt::Debug for Node {
         f.debug_struct("Node")
             .field("context", &self.context)
             .field("role", &self.role)
-            .field("suspect", &self.is_suspect())
             .finish_non_exhaustive()
     }
 }
@@ -50,7 +38,6 @@ impl Node {
         local_region: &str,
         preferred_regions: &[String],
         connector: &Connector,
-        (index, suspects): (usize, &Arc<Suspects>),
     ) -> Result<Self, ConfigError> {
         let mut pg_config = pg_config(config, settings)?;
         connector.require(&mut pg_config);
@@ -65,36 +52,11 @@ impl Node {
             region_rank: preferred_regions.iter().position(|r| *r == config.region),
             pool,
             probe_config: pg_config,
-            index,
-            suspects: Arc::clone(suspects),
-            probe_requested: AtomicBool::new(false),
         })
     }
 
     pub(crate) fn name(&self) -> &str {
         &self.context.node
-    }
-
-    /// Marks the node suspect; true when it was not suspect before.
-    pub(crate) fn mark_suspect(&self) -> bool {
-        self.suspects.mark(self.index)
-    }
-
-    pub(crate) fn is_suspect(&self) -> bool {
-        self.suspects.contains(self.index)
-    }
-
-    pub(crate) fn take_suspect(&self) -> bool {
-        self.suspects.clear(self.index)
-    }
-
-    /// Asks the monitor to probe this node soon; true when newly asked.
-    pub(crate) fn request_probe(&self) -> bool {
-        !self.probe_requested.swap(true, Ordering::AcqRel)
-    }
-
-    pub(crate) fn take_probe_request(&self) -> bool {
-        self.probe_requested.swap(false, Ordering::AcqRel)
     }
 
     /// Drops every idle connection, so the next caller does not pay a

@@ -1,117 +1,45 @@
-//! Error classification and the retry schedule.
+//! The retry schedule, and the public retry decision.
 //!
-//! The rules, from what was sent and from the SQLSTATE:
-//! - nothing sent (checkout, connect, prepare, no healthy primary): retry;
-//! - `40001` serialization failure, `40P01` deadlock: retry (a transaction
-//!   is retried as a whole);
-//! - `57P01`/`57P02`/`57P03` shutdown and `25006` read-only transaction: the
-//!   topology changed; retry after asking the monitor to re-probe;
-//! - class `23` integrity, `42` syntax/permission, `22` data, anything else
-//!   the server rejects: never retried;
-//! - connection lost after the statement was sent: the outcome is unknown;
-//!   retried only when the caller marked the write idempotent.
+//! What a failure means is decided in [`crate::safety`]; this module turns
+//! that into [`Error::retry_decision`] for callers, and into the backoff
+//! loop state ([`Retrier`]) for writes and transactions.
 
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
-use deadpool_postgres::PoolError;
 use tokio::time::Instant;
-use tokio_postgres::error::SqlState;
 
 use crate::config::RetrySettings;
 use crate::error::Error;
+use crate::safety::{classify, Action};
 
 /// What a failed attempt allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum RetryDecision {
-    /// Safe to try again (after backoff).
+    /// Safe to try again (after backoff). When the failure showed that the
+    /// topology changed (`57P0x`, `25006`), pgrouter has already asked its
+    /// monitor to probe the node.
     Retry,
-    /// Safe to try again, and the topology probably changed: re-probe first.
-    RetryAfterReprobe,
     /// Retrying cannot help or is not safe.
     Fail,
 }
 
-/// How a SQLSTATE bears on retrying.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum CodeKind {
-    /// 40001, 40P01: run it again.
-    Conflict,
-    /// 57P01/57P02/57P03, 25006: the node is going away or is not the
-    /// primary any more; nothing was applied.
-    TopologyChanged,
-    /// Everything else: a retry gets the same answer.
-    Permanent,
-}
-
-pub(crate) fn code_kind(code: &SqlState) -> CodeKind {
-    if *code == SqlState::T_R_SERIALIZATION_FAILURE || *code == SqlState::T_R_DEADLOCK_DETECTED {
-        CodeKind::Conflict
-    } else if *code == SqlState::ADMIN_SHUTDOWN
-        || *code == SqlState::CRASH_SHUTDOWN
-        || *code == SqlState::CANNOT_CONNECT_NOW
-        || *code == SqlState::READ_ONLY_SQL_TRANSACTION
-    {
-        CodeKind::TopologyChanged
-    } else {
-        CodeKind::Permanent
-    }
-}
-
 impl Error {
-    /// Whether a write that failed with this error may be retried.
-    /// `idempotent` says the caller accepts the statement running twice.
+    /// Whether a call that failed with this error may be tried again.
+    /// `idempotent` says the caller accepts the statement running twice
+    /// (reads always may).
+    ///
+    /// The same rules as pgrouter's own retry loops: the error's variant
+    /// says how far the call got (nothing sent, sent, `COMMIT` sent), its
+    /// SQLSTATE what the server said.
     pub fn retry_decision(&self, idempotent: bool) -> RetryDecision {
-        match self {
-            // NoPrimary and SplitBrain already waited out the write hold.
-            Error::NoHealthyNode { .. } | Error::ConnectionLost { .. } => RetryDecision::Retry,
-            Error::Connect { source, .. } => pool_error_decision(source),
-            Error::OutcomeUnknown { .. } if idempotent => RetryDecision::Retry,
-            Error::Database { source, .. } | Error::Postgres(source) => {
-                source
-                    .code()
-                    .map_or(RetryDecision::Fail, |code| match code_kind(code) {
-                        CodeKind::Conflict => RetryDecision::Retry,
-                        CodeKind::TopologyChanged => RetryDecision::RetryAfterReprobe,
-                        CodeKind::Permanent => RetryDecision::Fail,
-                    })
-            }
-            _ => RetryDecision::Fail,
+        let action = self
+            .failure()
+            .map_or(Action::Fail, |(phase, cause)| classify(phase, cause).action);
+        if action.allows_retry(idempotent) {
+            RetryDecision::Retry
+        } else {
+            RetryDecision::Fail
         }
-    }
-}
-
-fn pool_error_decision(error: &PoolError) -> RetryDecision {
-    match error {
-        PoolError::Closed | PoolError::NoRuntimeSpecified => RetryDecision::Fail,
-        PoolError::Backend(source) => match source.code().map(code_kind) {
-            Some(CodeKind::Permanent) => RetryDecision::Fail,
-            Some(CodeKind::TopologyChanged) => RetryDecision::RetryAfterReprobe,
-            _ => RetryDecision::Retry,
-        },
-        _ => RetryDecision::Retry,
-    }
-}
-
-/// Whether a read that failed with this error should be tried once more on
-/// another node: anything connection-level (reads are safe to repeat) and
-/// conflicts such as a replica cancelling a query for recovery (40001).
-pub(crate) fn read_retryable(error: &Error) -> bool {
-    match error {
-        Error::OutcomeUnknown { .. } => true,
-        other => other.retry_decision(false) != RetryDecision::Fail,
-    }
-}
-
-/// Whether the error means the node itself failed (so it becomes suspect),
-/// rather than the statement or a busy pool.
-pub(crate) fn is_node_failure(error: &PoolError) -> bool {
-    use deadpool_postgres::TimeoutType;
-    match error {
-        PoolError::Timeout(TimeoutType::Wait) | PoolError::Closed => false,
-        PoolError::Backend(source) => source
-            .code()
-            .is_none_or(|code| code_kind(code) == CodeKind::TopologyChanged),
-        _ => true,
     }
 }
 
@@ -167,7 +95,8 @@ impl Retrier {
         let Some(delay) = self.delays.next() else {
             return false;
         };
-        if Instant::now() + delay >= self.deadline {
+        let wakes = Instant::now().checked_add(delay);
+        if wakes.is_none_or(|wakes| wakes >= self.deadline) {
             return false;
         }
         tracing::debug!(attempt = self.attempt, ?delay, %error, "retrying after backoff");
@@ -184,56 +113,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sqlstate_table() {
-        let table = [
-            ("40001", CodeKind::Conflict),
-            ("40P01", CodeKind::Conflict),
-            ("57P01", CodeKind::TopologyChanged),
-            ("57P02", CodeKind::TopologyChanged),
-            ("57P03", CodeKind::TopologyChanged),
-            ("25006", CodeKind::TopologyChanged),
-            ("23505", CodeKind::Permanent),
-            ("23503", CodeKind::Permanent),
-            ("23514", CodeKind::Permanent),
-            ("23502", CodeKind::Permanent),
-            ("42601", CodeKind::Permanent),
-            ("42501", CodeKind::Permanent),
-            ("42P01", CodeKind::Permanent),
-            ("22012", CodeKind::Permanent),
-            ("22P02", CodeKind::Permanent),
-            ("57014", CodeKind::Permanent),
-        ];
-        for (code, kind) in table {
-            assert_eq!(code_kind(&SqlState::from_code(code)), kind, "{code}");
-        }
-    }
-
-    #[test]
-    fn decisions_without_a_server_error() {
+    fn decisions_follow_the_error_variant() {
         let none = Error::NoHealthyNode {
-            operation: crate::Operation::Write,
             strategy: crate::ReadStrategy::PrimaryOnly,
         };
-        assert_eq!(none.retry_decision(false), RetryDecision::Retry);
+        assert_eq!(none.retry_decision(true), RetryDecision::Fail);
         assert_eq!(Error::Closed.retry_decision(true), RetryDecision::Fail);
+        let hold = Error::NoPrimary {
+            waited: Duration::from_secs(5),
+        };
+        assert_eq!(hold.retry_decision(true), RetryDecision::Fail);
         assert_eq!(
             Error::aborted("business rule").retry_decision(true),
             RetryDecision::Fail
         );
-        assert!(read_retryable(&none));
-    }
-
-    #[test]
-    fn pool_errors() {
-        use deadpool_postgres::TimeoutType;
+        let pool = |error| Error::Connect {
+            context: crate::error::NodeContext {
+                node: "n".into(),
+                region: "r".into(),
+            },
+            source: error,
+        };
+        use deadpool_postgres::{PoolError, TimeoutType};
         assert_eq!(
-            pool_error_decision(&PoolError::Timeout(TimeoutType::Create)),
+            pool(PoolError::Timeout(TimeoutType::Create)).retry_decision(false),
             RetryDecision::Retry
         );
-        assert_eq!(pool_error_decision(&PoolError::Closed), RetryDecision::Fail);
-        assert!(!is_node_failure(&PoolError::Timeout(TimeoutType::Wait)));
-        assert!(is_node_failure(&PoolError::Timeout(TimeoutType::Create)));
-        assert!(is_node_failure(&PoolError::Timeout(TimeoutType::Recycle)));
+        assert_eq!(
+            pool(PoolError::NoRuntimeSpecified).retry_decision(true),
+            RetryDecision::Fail
+        );
     }
 
     #[test]
@@ -269,10 +178,14 @@ mod tests {
         }
     }
 
+    /// A failure before anything was sent.
     fn transient() -> Error {
-        Error::NoHealthyNode {
-            operation: crate::Operation::Write,
-            strategy: crate::ReadStrategy::PrimaryOnly,
+        Error::Connect {
+            context: crate::error::NodeContext {
+                node: "n".into(),
+                region: "r".into(),
+            },
+            source: deadpool_postgres::PoolError::Timeout(deadpool_postgres::TimeoutType::Create),
         }
     }
 

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use crate::config::{ReadStrategy, Role};
+use crate::hub::Hub;
 use crate::lsn::Lsn;
-use crate::manager::Shared;
 use crate::topology::Lag;
 
 /// Every node's state at one moment.
@@ -73,15 +73,17 @@ pub struct PoolStatus {
 }
 
 impl Status {
-    pub(crate) fn capture(shared: &Shared) -> Self {
-        let snapshot = shared.snapshot.load();
+    pub(crate) fn capture(hub: &Hub) -> Self {
+        let snapshot = hub.snapshot();
         let now = tokio::time::Instant::now();
-        let nodes = shared
+        let nodes = hub
             .nodes
             .iter()
             .zip(snapshot.nodes.iter())
-            .map(|(node, state)| {
+            .enumerate()
+            .map(|(index, (node, state))| {
                 let pool = node.pool.status();
+                let suspect = hub.is_suspect(index);
                 NodeStatus {
                     name: node.context.node.to_string(),
                     region: node.context.region.to_string(),
@@ -91,8 +93,8 @@ impl Status {
                     wal_position: state.position,
                     lag: state.lag,
                     rtt: state.rtt,
-                    healthy: state.up && !node.is_suspect(),
-                    suspect: node.is_suspect(),
+                    healthy: state.up && !suspect,
+                    suspect,
                     last_error: state.last_error.as_deref().map(str::to_owned),
                     last_probe_age: state.last_probe.map(|at| now.saturating_duration_since(at)),
                     pool: PoolStatus {
@@ -106,11 +108,11 @@ impl Status {
             .collect();
         Self {
             nodes,
-            read_strategy: shared.config.read_strategy,
-            local_region: shared.config.local_region.clone(),
+            read_strategy: hub.config.read_strategy,
+            local_region: hub.config.local_region.clone(),
             write_target: snapshot
                 .primary
-                .map(|index| shared.nodes[index].name().to_owned()),
+                .map(|index| hub.nodes[index].name().to_owned()),
             split_brain: snapshot.split_brain,
         }
     }

@@ -1,9 +1,10 @@
 //! The immutable snapshot of every node's state that routing reads.
 //!
 //! The health monitor is the single writer: it builds the next [`Snapshot`]
-//! and publishes it whole through `arc-swap`. Routing loads the current one
-//! (no lock, no allocation) and combines it with each node's `suspect` flag
-//! and the call's freshness constraints.
+//! and publishes it whole through the hub. Routing loads the current one (no
+//! lock, no allocation) and sees it through a [`LiveView`]: the snapshot, the
+//! callers' suspect flags as loaded once for this decision, and the call's
+//! [`Freshness`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,10 +12,11 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::config::{NearestSettings, Role};
-use crate::lsn::{CausalToken, Lsn};
+use crate::freshness::Freshness;
+use crate::lsn::Lsn;
 use crate::node::Node;
+use crate::node_set::Members;
 use crate::strategy::NodeView;
-use crate::suspects::Suspects;
 
 /// How far a replica is behind the primary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -67,24 +69,28 @@ pub(crate) struct Snapshot {
     pub(crate) local: u64,
 }
 
+impl NodeState {
+    /// A node before its first probe: up, in its configured role.
+    pub(crate) fn new(role: Role) -> Self {
+        Self {
+            up: true,
+            role,
+            fenced: false,
+            timeline: None,
+            position: None,
+            lag: None,
+            rtt: None,
+            last_error: None,
+            last_probe: None,
+        }
+    }
+}
+
 impl Snapshot {
     /// The state before any probe: every node up in its configured role, so
     /// a service can start while the first probes run.
     pub(crate) fn initial(nodes: &[Node]) -> Self {
-        let states = nodes
-            .iter()
-            .map(|node| NodeState {
-                up: true,
-                role: node.role,
-                fenced: false,
-                timeline: None,
-                position: None,
-                lag: None,
-                rtt: None,
-                last_error: None,
-                last_probe: None,
-            })
-            .collect();
+        let states = nodes.iter().map(|node| NodeState::new(node.role)).collect();
         let mut snapshot = Self {
             nodes: states,
             primary: nodes.iter().position(|node| node.role == Role::Primary),
@@ -110,43 +116,22 @@ fn mask_of(flags: impl Iterator<Item = bool>) -> u64 {
         .fold(0, |mask, (index, flag)| mask | (u64::from(flag) << index))
 }
 
-/// What a read asks of the node that serves it, beyond being healthy.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct Freshness {
-    /// Replicas must lag by at most this much (known lag only).
-    pub(crate) max_staleness: Option<Duration>,
-    /// Replicas must have replayed at least this position.
-    pub(crate) after: Option<CausalToken>,
-}
-
-/// A snapshot seen together with the callers' suspect flags and a call's
-/// freshness constraints.
-#[derive(Debug, Clone, Copy)]
+/// A snapshot seen together with the callers' suspect flags (loaded once,
+/// so one decision sees one state) and a call's freshness constraints.
+#[derive(Debug, Clone)]
 pub(crate) struct LiveView<'a> {
     pub(crate) snapshot: &'a Snapshot,
     pub(crate) nodes: &'a [Node],
-    pub(crate) suspects: &'a Suspects,
+    pub(crate) suspects: Members,
     pub(crate) freshness: Freshness,
     pub(crate) nearest: &'a NearestSettings,
 }
 
 impl LiveView<'_> {
-    /// The primary is always fresh; a replica must meet both constraints.
     fn is_fresh(&self, index: usize) -> bool {
-        if self.snapshot.primary == Some(index) {
-            return true;
-        }
-        let state = &self.snapshot.nodes[index];
-        let lag_ok = self
-            .freshness
-            .max_staleness
-            .is_none_or(|bound| state.lag.is_some_and(|lag| lag.time <= bound));
-        let token_ok = self.freshness.after.is_none_or(|token| {
-            state
-                .position
-                .is_some_and(|position| position >= token.lsn())
-        });
-        lag_ok && token_ok
+        let is_write_target = self.snapshot.primary == Some(index);
+        self.freshness
+            .admits(&self.snapshot.nodes[index], is_write_target)
     }
 }
 
@@ -169,7 +154,7 @@ impl NodeView for LiveView<'_> {
             return None;
         }
         let mut usable = self.snapshot.routable & !self.suspects.first_word();
-        if self.freshness.max_staleness.is_some() || self.freshness.after.is_some() {
+        if self.freshness.is_constrained() {
             let mut rest = usable;
             while rest != 0 {
                 let index = rest.trailing_zeros() as usize;

@@ -10,9 +10,9 @@ use std::cell::Cell;
 use std::hint::black_box;
 use std::time::Duration;
 
-use pgrouter::bench_support::{classify_code, RoutingBench};
+use pgrouter::bench::{retry_after_server_error, RoutingBench};
 use pgrouter::tokio_postgres::error::SqlState;
-use pgrouter::{Error, Operation, ReadStrategy};
+use pgrouter::{Error, ReadStrategy};
 
 /// Decisions per strategy and topology size.
 const DECISIONS: usize = 100_000;
@@ -95,7 +95,7 @@ fn the_allocator_counts_this_threads_allocations() {
 #[test]
 fn routing_decisions_allocate_nothing() {
     for size in [3, 30] {
-        let bench = RoutingBench::new(size);
+        let bench = RoutingBench::new(size).expect("a valid synthetic topology");
         let mut rng = fastrand::Rng::with_seed(11);
         for (strategy, max_staleness) in cases() {
             // Warm-up: arc-swap registers this thread on its first load.
@@ -127,14 +127,13 @@ fn error_classification_allocates_nothing() {
         .map(|code| SqlState::from_code(code))
         .collect();
     let no_node = Error::NoHealthyNode {
-        operation: Operation::Write,
         strategy: ReadStrategy::PrimaryOnly,
     };
     let aborted = Error::aborted("business rule");
     let counted = allocations_in(|| {
         for _ in 0..DECISIONS / codes.len() {
             for code in &codes {
-                black_box(classify_code(black_box(code)));
+                black_box(retry_after_server_error(black_box(code)));
             }
             black_box(black_box(&no_node).retry_decision(false));
             black_box(black_box(&aborted).retry_decision(true));

@@ -109,9 +109,10 @@ async fn a_black_holed_primary_bounds_writes_and_per_call_deadlines() {
         );
     }
     let start = Instant::now();
-    let options = pgrouter::WriteOptions::new().deadline(short_write);
     let err = db
-        .transaction_with(options, |tx| {
+        .write()
+        .deadline(short_write)
+        .transaction(|tx| {
             Box::pin(async move { Ok(tx.execute("INSERT INTO t VALUES (2)", &[]).await?) })
         })
         .await

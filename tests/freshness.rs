@@ -148,7 +148,8 @@ async fn a_causal_token_never_reads_before_its_write() {
     assert!(primary_reads > 0);
 
     let (id, token) = db
-        .transaction_with_token(Default::default(), |tx| {
+        .write()
+        .transaction_with_token(|tx| {
             Box::pin(async move {
                 let row = tx
                     .query_one("INSERT INTO t VALUES (1000) RETURNING id", &[])
@@ -203,9 +204,10 @@ async fn bad_per_call_input_is_a_typed_error() {
     assert_eq!(rejected_option(read), "deadline");
     let write = db.write().deadline(zero).execute("SELECT 1", &[]).await;
     assert_eq!(rejected_option(write), "deadline");
-    let options = pgrouter::WriteOptions::new().deadline(zero);
     let tx = db
-        .transaction_with(options, |_| Box::pin(async { Ok(()) }))
+        .write()
+        .deadline(zero)
+        .transaction(|_| Box::pin(async { Ok(()) }))
         .await;
     assert_eq!(rejected_option(tx), "deadline");
     assert!("not-a-token".parse::<CausalToken>().is_err());

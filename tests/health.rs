@@ -120,7 +120,6 @@ async fn global_random_with_no_healthy_node_is_a_typed_error() {
         matches!(
             err,
             pgrouter::Error::NoHealthyNode {
-                operation: pgrouter::Operation::Read,
                 strategy: ReadStrategy::GlobalRandom
             }
         ),

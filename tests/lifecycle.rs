@@ -44,11 +44,20 @@ async fn status_reports_every_node() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_stops_the_monitor_and_later_calls_fail() {
-    let (_cluster, db) = cluster_and_manager(ReadStrategy::RegionalPreferred).await;
+    let (cluster, db) = cluster_and_manager(ReadStrategy::RegionalPreferred).await;
     let clone = db.clone();
-    assert!(db.is_monitor_running());
+    db.query("SELECT 1", &[]).await.unwrap();
+    // The monitor's probe connection and the pools' connections, as the
+    // primary sees them.
+    let ours = || {
+        let sql = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgrouter'";
+        let count = tokio::task::block_in_place(|| cluster.psql(0, sql)).unwrap();
+        count.parse::<u32>().unwrap()
+    };
+    assert!(ours() >= 1);
     db.close().await;
-    assert!(!db.is_monitor_running());
+    let gone = wait_until(Duration::from_secs(10), || ours() == 0).await;
+    assert!(gone.is_some(), "close left connections open: {}", ours());
     assert!(matches!(
         clone.query("SELECT 1", &[]).await,
         Err(Error::Closed)

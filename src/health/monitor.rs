@@ -1,5 +1,5 @@
 //! The monitor task: wait for the next due probe (or a caller's report),
-//! probe, update each node's tracker, publish a new snapshot.
+//! probe, update each node's tracker, publish a new snapshot through the hub.
 
 use std::sync::Arc;
 
@@ -8,22 +8,23 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::assess::Assessor;
-use super::probe::{ProbeConnection, ProbeReport};
+use super::probe::{Probe, ProbeConnection, ProbeReport};
 use super::tracker::{Tracker, Transition};
+use crate::clock;
 use crate::config::Role;
 use crate::events;
-use crate::manager::Shared;
+use crate::hub::Hub;
 use crate::node::Node;
 use crate::topology::{NodeState, Snapshot};
 
 /// Weight of a new round trip in the smoothed one.
 const RTT_ALPHA: f64 = 0.3;
 
-/// Owns the probe connections and trackers; the single writer of snapshots.
+/// Owns the probes and trackers; the single writer of snapshots.
 #[derive(Debug)]
-pub(crate) struct Monitor {
-    shared: Arc<Shared>,
-    probes: Vec<ProbeConnection>,
+pub(crate) struct Monitor<P = ProbeConnection> {
+    hub: Arc<Hub>,
+    probes: Vec<P>,
     judge: Judge,
 }
 
@@ -38,17 +39,32 @@ struct Judge {
 /// One probe's result for one node.
 struct Outcome {
     index: usize,
+    /// A caller had reported the node before this probe started.
     suspected: bool,
     result: Result<ProbeReport, String>,
 }
 
-impl Monitor {
-    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+impl Monitor<ProbeConnection> {
+    /// A monitor with a real probe connection per node.
+    pub(crate) fn connect(hub: Arc<Hub>) -> Self {
+        let probes = hub
+            .nodes
+            .iter()
+            .map(|node| ProbeConnection::new(hub.connector.clone(), node.probe_config.clone()))
+            .collect();
+        Self::new(hub, probes)
+    }
+}
+
+impl<P: Probe> Monitor<P> {
+    /// A monitor with one probe per node of `hub`, in the same order.
+    pub(crate) fn new(hub: Arc<Hub>, probes: Vec<P>) -> Self {
         let now = Instant::now();
-        let count = shared.nodes.len();
+        let count = hub.nodes.len();
+        debug_assert_eq!(probes.len(), count, "one probe per node");
         Self {
-            shared,
-            probes: (0..count).map(|_| ProbeConnection::default()).collect(),
+            hub,
+            probes,
             judge: Judge {
                 trackers: vec![Tracker::new(now); count],
                 assessor: Assessor::default(),
@@ -67,7 +83,7 @@ impl Monitor {
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
-                () = self.shared.wake.notified() => {}
+                () = self.hub.reported() => {}
                 () = tokio::time::sleep_until(self.next_due()) => {}
             }
             tokio::select! {
@@ -85,7 +101,7 @@ impl Monitor {
             .iter()
             .map(Tracker::next_probe)
             .min()
-            .unwrap_or_else(|| Instant::now() + self.shared.config.health.interval)
+            .unwrap_or_else(|| clock::after(Instant::now(), self.hub.config.health.interval))
     }
 
     /// Probes the due nodes concurrently and publishes each result as it
@@ -93,8 +109,8 @@ impl Monitor {
     async fn round(&mut self) {
         let now = Instant::now();
         let suspected = self.collect_reports(now);
-        let shared = &self.shared;
-        let timeout = shared.config.health.probe_timeout;
+        let hub = &self.hub;
+        let timeout = hub.config.health.probe_timeout;
         let judge = &mut self.judge;
         let mut probes: FuturesUnordered<_> = self
             .probes
@@ -103,10 +119,10 @@ impl Monitor {
             .filter(|(index, _)| judge.trackers[*index].is_due(now))
             .map(|(index, probe)| (index, probe, suspected[index]))
             .map(|(index, probe, suspected)| async move {
-                let node = &shared.nodes[index];
-                let result = probe
-                    .probe(&shared.connector, &node.probe_config, timeout)
-                    .await;
+                let result = match tokio::time::timeout(timeout, probe.probe()).await {
+                    Ok(result) => result,
+                    Err(_) => Err(format!("probe timed out after {timeout:?}")),
+                };
                 Outcome {
                     index,
                     suspected,
@@ -115,22 +131,17 @@ impl Monitor {
             })
             .collect();
         while let Some(outcome) = probes.next().await {
-            judge.publish(shared, &outcome);
-            if outcome.suspected {
-                shared.nodes[outcome.index].take_suspect();
-            }
-            // Wake writers waiting for a primary: a cleared suspect flag counts.
-            shared.published.send_modify(|generation| *generation += 1);
+            judge.publish(hub, &outcome);
         }
     }
 
     /// Nodes that callers reported (suspect or a topology hint) are due now.
     fn collect_reports(&mut self, now: Instant) -> Vec<bool> {
-        let nodes = &self.shared.nodes;
-        let mut suspected = Vec::with_capacity(nodes.len());
-        for (node, tracker) in nodes.iter().zip(&mut self.judge.trackers) {
-            let suspect = node.is_suspect();
-            if suspect | node.take_probe_request() {
+        let hub = &self.hub;
+        let mut suspected = Vec::with_capacity(hub.nodes.len());
+        for (index, tracker) in self.judge.trackers.iter_mut().enumerate() {
+            let suspect = hub.is_suspect(index);
+            if suspect | hub.take_probe_request(index) {
                 tracker.probe_now(now);
             }
             suspected.push(suspect);
@@ -140,30 +151,22 @@ impl Monitor {
 }
 
 impl Judge {
-    /// Applies one outcome, judges the topology, publishes the snapshot and
-    /// sends the events.
-    fn publish(&mut self, shared: &Shared, outcome: &Outcome) {
+    /// Applies one outcome, judges the topology, and publishes the snapshot
+    /// with its events (answering the caller's report, if there was one).
+    fn publish(&mut self, hub: &Hub, outcome: &Outcome) {
         let finished = Instant::now();
-        let previous = shared.snapshot.load_full();
-        let mut next: Snapshot = (*previous).clone();
-        self.apply(shared, &mut next.nodes[outcome.index], outcome, finished);
+        let previous = hub.snapshot();
+        let mut next: Snapshot = (**previous).clone();
+        self.apply(hub, &mut next.nodes[outcome.index], outcome, finished);
         self.assessor.assess(&mut next, &[outcome.index], finished);
-        let events = events::diff(&previous, &next, &shared.nodes, shared.config.max_staleness);
-        shared.snapshot.store(Arc::new(next));
-        for event in events {
-            // No subscriber is not an error.
-            let _ = shared.events.send(event);
-        }
+        let events = events::diff(&previous, &next, &hub.nodes, hub.config.max_staleness);
+        drop(previous);
+        let answered = outcome.suspected.then_some(outcome.index);
+        hub.publish(next, events, answered);
     }
 
-    fn apply(
-        &mut self,
-        shared: &Shared,
-        state: &mut NodeState,
-        outcome: &Outcome,
-        finished: Instant,
-    ) {
-        let settings = &shared.config.health;
+    fn apply(&mut self, hub: &Hub, state: &mut NodeState, outcome: &Outcome, finished: Instant) {
+        let settings = &hub.config.health;
         let tracker = &mut self.trackers[outcome.index];
         let transition = match &outcome.result {
             Ok(report) => {
@@ -182,7 +185,7 @@ impl Judge {
         }
         if let Some(transition) = transition {
             let error = outcome.result.as_ref().err().map(String::as_str);
-            on_transition(&shared.nodes[outcome.index], transition, error);
+            on_transition(&hub.nodes[outcome.index], transition, error);
         }
     }
 }

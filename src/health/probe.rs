@@ -1,8 +1,10 @@
-//! The monitor's own connection to one node, and one bounded probe over it.
+//! How the monitor asks a node how it is: the [`Probe`] seam, and the real
+//! probe, the monitor's own connection to one node.
 //!
 //! Probes do not borrow from the node's pool: a pool busy with callers must
 //! not look like a dead node, and a dead node must not cost callers a probe.
 
+use std::future::Future;
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
@@ -36,9 +38,19 @@ pub(crate) struct ProbeReport {
     pub(crate) rtt: Duration,
 }
 
+/// Asks one node for its [`ProbeReport`]: the real probe connection, or a
+/// scripted stand-in in tests. The monitor bounds each call by the probe
+/// timeout (dropping the future when it passes).
+pub(crate) trait Probe: Send + 'static {
+    /// The node's report, or a one-line description of why there is none.
+    fn probe(&mut self) -> impl Future<Output = Result<ProbeReport, String>> + Send;
+}
+
 /// A probe connection, reopened after any failure.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct ProbeConnection {
+    connector: Connector,
+    config: tokio_postgres::Config,
     open: Option<Open>,
 }
 
@@ -55,36 +67,36 @@ impl Drop for Open {
 }
 
 impl ProbeConnection {
-    /// Connects if needed and runs the probe query, all within `timeout`.
-    /// On any failure the connection is dropped, so the next probe reconnects.
-    pub(crate) async fn probe(
-        &mut self,
-        connector: &Connector,
-        config: &tokio_postgres::Config,
-        timeout: Duration,
-    ) -> Result<ProbeReport, String> {
-        let result = tokio::time::timeout(timeout, self.round_trip(connector, config)).await;
-        let outcome = match result {
-            Ok(Ok(Some(report))) => Ok(report),
-            Ok(Ok(None)) => Err("the probe query returned no row".to_owned()),
-            Ok(Err(error)) => Err(describe(&error)),
-            Err(_) => Err(format!("probe timed out after {timeout:?}")),
-        };
-        if outcome.is_err() {
-            self.open = None;
+    /// A probe of the node these settings reach; connects on first use.
+    pub(crate) fn new(connector: Connector, config: tokio_postgres::Config) -> Self {
+        Self {
+            connector,
+            config,
+            open: None,
         }
-        outcome
     }
+}
 
-    async fn round_trip(
-        &mut self,
-        connector: &Connector,
-        config: &tokio_postgres::Config,
-    ) -> Result<Option<ProbeReport>, tokio_postgres::Error> {
+impl Probe for ProbeConnection {
+    /// Connects if needed and runs the probe query. On any failure, or when
+    /// the future is dropped half-way, the connection is gone, so the next
+    /// probe reconnects.
+    async fn probe(&mut self) -> Result<ProbeReport, String> {
+        match self.round_trip().await {
+            Ok(Some(report)) => Ok(report),
+            Ok(None) => Err("the probe query returned no row".to_owned()),
+            Err(error) => Err(describe(&error)),
+        }
+    }
+}
+
+impl ProbeConnection {
+    async fn round_trip(&mut self) -> Result<Option<ProbeReport>, tokio_postgres::Error> {
+        // Taken out: a failure or a dropped future leaves `open` empty.
         let open = match self.open.take() {
             Some(open) if !open.client.is_closed() => open,
             _ => {
-                let (client, driver) = connector.connect(config).await?;
+                let (client, driver) = self.connector.connect(&self.config).await?;
                 Open { client, driver }
             }
         };

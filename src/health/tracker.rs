@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::clock;
 use crate::config::HealthSettings;
 
 /// A change of a node's health.
@@ -66,7 +67,7 @@ impl Tracker {
     ) -> Option<Transition> {
         self.failures = 0;
         self.successes = self.successes.saturating_add(1);
-        self.next_probe = now + settings.interval;
+        self.next_probe = clock::after(now, settings.interval);
         if self.up || self.successes < settings.rise {
             return None;
         }
@@ -84,10 +85,10 @@ impl Tracker {
         self.successes = 0;
         self.failures = self.failures.saturating_add(1);
         if self.up && !suspected && self.failures < settings.fall {
-            self.next_probe = now + settings.interval;
+            self.next_probe = clock::after(now, settings.interval);
             return None;
         }
-        self.next_probe = now + recovery_delay(self.recovery_attempt, settings);
+        self.next_probe = clock::after(now, recovery_delay(self.recovery_attempt, settings));
         self.recovery_attempt = self.recovery_attempt.saturating_add(1);
         if !self.up {
             return None;

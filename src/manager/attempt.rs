@@ -1,22 +1,26 @@
-//! One attempt on one node: checkout, prepare, run, all before a deadline.
+//! One attempt on one node: checkout, prepare, run, all before a deadline,
+//! and what a failure on the way means.
 //!
-//! Failures are turned into typed errors by what was sent: a failure before
-//! the statement ran is [`Error::Connect`] or [`Error::ConnectionLost`]; a
-//! lost connection afterwards is [`Error::OutcomeUnknown`]. Node failures
-//! mark the node suspect; a timeout also drops its idle connections and
-//! cancels the statement on the server.
+//! Each step knows its [`Phase`]. A failure is classified by
+//! [`classify`] (pure) and the verdict applied here, in one place for
+//! reads, writes and transactions: the node blamed through the hub, the
+//! connection kept, discarded or cancelled on the server, the typed error
+//! built.
 
+use std::future::Future;
 use std::time::Duration;
 
 use deadpool_postgres::{Object, PoolError};
 use tokio::time::{timeout_at, Instant};
 use tokio_postgres::types::ToSql;
-use tokio_postgres::Row;
+use tokio_postgres::{Client, Row, Statement};
+use tracing::Instrument;
 
-use super::Shared;
-use crate::error::Error;
+use crate::clock;
+use crate::error::{Error, NodeContext};
+use crate::hub::Hub;
 use crate::lsn::{CausalToken, Lsn};
-use crate::retry::{code_kind, is_node_failure, CodeKind};
+use crate::safety::{classify, fair_share, Action, Cause, Fate, NodeFault, Phase, Verdict};
 
 /// Read right after a write on the same connection: at least the end of
 /// the write's commit record.
@@ -25,63 +29,127 @@ pub(crate) const TOKEN_SQL: &str = "SELECT (pg_current_wal_insert_lsn() - '0/0':
 /// Statement parameters, as tokio-postgres takes them.
 pub(crate) type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 
-/// What to run.
+/// A call's deadline, and the budget it was computed from (for errors).
 #[derive(Debug, Clone, Copy)]
-pub(crate) enum Op {
-    /// Return the rows.
-    Rows,
-    /// Return the number of rows affected.
-    Count,
-}
-
-/// What came back.
-#[derive(Debug)]
-pub(crate) enum Output {
-    Rows(Vec<Row>),
-    Count(u64),
-}
-
-/// One routed call: the statement and its deadline.
-#[derive(Clone, Copy)]
-pub(crate) struct Call<'a> {
-    pub(crate) sql: &'a str,
-    pub(crate) params: Params<'a>,
-    pub(crate) op: Op,
-    pub(crate) deadline: Instant,
+pub(crate) struct Deadline {
+    pub(crate) at: Instant,
     pub(crate) budget: Duration,
-    /// Also return the write's causal token.
-    pub(crate) token: bool,
 }
 
-impl<'a> Call<'a> {
-    pub(crate) fn new(sql: &'a str, params: Params<'a>, op: Op, budget: Duration) -> Self {
+impl Deadline {
+    /// `budget` from now.
+    pub(crate) fn start(budget: Duration) -> Self {
         Self {
-            sql,
-            params,
-            op,
-            deadline: Instant::now() + budget,
+            at: clock::after(Instant::now(), budget),
             budget,
-            token: false,
         }
     }
 }
 
-/// Whether a statement error leaves the connection usable.
-pub(crate) enum Fate {
-    Keep,
-    Discard,
+/// What a statement returns: every row, or the number of rows affected.
+pub(crate) trait Kind: Send + Sync + 'static {
+    /// The result.
+    type Output: Send;
+    /// Runs the prepared statement.
+    fn run(
+        client: &Client,
+        statement: &Statement,
+        params: Params<'_>,
+    ) -> impl Future<Output = Result<Self::Output, tokio_postgres::Error>> + Send;
 }
 
-impl Shared {
-    /// Runs the call once on node `index`; with `call.token`, pipelines the
-    /// causal token query behind it.
-    pub(crate) async fn attempt(
+/// Every row (`query`).
+#[derive(Debug)]
+pub(crate) struct Rows;
+
+impl Kind for Rows {
+    type Output = Vec<Row>;
+    fn run(
+        client: &Client,
+        statement: &Statement,
+        params: Params<'_>,
+    ) -> impl Future<Output = Result<Vec<Row>, tokio_postgres::Error>> + Send {
+        client.query(statement, params)
+    }
+}
+
+/// The number of rows affected (`execute`).
+#[derive(Debug)]
+pub(crate) struct Count;
+
+impl Kind for Count {
+    type Output = u64;
+    fn run(
+        client: &Client,
+        statement: &Statement,
+        params: Params<'_>,
+    ) -> impl Future<Output = Result<u64, tokio_postgres::Error>> + Send {
+        client.execute(statement, params)
+    }
+}
+
+/// One routed statement.
+#[derive(Clone, Copy)]
+pub(crate) struct Call<'a> {
+    pub(crate) sql: &'a str,
+    pub(crate) params: Params<'a>,
+    pub(crate) deadline: Deadline,
+    /// Also return the write's causal token.
+    pub(crate) token: bool,
+}
+
+/// What went wrong, with its source.
+pub(crate) enum Failure {
+    Pool(PoolError),
+    Postgres(tokio_postgres::Error),
+    Deadline,
+}
+
+/// One attempt's context: where, until when, since when.
+#[derive(Clone, Copy)]
+pub(crate) struct Attempt<'h> {
+    hub: &'h Hub,
+    index: usize,
+    deadline: Deadline,
+    started: Instant,
+}
+
+impl<'h> Attempt<'h> {
+    /// An attempt on node `index` starting now.
+    pub(crate) fn start(hub: &'h Hub, index: usize, deadline: Deadline) -> Self {
+        Self {
+            hub,
+            index,
+            deadline,
+            started: Instant::now(),
+        }
+    }
+
+    pub(crate) fn deadline(&self) -> Instant {
+        self.deadline.at
+    }
+
+    pub(crate) fn context(&self) -> &'h NodeContext {
+        self.hub.context(self.index)
+    }
+
+    /// A pooled connection to the node, before the deadline.
+    pub(crate) async fn checkout(&self) -> Result<Object, Error> {
+        let pool = &self.hub.nodes[self.index].pool;
+        match timeout_at(self.deadline.at, pool.get()).await {
+            Ok(Ok(client)) => Ok(client),
+            Ok(Err(source)) => Err(self.judge(Phase::Checkout, Failure::Pool(source)).0),
+            Err(_) => Err(self.judge(Phase::Checkout, Failure::Deadline).0),
+        }
+    }
+
+    /// Runs the call once; with `call.token`, pipelines the causal token
+    /// query behind it.
+    pub(crate) async fn run<K: Kind>(
         &self,
-        index: usize,
         call: &Call<'_>,
-    ) -> Result<(Output, Option<CausalToken>), Error> {
-        let started = Instant::now();
-        let client = self.checkout(index, call.deadline, call.budget).await?;
+    ) -> Result<(K::Output, Option<CausalToken>), Error> {
+        let client = self.checkout().await?;
         // The token query is prepared (once per connection) with the
         // statement, so its execution rides right behind the statement's.
         let prepare = async {
@@ -92,24 +160,14 @@ impl Shared {
             };
             Ok((statement, token))
         };
-        let prepared = timeout_at(call.deadline, prepare).await;
-        let (statement, token_statement) = match prepared {
+        let (statement, token_statement) = match timeout_at(self.deadline.at, prepare).await {
             Ok(Ok(prepared)) => prepared,
-            Ok(Err(error)) => return Err(self.finish_failed(index, client, error, false)),
-            Err(_) => return Err(self.finish_timed_out(index, client, call.budget, started)),
-        };
-        let run = async {
-            match call.op {
-                Op::Rows => client
-                    .query(&statement, call.params)
-                    .await
-                    .map(Output::Rows),
-                Op::Count => client
-                    .execute(&statement, call.params)
-                    .await
-                    .map(Output::Count),
+            Ok(Err(error)) => {
+                return Err(self.fail(Phase::BeforeSend, client, Failure::Postgres(error)))
             }
+            Err(_) => return Err(self.fail(Phase::BeforeSend, client, Failure::Deadline)),
         };
+        let run = K::run(&client, &statement, call.params);
         let token = async {
             match &token_statement {
                 Some(statement) => client.query_one(statement, &[]).await.map(Some),
@@ -118,156 +176,127 @@ impl Shared {
         };
         // Biased: the statement is sent first, the token query right behind it.
         let both = async { tokio::join!(biased; run, token) };
-        match timeout_at(call.deadline, both).await {
+        match timeout_at(self.deadline.at, both).await {
             Ok((Ok(output), Ok(row))) => match row.map(|row| token_of(&row)).transpose() {
                 Ok(token) => Ok((output, token)),
-                Err(error) => Err(self.token_unavailable(index, error)),
+                Err(error) => Err(self.token_unavailable(error)),
             },
-            Ok((Ok(_), Err(error))) => Err(self.token_unavailable(index, error)),
-            Ok((Err(error), _)) => Err(self.finish_failed(index, client, error, true)),
-            Err(_) => Err(self.finish_timed_out(index, client, call.budget, started)),
+            Ok((Ok(_), Err(error))) => Err(self.token_unavailable(error)),
+            Ok((Err(error), _)) => Err(self.fail(Phase::Sent, client, Failure::Postgres(error))),
+            Err(_) => Err(self.fail(Phase::Sent, client, Failure::Deadline)),
         }
     }
 
-    pub(crate) fn token_unavailable(&self, index: usize, source: tokio_postgres::Error) -> Error {
+    /// [`Attempt::judge`], then settles the connection as the verdict says.
+    pub(crate) fn fail(&self, phase: Phase, client: Object, failure: Failure) -> Error {
+        let (error, fate) = self.judge(phase, failure);
+        self.settle(client, fate);
+        error
+    }
+
+    /// Classifies a failure in `phase`, applies what it says about the node,
+    /// and returns the typed error and what to do with the connection.
+    pub(crate) fn judge(&self, phase: Phase, failure: Failure) -> (Error, Fate) {
+        let cause = self.cause(&failure);
+        let verdict = classify(phase, cause);
+        let dropped = self.hub.blame(self.index, verdict.node);
+        if let Failure::Deadline = failure {
+            self.log_deadline(verdict, dropped);
+        }
+        (self.error(failure, cause, verdict), verdict.connection)
+    }
+
+    /// Returns the connection to the pool, discards it, or first cancels
+    /// what may still run on it.
+    pub(crate) fn settle(&self, client: Object, fate: Fate) {
+        match fate {
+            Fate::Keep => drop(client),
+            Fate::Discard => drop(Object::take(client)),
+            Fate::Cancel => {
+                self.hub
+                    .connector
+                    .cancel_in_background(client.cancel_token());
+                drop(Object::take(client));
+            }
+        }
+    }
+
+    pub(crate) fn token_unavailable(&self, source: tokio_postgres::Error) -> Error {
         Error::TokenUnavailable {
-            context: self.nodes[index].context.clone(),
+            context: self.context().clone(),
             source,
         }
     }
 
-    /// A pooled connection to node `index`, before `deadline`.
-    pub(crate) async fn checkout(
-        &self,
-        index: usize,
-        deadline: Instant,
-        budget: Duration,
-    ) -> Result<Object, Error> {
-        let node = &self.nodes[index];
-        let started = Instant::now();
-        match timeout_at(deadline, node.pool.get()).await {
-            Ok(Ok(client)) => Ok(client),
-            Ok(Err(source)) => {
-                if is_node_failure(&source) {
-                    self.report_failure(index);
-                }
-                if matches!(source, PoolError::Closed) {
-                    return Err(Error::Closed);
-                }
-                Err(Error::Connect {
-                    context: node.context.clone(),
-                    source,
-                })
-            }
-            Err(_) => Err(self.timed_out(index, budget, started)),
+    fn cause(&self, failure: &Failure) -> Cause {
+        match failure {
+            Failure::Pool(error) => Cause::of_pool(error),
+            Failure::Postgres(error) => Cause::of_postgres(error),
+            Failure::Deadline => Cause::Deadline {
+                fair_share: fair_share(
+                    self.started.elapsed(),
+                    self.deadline.budget,
+                    self.hub.config.health.probe_timeout,
+                ),
+            },
         }
     }
 
-    /// Classifies a statement error, penalises the node if it failed, and
-    /// returns or discards the connection.
-    fn finish_failed(
-        &self,
-        index: usize,
-        client: Object,
-        error: tokio_postgres::Error,
-        sent: bool,
-    ) -> Error {
-        let (error, fate) = self.classify_statement_error(index, error, sent);
-        if let Fate::Discard = fate {
-            drop(Object::take(client));
-        }
-        error
-    }
-
-    /// Maps a tokio-postgres error from node `index` to a typed error and
-    /// says whether the connection is still good. `sent`: the statement may
-    /// have reached the server.
-    pub(crate) fn classify_statement_error(
-        &self,
-        index: usize,
-        error: tokio_postgres::Error,
-        sent: bool,
-    ) -> (Error, Fate) {
-        let context = self.nodes[index].context.clone();
-        if let Some(code) = error.code() {
-            if code_kind(code) == CodeKind::TopologyChanged {
-                self.request_probe(index);
-            }
-            let fate = if error.is_closed() {
-                Fate::Discard
-            } else {
-                Fate::Keep
-            };
-            return (
-                Error::Database {
-                    context,
-                    source: error,
-                },
-                fate,
-            );
-        }
-        if !is_connection_error(&error) {
-            return (
-                Error::Statement {
-                    context,
-                    source: error,
-                },
-                Fate::Keep,
-            );
-        }
-        self.report_failure(index);
-        let error = if sent {
-            Error::OutcomeUnknown {
+    fn error(&self, failure: Failure, cause: Cause, verdict: Verdict) -> Error {
+        let context = self.context().clone();
+        match failure {
+            Failure::Pool(PoolError::Closed) => Error::Closed,
+            Failure::Pool(source) => Error::Connect { context, source },
+            Failure::Deadline => Error::Timeout {
                 context,
-                source: error,
-            }
-        } else {
-            Error::ConnectionLost {
-                context,
-                source: error,
-            }
-        };
-        (error, Fate::Discard)
+                deadline: self.deadline.budget,
+            },
+            Failure::Postgres(source) => match cause {
+                Cause::Server { .. } => Error::Database { context, source },
+                Cause::Lost if verdict.action == Action::Retry => {
+                    Error::ConnectionLost { context, source }
+                }
+                Cause::Lost => Error::OutcomeUnknown { context, source },
+                _ => Error::Statement { context, source },
+            },
+        }
     }
 
-    fn finish_timed_out(
-        &self,
-        index: usize,
-        client: Object,
-        budget: Duration,
-        started: Instant,
-    ) -> Error {
-        self.connector.cancel_in_background(client.cancel_token());
-        drop(Object::take(client));
-        self.timed_out(index, budget, started)
-    }
-
-    /// The deadline passed on node `index`, whose attempt began at
-    /// `started`. If the attempt had a fair share of the time (half the
-    /// smaller of the probe timeout and the call's budget), mark the node
-    /// suspect and drop its idle connections, so the next caller does not
-    /// wait on each of them. A deadline spent mostly elsewhere (an earlier
-    /// attempt on another node) is no evidence against this one.
-    pub(crate) fn timed_out(&self, index: usize, budget: Duration, started: Instant) -> Error {
-        let node = &self.nodes[index];
-        let spent = started.elapsed();
-        let fair_share = self.config.health.probe_timeout.min(budget) / 2;
-        if spent >= fair_share {
-            self.report_failure(index);
-            let dropped = node.discard_idle();
+    fn log_deadline(&self, verdict: Verdict, dropped: usize) {
+        let context = self.context();
+        let (deadline, spent) = (self.deadline.budget, self.started.elapsed());
+        if verdict.node == NodeFault::Silent {
             tracing::warn!(
-                node = %node.context.node, region = %node.context.region,
-                deadline = ?budget, ?spent, dropped_idle = dropped, "call deadline exceeded"
+                node = %context.node, region = %context.region,
+                ?deadline, ?spent, dropped_idle = dropped, "call deadline exceeded"
             );
         } else {
-            tracing::debug!(node = %node.context.node, deadline = ?budget, ?spent,
+            tracing::debug!(node = %context.node, ?deadline, ?spent,
                 "call deadline exceeded after a short attempt; node not marked");
         }
-        Error::Timeout {
-            context: node.context.clone(),
-            deadline: budget,
-        }
     }
+}
+
+/// One statement attempt inside a span naming the node, its role and the
+/// attempt's number.
+pub(crate) async fn traced<K: Kind>(
+    hub: &Hub,
+    index: usize,
+    number: u32,
+    call: &Call<'_>,
+) -> Result<(K::Output, Option<CausalToken>), Error> {
+    let attempt = Attempt::start(hub, index, call.deadline);
+    attempt
+        .run::<K>(call)
+        .instrument(span(hub, index, number))
+        .await
+}
+
+/// The span of one attempt. Field values are only evaluated when the span
+/// is enabled.
+pub(crate) fn span(hub: &Hub, index: usize, number: u32) -> tracing::Span {
+    tracing::debug_span!("pgrouter.attempt",
+        node = %hub.context(index).node, role = %hub.snapshot().nodes[index].role, attempt = number)
 }
 
 /// The causal token in a `TOKEN_SQL` row.
@@ -276,9 +305,30 @@ pub(crate) fn token_of(row: &Row) -> Result<CausalToken, tokio_postgres::Error> 
     Ok(CausalToken::new(Lsn(position.unsigned_abs())))
 }
 
-/// A closed connection or an I/O failure, as opposed to a local usage error
-/// (parameter count or type, row conversion).
-pub(crate) fn is_connection_error(error: &tokio_postgres::Error) -> bool {
-    error.is_closed()
-        || std::error::Error::source(error).is_some_and(|source| source.is::<std::io::Error>())
+/// The only row, or [`Error::RowCount`].
+pub(crate) fn exactly_one(context: &NodeContext, mut rows: Vec<Row>) -> Result<Row, Error> {
+    match (rows.pop(), rows.len()) {
+        (Some(row), 0) => Ok(row),
+        (last, before) => Err(row_count(
+            context,
+            "exactly one row",
+            before + usize::from(last.is_some()),
+        )),
+    }
+}
+
+/// The row, if any; more than one is [`Error::RowCount`].
+pub(crate) fn at_most_one(context: &NodeContext, mut rows: Vec<Row>) -> Result<Option<Row>, Error> {
+    if rows.len() > 1 {
+        return Err(row_count(context, "at most one row", rows.len()));
+    }
+    Ok(rows.pop())
+}
+
+fn row_count(context: &NodeContext, expected: &'static str, actual: usize) -> Error {
+    Error::RowCount {
+        context: context.clone(),
+        expected,
+        actual,
+    }
 }

@@ -5,40 +5,31 @@ mod read;
 mod transaction;
 mod write;
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
-use deadpool_postgres::Pool;
-use tokio::sync::{broadcast, watch, Notify};
+use deadpool_postgres::{Pool, Transaction};
+use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
 use tokio_postgres::Row;
 use tokio_util::sync::CancellationToken;
 
 use attempt::Params;
-pub use read::{Read, ReadOptions};
+pub use read::Read;
 pub use transaction::TxFuture;
-pub use write::{Write, WriteOptions};
+pub use write::Write;
 
-use crate::config::{Config, ReadStrategy};
-use crate::error::{Error, Operation};
+use crate::config::Config;
+use crate::error::Error;
 use crate::events::Event;
+use crate::freshness::Freshness;
 use crate::health::Monitor;
-use crate::node::Node;
+use crate::hub::Hub;
 use crate::status::Status;
-use crate::strategy::{pick_primary, pick_read};
-use crate::suspects::Suspects;
-use crate::tls::Connector;
-use crate::topology::{Freshness, LiveView, Snapshot};
-
-/// Events kept for a subscriber that falls behind.
-const EVENT_BUFFER: usize = 1024;
 
 /// One handle to every node of a primary-and-replicas deployment.
 ///
-/// Reads go where the [`ReadStrategy`] says; writes and transactions go to
+/// Reads go where the [`ReadStrategy`](crate::ReadStrategy) says; writes and transactions go to
 /// the primary, retried only when that is safe (see the crate docs). A
 /// background health monitor probes every node; a caller that sees a
 /// connection failure marks the node suspect at once.
@@ -52,36 +43,16 @@ pub struct DatabaseManager {
 }
 
 struct Inner {
-    shared: Arc<Shared>,
+    hub: Arc<Hub>,
     shutdown: CancellationToken,
     monitor: Mutex<Option<JoinHandle<()>>>,
-}
-
-/// What the handle and the monitor share.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub(crate) config: Config,
-    /// Plain or TLS, for pools, probes and cancel requests.
-    pub(crate) connector: Connector,
-    pub(crate) nodes: Box<[Node]>,
-    /// The nodes callers reported, one bit each (the nodes' own flags).
-    pub(crate) suspects: Arc<Suspects>,
-    pub(crate) snapshot: ArcSwap<Snapshot>,
-    /// Wakes the monitor when a caller reports a node.
-    pub(crate) wake: Notify,
-    /// Bumped after every published snapshot; writers holding for a
-    /// primary wait on it.
-    pub(crate) published: watch::Sender<u64>,
-    /// Topology events for subscribers.
-    pub(crate) events: broadcast::Sender<Event>,
-    closed: AtomicBool,
 }
 
 impl std::fmt::Debug for DatabaseManager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DatabaseManager")
-            .field("nodes", &self.inner.shared.nodes)
-            .field("read_strategy", &self.inner.shared.config.read_strategy)
+            .field("nodes", &self.inner.hub.nodes)
+            .field("read_strategy", &self.inner.hub.config.read_strategy)
             .finish_non_exhaustive()
     }
 }
@@ -100,45 +71,14 @@ impl DatabaseManager {
     /// the monitor brings them in when they answer. Must be called inside a
     /// Tokio runtime.
     pub async fn new(config: Config) -> Result<Self, Error> {
-        config.validate()?;
-        let connector = Connector::new(&config.tls)?;
-        let suspects = Arc::new(Suspects::new(config.nodes.len()));
-        let nodes = config
-            .nodes
-            .iter()
-            .enumerate()
-            .map(|(index, node)| {
-                let preferred = &config.nearest.preferred_regions;
-                Node::build(
-                    node,
-                    &config.pool,
-                    &config.local_region,
-                    preferred,
-                    &connector,
-                    (index, &suspects),
-                )
-            })
-            .collect::<Result<Box<[Node]>, _>>()?;
-        warn_without_local_node(&config, &nodes);
-        let snapshot = ArcSwap::from_pointee(Snapshot::initial(&nodes));
-        let shared = Arc::new(Shared {
-            config,
-            connector,
-            nodes,
-            suspects,
-            snapshot,
-            wake: Notify::new(),
-            published: watch::Sender::new(0),
-            events: broadcast::Sender::new(EVENT_BUFFER),
-            closed: AtomicBool::new(false),
-        });
-        let mut monitor = Monitor::new(Arc::clone(&shared));
+        let hub = Arc::new(Hub::new(config)?);
+        let mut monitor = Monitor::connect(Arc::clone(&hub));
         monitor.first_round().await;
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(monitor.run(shutdown.clone()));
         Ok(Self {
             inner: Arc::new(Inner {
-                shared,
+                hub,
                 shutdown,
                 monitor: Mutex::new(Some(task)),
             }),
@@ -152,19 +92,19 @@ impl DatabaseManager {
 
     /// The configuration in force.
     pub fn config(&self) -> &Config {
-        &self.inner.shared.config
+        &self.inner.hub.config
     }
 
     /// Topology events from now on: primary changed, split brain, node down
     /// or up, lag bound crossed. A subscriber that falls more than 1024
     /// events behind gets `RecvError::Lagged` and then the newest events.
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
-        self.inner.shared.events.subscribe()
+        self.inner.hub.subscribe()
     }
 
     /// A plain copy of every node's state.
     pub fn status(&self) -> Status {
-        Status::capture(&self.inner.shared)
+        Status::capture(&self.inner.hub)
     }
 
     /// A read with the default options; see [`Read::query`].
@@ -187,181 +127,78 @@ impl DatabaseManager {
         self.write().execute(sql, params).await
     }
 
-    /// Starts a read with per-call options (strategy, deadline).
+    /// Starts a read with per-call options: strategy, deadline, staleness
+    /// bound, causal token.
     pub fn read(&self) -> Read<'_> {
-        Read::new(&self.inner.shared)
+        Read::new(&self.inner.hub)
     }
 
-    /// Starts a write with per-call options (idempotent, deadline).
+    /// Starts a write or transaction with per-call options: idempotent,
+    /// deadline.
     pub fn write(&self) -> Write<'_> {
-        Write::new(&self.inner.shared)
+        Write::new(&self.inner.hub)
+    }
+
+    /// A transaction with the default options; see [`Write::transaction`].
+    pub async fn transaction<T, F>(&self, body: F) -> Result<T, Error>
+    where
+        F: for<'t> FnMut(&'t Transaction<'t>) -> TxFuture<'t, T> + Send,
+        T: Send,
+    {
+        self.write().transaction(body).await
     }
 
     /// The pool of the node the read strategy picks now (the original's
     /// read pool). Calls through it bypass pgrouter's deadlines and retries.
     pub fn read_pool(&self) -> Result<Pool, Error> {
-        let shared = &self.inner.shared;
-        shared.ensure_open()?;
-        let strategy = shared.config.read_strategy;
-        let index = shared
+        let hub = &self.inner.hub;
+        hub.ensure_open()?;
+        let strategy = hub.config.read_strategy;
+        let index = hub
             .pick_read(
                 strategy,
                 Freshness::default(),
                 None,
                 &mut fastrand::Rng::new(),
             )
-            .ok_or(Error::NoHealthyNode {
-                operation: Operation::Read,
-                strategy,
-            })?;
-        Ok(shared.nodes[index].pool.clone())
+            .ok_or(Error::NoHealthyNode { strategy })?;
+        Ok(hub.nodes[index].pool.clone())
     }
 
     /// The primary's pool (the original's write pool).
     pub fn write_pool(&self) -> Result<Pool, Error> {
-        let shared = &self.inner.shared;
-        shared.ensure_open()?;
-        let index = shared
+        let hub = &self.inner.hub;
+        hub.ensure_open()?;
+        let index = hub
             .primary_index()
-            .ok_or_else(|| shared.no_primary(Duration::ZERO))?;
-        Ok(shared.nodes[index].pool.clone())
+            .ok_or_else(|| hub.no_primary(Duration::ZERO))?;
+        Ok(hub.nodes[index].pool.clone())
     }
 
     /// The pool of the node with this configured name.
     pub fn pool(&self, node: &str) -> Option<Pool> {
-        let nodes = &self.inner.shared.nodes;
+        let nodes = &self.inner.hub.nodes;
         nodes
             .iter()
             .find(|n| n.name() == node)
             .map(|n| n.pool.clone())
     }
 
-    /// Stops the monitor, waits for it, and closes every pool. Later calls
+    /// Closes every pool, stops the monitor and waits for it. Later calls
     /// fail with [`Error::Closed`]. Calling it again does nothing.
     pub async fn close(&self) {
-        let shared = &self.inner.shared;
-        shared.closed.store(true, Ordering::Release);
+        self.inner.hub.close();
         self.inner.shutdown.cancel();
-        let task = self.lock_monitor().take();
+        let task = self
+            .inner
+            .monitor
+            .lock()
+            // A poisoned lock only means a panic elsewhere; the handle is still valid.
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
         if let Some(task) = task {
             let _ = task.await;
         }
-        for node in shared.nodes.iter() {
-            node.pool.close();
-        }
-    }
-
-    /// Whether the monitor task is still running.
-    pub fn is_monitor_running(&self) -> bool {
-        self.lock_monitor()
-            .as_ref()
-            .is_some_and(|task| !task.is_finished())
-    }
-
-    fn lock_monitor(&self) -> std::sync::MutexGuard<'_, Option<JoinHandle<()>>> {
-        // A poisoned lock only means a panic elsewhere; the handle is still valid.
-        self.inner
-            .monitor
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-}
-
-impl Shared {
-    pub(crate) fn ensure_open(&self) -> Result<(), Error> {
-        if self.closed.load(Ordering::Acquire) {
-            return Err(Error::Closed);
-        }
-        Ok(())
-    }
-
-    pub(crate) fn pick_read(
-        &self,
-        strategy: ReadStrategy,
-        freshness: Freshness,
-        exclude: Option<usize>,
-        rng: &mut fastrand::Rng,
-    ) -> Option<usize> {
-        let snapshot = self.snapshot.load();
-        pick_read(strategy, &self.view(&snapshot, freshness), exclude, rng)
-    }
-
-    /// The write target now, if it is healthy.
-    pub(crate) fn primary_index(&self) -> Option<usize> {
-        let snapshot = self.snapshot.load();
-        pick_primary(&self.view(&snapshot, Freshness::default()))
-    }
-
-    fn view<'a>(&'a self, snapshot: &'a Snapshot, freshness: Freshness) -> LiveView<'a> {
-        LiveView {
-            snapshot,
-            nodes: &self.nodes,
-            suspects: &self.suspects,
-            freshness,
-            nearest: &self.config.nearest,
-        }
-    }
-
-    /// The write target, waiting up to `write_hold` (never past `deadline`)
-    /// while none is known, e.g. during a failover.
-    pub(crate) async fn await_primary(&self, deadline: Instant) -> Result<usize, Error> {
-        if let Some(index) = self.primary_index() {
-            return Ok(index);
-        }
-        // Subscribe, then look again: a snapshot published in between is
-        // seen by the second look, a later one wakes the wait.
-        let mut published = self.published.subscribe();
-        if let Some(index) = self.primary_index() {
-            return Ok(index);
-        }
-        let start = Instant::now();
-        let until = deadline.min(start + self.config.write_hold);
-        while let Ok(Ok(())) = tokio::time::timeout_at(until, published.changed()).await {
-            if let Some(index) = self.primary_index() {
-                tracing::debug!(waited = ?start.elapsed(), "write waited for a primary");
-                return Ok(index);
-            }
-        }
-        Err(self.no_primary(start.elapsed()))
-    }
-
-    pub(crate) fn no_primary(&self, waited: Duration) -> Error {
-        let snapshot = self.snapshot.load();
-        if snapshot.split_brain {
-            let claimants = snapshot
-                .nodes
-                .iter()
-                .zip(self.nodes.iter())
-                .filter(|(state, _)| state.fenced)
-                .map(|(_, node)| node.name().to_owned())
-                .collect();
-            return Error::SplitBrain { claimants };
-        }
-        Error::NoPrimary { waited }
-    }
-
-    /// A caller saw the node fail: take it out of routing and wake the monitor.
-    pub(crate) fn report_failure(&self, index: usize) {
-        if self.nodes[index].mark_suspect() {
-            tracing::debug!(node = %self.nodes[index].context.node, "node marked suspect");
-            self.wake.notify_one();
-        }
-    }
-
-    /// A caller saw a sign that the topology changed: probe the node now.
-    pub(crate) fn request_probe(&self, index: usize) {
-        if self.nodes[index].request_probe() {
-            self.wake.notify_one();
-        }
-    }
-}
-
-fn warn_without_local_node(config: &Config, nodes: &[Node]) {
-    if !config.local_region.is_empty() && !nodes.iter().any(|node| node.is_local) {
-        tracing::warn!(
-            local_region = %config.local_region,
-            "no node in the local region; regional-preferred reads use any healthy node"
-        );
     }
 }
 

@@ -1,89 +1,24 @@
-//! Reads: routed by a strategy, retried once on another node after a
-//! connection-level failure.
+//! Reads: routed by a strategy, tried once more on another node after a
+//! failure a retry can fix.
 
 use std::time::Duration;
 
 use tokio_postgres::Row;
 use tracing::Instrument;
 
-use super::attempt::{Call, Op, Output, Params};
-use super::Shared;
+use super::attempt::{at_most_one, exactly_one, traced, Call, Deadline, Params, Rows};
 use crate::config::ReadStrategy;
-use crate::error::{Error, Operation};
+use crate::error::Error;
+use crate::freshness::Freshness;
+use crate::hub::Hub;
 use crate::lsn::CausalToken;
-use crate::retry::read_retryable;
-use crate::topology::Freshness;
+use crate::retry::RetryDecision;
 
 /// Less than this left of the deadline, a read is not tried elsewhere.
 const RETRY_FLOOR: Duration = Duration::from_millis(5);
 
-/// Per-call read options. `None` fields use the configuration's value.
-#[derive(Debug, Clone, Default, PartialEq)]
-#[non_exhaustive]
-pub struct ReadOptions {
-    /// Overrides [`Config::read_strategy`](crate::Config::read_strategy).
-    pub strategy: Option<ReadStrategy>,
-    /// Overrides [`Config::deadline`](crate::Config::deadline).
-    pub deadline: Option<Duration>,
-    /// Overrides [`Config::max_staleness`](crate::Config::max_staleness).
-    pub max_staleness: Option<Duration>,
-    /// Only nodes known to have replayed this write may serve the read.
-    pub after: Option<CausalToken>,
-}
-
-impl ReadOptions {
-    /// The defaults: everything as configured, no causal token.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Overrides the read strategy.
-    pub fn strategy(mut self, strategy: ReadStrategy) -> Self {
-        self.strategy = Some(strategy);
-        self
-    }
-
-    /// Overrides the deadline.
-    pub fn deadline(mut self, deadline: Duration) -> Self {
-        self.deadline = Some(deadline);
-        self
-    }
-
-    /// Overrides the staleness bound.
-    pub fn max_staleness(mut self, bound: Duration) -> Self {
-        self.max_staleness = Some(bound);
-        self
-    }
-
-    /// Requires a node that has replayed `token`.
-    pub fn after(mut self, token: CausalToken) -> Self {
-        self.after = Some(token);
-        self
-    }
-
-    /// Checks the options against the configuration's defaults.
-    fn resolve(&self, shared: &Shared) -> Result<(Duration, Freshness), Error> {
-        let zero = |option| Error::InvalidArgument {
-            option,
-            reason: "must be greater than zero",
-        };
-        let budget = self.deadline.unwrap_or(shared.config.deadline);
-        if budget.is_zero() {
-            return Err(zero("deadline"));
-        }
-        let max_staleness = self.max_staleness.or(shared.config.max_staleness);
-        if max_staleness.is_some_and(|bound| bound.is_zero()) {
-            return Err(zero("max_staleness"));
-        }
-        let freshness = Freshness {
-            max_staleness,
-            after: self.after,
-        };
-        Ok((budget, freshness))
-    }
-}
-
 /// A read being set up; see [`DatabaseManager::read`](crate::DatabaseManager::read).
+/// Options left unset use the configuration's values.
 ///
 /// A read is tried on the node the strategy picks among the eligible ones:
 /// healthy, not fenced, and, for a replica, within the staleness bound (lag
@@ -99,46 +34,52 @@ impl ReadOptions {
 #[derive(Debug, Clone)]
 #[must_use = "a read does nothing until query, query_one or query_opt is awaited"]
 pub struct Read<'a> {
-    shared: &'a Shared,
-    options: ReadOptions,
+    hub: &'a Hub,
+    strategy: Option<ReadStrategy>,
+    deadline: Option<Duration>,
+    max_staleness: Option<Duration>,
+    after: Option<CausalToken>,
 }
 
 impl<'a> Read<'a> {
-    pub(super) fn new(shared: &'a Shared) -> Self {
+    pub(super) fn new(hub: &'a Hub) -> Self {
         Self {
-            shared,
-            options: ReadOptions::default(),
+            hub,
+            strategy: None,
+            deadline: None,
+            max_staleness: None,
+            after: None,
         }
     }
 
-    /// Uses this strategy for this call.
+    /// Uses this strategy for this call instead of
+    /// [`Config::read_strategy`](crate::Config::read_strategy).
     pub fn strategy(mut self, strategy: ReadStrategy) -> Self {
-        self.options.strategy = Some(strategy);
+        self.strategy = Some(strategy);
         self
     }
 
-    /// Bounds this call (checkout, statement and retry) by `deadline`.
+    /// Bounds this call (checkout, statement and retry) by `deadline`
+    /// instead of [`Config::deadline`](crate::Config::deadline). Zero is
+    /// [`Error::InvalidArgument`].
     pub fn deadline(mut self, deadline: Duration) -> Self {
-        self.options.deadline = Some(deadline);
+        self.deadline = Some(deadline);
         self
     }
 
-    /// Reads only from replicas lagging by at most `bound` (or the primary).
+    /// Reads only from replicas lagging by at most `bound` (or the
+    /// primary), instead of
+    /// [`Config::max_staleness`](crate::Config::max_staleness). Zero is
+    /// [`Error::InvalidArgument`].
     pub fn max_staleness(mut self, bound: Duration) -> Self {
-        self.options.max_staleness = Some(bound);
+        self.max_staleness = Some(bound);
         self
     }
 
     /// Reads only from a node known to have replayed the write that gave
     /// `token` (read-your-writes).
     pub fn after(mut self, token: CausalToken) -> Self {
-        self.options.after = Some(token);
-        self
-    }
-
-    /// Replaces every option.
-    pub fn options(mut self, options: ReadOptions) -> Self {
-        self.options = options;
+        self.after = Some(token);
         self
     }
 
@@ -150,118 +91,94 @@ impl<'a> Read<'a> {
     /// Runs the statement and returns its only row; any other count is
     /// [`Error::RowCount`].
     pub async fn query_one(self, sql: &str, params: Params<'_>) -> Result<Row, Error> {
-        let shared = self.shared;
+        let hub = self.hub;
         let (index, rows) = self.rows(sql, params).await?;
-        shared.exactly_one(index, rows)
+        exactly_one(hub.context(index), rows)
     }
 
     /// Runs the statement and returns its row, if any; more than one row is
     /// [`Error::RowCount`].
     pub async fn query_opt(self, sql: &str, params: Params<'_>) -> Result<Option<Row>, Error> {
-        let shared = self.shared;
+        let hub = self.hub;
         let (index, rows) = self.rows(sql, params).await?;
-        shared.at_most_one(index, rows)
+        at_most_one(hub.context(index), rows)
     }
 
     async fn rows(self, sql: &str, params: Params<'_>) -> Result<(usize, Vec<Row>), Error> {
-        let shared = self.shared;
-        let (budget, freshness) = self.options.resolve(shared)?;
-        let strategy = self.options.strategy.unwrap_or(shared.config.read_strategy);
-        let call = Call::new(sql, params, Op::Rows, budget);
+        let (budget, freshness) = self.resolve()?;
+        let strategy = self.strategy.unwrap_or(self.hub.config.read_strategy);
+        let call = Call {
+            sql,
+            params,
+            deadline: Deadline::start(budget),
+            token: false,
+        };
         let span = tracing::debug_span!("pgrouter.read", %strategy);
-        match shared
-            .read(strategy, freshness, &call)
+        route(self.hub, strategy, freshness, &call)
             .instrument(span)
-            .await?
-        {
-            (index, Output::Rows(rows)) => Ok((index, rows)),
-            (index, Output::Count(_)) => Ok((index, Vec::new())),
+            .await
+    }
+
+    /// The deadline and freshness in force, checked.
+    fn resolve(&self) -> Result<(Duration, Freshness), Error> {
+        let zero = |option| Error::InvalidArgument {
+            option,
+            reason: "must be greater than zero",
+        };
+        let budget = self.deadline.unwrap_or(self.hub.config.deadline);
+        if budget.is_zero() {
+            return Err(zero("deadline"));
         }
+        let max_staleness = self.max_staleness.or(self.hub.config.max_staleness);
+        if max_staleness.is_some_and(|bound| bound.is_zero()) {
+            return Err(zero("max_staleness"));
+        }
+        let freshness = Freshness {
+            max_staleness,
+            after: self.after,
+        };
+        Ok((budget, freshness))
     }
 }
 
-impl Shared {
-    /// Picks a node, runs the call, and on a retryable failure runs it once
-    /// more on another node.
-    async fn read(
-        &self,
-        strategy: ReadStrategy,
-        freshness: Freshness,
-        call: &Call<'_>,
-    ) -> Result<(usize, Output), Error> {
-        self.ensure_open()?;
-        let mut rng = fastrand::Rng::new();
-        let no_node = || Error::NoHealthyNode {
-            operation: Operation::Read,
-            strategy,
-        };
-        let first = self
-            .pick_read(strategy, freshness, None, &mut rng)
-            .ok_or_else(no_node)?;
-        let error = match self.traced_attempt(first, 1, call).await {
-            Ok((output, _)) => return Ok((first, output)),
-            Err(error) => error,
-        };
-        if !read_retryable(&error) || !self.time_for_another_attempt(call) {
-            return Err(error);
-        }
-        let Some(second) = self.pick_read(strategy, freshness, Some(first), &mut rng) else {
-            return Err(error);
-        };
-        tracing::debug!(from = %self.nodes[first].context.node, to = %self.nodes[second].context.node,
-            %error, "retrying read on another node");
-        let (output, _) = self.traced_attempt(second, 2, call).await?;
-        Ok((second, output))
+/// Picks a node, runs the call, and on a retryable failure runs it once
+/// more on another node. Reads may run twice: they retry whatever a
+/// write marked idempotent would.
+async fn route(
+    hub: &Hub,
+    strategy: ReadStrategy,
+    freshness: Freshness,
+    call: &Call<'_>,
+) -> Result<(usize, Vec<Row>), Error> {
+    hub.ensure_open()?;
+    let mut rng = fastrand::Rng::new();
+    let first = hub
+        .pick_read(strategy, freshness, None, &mut rng)
+        .ok_or(Error::NoHealthyNode { strategy })?;
+    let error = match traced::<Rows>(hub, first, 1, call).await {
+        Ok((rows, _)) => return Ok((first, rows)),
+        Err(error) => error,
+    };
+    if error.retry_decision(true) == RetryDecision::Fail || !time_for_another_attempt(call) {
+        return Err(error);
     }
+    let Some(second) = hub.pick_read(strategy, freshness, Some(first), &mut rng) else {
+        return Err(error);
+    };
+    tracing::debug!(from = %hub.context(first).node, to = %hub.context(second).node,
+        %error, "retrying read on another node");
+    let (rows, _) = traced::<Rows>(hub, second, 2, call).await?;
+    Ok((second, rows))
+}
 
-    /// Whether any useful part of the deadline is left for another node (a
-    /// healthy one answers in well under a millisecond on a local network).
-    /// If it runs out there, `timed_out` does not hold it against that node.
-    fn time_for_another_attempt(&self, call: &Call<'_>) -> bool {
-        let left = call
-            .deadline
-            .saturating_duration_since(tokio::time::Instant::now());
-        left >= RETRY_FLOOR
-    }
-
-    /// One attempt inside a span naming the node, its role and the attempt.
-    pub(crate) async fn traced_attempt(
-        &self,
-        index: usize,
-        attempt: u32,
-        call: &Call<'_>,
-    ) -> Result<(Output, Option<CausalToken>), Error> {
-        let node = &self.nodes[index];
-        // Field values are only evaluated when the span is enabled.
-        let span = tracing::debug_span!("pgrouter.attempt",
-            node = %node.context.node, role = %self.snapshot.load().nodes[index].role, attempt);
-        self.attempt(index, call).instrument(span).await
-    }
-
-    pub(crate) fn exactly_one(&self, index: usize, mut rows: Vec<Row>) -> Result<Row, Error> {
-        if rows.len() != 1 {
-            return Err(self.row_count(index, "exactly one row", rows.len()));
-        }
-        rows.pop()
-            .ok_or_else(|| self.row_count(index, "exactly one row", 0))
-    }
-
-    pub(crate) fn at_most_one(
-        &self,
-        index: usize,
-        mut rows: Vec<Row>,
-    ) -> Result<Option<Row>, Error> {
-        if rows.len() > 1 {
-            return Err(self.row_count(index, "at most one row", rows.len()));
-        }
-        Ok(rows.pop())
-    }
-
-    fn row_count(&self, index: usize, expected: &'static str, actual: usize) -> Error {
-        Error::RowCount {
-            context: self.nodes[index].context.clone(),
-            expected,
-            actual,
-        }
-    }
+/// Whether any useful part of the deadline is left for another node (a
+/// healthy one answers in well under a millisecond on a local network).
+/// If it runs out there, the fair-share rule does not hold it against that
+/// node.
+fn time_for_another_attempt(call: &Call<'_>) -> bool {
+    let left = call
+        .deadline
+        .at
+        .saturating_duration_since(tokio::time::Instant::now());
+    left >= RETRY_FLOOR
 }

@@ -1,60 +1,21 @@
 //! Writes: always the primary, retried with backoff only when that is safe.
+//! The retry loop here serves single statements and transactions alike.
 
+use std::future::Future;
 use std::time::Duration;
 
 use tokio_postgres::Row;
 use tracing::Instrument;
 
-use super::attempt::{Call, Op, Output, Params};
-use super::Shared;
+use super::attempt::{at_most_one, exactly_one, traced, Call, Count, Deadline, Kind, Params, Rows};
 use crate::error::Error;
+use crate::hub::Hub;
 use crate::lsn::CausalToken;
 use crate::retry::Retrier;
 
-/// Per-call write options.
-#[derive(Debug, Clone, Default, PartialEq)]
-#[non_exhaustive]
-pub struct WriteOptions {
-    /// The statement may run twice without harm (an upsert, a delete by
-    /// key). Then a connection lost after sending is retried instead of
-    /// failing with [`Error::OutcomeUnknown`]. Default: false.
-    pub idempotent: bool,
-    /// Overrides [`Config::deadline`](crate::Config::deadline).
-    pub deadline: Option<Duration>,
-}
-
-impl WriteOptions {
-    /// The defaults: not idempotent, the configured deadline.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Marks the write (or transaction) safe to run twice.
-    pub fn idempotent(mut self, idempotent: bool) -> Self {
-        self.idempotent = idempotent;
-        self
-    }
-
-    /// Bounds the call, retries and write hold included.
-    pub fn deadline(mut self, deadline: Duration) -> Self {
-        self.deadline = Some(deadline);
-        self
-    }
-
-    /// The deadline in force, checked.
-    pub(crate) fn budget(&self, default: Duration) -> Result<Duration, Error> {
-        match self.deadline {
-            Some(deadline) if deadline.is_zero() => Err(Error::InvalidArgument {
-                option: "deadline",
-                reason: "must be greater than zero",
-            }),
-            Some(deadline) => Ok(deadline),
-            None => Ok(default),
-        }
-    }
-}
-
-/// A write being set up; see [`DatabaseManager::write`](crate::DatabaseManager::write).
+/// A write or transaction being set up; see
+/// [`DatabaseManager::write`](crate::DatabaseManager::write). Options left
+/// unset use the configuration's values.
 ///
 /// Runs on the node that is primary now, waiting up to
 /// [`Config::write_hold`](crate::Config::write_hold) for one during a
@@ -65,43 +26,44 @@ impl WriteOptions {
 /// immediate re-probe). Constraint violations (class 23), syntax and
 /// permission (42), data (22) and every other server error return at once.
 #[derive(Debug, Clone)]
-#[must_use = "a write does nothing until execute or a query method is awaited"]
+#[must_use = "a write does nothing until execute, a query method or transaction is awaited"]
 pub struct Write<'a> {
-    shared: &'a Shared,
-    options: WriteOptions,
+    pub(super) hub: &'a Hub,
+    pub(super) idempotent: bool,
+    deadline: Option<Duration>,
 }
 
 impl<'a> Write<'a> {
-    pub(super) fn new(shared: &'a Shared) -> Self {
+    pub(super) fn new(hub: &'a Hub) -> Self {
         Self {
-            shared,
-            options: WriteOptions::default(),
+            hub,
+            idempotent: false,
+            deadline: None,
         }
     }
 
-    /// Marks the statement safe to run twice.
+    /// Marks the statement (or the transaction) safe to run twice, e.g. an
+    /// upsert or a delete by key. Then a connection lost after sending it
+    /// (or after sending `COMMIT`) is retried instead of failing with
+    /// [`Error::OutcomeUnknown`].
     pub fn idempotent(mut self) -> Self {
-        self.options.idempotent = true;
+        self.idempotent = true;
         self
     }
 
-    /// Bounds this call, retries and write hold included, by `deadline`.
+    /// Bounds this call, retries and write hold included, by `deadline`
+    /// instead of [`Config::deadline`](crate::Config::deadline). Zero is
+    /// [`Error::InvalidArgument`].
     pub fn deadline(mut self, deadline: Duration) -> Self {
-        self.options.deadline = Some(deadline);
-        self
-    }
-
-    /// Replaces every option.
-    pub fn options(mut self, options: WriteOptions) -> Self {
-        self.options = options;
+        self.deadline = Some(deadline);
         self
     }
 
     /// Runs the statement and returns the number of rows affected.
     pub async fn execute(self, sql: &str, params: Params<'_>) -> Result<u64, Error> {
-        self.run(sql, params, Op::Count, false)
+        self.run::<Count>(sql, params, false)
             .await
-            .map(|s| s.count())
+            .map(|served| served.output)
     }
 
     /// Like [`Write::execute`], and returns the write's [`CausalToken`] for
@@ -113,16 +75,15 @@ impl<'a> Write<'a> {
         sql: &str,
         params: Params<'_>,
     ) -> Result<(u64, CausalToken), Error> {
-        let served = self.run(sql, params, Op::Count, true).await?;
-        let token = served.token;
-        Ok((served.count(), token.unwrap_or(CausalToken::PRIMARY)))
+        let served = self.run::<Count>(sql, params, true).await?;
+        Ok((served.output, served.token))
     }
 
     /// Runs the statement (e.g. with `RETURNING`) and returns every row.
     pub async fn query(self, sql: &str, params: Params<'_>) -> Result<Vec<Row>, Error> {
-        self.run(sql, params, Op::Rows, false)
+        self.run::<Rows>(sql, params, false)
             .await
-            .map(|s| s.rows())
+            .map(|served| served.output)
     }
 
     /// Like [`Write::query`], and returns the write's [`CausalToken`].
@@ -131,87 +92,126 @@ impl<'a> Write<'a> {
         sql: &str,
         params: Params<'_>,
     ) -> Result<(Vec<Row>, CausalToken), Error> {
-        let served = self.run(sql, params, Op::Rows, true).await?;
-        let token = served.token;
-        Ok((served.rows(), token.unwrap_or(CausalToken::PRIMARY)))
+        let served = self.run::<Rows>(sql, params, true).await?;
+        Ok((served.output, served.token))
     }
 
-    /// Runs the statement and returns its only row.
+    /// Runs the statement and returns its only row; any other count is
+    /// [`Error::RowCount`].
     pub async fn query_one(self, sql: &str, params: Params<'_>) -> Result<Row, Error> {
-        let shared = self.shared;
-        let served = self.run(sql, params, Op::Rows, false).await?;
-        shared.exactly_one(served.index, served.rows())
+        let hub = self.hub;
+        let served = self.run::<Rows>(sql, params, false).await?;
+        exactly_one(hub.context(served.index), served.output)
     }
 
-    /// Runs the statement and returns its row, if any.
+    /// Runs the statement and returns its row, if any; more than one row is
+    /// [`Error::RowCount`].
     pub async fn query_opt(self, sql: &str, params: Params<'_>) -> Result<Option<Row>, Error> {
-        let shared = self.shared;
-        let served = self.run(sql, params, Op::Rows, false).await?;
-        shared.at_most_one(served.index, served.rows())
+        let hub = self.hub;
+        let served = self.run::<Rows>(sql, params, false).await?;
+        at_most_one(hub.context(served.index), served.output)
     }
 
-    async fn run(
+    /// The deadline in force, checked.
+    pub(super) fn start(&self) -> Result<Deadline, Error> {
+        match self.deadline {
+            Some(deadline) if deadline.is_zero() => Err(Error::InvalidArgument {
+                option: "deadline",
+                reason: "must be greater than zero",
+            }),
+            Some(deadline) => Ok(Deadline::start(deadline)),
+            None => Ok(Deadline::start(self.hub.config.deadline)),
+        }
+    }
+
+    async fn run<K: Kind>(
         self,
         sql: &str,
         params: Params<'_>,
-        op: Op,
         token: bool,
-    ) -> Result<Served, Error> {
-        let budget = self.options.budget(self.shared.config.deadline)?;
-        let mut call = Call::new(sql, params, op, budget);
-        call.token = token;
+    ) -> Result<Served<K::Output>, Error> {
+        let call = Call {
+            sql,
+            params,
+            deadline: self.start()?,
+            token,
+        };
+        let statement = Statement::<K> {
+            call: &call,
+            kind: std::marker::PhantomData,
+        };
         let span = tracing::debug_span!("pgrouter.write");
-        self.shared
-            .write(&call, self.options.idempotent)
+        on_primary(self.hub, call.deadline, self.idempotent, statement)
             .instrument(span)
             .await
     }
 }
 
 /// What a write returned, and where.
-struct Served {
+struct Served<T> {
     index: usize,
-    output: Output,
-    token: Option<CausalToken>,
+    output: T,
+    /// The causal token when one was asked for, else the one that sends
+    /// reads to the primary.
+    token: CausalToken,
 }
 
-impl Served {
-    fn count(self) -> u64 {
-        match self.output {
-            Output::Count(count) => count,
-            Output::Rows(rows) => rows.len() as u64,
-        }
-    }
+/// Something [`on_primary`] runs: one attempt on the primary at a time.
+pub(super) trait OnPrimary: Send {
+    /// What a successful attempt gives.
+    type Output: Send;
+    /// Attempt number `number` (1 for the first) on node `index`.
+    fn attempt(
+        &mut self,
+        hub: &Hub,
+        index: usize,
+        number: u32,
+    ) -> impl Future<Output = Result<Self::Output, Error>> + Send;
+}
 
-    fn rows(self) -> Vec<Row> {
-        match self.output {
-            Output::Rows(rows) => rows,
-            Output::Count(_) => Vec::new(),
-        }
+/// A single statement.
+struct Statement<'c, K> {
+    call: &'c Call<'c>,
+    kind: std::marker::PhantomData<K>,
+}
+
+impl<K: Kind> OnPrimary for Statement<'_, K> {
+    type Output = Served<K::Output>;
+    async fn attempt(
+        &mut self,
+        hub: &Hub,
+        index: usize,
+        number: u32,
+    ) -> Result<Self::Output, Error> {
+        let (output, token) = traced::<K>(hub, index, number, self.call).await?;
+        Ok(Served {
+            index,
+            output,
+            token: token.unwrap_or(CausalToken::PRIMARY),
+        })
     }
 }
 
-impl Shared {
-    async fn write(&self, call: &Call<'_>, idempotent: bool) -> Result<Served, Error> {
-        self.ensure_open()?;
-        let mut retrier = Retrier::new(&self.config.retry, call.deadline, idempotent);
-        loop {
-            let result = match self.await_primary(call.deadline).await {
-                Ok(index) => self
-                    .traced_attempt(index, retrier.attempt(), call)
-                    .await
-                    .map(|(output, token)| Served {
-                        index,
-                        output,
-                        token,
-                    }),
-                Err(error) => Err(error),
-            };
-            match result {
-                Ok(served) => return Ok(served),
-                Err(error) if retrier.again(&error).await => continue,
-                Err(error) => return Err(error),
-            }
+/// Runs `call` on the node that is primary now, holding for one while none
+/// is known, and again with backoff after a failure the retry rules allow,
+/// until it succeeds, the rules forbid another try, or the deadline is near.
+pub(super) async fn on_primary<C: OnPrimary>(
+    hub: &Hub,
+    deadline: Deadline,
+    idempotent: bool,
+    mut call: C,
+) -> Result<C::Output, Error> {
+    hub.ensure_open()?;
+    let mut retrier = Retrier::new(&hub.config.retry, deadline.at, idempotent);
+    loop {
+        let result = match hub.await_primary(deadline.at).await {
+            Ok(index) => call.attempt(hub, index, retrier.attempt()).await,
+            Err(error) => Err(error),
+        };
+        match result {
+            Ok(output) => return Ok(output),
+            Err(error) if retrier.again(&error).await => continue,
+            Err(error) => return Err(error),
         }
     }
 }

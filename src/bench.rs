@@ -1,0 +1,78 @@
+//! Hooks for this crate's benchmarks and allocation tests, behind the
+//! non-default `bench` feature. They reach the code calls run; they are not
+//! part of the stable API and may change in any release.
+
+use std::time::Duration;
+
+use tokio_postgres::error::SqlState;
+
+use crate::config::{Config, NodeConfig, ReadStrategy, Role};
+use crate::error::Error;
+use crate::freshness::Freshness;
+use crate::hub::Hub;
+use crate::safety::{classify, code_kind, Cause, Phase};
+use crate::topology::Lag;
+
+/// The read path's routing decision, over a synthetic topology: a real hub
+/// (pools that never connect) with a published snapshot.
+#[derive(Debug)]
+pub struct RoutingBench {
+    hub: Hub,
+}
+
+impl RoutingBench {
+    /// `count` nodes in three regions ("local" first); node 0 is the
+    /// primary; every node healthy, measured and caught up.
+    pub fn new(count: usize) -> Result<Self, Error> {
+        let regions = ["local", "far-1", "far-2"];
+        let nodes = (0..count)
+            .map(|index| {
+                let role = if index == 0 {
+                    Role::Primary
+                } else {
+                    Role::Replica
+                };
+                NodeConfig::new(
+                    format!("node{index}"),
+                    regions[index % regions.len()],
+                    "host=127.0.0.1 port=1 user=bench",
+                    role,
+                )
+            })
+            .collect();
+        let mut config = Config::new(nodes);
+        config.local_region = "local".to_owned();
+        let hub = Hub::new(config)?;
+        let mut snapshot = (**hub.snapshot()).clone();
+        for (index, state) in snapshot.nodes.iter_mut().enumerate() {
+            state.rtt = Some(Duration::from_millis(1 + (index as u64 % 7) * 10));
+            state.lag = (index > 0).then_some(Lag::default());
+        }
+        hub.publish(snapshot, Vec::new(), None);
+        Ok(Self { hub })
+    }
+
+    /// One routing decision: the call `Read` makes to choose its node.
+    pub fn pick(
+        &self,
+        strategy: ReadStrategy,
+        max_staleness: Option<Duration>,
+        rng: &mut fastrand::Rng,
+    ) -> Option<usize> {
+        let freshness = Freshness {
+            max_staleness,
+            after: None,
+        };
+        self.hub.pick_read(strategy, freshness, None, rng)
+    }
+}
+
+/// The classification of a server error on a sent statement, as an attempt
+/// makes it: whether a write that is not idempotent may be retried.
+pub fn retry_after_server_error(code: &SqlState) -> bool {
+    let cause = Cause::Server {
+        kind: code_kind(code),
+        closed: false,
+    };
+    classify(Phase::Sent, cause).action.allows_retry(false)
+}

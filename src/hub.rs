@@ -1,0 +1,263 @@
+//! The hub: the state the handle and the health monitor share.
+//!
+//! The handle's call loops read it (the snapshot, the pools, the callers'
+//! suspect flags) and report what they saw (a node failed, the topology
+//! seems to have changed). The monitor probes, publishes the next snapshot
+//! with its events, and answers the reports. Neither knows the other: both
+//! hold the hub, and the hub knows neither.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::{ArcSwap, Guard};
+use tokio::sync::{broadcast, watch, Notify};
+use tokio::time::Instant;
+
+use crate::clock;
+use crate::config::{Config, ReadStrategy};
+use crate::error::{Error, NodeContext};
+use crate::events::Event;
+use crate::freshness::Freshness;
+use crate::node::Node;
+use crate::node_set::NodeSet;
+use crate::safety::NodeFault;
+use crate::strategy::{pick_primary, pick_read};
+use crate::tls::Connector;
+use crate::topology::{LiveView, Snapshot};
+
+/// Events kept for a subscriber that falls behind.
+const EVENT_BUFFER: usize = 1024;
+
+/// What the handle and the monitor share.
+#[derive(Debug)]
+pub(crate) struct Hub {
+    pub(crate) config: Config,
+    /// Plain or TLS, for pools, probes and cancel requests.
+    pub(crate) connector: Connector,
+    pub(crate) nodes: Box<[Node]>,
+    /// The monitor's latest view of every node; replaced whole.
+    snapshot: ArcSwap<Snapshot>,
+    /// Nodes callers saw fail: out of routing until the monitor probes them.
+    suspects: NodeSet,
+    /// Nodes callers saw a topology hint from: probe soon, keep routing.
+    probe_requests: NodeSet,
+    /// Wakes the monitor when a caller reports a node.
+    wake: Notify,
+    /// Bumped after every published snapshot; writers holding for a
+    /// primary wait on it.
+    published: watch::Sender<u64>,
+    /// Topology events for subscribers.
+    events: broadcast::Sender<Event>,
+    closed: AtomicBool,
+}
+
+/// Building, and the lifecycle.
+impl Hub {
+    /// Validates the configuration and builds every node's pool (no I/O).
+    pub(crate) fn new(config: Config) -> Result<Self, Error> {
+        config.validate()?;
+        let connector = Connector::new(&config.tls)?;
+        let nodes = config
+            .nodes
+            .iter()
+            .map(|node| {
+                let preferred = &config.nearest.preferred_regions;
+                Node::build(
+                    node,
+                    &config.pool,
+                    &config.local_region,
+                    preferred,
+                    &connector,
+                )
+            })
+            .collect::<Result<Box<[Node]>, _>>()?;
+        warn_without_local_node(&config, &nodes);
+        let count = nodes.len();
+        Ok(Self {
+            snapshot: ArcSwap::from_pointee(Snapshot::initial(&nodes)),
+            config,
+            connector,
+            nodes,
+            suspects: NodeSet::new(count),
+            probe_requests: NodeSet::new(count),
+            wake: Notify::new(),
+            published: watch::Sender::new(0),
+            events: broadcast::Sender::new(EVENT_BUFFER),
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    /// Later calls fail with [`Error::Closed`]; closes every pool.
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        for node in self.nodes.iter() {
+            node.pool.close();
+        }
+    }
+
+    pub(crate) fn ensure_open(&self) -> Result<(), Error> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        Ok(())
+    }
+
+    /// The node's name and region, for errors.
+    pub(crate) fn context(&self, index: usize) -> &NodeContext {
+        &self.nodes[index].context
+    }
+}
+
+/// Routing: what the call loops read.
+impl Hub {
+    /// The current snapshot.
+    pub(crate) fn snapshot(&self) -> Guard<Arc<Snapshot>> {
+        self.snapshot.load()
+    }
+
+    /// The snapshot with the suspect flags as they are now (loaded once) and
+    /// the call's freshness constraints.
+    fn view<'a>(&'a self, snapshot: &'a Snapshot, freshness: Freshness) -> LiveView<'a> {
+        LiveView {
+            snapshot,
+            nodes: &self.nodes,
+            suspects: self.suspects.load(),
+            freshness,
+            nearest: &self.config.nearest,
+        }
+    }
+
+    /// The node a read goes to, skipping `exclude` (a node that just failed).
+    pub(crate) fn pick_read(
+        &self,
+        strategy: ReadStrategy,
+        freshness: Freshness,
+        exclude: Option<usize>,
+        rng: &mut fastrand::Rng,
+    ) -> Option<usize> {
+        let snapshot = self.snapshot.load();
+        pick_read(strategy, &self.view(&snapshot, freshness), exclude, rng)
+    }
+
+    /// The write target now, if it is healthy.
+    pub(crate) fn primary_index(&self) -> Option<usize> {
+        let snapshot = self.snapshot.load();
+        pick_primary(&self.view(&snapshot, Freshness::default()))
+    }
+
+    /// The write target, waiting up to `write_hold` (never past `deadline`)
+    /// while none is known, e.g. during a failover.
+    pub(crate) async fn await_primary(&self, deadline: Instant) -> Result<usize, Error> {
+        if let Some(index) = self.primary_index() {
+            return Ok(index);
+        }
+        // Subscribe, then look again: a snapshot published in between is
+        // seen by the second look, a later one wakes the wait.
+        let mut published = self.published.subscribe();
+        if let Some(index) = self.primary_index() {
+            return Ok(index);
+        }
+        let start = Instant::now();
+        let until = deadline.min(clock::after(start, self.config.write_hold));
+        while let Ok(Ok(())) = tokio::time::timeout_at(until, published.changed()).await {
+            if let Some(index) = self.primary_index() {
+                tracing::debug!(waited = ?start.elapsed(), "write waited for a primary");
+                return Ok(index);
+            }
+        }
+        Err(self.no_primary(start.elapsed()))
+    }
+
+    /// Why there is no write target: a split brain, or no primary at all.
+    pub(crate) fn no_primary(&self, waited: Duration) -> Error {
+        let snapshot = self.snapshot.load();
+        if snapshot.split_brain {
+            let claimants = snapshot
+                .nodes
+                .iter()
+                .zip(self.nodes.iter())
+                .filter(|(state, _)| state.fenced)
+                .map(|(_, node)| node.name().to_owned())
+                .collect();
+            return Error::SplitBrain { claimants };
+        }
+        Error::NoPrimary { waited }
+    }
+}
+
+/// Reports: what callers saw, and what the monitor answers.
+impl Hub {
+    /// Applies what a failure says about node `index` (a verdict's
+    /// [`NodeFault`]): take it out of routing, ask for a probe, drop its idle
+    /// connections. Returns how many idle connections were dropped.
+    pub(crate) fn blame(&self, index: usize, fault: NodeFault) -> usize {
+        match fault {
+            NodeFault::None => 0,
+            NodeFault::Reprobe => {
+                if self.probe_requests.insert(index) {
+                    self.wake.notify_one();
+                }
+                0
+            }
+            NodeFault::Suspect => {
+                self.suspect(index);
+                0
+            }
+            NodeFault::Silent => {
+                self.suspect(index);
+                self.nodes[index].discard_idle()
+            }
+        }
+    }
+
+    fn suspect(&self, index: usize) {
+        if self.suspects.insert(index) {
+            tracing::debug!(node = %self.nodes[index].context.node, "node marked suspect");
+            self.wake.notify_one();
+        }
+    }
+
+    pub(crate) fn is_suspect(&self, index: usize) -> bool {
+        self.suspects.contains(index)
+    }
+
+    /// Whether a caller asked for node `index` to be probed (and forget it).
+    pub(crate) fn take_probe_request(&self, index: usize) -> bool {
+        self.probe_requests.remove(index)
+    }
+
+    /// Resolves when a caller reports a node.
+    pub(crate) async fn reported(&self) {
+        self.wake.notified().await;
+    }
+
+    /// Publishes the monitor's next snapshot and its events. `answered`: a
+    /// suspect node this snapshot's probe checked, whose report is answered.
+    /// Writers holding for a primary then look again.
+    pub(crate) fn publish(&self, next: Snapshot, events: Vec<Event>, answered: Option<usize>) {
+        self.snapshot.store(Arc::new(next));
+        if let Some(index) = answered {
+            self.suspects.remove(index);
+        }
+        for event in events {
+            // No subscriber is not an error.
+            let _ = self.events.send(event);
+        }
+        self.published.send_modify(|generation| *generation += 1);
+    }
+
+    /// Topology events from now on.
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+}
+
+fn warn_without_local_node(config: &Config, nodes: &[Node]) {
+    if !config.local_region.is_empty() && !nodes.iter().any(|node| node.is_local) {
+        tracing::warn!(
+            local_region = %config.local_region,
+            "no node in the local region; regional-preferred reads use any healthy node"
+        );
+    }
+}
