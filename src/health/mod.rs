@@ -2,6 +2,8 @@
 //! each node's state machine, and publishes the next topology snapshot.
 
 mod assess;
+#[cfg(test)]
+pub(crate) mod fake;
 mod fencing;
 mod lag;
 mod monitor;

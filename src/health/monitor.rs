@@ -221,3 +221,6 @@ fn on_transition(node: &Node, transition: Transition, error: Option<&str>) {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests;

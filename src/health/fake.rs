@@ -1,0 +1,117 @@
+//! A scripted stand-in for the probe connections, so the monitor's timed
+//! rules run on a paused clock without a server (as go-hasql's
+//! `NodeChecker` stands in for a database).
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::probe::{Probe, ProbeReport};
+use crate::config::{Config, HealthSettings, NodeConfig, Role};
+use crate::lsn::Lsn;
+
+/// What a scripted node answers to a probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Answer {
+    /// Answers as a primary (not in recovery).
+    Primary { timeline: u32, position: u64 },
+    /// Answers as a replica.
+    Replica { timeline: u32, replayed: u64 },
+    /// Fails at once (refused, reset).
+    Down,
+    /// Never answers: the monitor's probe timeout ends the probe.
+    Silent,
+}
+
+/// Every scripted node: what it answers now, and when it was probed.
+#[derive(Debug, Clone)]
+pub(crate) struct World(Arc<Mutex<Vec<(Answer, Vec<Instant>)>>>);
+
+impl World {
+    pub(crate) fn new(answers: &[Answer]) -> Self {
+        let nodes = answers.iter().map(|answer| (*answer, Vec::new())).collect();
+        Self(Arc::new(Mutex::new(nodes)))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Vec<(Answer, Vec<Instant>)>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// From now on node `index` answers `answer`.
+    pub(crate) fn set(&self, index: usize, answer: Answer) {
+        self.lock()[index].0 = answer;
+    }
+
+    /// When node `index` was probed, oldest first.
+    pub(crate) fn probes(&self, index: usize) -> Vec<Instant> {
+        self.lock()[index].1.clone()
+    }
+
+    /// One probe per node, for `Monitor::new`.
+    pub(crate) fn probers(&self) -> Vec<FakeProbe> {
+        (0..self.lock().len())
+            .map(|index| FakeProbe {
+                world: self.clone(),
+                index,
+            })
+            .collect()
+    }
+}
+
+/// Node `index` of a [`World`].
+#[derive(Debug)]
+pub(crate) struct FakeProbe {
+    world: World,
+    index: usize,
+}
+
+impl Probe for FakeProbe {
+    async fn probe(&mut self) -> Result<ProbeReport, String> {
+        let answer = {
+            let mut nodes = self.world.lock();
+            nodes[self.index].1.push(Instant::now());
+            nodes[self.index].0
+        };
+        let report = |in_recovery, timeline, position| ProbeReport {
+            in_recovery,
+            timeline: Some(timeline),
+            position: Some(Lsn(position)),
+            rtt: Duration::from_millis(1),
+        };
+        match answer {
+            Answer::Primary { timeline, position } => Ok(report(false, timeline, position)),
+            Answer::Replica { timeline, replayed } => Ok(report(true, timeline, replayed)),
+            Answer::Down => Err("connection refused".to_owned()),
+            Answer::Silent => std::future::pending().await,
+        }
+    }
+}
+
+/// A configuration of `count` nodes (node 0 the primary) at addresses
+/// nothing listens on, with round health settings for paused-clock tests:
+/// probes every 1 s, timeout 500 ms, recovery 5 s doubling to 30 s, fall 1,
+/// rise 2.
+pub(crate) fn config(count: usize) -> Config {
+    let nodes = (0..count)
+        .map(|index| {
+            let role = if index == 0 {
+                Role::Primary
+            } else {
+                Role::Replica
+            };
+            let url = "host=127.0.0.1 port=1 user=test";
+            NodeConfig::new(format!("node{index}"), format!("region{index}"), url, role)
+        })
+        .collect();
+    let mut config = Config::new(nodes);
+    config.health = HealthSettings {
+        interval: Duration::from_secs(1),
+        probe_timeout: Duration::from_millis(500),
+        recovery_initial: Duration::from_secs(5),
+        recovery_max: Duration::from_secs(30),
+        fall: 1,
+        rise: 2,
+    };
+    config
+}

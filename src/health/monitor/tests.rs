@@ -1,0 +1,263 @@
+//! The monitor's timed rules on a paused clock, with scripted nodes: fall
+//! and rise counts, recovery backoff, reports probed at once, a promotion,
+//! fencing, and the write hold. Milliseconds of real time each.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::broadcast;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::Monitor;
+use crate::config::{Config, Role};
+use crate::error::Error;
+use crate::events::Event;
+use crate::health::fake::{config, Answer, World};
+use crate::hub::Hub;
+use crate::safety::NodeFault;
+use crate::status::Status;
+
+const PRIMARY: Answer = Answer::Primary {
+    timeline: 1,
+    position: 100,
+};
+const REPLICA: Answer = Answer::Replica {
+    timeline: 1,
+    replayed: 100,
+};
+
+/// A hub, its monitor running over scripted nodes, and the clock's start.
+struct Harness {
+    hub: Arc<Hub>,
+    world: World,
+    events: broadcast::Receiver<Event>,
+    start: Instant,
+    shutdown: CancellationToken,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+impl Harness {
+    /// Starts as `DatabaseManager::new` does: one round, then the task.
+    async fn start(config: Config, answers: &[Answer]) -> Self {
+        let hub = Arc::new(Hub::new(config).expect("a valid test configuration"));
+        let events = hub.subscribe();
+        let world = World::new(answers);
+        let start = Instant::now();
+        let mut monitor = Monitor::new(Arc::clone(&hub), world.probers());
+        monitor.first_round().await;
+        let shutdown = CancellationToken::new();
+        tokio::spawn(monitor.run(shutdown.clone()));
+        Self {
+            hub,
+            world,
+            events,
+            start,
+            shutdown,
+        }
+    }
+
+    /// Lets the monitor run until `ms` after the start.
+    async fn at(&self, ms: u64) {
+        tokio::time::sleep_until(self.start + Duration::from_millis(ms)).await;
+    }
+
+    fn ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    fn status(&self) -> Status {
+        Status::capture(&self.hub)
+    }
+
+    fn healthy(&self, index: usize) -> bool {
+        self.status().nodes[index].healthy
+    }
+
+    /// When node `index` was probed, in milliseconds since the start.
+    fn probed_at(&self, index: usize) -> Vec<u64> {
+        let since = |at: Instant| at.duration_since(self.start).as_millis() as u64;
+        self.world.probes(index).into_iter().map(since).collect()
+    }
+
+    fn drain_events(&mut self) -> Vec<Event> {
+        std::iter::from_fn(|| self.events.try_recv().ok()).collect()
+    }
+}
+
+fn down_and_up(events: &[Event], node: &str) -> Vec<&'static str> {
+    events
+        .iter()
+        .filter_map(|event| match event {
+            Event::NodeDown { node: n, .. } if n == node => Some("down"),
+            Event::NodeUp { node: n } if n == node => Some("up"),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn fall_failures_take_a_node_down_and_rise_successes_bring_it_back() {
+    let mut config = config(3);
+    config.health.fall = 2;
+    config.health.rise = 2;
+    let mut h = Harness::start(config, &[PRIMARY, REPLICA, REPLICA]).await;
+    h.at(500).await;
+    h.world.set(1, Answer::Down);
+    h.at(1500).await;
+    assert!(h.healthy(1), "one failure of fall = 2 keeps it up");
+    h.at(2500).await;
+    assert!(
+        !h.healthy(1),
+        "the second consecutive failure takes it down"
+    );
+    h.world.set(1, REPLICA);
+    // Down at 2 s: re-probed after recovery_initial (5 s), then every
+    // interval until rise successes.
+    h.at(7500).await;
+    assert!(!h.healthy(1), "one success of rise = 2 keeps it down");
+    h.at(8500).await;
+    assert!(h.healthy(1), "{:?}", h.status().nodes[1]);
+    assert_eq!(h.probed_at(1), [0, 1000, 2000, 7000, 8000]);
+    assert_eq!(down_and_up(&h.drain_events(), "node1"), ["down", "up"]);
+    assert!(h.status().nodes[1].last_error.is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn recovery_probes_back_off_from_recovery_initial_to_recovery_max() {
+    let h = Harness::start(config(3), &[PRIMARY, Answer::Down, REPLICA]).await;
+    h.at(100_500).await;
+    // Gaps of 5, 10, 20, then 30 s (the cap), 30 s.
+    assert_eq!(h.probed_at(1), [0, 5000, 15_000, 35_000, 65_000, 95_000]);
+    // Healthy nodes keep their interval meanwhile.
+    assert_eq!(h.probed_at(2).len(), 101);
+    assert!(!h.healthy(1));
+    let error = h.status().nodes[1].last_error.clone();
+    assert_eq!(error.as_deref(), Some("connection refused"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_node_is_bounded_by_the_probe_timeout() {
+    let h = Harness::start(config(2), &[PRIMARY, REPLICA]).await;
+    h.world.set(1, Answer::Silent);
+    h.at(1600).await;
+    assert!(!h.healthy(1));
+    assert!(h.healthy(0), "a silent probe does not hold back the others");
+    let error = h.status().nodes[1].last_error.clone().unwrap_or_default();
+    assert!(error.contains("timed out after 500ms"), "{error}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reported_node_is_probed_at_once() {
+    let mut config = config(3);
+    config.health.fall = 3;
+    let h = Harness::start(config, &[PRIMARY, REPLICA, REPLICA]).await;
+    h.world.set(1, Answer::Down);
+    h.at(400).await;
+    h.hub.blame(1, NodeFault::Suspect);
+    let node = &h.status().nodes[1];
+    assert!(
+        node.suspect && !node.healthy,
+        "out of routing at once: {node:?}"
+    );
+    h.at(450).await;
+    assert_eq!(h.probed_at(1), [0, 400], "probed when reported, not at 1 s");
+    let node = &h.status().nodes[1];
+    assert!(
+        !node.suspect && !node.healthy && node.last_error.is_some(),
+        "one failed probe confirms a suspect node down despite fall = 3: {node:?}"
+    );
+
+    // A topology hint: probed at once, kept in routing meanwhile.
+    h.hub.blame(2, NodeFault::Reprobe);
+    assert!(h.healthy(2));
+    h.at(500).await;
+    assert_eq!(h.probed_at(2), [0, 450]);
+    assert!(h.healthy(2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_promotion_moves_the_write_target_within_one_probe_and_the_old_primary_is_fenced() {
+    let mut h = Harness::start(config(3), &[PRIMARY, REPLICA, REPLICA]).await;
+    assert_eq!(h.hub.primary_index(), Some(0));
+    h.at(500).await;
+    // Failover: the primary dies, node1 is promoted onto timeline 2.
+    h.world.set(0, Answer::Down);
+    let promoted = Answer::Primary {
+        timeline: 2,
+        position: 200,
+    };
+    h.world.set(1, promoted);
+    h.at(999).await;
+    assert_eq!(h.hub.primary_index(), Some(0), "not yet probed");
+    h.at(1000).await;
+    tokio::task::yield_now().await;
+    assert_eq!(h.hub.primary_index(), Some(1), "at {} ms", h.ms());
+    let changes: Vec<_> = h
+        .drain_events()
+        .into_iter()
+        .filter_map(|event| match event {
+            Event::PrimaryChanged { to, .. } => Some(to),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        changes.last(),
+        Some(&Some("node1".to_owned())),
+        "{changes:?}"
+    );
+
+    // The old primary comes back on timeline 1: fenced, never the target.
+    h.world.set(0, PRIMARY);
+    h.at(7500).await;
+    let status = h.status();
+    let node0 = &status.nodes[0];
+    assert!(
+        node0.healthy && node0.fenced && node0.role == Role::Primary,
+        "{node0:?}"
+    );
+    assert_eq!(status.write_target.as_deref(), Some("node1"));
+    assert_eq!(h.hub.primary_index(), Some(1));
+
+    // With the new primary gone too, the stale one still gets nothing.
+    h.world.set(1, Answer::Down);
+    h.at(8500).await;
+    assert_eq!(h.hub.primary_index(), None);
+    assert!(h.status().nodes[0].fenced);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_write_holds_for_a_primary_until_write_hold_or_the_deadline() {
+    let mut config = config(3);
+    config.write_hold = Duration::from_secs(2);
+    let h = Harness::start(config, &[Answer::Down, REPLICA, REPLICA]).await;
+    assert_eq!(h.hub.primary_index(), None);
+
+    let held = Instant::now();
+    let error = h.hub.await_primary(held + Duration::from_secs(10)).await;
+    assert!(
+        matches!(error, Err(Error::NoPrimary { waited }) if waited == Duration::from_secs(2)),
+        "{error:?}"
+    );
+    assert_eq!(held.elapsed(), Duration::from_secs(2));
+
+    let held = Instant::now();
+    let error = h.hub.await_primary(held + Duration::from_millis(300)).await;
+    assert!(
+        matches!(error, Err(Error::NoPrimary { waited }) if waited == Duration::from_millis(300)),
+        "never past the deadline: {error:?}"
+    );
+
+    // The primary answers again from 4.5 s: re-probed at 5 s (recovery)
+    // and 6 s (rise = 2); a write holding from 4.5 s gets it at 6 s.
+    h.at(4500).await;
+    h.world.set(0, PRIMARY);
+    let index = h.hub.await_primary(h.start + Duration::from_secs(60)).await;
+    assert_eq!(index.ok(), Some(0));
+    assert_eq!(h.ms(), 6000);
+}
