@@ -129,3 +129,128 @@ fn lag_event(before: Option<Lag>, after: Option<Lag>, bound: Duration) -> Option
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::health::fake::config;
+    use crate::hub::Hub;
+
+    fn lag(ms: u64) -> Option<Lag> {
+        Some(Lag {
+            bytes: ms * 10,
+            time: Duration::from_millis(ms),
+        })
+    }
+
+    fn setup() -> (Hub, Snapshot) {
+        let hub = Hub::new(config(3)).expect("a valid test configuration");
+        let snapshot = (**hub.snapshot()).clone();
+        (hub, snapshot)
+    }
+
+    #[test]
+    fn nothing_changed_nothing_to_say() {
+        let (hub, old) = setup();
+        assert!(diff(&old, &old.clone(), &hub.nodes, Some(Duration::from_secs(1))).is_empty());
+    }
+
+    #[test]
+    fn a_new_write_target_is_a_primary_change() {
+        let (hub, old) = setup();
+        let mut new = old.clone();
+        new.primary = Some(1);
+        assert_eq!(
+            diff(&old, &new, &hub.nodes, None),
+            [Event::PrimaryChanged {
+                from: Some("node0".into()),
+                to: Some("node1".into())
+            }]
+        );
+        new.primary = None;
+        assert_eq!(
+            diff(&old, &new, &hub.nodes, None),
+            [Event::PrimaryChanged {
+                from: Some("node0".into()),
+                to: None
+            }]
+        );
+    }
+
+    #[test]
+    fn split_brain_names_every_claimant_once() {
+        let (hub, old) = setup();
+        let mut new = old.clone();
+        new.primary = None;
+        new.split_brain = true;
+        new.nodes[0].fenced = true;
+        new.nodes[2].fenced = true;
+        let events = diff(&old, &new, &hub.nodes, None);
+        let claimants = vec!["node0".to_owned(), "node2".to_owned()];
+        assert!(
+            events.contains(&Event::SplitBrain { claimants }),
+            "{events:?}"
+        );
+        // Still split: no second event.
+        let again = diff(&new, &new.clone(), &hub.nodes, None);
+        assert!(again.is_empty(), "{again:?}");
+    }
+
+    #[test]
+    fn down_and_up_carry_the_probe_error() {
+        let (hub, old) = setup();
+        let mut down = old.clone();
+        down.nodes[1].up = false;
+        down.nodes[1].last_error = Some("connection refused".into());
+        assert_eq!(
+            diff(&old, &down, &hub.nodes, None),
+            [Event::NodeDown {
+                node: "node1".into(),
+                error: "connection refused".into()
+            }]
+        );
+        assert_eq!(
+            diff(&down, &old, &hub.nodes, None),
+            [Event::NodeUp {
+                node: "node1".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn lag_events_fire_on_crossing_the_bound_only() {
+        let (hub, mut old) = setup();
+        let bound = Some(Duration::from_millis(100));
+        let with_lag = |snapshot: &Snapshot, ms: Option<u64>| {
+            let mut next = snapshot.clone();
+            next.nodes[2].lag = ms.and_then(lag);
+            next
+        };
+        old = with_lag(&old, Some(50));
+        let over = with_lag(&old, Some(150));
+        assert_eq!(
+            diff(&old, &over, &hub.nodes, bound),
+            [Event::LagExceeded {
+                node: "node2".into(),
+                lag: lag(150).unwrap(),
+                bound: Duration::from_millis(100)
+            }]
+        );
+        assert!(diff(&over, &with_lag(&over, Some(900)), &hub.nodes, bound).is_empty());
+        assert_eq!(
+            diff(&over, &old, &hub.nodes, bound),
+            [Event::LagRecovered {
+                node: "node2".into(),
+                lag: lag(50).unwrap(),
+                bound: Duration::from_millis(100)
+            }]
+        );
+        // Lag first measured above the bound counts as crossing it.
+        let unknown = with_lag(&old, None);
+        assert_eq!(diff(&unknown, &over, &hub.nodes, bound).len(), 1);
+        // Without a bound, no lag events at all.
+        assert!(diff(&old, &over, &hub.nodes, None).is_empty());
+        // At the bound is within it.
+        assert!(diff(&old, &with_lag(&old, Some(100)), &hub.nodes, bound).is_empty());
+    }
+}

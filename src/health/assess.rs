@@ -60,3 +60,89 @@ impl Assessor {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::health::fake::config;
+    use crate::hub::Hub;
+    use crate::lsn::Lsn;
+
+    /// A snapshot of three nodes, all up; `primaries` report primary on
+    /// these timelines, the rest are replicas at `replayed`.
+    fn snapshot(primaries: &[(usize, u32, u64)], replayed: u64) -> Snapshot {
+        let hub = Hub::new(config(3)).expect("a valid test configuration");
+        let mut next = (**hub.snapshot()).clone();
+        for (index, node) in next.nodes.iter_mut().enumerate() {
+            node.role = Role::Replica;
+            node.timeline = Some(1);
+            node.position = Some(Lsn(replayed));
+            if let Some((_, timeline, position)) = primaries.iter().find(|p| p.0 == index) {
+                node.role = Role::Primary;
+                node.timeline = Some(*timeline);
+                node.position = Some(Lsn(*position));
+            }
+        }
+        next
+    }
+
+    #[test]
+    fn lag_from_the_primarys_history() {
+        let t = Instant::now();
+        let mut assessor = Assessor::default();
+        let mut next = snapshot(&[(0, 1, 100)], 100);
+        assessor.assess(&mut next, &[0], t);
+        assert_eq!(next.primary, Some(0));
+        assert_eq!(next.nodes[1].lag, Some(Lag::default()));
+        assert_eq!(next.nodes[0].lag, None, "the primary has no lag");
+
+        // The primary moves on; the replicas stay at 100.
+        let later = t + Duration::from_secs(2);
+        let mut next = snapshot(&[(0, 1, 300)], 100);
+        assessor.assess(&mut next, &[0], later);
+        let lag = next.nodes[2].lag.expect("measured");
+        assert_eq!(lag.bytes, 200);
+        assert_eq!(lag.time, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn a_primary_on_a_lower_timeline_stays_fenced_once_a_higher_one_was_seen() {
+        let t = Instant::now();
+        let mut assessor = Assessor::default();
+        let mut both = snapshot(&[(0, 1, 100), (1, 2, 200)], 100);
+        assessor.assess(&mut both, &[0, 1], t);
+        assert_eq!(both.primary, Some(1));
+        assert!(both.nodes[0].fenced && !both.split_brain);
+        assert_eq!(both.routable, 0b110, "fenced nodes are not routable");
+
+        // The new primary goes away; the old one alone is still fenced.
+        let mut alone = snapshot(&[(0, 1, 100)], 100);
+        alone.nodes[1].up = false;
+        assessor.assess(&mut alone, &[0, 1], t);
+        assert_eq!(alone.primary, None);
+        assert!(alone.nodes[0].fenced);
+        assert_eq!(alone.routable, 0b100);
+    }
+
+    #[test]
+    fn equal_timelines_are_a_split_brain() {
+        let mut assessor = Assessor::default();
+        let mut next = snapshot(&[(0, 2, 100), (2, 2, 100)], 100);
+        assessor.assess(&mut next, &[0, 2], Instant::now());
+        assert_eq!(next.primary, None);
+        assert!(next.split_brain);
+        assert!(next.nodes[0].fenced && next.nodes[2].fenced);
+    }
+
+    #[test]
+    fn a_down_node_claims_nothing() {
+        let mut assessor = Assessor::default();
+        let mut next = snapshot(&[(0, 1, 100)], 100);
+        next.nodes[0].up = false;
+        assessor.assess(&mut next, &[0], Instant::now());
+        assert_eq!(next.primary, None);
+        assert!(!next.split_brain && !next.nodes[0].fenced);
+    }
+}
