@@ -6,6 +6,9 @@
 //! cargo bench --bench classify
 //! ```
 
+// criterion's macros generate public functions without docs.
+#![allow(missing_docs)]
+
 use std::hint::black_box;
 use std::time::Duration;
 

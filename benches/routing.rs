@@ -9,6 +9,9 @@
 //! snapshot load, the live view (health, suspect flag, freshness) and the
 //! strategy function. `tests/alloc.rs` checks that it allocates nothing.
 
+// criterion's macros generate public functions without docs.
+#![allow(missing_docs)]
+
 use std::hint::black_box;
 use std::time::Duration;
 

@@ -93,6 +93,7 @@ pub enum ConfigError {
 
 /// Where a node-level failure happened.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct NodeContext {
     /// The node's configured name.
     pub node: Arc<str>,

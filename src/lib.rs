@@ -1,12 +1,6 @@
 #![doc = include_str!("../README.md")]
+// Lints: the `[workspace.lints]` table in Cargo.toml; no unsafe code at all here.
 #![forbid(unsafe_code)]
-#![warn(
-    missing_docs,
-    missing_debug_implementations,
-    rust_2018_idioms,
-    unreachable_pub,
-    rustdoc::broken_intra_doc_links
-)]
 
 #[cfg(feature = "bench")]
 pub mod bench;

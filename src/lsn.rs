@@ -23,6 +23,7 @@ impl fmt::Display for Lsn {
 /// Text that is not a WAL position or causal token.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid causal token {text:?}: {reason}")]
+#[non_exhaustive]
 pub struct TokenError {
     /// The text given (tokens hold no secrets), cut to 64 characters.
     pub text: String,

@@ -20,6 +20,7 @@ use crate::strategy::NodeView;
 
 /// How far a replica is behind the primary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub struct Lag {
     /// WAL bytes the primary has flushed that the replica has not replayed.
     pub bytes: u64,

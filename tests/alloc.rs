@@ -5,6 +5,9 @@
 //! Only allocations made by the measuring thread while it measures are
 //! counted, so the test harness's other threads cannot disturb the result.
 
+// A global allocator is an `unsafe` trait; each call forwards to `System`.
+#![allow(unsafe_code)]
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::hint::black_box;

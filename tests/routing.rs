@@ -4,6 +4,7 @@ mod support;
 
 use std::collections::HashMap;
 
+use pgrouter::tokio_postgres::error::SqlState;
 use pgrouter::{Error, ReadStrategy};
 use support::*;
 
@@ -89,10 +90,7 @@ async fn writes_go_to_the_primary_and_replicate() {
         .query("SELECT * FROM no_such_table", &[])
         .await
         .unwrap_err();
-    assert_eq!(
-        err.code(),
-        Some(&pgrouter::tokio_postgres::error::SqlState::UNDEFINED_TABLE)
-    );
+    assert_eq!(err.code(), Some(&SqlState::UNDEFINED_TABLE));
     assert_eq!(err.node(), Some("node1"));
 
     let err = db.query("SELECT $1::int", &[]).await.unwrap_err();

@@ -9,11 +9,11 @@ use hdrhistogram::Histogram;
 #[path = "../../tests/support/mod.rs"]
 mod support;
 
-pub use support::{node_configs, LOCAL_REGION};
+pub(crate) use support::{node_configs, LOCAL_REGION};
 
 /// Call latencies in microseconds, 1 µs to 60 s, three significant digits.
 #[derive(Debug, Clone)]
-pub struct Latencies(Histogram<u64>);
+pub(crate) struct Latencies(Histogram<u64>);
 
 impl Default for Latencies {
     fn default() -> Self {
@@ -23,32 +23,32 @@ impl Default for Latencies {
 
 impl Latencies {
     /// Records one call.
-    pub fn record(&mut self, latency: Duration) {
+    pub(crate) fn record(&mut self, latency: Duration) {
         let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
         self.0.saturating_record(micros.max(1));
     }
 
     /// Adds every call recorded in `other`.
-    pub fn merge(&mut self, other: &Latencies) {
+    pub(crate) fn merge(&mut self, other: &Latencies) {
         self.0
             .add(&other.0)
             .expect("histograms with the same bounds");
     }
 
     /// The latency at quantile `q` (0.5 for the median), zero when empty.
-    pub fn quantile(&self, q: f64) -> Duration {
+    pub(crate) fn quantile(&self, q: f64) -> Duration {
         Duration::from_micros(self.0.value_at_quantile(q))
     }
 
     /// Calls recorded.
-    pub fn len(&self) -> u64 {
+    pub(crate) fn len(&self) -> u64 {
         self.0.len()
     }
 }
 
 /// The median of `values` (the mean of the middle two for an even count);
 /// zero when empty.
-pub fn median(values: &mut [f64]) -> f64 {
+pub(crate) fn median(values: &mut [f64]) -> f64 {
     if values.is_empty() {
         return 0.0;
     }
@@ -62,6 +62,6 @@ pub fn median(values: &mut [f64]) -> f64 {
 }
 
 /// A duration in milliseconds with two decimals, e.g. `0.23`.
-pub fn millis(duration: Duration) -> String {
+pub(crate) fn millis(duration: Duration) -> String {
     format!("{:.2}", duration.as_secs_f64() * 1000.0)
 }

@@ -12,11 +12,11 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 /// Rows in the `kv` table the load reads and updates.
-pub const KEYS: i32 = 1_000;
+pub(crate) const KEYS: i32 = 1_000;
 
 /// A read or a write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     /// `SELECT v, current_setting('cluster_name') FROM kv WHERE id = $1`,
     /// default strategy (the second column names the node that served it).
     Read,
@@ -26,7 +26,7 @@ pub enum Kind {
 
 /// One finished call.
 #[derive(Debug, Clone)]
-pub struct Record {
+pub(crate) struct Record {
     /// Read or write.
     pub kind: Kind,
     /// When it was issued.
@@ -44,21 +44,21 @@ pub struct Record {
 
 impl Record {
     /// When it finished.
-    pub fn end(&self) -> Instant {
+    pub(crate) fn end(&self) -> Instant {
         self.start + self.latency
     }
 }
 
 /// Every call's record, shared with the tasks that make them.
-pub type Log = Arc<Mutex<Vec<Record>>>;
+pub(crate) type Log = Arc<Mutex<Vec<Record>>>;
 
 /// Copies the records out.
-pub fn snapshot(log: &Log) -> Vec<Record> {
+pub(crate) fn snapshot(log: &Log) -> Vec<Record> {
     log.lock().unwrap_or_else(PoisonError::into_inner).clone()
 }
 
 /// Issues `per_second` calls of `kind` until `stop` is cancelled.
-pub fn generate(
+pub(crate) fn generate(
     db: DatabaseManager,
     kind: Kind,
     per_second: u32,
@@ -134,7 +134,7 @@ fn detail(db: &DatabaseManager, error: &Error) -> String {
 
 /// The error's variant, with the pool error or SQLSTATE where it tells
 /// more, and the node it names (`Timeout @node1`).
-pub fn error_kind(error: &Error) -> String {
+pub(crate) fn error_kind(error: &Error) -> String {
     let kind = variant(error);
     match error.node() {
         Some(node) => format!("{kind} @{node}"),

@@ -146,7 +146,7 @@ async fn print_proxy_cost(
     proxy: &FaultProxy,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let direct = cluster.node(LOCAL).pg_config();
-    let mut proxied = pgrouter::tokio_postgres::Config::new();
+    let mut proxied = tokio_postgres::Config::new();
     proxied
         .host("127.0.0.1")
         .port(proxy.port())
@@ -154,7 +154,7 @@ async fn print_proxy_cost(
         .dbname("postgres");
     let mut medians = Vec::new();
     for config in [direct, proxied] {
-        let (client, connection) = config.connect(pgrouter::tokio_postgres::NoTls).await?;
+        let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
         let driver = tokio::spawn(connection);
         let statement = client.prepare("SELECT 1").await?;
         let mut latencies = Latencies::default();

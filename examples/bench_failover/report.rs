@@ -11,7 +11,7 @@ use crate::load::{Kind, Record};
 
 /// One stretch of the run: a fault and what followed it.
 #[derive(Debug)]
-pub struct Phase {
+pub(crate) struct Phase {
     /// What happened.
     pub name: &'static str,
     /// The node the fault hit.
@@ -37,7 +37,7 @@ pub struct Phase {
 
 impl Phase {
     /// A phase starting now.
-    pub fn new(name: &'static str, node: Option<String>) -> Self {
+    pub(crate) fn new(name: &'static str, node: Option<String>) -> Self {
         let now = Instant::now();
         Self {
             name,
@@ -62,11 +62,11 @@ const SLOW: Duration = Duration::from_millis(100);
 
 /// Topology events as they arrive, with their arrival time.
 #[derive(Debug)]
-pub struct EventLog(Arc<Mutex<Vec<(Instant, Event)>>>);
+pub(crate) struct EventLog(Arc<Mutex<Vec<(Instant, Event)>>>);
 
 impl EventLog {
     /// Subscribes now and records every event from here on.
-    pub fn start(db: &DatabaseManager) -> Self {
+    pub(crate) fn start(db: &DatabaseManager) -> Self {
         let events = Arc::new(Mutex::new(Vec::new()));
         let mut receiver = db.subscribe();
         let sink = Arc::clone(&events);
@@ -79,7 +79,7 @@ impl EventLog {
     }
 
     /// Every event so far.
-    pub fn take(&self) -> Vec<(Instant, Event)> {
+    pub(crate) fn take(&self) -> Vec<(Instant, Event)> {
         lock(&self.0).clone()
     }
 }
@@ -89,7 +89,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Ends each phase where the next one starts, and the last at `drained`.
-pub fn close_phases(phases: &mut [Phase], drained: Instant) {
+pub(crate) fn close_phases(phases: &mut [Phase], drained: Instant) {
     let starts: Vec<Instant> = phases.iter().skip(1).map(|p| p.start).collect();
     for (phase, end) in phases.iter_mut().zip(starts.into_iter().chain([drained])) {
         phase.end = end;
@@ -97,7 +97,7 @@ pub fn close_phases(phases: &mut [Phase], drained: Instant) {
 }
 
 /// Prints one section per phase and a summary against the goals.
-pub fn print(phases: &[Phase], records: &[Record], events: &[(Instant, Event)]) {
+pub(crate) fn print(phases: &[Phase], records: &[Record], events: &[(Instant, Event)]) {
     for (number, phase) in phases.iter().enumerate() {
         print_phase(number, phase, records, events);
     }

@@ -217,7 +217,7 @@ fn router_config(cluster: &Cluster) -> Config {
 
 /// A deadpool pool of `POOL_SIZE` connections, no timeouts (deadpool's
 /// defaults), with this recycling method.
-fn bare_pool(config: pgrouter::tokio_postgres::Config, recycling_method: RecyclingMethod) -> Pool {
+fn bare_pool(config: tokio_postgres::Config, recycling_method: RecyclingMethod) -> Pool {
     let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method });
     Pool::builder(manager)
         .max_size(POOL_SIZE)

@@ -20,7 +20,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// A running pgpool-II; stopped (`-m fast`, then killed) on drop.
 #[derive(Debug)]
-pub struct Pgpool {
+pub(crate) struct Pgpool {
     binary: PathBuf,
     dir: tempfile::TempDir,
     port: u16,
@@ -30,7 +30,7 @@ pub struct Pgpool {
 }
 
 /// The pgpool binary, if installed.
-pub fn find_binary() -> Option<PathBuf> {
+pub(crate) fn find_binary() -> Option<PathBuf> {
     let on_path = std::env::var_os("PATH").into_iter().flat_map(|paths| {
         std::env::split_paths(&paths)
             .map(|dir| dir.join("pgpool"))
@@ -45,7 +45,7 @@ impl Pgpool {
     /// Starts pgpool in streaming-replication mode with load balancing over
     /// the cluster's nodes (node 0 primary), `children` client slots, and
     /// waits until it answers a query.
-    pub async fn start(
+    pub(crate) async fn start(
         binary: PathBuf,
         cluster: &Cluster,
         children: usize,
@@ -86,13 +86,13 @@ impl Pgpool {
     }
 
     /// The port clients connect to on 127.0.0.1.
-    pub fn port(&self) -> u16 {
+    pub(crate) fn port(&self) -> u16 {
         self.port
     }
 
     /// A config for clients of pgpool.
-    pub fn pg_config(&self) -> pgrouter::tokio_postgres::Config {
-        let mut config = pgrouter::tokio_postgres::Config::new();
+    pub(crate) fn pg_config(&self) -> tokio_postgres::Config {
+        let mut config = tokio_postgres::Config::new();
         config
             .host("127.0.0.1")
             .port(self.port)

@@ -80,6 +80,7 @@ pub struct NodeConfig {
 /// A node's role in replication.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
 pub enum Role {
     /// The writer: every write and transaction goes here.
     Primary,
@@ -100,6 +101,7 @@ impl fmt::Display for Role {
 /// Where reads go. Writes and transactions always go to the primary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
 pub enum ReadStrategy {
     /// A healthy node in the service's own region (uniformly at random when
     /// there are several, primary and replicas alike); when none is healthy,
@@ -203,6 +205,8 @@ pub struct TlsSettings {
 /// pointed at a silent server would otherwise hang for ever.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+// Not `Copy`: settings may gain fields that are not (a list, a name).
+#[allow(missing_copy_implementations)]
 pub struct PoolSettings {
     /// Connections per node. Default: 16.
     pub max_size: usize,
@@ -254,6 +258,8 @@ impl Default for PoolSettings {
 /// Health monitor settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+// Not `Copy`: settings may gain fields that are not (a list, a name).
+#[allow(missing_copy_implementations)]
 pub struct HealthSettings {
     /// How often a healthy node is probed. Default: 5 s (the original sketch
     /// used 60 s; detection time is bounded by this).
@@ -293,6 +299,8 @@ impl Default for HealthSettings {
 /// node, see [`ReadStrategy`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+// Not `Copy`: settings may gain fields that are not (a list, a name).
+#[allow(missing_copy_implementations)]
 pub struct RetrySettings {
     /// Retries after the first attempt. Default: 3.
     pub max_retries: usize,

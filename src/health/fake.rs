@@ -24,9 +24,12 @@ pub(crate) enum Answer {
     Silent,
 }
 
-/// Every scripted node: what it answers now, and when it was probed.
+/// One scripted node: what it answers now, and when it was probed.
+type Script = (Answer, Vec<Instant>);
+
+/// Every scripted node.
 #[derive(Debug, Clone)]
-pub(crate) struct World(Arc<Mutex<Vec<(Answer, Vec<Instant>)>>>);
+pub(crate) struct World(Arc<Mutex<Vec<Script>>>);
 
 impl World {
     pub(crate) fn new(answers: &[Answer]) -> Self {
@@ -34,7 +37,7 @@ impl World {
         Self(Arc::new(Mutex::new(nodes)))
     }
 
-    fn lock(&self) -> MutexGuard<'_, Vec<(Answer, Vec<Instant>)>> {
+    fn lock(&self) -> MutexGuard<'_, Vec<Script>> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 

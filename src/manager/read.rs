@@ -31,7 +31,7 @@ const RETRY_FLOOR: Duration = Duration::from_millis(5);
 /// reason (checkout, connect, lost connection) or a recovery conflict
 /// (40001), it is tried once more on another eligible node. Both attempts
 /// share one deadline.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 #[must_use = "a read does nothing until query, query_one or query_opt is awaited"]
 pub struct Read<'a> {
     hub: &'a Hub,
@@ -39,6 +39,17 @@ pub struct Read<'a> {
     deadline: Option<Duration>,
     max_staleness: Option<Duration>,
     after: Option<CausalToken>,
+}
+
+impl std::fmt::Debug for Read<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Read")
+            .field("strategy", &self.strategy)
+            .field("deadline", &self.deadline)
+            .field("max_staleness", &self.max_staleness)
+            .field("after", &self.after)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<'a> Read<'a> {

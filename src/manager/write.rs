@@ -25,12 +25,21 @@ use crate::retry::Retrier;
 /// 40001, 40P01, 57P01/57P02/57P03, 25006 (the last four also trigger an
 /// immediate re-probe). Constraint violations (class 23), syntax and
 /// permission (42), data (22) and every other server error return at once.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 #[must_use = "a write does nothing until execute, a query method or transaction is awaited"]
 pub struct Write<'a> {
     pub(super) hub: &'a Hub,
     pub(super) idempotent: bool,
     deadline: Option<Duration>,
+}
+
+impl std::fmt::Debug for Write<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Write")
+            .field("idempotent", &self.idempotent)
+            .field("deadline", &self.deadline)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<'a> Write<'a> {

@@ -68,13 +68,8 @@
 //! }
 //! # fn main() {}
 //! ```
+// Lints: the workspace's `[workspace.lints]` table; no unsafe code here.
 #![forbid(unsafe_code)]
-#![warn(
-    missing_docs,
-    missing_debug_implementations,
-    rust_2018_idioms,
-    unreachable_pub
-)]
 
 mod binaries;
 mod builder;
