@@ -54,7 +54,7 @@ impl FromStr for Lsn {
 
 /// A write's position in the primary's WAL, handed back by
 /// [`Write::execute_with_token`](crate::Write::execute_with_token) and
-/// [`DatabaseManager::transaction_with_token`](crate::DatabaseManager::transaction_with_token).
+/// [`Write::transaction_with_token`](crate::Write::transaction_with_token).
 ///
 /// Give it to a later read ([`Read::after`](crate::Read::after)) and that
 /// read goes only to a node known to have replayed the write: a replica
