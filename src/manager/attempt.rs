@@ -332,3 +332,15 @@ fn row_count(context: &NodeContext, expected: &'static str, actual: usize) -> Er
         actual,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_huge_budget_is_a_far_deadline_not_a_panic() {
+        let deadline = Deadline::start(Duration::MAX);
+        assert!(deadline.at > Instant::now() + Duration::from_secs(86_400 * 365));
+        assert_eq!(deadline.budget, Duration::MAX);
+    }
+}

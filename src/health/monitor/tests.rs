@@ -261,3 +261,26 @@ async fn a_write_holds_for_a_primary_until_write_hold_or_the_deadline() {
     assert_eq!(index.ok(), Some(0));
     assert_eq!(h.ms(), 6000);
 }
+
+#[tokio::test(start_paused = true)]
+async fn durations_that_validate_never_overflow_an_instant() {
+    let mut config = config(2);
+    let huge = Duration::from_secs(u64::MAX);
+    config.health.interval = huge;
+    config.health.recovery_initial = huge;
+    config.health.recovery_max = huge;
+    config.write_hold = huge;
+    config.deadline = huge;
+    config.validate().expect("huge durations validate");
+    let h = Harness::start(config, &[Answer::Down, REPLICA]).await;
+    h.at(1000).await;
+    assert_eq!(h.probed_at(0), [0], "the next probe is decades away");
+    let held = Instant::now();
+    let error = h.hub.await_primary(held + Duration::from_secs(3)).await;
+    assert!(matches!(error, Err(Error::NoPrimary { .. })), "{error:?}");
+    assert_eq!(
+        held.elapsed(),
+        Duration::from_secs(3),
+        "the deadline ends the hold"
+    );
+}
