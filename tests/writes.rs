@@ -40,9 +40,21 @@ async fn setup(db: &DatabaseManager) {
     client.batch_execute(SCHEMA).await.unwrap();
 }
 
+/// Backoff no test can miss: any retry would sleep at least `min_delay`
+/// (jitter only lengthens a delay), and the deadline leaves room for it
+/// (a delay that would end past the deadline is not slept, the call fails
+/// at once — which would hide a retry).
+const UNMISSABLE_MIN_DELAY: Duration = Duration::from_secs(5);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn constraint_violations_are_never_retried() {
-    let (_cluster, db) = cluster_and_manager(ReadStrategy::RegionalPreferred).await;
+    let (_cluster, db) = cluster_and_manager_with(|config| {
+        config.read_strategy = ReadStrategy::RegionalPreferred;
+        config.retry.min_delay = UNMISSABLE_MIN_DELAY;
+        config.retry.max_delay = UNMISSABLE_MIN_DELAY * 2;
+        config.deadline = Duration::from_secs(30);
+    })
+    .await;
     setup(&db).await;
 
     let start = Instant::now();
@@ -77,11 +89,12 @@ async fn constraint_violations_are_never_retried() {
         .unwrap_err();
     // "INSERT has more expressions than target columns": class 42.
     assert_eq!(err.code(), Some(&SqlState::SYNTAX_ERROR), "{err:?}");
-    // No backoff was slept: the minimum delay alone is 50 ms per retry.
+    // No backoff was slept: a single retry would have taken 5 s or more,
+    // unmistakable against this 3 s bound even on a loaded machine.
+    let took = start.elapsed();
     assert!(
-        start.elapsed() < Duration::from_millis(500),
-        "{:?}",
-        start.elapsed()
+        took < UNMISSABLE_MIN_DELAY * 3 / 5,
+        "three failing writes took {took:?}: was one retried?"
     );
     db.close().await;
 }
@@ -172,7 +185,7 @@ async fn transactions_commit_roll_back_and_retry_as_a_whole() {
     .unwrap();
     assert_eq!(runs, 3, "the whole closure reran after each 40001");
 
-    cluster.wait_for_replicas(Duration::from_secs(5)).unwrap();
+    blocking(|| cluster.wait_for_replicas(Duration::from_secs(10))).unwrap();
     let notes: Vec<String> = db
         .query("SELECT note FROM log ORDER BY id", &[])
         .await
