@@ -198,6 +198,22 @@ pub async fn wait_until(limit: Duration, mut condition: impl FnMut() -> bool) ->
     None
 }
 
+/// [`wait_until`] with an async condition.
+pub async fn wait_until_async<F, Fut>(limit: Duration, mut condition: F) -> Option<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        if condition().await {
+            return Some(start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
 pub fn healthy(db: &DatabaseManager, node: &str) -> bool {
     db.status().node(node).is_some_and(|n| n.healthy)
 }
