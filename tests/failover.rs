@@ -147,6 +147,7 @@ async fn writes_hold_for_a_primary_then_fail_typed() {
         .await
         .unwrap_err();
     let waited = start.elapsed();
+    eprintln!("held {waited:?} for a write_hold of {write_hold:?}");
     assert!(matches!(err, Error::NoPrimary { .. }), "{err:?}");
     assert!(
         waited >= write_hold - Duration::from_millis(100)
@@ -166,6 +167,7 @@ async fn writes_hold_for_a_primary_then_fail_typed() {
         .await
         .unwrap_err();
     let waited = start.elapsed();
+    eprintln!("held {waited:?} with a deadline of {short:?}");
     assert!(
         waited < short + SLACK && short + SLACK < write_hold,
         "{waited:?} with a deadline of {short:?}"

@@ -92,6 +92,7 @@ async fn constraint_violations_are_never_retried() {
     // No backoff was slept: a single retry would have taken 5 s or more,
     // unmistakable against this 3 s bound even on a loaded machine.
     let took = start.elapsed();
+    eprintln!("three failing writes took {took:?}");
     assert!(
         took < UNMISSABLE_MIN_DELAY * 3 / 5,
         "three failing writes took {took:?}: was one retried?"
