@@ -106,8 +106,16 @@ async fn writes_follow_a_promoted_replica_and_never_reach_the_old_primary() {
         blocking(|| cluster.psql(0, "SELECT count(*) FROM t WHERE phase <> 'before'")).unwrap();
     assert_eq!(on_old, "0", "a write landed on the stale primary");
 
-    // With the new primary gone, the stale one still gets nothing.
+    // With the new primary gone, the stale one still gets nothing. Once
+    // pgrouter knows node1 is gone (before that, a write may still be sent
+    // to node1 and die with it: an unknown outcome, not what this checks),
+    // a write holds for a primary and fails typed; node0 stays fenced.
     blocking(|| cluster.stop(1, StopMode::Immediate)).unwrap();
+    let gone = wait_until(Duration::from_secs(10), || {
+        db.status().write_target.is_none()
+    })
+    .await;
+    assert!(gone.is_some(), "{:?}", db.status());
     let err = write_port(&db, "orphan").await.unwrap_err();
     assert!(matches!(err, Error::NoPrimary { .. }), "{err:?}");
     let on_old =
