@@ -1,6 +1,11 @@
 //! Every wait is bounded: a black-holed node (TCP accepted, nothing
 //! forwarded) costs a caller at most its deadline, and the node is taken
 //! out of routing on the first timeout.
+//!
+//! A wait is checked against its deadline plus [`support::SLACK`] (1 s, for
+//! a loaded two-core machine; see there). Each per-call deadline plus the
+//! slack stays below the configured 3 s deadline, so a call that ignored its
+//! own deadline for the configured one still fails.
 
 mod support;
 
@@ -9,9 +14,6 @@ use std::time::{Duration, Instant};
 use pgrouter::{DatabaseManager, ReadStrategy};
 use pgrouter_testkit::Fault;
 use support::*;
-
-/// Slack for scheduling on a loaded two-core machine.
-const SLACK: Duration = Duration::from_millis(500);
 
 async fn warm_every_pool(db: &DatabaseManager) {
     for strategy in [ReadStrategy::PrimaryOnly, ReadStrategy::RegionalPreferred] {
@@ -50,6 +52,7 @@ async fn a_black_holed_replica_costs_at_most_the_deadline_then_is_avoided() {
             }
         }
     }
+    eprintln!("slowest read {slowest:?}, deadline {deadline:?}, {failures} failed");
     assert!(
         slowest <= deadline + SLACK,
         "a call waited {slowest:?}, deadline {deadline:?}"
@@ -85,7 +88,9 @@ async fn a_black_holed_primary_bounds_writes_and_per_call_deadlines() {
         .query("SELECT 1", &[])
         .await
         .unwrap_err();
-    assert!(start.elapsed() <= short + SLACK, "{:?}", start.elapsed());
+    let waited = start.elapsed();
+    eprintln!("read with a {short:?} deadline waited {waited:?}");
+    assert!(waited <= short + SLACK, "{waited:?}");
     assert!(err.is_timeout(), "{err:?}");
 
     // The configured deadline first, then a shorter one per call.
@@ -98,11 +103,9 @@ async fn a_black_holed_primary_bounds_writes_and_per_call_deadlines() {
             .execute("INSERT INTO t VALUES (1)", &[])
             .await
             .unwrap_err();
-        assert!(
-            start.elapsed() <= deadline + SLACK,
-            "write waited {:?}",
-            start.elapsed()
-        );
+        let waited = start.elapsed();
+        eprintln!("write with a {deadline:?} deadline waited {waited:?}");
+        assert!(waited <= deadline + SLACK, "write waited {waited:?}");
         assert!(
             err.is_timeout() || matches!(err, pgrouter::Error::NoPrimary { .. }),
             "{err:?}"
@@ -117,10 +120,11 @@ async fn a_black_holed_primary_bounds_writes_and_per_call_deadlines() {
         })
         .await
         .unwrap_err();
+    let waited = start.elapsed();
+    eprintln!("transaction with a {short_write:?} deadline waited {waited:?}");
     assert!(
-        start.elapsed() <= short_write + SLACK,
-        "transaction waited {:?}",
-        start.elapsed()
+        waited <= short_write + SLACK,
+        "transaction waited {waited:?}"
     );
     assert!(!db.status().is_ready(), "{err:?}");
 

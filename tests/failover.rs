@@ -33,27 +33,36 @@ async fn writes_follow_a_promoted_replica_and_never_reach_the_old_primary() {
         .await
         .unwrap();
     assert_eq!(write_port(&db, "before").await.unwrap(), port(&cluster, 0));
-    cluster.wait_for_replicas(Duration::from_secs(5)).unwrap();
+    blocking(|| cluster.wait_for_replicas(Duration::from_secs(10))).unwrap();
 
-    // Failover: the primary dies, node1 is promoted.
-    cluster.stop(0, StopMode::Immediate).unwrap();
+    // Failover: the primary dies, node1 is promoted. The clock starts when
+    // `pg_ctl promote -w` has returned (node1 then accepts writes): how long
+    // pg_ctl itself takes is the machine's business, not pgrouter's.
+    blocking(|| cluster.stop(0, StopMode::Immediate)).unwrap();
+    blocking(|| cluster.promote(1)).unwrap();
     let promoted = Instant::now();
-    cluster.promote(1).unwrap();
     let port_after = loop {
         match write_port(&db, "after-promote").await {
             Ok(port) => break port,
             Err(error) => {
-                assert!(promoted.elapsed() < Duration::from_secs(10), "{error:?}");
+                assert!(promoted.elapsed() < Duration::from_secs(15), "{error:?}");
             }
         }
     };
     let promote_to_write = promoted.elapsed();
-    eprintln!("promote to first successful write: {promote_to_write:?}");
+    eprintln!("promote returned to first successful write: {promote_to_write:?}");
     assert_eq!(port_after, port(&cluster, 1));
+    // The README promises writes reach a promoted replica within about one
+    // probe interval (measured: tens of ms after promote returns, 200 ms
+    // interval). The bound is a few seconds so that it holds on a loaded
+    // two-core machine, yet still fails if discovery waited for something
+    // else: a recovery backoff, a write hold running out, a deadline. The
+    // exact timing rules are covered by paused-clock unit tests.
     let health = &db.config().health;
+    let bound = health.interval * 2 + health.probe_timeout + Duration::from_secs(2);
     assert!(
-        promote_to_write < health.interval * 2 + health.probe_timeout + Duration::from_secs(1),
-        "{promote_to_write:?}"
+        promote_to_write < bound,
+        "first write {promote_to_write:?} after promote returned, bound {bound:?}"
     );
     let status = db.status();
     assert_eq!(status.write_target.as_deref(), Some("node1"));
@@ -73,8 +82,8 @@ async fn writes_follow_a_promoted_replica_and_never_reach_the_old_primary() {
     assert!(saw_change, "a PrimaryChanged event names node1");
 
     // Split brain: the old primary comes back as a primary on timeline 1.
-    cluster.start_node(0).unwrap();
-    let fenced = wait_until(Duration::from_secs(5), || {
+    blocking(|| cluster.start_node(0)).unwrap();
+    let fenced = wait_until(Duration::from_secs(10), || {
         db.status()
             .node("node0")
             .is_some_and(|n| n.healthy && n.role == Role::Primary)
@@ -93,18 +102,24 @@ async fn writes_follow_a_promoted_replica_and_never_reach_the_old_primary() {
             "a fenced node served a read"
         );
     }
-    let on_old = cluster
-        .psql(0, "SELECT count(*) FROM t WHERE phase <> 'before'")
-        .unwrap();
+    let on_old =
+        blocking(|| cluster.psql(0, "SELECT count(*) FROM t WHERE phase <> 'before'")).unwrap();
     assert_eq!(on_old, "0", "a write landed on the stale primary");
 
-    // With the new primary gone, the stale one still gets nothing.
-    cluster.stop(1, StopMode::Immediate).unwrap();
+    // With the new primary gone, the stale one still gets nothing. Once
+    // pgrouter knows node1 is gone (before that, a write may still be sent
+    // to node1 and die with it: an unknown outcome, not what this checks),
+    // a write holds for a primary and fails typed; node0 stays fenced.
+    blocking(|| cluster.stop(1, StopMode::Immediate)).unwrap();
+    let gone = wait_until(Duration::from_secs(10), || {
+        db.status().write_target.is_none()
+    })
+    .await;
+    assert!(gone.is_some(), "{:?}", db.status());
     let err = write_port(&db, "orphan").await.unwrap_err();
     assert!(matches!(err, Error::NoPrimary { .. }), "{err:?}");
-    let on_old = cluster
-        .psql(0, "SELECT count(*) FROM t WHERE phase = 'orphan'")
-        .unwrap();
+    let on_old =
+        blocking(|| cluster.psql(0, "SELECT count(*) FROM t WHERE phase = 'orphan'")).unwrap();
     assert_eq!(on_old, "0");
     db.close().await;
 }
@@ -113,73 +128,94 @@ async fn writes_follow_a_promoted_replica_and_never_reach_the_old_primary() {
 async fn writes_hold_for_a_primary_then_fail_typed() {
     let cluster = start_cluster();
     let ports: Vec<u16> = cluster.nodes().iter().map(|n| n.port()).collect();
+    let write_hold = Duration::from_secs(2);
     let mut config = fast_config(node_configs(&cluster, &ports));
-    config.write_hold = Duration::from_millis(1500);
-    let db = DatabaseManager::new(config).await.unwrap();
+    config.write_hold = write_hold;
+    // Far beyond the hold, so that the hold, not the deadline, ends a write.
+    config.deadline = Duration::from_secs(10);
+    let db = DatabaseManager::new(config.clone()).await.unwrap();
     db.execute("CREATE TABLE t (id serial PRIMARY KEY, phase text)", &[])
         .await
         .unwrap();
     // Flush the WAL: the servers run with synchronous_commit = off.
-    cluster.wait_for_replicas(Duration::from_secs(5)).unwrap();
-    cluster.stop(0, StopMode::Immediate).unwrap();
-    let gone = wait_until(Duration::from_secs(3), || {
+    blocking(|| cluster.wait_for_replicas(Duration::from_secs(10))).unwrap();
+    blocking(|| cluster.stop(0, StopMode::Immediate)).unwrap();
+    let gone = wait_until(Duration::from_secs(10), || {
         db.status().write_target.is_none()
     })
     .await;
     assert!(gone.is_some(), "{:?}", db.status());
 
-    // Held for write_hold, then a typed error.
+    // Held for write_hold, then a typed error. The lower bound is exact (a
+    // timer never fires early); the upper one leaves room for a loaded
+    // machine but not for a second hold or the 10 s deadline.
     let start = Instant::now();
     let err = db
         .execute("INSERT INTO t (phase) VALUES ('x')", &[])
         .await
         .unwrap_err();
     let waited = start.elapsed();
+    eprintln!("held {waited:?} for a write_hold of {write_hold:?}");
     assert!(matches!(err, Error::NoPrimary { .. }), "{err:?}");
     assert!(
-        waited >= Duration::from_millis(1400) && waited < Duration::from_secs(3),
-        "{waited:?}"
+        waited >= write_hold - Duration::from_millis(100)
+            && waited < write_hold + Duration::from_millis(1500),
+        "held {waited:?} for a write_hold of {write_hold:?}"
     );
 
-    // Never past the call's deadline.
+    // Never past the call's deadline: a 200 ms deadline ends the hold. The
+    // bound (deadline + 1 s of scheduling slack) stays well below the 2 s
+    // hold, so a hold that ignored the deadline cannot pass.
+    let short = Duration::from_millis(200);
     let start = Instant::now();
     let err = db
         .write()
-        .deadline(Duration::from_millis(200))
+        .deadline(short)
         .execute("INSERT INTO t (phase) VALUES ('x')", &[])
         .await
         .unwrap_err();
+    let waited = start.elapsed();
+    eprintln!("held {waited:?} with a deadline of {short:?}");
     assert!(
-        start.elapsed() < Duration::from_millis(600),
-        "{:?}",
-        start.elapsed()
+        waited < short + SLACK && short + SLACK < write_hold,
+        "{waited:?} with a deadline of {short:?}"
     );
     assert!(matches!(err, Error::NoPrimary { .. }), "{err:?}");
-
-    // A write holding when the primary comes back goes through.
-    let restart = async {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        tokio::task::block_in_place(|| cluster.start_node(0)).unwrap();
-    };
-    let write_until_it_lands = async {
-        let start = Instant::now();
-        let mut holds = 0;
-        loop {
-            match db
-                .execute("INSERT INTO t (phase) VALUES ('held')", &[])
-                .await
-            {
-                Err(Error::NoPrimary { .. }) if start.elapsed() < Duration::from_secs(8) => {
-                    holds += 1
-                }
-                other => break (other, holds),
-            }
-        }
-    };
-    let ((written, holds), ()) = tokio::join!(write_until_it_lands, restart);
-    assert_eq!(written.unwrap(), 1, "landed after {holds} full holds");
-    assert!(holds <= 2, "{holds}");
     db.close().await;
+
+    // A write holding when the primary comes back goes through. A manager
+    // with a long hold, so that one held write outlasts the restart (and
+    // the monitor's re-admission) even on a loaded machine.
+    let mut config = config;
+    config.write_hold = Duration::from_secs(15);
+    config.deadline = Duration::from_secs(20);
+    let held = DatabaseManager::new(config).await.unwrap();
+    assert!(held.status().write_target.is_none(), "{:?}", held.status());
+    let (holding, is_holding) = tokio::sync::oneshot::channel();
+    let writer = tokio::spawn({
+        let held = held.clone();
+        async move {
+            let no_primary_when_sent = held.status().write_target.is_none();
+            let _ = holding.send(());
+            let start = Instant::now();
+            let written = held
+                .execute("INSERT INTO t (phase) VALUES ('held')", &[])
+                .await;
+            (written, no_primary_when_sent, start.elapsed())
+        }
+    });
+    is_holding.await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    blocking(|| cluster.start_node(0)).unwrap();
+    let (written, no_primary_when_sent, took) = writer.await.unwrap();
+    eprintln!("the held write landed after {took:?}");
+    assert!(
+        no_primary_when_sent,
+        "the write was sent with no primary known"
+    );
+    assert_eq!(written.unwrap(), 1, "the held write landed");
+    assert!(took >= Duration::from_millis(100), "it held: {took:?}");
+    held.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

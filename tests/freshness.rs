@@ -36,9 +36,9 @@ async fn a_paused_replica_lags_is_avoided_by_bounded_reads_and_returns() {
     db.execute("CREATE TABLE t (id serial PRIMARY KEY)", &[])
         .await
         .unwrap();
-    cluster.wait_for_replicas(Duration::from_secs(5)).unwrap();
+    blocking(|| cluster.wait_for_replicas(Duration::from_secs(10))).unwrap();
 
-    cluster.pause_replay(2).unwrap();
+    blocking(|| cluster.pause_replay(2)).unwrap();
     let writer = async {
         for _ in 0..40 {
             db.execute("INSERT INTO t DEFAULT VALUES", &[])
@@ -74,8 +74,8 @@ async fn a_paused_replica_lags_is_avoided_by_bounded_reads_and_returns() {
     }
     assert!(reached, "a loose bound may use the lagging replica");
 
-    cluster.resume_replay(2).unwrap();
-    let back = wait_until(Duration::from_secs(5), || {
+    blocking(|| cluster.resume_replay(2)).unwrap();
+    let back = wait_until(Duration::from_secs(10), || {
         lag_of(&db, "node2").is_some_and(|lag| lag.time <= bound)
     })
     .await;
@@ -102,7 +102,7 @@ async fn caught_up_replicas_of_an_idle_primary_report_zero_lag() {
     let cluster = start_cluster();
     let db = manager_with(&cluster, |_| {}).await;
     db.execute("CREATE TABLE t (id int)", &[]).await.unwrap();
-    cluster.wait_for_replicas(Duration::from_secs(5)).unwrap();
+    blocking(|| cluster.wait_for_replicas(Duration::from_secs(10))).unwrap();
     // Quiet for several probe intervals: the last transaction grows old,
     // the lag must not.
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -122,8 +122,8 @@ async fn a_causal_token_never_reads_before_its_write() {
     db.execute("CREATE TABLE t (id int PRIMARY KEY)", &[])
         .await
         .unwrap();
-    cluster.wait_for_replicas(Duration::from_secs(5)).unwrap();
-    cluster.pause_replay(1).unwrap();
+    blocking(|| cluster.wait_for_replicas(Duration::from_secs(10))).unwrap();
+    blocking(|| cluster.pause_replay(1)).unwrap();
 
     let mut primary_reads = 0;
     for id in 0..40i32 {
@@ -168,8 +168,8 @@ async fn a_causal_token_never_reads_before_its_write() {
     assert!(seen.is_some());
 
     // A replica that has replayed the token may serve it.
-    cluster.resume_replay(1).unwrap();
-    cluster.wait_for_replicas(Duration::from_secs(5)).unwrap();
+    blocking(|| cluster.resume_replay(1)).unwrap();
+    blocking(|| cluster.wait_for_replicas(Duration::from_secs(10))).unwrap();
     tokio::time::sleep(db.config().health.interval * 2).await;
     let mut replica_reads = 0;
     for _ in 0..30 {
@@ -193,10 +193,13 @@ fn rejected_option<T: std::fmt::Debug>(result: Result<T, Error>) -> &'static str
     }
 }
 
+// Argument checks come before any routing, so no server is needed: the
+// nodes are unreachable (and start unhealthy).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_per_call_input_is_a_typed_error() {
-    let cluster = start_cluster();
-    let db = manager_with(&cluster, |_| {}).await;
+    let db = DatabaseManager::new(fast_config(unreachable_node_configs()))
+        .await
+        .unwrap();
     let zero = Duration::ZERO;
     let read = db.read().max_staleness(zero).query("SELECT 1", &[]).await;
     assert_eq!(rejected_option(read), "max_staleness");

@@ -65,9 +65,7 @@ async fn writes_go_to_the_primary_and_replicate() {
         .await
         .unwrap();
     assert_eq!(row.get::<_, i32>(0), i32::from(port_of(&cluster, 0)));
-    cluster
-        .wait_for_replicas(std::time::Duration::from_secs(5))
-        .unwrap();
+    blocking(|| cluster.wait_for_replicas(std::time::Duration::from_secs(10))).unwrap();
     let v: i32 = db
         .query_one("SELECT v FROM kv WHERE k = 'a'", &[])
         .await

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use pgrouter::tokio_postgres::error::SqlState;
 use pgrouter::{DatabaseManager, Error, ReadStrategy};
-use pgrouter_testkit::Fault;
+use pgrouter_testkit::{Cluster, Fault};
 use support::*;
 
 const SCHEMA: &str = "
@@ -40,9 +40,21 @@ async fn setup(db: &DatabaseManager) {
     client.batch_execute(SCHEMA).await.unwrap();
 }
 
+/// Backoff no test can miss: any retry would sleep at least `min_delay`
+/// (jitter only lengthens a delay), and the deadline leaves room for it
+/// (a delay that would end past the deadline is not slept, the call fails
+/// at once — which would hide a retry).
+const UNMISSABLE_MIN_DELAY: Duration = Duration::from_secs(5);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn constraint_violations_are_never_retried() {
-    let (_cluster, db) = cluster_and_manager(ReadStrategy::RegionalPreferred).await;
+    let (_cluster, db) = cluster_and_manager_with(|config| {
+        config.read_strategy = ReadStrategy::RegionalPreferred;
+        config.retry.min_delay = UNMISSABLE_MIN_DELAY;
+        config.retry.max_delay = UNMISSABLE_MIN_DELAY * 2;
+        config.deadline = Duration::from_secs(30);
+    })
+    .await;
     setup(&db).await;
 
     let start = Instant::now();
@@ -77,11 +89,13 @@ async fn constraint_violations_are_never_retried() {
         .unwrap_err();
     // "INSERT has more expressions than target columns": class 42.
     assert_eq!(err.code(), Some(&SqlState::SYNTAX_ERROR), "{err:?}");
-    // No backoff was slept: the minimum delay alone is 50 ms per retry.
+    // No backoff was slept: a single retry would have taken 5 s or more,
+    // unmistakable against this 3 s bound even on a loaded machine.
+    let took = start.elapsed();
+    eprintln!("three failing writes took {took:?}");
     assert!(
-        start.elapsed() < Duration::from_millis(500),
-        "{:?}",
-        start.elapsed()
+        took < UNMISSABLE_MIN_DELAY * 3 / 5,
+        "three failing writes took {took:?}: was one retried?"
     );
     db.close().await;
 }
@@ -172,7 +186,7 @@ async fn transactions_commit_roll_back_and_retry_as_a_whole() {
     .unwrap();
     assert_eq!(runs, 3, "the whole closure reran after each 40001");
 
-    cluster.wait_for_replicas(Duration::from_secs(5)).unwrap();
+    blocking(|| cluster.wait_for_replicas(Duration::from_secs(10))).unwrap();
     let notes: Vec<String> = db
         .query("SELECT note FROM log ORDER BY id", &[])
         .await
@@ -191,36 +205,72 @@ async fn transactions_commit_roll_back_and_retry_as_a_whole() {
     db.close().await;
 }
 
+/// Waits until a statement containing `marker` is running on the cluster's
+/// primary, asking the server directly (not through the proxy in front of
+/// it).
+async fn until_running(cluster: &Cluster, marker: &str) {
+    let (client, connection) = cluster
+        .primary()
+        .pg_config()
+        .connect(pgrouter::tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let driver = tokio::spawn(connection);
+    let sql = "SELECT count(*) FROM pg_stat_activity \
+               WHERE state = 'active' AND pid <> pg_backend_pid() \
+               AND strpos(query, $1) > 0";
+    let running = wait_until_async(Duration::from_secs(10), || async {
+        let row = client.query_one(sql, &[&marker]).await.unwrap();
+        row.get::<_, i64>(0) > 0
+    })
+    .await;
+    assert!(running.is_some(), "{marker} never ran on the primary");
+    drop(client);
+    let _ = driver.await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_lost_after_sending_is_an_unknown_outcome() {
-    // Room for the monitor to re-admit the primary between retries.
-    let (_cluster, proxies, db) = proxied_with(|config| config.retry.max_retries = 8).await;
+    let (cluster, proxies, db) = proxied_with(|config| {
+        // Room for the monitor to re-admit the primary between retries.
+        config.retry.max_retries = 8;
+        // Room for a reset, the re-admission and a whole second run of the
+        // 2 s statement, on a loaded machine.
+        config.deadline = Duration::from_secs(15);
+    })
+    .await;
     setup(&db).await;
     let proxy = &proxies[0];
-    let reset_after = |delay: Duration| async move {
-        tokio::time::sleep(delay).await;
-        proxy.set(Fault::Reset);
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        proxy.set(Fault::Pass);
+    // The connection is cut once the statement is known to be running on
+    // the server (so it was sent), not after a fixed delay that a slow
+    // checkout on a loaded machine could outlast.
+    let reset_once_running = |marker: &'static str| {
+        let cluster = &cluster;
+        async move {
+            until_running(cluster, marker).await;
+            proxy.set(Fault::Reset);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            proxy.set(Fault::Pass);
+        }
     };
 
     let (result, ()) = tokio::join!(
-        db.execute("INSERT INTO log (note) SELECT 'slow' FROM pg_sleep(1)", &[]),
-        reset_after(Duration::from_millis(300)),
+        db.execute("INSERT INTO log (note) SELECT 'slow' FROM pg_sleep(2)", &[]),
+        reset_once_running("'slow' FROM pg_sleep(2)"),
     );
     let err = result.unwrap_err();
     assert!(err.is_outcome_unknown(), "{err:?}");
     assert_eq!(err.node(), Some("node0"));
 
     // Marked idempotent, the same failure is retried and succeeds.
-    let healthy_again = wait_until(Duration::from_secs(5), || healthy(&db, "node0")).await;
+    let healthy_again = wait_until(Duration::from_secs(10), || healthy(&db, "node0")).await;
     assert!(healthy_again.is_some(), "{:?}", db.status());
     let (written, ()) = tokio::join!(
         db.write().idempotent().execute(
-            "INSERT INTO parents SELECT 7 FROM pg_sleep(1) ON CONFLICT DO NOTHING",
+            "INSERT INTO parents SELECT 7 FROM pg_sleep(2) ON CONFLICT DO NOTHING",
             &[]
         ),
-        reset_after(Duration::from_millis(300)),
+        reset_once_running("SELECT 7 FROM pg_sleep(2)"),
     );
     assert!(written.is_ok(), "{written:?}");
     db.close().await;

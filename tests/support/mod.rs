@@ -15,6 +15,18 @@ pub const REGIONS: [&str; 3] = ["us-east-1", "eu-west-1", "ap-south-1"];
 /// The service under test runs next to node1.
 pub const LOCAL_REGION: &str = "eu-west-1";
 
+/// Slack added to an upper bound on how long a call may wait (its deadline,
+/// a write hold) before the bound is checked. The waits themselves are
+/// tokio timers, which fire on time; what the slack absorbs is the machine:
+/// on a loaded two-core box (say, a release build running beside the
+/// tests) a ready task can wait hundreds of milliseconds for a core, a
+/// connection attempt or a cancel request can be as slow, and several of
+/// those can stack up in one call, so 500 ms (the old slack) left little
+/// margin. 1 s is still small next to the waits under test (a 3 s deadline,
+/// a 2 s hold), so an overrun — a wait that ignored its bound — is caught.
+/// The exact timing rules are covered by paused-clock unit tests.
+pub const SLACK: Duration = Duration::from_secs(1);
+
 /// Timings short enough for tests, with the same shape as the defaults.
 pub fn fast_config(nodes: Vec<NodeConfig>) -> Config {
     let mut config = Config::new(nodes);
@@ -71,16 +83,66 @@ pub fn node_configs(cluster: &Cluster, ports: &[u16]) -> Vec<NodeConfig> {
         .collect()
 }
 
+/// Runs blocking work — every `Cluster` call that waits on `pg_ctl` or
+/// `psql` (start, stop, start_node, promote, pause/resume_replay, psql,
+/// wait_for_replicas) — without stalling the runtime: `block_in_place` hands
+/// this worker's other tasks (the manager's monitor, other test tasks) to
+/// another worker while `f` runs. On a loaded two-core machine a `pg_ctl`
+/// call can take seconds; without this, the tasks queued behind it would
+/// starve and time out.
+///
+/// Needs a multi-thread runtime (every async test here uses one), or no
+/// runtime at all (then `f` simply runs). It panics on a current-thread
+/// runtime.
+pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+/// A primary and two streaming replicas, started (see [`blocking`]).
 pub fn start_cluster() -> Cluster {
-    Cluster::start(2).expect("start a local cluster (primary + 2 replicas)")
+    blocking(|| Cluster::start(2)).expect("start a local cluster (primary + 2 replicas)")
+}
+
+/// A port on 127.0.0.1 that nobody listens on (bound, read, released), for
+/// nodes that must be unreachable. Connecting to it is refused at once.
+pub fn dead_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("local address").port()
+}
+
+/// Three nodes shaped like [`node_configs`] (node0 primary, node1 and node2
+/// replicas, in [`REGIONS`]) but all at a port nobody listens on: for tests
+/// that need a manager but no server. `DatabaseManager::new` accepts them;
+/// they start unhealthy.
+pub fn unreachable_node_configs() -> Vec<NodeConfig> {
+    let port = dead_port();
+    (0..REGIONS.len())
+        .map(|index| {
+            let role = if index == 0 {
+                Role::Primary
+            } else {
+                Role::Replica
+            };
+            let url = format!("host=127.0.0.1 port={port} user=postgres dbname=postgres");
+            NodeConfig::new(format!("node{index}"), REGIONS[index], url, role)
+        })
+        .collect()
 }
 
 /// A cluster and a manager pointed straight at it.
 pub async fn cluster_and_manager(strategy: ReadStrategy) -> (Cluster, DatabaseManager) {
+    cluster_and_manager_with(|config| config.read_strategy = strategy).await
+}
+
+/// [`cluster_and_manager`], with the configuration edited before the
+/// manager starts.
+pub async fn cluster_and_manager_with(
+    edit: impl FnOnce(&mut Config),
+) -> (Cluster, DatabaseManager) {
     let cluster = start_cluster();
     let ports: Vec<u16> = cluster.nodes().iter().map(|n| n.port()).collect();
     let mut config = fast_config(node_configs(&cluster, &ports));
-    config.read_strategy = strategy;
+    edit(&mut config);
     let db = DatabaseManager::new(config).await.expect("manager");
     (cluster, db)
 }
@@ -129,6 +191,22 @@ pub async fn wait_until(limit: Duration, mut condition: impl FnMut() -> bool) ->
     let start = std::time::Instant::now();
     while start.elapsed() < limit {
         if condition() {
+            return Some(start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
+/// [`wait_until`] with an async condition.
+pub async fn wait_until_async<F, Fut>(limit: Duration, mut condition: F) -> Option<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        if condition().await {
             return Some(start.elapsed());
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
