@@ -5,6 +5,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use pgrouter::tokio_postgres::error::SqlState;
+use pgrouter::tokio_postgres::NoTls;
 use pgrouter::{DatabaseManager, Error, ReadStrategy};
 use pgrouter_testkit::{Cluster, Fault};
 use support::*;
@@ -209,12 +210,7 @@ async fn transactions_commit_roll_back_and_retry_as_a_whole() {
 /// primary, asking the server directly (not through the proxy in front of
 /// it).
 async fn until_running(cluster: &Cluster, marker: &str) {
-    let (client, connection) = cluster
-        .primary()
-        .pg_config()
-        .connect(pgrouter::tokio_postgres::NoTls)
-        .await
-        .unwrap();
+    let (client, connection) = cluster.primary().pg_config().connect(NoTls).await.unwrap();
     let driver = tokio::spawn(connection);
     let sql = "SELECT count(*) FROM pg_stat_activity \
                WHERE state = 'active' AND pid <> pg_backend_pid() \
