@@ -67,8 +67,10 @@ impl RoutingBench {
     }
 }
 
-/// The classification of a server error on a sent statement, as an attempt
-/// makes it: whether a write that is not idempotent may be retried.
+/// The classification of a server error on a sent statement, from its
+/// SQLSTATE on (an attempt first reads the SQLSTATE off tokio-postgres's
+/// error, which cannot be built here): whether a write that is not
+/// idempotent may be retried.
 pub fn retry_after_server_error(code: &SqlState) -> bool {
     let cause = Cause::Server {
         kind: code_kind(code),

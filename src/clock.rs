@@ -10,7 +10,11 @@ const FAR: Duration = Duration::from_secs(30 * 365 * 86_400);
 /// `start + wait`, or about thirty years from `start` when that would
 /// overflow (a configured duration of `u64::MAX` seconds validates).
 pub(crate) fn after(start: Instant, wait: Duration) -> Instant {
-    start.checked_add(wait.min(FAR)).unwrap_or(start)
+    // Tokio's own far future is this far too; the last resort is a day.
+    start
+        .checked_add(wait.min(FAR))
+        .or_else(|| start.checked_add(Duration::from_secs(86_400)))
+        .unwrap_or(start)
 }
 
 #[cfg(test)]

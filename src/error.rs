@@ -8,7 +8,6 @@ use std::time::Duration;
 use tokio_postgres::error::SqlState;
 
 use crate::config::ReadStrategy;
-use crate::safety::{Cause, Phase};
 
 /// A configuration value that cannot work. Each variant names the field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -153,7 +152,9 @@ pub enum Error {
         source: tokio_postgres::Error,
     },
     /// No connection could be had (pool wait, connect, or a dead idle
-    /// connection). Nothing was sent: always safe to retry.
+    /// connection). Nothing was sent, so a retry is safe; whether it can help
+    /// depends on the cause (a refused password cannot), see
+    /// [`Error::retry_decision`].
     #[error("{context}: could not get a connection")]
     Connect {
         /// The node.
@@ -179,8 +180,9 @@ pub enum Error {
         #[source]
         source: tokio_postgres::Error,
     },
-    /// The connection failed before the statement could run (e.g. while
-    /// preparing it). Nothing ran: safe to retry.
+    /// The connection failed before anything could be applied: while
+    /// preparing the statement, at `BEGIN`, or inside a transaction before
+    /// `COMMIT` was sent. Nothing was committed: safe to retry.
     #[error("{context}: connection failed before the statement ran")]
     ConnectionLost {
         /// The node.
@@ -286,22 +288,6 @@ impl Error {
     /// True for a deadline that passed.
     pub fn is_timeout(&self) -> bool {
         matches!(self, Error::Timeout { .. })
-    }
-
-    /// How far the failed call got and why, for the retry rules; `None`
-    /// for failures no retry can help (nothing of the node's, or the
-    /// deadline or write hold already spent).
-    pub(crate) fn failure(&self) -> Option<(Phase, Cause)> {
-        match self {
-            Error::Connect { source, .. } => Some((Phase::Checkout, Cause::of_pool(source))),
-            Error::ConnectionLost { .. } => Some((Phase::BeforeSend, Cause::Lost)),
-            Error::OutcomeUnknown { .. } => Some((Phase::Sent, Cause::Lost)),
-            Error::Database { source, .. } => Some((Phase::Sent, Cause::of_postgres(source))),
-            // Raised by a transaction closure: nothing is committed yet.
-            Error::Postgres(source) => Some((Phase::InTransaction, Cause::of_postgres(source))),
-            Error::Statement { .. } => Some((Phase::BeforeSend, Cause::Local)),
-            _ => None,
-        }
     }
 
     pub(crate) fn postgres(&self) -> Option<&tokio_postgres::Error> {

@@ -20,7 +20,7 @@ use crate::error::{Error, NodeContext};
 use crate::events::Event;
 use crate::freshness::Freshness;
 use crate::node::Node;
-use crate::node_set::NodeSet;
+use crate::node_set::{Members, NodeSet};
 use crate::safety::NodeFault;
 use crate::strategy::{pick_primary, pick_read};
 use crate::tls::Connector;
@@ -88,9 +88,14 @@ impl Hub {
         })
     }
 
-    /// Later calls fail with [`Error::Closed`]; closes every pool.
+    /// Later calls fail with [`Error::Closed`].
     pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::Release);
+    }
+
+    /// Closes every node's pool: idle connections are dropped, and calls
+    /// waiting for one fail.
+    pub(crate) fn close_pools(&self) {
         for node in self.nodes.iter() {
             node.pool.close();
         }
@@ -116,13 +121,17 @@ impl Hub {
         self.snapshot.load()
     }
 
-    /// The snapshot with the suspect flags as they are now (loaded once) and
-    /// the call's freshness constraints.
-    fn view<'a>(&'a self, snapshot: &'a Snapshot, freshness: Freshness) -> LiveView<'a> {
+    /// `snapshot` with `suspects` and the call's freshness constraints.
+    fn view<'a>(
+        &'a self,
+        suspects: Members,
+        snapshot: &'a Snapshot,
+        freshness: Freshness,
+    ) -> LiveView<'a> {
         LiveView {
             snapshot,
             nodes: &self.nodes,
-            suspects: self.suspects.load(),
+            suspects,
             freshness,
             nearest: &self.config.nearest,
         }
@@ -136,14 +145,18 @@ impl Hub {
         exclude: Option<usize>,
         rng: &mut fastrand::Rng,
     ) -> Option<usize> {
+        // The flags before the snapshot (see `publish`), each loaded once.
+        let suspects = self.suspects.load();
         let snapshot = self.snapshot.load();
-        pick_read(strategy, &self.view(&snapshot, freshness), exclude, rng)
+        let view = self.view(suspects, &snapshot, freshness);
+        pick_read(strategy, &view, exclude, rng)
     }
 
     /// The write target now, if it is healthy.
     pub(crate) fn primary_index(&self) -> Option<usize> {
+        let suspects = self.suspects.load();
         let snapshot = self.snapshot.load();
-        pick_primary(&self.view(&snapshot, Freshness::default()))
+        pick_primary(&self.view(suspects, &snapshot, Freshness::default()))
     }
 
     /// The write target, waiting up to `write_hold` (never past `deadline`)
@@ -193,7 +206,7 @@ impl Hub {
     /// connections. Returns how many idle connections were dropped.
     pub(crate) fn blame(&self, index: usize, fault: NodeFault) -> usize {
         match fault {
-            NodeFault::None => 0,
+            NodeFault::Blameless => 0,
             NodeFault::Reprobe => {
                 if self.probe_requests.insert(index) {
                     self.wake.notify_one();
@@ -236,14 +249,17 @@ impl Hub {
     /// suspect node this snapshot's probe checked, whose report is answered.
     /// Writers holding for a primary then look again.
     pub(crate) fn publish(&self, next: Snapshot, events: Vec<Event>, answered: Option<usize>) {
+        // The snapshot first, then the flag: a decision loads the flags
+        // first, so it never pairs the old snapshot with a cleared flag.
         self.snapshot.store(Arc::new(next));
-        if let Some(index) = answered {
-            self.suspects.remove(index);
-        }
         for event in events {
             // No subscriber is not an error.
             let _ = self.events.send(event);
         }
+        if let Some(index) = answered {
+            self.suspects.remove(index);
+        }
+        // Wake writers holding for a primary: a cleared flag counts too.
         self.published.send_modify(|generation| *generation += 1);
     }
 

@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 use crate::config::RetrySettings;
 use crate::error::Error;
-use crate::safety::{classify, Action};
+use crate::safety::{classify, Action, Cause, Phase};
 
 /// What a failed attempt allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,14 +32,30 @@ impl Error {
     /// says how far the call got (nothing sent, sent, `COMMIT` sent), its
     /// SQLSTATE what the server said.
     pub fn retry_decision(&self, idempotent: bool) -> RetryDecision {
-        let action = self
-            .failure()
+        let action = failure_point(self)
             .map_or(Action::Fail, |(phase, cause)| classify(phase, cause).action);
         if action.allows_retry(idempotent) {
             RetryDecision::Retry
         } else {
             RetryDecision::Fail
         }
+    }
+}
+
+/// How far the failed call got and why, read back from the error's variant
+/// (each variant is built for one kind of phase, see `manager/attempt.rs`);
+/// `None` for failures no retry can help: nothing of the node's, or the
+/// deadline or the write hold already spent.
+fn failure_point(error: &Error) -> Option<(Phase, Cause)> {
+    match error {
+        Error::Connect { source, .. } => Some((Phase::Checkout, Cause::of_pool(source))),
+        Error::ConnectionLost { .. } => Some((Phase::BeforeSend, Cause::Lost)),
+        Error::OutcomeUnknown { .. } => Some((Phase::Sent, Cause::Lost)),
+        Error::Database { source, .. } => Some((Phase::Sent, Cause::of_postgres(source))),
+        // Raised by a transaction closure: nothing is committed yet.
+        Error::Postgres(source) => Some((Phase::InTransaction, Cause::of_postgres(source))),
+        Error::Statement { .. } => Some((Phase::BeforeSend, Cause::Local)),
+        _ => None,
     }
 }
 
@@ -112,37 +128,135 @@ mod tests {
 
     use super::*;
 
+    /// A real tokio-postgres error with no SQLSTATE and no I/O cause (a
+    /// connection string it refuses): what a variant is built around does
+    /// not change how far the call got.
+    fn pg_error() -> tokio_postgres::Error {
+        match "no_such_option=1".parse::<tokio_postgres::Config>() {
+            Err(error) => error,
+            Ok(_) => unreachable!("tokio-postgres accepted an unknown option"),
+        }
+    }
+
+    fn context() -> crate::error::NodeContext {
+        crate::error::NodeContext {
+            node: "n".into(),
+            region: "r".into(),
+        }
+    }
+
     #[test]
-    fn decisions_follow_the_error_variant() {
-        let none = Error::NoHealthyNode {
-            strategy: crate::ReadStrategy::PrimaryOnly,
-        };
-        assert_eq!(none.retry_decision(true), RetryDecision::Fail);
-        assert_eq!(Error::Closed.retry_decision(true), RetryDecision::Fail);
-        let hold = Error::NoPrimary {
-            waited: Duration::from_secs(5),
-        };
-        assert_eq!(hold.retry_decision(true), RetryDecision::Fail);
-        assert_eq!(
-            Error::aborted("business rule").retry_decision(true),
-            RetryDecision::Fail
-        );
-        let pool = |error| Error::Connect {
-            context: crate::error::NodeContext {
-                node: "n".into(),
-                region: "r".into(),
-            },
-            source: error,
-        };
+    fn decisions_for_every_error_variant() {
         use deadpool_postgres::{PoolError, TimeoutType};
-        assert_eq!(
-            pool(PoolError::Timeout(TimeoutType::Create)).retry_decision(false),
-            RetryDecision::Retry
-        );
-        assert_eq!(
-            pool(PoolError::NoRuntimeSpecified).retry_decision(true),
-            RetryDecision::Fail
-        );
+        use RetryDecision::{Fail, Retry};
+        let connect = |source| Error::Connect {
+            context: context(),
+            source,
+        };
+        // (error, decision when it may not run twice, when it may)
+        let table: Vec<(Error, RetryDecision, RetryDecision)> = vec![
+            (
+                connect(PoolError::Timeout(TimeoutType::Create)),
+                Retry,
+                Retry,
+            ),
+            (
+                connect(PoolError::Timeout(TimeoutType::Recycle)),
+                Retry,
+                Retry,
+            ),
+            (connect(PoolError::Timeout(TimeoutType::Wait)), Retry, Retry),
+            (connect(PoolError::Closed), Fail, Fail),
+            (connect(PoolError::NoRuntimeSpecified), Fail, Fail),
+            (
+                Error::ConnectionLost {
+                    context: context(),
+                    source: pg_error(),
+                },
+                Retry,
+                Retry,
+            ),
+            (
+                Error::OutcomeUnknown {
+                    context: context(),
+                    source: pg_error(),
+                },
+                Fail,
+                Retry,
+            ),
+            (
+                Error::Statement {
+                    context: context(),
+                    source: pg_error(),
+                },
+                Fail,
+                Fail,
+            ),
+            (
+                Error::TokenUnavailable {
+                    context: context(),
+                    source: pg_error(),
+                },
+                Fail,
+                Fail,
+            ),
+            // A closure's own tokio-postgres error that is not a lost
+            // connection: a retry gets the same answer.
+            (Error::Postgres(pg_error()), Fail, Fail),
+            (
+                Error::Timeout {
+                    context: context(),
+                    deadline: Duration::from_secs(1),
+                },
+                Fail,
+                Fail,
+            ),
+            (
+                Error::RowCount {
+                    context: context(),
+                    expected: "exactly one row",
+                    actual: 2,
+                },
+                Fail,
+                Fail,
+            ),
+            (
+                Error::NoHealthyNode {
+                    strategy: crate::ReadStrategy::PrimaryOnly,
+                },
+                Fail,
+                Fail,
+            ),
+            (
+                Error::NoPrimary {
+                    waited: Duration::from_secs(5),
+                },
+                Fail,
+                Fail,
+            ),
+            (
+                Error::SplitBrain {
+                    claimants: vec!["a".into(), "b".into()],
+                },
+                Fail,
+                Fail,
+            ),
+            (
+                Error::InvalidArgument {
+                    option: "deadline",
+                    reason: "must be greater than zero",
+                },
+                Fail,
+                Fail,
+            ),
+            (Error::aborted("business rule"), Fail, Fail),
+            (Error::Closed, Fail, Fail),
+            (Error::Config(crate::ConfigError::NoNodes), Fail, Fail),
+        ];
+        for (error, strict, idempotent) in &table {
+            assert_eq!(error.retry_decision(false), *strict, "{error:?}");
+            assert_eq!(error.retry_decision(true), *idempotent, "{error:?}");
+        }
     }
 
     #[test]
@@ -181,10 +295,7 @@ mod tests {
     /// A failure before anything was sent.
     fn transient() -> Error {
         Error::Connect {
-            context: crate::error::NodeContext {
-                node: "n".into(),
-                region: "r".into(),
-            },
+            context: context(),
             source: deadpool_postgres::PoolError::Timeout(deadpool_postgres::TimeoutType::Create),
         }
     }

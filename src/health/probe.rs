@@ -84,7 +84,10 @@ impl Probe for ProbeConnection {
     async fn probe(&mut self) -> Result<ProbeReport, String> {
         match self.round_trip().await {
             Ok(Some(report)) => Ok(report),
-            Ok(None) => Err("the probe query returned no row".to_owned()),
+            Ok(None) => {
+                self.open = None;
+                Err("the probe query returned no row".to_owned())
+            }
             Err(error) => Err(describe(&error)),
         }
     }

@@ -47,7 +47,7 @@ impl Deadline {
 }
 
 /// What a statement returns: every row, or the number of rows affected.
-pub(crate) trait Kind: Send + Sync + 'static {
+pub(crate) trait Returns: Send + Sync + 'static {
     /// The result.
     type Output: Send;
     /// Runs the prepared statement.
@@ -62,7 +62,7 @@ pub(crate) trait Kind: Send + Sync + 'static {
 #[derive(Debug)]
 pub(crate) struct Rows;
 
-impl Kind for Rows {
+impl Returns for Rows {
     type Output = Vec<Row>;
     fn run(
         client: &Client,
@@ -77,7 +77,7 @@ impl Kind for Rows {
 #[derive(Debug)]
 pub(crate) struct Count;
 
-impl Kind for Count {
+impl Returns for Count {
     type Output = u64;
     fn run(
         client: &Client,
@@ -145,7 +145,7 @@ impl<'h> Attempt<'h> {
 
     /// Runs the call once; with `call.token`, pipelines the causal token
     /// query behind it.
-    pub(crate) async fn run<K: Kind>(
+    pub(crate) async fn run<K: Returns>(
         &self,
         call: &Call<'_>,
     ) -> Result<(K::Output, Option<CausalToken>), Error> {
@@ -279,7 +279,7 @@ impl<'h> Attempt<'h> {
 
 /// One statement attempt inside a span naming the node, its role and the
 /// attempt's number.
-pub(crate) async fn traced<K: Kind>(
+pub(crate) async fn traced<K: Returns>(
     hub: &Hub,
     index: usize,
     number: u32,

@@ -184,7 +184,7 @@ impl DatabaseManager {
             .map(|n| n.pool.clone())
     }
 
-    /// Closes every pool, stops the monitor and waits for it. Later calls
+    /// Stops the monitor, waits for it, and closes every pool. Later calls
     /// fail with [`Error::Closed`]. Calling it again does nothing.
     pub async fn close(&self) {
         self.inner.hub.close();
@@ -199,6 +199,7 @@ impl DatabaseManager {
         if let Some(task) = task {
             let _ = task.await;
         }
+        self.inner.hub.close_pools();
     }
 }
 

@@ -79,7 +79,7 @@ impl Write<'_> {
         F: for<'t> FnMut(&'t Transaction<'t>) -> TxFuture<'t, T> + Send,
         T: Send,
     {
-        let deadline = self.start()?;
+        let deadline = self.deadline_from_now()?;
         let call = TransactionCall {
             body,
             deadline,

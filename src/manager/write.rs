@@ -7,7 +7,9 @@ use std::time::Duration;
 use tokio_postgres::Row;
 use tracing::Instrument;
 
-use super::attempt::{at_most_one, exactly_one, traced, Call, Count, Deadline, Kind, Params, Rows};
+use super::attempt::{
+    at_most_one, exactly_one, traced, Call, Count, Deadline, Params, Returns, Rows,
+};
 use crate::error::Error;
 use crate::hub::Hub;
 use crate::lsn::CausalToken;
@@ -22,8 +24,8 @@ use crate::retry::Retrier;
 /// failover. Retried with exponential backoff and jitter (see
 /// [`RetrySettings`](crate::RetrySettings)) while the deadline allows, but
 /// only after failures a retry can fix: nothing sent (checkout, connect),
-/// 40001, 40P01, 57P01/57P02/57P03, 25006 (the last four also trigger an
-/// immediate re-probe). Constraint violations (class 23), syntax and
+/// 40001, 40P01, 57P01/57P02/57P03, 25006 (the last four also have the node
+/// probed at once). Constraint violations (class 23), syntax and
 /// permission (42), data (22) and every other server error return at once.
 #[derive(Clone)]
 #[must_use = "a write does nothing until execute, a query method or transaction is awaited"]
@@ -121,8 +123,8 @@ impl<'a> Write<'a> {
         at_most_one(hub.context(served.index), served.output)
     }
 
-    /// The deadline in force, checked.
-    pub(super) fn start(&self) -> Result<Deadline, Error> {
+    /// The deadline in force, checked, counted from now.
+    pub(super) fn deadline_from_now(&self) -> Result<Deadline, Error> {
         match self.deadline {
             Some(deadline) if deadline.is_zero() => Err(Error::InvalidArgument {
                 option: "deadline",
@@ -133,7 +135,7 @@ impl<'a> Write<'a> {
         }
     }
 
-    async fn run<K: Kind>(
+    async fn run<K: Returns>(
         self,
         sql: &str,
         params: Params<'_>,
@@ -142,10 +144,10 @@ impl<'a> Write<'a> {
         let call = Call {
             sql,
             params,
-            deadline: self.start()?,
+            deadline: self.deadline_from_now()?,
             token,
         };
-        let statement = Statement::<K> {
+        let statement = SingleStatement::<K> {
             call: &call,
             kind: std::marker::PhantomData,
         };
@@ -179,12 +181,12 @@ pub(super) trait OnPrimary: Send {
 }
 
 /// A single statement.
-struct Statement<'c, K> {
+struct SingleStatement<'c, K> {
     call: &'c Call<'c>,
     kind: std::marker::PhantomData<K>,
 }
 
-impl<K: Kind> OnPrimary for Statement<'_, K> {
+impl<K: Returns> OnPrimary for SingleStatement<'_, K> {
     type Output = Served<K::Output>;
     async fn attempt(
         &mut self,

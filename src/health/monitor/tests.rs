@@ -142,12 +142,22 @@ async fn recovery_probes_back_off_from_recovery_initial_to_recovery_max() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_silent_node_is_bounded_by_the_probe_timeout() {
-    let h = Harness::start(config(2), &[PRIMARY, REPLICA]).await;
+async fn a_silent_node_is_bounded_by_the_probe_timeout_and_holds_back_no_one() {
+    let h = Harness::start(config(3), &[PRIMARY, REPLICA, REPLICA]).await;
     h.world.set(1, Answer::Silent);
-    h.at(1600).await;
-    assert!(!h.healthy(1));
-    assert!(h.healthy(0), "a silent probe does not hold back the others");
+    h.world.set(2, Answer::Down);
+    // Both are probed at 1 s: node2's failure is published at once, while
+    // node1's probe still waits for its 500 ms timeout.
+    h.at(1001).await;
+    assert!(
+        !h.healthy(2),
+        "published without waiting for the silent probe"
+    );
+    assert!(h.healthy(1), "its probe is still in flight");
+    h.at(1499).await;
+    assert!(h.healthy(1));
+    h.at(1501).await;
+    assert!(!h.healthy(1), "down when its probe timed out");
     let error = h.status().nodes[1].last_error.clone().unwrap_or_default();
     assert!(error.contains("timed out after 500ms"), "{error}");
 }
@@ -283,4 +293,16 @@ async fn durations_that_validate_never_overflow_an_instant() {
         Duration::from_secs(3),
         "the deadline ends the hold"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_write_holding_for_a_suspect_primary_goes_on_when_its_probe_clears_it() {
+    let h = Harness::start(config(3), &[PRIMARY, REPLICA, REPLICA]).await;
+    h.at(300).await;
+    // A caller saw the primary fail; it answers the probe that follows.
+    h.hub.blame(0, NodeFault::Suspect);
+    assert_eq!(h.hub.primary_index(), None);
+    let index = h.hub.await_primary(h.start + Duration::from_secs(10)).await;
+    assert_eq!(index.ok(), Some(0));
+    assert_eq!(h.ms(), 300, "woken by the probe the report triggered");
 }
