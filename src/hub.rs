@@ -24,7 +24,8 @@ use crate::node_set::{Members, NodeSet};
 use crate::safety::NodeFault;
 use crate::strategy::{pick_primary, pick_read};
 use crate::tls::Connector;
-use crate::topology::{LiveView, Snapshot};
+use crate::topology::Snapshot;
+use crate::view::LiveView;
 
 /// Events kept for a subscriber that falls behind.
 const EVENT_BUFFER: usize = 1024;

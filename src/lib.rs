@@ -22,6 +22,7 @@ mod status;
 mod strategy;
 mod tls;
 mod topology;
+mod view;
 
 pub use config::{
     Config, ConfigBuilder, HealthSettings, NearestSettings, NodeConfig, PoolSettings, ReadStrategy,

@@ -2,21 +2,16 @@
 //!
 //! The health monitor is the single writer: it builds the next [`Snapshot`]
 //! and publishes it whole through the hub. Routing loads the current one (no
-//! lock, no allocation) and sees it through a [`LiveView`]: the snapshot, the
-//! callers' suspect flags as loaded once for this decision, and the call's
-//! [`Freshness`].
+//! lock, no allocation) and sees it through a live view (`src/view.rs`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::config::{NearestSettings, Role};
-use crate::freshness::Freshness;
+use crate::config::Role;
 use crate::lsn::Lsn;
 use crate::node::Node;
-use crate::node_set::Members;
-use crate::strategy::NodeView;
 
 /// How far a replica is behind the primary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -115,80 +110,4 @@ fn mask_of(flags: impl Iterator<Item = bool>) -> u64 {
         .take(64)
         .enumerate()
         .fold(0, |mask, (index, flag)| mask | (u64::from(flag) << index))
-}
-
-/// A snapshot seen together with the callers' suspect flags (loaded once,
-/// so one decision sees one state) and a call's freshness constraints.
-#[derive(Debug, Clone)]
-pub(crate) struct LiveView<'a> {
-    pub(crate) snapshot: &'a Snapshot,
-    pub(crate) nodes: &'a [Node],
-    pub(crate) suspects: Members,
-    pub(crate) freshness: Freshness,
-    pub(crate) nearest: &'a NearestSettings,
-}
-
-impl LiveView<'_> {
-    fn is_fresh(&self, index: usize) -> bool {
-        let is_write_target = self.snapshot.primary == Some(index);
-        self.freshness
-            .admits(&self.snapshot.nodes[index], is_write_target)
-    }
-}
-
-impl NodeView for LiveView<'_> {
-    fn len(&self) -> usize {
-        self.nodes.len()
-    }
-
-    fn is_up(&self, index: usize) -> bool {
-        let state = &self.snapshot.nodes[index];
-        state.up && !state.fenced && !self.suspects.contains(index) && self.is_fresh(index)
-    }
-
-    fn is_local(&self, index: usize) -> bool {
-        self.nodes[index].is_local
-    }
-
-    fn usable_mask(&self) -> Option<u64> {
-        if self.nodes.len() > 64 {
-            return None;
-        }
-        let mut usable = self.snapshot.routable & !self.suspects.first_word();
-        if self.freshness.is_constrained() {
-            let mut rest = usable;
-            while rest != 0 {
-                let index = rest.trailing_zeros() as usize;
-                rest &= rest - 1;
-                if !self.is_fresh(index) {
-                    usable &= !(1 << index);
-                }
-            }
-        }
-        Some(usable)
-    }
-
-    fn local_mask(&self) -> u64 {
-        self.snapshot.local
-    }
-
-    fn is_primary(&self, index: usize) -> bool {
-        self.snapshot.primary == Some(index)
-    }
-
-    fn rtt(&self, index: usize) -> Option<Duration> {
-        self.snapshot.nodes[index].rtt
-    }
-
-    fn region_rank(&self, index: usize) -> Option<usize> {
-        self.nodes[index].region_rank
-    }
-
-    fn preferred_levels(&self) -> usize {
-        self.nearest.preferred_regions.len()
-    }
-
-    fn window(&self) -> Duration {
-        self.nearest.window
-    }
 }
