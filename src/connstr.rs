@@ -6,6 +6,8 @@ use std::str::FromStr;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::error::ConfigError;
+
 /// A connection string, in URL form (`postgres://user:pass@host:5432/db`) or
 /// key-value form (`host=… port=… user=… password=…`).
 ///
@@ -25,6 +27,42 @@ impl ConnectionString {
     /// Parses the text into a `tokio_postgres::Config`.
     pub fn parse(&self) -> Result<tokio_postgres::Config, tokio_postgres::Error> {
         tokio_postgres::Config::from_str(self.0.expose_secret())
+    }
+
+    /// [`ConnectionString::parse`], with a [`ConfigError`] that names
+    /// `field` and `node` and carries the parser's reason (never the text,
+    /// which may hold a password).
+    pub(crate) fn parse_checked(
+        &self,
+        field: String,
+        node: &str,
+    ) -> Result<tokio_postgres::Config, ConfigError> {
+        self.parse()
+            .map_err(|error| ConfigError::InvalidConnectionString {
+                field,
+                node: node.to_owned(),
+                reason: self.scrub(&reason_of(&error)),
+            })
+    }
+
+    /// `text` with the password, if one can be found, replaced by `_`.
+    fn scrub(&self, text: &str) -> String {
+        let secret = self.0.expose_secret();
+        let in_url = secret
+            .split_once("://")
+            .and_then(|(_, rest)| rest.split_once('@'))
+            .and_then(|(userinfo, _)| userinfo.split_once(':'))
+            .map(|(_, password)| password.to_owned());
+        let password = in_url.or_else(|| {
+            secret.split_whitespace().find_map(|pair| {
+                pair.strip_prefix("password=")
+                    .map(|value| value.trim_matches('\'').to_owned())
+            })
+        });
+        match password.filter(|password| !password.is_empty()) {
+            Some(password) => text.replace(&password, "_"),
+            None => text.to_owned(),
+        }
     }
 
     /// The raw text, password included. Use it only to hand to a client.
@@ -58,6 +96,15 @@ impl fmt::Debug for ConnectionString {
             .field("dbname", &config.get_dbname())
             .field("password", &config.get_password().map(|_| Redacted))
             .finish()
+    }
+}
+
+/// tokio-postgres's message and its cause: "invalid connection string"
+/// alone says nothing.
+fn reason_of(error: &tokio_postgres::Error) -> String {
+    match std::error::Error::source(error) {
+        Some(cause) => cause.to_string(),
+        None => error.to_string(),
     }
 }
 
@@ -112,6 +159,35 @@ mod tests {
         );
         assert!(shown.contains("db1") && shown.contains("6543") && shown.contains("orders"));
         assert!(shown.contains("password: Some(_)"), "{shown}");
+    }
+
+    #[test]
+    fn parse_errors_name_the_field_and_keep_the_cause_but_not_the_password() {
+        let cases = [
+            ("postgres://app:s3cret@db:notaport/orders", "port"),
+            ("host=db port=99999999 user=app password=s3cret", "port"),
+            ("host=db user=app password='s3cret", "quoted"),
+            (
+                "host=db user=app password=s3cret sslmode=sometimes",
+                "sslmode",
+            ),
+        ];
+        for (text, mentions) in cases {
+            let error = ConnectionString::new(text)
+                .parse_checked("nodes[1].url".to_owned(), "reader")
+                .expect_err(text);
+            let shown = format!("{error} {error:?}");
+            assert!(
+                shown.contains("nodes[1].url") && shown.contains("reader"),
+                "{shown}"
+            );
+            assert!(shown.contains(mentions), "{text}: {shown}");
+            assert!(!shown.contains("s3cret"), "{shown}");
+            assert!(
+                !shown.ends_with("invalid connection string: invalid connection string"),
+                "{shown}"
+            );
+        }
     }
 
     #[test]

@@ -41,11 +41,14 @@ pub enum ConfigError {
     },
     /// A connection string does not parse. The string itself is not repeated:
     /// it may hold a password.
-    #[error("node {node:?}: invalid connection string: {reason}")]
+    #[error("{field} (node {node:?}): invalid connection string: {reason}")]
     InvalidConnectionString {
+        /// The field: `nodes[1].url`, or the environment variable it came
+        /// from (`PRIMARY_DATABASE_URL`, `SECONDARY_DATABASE_URL`).
+        field: String,
         /// The node whose `url` is bad.
         node: String,
-        /// What the parser said.
+        /// What the parser said, e.g. ``invalid value for option `port` ``.
         reason: String,
     },
     /// A value is out of range.

@@ -71,13 +71,7 @@ fn pg_config(
     config: &NodeConfig,
     settings: &PoolSettings,
 ) -> Result<tokio_postgres::Config, ConfigError> {
-    let mut pg = config
-        .url
-        .parse()
-        .map_err(|source| ConfigError::InvalidConnectionString {
-            node: config.name.clone(),
-            reason: source.to_string(),
-        })?;
+    let mut pg = config.url.parse_checked("url".to_owned(), &config.name)?;
     if pg.get_connect_timeout().is_none() {
         pg.connect_timeout(settings.connect_timeout);
     }

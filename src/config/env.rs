@@ -38,6 +38,10 @@ pub(super) fn from_env(lookup: impl Fn(&str) -> Option<String>) -> Result<Config
             .unwrap_or_else(|| "secondary".to_owned());
         nodes.push(NodeConfig::new("secondary", region, url, Role::Replica));
     }
+    // Name the variable, not `nodes[i].url`, when a URL does not parse.
+    for (node, var) in nodes.iter().zip([PRIMARY_URL, SECONDARY_URL]) {
+        node.url.parse_checked(var.to_owned(), &node.name)?;
+    }
     let mut config = Config::new(nodes);
     config.local_region = local_region;
     config.tls.enabled = tls_enabled;
@@ -127,7 +131,20 @@ mod tests {
         ));
         assert!(matches!(
             load(&[(PRIMARY_URL, "postgres://a:b@h:port/db")]),
-            Err(ConfigError::InvalidConnectionString { .. })
+            Err(ConfigError::InvalidConnectionString { field, .. }) if field == PRIMARY_URL
         ));
+        let bad_secondary = load(&[
+            (PRIMARY_URL, "host=w"),
+            (SECONDARY_URL, "host=r port=x password=hunter2"),
+        ]);
+        let Err(error) = bad_secondary else {
+            panic!("{bad_secondary:?}")
+        };
+        let shown = error.to_string();
+        assert!(shown.starts_with("SECONDARY_DATABASE_URL"), "{shown}");
+        assert!(
+            shown.contains("port") && !shown.contains("hunter2"),
+            "{shown}"
+        );
     }
 }

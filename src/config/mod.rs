@@ -208,7 +208,7 @@ pub struct TlsSettings {
 // Not `Copy`: settings may gain fields that are not (a list, a name).
 #[allow(missing_copy_implementations)]
 pub struct PoolSettings {
-    /// Connections per node. Default: 16.
+    /// Connections per node, 1 to 10000. Default: 16.
     pub max_size: usize,
     /// How long a checkout waits for a free connection. Default: 2 s.
     #[serde(with = "humantime_serde")]
@@ -231,11 +231,12 @@ pub struct PoolSettings {
     /// TCP connect timeout, unless the connection string sets one. Default: 3 s.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
-    /// Idle time before TCP keepalives start. Default: 30 s.
+    /// Idle time before TCP keepalives start, 1 s to 32767 s (whole
+    /// seconds; the kernel's range). Default: 30 s.
     #[serde(with = "humantime_serde")]
     pub keepalive_idle: Duration,
     /// Linux `TCP_USER_TIMEOUT`: unacknowledged data for this long closes the
-    /// connection. Default: 10 s.
+    /// connection; at most 2147483647 ms (the kernel's range). Default: 10 s.
     #[serde(with = "humantime_serde")]
     pub tcp_user_timeout: Duration,
 }

@@ -6,6 +6,13 @@ use std::time::Duration;
 use super::{Config, Role};
 use crate::error::ConfigError;
 
+/// The largest `TCP_KEEPIDLE` Linux accepts.
+const MAX_KEEPALIVE_IDLE: Duration = Duration::from_secs(32_767);
+/// The largest `TCP_USER_TIMEOUT` Linux accepts (`i32::MAX` ms).
+const MAX_TCP_USER_TIMEOUT: Duration = Duration::from_millis(i32::MAX as u64);
+/// Connections per node: deadpool sets aside a slot for each up front.
+const MAX_POOL_SIZE: usize = 10_000;
+
 pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
     validate_nodes(config)?;
     validate_durations(config)?;
@@ -27,11 +34,7 @@ fn validate_nodes(config: &Config) -> Result<(), ConfigError> {
             });
         }
         node.url
-            .parse()
-            .map_err(|source| ConfigError::InvalidConnectionString {
-                node: node.name.clone(),
-                reason: source.to_string(),
-            })?;
+            .parse_checked(format!("nodes[{index}].url"), &node.name)?;
         if node.role == Role::Primary {
             if let Some(first) = primary {
                 return Err(ConfigError::MultiplePrimaries {
@@ -82,6 +85,21 @@ fn validate_durations(config: &Config) -> Result<(), ConfigError> {
             "must be greater than zero (use the primary-only strategy for no staleness)",
         ));
     }
+    // The kernel's own limits: outside them every connection fails (EINVAL).
+    if !(Duration::from_secs(1)..=MAX_KEEPALIVE_IDLE).contains(&pool.keepalive_idle) {
+        return Err(invalid(
+            "pool.keepalive_idle",
+            pool.keepalive_idle,
+            "must be from 1s to 32767s (TCP_KEEPIDLE takes whole seconds up to 32767)",
+        ));
+    }
+    if pool.tcp_user_timeout > MAX_TCP_USER_TIMEOUT {
+        return Err(invalid(
+            "pool.tcp_user_timeout",
+            pool.tcp_user_timeout,
+            "must be at most 2147483647ms (TCP_USER_TIMEOUT is a signed 32-bit count of ms)",
+        ));
+    }
     for (index, region) in config.nearest.preferred_regions.iter().enumerate() {
         require_non_empty(format!("nearest.preferred_regions[{index}]"), region)?;
     }
@@ -108,6 +126,13 @@ fn require_ordered(low: (&str, Duration), high: (&str, Duration)) -> Result<(), 
 }
 
 fn validate_counts(config: &Config) -> Result<(), ConfigError> {
+    if config.pool.max_size > MAX_POOL_SIZE {
+        return Err(ConfigError::InvalidValue {
+            field: "pool.max_size".to_owned(),
+            value: config.pool.max_size.to_string(),
+            reason: "must be at most 10000 (deadpool sets aside a slot per connection up front)",
+        });
+    }
     for (field, value) in [
         ("pool.max_size", config.pool.max_size as u64),
         ("health.fall", u64::from(config.health.fall)),
@@ -213,6 +238,35 @@ mod tests {
                 other => panic!("{name}: unexpected {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn values_the_kernel_or_deadpool_cannot_take_are_rejected_by_field() {
+        type Edit = fn(&mut Config);
+        let cases: [(&str, Edit); 5] = [
+            ("pool.keepalive_idle", |c| {
+                c.pool.keepalive_idle = Duration::from_millis(999)
+            }),
+            ("pool.keepalive_idle", |c| {
+                c.pool.keepalive_idle = Duration::from_secs(32_768)
+            }),
+            ("pool.tcp_user_timeout", |c| {
+                c.pool.tcp_user_timeout = Duration::from_millis(1 << 31)
+            }),
+            ("pool.max_size", |c| c.pool.max_size = 10_001),
+            ("pool.max_size", |c| c.pool.max_size = u32::MAX as usize),
+        ];
+        for (name, edit) in cases {
+            match error_of(edit) {
+                ConfigError::InvalidValue { field, .. } => assert_eq!(field, name),
+                other => panic!("{name}: unexpected {other:?}"),
+            }
+        }
+        let mut edge = valid();
+        edge.pool.keepalive_idle = Duration::from_secs(32_767);
+        edge.pool.tcp_user_timeout = Duration::from_millis(i32::MAX as u64);
+        edge.pool.max_size = 10_000;
+        edge.validate().unwrap();
     }
 
     #[test]
