@@ -90,8 +90,13 @@ impl Connector {
     /// Asks the server, in the background and bounded, to stop the
     /// statement a dropped future left running.
     pub(crate) fn cancel_in_background(&self, token: CancelToken) {
+        // Also called from `Drop`: outside a runtime there is nowhere to
+        // send it from (the discarded connection still ends the session).
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
         let connector = self.clone();
-        tokio::spawn(async move {
+        runtime.spawn(async move {
             let cancel = async {
                 match connector {
                     Connector::Plain => token.cancel_query(NoTls).await,

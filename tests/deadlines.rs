@@ -139,3 +139,83 @@ async fn a_black_holed_primary_bounds_writes_and_per_call_deadlines() {
     db.execute("INSERT INTO t VALUES (3)", &[]).await.unwrap();
     db.close().await;
 }
+
+/// Statements still running on the primary whose text contains `marker`.
+fn running(cluster: &pgrouter_testkit::Cluster, marker: &str) -> u32 {
+    let sql = format!(
+        "SELECT count(*) FROM pg_stat_activity \
+         WHERE state = 'active' AND query LIKE '%{marker}%' AND pid <> pg_backend_pid()"
+    );
+    let count = blocking(|| cluster.psql(0, &sql)).unwrap();
+    count.parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_call_never_leaves_a_busy_connection_in_the_pool() {
+    // One connection per node: a busy one handed out again would make the
+    // next call wait behind the orphaned statement.
+    let (cluster, db) = cluster_and_manager_with(|c| c.pool.max_size = 1).await;
+    let primary_only = || db.read().strategy(ReadStrategy::PrimaryOnly);
+    primary_only().query("SELECT 1", &[]).await.unwrap();
+
+    // The caller gives up (its own timeout drops the call's future).
+    let sleep = primary_only().query("SELECT pg_sleep(30) -- dropped-read", &[]);
+    assert!(tokio::time::timeout(Duration::from_millis(300), sleep)
+        .await
+        .is_err());
+    let start = Instant::now();
+    let row = primary_only().query_one("SELECT 1", &[]).await;
+    let waited = start.elapsed();
+    eprintln!("the next read took {waited:?}");
+    assert!(row.is_ok(), "{row:?}");
+    assert!(
+        waited < Duration::from_secs(2),
+        "waited behind the dropped read: {waited:?}"
+    );
+    let gone = wait_until(Duration::from_secs(10), || {
+        running(&cluster, "dropped-read") == 0
+    })
+    .await;
+    assert!(
+        gone.is_some(),
+        "the dropped statement still runs on the server"
+    );
+
+    // The same for a transaction dropped half-way: no open transaction
+    // comes back out of the pool.
+    db.execute("CREATE TABLE t (id int)", &[]).await.unwrap();
+    let tx = db.transaction(|tx| {
+        Box::pin(async move {
+            tx.execute("INSERT INTO t VALUES (1)", &[]).await?;
+            tx.execute("SELECT pg_sleep(30) -- dropped-tx", &[]).await?;
+            Ok(())
+        })
+    });
+    assert!(tokio::time::timeout(Duration::from_millis(300), tx)
+        .await
+        .is_err());
+    let start = Instant::now();
+    db.execute("INSERT INTO t VALUES (2)", &[]).await.unwrap();
+    let waited = start.elapsed();
+    assert!(
+        waited < Duration::from_secs(2),
+        "waited behind the dropped transaction: {waited:?}"
+    );
+    let gone = wait_until(Duration::from_secs(10), || {
+        running(&cluster, "dropped-tx") == 0
+    })
+    .await;
+    assert!(
+        gone.is_some(),
+        "the dropped transaction's statement still runs"
+    );
+    let ids: Vec<i32> = primary_only()
+        .query("SELECT id FROM t ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(ids, [2], "the dropped transaction committed nothing");
+    db.close().await;
+}

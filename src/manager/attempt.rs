@@ -105,6 +105,57 @@ pub(crate) enum Failure {
     Deadline,
 }
 
+/// A pooled connection a statement may be running on. If the call's future
+/// is dropped before the attempt settles it (a caller's own timeout, a
+/// `select!`), the statement is cancelled on the server and the connection
+/// discarded: the pool never hands out a connection still busy with an
+/// orphaned statement or an open transaction.
+pub(crate) struct Busy<'h> {
+    client: Option<Object>,
+    hub: &'h Hub,
+}
+
+impl Busy<'_> {
+    /// The connection, no longer guarded: the caller settles it.
+    pub(crate) fn take(mut self) -> Object {
+        match self.client.take() {
+            Some(client) => client,
+            None => unreachable!("a Busy connection is taken once, by value"),
+        }
+    }
+}
+
+impl std::ops::Deref for Busy<'_> {
+    type Target = Object;
+    fn deref(&self) -> &Object {
+        match &self.client {
+            Some(client) => client,
+            None => unreachable!("a Busy connection is only emptied by take()"),
+        }
+    }
+}
+
+impl std::ops::DerefMut for Busy<'_> {
+    fn deref_mut(&mut self) -> &mut Object {
+        match &mut self.client {
+            Some(client) => client,
+            None => unreachable!("a Busy connection is only emptied by take()"),
+        }
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            tracing::debug!("call dropped mid-flight; cancelling its statement");
+            self.hub
+                .connector
+                .cancel_in_background(client.cancel_token());
+            drop(Object::take(client));
+        }
+    }
+}
+
 /// One attempt's context: where, until when, since when.
 #[derive(Clone, Copy)]
 pub(crate) struct Attempt<'h> {
@@ -133,11 +184,15 @@ impl<'h> Attempt<'h> {
         self.hub.context(self.index)
     }
 
-    /// A pooled connection to the node, before the deadline.
-    pub(crate) async fn checkout(&self) -> Result<Object, Error> {
+    /// A pooled connection to the node, before the deadline, guarded until
+    /// the attempt settles it.
+    pub(crate) async fn checkout(&self) -> Result<Busy<'h>, Error> {
         let pool = &self.hub.nodes[self.index].pool;
         match timeout_at(self.deadline.at, pool.get()).await {
-            Ok(Ok(client)) => Ok(client),
+            Ok(Ok(client)) => Ok(Busy {
+                client: Some(client),
+                hub: self.hub,
+            }),
             Ok(Err(source)) => Err(self.judge(Phase::Checkout, Failure::Pool(source)).0),
             Err(_) => Err(self.judge(Phase::Checkout, Failure::Deadline).0),
         }
@@ -163,9 +218,10 @@ impl<'h> Attempt<'h> {
         let (statement, token_statement) = match timeout_at(self.deadline.at, prepare).await {
             Ok(Ok(prepared)) => prepared,
             Ok(Err(error)) => {
-                return Err(self.fail(Phase::BeforeSend, client, Failure::Postgres(error)))
+                let error = Failure::Postgres(error);
+                return Err(self.fail(Phase::BeforeSend, client.take(), error));
             }
-            Err(_) => return Err(self.fail(Phase::BeforeSend, client, Failure::Deadline)),
+            Err(_) => return Err(self.fail(Phase::BeforeSend, client.take(), Failure::Deadline)),
         };
         let run = K::run(&client, &statement, call.params);
         let token = async {
@@ -176,7 +232,10 @@ impl<'h> Attempt<'h> {
         };
         // Biased: the statement is sent first, the token query right behind it.
         let both = async { tokio::join!(biased; run, token) };
-        match timeout_at(self.deadline.at, both).await {
+        let result = timeout_at(self.deadline.at, both).await;
+        // Settled: back to the pool unless a failure below says otherwise.
+        let client = client.take();
+        match result {
             Ok((Ok(output), Ok(row))) => match row.map(|row| token_of(&row)).transpose() {
                 Ok(token) => Ok((output, token)),
                 Err(error) => Err(self.token_unavailable(error)),

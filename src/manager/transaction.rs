@@ -9,7 +9,7 @@ use deadpool_postgres::{Object, Transaction};
 use tokio::time::timeout_at;
 use tracing::Instrument;
 
-use super::attempt::{span, token_of, Attempt, Deadline, Failure, TOKEN_SQL};
+use super::attempt::{span, token_of, Attempt, Busy, Deadline, Failure, TOKEN_SQL};
 use super::write::{on_primary, OnPrimary, Write};
 use crate::error::Error;
 use crate::hub::Hub;
@@ -131,9 +131,12 @@ where
                 let token = read_token(&attempt, client).await?;
                 Ok((value, Some(token)))
             }
-            Ok(value) => Ok((value, None)),
+            Ok(value) => {
+                attempt.settle(client.take(), Fate::Keep);
+                Ok((value, None))
+            }
             Err((error, fate)) => {
-                attempt.settle(client, fate);
+                attempt.settle(client.take(), fate);
                 Err(error)
             }
         }
@@ -186,8 +189,10 @@ async fn roll_back(attempt: &Attempt<'_>, tx: Transaction<'_>, error: Error) -> 
 }
 
 /// The committed transaction's causal token, read on its connection.
-async fn read_token(attempt: &Attempt<'_>, client: Object) -> Result<CausalToken, Error> {
-    match timeout_at(attempt.deadline(), client.query_one(TOKEN_SQL, &[])).await {
+async fn read_token(attempt: &Attempt<'_>, client: Busy<'_>) -> Result<CausalToken, Error> {
+    let result = timeout_at(attempt.deadline(), client.query_one(TOKEN_SQL, &[])).await;
+    let client = client.take();
+    match result {
         Ok(Ok(row)) => token_of(&row).map_err(|error| attempt.token_unavailable(error)),
         Ok(Err(error)) => Err(attempt.token_unavailable(error)),
         Err(_) => Err(attempt.fail(Phase::CommitSent, client, Failure::Deadline)),
