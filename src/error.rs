@@ -235,6 +235,11 @@ pub enum Error {
     /// [`DatabaseManager::close`](crate::DatabaseManager::close) was called.
     #[error("the database manager is closed")]
     Closed,
+    /// The health monitor task ended (it panicked, or its Tokio runtime shut
+    /// down): no call is routed on a topology nobody updates any more.
+    /// Build a new manager.
+    #[error("the health monitor stopped; the topology is no longer known")]
+    MonitorStopped,
     /// The configuration is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),

@@ -51,6 +51,8 @@ pub(crate) struct Hub {
     /// Topology events for subscribers.
     events: broadcast::Sender<Event>,
     closed: AtomicBool,
+    /// Cleared when the monitor task ends for any reason but `close`.
+    monitor_alive: AtomicBool,
 }
 
 /// Building, and the lifecycle.
@@ -86,12 +88,15 @@ impl Hub {
             published: watch::Sender::new(0),
             events: broadcast::Sender::new(EVENT_BUFFER),
             closed: AtomicBool::new(false),
+            monitor_alive: AtomicBool::new(true),
         })
     }
 
-    /// Later calls fail with [`Error::Closed`].
+    /// Later calls fail with [`Error::Closed`]; writes holding for a
+    /// primary stop holding and fail with it too.
     pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::Release);
+        self.published.send_modify(|generation| *generation += 1);
     }
 
     /// Closes every node's pool: idle connections are dropped, and calls
@@ -102,11 +107,32 @@ impl Hub {
         }
     }
 
+    /// [`Error::Closed`] after `close`; [`Error::MonitorStopped`] if the
+    /// monitor died, rather than route on a topology nobody updates.
     pub(crate) fn ensure_open(&self) -> Result<(), Error> {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
+        if !self.monitor_alive.load(Ordering::Acquire) {
+            return Err(Error::MonitorStopped);
+        }
         Ok(())
+    }
+
+    /// Whether the monitor is still running (or was stopped by `close`).
+    pub(crate) fn monitor_running(&self) -> bool {
+        self.monitor_alive.load(Ordering::Acquire)
+    }
+
+    /// The monitor task ended: `asked` (close, or the last handle dropped),
+    /// or not (a panic, or its runtime shut down).
+    pub(crate) fn monitor_ended(&self, asked: bool) {
+        if !asked {
+            tracing::error!("the health monitor stopped; calls fail until a new manager is built");
+        }
+        self.monitor_alive.store(false, Ordering::Release);
+        // Writers holding for a primary would wait for nothing.
+        self.published.send_modify(|generation| *generation += 1);
     }
 
     /// The node's name and region, for errors.
@@ -175,6 +201,7 @@ impl Hub {
         let start = Instant::now();
         let until = deadline.min(clock::after(start, self.config.write_hold));
         while let Ok(Ok(())) = tokio::time::timeout_at(until, published.changed()).await {
+            self.ensure_open()?;
             if let Some(index) = self.primary_index() {
                 tracing::debug!(waited = ?start.elapsed(), "write waited for a primary");
                 return Ok(index);

@@ -22,6 +22,9 @@ pub struct Status {
     pub write_target: Option<String>,
     /// Several nodes claim to be primary and fencing cannot choose.
     pub split_brain: bool,
+    /// Whether the health monitor runs. False after `close`, or if it died
+    /// (then every call fails with [`Error::MonitorStopped`](crate::Error::MonitorStopped)).
+    pub monitor_running: bool,
 }
 
 /// One node's state.
@@ -45,8 +48,8 @@ pub struct NodeStatus {
     pub lag: Option<Lag>,
     /// Smoothed probe round trip.
     pub rtt: Option<Duration>,
-    /// Whether routing may use it: the monitor has it up and no caller has
-    /// reported it since.
+    /// Whether routing may use it: the monitor has it up, it is not fenced,
+    /// and no caller has reported it since.
     pub healthy: bool,
     /// A caller reported a failure the monitor has not yet checked.
     pub suspect: bool,
@@ -93,7 +96,7 @@ impl Status {
                     wal_position: state.position,
                     lag: state.lag,
                     rtt: state.rtt,
-                    healthy: state.up && !suspect,
+                    healthy: state.up && !suspect && !state.fenced,
                     suspect,
                     last_error: state.last_error.as_deref().map(str::to_owned),
                     last_probe_age: state.last_probe.map(|at| now.saturating_duration_since(at)),
@@ -114,6 +117,7 @@ impl Status {
                 .primary
                 .map(|index| hub.nodes[index].name().to_owned()),
             split_brain: snapshot.split_brain,
+            monitor_running: hub.monitor_running(),
         }
     }
 
@@ -125,15 +129,16 @@ impl Status {
             .find(|node| node.name == target && node.healthy)
     }
 
-    /// Readiness, as the original `/health/ready`: a healthy primary, so
-    /// both reads and writes can be served.
+    /// Readiness, as the original `/health/ready`: a running monitor and a
+    /// healthy primary, so both reads and writes can be served.
     pub fn is_ready(&self) -> bool {
-        self.primary().is_some()
+        self.monitor_running && self.primary().is_some()
     }
 
-    /// Whether at least one node can serve reads.
+    /// Whether reads can be served: a running monitor and at least one
+    /// healthy node (fenced nodes are not healthy).
     pub fn can_read(&self) -> bool {
-        self.nodes.iter().any(|node| node.healthy)
+        self.monitor_running && self.nodes.iter().any(|node| node.healthy)
     }
 
     /// The node with this name.

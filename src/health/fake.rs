@@ -22,6 +22,8 @@ pub(crate) enum Answer {
     Down,
     /// Never answers: the monitor's probe timeout ends the probe.
     Silent,
+    /// Panics inside the probe (a bug standing in for any bug).
+    Panic,
 }
 
 /// One scripted node: what it answers now, and when it was probed.
@@ -87,6 +89,7 @@ impl Probe for FakeProbe {
             Answer::Replica { timeline, replayed } => Ok(report(true, timeline, replayed)),
             Answer::Down => Err("connection refused".to_owned()),
             Answer::Silent => std::future::pending().await,
+            Answer::Panic => panic!("scripted probe panic"),
         }
     }
 }

@@ -44,6 +44,19 @@ struct Outcome {
     result: Result<ProbeReport, String>,
 }
 
+/// Tells the hub when the monitor task ends, unwinding included.
+struct Alive {
+    hub: Arc<Hub>,
+    /// Shut down as asked (close, or the last handle dropped).
+    asked: bool,
+}
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        self.hub.monitor_ended(self.asked);
+    }
+}
+
 impl Monitor<ProbeConnection> {
     /// A monitor with a real probe connection per node.
     pub(crate) fn connect(hub: Arc<Hub>) -> Self {
@@ -77,8 +90,13 @@ impl<P: Probe> Monitor<P> {
         self.round().await;
     }
 
-    /// Runs until `shutdown` is cancelled.
+    /// Runs until `shutdown` is cancelled. However it ends (a panic
+    /// included), the hub learns it.
     pub(crate) async fn run(mut self, shutdown: CancellationToken) {
+        let mut alive = Alive {
+            hub: Arc::clone(&self.hub),
+            asked: false,
+        };
         loop {
             tokio::select! {
                 biased;
@@ -92,6 +110,7 @@ impl<P: Probe> Monitor<P> {
                 () = self.round() => {}
             }
         }
+        alive.asked = true;
         tracing::debug!("health monitor stopped");
     }
 

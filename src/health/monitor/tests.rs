@@ -227,18 +227,20 @@ async fn a_promotion_moves_the_write_target_within_one_probe_and_the_old_primary
     h.at(7500).await;
     let status = h.status();
     let node0 = &status.nodes[0];
-    assert!(
-        node0.healthy && node0.fenced && node0.role == Role::Primary,
-        "{node0:?}"
-    );
+    assert!(node0.fenced && node0.role == Role::Primary, "{node0:?}");
+    assert!(node0.last_error.is_none(), "it answers probes: {node0:?}");
+    assert!(!node0.healthy, "a fenced node serves nothing: {node0:?}");
     assert_eq!(status.write_target.as_deref(), Some("node1"));
     assert_eq!(h.hub.primary_index(), Some(1));
 
     // With the new primary gone too, the stale one still gets nothing.
     h.world.set(1, Answer::Down);
+    h.world.set(2, Answer::Down);
     h.at(8500).await;
     assert_eq!(h.hub.primary_index(), None);
-    assert!(h.status().nodes[0].fenced);
+    let status = h.status();
+    assert!(status.nodes[0].fenced);
+    assert!(!status.can_read(), "only a fenced node is up: {status:?}");
 }
 
 #[tokio::test(start_paused = true)]
@@ -305,4 +307,31 @@ async fn a_write_holding_for_a_suspect_primary_goes_on_when_its_probe_clears_it(
     let index = h.hub.await_primary(h.start + Duration::from_secs(10)).await;
     assert_eq!(index.ok(), Some(0));
     assert_eq!(h.ms(), 300, "woken by the probe the report triggered");
+}
+
+#[tokio::test(start_paused = true)]
+async fn close_ends_a_write_hold_at_once() {
+    let h = Harness::start(config(2), &[Answer::Down, REPLICA]).await;
+    let hub = Arc::clone(&h.hub);
+    let held = tokio::spawn(async move {
+        hub.await_primary(Instant::now() + Duration::from_secs(60))
+            .await
+    });
+    h.at(100).await;
+    h.hub.close();
+    let result = held.await.expect("the holding task");
+    assert!(matches!(result, Err(Error::Closed)), "{result:?}");
+    assert_eq!(h.ms(), 100, "woken by close, not by the hold's end");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dead_monitor_is_reported_and_calls_fail_fast() {
+    let h = Harness::start(config(2), &[PRIMARY, REPLICA]).await;
+    assert!(h.status().monitor_running && h.hub.ensure_open().is_ok());
+    h.world.set(1, Answer::Panic);
+    h.at(1500).await;
+    let status = h.status();
+    assert!(!status.monitor_running, "{status:?}");
+    assert!(!status.is_ready() && !status.can_read());
+    assert!(matches!(h.hub.ensure_open(), Err(Error::MonitorStopped)));
 }
