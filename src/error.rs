@@ -150,9 +150,9 @@ pub enum Error {
     TokenUnavailable {
         /// The node.
         context: NodeContext,
-        /// tokio-postgres's error.
+        /// tokio-postgres's error; `None` when the deadline passed first.
         #[source]
-        source: tokio_postgres::Error,
+        source: Option<tokio_postgres::Error>,
     },
     /// No connection could be had (pool wait, connect, or a dead idle
     /// connection). Nothing was sent, so a retry is safe; whether it can help
@@ -166,13 +166,19 @@ pub enum Error {
         #[source]
         source: deadpool_postgres::PoolError,
     },
-    /// The call's deadline passed.
-    #[error("{context}: deadline of {deadline:?} exceeded")]
+    /// The call's deadline passed. When it passed after the statement or
+    /// `COMMIT` was sent (`after_send`), the write may or may not have been
+    /// applied: [`Error::is_outcome_unknown`] is true, as for
+    /// [`Error::OutcomeUnknown`].
+    #[error("{context}: deadline of {deadline:?} exceeded{}",
+        if *after_send { " after the statement was sent; its outcome is unknown" } else { "" })]
     Timeout {
         /// The node being waited on.
         context: NodeContext,
         /// The deadline in force.
         deadline: Duration,
+        /// The statement (or `COMMIT`) had been sent.
+        after_send: bool,
     },
     /// The server answered with an error (it has a SQLSTATE, see [`Error::code`]).
     #[error("{context}: {}", pg_message(source))]
@@ -288,9 +294,18 @@ impl Error {
         }
     }
 
-    /// True when the write may have been applied although the call failed.
+    /// True when the write may have been applied although the call failed:
+    /// the connection was lost, or the deadline passed, after the statement
+    /// or `COMMIT` was sent.
     pub fn is_outcome_unknown(&self) -> bool {
-        matches!(self, Error::OutcomeUnknown { .. })
+        matches!(
+            self,
+            Error::OutcomeUnknown { .. }
+                | Error::Timeout {
+                    after_send: true,
+                    ..
+                }
+        )
     }
 
     /// True for a deadline that passed.
@@ -304,7 +319,10 @@ impl Error {
             | Error::ConnectionLost { source, .. }
             | Error::OutcomeUnknown { source, .. }
             | Error::Statement { source, .. }
-            | Error::TokenUnavailable { source, .. }
+            | Error::TokenUnavailable {
+                source: Some(source),
+                ..
+            }
             | Error::Postgres(source) => Some(source),
             _ => None,
         }

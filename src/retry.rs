@@ -195,7 +195,7 @@ mod tests {
             (
                 Error::TokenUnavailable {
                     context: context(),
-                    source: pg_error(),
+                    source: Some(pg_error()),
                 },
                 Fail,
                 Fail,
@@ -207,6 +207,7 @@ mod tests {
                 Error::Timeout {
                     context: context(),
                     deadline: Duration::from_secs(1),
+                    after_send: true,
                 },
                 Fail,
                 Fail,

@@ -57,7 +57,7 @@ impl Phase {
     ];
 
     /// Whether what was sent may already be applied.
-    fn may_be_applied(self) -> bool {
+    pub(crate) fn may_be_applied(self) -> bool {
         matches!(self, Phase::Sent | Phase::CommitSent)
     }
 

@@ -219,3 +219,41 @@ async fn a_dropped_call_never_leaves_a_busy_connection_in_the_pool() {
     assert_eq!(ids, [2], "the dropped transaction committed nothing");
     db.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_after_sending_is_an_unknown_outcome_and_a_busy_pool_blames_no_node() {
+    let (_cluster, db) = cluster_and_manager_with(|c| c.pool.max_size = 1).await;
+    db.execute("CREATE TABLE t (id int)", &[]).await.unwrap();
+    let short = Duration::from_millis(300);
+
+    // Sent, then the deadline passed: it may have been applied.
+    let err = db
+        .write()
+        .deadline(short)
+        .execute("INSERT INTO t SELECT 1 FROM pg_sleep(2)", &[])
+        .await
+        .unwrap_err();
+    assert!(err.is_timeout() && err.is_outcome_unknown(), "{err:?}");
+    assert!(err.to_string().contains("outcome is unknown"), "{err}");
+    let back = wait_until(Duration::from_secs(10), || healthy(&db, "node0")).await;
+    assert!(back.is_some(), "{:?}", db.status());
+
+    // Nothing sent: the pool's only connection is busy elsewhere, and the
+    // deadline passes while waiting for it. Not the node's fault.
+    let held = db.write_pool().unwrap().get().await.unwrap();
+    let err = db
+        .write()
+        .deadline(short)
+        .execute("INSERT INTO t VALUES (2)", &[])
+        .await
+        .unwrap_err();
+    let node0 = db.status().node("node0").cloned().unwrap();
+    drop(held);
+    assert!(err.is_timeout() && !err.is_outcome_unknown(), "{err:?}");
+    assert!(
+        !node0.suspect && node0.healthy,
+        "a busy pool marked its node suspect: {node0:?}"
+    );
+    db.execute("INSERT INTO t VALUES (3)", &[]).await.unwrap();
+    db.close().await;
+}

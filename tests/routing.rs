@@ -3,9 +3,11 @@
 mod support;
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use pgrouter::tokio_postgres::error::SqlState;
 use pgrouter::{Error, ReadStrategy};
+use pgrouter_testkit::Fault;
 use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -65,7 +67,7 @@ async fn writes_go_to_the_primary_and_replicate() {
         .await
         .unwrap();
     assert_eq!(row.get::<_, i32>(0), i32::from(port_of(&cluster, 0)));
-    blocking(|| cluster.wait_for_replicas(std::time::Duration::from_secs(10))).unwrap();
+    blocking(|| cluster.wait_for_replicas(Duration::from_secs(10))).unwrap();
     let v: i32 = db
         .query_one("SELECT v FROM kv WHERE k = 'a'", &[])
         .await
@@ -115,5 +117,24 @@ async fn the_original_pools_are_reachable() {
     assert_eq!(port, i32::from(port_of(&cluster, 0)));
     assert!(db.pool("node2").is_some() && db.pool("nope").is_none());
     drop((read, write));
+    db.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_whose_connection_is_lost_after_sending_is_not_run_again() {
+    // A "read" may write (`INSERT … RETURNING` sent through `query`): once
+    // it was sent, running it again elsewhere could apply it twice.
+    let (cluster, proxies, db) = proxied(ReadStrategy::RegionalPreferred).await;
+    let marker = "lost-read";
+    let cut = async {
+        until_running(&cluster, 1, marker).await;
+        proxies[1].set(Fault::Reset);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        proxies[1].set(Fault::Pass);
+    };
+    let (result, ()) = tokio::join!(db.query("SELECT pg_sleep(2) -- lost-read", &[]), cut);
+    let err = result.unwrap_err();
+    assert!(err.is_outcome_unknown(), "{err:?}");
+    assert_eq!(err.node(), Some("node1"));
     db.close().await;
 }

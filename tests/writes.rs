@@ -5,9 +5,8 @@ mod support;
 use std::time::{Duration, Instant};
 
 use pgrouter::tokio_postgres::error::SqlState;
-use pgrouter::tokio_postgres::NoTls;
 use pgrouter::{DatabaseManager, Error, ReadStrategy};
-use pgrouter_testkit::{Cluster, Fault};
+use pgrouter_testkit::Fault;
 use support::*;
 
 const SCHEMA: &str = "
@@ -206,25 +205,6 @@ async fn transactions_commit_roll_back_and_retry_as_a_whole() {
     db.close().await;
 }
 
-/// Waits until a statement containing `marker` is running on the cluster's
-/// primary, asking the server directly (not through the proxy in front of
-/// it).
-async fn until_running(cluster: &Cluster, marker: &str) {
-    let (client, connection) = cluster.primary().pg_config().connect(NoTls).await.unwrap();
-    let driver = tokio::spawn(connection);
-    let sql = "SELECT count(*) FROM pg_stat_activity \
-               WHERE state = 'active' AND pid <> pg_backend_pid() \
-               AND strpos(query, $1) > 0";
-    let running = wait_until_async(Duration::from_secs(10), || async {
-        let row = client.query_one(sql, &[&marker]).await.unwrap();
-        row.get::<_, i64>(0) > 0
-    })
-    .await;
-    assert!(running.is_some(), "{marker} never ran on the primary");
-    drop(client);
-    let _ = driver.await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_lost_after_sending_is_an_unknown_outcome() {
     let (cluster, proxies, db) = proxied_with(|config| {
@@ -243,7 +223,7 @@ async fn a_connection_lost_after_sending_is_an_unknown_outcome() {
     let reset_once_running = |marker: &'static str| {
         let cluster = &cluster;
         async move {
-            until_running(cluster, marker).await;
+            until_running(cluster, 0, marker).await;
             proxy.set(Fault::Reset);
             tokio::time::sleep(Duration::from_millis(10)).await;
             proxy.set(Fault::Pass);

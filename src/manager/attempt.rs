@@ -256,13 +256,16 @@ impl<'h> Attempt<'h> {
     /// Classifies a failure in `phase`, applies what it says about the node,
     /// and returns the typed error and what to do with the connection.
     pub(crate) fn judge(&self, phase: Phase, failure: Failure) -> (Error, Fate) {
-        let cause = self.cause(&failure);
+        let cause = self.cause(phase, &failure);
         let verdict = classify(phase, cause);
         let dropped = self.hub.blame(self.index, verdict.node);
         if let Failure::Deadline = failure {
             self.log_deadline(verdict, dropped);
         }
-        (self.error(failure, cause, verdict), verdict.connection)
+        (
+            self.error(phase, failure, cause, verdict),
+            verdict.connection,
+        )
     }
 
     /// Returns the connection to the pool, discards it, or first cancels
@@ -283,14 +286,19 @@ impl<'h> Attempt<'h> {
     pub(crate) fn token_unavailable(&self, source: tokio_postgres::Error) -> Error {
         Error::TokenUnavailable {
             context: self.context().clone(),
-            source,
+            source: Some(source),
         }
     }
 
-    fn cause(&self, failure: &Failure) -> Cause {
+    fn cause(&self, phase: Phase, failure: &Failure) -> Cause {
         match failure {
             Failure::Pool(error) => Cause::of_pool(error),
             Failure::Postgres(error) => Cause::of_postgres(error),
+            // Every connection busy with other calls: the wait was the
+            // pool's, not the node's, as with the pool's own wait timeout.
+            Failure::Deadline if phase == Phase::Checkout && self.pool_saturated() => {
+                Cause::PoolExhausted
+            }
             Failure::Deadline => Cause::Deadline {
                 fair_share: fair_share(
                     self.started.elapsed(),
@@ -301,7 +309,13 @@ impl<'h> Attempt<'h> {
         }
     }
 
-    fn error(&self, failure: Failure, cause: Cause, verdict: Verdict) -> Error {
+    /// Whether the node's pool has every connection open and in use.
+    fn pool_saturated(&self) -> bool {
+        let status = self.hub.nodes[self.index].pool.status();
+        status.size >= status.max_size && status.available == 0
+    }
+
+    fn error(&self, phase: Phase, failure: Failure, cause: Cause, verdict: Verdict) -> Error {
         let context = self.context().clone();
         match failure {
             Failure::Pool(PoolError::Closed) => Error::Closed,
@@ -309,6 +323,7 @@ impl<'h> Attempt<'h> {
             Failure::Deadline => Error::Timeout {
                 context,
                 deadline: self.deadline.budget,
+                after_send: phase.may_be_applied(),
             },
             Failure::Postgres(source) => match cause {
                 Cause::Server { .. } => Error::Database { context, source },

@@ -27,10 +27,11 @@ const RETRY_FLOOR: Duration = Duration::from_millis(5);
 /// every replica is too stale or behind the token, the read goes to the
 /// primary; it never waits for a replica to catch up.
 ///
-/// If the attempt fails before a result arrives for a connection-level
-/// reason (checkout, connect, lost connection) or a recovery conflict
-/// (40001), it is tried once more on another eligible node. Both attempts
-/// share one deadline.
+/// If the attempt fails before the statement was sent (checkout, connect,
+/// a connection lost while preparing) or with a recovery conflict (40001),
+/// it is tried once more on another eligible node. Both attempts share one
+/// deadline. A connection lost after the statement was sent is
+/// [`Error::OutcomeUnknown`], never a second run: a "read" may write.
 #[derive(Clone)]
 #[must_use = "a read does nothing until query, query_one or query_opt is awaited"]
 pub struct Read<'a> {
@@ -153,8 +154,9 @@ impl<'a> Read<'a> {
 }
 
 /// Picks a node, runs the call, and on a retryable failure runs it once
-/// more on another node. Reads may run twice: they retry whatever a
-/// write marked idempotent would.
+/// more on another node: by the same rules as a write that is not
+/// idempotent, since a "read" may write (`INSERT … RETURNING` through
+/// `query`). A statement that was sent is never sent again.
 async fn route(
     hub: &Hub,
     strategy: ReadStrategy,
@@ -170,7 +172,7 @@ async fn route(
         Ok((rows, _)) => return Ok((first, rows)),
         Err(error) => error,
     };
-    if error.retry_decision(true) == RetryDecision::Fail || !time_for_another_attempt(call) {
+    if error.retry_decision(false) == RetryDecision::Fail || !time_for_another_attempt(call) {
         return Err(error);
     }
     let Some(second) = hub.pick_read(strategy, freshness, Some(first), &mut rng) else {

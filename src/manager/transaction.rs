@@ -195,6 +195,14 @@ async fn read_token(attempt: &Attempt<'_>, client: Busy<'_>) -> Result<CausalTok
     match result {
         Ok(Ok(row)) => token_of(&row).map_err(|error| attempt.token_unavailable(error)),
         Ok(Err(error)) => Err(attempt.token_unavailable(error)),
-        Err(_) => Err(attempt.fail(Phase::CommitSent, client, Failure::Deadline)),
+        Err(_) => {
+            // COMMIT succeeded: the write is applied, only its token is lost.
+            let (_, fate) = attempt.judge(Phase::CommitSent, Failure::Deadline);
+            attempt.settle(client, fate);
+            Err(Error::TokenUnavailable {
+                context: attempt.context().clone(),
+                source: None,
+            })
+        }
     }
 }

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use pgrouter::tokio_postgres::NoTls;
 use pgrouter::{
     Config, DatabaseManager, HealthSettings, NodeConfig, PoolSettings, ReadStrategy, RetrySettings,
     Role,
@@ -216,4 +217,27 @@ where
 
 pub fn healthy(db: &DatabaseManager, node: &str) -> bool {
     db.status().node(node).is_some_and(|n| n.healthy)
+}
+
+/// Waits until a statement containing `marker` is running on node `index`,
+/// asking the server directly (not through a proxy in front of it).
+pub async fn until_running(cluster: &Cluster, index: usize, marker: &str) {
+    let (client, connection) = cluster
+        .node(index)
+        .pg_config()
+        .connect(NoTls)
+        .await
+        .unwrap();
+    let driver = tokio::spawn(connection);
+    let sql = "SELECT count(*) FROM pg_stat_activity \
+               WHERE state = 'active' AND pid <> pg_backend_pid() \
+               AND strpos(query, $1) > 0";
+    let running = wait_until_async(Duration::from_secs(10), || async {
+        let row = client.query_one(sql, &[&marker]).await.unwrap();
+        row.get::<_, i64>(0) > 0
+    })
+    .await;
+    assert!(running.is_some(), "{marker} never ran on node {index}");
+    drop(client);
+    let _ = driver.await;
 }
