@@ -86,13 +86,14 @@ async fn writes_follow_a_promoted_replica_and_never_reach_the_old_primary() {
     let fenced = wait_until(Duration::from_secs(10), || {
         db.status()
             .node("node0")
-            .is_some_and(|n| n.healthy && n.role == Role::Primary)
+            .is_some_and(|n| n.last_error.is_none() && n.role == Role::Primary)
     })
     .await;
     assert!(fenced.is_some(), "{:?}", db.status());
     tokio::time::sleep(db.config().health.interval * 2).await;
     let node0 = db.status().node("node0").cloned().unwrap();
     assert!(node0.fenced && node0.timeline == Some(1), "{node0:?}");
+    assert!(!node0.healthy, "a fenced node is not healthy: {node0:?}");
     for _ in 0..30 {
         assert_eq!(write_port(&db, "split").await.unwrap(), port(&cluster, 1));
         let read = answering_port(&db, ReadStrategy::GlobalRandom).await;

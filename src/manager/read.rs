@@ -7,7 +7,7 @@ use tokio_postgres::Row;
 use tracing::Instrument;
 
 use super::attempt::{at_most_one, exactly_one, traced, Call, Deadline, Params, Rows};
-use crate::config::ReadStrategy;
+use crate::config::{ReadStrategy, Role};
 use crate::error::Error;
 use crate::freshness::Freshness;
 use crate::hub::Hub;
@@ -27,11 +27,12 @@ const RETRY_FLOOR: Duration = Duration::from_millis(5);
 /// every replica is too stale or behind the token, the read goes to the
 /// primary; it never waits for a replica to catch up.
 ///
-/// If the attempt fails before the statement was sent (checkout, connect,
-/// a connection lost while preparing) or with a recovery conflict (40001),
-/// it is tried once more on another eligible node. Both attempts share one
-/// deadline. A connection lost after the statement was sent is
-/// [`Error::OutcomeUnknown`], never a second run: a "read" may write.
+/// If the attempt fails at the connection level (checkout, connect, a lost
+/// connection) or with a recovery conflict (40001), it is tried once more on
+/// another eligible node. Both attempts share one deadline. The one
+/// exception: a connection to the *primary* lost after the statement was
+/// sent is [`Error::OutcomeUnknown`], never a second run, since a "read"
+/// may write (`INSERT … RETURNING`); a replica in recovery writes nothing.
 #[derive(Clone)]
 #[must_use = "a read does nothing until query, query_one or query_opt is awaited"]
 pub struct Read<'a> {
@@ -154,9 +155,11 @@ impl<'a> Read<'a> {
 }
 
 /// Picks a node, runs the call, and on a retryable failure runs it once
-/// more on another node: by the same rules as a write that is not
-/// idempotent, since a "read" may write (`INSERT … RETURNING` through
-/// `query`). A statement that was sent is never sent again.
+/// more on another node. A "read" may write (`INSERT … RETURNING` through
+/// `query`): a statement sent to the primary follows the rules of a write
+/// that is not idempotent, and is never sent again once it was sent; one
+/// sent to a replica (in recovery at its last probe, so it can have written
+/// nothing) may be.
 async fn route(
     hub: &Hub,
     strategy: ReadStrategy,
@@ -172,7 +175,10 @@ async fn route(
         Ok((rows, _)) => return Ok((first, rows)),
         Err(error) => error,
     };
-    if error.retry_decision(false) == RetryDecision::Fail || !time_for_another_attempt(call) {
+    // A server in recovery applies no write: a statement sent to a replica
+    // may run again elsewhere. One sent to the primary may have written.
+    let harmless = hub.snapshot().nodes[first].role == Role::Replica;
+    if error.retry_decision(harmless) == RetryDecision::Fail || !time_for_another_attempt(call) {
         return Err(error);
     }
     let Some(second) = hub.pick_read(strategy, freshness, Some(first), &mut rng) else {
