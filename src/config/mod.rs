@@ -262,14 +262,14 @@ impl Default for PoolSettings {
 // Not `Copy`: settings may gain fields that are not (a list, a name).
 #[allow(missing_copy_implementations)]
 pub struct HealthSettings {
-    /// How often a healthy node is probed. Default: 5 s (the original sketch
-    /// used 60 s; detection time is bounded by this).
+    /// How often a healthy node is probed, at least 1 ms. Default: 5 s (the
+    /// original sketch used 60 s; detection time is bounded by this).
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
-    /// Bound on one probe (connect and `SELECT 1`). Default: 2 s.
+    /// Bound on one probe (connect and the probe query). Default: 2 s.
     #[serde(with = "humantime_serde")]
     pub probe_timeout: Duration,
-    /// First re-probe of an unhealthy node. Default: 5 s.
+    /// First re-probe of an unhealthy node, at least 1 ms. Default: 5 s.
     #[serde(with = "humantime_serde")]
     pub recovery_initial: Duration,
     /// Longest gap between re-probes of an unhealthy node; the gap doubles

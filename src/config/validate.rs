@@ -6,6 +6,8 @@ use std::time::Duration;
 use super::{Config, Role};
 use crate::error::ConfigError;
 
+/// The shortest gap between two probes of a node.
+const MIN_PROBE_GAP: Duration = Duration::from_millis(1);
 /// The largest `TCP_KEEPIDLE` Linux accepts.
 const MAX_KEEPALIVE_IDLE: Duration = Duration::from_secs(32_767);
 /// The largest `TCP_USER_TIMEOUT` Linux accepts (`i32::MAX` ms).
@@ -84,6 +86,15 @@ fn validate_durations(config: &Config) -> Result<(), ConfigError> {
             Duration::ZERO,
             "must be greater than zero (use the primary-only strategy for no staleness)",
         ));
+    }
+    // Faster than this, a monitor probing unreachable nodes only burns CPU.
+    for (field, value) in [
+        ("health.interval", health.interval),
+        ("health.recovery_initial", health.recovery_initial),
+    ] {
+        if value < MIN_PROBE_GAP {
+            return Err(invalid(field, value, "must be at least 1ms"));
+        }
     }
     // The kernel's own limits: outside them every connection fails (EINVAL).
     if !(Duration::from_secs(1)..=MAX_KEEPALIVE_IDLE).contains(&pool.keepalive_idle) {
