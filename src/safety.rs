@@ -20,7 +20,10 @@
 //! - a connection lost after a statement or `COMMIT` was sent: it may have
 //!   been applied; retry only what may safely run twice;
 //! - the deadline passed: fail; the node is held responsible only when this
-//!   attempt had a fair share of the time ([`fair_share`]).
+//!   attempt had a fair share of the time ([`fair_share`]);
+//! - a node that refuses new connections (with any SQLSTATE) is suspect,
+//!   whatever its probe connection says; the monitor then probes it over a
+//!   new connection.
 
 use std::time::Duration;
 
@@ -235,15 +238,13 @@ pub(crate) fn classify(phase: Phase, cause: Cause) -> Verdict {
         Cause::PoolExhausted => verdict(Action::Retry, NodeFault::Blameless, Fate::Keep),
         Cause::PoolClosed => verdict(Action::Fail, NodeFault::Blameless, Fate::Discard),
         Cause::Unreachable => verdict(Action::Retry, NodeFault::Suspect, Fate::Discard),
-        Cause::Refused(CodeKind::TopologyChanged) => {
-            verdict(Action::Retry, NodeFault::Suspect, Fate::Discard)
-        }
-        Cause::Refused(CodeKind::Conflict) => {
-            verdict(Action::Retry, NodeFault::Blameless, Fate::Discard)
-        }
+        // The node refuses new connections (starting up, too many clients,
+        // not accepting connections, a rotated password): whatever its probe
+        // connection says, callers cannot use it.
         Cause::Refused(CodeKind::Permanent) => {
-            verdict(Action::Fail, NodeFault::Blameless, Fate::Discard)
+            verdict(Action::Fail, NodeFault::Suspect, Fate::Discard)
         }
+        Cause::Refused(_) => verdict(Action::Retry, NodeFault::Suspect, Fate::Discard),
         Cause::Server { kind, closed: gone } => {
             let (action, node) = match kind {
                 CodeKind::Conflict => (Action::Retry, NodeFault::Blameless),
@@ -310,8 +311,8 @@ mod tests {
                 Cause::Refused(TopologyChanged),
                 all((Retry, Suspect, Discard)),
             ),
-            (Cause::Refused(Conflict), all((Retry, Blameless, Discard))),
-            (Cause::Refused(Permanent), all((Fail, Blameless, Discard))),
+            (Cause::Refused(Conflict), all((Retry, Suspect, Discard))),
+            (Cause::Refused(Permanent), all((Fail, Suspect, Discard))),
             (server(Conflict, false), all((Retry, Blameless, Keep))),
             (server(Conflict, true), all((Retry, Blameless, Discard))),
             (server(TopologyChanged, false), all((Retry, Reprobe, Keep))),

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use pgrouter::tokio_postgres::{Client, NoTls};
 use pgrouter::ReadStrategy;
 use pgrouter_testkit::StopMode;
 use support::*;
@@ -152,4 +153,82 @@ async fn a_node_down_at_start_is_unhealthy_and_comes_in_later() {
             .is_some()
     );
     db.close().await;
+}
+
+/// A session on node `index` opened now, kept open by the caller.
+async fn session(
+    cluster: &pgrouter_testkit::Cluster,
+    index: usize,
+) -> (Client, tokio::task::JoinHandle<()>) {
+    let (client, connection) = cluster
+        .node(index)
+        .pg_config()
+        .connect(NoTls)
+        .await
+        .unwrap();
+    let driver = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    (client, driver)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_refuses_new_connections_is_unhealthy_though_old_ones_work() {
+    let (cluster, db) = cluster_and_manager(ReadStrategy::RegionalPreferred).await;
+    assert_eq!(
+        answering_port(&db, ReadStrategy::RegionalPreferred).await,
+        port_of(&cluster, 1)
+    );
+    // node1 keeps its open sessions (the monitor's probe connection among
+    // them) but rejects every new one.
+    let (admin, driver) = session(&cluster, 1).await;
+    let hba = cluster.node(1).data_dir().join("pg_hba.conf");
+    let original = std::fs::read_to_string(&hba).unwrap();
+    let reject = "local all all reject\nhost all all all reject\n";
+    std::fs::write(&hba, format!("{reject}{original}")).unwrap();
+    admin
+        .batch_execute("SELECT pg_reload_conf()")
+        .await
+        .unwrap();
+    let rejecting = wait_until_async(Duration::from_secs(10), || async {
+        session_refused(&cluster, 1).await
+    })
+    .await;
+    assert!(rejecting.is_some(), "node1 still takes new connections");
+    db.pool("node1").unwrap().retain(|_, _| false);
+
+    // Reads need a new connection to node1: they go elsewhere, and node1 is
+    // taken down and kept down, not revived by the probe's old session.
+    for _ in 0..10 {
+        let port = answering_port(&db, ReadStrategy::RegionalPreferred).await;
+        assert_ne!(port, port_of(&cluster, 1));
+    }
+    let down = wait_until(Duration::from_secs(10), || !healthy(&db, "node1")).await;
+    assert!(down.is_some(), "{:?}", db.status());
+    tokio::time::sleep(db.config().health.interval * 3).await;
+    let node1 = db.status().node("node1").cloned().unwrap();
+    assert!(!node1.healthy, "flapped back up: {node1:?}");
+    let error = node1.last_error.unwrap_or_default();
+    assert!(error.contains("pg_hba.conf rejects connection"), "{error}");
+
+    std::fs::write(&hba, original).unwrap();
+    admin
+        .batch_execute("SELECT pg_reload_conf()")
+        .await
+        .unwrap();
+    let back = wait_until(Duration::from_secs(15), || healthy(&db, "node1")).await;
+    assert!(back.is_some(), "{:?}", db.status());
+    drop(admin);
+    let _ = driver.await;
+    db.close().await;
+}
+
+/// Whether node `index` refuses a new session now.
+async fn session_refused(cluster: &pgrouter_testkit::Cluster, index: usize) -> bool {
+    cluster
+        .node(index)
+        .pg_config()
+        .connect(NoTls)
+        .await
+        .is_err()
 }

@@ -24,6 +24,10 @@ pub(crate) enum Answer {
     Silent,
     /// Panics inside the probe (a bug standing in for any bug).
     Panic,
+    /// Answers as this replica over a connection it already has, refuses
+    /// new ones (too many clients, a rotated password, an expired
+    /// certificate).
+    RefusesNewConnections { timeline: u32, replayed: u64 },
 }
 
 /// One scripted node: what it answers now, and when it was probed.
@@ -59,6 +63,7 @@ impl World {
             .map(|index| FakeProbe {
                 world: self.clone(),
                 index,
+                connected: false,
             })
             .collect()
     }
@@ -69,6 +74,9 @@ impl World {
 pub(crate) struct FakeProbe {
     world: World,
     index: usize,
+    /// The probe holds an open connection (its last probe succeeded and it
+    /// was not told to reconnect).
+    connected: bool,
 }
 
 impl Probe for FakeProbe {
@@ -84,13 +92,25 @@ impl Probe for FakeProbe {
             position: Some(Lsn(position)),
             rtt: Duration::from_millis(1),
         };
-        match answer {
+        let result = match answer {
             Answer::Primary { timeline, position } => Ok(report(false, timeline, position)),
             Answer::Replica { timeline, replayed } => Ok(report(true, timeline, replayed)),
+            Answer::RefusesNewConnections { timeline, replayed } if self.connected => {
+                Ok(report(true, timeline, replayed))
+            }
+            Answer::RefusesNewConnections { .. } => {
+                Err("FATAL: sorry, too many clients already".to_owned())
+            }
             Answer::Down => Err("connection refused".to_owned()),
             Answer::Silent => std::future::pending().await,
             Answer::Panic => panic!("scripted probe panic"),
-        }
+        };
+        self.connected = result.is_ok();
+        result
+    }
+
+    fn reconnect(&mut self) {
+        self.connected = false;
     }
 }
 

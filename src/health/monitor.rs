@@ -138,6 +138,11 @@ impl<P: Probe> Monitor<P> {
             .filter(|(index, _)| judge.trackers[*index].is_due(now))
             .map(|(index, probe)| (index, probe, suspected[index]))
             .map(|(index, probe, suspected)| async move {
+                // A caller could not use the node: prove a new connection
+                // works, not only the probe's old one.
+                if suspected {
+                    probe.reconnect();
+                }
                 let result = match tokio::time::timeout(timeout, probe.probe()).await {
                     Ok(result) => result,
                     Err(_) => Err(format!("probe timed out after {timeout:?}")),

@@ -44,6 +44,10 @@ pub(crate) struct ProbeReport {
 pub(crate) trait Probe: Send + 'static {
     /// The node's report, or a one-line description of why there is none.
     fn probe(&mut self) -> impl Future<Output = Result<ProbeReport, String>> + Send;
+
+    /// Makes the next probe open a new connection: a node must accept new
+    /// connections, not only keep an old one alive, to be healthy.
+    fn reconnect(&mut self);
 }
 
 /// A probe connection, reopened after any failure.
@@ -90,6 +94,10 @@ impl Probe for ProbeConnection {
             }
             Err(error) => Err(describe(&error)),
         }
+    }
+
+    fn reconnect(&mut self) {
+        self.open = None;
     }
 }
 

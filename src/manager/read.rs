@@ -178,7 +178,11 @@ async fn route(
     // A server in recovery applies no write: a statement sent to a replica
     // may run again elsewhere. One sent to the primary may have written.
     let harmless = hub.snapshot().nodes[first].role == Role::Replica;
-    if error.retry_decision(harmless) == RetryDecision::Fail || !time_for_another_attempt(call) {
+    // Nothing was sent when no connection could be had: another node may
+    // take it even where this one refused for good (a full `max_connections`).
+    let elsewhere = matches!(error, Error::Connect { .. })
+        || error.retry_decision(harmless) == RetryDecision::Retry;
+    if !elsewhere || !time_for_another_attempt(call) {
         return Err(error);
     }
     let Some(second) = hub.pick_read(strategy, freshness, Some(first), &mut rng) else {

@@ -335,3 +335,27 @@ async fn a_dead_monitor_is_reported_and_calls_fail_fast() {
     assert!(!status.is_ready() && !status.can_read());
     assert!(matches!(h.hub.ensure_open(), Err(Error::MonitorStopped)));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_node_that_refuses_new_connections_is_not_kept_up_by_an_old_one() {
+    let mut h = Harness::start(config(3), &[PRIMARY, REPLICA, REPLICA]).await;
+    let refuses = Answer::RefusesNewConnections {
+        timeline: 1,
+        replayed: 100,
+    };
+    h.world.set(1, refuses);
+    h.at(2500).await;
+    assert!(h.healthy(1), "its old probe connection still answers");
+    // A caller's pool could not connect: the probe must prove it can.
+    h.hub.blame(1, NodeFault::Suspect);
+    h.at(2600).await;
+    let node = h.status().nodes[1].clone();
+    assert!(!node.healthy && !node.suspect, "{node:?}");
+    assert!(node
+        .last_error
+        .is_some_and(|e| e.contains("too many clients")));
+    // And it stays down: no old connection to flap back up on.
+    h.at(20_000).await;
+    assert!(!h.healthy(1));
+    assert_eq!(down_and_up(&h.drain_events(), "node1"), ["down"]);
+}
