@@ -6,6 +6,8 @@
 
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use crate::lsn::CausalToken;
 use crate::topology::NodeState;
 
@@ -24,16 +26,24 @@ impl Freshness {
         self.max_staleness.is_some() || self.after.is_some()
     }
 
-    /// The write target is always fresh. Any other node must show both:
-    /// a known lag within the bound, and a known replay position at or past
-    /// the token. Unknown is not fresh.
-    pub(crate) fn admits(&self, node: &NodeState, is_write_target: bool) -> bool {
+    /// The write target is always fresh. Any other node must show both,
+    /// now: that it had everything the primary had no longer than the bound
+    /// ago (judged at `now`, the moment of the decision, not at the last
+    /// probe), and a replay position at or past the token. Unknown is not
+    /// fresh, and neither is a bound with no `now` to judge it at.
+    pub(crate) fn admits(
+        &self,
+        node: &NodeState,
+        is_write_target: bool,
+        now: Option<Instant>,
+    ) -> bool {
         if is_write_target {
             return true;
         }
-        let lag_ok = self
-            .max_staleness
-            .is_none_or(|bound| node.lag.is_some_and(|lag| lag.time <= bound));
+        let lag_ok = self.max_staleness.is_none_or(|bound| {
+            let as_of = now.zip(node.fresh_as_of);
+            as_of.is_some_and(|(now, as_of)| now.saturating_duration_since(as_of) <= bound)
+        });
         let token_ok = self.after.is_none_or(|token| {
             node.position
                 .is_some_and(|position| position >= token.lsn())
@@ -47,14 +57,11 @@ mod tests {
     use super::*;
     use crate::config::Role;
     use crate::lsn::Lsn;
-    use crate::topology::Lag;
 
-    fn replica(lag_ms: Option<u64>, position: Option<u64>) -> NodeState {
+    /// A replica fresh as of `ms_ago` before `now` (or unknown), at `position`.
+    fn replica(now: Instant, ms_ago: Option<u64>, position: Option<u64>) -> NodeState {
         let mut node = NodeState::new(Role::Replica);
-        node.lag = lag_ms.map(|ms| Lag {
-            bytes: 0,
-            time: Duration::from_millis(ms),
-        });
+        node.fresh_as_of = ms_ago.map(|ms| now - Duration::from_millis(ms));
         node.position = position.map(Lsn);
         node
     }
@@ -75,25 +82,38 @@ mod tests {
 
     #[test]
     fn staleness_bound_table() {
-        // (lag, bound, admitted)
+        let now = Instant::now() + Duration::from_secs(60);
+        // (fresh as of how long ago, bound, admitted)
         let table = [
             (Some(0), 100, true),
             (Some(100), 100, true),
             (Some(101), 100, false),
             (None, 100, false),
         ];
-        for (lag, limit, admitted) in table {
-            let node = replica(lag, Some(10));
+        for (ago, limit, admitted) in table {
+            let node = replica(now, ago, Some(10));
             assert_eq!(
-                bound(limit).admits(&node, false),
+                bound(limit).admits(&node, false, Some(now)),
                 admitted,
-                "{lag:?} vs {limit}"
+                "{ago:?} vs {limit}"
             );
         }
     }
 
     #[test]
+    fn staleness_grows_between_probes() {
+        let probed = Instant::now();
+        let node = replica(probed, Some(0), Some(10));
+        assert!(bound(100).admits(&node, false, Some(probed + Duration::from_millis(100))));
+        assert!(
+            !bound(100).admits(&node, false, Some(probed + Duration::from_millis(101))),
+            "no probe since: the replica may have stalled right after the last one"
+        );
+    }
+
+    #[test]
     fn causal_token_table() {
+        let now = Instant::now();
         // (replayed position, token, admitted)
         let table = [
             (Some(10), 10, true),
@@ -103,9 +123,9 @@ mod tests {
             (Some(u64::MAX - 1), u64::MAX, false),
         ];
         for (position, lsn, admitted) in table {
-            let node = replica(Some(0), position);
+            let node = replica(now, Some(0), position);
             assert_eq!(
-                token(lsn).admits(&node, false),
+                token(lsn).admits(&node, false, Some(now)),
                 admitted,
                 "{position:?} vs {lsn}"
             );
@@ -114,28 +134,36 @@ mod tests {
 
     #[test]
     fn both_constraints_must_hold() {
+        let now = Instant::now() + Duration::from_secs(60);
         let both = Freshness {
             max_staleness: Some(Duration::from_millis(100)),
             after: Some(CausalToken::new(Lsn(10))),
         };
-        assert!(both.admits(&replica(Some(50), Some(10)), false));
-        assert!(!both.admits(&replica(Some(500), Some(10)), false));
-        assert!(!both.admits(&replica(Some(50), Some(9)), false));
+        assert!(both.admits(&replica(now, Some(50), Some(10)), false, Some(now)));
+        assert!(!both.admits(&replica(now, Some(500), Some(10)), false, Some(now)));
+        assert!(!both.admits(&replica(now, Some(50), Some(9)), false, Some(now)));
     }
 
     #[test]
     fn the_write_target_is_always_fresh() {
-        let unknown = replica(None, None);
-        assert!(bound(1).admits(&unknown, true));
-        assert!(token(u64::MAX).admits(&unknown, true));
+        let now = Instant::now();
+        let unknown = replica(now, None, None);
+        assert!(bound(1).admits(&unknown, true, Some(now)));
+        assert!(token(u64::MAX).admits(&unknown, true, Some(now)));
         assert!(CausalToken::PRIMARY.lsn() == Lsn(u64::MAX));
     }
 
     #[test]
     fn no_constraint_admits_everything() {
+        let now = Instant::now();
         let any = Freshness::default();
         assert!(!any.is_constrained());
-        assert!(any.admits(&replica(None, None), false));
+        assert!(any.admits(&replica(now, None, None), false, None));
         assert!(bound(5).is_constrained() && token(5).is_constrained());
+        let fresh = replica(now, Some(0), Some(10));
+        assert!(
+            !bound(5).admits(&fresh, false, None),
+            "a bound needs a clock"
+        );
     }
 }

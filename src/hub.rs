@@ -155,12 +155,15 @@ impl Hub {
         snapshot: &'a Snapshot,
         freshness: Freshness,
     ) -> LiveView<'a> {
+        // The clock is read only when a bound needs it.
+        let now = freshness.max_staleness.map(|_| Instant::now());
         LiveView {
             snapshot,
             nodes: &self.nodes,
             suspects,
             freshness,
             nearest: &self.config.nearest,
+            now,
         }
     }
 

@@ -19,10 +19,12 @@ use crate::node::Node;
 pub struct Lag {
     /// WAL bytes the primary has flushed that the replica has not replayed.
     pub bytes: u64,
-    /// How long ago the primary had the oldest WAL the replica still lacks
-    /// (zero when it has replayed everything, however idle the primary).
-    /// Measured on pgrouter's clock at probe resolution, so never skewed
-    /// by the servers' clocks.
+    /// How long before the last probe the replica was last known to have
+    /// everything the primary had: the time since the primary was last seen
+    /// at or below the replica's replay position (for a caught-up replica,
+    /// since the primary's last probe). Measured on pgrouter's clock, so
+    /// never skewed by the servers' clocks. Reads with a staleness bound
+    /// judge the same quantity again when they are routed.
     pub time: Duration,
 }
 
@@ -42,6 +44,10 @@ pub(crate) struct NodeState {
     pub(crate) position: Option<Lsn>,
     /// Replicas only, once a primary position is known.
     pub(crate) lag: Option<Lag>,
+    /// Replicas only: the instant as of which the replica is known to have
+    /// everything the primary had (see `health/lag.rs`); `None` when that
+    /// cannot be shown. Staleness is judged from it at decision time.
+    pub(crate) fresh_as_of: Option<Instant>,
     /// Smoothed probe round trip.
     pub(crate) rtt: Option<Duration>,
     /// The last probe error, kept until the node is up again.
@@ -75,6 +81,7 @@ impl NodeState {
             timeline: None,
             position: None,
             lag: None,
+            fresh_as_of: None,
             rtt: None,
             last_error: None,
             last_probe: None,

@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use crate::config::NearestSettings;
 use crate::freshness::Freshness;
 use crate::node::Node;
@@ -20,13 +22,15 @@ pub(crate) struct LiveView<'a> {
     pub(crate) suspects: Members,
     pub(crate) freshness: Freshness,
     pub(crate) nearest: &'a NearestSettings,
+    /// The moment of the decision, read when there is a staleness bound.
+    pub(crate) now: Option<Instant>,
 }
 
 impl LiveView<'_> {
     fn is_fresh(&self, index: usize) -> bool {
         let is_write_target = self.snapshot.primary == Some(index);
         self.freshness
-            .admits(&self.snapshot.nodes[index], is_write_target)
+            .admits(&self.snapshot.nodes[index], is_write_target, self.now)
     }
 }
 

@@ -36,9 +36,12 @@ pub struct Config {
     /// overridable per call. Default: 10 s.
     #[serde(default = "defaults::deadline", with = "humantime_serde")]
     pub deadline: Duration,
-    /// Default bound on a replica's lag for reads: a replica further behind
-    /// (or whose lag is unknown) serves no read; the primary always may.
-    /// Overridable per call. Default: none (any healthy replica).
+    /// Default bound on a replica's staleness for reads: a replica serves a
+    /// read only if, when the read is routed, it is known to have had
+    /// everything the primary had no longer than this ago (unknown is too
+    /// stale); the primary always may. Below `health.interval`, replicas
+    /// qualify only part of each probe interval. Overridable per call.
+    /// Default: none (any healthy replica).
     #[serde(default, with = "humantime_serde")]
     pub max_staleness: Option<Duration>,
     /// How long a write waits for a primary while none is known (during a

@@ -12,17 +12,33 @@ use crate::topology::{Lag, Snapshot};
 #[derive(Debug, Default)]
 pub(crate) struct Assessor {
     history: WalHistory,
+    /// The primary (node, timeline) `history` belongs to.
+    history_of: Option<(usize, Option<u32>)>,
     highest_timeline: u32,
 }
 
 impl Assessor {
-    /// Fills in `primary`, `split_brain`, `fenced` and `lag` of `next`, whose
-    /// nodes in `probed` were probed just now.
-    pub(crate) fn assess(&mut self, next: &mut Snapshot, probed: &[usize], now: Instant) {
+    /// Fills in `primary`, `split_brain`, `fenced`, `lag` and `fresh_as_of`
+    /// of `next`, whose nodes in `probed` were probed by a probe sent at
+    /// `sent` and answered by `now`.
+    pub(crate) fn assess(
+        &mut self,
+        next: &mut Snapshot,
+        probed: &[usize],
+        sent: Instant,
+        now: Instant,
+    ) {
         self.elect(next);
         if let Some(primary) = next.primary.filter(|p| probed.contains(p)) {
+            let owner = Some((primary, next.nodes[primary].timeline));
+            if self.history_of != owner {
+                // A new primary or timeline: old positions prove nothing.
+                self.history.clear();
+                self.history_of = owner;
+            }
             if let Some(position) = next.nodes[primary].position {
-                self.history.record(position, now);
+                // It had at most this position when the probe was sent.
+                self.history.record(position, sent);
             }
         }
         self.measure_lag(next, now);
@@ -50,10 +66,12 @@ impl Assessor {
     fn measure_lag(&self, next: &mut Snapshot, now: Instant) {
         let latest = self.history.latest();
         for node in next.nodes.iter_mut() {
-            node.lag = match (node.role, node.position, latest) {
-                (Role::Replica, Some(replayed), Some(latest)) => Some(Lag {
+            let replayed = node.position.filter(|_| node.role == Role::Replica);
+            node.fresh_as_of = replayed.and_then(|r| self.history.fresh_as_of(r));
+            node.lag = match (replayed, latest, node.fresh_as_of) {
+                (Some(replayed), Some(latest), Some(fresh_as_of)) => Some(Lag {
                     bytes: latest.bytes_since(replayed),
-                    time: self.history.lag_time(replayed, now).unwrap_or_default(),
+                    time: now.saturating_duration_since(fresh_as_of),
                 }),
                 _ => None,
             };
@@ -93,7 +111,7 @@ mod tests {
         let t = Instant::now();
         let mut assessor = Assessor::default();
         let mut next = snapshot(&[(0, 1, 100)], 100);
-        assessor.assess(&mut next, &[0], t);
+        assessor.assess(&mut next, &[0], t, t);
         assert_eq!(next.primary, Some(0));
         assert_eq!(next.nodes[1].lag, Some(Lag::default()));
         assert_eq!(next.nodes[0].lag, None, "the primary has no lag");
@@ -101,7 +119,7 @@ mod tests {
         // The primary moves on; the replicas stay at 100.
         let later = t + Duration::from_secs(2);
         let mut next = snapshot(&[(0, 1, 300)], 100);
-        assessor.assess(&mut next, &[0], later);
+        assessor.assess(&mut next, &[0], later, later);
         let lag = next.nodes[2].lag.expect("measured");
         assert_eq!(lag.bytes, 200);
         assert_eq!(lag.time, Duration::from_secs(2));
@@ -112,7 +130,7 @@ mod tests {
         let t = Instant::now();
         let mut assessor = Assessor::default();
         let mut both = snapshot(&[(0, 1, 100), (1, 2, 200)], 100);
-        assessor.assess(&mut both, &[0, 1], t);
+        assessor.assess(&mut both, &[0, 1], t, t);
         assert_eq!(both.primary, Some(1));
         assert!(both.nodes[0].fenced && !both.split_brain);
         assert_eq!(both.routable, 0b110, "fenced nodes are not routable");
@@ -120,7 +138,7 @@ mod tests {
         // The new primary goes away; the old one alone is still fenced.
         let mut alone = snapshot(&[(0, 1, 100)], 100);
         alone.nodes[1].up = false;
-        assessor.assess(&mut alone, &[0, 1], t);
+        assessor.assess(&mut alone, &[0, 1], t, t);
         assert_eq!(alone.primary, None);
         assert!(alone.nodes[0].fenced);
         assert_eq!(alone.routable, 0b100);
@@ -130,7 +148,7 @@ mod tests {
     fn equal_timelines_are_a_split_brain() {
         let mut assessor = Assessor::default();
         let mut next = snapshot(&[(0, 2, 100), (2, 2, 100)], 100);
-        assessor.assess(&mut next, &[0, 2], Instant::now());
+        assessor.assess(&mut next, &[0, 2], Instant::now(), Instant::now());
         assert_eq!(next.primary, None);
         assert!(next.split_brain);
         assert!(next.nodes[0].fenced && next.nodes[2].fenced);
@@ -141,7 +159,7 @@ mod tests {
         let mut assessor = Assessor::default();
         let mut next = snapshot(&[(0, 1, 100)], 100);
         next.nodes[0].up = false;
-        assessor.assess(&mut next, &[0], Instant::now());
+        assessor.assess(&mut next, &[0], Instant::now(), Instant::now());
         assert_eq!(next.primary, None);
         assert!(!next.split_brain && !next.nodes[0].fenced);
     }

@@ -41,6 +41,8 @@ struct Outcome {
     index: usize,
     /// A caller had reported the node before this probe started.
     suspected: bool,
+    /// When the probe was sent.
+    sent: Instant,
     result: Result<ProbeReport, String>,
 }
 
@@ -143,6 +145,7 @@ impl<P: Probe> Monitor<P> {
                 if suspected {
                     probe.reconnect();
                 }
+                let sent = Instant::now();
                 let result = match tokio::time::timeout(timeout, probe.probe()).await {
                     Ok(result) => result,
                     Err(_) => Err(format!("probe timed out after {timeout:?}")),
@@ -150,6 +153,7 @@ impl<P: Probe> Monitor<P> {
                 Outcome {
                     index,
                     suspected,
+                    sent,
                     result,
                 }
             })
@@ -182,7 +186,8 @@ impl Judge {
         let previous = hub.snapshot();
         let mut next: Snapshot = (**previous).clone();
         self.apply(hub, &mut next.nodes[outcome.index], outcome, finished);
-        self.assessor.assess(&mut next, &[outcome.index], finished);
+        self.assessor
+            .assess(&mut next, &[outcome.index], outcome.sent, finished);
         let events = events::diff(&previous, &next, &hub.nodes, hub.config.max_staleness);
         drop(previous);
         let answered = outcome.suspected.then_some(outcome.index);

@@ -359,3 +359,67 @@ async fn a_node_that_refuses_new_connections_is_not_kept_up_by_an_old_one() {
     assert!(!h.healthy(1));
     assert_eq!(down_and_up(&h.drain_events(), "node1"), ["down"]);
 }
+
+/// Where `count` bounded reads go: how many reached each node.
+fn bounded_reads(hub: &Hub, bound: Duration, count: usize) -> Vec<usize> {
+    let freshness = crate::freshness::Freshness {
+        max_staleness: Some(bound),
+        after: None,
+    };
+    let mut rng = fastrand::Rng::with_seed(5);
+    let mut served = vec![0; hub.nodes.len()];
+    for _ in 0..count {
+        let strategy = crate::config::ReadStrategy::GlobalRandom;
+        if let Some(index) = hub.pick_read(strategy, freshness, None, &mut rng) {
+            served[index] += 1;
+        }
+    }
+    served
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_replica_already_behind_at_start_is_not_fresh_for_a_bound() {
+    let behind = Answer::Replica {
+        timeline: 1,
+        replayed: 50,
+    };
+    let h = Harness::start(config(3), &[PRIMARY, REPLICA, behind]).await;
+    // Half a second in, a history that starts with this manager would call
+    // node2 at most half a second behind.
+    h.at(500).await;
+    let served = bounded_reads(&h.hub, Duration::from_secs(2), 300);
+    assert_eq!(
+        served[2], 0,
+        "node2 never showed it had the primary's data: {served:?}"
+    );
+    assert!(served[1] > 0, "{served:?}");
+    assert!(h.status().nodes[2].lag.is_none(), "unknown, not small");
+}
+
+#[tokio::test(start_paused = true)]
+async fn replicas_grow_stale_while_the_primary_cannot_be_seen_and_between_probes() {
+    let h = Harness::start(config(2), &[PRIMARY, REPLICA]).await;
+    let bound = Duration::from_millis(1500);
+    h.at(500).await;
+    assert!(bounded_reads(&h.hub, bound, 100)[1] > 0);
+    // A partition between the service and the primary's region: the
+    // replica stops receiving too, and nothing shows it is fresh any more.
+    h.world.set(0, Answer::Down);
+    // The last good primary probe was sent at 0 s; the one at 1 s fails.
+    h.at(1400).await;
+    assert!(
+        bounded_reads(&h.hub, bound, 100)[1] > 0,
+        "fresh as of 0 s, 1.4 s ago"
+    );
+    h.at(1600).await;
+    assert_eq!(
+        bounded_reads(&h.hub, bound, 100)[1],
+        0,
+        "1.6 s since anything showed the replica fresh"
+    );
+    // The primary is seen again: the caught-up replica is fresh again.
+    h.world.set(0, PRIMARY);
+    h.at(10_500).await;
+    assert!(h.healthy(0));
+    assert!(bounded_reads(&h.hub, bound, 100)[1] > 0);
+}
