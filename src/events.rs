@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::node::Node;
-use crate::topology::{Lag, Snapshot};
+use crate::topology::{Lag, Orphan, Snapshot};
 
 /// Something changed in the deployment, as the health monitor saw it.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,6 +34,19 @@ pub enum Event {
     /// A node answers probes again.
     NodeUp {
         /// The node.
+        node: String,
+    },
+    /// A replica follows no live primary on the write target's timeline any
+    /// more (see [`Orphan`]).
+    ReplicaOrphaned {
+        /// The replica.
+        node: String,
+        /// Why.
+        reason: Orphan,
+    },
+    /// An orphaned replica follows the write target again.
+    ReplicaRejoined {
+        /// The replica.
         node: String,
     },
     /// A replica's lag rose above [`Config::max_staleness`](crate::Config::max_staleness).
@@ -91,6 +104,20 @@ pub(crate) fn diff(
                 error: after.last_error.as_deref().unwrap_or_default().to_owned(),
             }),
             (false, true) => events.push(Event::NodeUp { node: name(index) }),
+            _ => {}
+        }
+        match (before.orphaned, after.orphaned) {
+            (None, Some(reason)) if after.up => {
+                tracing::warn!(node = %name(index), %reason, "replica orphaned");
+                events.push(Event::ReplicaOrphaned {
+                    node: name(index),
+                    reason,
+                });
+            }
+            (Some(_), None) => {
+                tracing::info!(node = %name(index), "replica follows the primary again");
+                events.push(Event::ReplicaRejoined { node: name(index) });
+            }
             _ => {}
         }
         if let Some(event) = bound.and_then(|bound| lag_event(before.lag, after.lag, bound)) {
@@ -252,5 +279,26 @@ mod tests {
         assert!(diff(&old, &over, &hub.nodes, None).is_empty());
         // At the bound is within it.
         assert!(diff(&old, &with_lag(&old, Some(100)), &hub.nodes, bound).is_empty());
+    }
+
+    #[test]
+    fn orphaned_and_rejoined() {
+        let (hub, old) = setup();
+        let mut orphaned = old.clone();
+        orphaned.nodes[2].orphaned = Some(Orphan::NotReceiving);
+        assert_eq!(
+            diff(&old, &orphaned, &hub.nodes, None),
+            [Event::ReplicaOrphaned {
+                node: "node2".into(),
+                reason: Orphan::NotReceiving
+            }]
+        );
+        assert!(diff(&orphaned, &orphaned.clone(), &hub.nodes, None).is_empty());
+        assert_eq!(
+            diff(&orphaned, &old, &hub.nodes, None),
+            [Event::ReplicaRejoined {
+                node: "node2".into()
+            }]
+        );
     }
 }

@@ -44,11 +44,17 @@ impl Freshness {
             let as_of = now.zip(node.fresh_as_of);
             as_of.is_some_and(|(now, as_of)| now.saturating_duration_since(as_of) <= bound)
         });
+        // A position proves something only on the token's timeline.
         let token_ok = self.after.is_none_or(|token| {
-            node.position
-                .is_some_and(|position| position >= token.lsn())
+            let same_timeline = token.timeline().is_none_or(|t| node.timeline == Some(t));
+            same_timeline
+                && node
+                    .position
+                    .is_some_and(|position| position >= token.lsn())
         });
-        lag_ok && token_ok
+        // An orphan shows nothing about the primary's writes.
+        let follows = !self.is_constrained() || node.orphaned.is_none();
+        lag_ok && token_ok && follows
     }
 }
 
@@ -164,6 +170,39 @@ mod tests {
         assert!(
             !bound(5).admits(&fresh, false, None),
             "a bound needs a clock"
+        );
+    }
+
+    #[test]
+    fn a_position_on_another_timeline_proves_nothing() {
+        let now = Instant::now();
+        let mut node = replica(now, Some(0), Some(500));
+        node.timeline = Some(1);
+        let on = |timeline| Freshness {
+            max_staleness: None,
+            after: Some(CausalToken::on_timeline(timeline, Lsn(100))),
+        };
+        assert!(on(1).admits(&node, false, Some(now)));
+        assert!(
+            !on(2).admits(&node, false, Some(now)),
+            "ahead, but on timeline 1"
+        );
+        node.timeline = None;
+        assert!(!on(1).admits(&node, false, Some(now)), "timeline unknown");
+        // The older token form carries no timeline: the orphan check alone.
+        assert!(token(100).admits(&node, false, Some(now)));
+    }
+
+    #[test]
+    fn an_orphan_serves_no_constrained_read() {
+        let now = Instant::now();
+        let mut node = replica(now, Some(0), Some(500));
+        node.orphaned = Some(crate::topology::Orphan::NotReceiving);
+        assert!(!bound(1000).admits(&node, false, Some(now)));
+        assert!(!token(100).admits(&node, false, Some(now)));
+        assert!(
+            Freshness::default().admits(&node, false, None),
+            "routing decides those"
         );
     }
 }

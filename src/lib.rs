@@ -35,7 +35,7 @@ pub use lsn::{CausalToken, Lsn, TokenError};
 pub use manager::{DatabaseManager, Read, TxFuture, Write};
 pub use retry::RetryDecision;
 pub use status::{NodeStatus, PoolStatus, Status};
-pub use topology::Lag;
+pub use topology::{Lag, Orphan};
 
 pub use deadpool_postgres;
 pub use tokio_postgres;

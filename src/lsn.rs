@@ -52,36 +52,63 @@ impl FromStr for Lsn {
     }
 }
 
-/// A write's position in the primary's WAL, handed back by
+/// A write's position in the primary's WAL, and the timeline it was written
+/// on, handed back by
 /// [`Write::execute_with_token`](crate::Write::execute_with_token) and
 /// [`Write::transaction_with_token`](crate::Write::transaction_with_token).
 ///
 /// Give it to a later read ([`Read::after`](crate::Read::after)) and that
-/// read goes only to a node known to have replayed the write: a replica
-/// whose last probe showed it at or past the token, or else the primary. It
-/// never waits for a replica to catch up.
+/// read goes only to a node known to have replayed the write: a replica on
+/// the token's timeline (positions on another timeline prove nothing) that
+/// is receiving WAL and whose last probe showed it at or past the token, or
+/// else the primary. It never waits for a replica to catch up.
 ///
-/// It renders to a short string (`16/B374D848`) for an HTTP header, a cookie
-/// or a queue message, and parses back with [`str::parse`]; garbage gives a
-/// [`TokenError`].
+/// It renders to a short string, `TIMELINE/HIGH/LOW` in hex (`2/16/B374D848`),
+/// for an HTTP header, a cookie or a queue message, and parses back with
+/// [`str::parse`]; garbage gives a [`TokenError`]. The older form without a
+/// timeline (`16/B374D848`) still parses: such a token is satisfied only by
+/// a replica on the current primary's timeline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct CausalToken(Lsn);
+pub struct CausalToken {
+    timeline: Option<u32>,
+    lsn: Lsn,
+}
 
 impl CausalToken {
     /// A token no replica can satisfy: reads given it go to the primary.
-    pub const PRIMARY: CausalToken = CausalToken(Lsn(u64::MAX));
+    pub const PRIMARY: CausalToken = CausalToken {
+        timeline: Some(u32::MAX),
+        lsn: Lsn(u64::MAX),
+    };
 
-    /// The token for a WAL position.
+    /// The token for a WAL position whose timeline is not known.
     pub fn new(lsn: Lsn) -> Self {
-        Self(lsn)
+        Self {
+            timeline: None,
+            lsn,
+        }
+    }
+
+    /// The token for a WAL position on `timeline`.
+    pub fn on_timeline(timeline: u32, lsn: Lsn) -> Self {
+        Self {
+            timeline: Some(timeline),
+            lsn,
+        }
     }
 
     /// The WAL position a node must have replayed.
     pub fn lsn(self) -> Lsn {
-        self.0
+        self.lsn
     }
 
-    /// The later of two tokens (for a session that wrote twice).
+    /// The timeline the write was made on, when known.
+    pub fn timeline(self) -> Option<u32> {
+        self.timeline
+    }
+
+    /// The later of two tokens (for a session that wrote twice): the higher
+    /// timeline, then the higher position.
     pub fn max(self, other: CausalToken) -> CausalToken {
         Ord::max(self, other)
     }
@@ -89,7 +116,10 @@ impl CausalToken {
 
 impl fmt::Display for CausalToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
+        match self.timeline {
+            Some(timeline) => write!(f, "{timeline:X}/{}", self.lsn),
+            None => self.lsn.fmt(f),
+        }
     }
 }
 
@@ -97,13 +127,48 @@ impl FromStr for CausalToken {
     type Err = TokenError;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        text.trim().parse().map(CausalToken)
+        let text = text.trim();
+        let error = |reason| TokenError {
+            text: text.chars().take(64).collect(),
+            reason,
+        };
+        let Some((timeline, lsn)) = text.split_once('/').filter(|(_, rest)| rest.contains('/'))
+        else {
+            return text.parse().map(CausalToken::new);
+        };
+        if timeline.is_empty() || timeline.len() > 8 {
+            return Err(error("the timeline must be 1 to 8 hex digits"));
+        }
+        let timeline = u32::from_str_radix(timeline, 16).map_err(|_| error("not hexadecimal"))?;
+        if timeline == 0 {
+            return Err(error("timelines start at 1"));
+        }
+        let lsn: Lsn = lsn
+            .parse()
+            .map_err(|inner: TokenError| error(inner.reason))?;
+        Ok(CausalToken::on_timeline(timeline, lsn))
     }
+}
+
+/// `000000020000000000000003` is on timeline 2.
+pub(crate) fn timeline_of_walfile(name: &str) -> Option<u32> {
+    name.get(..8)
+        .and_then(|hex| u32::from_str_radix(hex, 16).ok())
+        .filter(|timeline| *timeline > 0)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timelines_from_wal_file_names() {
+        assert_eq!(timeline_of_walfile("000000020000000000000003"), Some(2));
+        assert_eq!(timeline_of_walfile("0000001A0000000000000003"), Some(26));
+        assert_eq!(timeline_of_walfile("000000000000000000000003"), None);
+        assert_eq!(timeline_of_walfile("xyz"), None);
+        assert_eq!(timeline_of_walfile(""), None);
+    }
 
     #[test]
     fn round_trips_postgres_text() {
@@ -112,7 +177,19 @@ mod tests {
             assert_eq!(lsn.to_string(), text);
             let token: CausalToken = text.parse().unwrap();
             assert_eq!(token.to_string(), text);
+            assert_eq!(token.timeline(), None, "the older form has no timeline");
         }
+        for text in ["1/0/0", "2/16/B374D848", "FFFFFFFF/FFFFFFFF/FFFFFFFF"] {
+            let token: CausalToken = text.parse().unwrap();
+            assert_eq!(token.to_string(), text);
+        }
+        let token: CausalToken = "2/16/B374D848".parse().unwrap();
+        assert_eq!(token.timeline(), Some(2));
+        assert_eq!(token.lsn(), "16/B374D848".parse().unwrap());
+        assert_eq!(
+            CausalToken::PRIMARY.to_string().parse::<CausalToken>(),
+            Ok(CausalToken::PRIMARY)
+        );
         assert_eq!("1/0".parse::<Lsn>().unwrap(), Lsn(1 << 32));
         assert_eq!(" 0/10 ".parse::<CausalToken>().unwrap().lsn(), Lsn(16));
     }
@@ -130,6 +207,11 @@ mod tests {
             "123456789/0",
             "-1/0",
             "0/1/2",
+            "1/2/3/4",
+            "/1/2",
+            "123456789/1/2",
+            "g/1/2",
+            "1/x/2",
             "🙂/1",
         ] {
             let error = text.parse::<CausalToken>().unwrap_err();
@@ -147,5 +229,8 @@ mod tests {
         assert_eq!(b.bytes_since(a), (1 << 32) - 0x100);
         assert_eq!(a.bytes_since(b), 0);
         assert_eq!(CausalToken::new(a).max(CausalToken::new(b)).lsn(), b);
+        let old = CausalToken::on_timeline(1, b);
+        let new = CausalToken::on_timeline(2, a);
+        assert_eq!(old.max(new), new, "a later timeline is later");
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::config::{ReadStrategy, Role};
 use crate::hub::Hub;
 use crate::lsn::Lsn;
-use crate::topology::Lag;
+use crate::topology::{Lag, Orphan};
 
 /// Every node's state at one moment.
 #[derive(Debug, Clone, PartialEq)]
@@ -40,16 +40,21 @@ pub struct NodeStatus {
     /// Reports itself primary but is not the write target (stale or
     /// undecidable): it serves neither reads nor writes.
     pub fenced: bool,
+    /// A replica that follows no live primary on the write target's
+    /// timeline, and why: it serves no bounded or causal read, and no read at
+    /// all unless [`Config::allow_orphaned_reads`](crate::Config::allow_orphaned_reads).
+    pub orphaned: Option<Orphan>,
     /// Its timeline, when known.
     pub timeline: Option<u32>,
-    /// Primary: flushed WAL position; replica: replayed position.
+    /// Primary: WAL insert position; replica: replayed position.
     pub wal_position: Option<Lsn>,
     /// A replica's lag behind the primary, once both have been probed.
     pub lag: Option<Lag>,
     /// Smoothed probe round trip.
     pub rtt: Option<Duration>,
-    /// Whether routing may use it: the monitor has it up, it is not fenced,
-    /// and no caller has reported it since.
+    /// Whether routing may use it: the monitor has it up, it is not fenced
+    /// (nor an orphan, unless orphans serve reads), and no caller has
+    /// reported it since.
     pub healthy: bool,
     /// A caller reported a failure the monitor has not yet checked.
     pub suspect: bool,
@@ -92,11 +97,12 @@ impl Status {
                     region: node.context.region.to_string(),
                     role: state.role,
                     fenced: state.fenced,
+                    orphaned: state.orphaned,
                     timeline: state.timeline,
                     wal_position: state.position,
                     lag: state.lag,
                     rtt: state.rtt,
-                    healthy: state.up && !suspect && !state.fenced,
+                    healthy: snapshot.is_routable(index) && !suspect,
                     suspect,
                     last_error: state.last_error.as_deref().map(str::to_owned),
                     last_probe_age: state.last_probe.map(|at| now.saturating_duration_since(at)),

@@ -17,7 +17,7 @@ use crate::node::Node;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct Lag {
-    /// WAL bytes the primary has flushed that the replica has not replayed.
+    /// WAL bytes the primary has written that the replica has not replayed.
     pub bytes: u64,
     /// How long before the last probe the replica was last known to have
     /// everything the primary had: the time since the primary was last seen
@@ -26,6 +26,42 @@ pub struct Lag {
     /// never skewed by the servers' clocks. Reads with a staleness bound
     /// judge the same quantity again when they are routed.
     pub time: Duration,
+}
+
+/// Why a replica is orphaned: it serves neither bounded nor causal reads
+/// (nothing shows it has the primary's latest writes), nor, unless
+/// [`Config::allow_orphaned_reads`](crate::Config::allow_orphaned_reads)
+/// says so, any read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Orphan {
+    /// Its WAL receiver does not run: it is not streaming from any primary
+    /// (e.g. its primary died and it was not repointed).
+    NotReceiving,
+    /// It is on another timeline than the write target: it follows an old
+    /// primary, or one that was failed over, and its positions compare with
+    /// nothing the primary writes.
+    OtherTimeline {
+        /// The replica's timeline.
+        timeline: u32,
+        /// The write target's timeline.
+        primary_timeline: u32,
+    },
+}
+
+impl std::fmt::Display for Orphan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Orphan::NotReceiving => f.write_str("its WAL receiver is not running"),
+            Orphan::OtherTimeline {
+                timeline,
+                primary_timeline,
+            } => write!(
+                f,
+                "it is on timeline {timeline}, the primary on timeline {primary_timeline}"
+            ),
+        }
+    }
 }
 
 /// What the monitor last concluded about one node.
@@ -40,8 +76,12 @@ pub(crate) struct NodeState {
     pub(crate) fenced: bool,
     /// The node's timeline, when known.
     pub(crate) timeline: Option<u32>,
-    /// Primary: flushed WAL position; replica: replayed position.
+    /// Primary: WAL insert position; replica: replayed position.
     pub(crate) position: Option<Lsn>,
+    /// A replica's WAL receiver runs (a primary: true).
+    pub(crate) receiving: bool,
+    /// A replica that follows no live primary on the write target's timeline.
+    pub(crate) orphaned: Option<Orphan>,
     /// Replicas only, once a primary position is known.
     pub(crate) lag: Option<Lag>,
     /// Replicas only: the instant as of which the replica is known to have
@@ -69,6 +109,8 @@ pub(crate) struct Snapshot {
     pub(crate) routable: u64,
     /// Bit `i`: node `i` is in the service's region (nodes 0 to 63).
     pub(crate) local: u64,
+    /// Orphaned replicas serve unbounded reads (the configuration opts in).
+    pub(crate) serve_orphans: bool,
 }
 
 impl NodeState {
@@ -80,6 +122,8 @@ impl NodeState {
             fenced: false,
             timeline: None,
             position: None,
+            receiving: true,
+            orphaned: None,
             lag: None,
             fresh_as_of: None,
             rtt: None,
@@ -100,6 +144,7 @@ impl Snapshot {
             split_brain: false,
             routable: 0,
             local: mask_of(nodes.iter().map(|node| node.is_local)),
+            serve_orphans: false,
         };
         snapshot.derive_masks();
         snapshot
@@ -107,7 +152,14 @@ impl Snapshot {
 
     /// Recomputes `routable` after node states changed.
     pub(crate) fn derive_masks(&mut self) {
-        self.routable = mask_of(self.nodes.iter().map(|node| node.up && !node.fenced));
+        let routable = mask_of((0..self.nodes.len()).map(|i| self.is_routable(i)));
+        self.routable = routable;
+    }
+
+    /// Up, not fenced, and not an orphan (unless orphans serve reads).
+    pub(crate) fn is_routable(&self, index: usize) -> bool {
+        let node = &self.nodes[index];
+        node.up && !node.fenced && (node.orphaned.is_none() || self.serve_orphans)
     }
 }
 

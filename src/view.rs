@@ -40,8 +40,7 @@ impl NodeView for LiveView<'_> {
     }
 
     fn is_up(&self, index: usize) -> bool {
-        let state = &self.snapshot.nodes[index];
-        state.up && !state.fenced && !self.suspects.contains(index) && self.is_fresh(index)
+        self.snapshot.is_routable(index) && !self.suspects.contains(index) && self.is_fresh(index)
     }
 
     fn is_local(&self, index: usize) -> bool {

@@ -81,6 +81,24 @@ async fn writes_follow_a_promoted_replica_and_never_reach_the_old_primary() {
     }
     assert!(saw_change, "a PrimaryChanged event names node1");
 
+    // node2 still follows the dead node0: an orphan, which serves no read
+    // (it would answer with the old timeline's data for ever).
+    let orphaned = wait_until(Duration::from_secs(10), || {
+        db.status()
+            .node("node2")
+            .is_some_and(|n| n.orphaned.is_some() && !n.healthy)
+    })
+    .await;
+    assert!(orphaned.is_some(), "{:?}", db.status().node("node2"));
+    eprintln!(
+        "node2: {:?}",
+        db.status().node("node2").and_then(|n| n.orphaned)
+    );
+    for _ in 0..30 {
+        let read = answering_port(&db, ReadStrategy::GlobalRandom).await;
+        assert_eq!(i32::from(read), port(&cluster, 1), "only node1 may serve");
+    }
+
     // Split brain: the old primary comes back as a primary on timeline 1.
     blocking(|| cluster.start_node(0)).unwrap();
     let fenced = wait_until(Duration::from_secs(10), || {
@@ -101,6 +119,11 @@ async fn writes_follow_a_promoted_replica_and_never_reach_the_old_primary() {
             i32::from(read),
             port(&cluster, 0),
             "a fenced node served a read"
+        );
+        assert_ne!(
+            i32::from(read),
+            port(&cluster, 2),
+            "an orphan served a read"
         );
     }
     let on_old =

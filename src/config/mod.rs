@@ -44,6 +44,13 @@ pub struct Config {
     /// Default: none (any healthy replica).
     #[serde(default, with = "humantime_serde")]
     pub max_staleness: Option<Duration>,
+    /// Whether orphaned replicas (not receiving WAL, or on another timeline
+    /// than the primary: see [`Orphan`](crate::Orphan)) still serve reads
+    /// that carry no staleness bound and no causal token. They never serve
+    /// those that do. Default: false (after a failover, a replica left
+    /// following the old primary would answer with old data for ever).
+    #[serde(default)]
+    pub allow_orphaned_reads: bool,
     /// How long a write waits for a primary while none is known (during a
     /// failover), never past its deadline. Zero: fail at once. Default: 5 s.
     #[serde(default = "defaults::write_hold", with = "humantime_serde")]
@@ -354,6 +361,7 @@ impl Config {
             read_strategy: ReadStrategy::default(),
             deadline: defaults::deadline(),
             max_staleness: None,
+            allow_orphaned_reads: false,
             write_hold: defaults::write_hold(),
             nearest: NearestSettings::default(),
             pool: PoolSettings::default(),

@@ -6,11 +6,13 @@ use tokio::time::Instant;
 use super::fencing::elect;
 use super::lag::WalHistory;
 use crate::config::Role;
-use crate::topology::{Lag, Snapshot};
+use crate::topology::{Lag, Orphan, Snapshot};
 
 /// What the monitor remembers across rounds to judge the topology.
 #[derive(Debug, Default)]
 pub(crate) struct Assessor {
+    /// Orphaned replicas serve unbounded reads.
+    serve_orphans: bool,
     history: WalHistory,
     /// The primary (node, timeline) `history` belongs to.
     history_of: Option<(usize, Option<u32>)>,
@@ -18,6 +20,15 @@ pub(crate) struct Assessor {
 }
 
 impl Assessor {
+    /// An assessor with no memory yet; `serve_orphans` from
+    /// `Config::allow_orphaned_reads`.
+    pub(crate) fn new(serve_orphans: bool) -> Self {
+        Self {
+            serve_orphans,
+            ..Self::default()
+        }
+    }
+
     /// Fills in `primary`, `split_brain`, `fenced`, `lag` and `fresh_as_of`
     /// of `next`, whose nodes in `probed` were probed by a probe sent at
     /// `sent` and answered by `now`.
@@ -29,6 +40,7 @@ impl Assessor {
         now: Instant,
     ) {
         self.elect(next);
+        self.find_orphans(next);
         if let Some(primary) = next.primary.filter(|p| probed.contains(p)) {
             let owner = Some((primary, next.nodes[primary].timeline));
             if self.history_of != owner {
@@ -63,10 +75,32 @@ impl Assessor {
         next.split_brain = election.split_brain;
     }
 
+    /// Replicas that follow no live primary on the write target's timeline.
+    fn find_orphans(&self, next: &mut Snapshot) {
+        let primary_timeline = next.primary.and_then(|p| next.nodes[p].timeline);
+        for node in next.nodes.iter_mut() {
+            node.orphaned = match (node.role, node.timeline, primary_timeline) {
+                (Role::Primary, ..) => None,
+                _ if !node.receiving => Some(Orphan::NotReceiving),
+                (_, Some(timeline), Some(primary_timeline)) if timeline != primary_timeline => {
+                    Some(Orphan::OtherTimeline {
+                        timeline,
+                        primary_timeline,
+                    })
+                }
+                _ => None,
+            };
+        }
+        next.serve_orphans = self.serve_orphans;
+    }
+
     fn measure_lag(&self, next: &mut Snapshot, now: Instant) {
         let latest = self.history.latest();
         for node in next.nodes.iter_mut() {
-            let replayed = node.position.filter(|_| node.role == Role::Replica);
+            // An orphan's positions say nothing about the primary's writes.
+            let replayed = node
+                .position
+                .filter(|_| node.role == Role::Replica && node.orphaned.is_none());
             node.fresh_as_of = replayed.and_then(|r| self.history.fresh_as_of(r));
             node.lag = match (replayed, latest, node.fresh_as_of) {
                 (Some(replayed), Some(latest), Some(fresh_as_of)) => Some(Lag {
@@ -130,6 +164,7 @@ mod tests {
         let t = Instant::now();
         let mut assessor = Assessor::default();
         let mut both = snapshot(&[(0, 1, 100), (1, 2, 200)], 100);
+        both.nodes[2].timeline = Some(2);
         assessor.assess(&mut both, &[0, 1], t, t);
         assert_eq!(both.primary, Some(1));
         assert!(both.nodes[0].fenced && !both.split_brain);
@@ -162,5 +197,40 @@ mod tests {
         assessor.assess(&mut next, &[0], Instant::now(), Instant::now());
         assert_eq!(next.primary, None);
         assert!(!next.split_brain && !next.nodes[0].fenced);
+    }
+
+    #[test]
+    fn replicas_that_follow_no_live_primary_on_its_timeline_are_orphans() {
+        let mut assessor = Assessor::default();
+        let mut next = snapshot(&[(0, 2, 100)], 100);
+        next.nodes[1].timeline = Some(2);
+        next.nodes[2].timeline = Some(2);
+        assessor.assess(&mut next, &[0, 1, 2], Instant::now(), Instant::now());
+        assert_eq!(next.nodes[1].orphaned, None);
+        assert_eq!(next.routable, 0b111);
+
+        // node1 stops receiving; node2 is left on timeline 1.
+        let mut next = snapshot(&[(0, 2, 100)], 100);
+        next.nodes[1].timeline = Some(2);
+        next.nodes[1].receiving = false;
+        assessor.assess(&mut next, &[0, 1, 2], Instant::now(), Instant::now());
+        assert_eq!(next.nodes[1].orphaned, Some(Orphan::NotReceiving));
+        assert_eq!(
+            next.nodes[2].orphaned,
+            Some(Orphan::OtherTimeline {
+                timeline: 1,
+                primary_timeline: 2
+            })
+        );
+        assert_eq!(next.routable, 0b001, "orphans serve no read");
+        assert!(next.nodes[1].fresh_as_of.is_none() && next.nodes[1].lag.is_none());
+
+        // Opted in: they serve unbounded reads (the freshness rule still
+        // keeps them from bounded and causal ones).
+        let mut lenient = Assessor::new(true);
+        let mut next = snapshot(&[(0, 2, 100)], 100);
+        lenient.assess(&mut next, &[0, 1, 2], Instant::now(), Instant::now());
+        assert!(next.nodes[2].orphaned.is_some());
+        assert_eq!(next.routable, 0b111);
     }
 }

@@ -16,8 +16,11 @@ use crate::lsn::Lsn;
 pub(crate) enum Answer {
     /// Answers as a primary (not in recovery).
     Primary { timeline: u32, position: u64 },
-    /// Answers as a replica.
+    /// Answers as a replica receiving WAL.
     Replica { timeline: u32, replayed: u64 },
+    /// Answers as a replica whose WAL receiver does not run (its primary is
+    /// gone).
+    Unfed { timeline: u32, replayed: u64 },
     /// Fails at once (refused, reset).
     Down,
     /// Never answers: the monitor's probe timeout ends the probe.
@@ -90,11 +93,16 @@ impl Probe for FakeProbe {
             in_recovery,
             timeline: Some(timeline),
             position: Some(Lsn(position)),
+            receiving: true,
             rtt: Duration::from_millis(1),
         };
         let result = match answer {
             Answer::Primary { timeline, position } => Ok(report(false, timeline, position)),
             Answer::Replica { timeline, replayed } => Ok(report(true, timeline, replayed)),
+            Answer::Unfed { timeline, replayed } => Ok(ProbeReport {
+                receiving: false,
+                ..report(true, timeline, replayed)
+            }),
             Answer::RefusesNewConnections { timeline, replayed } if self.connected => {
                 Ok(report(true, timeline, replayed))
             }

@@ -1,6 +1,6 @@
 //! Replica freshness from WAL positions, on pgrouter's own clock.
 //!
-//! The monitor records the primary's flushed position at every probe, as of
+//! The monitor records the primary's WAL insert position at every probe, as of
 //! the instant the probe was sent (the primary had at most that position
 //! then). A replica that has replayed up to `r` has everything the primary
 //! had the last time the primary was seen at or below `r`: it is *fresh as

@@ -76,13 +76,14 @@ impl<P: Probe> Monitor<P> {
     pub(crate) fn new(hub: Arc<Hub>, probes: Vec<P>) -> Self {
         let now = Instant::now();
         let count = hub.nodes.len();
+        let serve_orphans = hub.config.allow_orphaned_reads;
         debug_assert_eq!(probes.len(), count, "one probe per node");
         Self {
             hub,
             probes,
             judge: Judge {
                 trackers: vec![Tracker::new(now); count],
-                assessor: Assessor::default(),
+                assessor: Assessor::new(serve_orphans),
             },
         }
     }
@@ -227,6 +228,7 @@ fn record_report(state: &mut NodeState, report: &ProbeReport) {
     };
     state.timeline = report.timeline.or(state.timeline);
     state.position = report.position;
+    state.receiving = report.receiving;
     state.rtt = Some(match state.rtt {
         Some(smoothed) => smoothed.mul_f64(1.0 - RTT_ALPHA) + report.rtt.mul_f64(RTT_ALPHA),
         None => report.rtt,

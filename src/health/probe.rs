@@ -11,19 +11,26 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_postgres::{Client, SimpleQueryMessage, SimpleQueryRow};
 
-use crate::lsn::Lsn;
+use crate::lsn::{timeline_of_walfile, Lsn};
 use crate::tls::Connector;
 
-/// One round trip tells role, timeline and WAL positions. `CASE` keeps the
-/// primary-only functions from running on a replica (where they raise).
-/// The timeline of a primary is the first 8 hex digits of its current WAL
-/// file name; a replica's is the one its WAL receiver streams (NULL when the
-/// receiver is down or the role may not see it).
+/// A primary's position is its WAL *insert* position: with
+/// `synchronous_commit = off` a commit is acknowledged before it is flushed,
+/// so only the insert position is sure to cover every acknowledged write.
+/// One round trip tells role, timeline, WAL positions and whether a replica
+/// is receiving WAL. `CASE` keeps the primary-only functions from running on
+/// a replica (where they raise). The timeline of a primary is the first 8
+/// hex digits of its current WAL file name; a replica's is the one its WAL
+/// receiver streams, or, when the role may not see that (or no receiver
+/// runs), the one of its last restartpoint, which any role may read. A
+/// running receiver shows its `pid` to any role.
 const PROBE_SQL: &str = "SELECT pg_is_in_recovery(), \
-    CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_flush_lsn() END, \
+    CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_insert_lsn() END, \
     CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_walfile_name(pg_current_wal_lsn()) END, \
     pg_last_wal_replay_lsn(), \
-    (SELECT received_tli FROM pg_stat_wal_receiver)";
+    (SELECT received_tli FROM pg_stat_wal_receiver), \
+    EXISTS (SELECT 1 FROM pg_stat_wal_receiver WHERE pid IS NOT NULL), \
+    (SELECT timeline_id FROM pg_control_checkpoint())";
 
 /// What one probe saw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,8 +39,10 @@ pub(crate) struct ProbeReport {
     pub(crate) in_recovery: bool,
     /// The node's timeline, when it can be read.
     pub(crate) timeline: Option<u32>,
-    /// Primary: flushed WAL position; replica: replayed position.
+    /// Primary: WAL insert position; replica: replayed position.
     pub(crate) position: Option<Lsn>,
+    /// A replica's WAL receiver runs (always true for a primary).
+    pub(crate) receiving: bool,
     /// The probe query's round trip (not the connect).
     pub(crate) rtt: Duration,
 }
@@ -126,9 +135,9 @@ fn parse_report(row: &SimpleQueryRow, rtt: Duration) -> ProbeReport {
     let text = |index: usize| row.get(index);
     let in_recovery = text(0) == Some("t");
     let lsn = |index: usize| text(index).and_then(|value| value.parse::<Lsn>().ok());
+    let number = |index: usize| text(index).and_then(|value| value.parse().ok());
     let (position, timeline) = if in_recovery {
-        let timeline = text(4).and_then(|value| value.parse().ok());
-        (lsn(3), timeline)
+        (lsn(3), number(4).or_else(|| number(6)))
     } else {
         (lsn(1), text(2).and_then(timeline_of_walfile))
     };
@@ -136,14 +145,9 @@ fn parse_report(row: &SimpleQueryRow, rtt: Duration) -> ProbeReport {
         in_recovery,
         timeline,
         position,
+        receiving: !in_recovery || text(5) == Some("t"),
         rtt,
     }
-}
-
-/// `000000020000000000000003` is on timeline 2.
-pub(crate) fn timeline_of_walfile(name: &str) -> Option<u32> {
-    name.get(..8)
-        .and_then(|hex| u32::from_str_radix(hex, 16).ok())
 }
 
 /// A one-line description: tokio-postgres's `Display` plus its cause.
@@ -151,18 +155,5 @@ pub(crate) fn describe(error: &tokio_postgres::Error) -> String {
     match std::error::Error::source(error) {
         Some(source) => format!("{error}: {source}"),
         None => error.to_string(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn timelines_from_wal_file_names() {
-        assert_eq!(timeline_of_walfile("000000020000000000000003"), Some(2));
-        assert_eq!(timeline_of_walfile("0000001A0000000000000003"), Some(26));
-        assert_eq!(timeline_of_walfile("xyz"), None);
-        assert_eq!(timeline_of_walfile(""), None);
     }
 }

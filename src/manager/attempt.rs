@@ -19,12 +19,14 @@ use tracing::Instrument;
 use crate::clock;
 use crate::error::{Error, NodeContext};
 use crate::hub::Hub;
-use crate::lsn::{CausalToken, Lsn};
+use crate::lsn::{timeline_of_walfile, CausalToken, Lsn};
 use crate::safety::{classify, fair_share, Action, Cause, Fate, NodeFault, Phase, Verdict};
 
 /// Read right after a write on the same connection: at least the end of
-/// the write's commit record.
-pub(crate) const TOKEN_SQL: &str = "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint";
+/// the write's commit record, and the timeline it is on (the current WAL
+/// file's, which a promotion changes at once).
+pub(crate) const TOKEN_SQL: &str = "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint, \
+    pg_walfile_name(pg_current_wal_insert_lsn())";
 
 /// Statement parameters, as tokio-postgres takes them.
 pub(crate) type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
@@ -376,7 +378,12 @@ pub(crate) fn span(hub: &Hub, index: usize, number: u32) -> tracing::Span {
 /// The causal token in a `TOKEN_SQL` row.
 pub(crate) fn token_of(row: &Row) -> Result<CausalToken, tokio_postgres::Error> {
     let position: i64 = row.try_get(0)?;
-    Ok(CausalToken::new(Lsn(position.unsigned_abs())))
+    let walfile: &str = row.try_get(1)?;
+    let lsn = Lsn(position.unsigned_abs());
+    Ok(match timeline_of_walfile(walfile) {
+        Some(timeline) => CausalToken::on_timeline(timeline, lsn),
+        None => CausalToken::new(lsn),
+    })
 }
 
 /// The only row, or [`Error::RowCount`].

@@ -423,3 +423,48 @@ async fn replicas_grow_stale_while_the_primary_cannot_be_seen_and_between_probes
     assert!(h.healthy(0));
     assert!(bounded_reads(&h.hub, bound, 100)[1] > 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_replica_left_following_the_old_primary_is_an_orphan() {
+    let h = Harness::start(config(3), &[PRIMARY, REPLICA, REPLICA]).await;
+    h.at(500).await;
+    h.world.set(0, Answer::Down);
+    let promoted = Answer::Primary {
+        timeline: 2,
+        position: 200,
+    };
+    h.world.set(1, promoted);
+    // node2 still points at node0: its receiver stops, it stays on 1.
+    let unfed = Answer::Unfed {
+        timeline: 1,
+        replayed: 150,
+    };
+    h.world.set(2, unfed);
+    h.at(1500).await;
+    let status = h.status();
+    assert_eq!(status.write_target.as_deref(), Some("node1"));
+    let node2 = &status.nodes[2];
+    assert_eq!(
+        node2.orphaned,
+        Some(crate::topology::Orphan::NotReceiving),
+        "{node2:?}"
+    );
+    assert!(!node2.healthy, "an orphan serves no read: {node2:?}");
+    let mut rng = fastrand::Rng::with_seed(9);
+    for _ in 0..100 {
+        let strategy = crate::config::ReadStrategy::GlobalRandom;
+        let pick = h
+            .hub
+            .pick_read(strategy, Default::default(), None, &mut rng);
+        assert_eq!(pick, Some(1));
+    }
+    // Repointed at the new primary, it streams timeline 2 and rejoins.
+    let repointed = Answer::Replica {
+        timeline: 2,
+        replayed: 200,
+    };
+    h.world.set(2, repointed);
+    h.at(2500).await;
+    let node2 = &h.status().nodes[2];
+    assert!(node2.orphaned.is_none() && node2.healthy, "{node2:?}");
+}
