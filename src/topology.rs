@@ -76,6 +76,8 @@ pub(crate) struct NodeState {
     pub(crate) fenced: bool,
     /// The node's timeline, when known.
     pub(crate) timeline: Option<u32>,
+    /// Its cluster's system identifier (`pg_control_system()`), when known.
+    pub(crate) system: Option<u64>,
     /// Primary: WAL insert position; replica: replayed position.
     pub(crate) position: Option<Lsn>,
     /// A replica's WAL receiver runs (a primary: true).
@@ -121,6 +123,7 @@ impl NodeState {
             role,
             fenced: false,
             timeline: None,
+            system: None,
             position: None,
             receiving: true,
             orphaned: None,

@@ -3,7 +3,9 @@
 
 use tokio::time::Instant;
 
-use super::fencing::elect;
+use std::collections::HashMap;
+
+use super::fencing::{elect, Claim};
 use super::lag::WalHistory;
 use crate::config::Role;
 use crate::topology::{Lag, Orphan, Snapshot};
@@ -16,7 +18,8 @@ pub(crate) struct Assessor {
     history: WalHistory,
     /// The primary (node, timeline) `history` belongs to.
     history_of: Option<(usize, Option<u32>)>,
-    highest_timeline: u32,
+    /// The highest timeline each system (by identifier) has shown.
+    highest_timeline: HashMap<Option<u64>, u32>,
 }
 
 impl Assessor {
@@ -58,16 +61,32 @@ impl Assessor {
     }
 
     fn elect(&mut self, next: &mut Snapshot) {
-        let seen = next.nodes.iter().filter_map(|node| node.timeline).max();
-        self.highest_timeline = self.highest_timeline.max(seen.unwrap_or(0));
-        let claims: Vec<(usize, Option<u32>)> = next
+        // Every node's timeline is evidence for its system, replicas' too: a
+        // replica that shows timeline 2 fences a primary back on timeline 1
+        // even while the new primary cannot be reached.
+        for node in next.nodes.iter() {
+            if let Some(timeline) = node.timeline {
+                let highest = self.highest_timeline.entry(node.system).or_default();
+                *highest = (*highest).max(timeline);
+            }
+        }
+        let claims: Vec<Claim> = next
             .nodes
             .iter()
             .enumerate()
             .filter(|(_, node)| node.up && node.role == Role::Primary)
-            .map(|(index, node)| (index, node.timeline))
+            .map(|(index, node)| Claim {
+                index,
+                timeline: node.timeline,
+                system: node.system,
+                highest: self
+                    .highest_timeline
+                    .get(&node.system)
+                    .copied()
+                    .unwrap_or(0),
+            })
             .collect();
-        let election = elect(&claims, self.highest_timeline);
+        let election = elect(&claims);
         for (index, node) in next.nodes.iter_mut().enumerate() {
             node.fenced = election.fenced.contains(&index);
         }

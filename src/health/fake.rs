@@ -11,11 +11,20 @@ use super::probe::{Probe, ProbeReport};
 use crate::config::{Config, HealthSettings, NodeConfig, Role};
 use crate::lsn::Lsn;
 
+/// The scripted cluster's system identifier.
+pub(crate) const SYSTEM: u64 = 7_000_000_000_000_000_001;
+
 /// What a scripted node answers to a probe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Answer {
     /// Answers as a primary (not in recovery).
     Primary { timeline: u32, position: u64 },
+    /// Answers as the primary of another cluster (rebuilt, or upgraded).
+    PrimaryOf {
+        system: u64,
+        timeline: u32,
+        position: u64,
+    },
     /// Answers as a replica receiving WAL.
     Replica { timeline: u32, replayed: u64 },
     /// Answers as a replica whose WAL receiver does not run (its primary is
@@ -94,10 +103,19 @@ impl Probe for FakeProbe {
             timeline: Some(timeline),
             position: Some(Lsn(position)),
             receiving: true,
+            system: Some(SYSTEM),
             rtt: Duration::from_millis(1),
         };
         let result = match answer {
             Answer::Primary { timeline, position } => Ok(report(false, timeline, position)),
+            Answer::PrimaryOf {
+                system,
+                timeline,
+                position,
+            } => Ok(ProbeReport {
+                system: Some(system),
+                ..report(false, timeline, position)
+            }),
             Answer::Replica { timeline, replayed } => Ok(report(true, timeline, replayed)),
             Answer::Unfed { timeline, replayed } => Ok(ProbeReport {
                 receiving: false,

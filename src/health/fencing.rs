@@ -17,25 +17,41 @@ pub(crate) struct Election {
     pub(crate) split_brain: bool,
 }
 
-/// `claims`: (node index, its timeline) of every healthy node reporting
-/// itself primary. `highest_timeline`: the highest timeline seen so far.
-pub(crate) fn elect(claims: &[(usize, Option<u32>)], highest_timeline: u32) -> Election {
-    let (current, stale): (Vec<_>, Vec<_>) = claims
+/// A healthy node that reports itself primary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Claim {
+    pub(crate) index: usize,
+    /// Its timeline, when known.
+    pub(crate) timeline: Option<u32>,
+    /// Its system identifier, when known: timelines compare only within one
+    /// system (a rebuilt or upgraded cluster starts again at timeline 1).
+    pub(crate) system: Option<u64>,
+    /// The highest timeline any node of its system has shown.
+    pub(crate) highest: u32,
+}
+
+/// Elects the write target among `claims`.
+pub(crate) fn elect(claims: &[Claim]) -> Election {
+    let (current, stale): (Vec<&Claim>, Vec<&Claim>) = claims
         .iter()
-        .partition(|(_, timeline)| timeline.is_none_or(|t| t >= highest_timeline));
-    let mut fenced: Vec<usize> = stale.iter().map(|(index, _)| *index).collect();
+        .partition(|claim| claim.timeline.is_none_or(|t| t >= claim.highest));
+    let mut fenced: Vec<usize> = stale.iter().map(|claim| claim.index).collect();
     let primary = match current.as_slice() {
         [] => None,
-        [(only, _)] => Some(*only),
+        [only] => Some(only.index),
         several => {
-            let best = several.iter().filter_map(|(_, t)| *t).max();
+            // Timelines of different systems say nothing about each other.
+            let one_system = several.iter().all(|c| c.system == several[0].system);
+            let best = several.iter().filter_map(|c| c.timeline).max();
             let on_best: Vec<usize> = several
                 .iter()
-                .filter(|(_, t)| *t == best && best.is_some())
-                .map(|(index, _)| *index)
+                .filter(|c| c.timeline == best && best.is_some())
+                .map(|c| c.index)
                 .collect();
             match on_best.as_slice() {
-                [winner] if several.iter().all(|(_, t)| t.is_some()) => Some(*winner),
+                [winner] if one_system && several.iter().all(|c| c.timeline.is_some()) => {
+                    Some(*winner)
+                }
                 _ => None,
             }
         }
@@ -44,7 +60,7 @@ pub(crate) fn elect(claims: &[(usize, Option<u32>)], highest_timeline: u32) -> E
     fenced.extend(
         current
             .iter()
-            .map(|(index, _)| *index)
+            .map(|claim| claim.index)
             .filter(|index| Some(*index) != primary),
     );
     fenced.sort_unstable();
@@ -59,23 +75,36 @@ pub(crate) fn elect(claims: &[(usize, Option<u32>)], highest_timeline: u32) -> E
 mod tests {
     use super::*;
 
+    /// Claims of one system, `highest` the highest timeline it has shown.
+    fn claims(nodes: &[(usize, Option<u32>)], highest: u32) -> Vec<Claim> {
+        nodes
+            .iter()
+            .map(|&(index, timeline)| Claim {
+                index,
+                timeline,
+                system: Some(7),
+                highest,
+            })
+            .collect()
+    }
+
     #[test]
     fn one_claimant_wins() {
-        let election = elect(&[(2, Some(1))], 1);
+        let election = elect(&claims(&[(2, Some(1))], 1));
         assert_eq!(election.primary, Some(2));
         assert!(election.fenced.is_empty() && !election.split_brain);
     }
 
     #[test]
     fn nobody_claims() {
-        let election = elect(&[], 3);
+        let election = elect(&[]);
         assert_eq!(election.primary, None);
         assert!(!election.split_brain);
     }
 
     #[test]
     fn the_higher_timeline_wins_and_the_other_is_fenced() {
-        let election = elect(&[(0, Some(1)), (1, Some(2))], 2);
+        let election = elect(&claims(&[(0, Some(1)), (1, Some(2))], 2));
         assert_eq!(election.primary, Some(1));
         assert_eq!(election.fenced, [0]);
         assert!(!election.split_brain);
@@ -84,22 +113,44 @@ mod tests {
     #[test]
     fn a_lone_stale_primary_is_fenced() {
         // The new primary (timeline 2) is unreachable; the old one is back.
-        let election = elect(&[(0, Some(1))], 2);
+        let election = elect(&claims(&[(0, Some(1))], 2));
         assert_eq!(election.primary, None);
         assert_eq!(election.fenced, [0]);
     }
 
     #[test]
     fn equal_or_unknown_timelines_refuse_writes() {
-        for claims in [
+        for nodes in [
             vec![(0, Some(2)), (1, Some(2))],
             vec![(0, None), (1, Some(2))],
             vec![(0, None), (1, None)],
         ] {
-            let election = elect(&claims, 2);
-            assert_eq!(election.primary, None, "{claims:?}");
-            assert!(election.split_brain, "{claims:?}");
-            assert_eq!(election.fenced, [0, 1], "{claims:?}");
+            let election = elect(&claims(&nodes, 2));
+            assert_eq!(election.primary, None, "{nodes:?}");
+            assert!(election.split_brain, "{nodes:?}");
+            assert_eq!(election.fenced, [0, 1], "{nodes:?}");
         }
+    }
+
+    #[test]
+    fn a_rebuilt_cluster_is_judged_by_its_own_timelines() {
+        // Seen on timeline 3 before; rebuilt (new system) on timeline 1.
+        let rebuilt = Claim {
+            index: 0,
+            timeline: Some(1),
+            system: Some(8),
+            highest: 1,
+        };
+        assert_eq!(elect(&[rebuilt]).primary, Some(0));
+        // Two systems claiming at once: no way to choose.
+        let old = Claim {
+            index: 1,
+            timeline: Some(3),
+            system: Some(7),
+            highest: 3,
+        };
+        let election = elect(&[rebuilt, old]);
+        assert_eq!(election.primary, None);
+        assert!(election.split_brain);
     }
 }

@@ -227,6 +227,7 @@ fn record_report(state: &mut NodeState, report: &ProbeReport) {
         Role::Primary
     };
     state.timeline = report.timeline.or(state.timeline);
+    state.system = report.system.or(state.system);
     state.position = report.position;
     state.receiving = report.receiving;
     state.rtt = Some(match state.rtt {

@@ -30,7 +30,8 @@ const PROBE_SQL: &str = "SELECT pg_is_in_recovery(), \
     pg_last_wal_replay_lsn(), \
     (SELECT received_tli FROM pg_stat_wal_receiver), \
     EXISTS (SELECT 1 FROM pg_stat_wal_receiver WHERE pid IS NOT NULL), \
-    (SELECT timeline_id FROM pg_control_checkpoint())";
+    (SELECT timeline_id FROM pg_control_checkpoint()), \
+    (SELECT system_identifier FROM pg_control_system())";
 
 /// What one probe saw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +44,8 @@ pub(crate) struct ProbeReport {
     pub(crate) position: Option<Lsn>,
     /// A replica's WAL receiver runs (always true for a primary).
     pub(crate) receiving: bool,
+    /// The cluster's system identifier, when it can be read.
+    pub(crate) system: Option<u64>,
     /// The probe query's round trip (not the connect).
     pub(crate) rtt: Duration,
 }
@@ -146,6 +149,7 @@ fn parse_report(row: &SimpleQueryRow, rtt: Duration) -> ProbeReport {
         timeline,
         position,
         receiving: !in_recovery || text(5) == Some("t"),
+        system: text(7).and_then(|value| value.parse().ok()),
         rtt,
     }
 }

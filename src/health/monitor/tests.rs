@@ -468,3 +468,39 @@ async fn a_replica_left_following_the_old_primary_is_an_orphan() {
     let node2 = &h.status().nodes[2];
     assert!(node2.orphaned.is_none() && node2.healthy, "{node2:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_replica_on_a_higher_timeline_fences_an_old_primary_from_the_start() {
+    // Started while the new primary (node1) is unreachable: the old one is
+    // back and writable on timeline 1, but node2 shows timeline 2.
+    let on_two = Answer::Replica {
+        timeline: 2,
+        replayed: 300,
+    };
+    let h = Harness::start(config(3), &[PRIMARY, Answer::Down, on_two]).await;
+    let status = h.status();
+    assert_eq!(status.write_target, None, "{status:?}");
+    assert!(status.nodes[0].fenced, "{:?}", status.nodes[0]);
+    assert_eq!(h.hub.primary_index(), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rebuilt_cluster_is_not_fenced_by_the_old_ones_timelines() {
+    let on_three = Answer::Primary {
+        timeline: 3,
+        position: 900,
+    };
+    let h = Harness::start(config(1), &[on_three]).await;
+    assert_eq!(h.hub.primary_index(), Some(0));
+    // Rebuilt from scratch (or pg_upgrade): a new system, timeline 1.
+    let rebuilt = Answer::PrimaryOf {
+        system: 8,
+        timeline: 1,
+        position: 100,
+    };
+    h.world.set(0, rebuilt);
+    h.at(1500).await;
+    let status = h.status();
+    assert!(!status.nodes[0].fenced, "{:?}", status.nodes[0]);
+    assert_eq!(h.hub.primary_index(), Some(0));
+}
