@@ -13,7 +13,11 @@ use crate::error::ConfigError;
 ///
 /// The text is held as a [`SecretString`]: it is zeroed on drop, and its
 /// `Debug` shows host, port, user and database but never the password.
-/// It serializes back to the original text so a configuration round-trips.
+/// It serializes with the password replaced by `REDACTED`, so a
+/// configuration written back out (to a log, a debug endpoint) holds no
+/// secret: keep the real one where it was read from (an environment
+/// variable, a secret store), or hand [`ConnectionString::expose`] to
+/// whatever must have it.
 #[derive(Clone)]
 pub struct ConnectionString(SecretString);
 
@@ -125,8 +129,119 @@ fn host_text(host: &tokio_postgres::config::Host) -> String {
 
 impl Serialize for ConnectionString {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.expose())
+        serializer.serialize_str(&redact(self.expose()))
     }
+}
+
+/// Written in place of a password.
+const REDACTED: &str = "REDACTED";
+
+/// `text` with every password it carries replaced by [`REDACTED`]: the
+/// URL's userinfo and `password=` query parameter, or the key-value form's
+/// `password` (quoted or not).
+fn redact(text: &str) -> String {
+    match text.split_once("://") {
+        Some((scheme, rest)) => format!("{scheme}://{}", redact_url(rest)),
+        None => redact_key_values(text),
+    }
+}
+
+fn redact_url(rest: &str) -> String {
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, hosts)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:{REDACTED}@{hosts}"),
+            None => authority.to_owned(),
+        },
+        None => authority.to_owned(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let params: Vec<String> = query
+                .split('&')
+                .map(|param| match param.split_once('=') {
+                    Some(("password", _)) => format!("password={REDACTED}"),
+                    _ => param.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", params.join("&"))
+        }
+        None => tail.to_owned(),
+    };
+    format!("{authority}{tail}")
+}
+
+/// Walks `key = value` pairs as libpq does (values may be single-quoted,
+/// with backslash escapes) and replaces the password's value.
+fn redact_key_values(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(&c) = chars.peek() {
+        if c.is_whitespace() {
+            out.push(c);
+            chars.next();
+            continue;
+        }
+        let mut key = String::new();
+        while let Some(&c) = chars.peek() {
+            if c == '=' || c.is_whitespace() {
+                break;
+            }
+            key.push(c);
+            chars.next();
+        }
+        out.push_str(&key);
+        while let Some(&c) = chars.peek().filter(|c| c.is_whitespace()) {
+            out.push(c);
+            chars.next();
+        }
+        if chars.peek() != Some(&'=') {
+            continue;
+        }
+        out.push('=');
+        chars.next();
+        while let Some(&c) = chars.peek().filter(|c| c.is_whitespace()) {
+            out.push(c);
+            chars.next();
+        }
+        let value = take_value(&mut chars);
+        if key == "password" {
+            out.push_str(REDACTED);
+        } else {
+            out.push_str(&value);
+        }
+    }
+    out
+}
+
+/// One value, as written (quotes and escapes kept).
+fn take_value(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) -> String {
+    let mut value = String::new();
+    if chars.peek() == Some(&'\'') {
+        value.push('\'');
+        chars.next();
+        while let Some(c) = chars.next() {
+            value.push(c);
+            match c {
+                '\\' => value.extend(chars.next()),
+                '\'' => break,
+                _ => {}
+            }
+        }
+        return value;
+    }
+    while let Some(&c) = chars.peek() {
+        if c.is_whitespace() {
+            break;
+        }
+        value.push(c);
+        chars.next();
+        if c == '\\' {
+            value.extend(chars.next());
+        }
+    }
+    value
 }
 
 impl<'de> Deserialize<'de> for ConnectionString {
@@ -191,10 +306,35 @@ mod tests {
     }
 
     #[test]
-    fn serializes_to_the_original_text() {
-        let text = "postgres://app:pw@db1/orders";
-        let json = serde_json::to_string(&ConnectionString::new(text)).unwrap();
-        let back: ConnectionString = serde_json::from_str(&json).unwrap();
-        assert_eq!(back.expose(), text);
+    fn serializes_without_the_password() {
+        let cases = [
+            (
+                "postgres://app:hunter2@db1:5432/orders",
+                "postgres://app:REDACTED@db1:5432/orders",
+            ),
+            (
+                "postgresql://app:hun@ter2@db1,db2/orders?sslmode=require&password=hunter2",
+                "postgresql://app:REDACTED@db1,db2/orders?sslmode=require&password=REDACTED",
+            ),
+            ("postgres://app@db1/orders", "postgres://app@db1/orders"),
+            (
+                "host=db1 user=app password=hunter2 dbname=orders",
+                "host=db1 user=app password=REDACTED dbname=orders",
+            ),
+            (
+                "host=db1 password = 'hun ter\\'2' user=app",
+                "host=db1 password = REDACTED user=app",
+            ),
+            ("host=db1 user=app", "host=db1 user=app"),
+        ];
+        for (text, expected) in cases {
+            let json = serde_json::to_string(&ConnectionString::new(text)).unwrap();
+            let back: ConnectionString = serde_json::from_str(&json).unwrap();
+            assert_eq!(back.expose(), expected);
+            assert!(
+                !json.contains("hunter2") && !json.contains("hun ter"),
+                "{json}"
+            );
+        }
     }
 }
