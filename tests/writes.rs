@@ -251,3 +251,42 @@ async fn a_connection_lost_after_sending_is_an_unknown_outcome() {
     assert!(written.is_ok(), "{written:?}");
     db.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_change_does_not_break_cached_statements() {
+    let (_cluster, db) = cluster_and_manager_with(|c| c.pool.max_size = 1).await;
+    db.execute("CREATE TABLE items (id int)", &[])
+        .await
+        .unwrap();
+    db.execute("INSERT INTO items VALUES (1)", &[])
+        .await
+        .unwrap();
+    let primary = || db.read().strategy(ReadStrategy::PrimaryOnly);
+    // Prepared and cached on the pool's only connection.
+    assert_eq!(
+        primary().query("SELECT * FROM items", &[]).await.unwrap()[0].len(),
+        1
+    );
+    db.execute("ALTER TABLE items ADD COLUMN note text", &[])
+        .await
+        .unwrap();
+    // The cached plan's result type changed: prepared again and run once more.
+    let rows = primary().query("SELECT * FROM items", &[]).await.unwrap();
+    assert_eq!(rows[0].len(), 2, "the new column is there");
+    // The same for a write with RETURNING *.
+    let row = db
+        .write()
+        .query_one("UPDATE items SET note = 'x' RETURNING *", &[])
+        .await
+        .unwrap();
+    db.execute("ALTER TABLE items ADD COLUMN more int", &[])
+        .await
+        .unwrap();
+    let again = db
+        .write()
+        .query_one("UPDATE items SET note = 'x' RETURNING *", &[])
+        .await
+        .unwrap();
+    assert_eq!((row.len(), again.len()), (2, 3));
+    db.close().await;
+}

@@ -158,6 +158,43 @@ impl Drop for Busy<'_> {
     }
 }
 
+/// The statement's result and the token query's, or the deadline.
+type RunResult<T> = Result<
+    (
+        Result<T, tokio_postgres::Error>,
+        Result<Option<Row>, tokio_postgres::Error>,
+    ),
+    tokio::time::error::Elapsed,
+>;
+
+/// Where [`Attempt::prepare_and_run`] stopped.
+enum Stage<T> {
+    /// Preparing failed.
+    PrepareFailed(tokio_postgres::Error),
+    /// The deadline passed while preparing.
+    PrepareTimedOut,
+    /// The statement ran (or the deadline passed while it did).
+    Ran(RunResult<T>),
+}
+
+/// The server no longer accepts a cached prepared statement: the schema
+/// changed under it ("cached plan must not change result type"), or the
+/// statement is gone ("prepared statement … does not exist"). Either way
+/// nothing ran.
+fn is_stale_statement(error: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    match error.as_db_error() {
+        Some(db) if *db.code() == SqlState::INVALID_SQL_STATEMENT_NAME => true,
+        Some(db) => {
+            *db.code() == SqlState::FEATURE_NOT_SUPPORTED
+                && db
+                    .message()
+                    .contains("cached plan must not change result type")
+        }
+        None => false,
+    }
+}
+
 /// One attempt's context: where, until when, since when.
 #[derive(Clone, Copy)]
 pub(crate) struct Attempt<'h> {
@@ -207,6 +244,35 @@ impl<'h> Attempt<'h> {
         call: &Call<'_>,
     ) -> Result<(K::Output, Option<CausalToken>), Error> {
         let client = self.checkout().await?;
+        // A cached statement the server no longer accepts (the schema
+        // changed under it) ran nothing: prepare afresh and run once more.
+        let mut fresh_plan = false;
+        loop {
+            match self.prepare_and_run::<K>(&client, call).await {
+                Stage::PrepareFailed(error) => {
+                    let error = Failure::Postgres(error);
+                    return Err(self.fail(Phase::BeforeSend, client.take(), error));
+                }
+                Stage::PrepareTimedOut => {
+                    return Err(self.fail(Phase::BeforeSend, client.take(), Failure::Deadline))
+                }
+                Stage::Ran(Ok((Err(error), _))) if !fresh_plan && is_stale_statement(&error) => {
+                    tracing::debug!(%error, "cached statement rejected; preparing it again");
+                    client.statement_cache.clear();
+                    fresh_plan = true;
+                }
+                Stage::Ran(result) => return self.finish(client.take(), result),
+            }
+        }
+    }
+
+    /// Prepares (cached) and runs the statement, the token query right
+    /// behind it; says where it stopped.
+    async fn prepare_and_run<K: Returns>(
+        &self,
+        client: &Object,
+        call: &Call<'_>,
+    ) -> Stage<K::Output> {
         // The token query is prepared (once per connection) with the
         // statement, so its execution rides right behind the statement's.
         let prepare = async {
@@ -219,13 +285,10 @@ impl<'h> Attempt<'h> {
         };
         let (statement, token_statement) = match timeout_at(self.deadline.at, prepare).await {
             Ok(Ok(prepared)) => prepared,
-            Ok(Err(error)) => {
-                let error = Failure::Postgres(error);
-                return Err(self.fail(Phase::BeforeSend, client.take(), error));
-            }
-            Err(_) => return Err(self.fail(Phase::BeforeSend, client.take(), Failure::Deadline)),
+            Ok(Err(error)) => return Stage::PrepareFailed(error),
+            Err(_) => return Stage::PrepareTimedOut,
         };
-        let run = K::run(&client, &statement, call.params);
+        let run = K::run(client, &statement, call.params);
         let token = async {
             match &token_statement {
                 Some(statement) => client.query_one(statement, &[]).await.map(Some),
@@ -234,14 +297,23 @@ impl<'h> Attempt<'h> {
         };
         // Biased: the statement is sent first, the token query right behind it.
         let both = async { tokio::join!(biased; run, token) };
-        let result = timeout_at(self.deadline.at, both).await;
-        // Settled: back to the pool unless a failure below says otherwise.
-        let client = client.take();
+        Stage::Ran(timeout_at(self.deadline.at, both).await)
+    }
+
+    /// The statement's outcome, its connection settled.
+    fn finish<T>(
+        &self,
+        client: Object,
+        result: RunResult<T>,
+    ) -> Result<(T, Option<CausalToken>), Error> {
         match result {
-            Ok((Ok(output), Ok(row))) => match row.map(|row| token_of(&row)).transpose() {
-                Ok(token) => Ok((output, token)),
-                Err(error) => Err(self.token_unavailable(error)),
-            },
+            Ok((Ok(output), Ok(row))) => {
+                drop(client);
+                match row.map(|row| token_of(&row)).transpose() {
+                    Ok(token) => Ok((output, token)),
+                    Err(error) => Err(self.token_unavailable(error)),
+                }
+            }
             Ok((Ok(_), Err(error))) => Err(self.token_unavailable(error)),
             Ok((Err(error), _)) => Err(self.fail(Phase::Sent, client, Failure::Postgres(error))),
             Err(_) => Err(self.fail(Phase::Sent, client, Failure::Deadline)),
