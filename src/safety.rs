@@ -19,8 +19,10 @@
 //!   gets the same answer, fail;
 //! - a connection lost after a statement or `COMMIT` was sent: it may have
 //!   been applied; retry only what may safely run twice;
-//! - the deadline passed: fail; the node is held responsible only when this
-//!   attempt had a fair share of the time ([`fair_share`]);
+//! - the deadline passed: fail; the node is held responsible (suspect, its
+//!   idle connections dropped) only when this attempt had a fair share of
+//!   the time ([`fair_share`]) and spent it connecting or preparing; a
+//!   statement that runs long (a lock wait) only has the node probed;
 //! - a node that refuses new connections (with any SQLSTATE) is suspect,
 //!   whatever its probe connection says; the monitor then probes it over a
 //!   new connection.
@@ -62,6 +64,12 @@ impl Phase {
     /// Whether what was sent may already be applied.
     pub(crate) fn may_be_applied(self) -> bool {
         matches!(self, Phase::Sent | Phase::CommitSent)
+    }
+
+    /// Whether a statement may be executing on the server (as opposed to
+    /// connecting or preparing).
+    fn executing(self) -> bool {
+        matches!(self, Phase::InTransaction | Phase::Sent | Phase::CommitSent)
     }
 
     /// Whether the call holds a connection that a statement may be running on.
@@ -259,10 +267,14 @@ pub(crate) fn classify(phase: Phase, cause: Cause) -> Verdict {
         Cause::Lost => verdict(Action::Retry, NodeFault::Suspect, Fate::Discard),
         Cause::Local => verdict(Action::Fail, NodeFault::Blameless, Fate::Keep),
         Cause::Deadline { fair_share } => {
-            let node = if fair_share {
-                NodeFault::Silent
-            } else {
-                NodeFault::Blameless
+            // Waiting for a connection or a prepare's answer is the node's
+            // to give; a statement that runs long (a big query, a lock
+            // wait) is not its fault: have it probed, which a silent node
+            // fails within the probe timeout.
+            let node = match (fair_share, phase.executing()) {
+                (false, _) => NodeFault::Blameless,
+                (true, false) => NodeFault::Silent,
+                (true, true) => NodeFault::Reprobe,
             };
             let connection = if phase.holds_connection() {
                 Fate::Cancel
@@ -338,9 +350,9 @@ mod tests {
                 [
                     (Fail, Silent, Discard),
                     (Fail, Silent, Cancel),
-                    (Fail, Silent, Cancel),
-                    (Fail, Silent, Cancel),
-                    (Fail, Silent, Cancel),
+                    (Fail, Reprobe, Cancel),
+                    (Fail, Reprobe, Cancel),
+                    (Fail, Reprobe, Cancel),
                 ],
             ),
             (
@@ -446,7 +458,11 @@ mod tests {
         let at_fault = |phase, cause| matches!(classify(phase, cause).node, Suspect | Silent);
         assert!(at_fault(Sent, Cause::Lost));
         assert!(at_fault(Checkout, Cause::Unreachable));
-        assert!(at_fault(Sent, Cause::Deadline { fair_share: true }));
+        assert!(at_fault(BeforeSend, Cause::Deadline { fair_share: true }));
+        assert!(
+            !at_fault(Sent, Cause::Deadline { fair_share: true }),
+            "a lock wait"
+        );
         assert!(!at_fault(Sent, Cause::Deadline { fair_share: false }));
         assert!(!at_fault(Checkout, Cause::PoolExhausted));
         let shutdown = Cause::Server {

@@ -11,6 +11,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use pgrouter::tokio_postgres::NoTls;
 use pgrouter::{DatabaseManager, ReadStrategy};
 use pgrouter_testkit::Fault;
 use support::*;
@@ -255,5 +256,49 @@ async fn a_deadline_after_sending_is_an_unknown_outcome_and_a_busy_pool_blames_n
         "a busy pool marked its node suspect: {node0:?}"
     );
     db.execute("INSERT INTO t VALUES (3)", &[]).await.unwrap();
+    db.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_wait_past_the_deadline_does_not_blame_the_node() {
+    let (cluster, db) = cluster_and_manager(ReadStrategy::RegionalPreferred).await;
+    db.execute("CREATE TABLE t (id int PRIMARY KEY, v int)", &[])
+        .await
+        .unwrap();
+    db.execute("INSERT INTO t VALUES (1, 0)", &[])
+        .await
+        .unwrap();
+    warm_every_pool(&db).await;
+    let idle_before = db.status().node("node0").unwrap().pool.available;
+
+    // Another session holds the row: the write waits on the lock, alive.
+    let (locker, connection) = cluster.primary().pg_config().connect(NoTls).await.unwrap();
+    let driver = tokio::spawn(connection);
+    locker
+        .batch_execute("BEGIN; UPDATE t SET v = 1 WHERE id = 1")
+        .await
+        .unwrap();
+    let err = db
+        .write()
+        .deadline(Duration::from_millis(600))
+        .execute("UPDATE t SET v = 2 WHERE id = 1", &[])
+        .await
+        .unwrap_err();
+    let node0 = db.status().node("node0").cloned().unwrap();
+    assert!(err.is_timeout() && err.is_outcome_unknown(), "{err:?}");
+    assert!(
+        !node0.suspect && node0.healthy,
+        "a lock wait blamed the node: {node0:?}"
+    );
+    assert!(
+        node0.pool.available + 1 >= idle_before,
+        "idle connections were dropped: {idle_before} before, {node0:?}"
+    );
+    locker.batch_execute("ROLLBACK").await.unwrap();
+    drop(locker);
+    let _ = driver.await;
+    db.execute("UPDATE t SET v = 3 WHERE id = 1", &[])
+        .await
+        .unwrap();
     db.close().await;
 }
