@@ -234,6 +234,18 @@ pub enum Error {
     /// node and classifies it. Produced by `?` on a `tokio_postgres::Error`.
     #[error("{}", pg_message(.0))]
     Postgres(#[from] tokio_postgres::Error),
+    /// A transaction closure returned `Ok`, but one of its statements had
+    /// failed with `code` (the closure swallowed the error), so PostgreSQL
+    /// rolled the transaction back: nothing was committed. Retried like the
+    /// error itself would be (a serialization failure or deadlock runs the
+    /// closure again).
+    #[error("{context}: a statement failed ({}) and the transaction was rolled back; nothing was committed", code.code())]
+    RolledBack {
+        /// The node.
+        context: NodeContext,
+        /// The swallowed error's SQLSTATE.
+        code: SqlState,
+    },
     /// A transaction closure gave up with its own error; the transaction was
     /// rolled back and not retried.
     #[error("transaction aborted: {0}")]
@@ -271,6 +283,9 @@ impl Error {
 
     /// The SQLSTATE the server sent, if any.
     pub fn code(&self) -> Option<&SqlState> {
+        if let Error::RolledBack { code, .. } = self {
+            return Some(code);
+        }
         self.postgres().and_then(tokio_postgres::Error::code)
     }
 
@@ -289,7 +304,8 @@ impl Error {
             | Error::OutcomeUnknown { context, .. }
             | Error::Statement { context, .. }
             | Error::TokenUnavailable { context, .. }
-            | Error::RowCount { context, .. } => Some(context),
+            | Error::RowCount { context, .. }
+            | Error::RolledBack { context, .. } => Some(context),
             _ => None,
         }
     }

@@ -32,7 +32,7 @@ pub use connstr::ConnectionString;
 pub use error::{ConfigError, Error, NodeContext};
 pub use events::Event;
 pub use lsn::{CausalToken, Lsn, TokenError};
-pub use manager::{DatabaseManager, Read, TxFuture, Write};
+pub use manager::{DatabaseManager, Read, Tx, TxFuture, Write};
 pub use retry::RetryDecision;
 pub use status::{NodeStatus, PoolStatus, Status};
 pub use topology::{Lag, Orphan};

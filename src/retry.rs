@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 use crate::config::RetrySettings;
 use crate::error::Error;
-use crate::safety::{classify, Action, Cause, Phase};
+use crate::safety::{classify, code_kind, Action, Cause, Phase};
 
 /// What a failed attempt allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +55,13 @@ fn failure_point(error: &Error) -> Option<(Phase, Cause)> {
         // Raised by a transaction closure: nothing is committed yet.
         Error::Postgres(source) => Some((Phase::InTransaction, Cause::of_postgres(source))),
         Error::Statement { .. } => Some((Phase::BeforeSend, Cause::Local)),
+        Error::RolledBack { code, .. } => Some((
+            Phase::InTransaction,
+            Cause::Server {
+                kind: code_kind(code),
+                closed: false,
+            },
+        )),
         _ => None,
     }
 }
@@ -251,6 +258,22 @@ mod tests {
                 Fail,
             ),
             (Error::aborted("business rule"), Fail, Fail),
+            (
+                Error::RolledBack {
+                    context: context(),
+                    code: tokio_postgres::error::SqlState::T_R_SERIALIZATION_FAILURE,
+                },
+                Retry,
+                Retry,
+            ),
+            (
+                Error::RolledBack {
+                    context: context(),
+                    code: tokio_postgres::error::SqlState::UNIQUE_VIOLATION,
+                },
+                Fail,
+                Fail,
+            ),
             (Error::Closed, Fail, Fail),
             (Error::Config(crate::ConfigError::NoNodes), Fail, Fail),
         ];

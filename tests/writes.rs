@@ -290,3 +290,69 @@ async fn a_schema_change_does_not_break_cached_statements() {
     assert_eq!((row.len(), again.len()), (2, 3));
     db.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_that_swallowed_an_error_does_not_report_a_commit() {
+    let (_cluster, db) = cluster_and_manager(ReadStrategy::RegionalPreferred).await;
+    setup(&db).await;
+    let primary = || db.read().strategy(ReadStrategy::PrimaryOnly);
+
+    // The duplicate key is ignored by the closure; PostgreSQL rolls back.
+    let result = db
+        .transaction(|tx| {
+            Box::pin(async move {
+                tx.execute("INSERT INTO log (note) VALUES ('swallowed')", &[])
+                    .await?;
+                let _ = tx.execute("INSERT INTO parents VALUES (1)", &[]).await;
+                Ok(())
+            })
+        })
+        .await;
+    let err = result.unwrap_err();
+    assert!(matches!(err, Error::RolledBack { .. }), "{err:?}");
+    assert_eq!(err.code(), Some(&SqlState::UNIQUE_VIOLATION));
+    let logged = primary()
+        .query("SELECT 1 FROM log WHERE note = 'swallowed'", &[])
+        .await
+        .unwrap();
+    assert!(logged.is_empty(), "a rolled-back transaction reported Ok");
+
+    // A swallowed serialization failure runs the closure again.
+    let mut runs = 0;
+    db.transaction(|tx| {
+        runs += 1;
+        Box::pin(async move {
+            let _ = tx.execute("SELECT flaky(3)", &[]).await;
+            tx.execute("INSERT INTO log (note) VALUES ('after-retry')", &[])
+                .await
+                .ok();
+            Ok(())
+        })
+    })
+    .await
+    .unwrap();
+    assert_eq!(runs, 3, "two swallowed 40001s, then success");
+
+    // Recovered with a savepoint: the transaction is good and commits.
+    db.transaction(|tx| {
+        Box::pin(async move {
+            tx.batch_execute("SAVEPOINT s").await?;
+            let _ = tx.execute("INSERT INTO parents VALUES (1)", &[]).await;
+            tx.batch_execute("ROLLBACK TO SAVEPOINT s").await?;
+            tx.execute("INSERT INTO log (note) VALUES ('recovered')", &[])
+                .await?;
+            Ok(())
+        })
+    })
+    .await
+    .unwrap();
+    let notes: Vec<String> = primary()
+        .query("SELECT note FROM log ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(notes, ["after-retry", "recovered"]);
+    db.close().await;
+}

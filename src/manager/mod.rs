@@ -3,12 +3,13 @@
 mod attempt;
 mod read;
 mod transaction;
+mod tx;
 mod write;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use deadpool_postgres::{Pool, Transaction};
+use deadpool_postgres::Pool;
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 use tokio_postgres::Row;
@@ -17,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use attempt::Params;
 pub use read::Read;
 pub use transaction::TxFuture;
+pub use tx::Tx;
 pub use write::Write;
 
 use crate::config::Config;
@@ -142,7 +144,7 @@ impl DatabaseManager {
     /// A transaction with the default options; see [`Write::transaction`].
     pub async fn transaction<T, F>(&self, body: F) -> Result<T, Error>
     where
-        F: for<'t> FnMut(&'t Transaction<'t>) -> TxFuture<'t, T> + Send,
+        F: for<'t> FnMut(&'t Tx<'t>) -> TxFuture<'t, T> + Send,
         T: Send,
     {
         self.write().transaction(body).await

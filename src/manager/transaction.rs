@@ -10,11 +10,13 @@ use tokio::time::timeout_at;
 use tracing::Instrument;
 
 use super::attempt::{span, token_of, Attempt, Busy, Deadline, Failure, TOKEN_SQL};
+use super::tx::Tx;
 use super::write::{on_primary, OnPrimary, Write};
 use crate::error::Error;
 use crate::hub::Hub;
 use crate::lsn::CausalToken;
 use crate::safety::{Fate, Phase};
+use tokio_postgres::error::SqlState;
 
 /// The future a transaction closure returns: box it with `Box::pin(async
 /// move { … })`. `?` on a `tokio_postgres::Error` converts it into
@@ -52,7 +54,7 @@ impl Write<'_> {
     /// ```
     pub async fn transaction<T, F>(self, body: F) -> Result<T, Error>
     where
-        F: for<'t> FnMut(&'t Transaction<'t>) -> TxFuture<'t, T> + Send,
+        F: for<'t> FnMut(&'t Tx<'t>) -> TxFuture<'t, T> + Send,
         T: Send,
     {
         let (value, _) = self.run_transaction(false, body).await?;
@@ -63,7 +65,7 @@ impl Write<'_> {
     /// for read-your-writes (one extra round trip after COMMIT).
     pub async fn transaction_with_token<T, F>(self, body: F) -> Result<(T, CausalToken), Error>
     where
-        F: for<'t> FnMut(&'t Transaction<'t>) -> TxFuture<'t, T> + Send,
+        F: for<'t> FnMut(&'t Tx<'t>) -> TxFuture<'t, T> + Send,
         T: Send,
     {
         let (value, token) = self.run_transaction(true, body).await?;
@@ -76,7 +78,7 @@ impl Write<'_> {
         body: F,
     ) -> Result<(T, Option<CausalToken>), Error>
     where
-        F: for<'t> FnMut(&'t Transaction<'t>) -> TxFuture<'t, T> + Send,
+        F: for<'t> FnMut(&'t Tx<'t>) -> TxFuture<'t, T> + Send,
         T: Send,
     {
         let deadline = self.deadline_from_now()?;
@@ -101,7 +103,7 @@ struct TransactionCall<F> {
 
 impl<T, F> OnPrimary for TransactionCall<F>
 where
-    F: for<'t> FnMut(&'t Transaction<'t>) -> TxFuture<'t, T> + Send,
+    F: for<'t> FnMut(&'t Tx<'t>) -> TxFuture<'t, T> + Send,
     T: Send,
 {
     type Output = (T, Option<CausalToken>);
@@ -121,7 +123,7 @@ where
 
 impl<T, F> TransactionCall<F>
 where
-    F: for<'t> FnMut(&'t Transaction<'t>) -> TxFuture<'t, T> + Send,
+    F: for<'t> FnMut(&'t Tx<'t>) -> TxFuture<'t, T> + Send,
     T: Send,
 {
     async fn once(&mut self, attempt: Attempt<'_>) -> Result<(T, Option<CausalToken>), Error> {
@@ -151,7 +153,7 @@ async fn run<T, F>(
     body: &mut F,
 ) -> Result<T, (Error, Fate)>
 where
-    F: for<'t> FnMut(&'t Transaction<'t>) -> TxFuture<'t, T> + Send,
+    F: for<'t> FnMut(&'t Tx<'t>) -> TxFuture<'t, T> + Send,
     T: Send,
 {
     let deadline = attempt.deadline();
@@ -160,15 +162,52 @@ where
         Ok(Err(error)) => return Err(attempt.judge(Phase::BeforeSend, Failure::Postgres(error))),
         Err(_) => return Err(attempt.judge(Phase::BeforeSend, Failure::Deadline)),
     };
-    let value = match timeout_at(deadline, body(&tx)).await {
+    let watched = Tx::new(&tx);
+    let value = match timeout_at(deadline, body(&watched)).await {
         Ok(Ok(value)) => value,
-        Ok(Err(error)) => return Err(roll_back(attempt, tx, error).await),
+        Ok(Err(error)) => {
+            drop(watched);
+            return Err(roll_back(attempt, tx, error).await);
+        }
         Err(_) => return Err(attempt.judge(Phase::InTransaction, Failure::Deadline)),
     };
+    let swallowed = watched.failure();
+    drop(watched);
+    if let Some(code) = swallowed {
+        ensure_not_aborted(attempt, &tx, code).await?;
+    }
     match timeout_at(deadline, tx.commit()).await {
         Ok(Ok(())) => Ok(value),
         Ok(Err(error)) => Err(attempt.judge(Phase::CommitSent, Failure::Postgres(error))),
         Err(_) => Err(attempt.judge(Phase::CommitSent, Failure::Deadline)),
+    }
+}
+
+/// A statement failed with `code` and the closure went on as if it had not:
+/// `COMMIT` would silently roll back. Asks the server (`SELECT 1` fails in
+/// an aborted transaction); a closure that recovered with `ROLLBACK TO
+/// SAVEPOINT` commits as usual.
+async fn ensure_not_aborted(
+    attempt: &Attempt<'_>,
+    tx: &Transaction<'_>,
+    code: SqlState,
+) -> Result<(), (Error, Fate)> {
+    match timeout_at(attempt.deadline(), tx.batch_execute("SELECT 1")).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) if error.code() == Some(&SqlState::IN_FAILED_SQL_TRANSACTION) => {
+            tracing::debug!(
+                code = code.code(),
+                "the closure swallowed an error; rolled back"
+            );
+            let error = Error::RolledBack {
+                context: attempt.context().clone(),
+                code,
+            };
+            // The transaction object rolls back when dropped.
+            Err((error, Fate::Keep))
+        }
+        Ok(Err(error)) => Err(attempt.judge(Phase::InTransaction, Failure::Postgres(error))),
+        Err(_) => Err(attempt.judge(Phase::InTransaction, Failure::Deadline)),
     }
 }
 
