@@ -15,7 +15,10 @@ use crate::workload::{Record, ACCOUNTS, OPENING};
 pub(crate) async fn run(db: &DatabaseManager, cluster: &Cluster, record: &Record) -> usize {
     let mut violations = record.violations.lock().unwrap().clone();
     let Some(primary) = await_primary(db).await else {
-        violations.push(format!("no primary at the end of the run: {:?}", db.status()));
+        violations.push(format!(
+            "no primary at the end of the run: {:?}",
+            db.status()
+        ));
         return report(record, &violations);
     };
     // Straight to the server, past the fault proxies.

@@ -1,7 +1,9 @@
 //! One fault at a time, in a seeded random order: a replica stopped and
-//! started, the primary stopped and a replica promoted (once: the test kit
-//! cannot repoint the other replica, which is left an orphan), a black
-//! hole, latency, refused and reset connections, paused replay.
+//! started, a black hole, latency, refused and reset connections, paused
+//! replay; and, once, as the first fault of the run's second half, the
+//! primary stopped and a replica promoted (once: the test kit cannot
+//! repoint the other replica, which is left an orphan, so the faults after
+//! it fall on the new primary and the orphan).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,33 +41,51 @@ pub(crate) async fn run(
     run_for: Duration,
     seed: u64,
 ) -> Vec<String> {
-    let until = Instant::now() + run_for;
+    let start = Instant::now();
+    let until = start + run_for;
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut topology = Topology {
         primary: 0,
         following: vec![1, 2],
         promoted: false,
     };
-    let mut done = Vec::new();
-    tokio::time::sleep(CALM).await;
-    while Instant::now() + FAULT < until {
-        let any = rng.usize(..proxies.len());
-        let node = if topology.primary == any || topology.following.contains(&any) {
+    let orphan_or_primary = |topology: &Topology, any: usize| {
+        if topology.primary == any || topology.following.contains(&any) || topology.promoted {
             any
         } else {
             topology.primary
+        }
+    };
+    let mut done = Vec::new();
+    tokio::time::sleep(CALM).await;
+    while Instant::now() + FAULT < until {
+        let node = orphan_or_primary(&topology, rng.usize(..proxies.len()));
+        let replica = topology
+            .following
+            .get(rng.usize(..topology.following.len().max(1)))
+            .copied();
+        let second_half = start.elapsed() >= run_for / 2;
+        let pick = if second_half && !topology.promoted {
+            1
+        } else {
+            rng.u8(..7)
         };
-        let replica = topology.following.get(rng.usize(..topology.following.len().max(1))).copied();
-        let name = match (rng.u8(..7), replica) {
+        let name = match (pick, replica) {
             (0, Some(replica)) => {
-                blocking(&cluster, move |c| c.stop(replica, StopMode::Immediate)).await.ok();
+                blocking(&cluster, move |c| c.stop(replica, StopMode::Immediate))
+                    .await
+                    .ok();
                 tokio::time::sleep(FAULT).await;
-                blocking(&cluster, move |c| c.start_node(replica)).await.ok();
+                blocking(&cluster, move |c| c.start_node(replica))
+                    .await
+                    .ok();
                 format!("stop+start node{replica}")
             }
             (1, Some(replica)) if !topology.promoted => {
                 let old = topology.primary;
-                blocking(&cluster, move |c| c.stop(old, StopMode::Fast)).await.ok();
+                blocking(&cluster, move |c| c.stop(old, StopMode::Fast))
+                    .await
+                    .ok();
                 blocking(&cluster, move |c| c.promote(replica)).await.ok();
                 topology.primary = replica;
                 topology.following.clear();
@@ -86,9 +106,13 @@ pub(crate) async fn run(
                 format!("reset node{node}")
             }
             (_, Some(replica)) => {
-                blocking(&cluster, move |c| c.pause_replay(replica)).await.ok();
+                blocking(&cluster, move |c| c.pause_replay(replica))
+                    .await
+                    .ok();
                 tokio::time::sleep(FAULT).await;
-                blocking(&cluster, move |c| c.resume_replay(replica)).await.ok();
+                blocking(&cluster, move |c| c.resume_replay(replica))
+                    .await
+                    .ok();
                 format!("pause replay node{replica}")
             }
             (_, None) => hold(&proxies[node], Fault::BlackHole, node, "black hole").await,
@@ -111,6 +135,8 @@ async fn hold(proxy: &FaultProxy, fault: Fault, node: usize, name: &str) -> Stri
 /// Every replica replays again at the end (a fault may have paused one).
 pub(crate) async fn heal(cluster: &Arc<Cluster>) {
     for index in 1..cluster.nodes().len() {
-        blocking(cluster, move |c| c.resume_replay(index)).await.ok();
+        blocking(cluster, move |c| c.resume_replay(index))
+            .await
+            .ok();
     }
 }

@@ -56,7 +56,9 @@ impl Record {
             Err(error) if error.is_outcome_unknown() => "outcome-unknown".to_owned(),
             Err(error) => variant(error),
         };
-        *lock(&self.outcomes).entry(format!("{op} {label}")).or_default() += 1;
+        *lock(&self.outcomes)
+            .entry(format!("{op} {label}"))
+            .or_default() += 1;
     }
 
     /// Checks a call's duration against its deadline.
@@ -79,10 +81,7 @@ impl Record {
 /// The error's variant, for the outcome table.
 fn variant(error: &Error) -> String {
     let debug = format!("{error:?}");
-    let name: String = debug
-        .chars()
-        .take_while(|c| c.is_alphanumeric())
-        .collect();
+    let name: String = debug.chars().take_while(|c| c.is_alphanumeric()).collect();
     match error.code() {
         Some(code) => format!("{name}({})", code.code()),
         None => name,
@@ -111,7 +110,11 @@ pub(crate) fn start(
     seed: u64,
 ) -> Vec<JoinHandle<()>> {
     let until = Instant::now() + run_for;
-    let mut tasks = vec![tokio::spawn(heartbeat(db.clone(), Arc::clone(record), until))];
+    let mut tasks = vec![tokio::spawn(heartbeat(
+        db.clone(),
+        Arc::clone(record),
+        until,
+    ))];
     for client in 0..CLIENTS {
         let (db, record) = (db.clone(), Arc::clone(record));
         let rng = fastrand::Rng::with_seed(seed.wrapping_mul(1000).wrapping_add(client));
