@@ -263,3 +263,46 @@ async fn the_configured_role_is_only_a_hint() {
     assert_eq!(port, i32::from(port_of(&cluster, 0)));
     db.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_least_privilege_role_still_sees_every_replicas_timeline() {
+    let cluster = start_cluster();
+    // No superuser, no pg_read_all_stats: pg_stat_wal_receiver shows it
+    // only a pid, as on managed platforms' default roles.
+    blocking(|| cluster.psql(0, "CREATE ROLE app LOGIN")).unwrap();
+    blocking(|| cluster.wait_for_replicas(Duration::from_secs(10))).unwrap();
+    let mut nodes = Vec::new();
+    for (index, node) in cluster.nodes().iter().enumerate() {
+        let role = if index == 0 {
+            Role::Primary
+        } else {
+            Role::Replica
+        };
+        let url = format!(
+            "host=127.0.0.1 port={} user=app dbname={}",
+            node.port(),
+            node.dbname()
+        );
+        nodes.push(pgrouter::NodeConfig::new(
+            node.name(),
+            REGIONS[index],
+            url,
+            role,
+        ));
+    }
+    let db = DatabaseManager::new(fast_config(nodes)).await.unwrap();
+    let hidden = blocking(|| {
+        cluster.psql(
+            1,
+            "SET ROLE app; SELECT coalesce(received_tli::text, 'hidden') FROM pg_stat_wal_receiver",
+        )
+    })
+    .unwrap();
+    assert!(hidden.ends_with("hidden"), "{hidden}");
+    for name in ["node1", "node2"] {
+        let node = db.status().node(name).cloned().unwrap();
+        assert_eq!(node.timeline, Some(1), "{node:?}");
+        assert!(node.healthy && node.orphaned.is_none(), "{node:?}");
+    }
+    db.close().await;
+}

@@ -81,7 +81,7 @@ pub(crate) async fn run(
                     .ok();
                 format!("stop+start node{replica}")
             }
-            (1, Some(replica)) if !topology.promoted => {
+            (1, Some(replica)) if second_half && !topology.promoted => {
                 let old = topology.primary;
                 blocking(&cluster, move |c| c.stop(old, StopMode::Fast))
                     .await
