@@ -26,24 +26,32 @@ impl Freshness {
         self.max_staleness.is_some() || self.after.is_some()
     }
 
-    /// The write target is always fresh. Any other node must show both,
-    /// now: that it had everything the primary had no longer than the bound
-    /// ago (judged at `now`, the moment of the decision, not at the last
+    /// The oldest "fresh as of" instant the staleness bound accepts at
+    /// `now` (the moment of the decision); `None` when there is no bound (or
+    /// it reaches back further than an `Instant` can). Computed once per decision,
+    /// so each node costs one comparison.
+    pub(crate) fn cutoff(&self, now: Instant) -> Option<Instant> {
+        self.max_staleness.and_then(|bound| now.checked_sub(bound))
+    }
+
+    /// The write target is always fresh. Any other node must show both: that
+    /// it had everything the primary had no earlier than `cutoff` (see
+    /// [`Freshness::cutoff`]: judged when the read is routed, not at the last
     /// probe), and a replay position at or past the token. Unknown is not
-    /// fresh, and neither is a bound with no `now` to judge it at.
+    /// fresh.
     pub(crate) fn admits(
         &self,
         node: &NodeState,
         is_write_target: bool,
-        now: Option<Instant>,
+        cutoff: Option<Instant>,
     ) -> bool {
         if is_write_target {
             return true;
         }
-        let lag_ok = self.max_staleness.is_none_or(|bound| {
-            let as_of = now.zip(node.fresh_as_of);
-            as_of.is_some_and(|(now, as_of)| now.saturating_duration_since(as_of) <= bound)
-        });
+        let lag_ok = self.max_staleness.is_none() || {
+            let as_of = node.fresh_as_of;
+            as_of.is_some_and(|as_of| cutoff.is_none_or(|cutoff| as_of >= cutoff))
+        };
         // A position proves something only on the token's timeline.
         let token_ok = self.after.is_none_or(|token| {
             let same_timeline = token.timeline().is_none_or(|t| node.timeline == Some(t));
@@ -98,8 +106,9 @@ mod tests {
         ];
         for (ago, limit, admitted) in table {
             let node = replica(now, ago, Some(10));
+            let freshness = bound(limit);
             assert_eq!(
-                bound(limit).admits(&node, false, Some(now)),
+                freshness.admits(&node, false, freshness.cutoff(now)),
                 admitted,
                 "{ago:?} vs {limit}"
             );
@@ -110,9 +119,10 @@ mod tests {
     fn staleness_grows_between_probes() {
         let probed = Instant::now();
         let node = replica(probed, Some(0), Some(10));
-        assert!(bound(100).admits(&node, false, Some(probed + Duration::from_millis(100))));
+        let at = |ms| bound(100).cutoff(probed + Duration::from_millis(ms));
+        assert!(bound(100).admits(&node, false, at(100)));
         assert!(
-            !bound(100).admits(&node, false, Some(probed + Duration::from_millis(101))),
+            !bound(100).admits(&node, false, at(101)),
             "no probe since: the replica may have stalled right after the last one"
         );
     }
@@ -131,7 +141,7 @@ mod tests {
         for (position, lsn, admitted) in table {
             let node = replica(now, Some(0), position);
             assert_eq!(
-                token(lsn).admits(&node, false, Some(now)),
+                token(lsn).admits(&node, false, None),
                 admitted,
                 "{position:?} vs {lsn}"
             );
@@ -145,17 +155,18 @@ mod tests {
             max_staleness: Some(Duration::from_millis(100)),
             after: Some(CausalToken::new(Lsn(10))),
         };
-        assert!(both.admits(&replica(now, Some(50), Some(10)), false, Some(now)));
-        assert!(!both.admits(&replica(now, Some(500), Some(10)), false, Some(now)));
-        assert!(!both.admits(&replica(now, Some(50), Some(9)), false, Some(now)));
+        let cutoff = both.cutoff(now);
+        assert!(both.admits(&replica(now, Some(50), Some(10)), false, cutoff));
+        assert!(!both.admits(&replica(now, Some(500), Some(10)), false, cutoff));
+        assert!(!both.admits(&replica(now, Some(50), Some(9)), false, cutoff));
     }
 
     #[test]
     fn the_write_target_is_always_fresh() {
         let now = Instant::now();
         let unknown = replica(now, None, None);
-        assert!(bound(1).admits(&unknown, true, Some(now)));
-        assert!(token(u64::MAX).admits(&unknown, true, Some(now)));
+        assert!(bound(1).admits(&unknown, true, bound(1).cutoff(now)));
+        assert!(token(u64::MAX).admits(&unknown, true, None));
         assert!(CausalToken::PRIMARY.lsn() == Lsn(u64::MAX));
     }
 
@@ -166,11 +177,12 @@ mod tests {
         assert!(!any.is_constrained());
         assert!(any.admits(&replica(now, None, None), false, None));
         assert!(bound(5).is_constrained() && token(5).is_constrained());
-        let fresh = replica(now, Some(0), Some(10));
-        assert!(
-            !bound(5).admits(&fresh, false, None),
-            "a bound needs a clock"
-        );
+        assert_eq!(any.cutoff(now), None);
+        // A huge bound accepts any known freshness, and still no unknown one.
+        let huge = bound(u64::MAX);
+        let cutoff = huge.cutoff(now);
+        assert!(huge.admits(&replica(now, Some(0), Some(10)), false, cutoff));
+        assert!(!huge.admits(&replica(now, None, Some(10)), false, cutoff));
     }
 
     #[test]
@@ -198,8 +210,8 @@ mod tests {
         let now = Instant::now();
         let mut node = replica(now, Some(0), Some(500));
         node.orphaned = Some(crate::topology::Orphan::NotReceiving);
-        assert!(!bound(1000).admits(&node, false, Some(now)));
-        assert!(!token(100).admits(&node, false, Some(now)));
+        assert!(!bound(1000).admits(&node, false, bound(1000).cutoff(now)));
+        assert!(!token(100).admits(&node, false, None));
         assert!(
             Freshness::default().admits(&node, false, None),
             "routing decides those"

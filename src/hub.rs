@@ -155,15 +155,17 @@ impl Hub {
         snapshot: &'a Snapshot,
         freshness: Freshness,
     ) -> LiveView<'a> {
-        // The clock is read only when a bound needs it.
-        let now = freshness.max_staleness.map(|_| Instant::now());
+        // The clock is read only when a bound needs it, once per decision.
+        let cutoff = freshness
+            .max_staleness
+            .and_then(|_| freshness.cutoff(Instant::now()));
         LiveView {
             snapshot,
             nodes: &self.nodes,
             suspects,
             freshness,
             nearest: &self.config.nearest,
-            now,
+            cutoff,
         }
     }
 

@@ -22,15 +22,16 @@ pub(crate) struct LiveView<'a> {
     pub(crate) suspects: Members,
     pub(crate) freshness: Freshness,
     pub(crate) nearest: &'a NearestSettings,
-    /// The moment of the decision, read when there is a staleness bound.
-    pub(crate) now: Option<Instant>,
+    /// The oldest freshness the staleness bound accepts, as of the moment of
+    /// the decision (see `Freshness::cutoff`).
+    pub(crate) cutoff: Option<Instant>,
 }
 
 impl LiveView<'_> {
     fn is_fresh(&self, index: usize) -> bool {
         let is_write_target = self.snapshot.primary == Some(index);
         self.freshness
-            .admits(&self.snapshot.nodes[index], is_write_target, self.now)
+            .admits(&self.snapshot.nodes[index], is_write_target, self.cutoff)
     }
 }
 
