@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use pgrouter::tokio_postgres::{Client, NoTls};
+use pgrouter::tokio_postgres::NoTls;
 use pgrouter::ReadStrategy;
 use pgrouter_testkit::StopMode;
 use support::*;
@@ -153,23 +153,6 @@ async fn a_node_down_at_start_is_unhealthy_and_comes_in_later() {
             .is_some()
     );
     db.close().await;
-}
-
-/// A session on node `index` opened now, kept open by the caller.
-async fn session(
-    cluster: &pgrouter_testkit::Cluster,
-    index: usize,
-) -> (Client, tokio::task::JoinHandle<()>) {
-    let (client, connection) = cluster
-        .node(index)
-        .pg_config()
-        .connect(NoTls)
-        .await
-        .unwrap();
-    let driver = tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    (client, driver)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

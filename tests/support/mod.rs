@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use pgrouter::tokio_postgres::NoTls;
+use pgrouter::tokio_postgres::{Client, NoTls};
 use pgrouter::{
     Config, DatabaseManager, HealthSettings, NodeConfig, PoolSettings, ReadStrategy, RetrySettings,
     Role,
@@ -219,16 +219,25 @@ pub fn healthy(db: &DatabaseManager, node: &str) -> bool {
     db.status().node(node).is_some_and(|n| n.healthy)
 }
 
-/// Waits until a statement containing `marker` is running on node `index`,
-/// asking the server directly (not through a proxy in front of it).
-pub async fn until_running(cluster: &Cluster, index: usize, marker: &str) {
+/// A session straight to node `index` (past any proxy), and the task that
+/// drives its connection.
+pub async fn session(cluster: &Cluster, index: usize) -> (Client, tokio::task::JoinHandle<()>) {
     let (client, connection) = cluster
         .node(index)
         .pg_config()
         .connect(NoTls)
         .await
         .unwrap();
-    let driver = tokio::spawn(connection);
+    let driver = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    (client, driver)
+}
+
+/// Waits until a statement containing `marker` is running on node `index`,
+/// asking the server directly (not through a proxy in front of it).
+pub async fn until_running(cluster: &Cluster, index: usize, marker: &str) {
+    let (client, driver) = session(cluster, index).await;
     let sql = "SELECT count(*) FROM pg_stat_activity \
                WHERE state = 'active' AND pid <> pg_backend_pid() \
                AND strpos(query, $1) > 0";
