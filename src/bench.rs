@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tokio_postgres::error::SqlState;
 
+use crate::clock;
 use crate::config::{Config, NodeConfig, ReadStrategy, Role};
 use crate::error::Error;
 use crate::freshness::Freshness;
@@ -48,7 +49,7 @@ impl RoutingBench {
             state.rtt = Some(Duration::from_millis(1 + (index as u64 % 7) * 10));
             state.lag = (index > 0).then_some(Lag::default());
             // Fresh as of a moment after the bench ends: caught up throughout.
-            let until = tokio::time::Instant::now() + Duration::from_secs(86_400);
+            let until = clock::after(tokio::time::Instant::now(), Duration::from_secs(86_400));
             state.fresh_as_of = (index > 0).then_some(until);
         }
         hub.publish(snapshot, Vec::new(), None);
