@@ -200,6 +200,32 @@ pub enum Error {
         #[source]
         source: tokio_postgres::Error,
     },
+    /// The answer to `COMMIT` was lost (the connection broke, or the time
+    /// set aside for it passed), and pgrouter found out that the
+    /// transaction did not commit: nothing was applied, and it never will
+    /// be. Safe to retry, as pgrouter does while the deadline allows.
+    #[error("{context}: the answer to COMMIT was lost, and the transaction did not commit")]
+    NotCommitted {
+        /// The node that ran the transaction.
+        context: NodeContext,
+        /// tokio-postgres's error, when the connection broke.
+        #[source]
+        source: Option<tokio_postgres::Error>,
+    },
+    /// The marker table set in
+    /// [`OutcomeSettings::marker_table`](crate::OutcomeSettings::marker_table)
+    /// could not be written at `BEGIN` (it does not exist, or the role may
+    /// not insert into it). Nothing was applied.
+    #[error("{context}: cannot insert into the outcome marker table {table} (set in outcomes.marker_table): {}", pg_message(source))]
+    MarkerTable {
+        /// The node.
+        context: NodeContext,
+        /// The table, as configured.
+        table: String,
+        /// tokio-postgres's error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
     /// tokio-postgres refused the call locally (parameter count or types,
     /// row conversion). Nothing was applied; retrying cannot help.
     #[error("{context}: {}", pg_message(source))]
@@ -302,6 +328,8 @@ impl Error {
             | Error::Database { context, .. }
             | Error::ConnectionLost { context, .. }
             | Error::OutcomeUnknown { context, .. }
+            | Error::NotCommitted { context, .. }
+            | Error::MarkerTable { context, .. }
             | Error::Statement { context, .. }
             | Error::TokenUnavailable { context, .. }
             | Error::RowCount { context, .. }
@@ -339,6 +367,11 @@ impl Error {
                 source: Some(source),
                 ..
             }
+            | Error::NotCommitted {
+                source: Some(source),
+                ..
+            }
+            | Error::MarkerTable { source, .. }
             | Error::Postgres(source) => Some(source),
             _ => None,
         }

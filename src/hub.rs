@@ -21,6 +21,7 @@ use crate::events::Event;
 use crate::freshness::Freshness;
 use crate::node::Node;
 use crate::node_set::{Members, NodeSet};
+use crate::outcome::OutcomeSql;
 use crate::safety::NodeFault;
 use crate::strategy::{pick_primary, pick_read};
 use crate::tls::Connector;
@@ -37,6 +38,8 @@ pub(crate) struct Hub {
     /// Plain or TLS, for pools, probes and cancel requests.
     pub(crate) connector: Connector,
     pub(crate) nodes: Box<[Node]>,
+    /// The statements that resolve a lost `COMMIT`, fixed by the config.
+    pub(crate) outcome_sql: OutcomeSql,
     /// The monitor's latest view of every node; replaced whole.
     snapshot: ArcSwap<Snapshot>,
     /// Nodes callers saw fail: out of routing until the monitor probes them.
@@ -79,6 +82,7 @@ impl Hub {
         let count = nodes.len();
         Ok(Self {
             snapshot: ArcSwap::from_pointee(Snapshot::initial(&nodes)),
+            outcome_sql: OutcomeSql::new(config.outcomes.marker_table.as_deref()),
             config,
             connector,
             nodes,

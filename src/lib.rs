@@ -16,6 +16,7 @@ mod lsn;
 mod manager;
 mod node;
 mod node_set;
+mod outcome;
 mod retry;
 mod safety;
 mod status;
@@ -25,8 +26,8 @@ mod topology;
 mod view;
 
 pub use config::{
-    Config, ConfigBuilder, HealthSettings, NearestSettings, NodeConfig, PoolSettings, ReadStrategy,
-    RetrySettings, Role, TlsSettings,
+    Config, ConfigBuilder, HealthSettings, NearestSettings, NodeConfig, OutcomeSettings,
+    PoolSettings, ReadStrategy, RetrySettings, Role, TlsSettings,
 };
 pub use connstr::ConnectionString;
 pub use error::{ConfigError, Error, NodeContext};

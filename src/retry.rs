@@ -51,6 +51,8 @@ fn failure_point(error: &Error) -> Option<(Phase, Cause)> {
         Error::Connect { source, .. } => Some((Phase::Checkout, Cause::of_pool(source))),
         Error::ConnectionLost { .. } => Some((Phase::BeforeSend, Cause::Lost)),
         Error::OutcomeUnknown { .. } => Some((Phase::Sent, Cause::Lost)),
+        // Resolved: as if lost before COMMIT.
+        Error::NotCommitted { .. } => Some((Phase::InTransaction, Cause::Lost)),
         Error::Database { source, .. } => Some((Phase::Sent, Cause::of_postgres(source))),
         // Raised by a transaction closure: nothing is committed yet.
         Error::Postgres(source) => Some((Phase::InTransaction, Cause::of_postgres(source))),
@@ -189,6 +191,14 @@ mod tests {
                     source: pg_error(),
                 },
                 Fail,
+                Retry,
+            ),
+            (
+                Error::NotCommitted {
+                    context: context(),
+                    source: None,
+                },
+                Retry,
                 Retry,
             ),
             (

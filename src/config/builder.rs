@@ -2,7 +2,10 @@
 
 use std::time::Duration;
 
-use super::{Config, HealthSettings, NodeConfig, PoolSettings, ReadStrategy, RetrySettings, Role};
+use super::{
+    Config, HealthSettings, NodeConfig, OutcomeSettings, PoolSettings, ReadStrategy, RetrySettings,
+    Role,
+};
 use crate::connstr::ConnectionString;
 use crate::error::ConfigError;
 
@@ -148,6 +151,19 @@ impl ConfigBuilder {
     /// Replaces every retry setting.
     pub fn retry(mut self, retry: RetrySettings) -> Self {
         self.config.retry = retry;
+        self
+    }
+
+    /// The marker table that lets a lost `COMMIT` be resolved on a newly
+    /// promoted primary too ([`OutcomeSettings::marker_table`]).
+    pub fn marker_table(mut self, table: impl Into<String>) -> Self {
+        self.config.outcomes.marker_table = Some(table.into());
+        self
+    }
+
+    /// Replaces every outcome-resolution setting.
+    pub fn outcomes(mut self, outcomes: OutcomeSettings) -> Self {
+        self.config.outcomes = outcomes;
         self
     }
 

@@ -70,6 +70,9 @@ pub struct Config {
     /// Write and transaction retry settings.
     #[serde(default)]
     pub retry: RetrySettings,
+    /// How a transaction whose `COMMIT` answer was lost is resolved.
+    #[serde(default)]
+    pub outcomes: OutcomeSettings,
 }
 
 /// One PostgreSQL server.
@@ -336,6 +339,58 @@ impl Default for RetrySettings {
     }
 }
 
+/// How pgrouter finds out whether a transaction whose `COMMIT` answer was
+/// lost committed; see the README's "Unknown outcomes, resolved".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutcomeSettings {
+    /// Transactions (and [`exactly_once`](crate::Write::exactly_once)
+    /// writes) learn their transaction id in the round trip of `BEGIN`,
+    /// and a lost `COMMIT` is resolved by asking the server within the
+    /// call's deadline instead of failing with
+    /// [`Error::OutcomeUnknown`](crate::Error::OutcomeUnknown). Costs one
+    /// transaction id per transaction, also for one that writes nothing.
+    /// Default: true.
+    pub resolve: bool,
+    /// A table (`name` or `schema.name`) in which every resolved
+    /// transaction also inserts a random id, so that a lost `COMMIT` can be
+    /// resolved on a newly promoted primary (or a server restarted after a
+    /// crash) too, where a transaction id may have been handed out again.
+    /// Create it with [`OutcomeSettings::marker_table_sql`]; the role needs
+    /// `INSERT`, `SELECT` and `DELETE` on it. Default: none (a lost
+    /// `COMMIT` is resolved only by the server that ran it, or proven
+    /// uncommitted by the new primary).
+    pub marker_table: Option<String>,
+    /// Markers older than this are deleted (by a background task, about
+    /// every quarter of it). Keep it above the longest call deadline; at
+    /// least 1 min. Default: 1 h.
+    #[serde(with = "humantime_serde")]
+    pub marker_retention: Duration,
+}
+
+impl Default for OutcomeSettings {
+    fn default() -> Self {
+        Self {
+            resolve: true,
+            marker_table: None,
+            marker_retention: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl OutcomeSettings {
+    /// The `CREATE TABLE` statement for [`OutcomeSettings::marker_table`]
+    /// (`None` without one): an id column and the time it was written.
+    pub fn marker_table_sql(&self) -> Option<String> {
+        self.marker_table.as_ref().map(|table| {
+            format!(
+                "CREATE TABLE IF NOT EXISTS {table} \
+                 (id text PRIMARY KEY, written timestamptz NOT NULL DEFAULT now())"
+            )
+        })
+    }
+}
+
 mod defaults {
     use std::time::Duration;
 
@@ -368,6 +423,7 @@ impl Config {
             tls: TlsSettings::default(),
             health: HealthSettings::default(),
             retry: RetrySettings::default(),
+            outcomes: OutcomeSettings::default(),
         }
     }
 

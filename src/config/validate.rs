@@ -18,6 +18,7 @@ const MAX_POOL_SIZE: usize = 10_000;
 pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
     validate_nodes(config)?;
     validate_durations(config)?;
+    validate_outcomes(config)?;
     validate_counts(config)
 }
 
@@ -122,6 +123,47 @@ fn validate_durations(config: &Config) -> Result<(), ConfigError> {
         ("retry.min_delay", retry.min_delay),
         ("retry.max_delay", retry.max_delay),
     )
+}
+
+/// The shortest marker retention: markers must outlive every resolution.
+const MIN_MARKER_RETENTION: Duration = Duration::from_secs(60);
+
+fn validate_outcomes(config: &Config) -> Result<(), ConfigError> {
+    let outcomes = &config.outcomes;
+    if outcomes.marker_retention < MIN_MARKER_RETENTION {
+        return Err(invalid(
+            "outcomes.marker_retention",
+            outcomes.marker_retention,
+            "must be at least 1min",
+        ));
+    }
+    if let Some(table) = &outcomes.marker_table {
+        if !is_table_name(table) {
+            return Err(ConfigError::InvalidValue {
+                field: "outcomes.marker_table".to_owned(),
+                value: format!("{table:?}"),
+                reason: "must be `name` or `schema.name`, each an unquoted SQL identifier \
+                         (a letter or _, then letters, digits or _; at most 63 bytes)",
+            });
+        }
+    }
+    Ok(())
+}
+
+/// `name` or `schema.name`, plain identifiers: safe to write into SQL as is.
+fn is_table_name(name: &str) -> bool {
+    let identifier = |part: &str| {
+        let mut bytes = part.bytes();
+        part.len() <= 63
+            && bytes
+                .next()
+                .is_some_and(|first| first.is_ascii_alphabetic() || first == b'_')
+            && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    };
+    match name.split_once('.') {
+        Some((schema, table)) => identifier(schema) && identifier(table),
+        None => identifier(name),
+    }
 }
 
 fn require_ordered(low: (&str, Duration), high: (&str, Duration)) -> Result<(), ConfigError> {
@@ -287,6 +329,36 @@ mod tests {
         let err = error_of(|c| c.health.recovery_initial = Duration::from_secs(60));
         assert!(
             matches!(&err, ConfigError::InvertedRange { high, .. } if high == "health.recovery_max")
+        );
+    }
+
+    #[test]
+    fn marker_tables_are_plain_identifiers() {
+        for good in ["pgrouter_outcomes", "ops.outcomes", "_x1", &"a".repeat(63)] {
+            let mut config = valid();
+            config.outcomes.marker_table = Some(good.to_owned());
+            config.validate().unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
+        for bad in [
+            "",
+            "1table",
+            "a.b.c",
+            "x; DROP TABLE users",
+            "\"quoted\"",
+            "a.",
+            ".b",
+            "caf\u{e9}",
+            &"a".repeat(64),
+        ] {
+            let err = error_of(|c| c.outcomes.marker_table = Some(bad.to_owned()));
+            assert!(
+                matches!(&err, ConfigError::InvalidValue { field, .. } if field == "outcomes.marker_table"),
+                "{bad}: {err}"
+            );
+        }
+        let err = error_of(|c| c.outcomes.marker_retention = Duration::from_secs(59));
+        assert!(
+            matches!(&err, ConfigError::InvalidValue { field, .. } if field == "outcomes.marker_retention")
         );
     }
 }

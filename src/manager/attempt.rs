@@ -219,6 +219,15 @@ impl<'h> Attempt<'h> {
         self.deadline.at
     }
 
+    /// The call's whole budget.
+    pub(crate) fn budget(&self) -> Duration {
+        self.deadline.budget
+    }
+
+    pub(crate) fn hub(&self) -> &'h Hub {
+        self.hub
+    }
+
     pub(crate) fn context(&self) -> &'h NodeContext {
         self.hub.context(self.index)
     }

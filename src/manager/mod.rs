@@ -1,6 +1,7 @@
 //! [`DatabaseManager`]: the public, cheaply cloned handle.
 
 mod attempt;
+mod outcome;
 mod read;
 mod transaction;
 mod tx;
@@ -78,6 +79,12 @@ impl DatabaseManager {
         monitor.first_round().await;
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(monitor.run(shutdown.clone()));
+        if hub.config.outcomes.marker_table.is_some() {
+            drop(tokio::spawn(outcome::prune_markers(
+                Arc::clone(&hub),
+                shutdown.clone(),
+            )));
+        }
         Ok(Self {
             inner: Arc::new(Inner {
                 hub,

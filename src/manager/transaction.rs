@@ -3,20 +3,23 @@
 //! again when that is safe (through the same retry loop as writes).
 
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
 
-use deadpool_postgres::{Object, Transaction};
-use tokio::time::timeout_at;
+use deadpool_postgres::Object;
+use tokio::time::{timeout_at, Instant};
+use tokio_postgres::error::SqlState;
 use tracing::Instrument;
 
-use super::attempt::{span, token_of, Attempt, Busy, Deadline, Failure, TOKEN_SQL};
+use super::attempt::{span, token_of, Attempt, Deadline, Failure, TOKEN_SQL};
+use super::outcome::{begin, resolve, BeginError, Resolution};
 use super::tx::Tx;
 use super::write::{on_primary, OnPrimary, Write};
 use crate::error::Error;
 use crate::hub::Hub;
 use crate::lsn::CausalToken;
+use crate::outcome::Identity;
 use crate::safety::{Fate, Phase};
-use tokio_postgres::error::SqlState;
 
 /// The future a transaction closure returns: box it with `Box::pin(async
 /// move { … })`. `?` on a `tokio_postgres::Error` converts it into
@@ -31,10 +34,17 @@ impl Write<'_> {
     /// The whole closure runs again (with backoff, within the deadline) after
     /// a serialization failure (40001), a deadlock (40P01), a shutdown
     /// (57P0x), or a connection lost before COMMIT was sent (nothing was
-    /// committed). A connection lost during COMMIT gives
-    /// [`Error::OutcomeUnknown`] unless the write is marked
-    /// [`idempotent`](Write::idempotent). So the closure may run more than
-    /// once: keep side effects outside the database out of it.
+    /// committed). So the closure may run more than once: keep side
+    /// effects outside the database out of it.
+    ///
+    /// When the answer to `COMMIT` is lost, pgrouter finds out whether the
+    /// transaction committed (see
+    /// [`OutcomeSettings`](crate::OutcomeSettings)): if it did, this returns
+    /// the closure's value; if it did not, the closure runs again. Only if
+    /// neither can be shown before the deadline is the result
+    /// [`Error::OutcomeUnknown`] (or a [`Error::Timeout`] after `COMMIT`),
+    /// unless the write is marked [`idempotent`](Write::idempotent), which
+    /// runs it again then.
     ///
     /// ```no_run
     /// # use std::time::Duration;
@@ -62,7 +72,8 @@ impl Write<'_> {
     }
 
     /// [`Write::transaction`], also returning the commit's [`CausalToken`]
-    /// for read-your-writes (one extra round trip after COMMIT).
+    /// for read-your-writes (its query is sent right behind `COMMIT`, in
+    /// the same round trip).
     pub async fn transaction_with_token<T, F>(self, body: F) -> Result<(T, CausalToken), Error>
     where
         F: for<'t> FnMut(&'t Tx<'t>) -> TxFuture<'t, T> + Send,
@@ -83,30 +94,73 @@ impl Write<'_> {
     {
         let deadline = self.deadline_from_now()?;
         let call = TransactionCall {
-            body,
+            body: Closure(body, PhantomData),
             deadline,
             token,
+            resolve: self.hub.config.outcomes.resolve,
         };
         let span = tracing::debug_span!("pgrouter.transaction");
-        on_primary(self.hub, deadline, self.idempotent, call)
+        let done = on_primary(self.hub, deadline, self.idempotent, call)
             .instrument(span)
-            .await
+            .await?;
+        Ok((done.value, done.token))
     }
 }
 
-/// The closure, its deadline, and whether it wants a causal token.
-struct TransactionCall<F> {
-    body: F,
-    deadline: Deadline,
-    token: bool,
+/// What runs inside the transaction: a caller's closure, or one statement.
+pub(super) trait Body: Send {
+    /// What it gives when it succeeds.
+    type Output: Send;
+    /// Runs once inside the open transaction.
+    fn run<'t>(
+        &'t mut self,
+        tx: &'t Tx<'t>,
+    ) -> impl Future<Output = Result<Self::Output, Error>> + Send + 't;
 }
 
-impl<T, F> OnPrimary for TransactionCall<F>
+/// A caller's closure (the marker ties `T`'s lifetime to the closure's).
+struct Closure<F, T>(F, PhantomData<T>);
+
+impl<T, F> Body for Closure<F, T>
 where
     F: for<'t> FnMut(&'t Tx<'t>) -> TxFuture<'t, T> + Send,
     T: Send,
 {
-    type Output = (T, Option<CausalToken>);
+    type Output = T;
+    fn run<'t>(&'t mut self, tx: &'t Tx<'t>) -> impl Future<Output = Result<T, Error>> + Send + 't {
+        (self.0)(tx)
+    }
+}
+
+/// The body, its deadline, whether it wants a causal token, and whether
+/// a lost `COMMIT` is resolved.
+pub(super) struct TransactionCall<B> {
+    pub(super) body: B,
+    pub(super) deadline: Deadline,
+    pub(super) token: bool,
+    pub(super) resolve: bool,
+}
+
+/// A committed transaction: the closure's value, where it ran, and its
+/// causal token if one was asked for.
+pub(super) struct Committed<T> {
+    pub(super) value: T,
+    pub(super) index: usize,
+    pub(super) token: Option<CausalToken>,
+}
+
+/// How an attempt at a transaction stopped short of a known commit.
+enum Stop<T> {
+    /// It failed; the error, and what to do with the connection (the
+    /// transaction is closed, or the connection is not kept).
+    Failed(Error, Fate),
+    /// `COMMIT` was sent and its answer lost: the closure's value, the
+    /// error as it stands, and the connection's fate.
+    CommitLost(T, Error, Fate),
+}
+
+impl<B: Body> OnPrimary for TransactionCall<B> {
+    type Output = Committed<B::Output>;
 
     async fn attempt(
         &mut self,
@@ -115,72 +169,203 @@ where
         number: u32,
     ) -> Result<Self::Output, Error> {
         let attempt = Attempt::start(hub, index, self.deadline);
-        self.once(attempt)
+        self.once(attempt, index)
             .instrument(span(hub, index, number))
             .await
     }
 }
 
-impl<T, F> TransactionCall<F>
-where
-    F: for<'t> FnMut(&'t Tx<'t>) -> TxFuture<'t, T> + Send,
-    T: Send,
-{
-    async fn once(&mut self, attempt: Attempt<'_>) -> Result<(T, Option<CausalToken>), Error> {
-        let mut client = attempt.checkout().await?;
-        match run(&attempt, &mut client, &mut self.body).await {
-            Ok(value) if self.token => {
-                let token = read_token(&attempt, client).await?;
-                Ok((value, Some(token)))
-            }
-            Ok(value) => {
-                attempt.settle(client.take(), Fate::Keep);
-                Ok((value, None))
-            }
+impl<B: Body> TransactionCall<B> {
+    async fn once(
+        &mut self,
+        attempt: Attempt<'_>,
+        index: usize,
+    ) -> Result<Committed<B::Output>, Error> {
+        let client = attempt.checkout().await?;
+        let identity = match open(&attempt, &client, index, self.resolve).await {
+            Ok(identity) => identity,
             Err((error, fate)) => {
                 attempt.settle(client.take(), fate);
-                Err(error)
+                return Err(error);
             }
+        };
+        let outcome = run(&attempt, &client, &mut self.body, self.token).await;
+        let (value, error) = match outcome {
+            Ok((value, token)) => {
+                attempt.settle(client.take(), Fate::Keep);
+                return Ok(Committed {
+                    value,
+                    index,
+                    token,
+                });
+            }
+            Err(Stop::Failed(error, fate)) => {
+                attempt.settle(client.take(), fate);
+                return Err(error);
+            }
+            Err(Stop::CommitLost(value, error, fate)) => {
+                attempt.settle(client.take(), fate);
+                (value, error)
+            }
+        };
+        let Some(identity) = identity else {
+            return Err(error);
+        };
+        match resolve(attempt.hub(), &identity, self.deadline.at).await {
+            Resolution::Committed(token) => Ok(Committed {
+                value,
+                index,
+                token: token.filter(|_| self.token),
+            }),
+            Resolution::NotCommitted => Err(Error::NotCommitted {
+                context: attempt.context().clone(),
+                source: match error {
+                    Error::OutcomeUnknown { source, .. } => Some(source),
+                    _ => None,
+                },
+            }),
+            Resolution::Unknown => Err(error),
         }
     }
 }
 
-/// BEGIN, the closure, COMMIT; a failure comes with what to do with the
-/// connection once the transaction is gone.
-async fn run<T, F>(
+/// `BEGIN`, and the transaction's identity when it is resolved.
+async fn open(
     attempt: &Attempt<'_>,
-    client: &mut Object,
-    body: &mut F,
-) -> Result<T, (Error, Fate)>
-where
-    F: for<'t> FnMut(&'t Tx<'t>) -> TxFuture<'t, T> + Send,
-    T: Send,
-{
+    client: &Object,
+    index: usize,
+    resolve: bool,
+) -> Result<Option<Identity>, (Error, Fate)> {
+    let hub = attempt.hub();
+    match timeout_at(attempt.deadline(), begin(hub, client, index, resolve)).await {
+        Ok(Ok(identity)) => Ok(identity),
+        Ok(Err(BeginError::Postgres(error))) => {
+            let (error, fate) = attempt.judge(Phase::BeforeSend, Failure::Postgres(error));
+            Err((error, close(attempt, client, fate).await))
+        }
+        Ok(Err(BeginError::Marker(source))) => {
+            let error = Error::MarkerTable {
+                context: attempt.context().clone(),
+                table: hub.config.outcomes.marker_table.clone().unwrap_or_default(),
+                source,
+            };
+            Err((error, close(attempt, client, Fate::Keep).await))
+        }
+        Err(_) => Err(attempt.judge(Phase::BeforeSend, Failure::Deadline)),
+    }
+}
+
+/// Ends a transaction that failed before `COMMIT` on a connection that is
+/// to be kept: `ROLLBACK`, or discard the connection if that fails.
+async fn close(attempt: &Attempt<'_>, client: &Object, fate: Fate) -> Fate {
+    if fate != Fate::Keep {
+        return fate;
+    }
+    match timeout_at(attempt.deadline(), client.batch_execute("ROLLBACK")).await {
+        Ok(Ok(())) => Fate::Keep,
+        _ => Fate::Discard,
+    }
+}
+
+/// The body, then `COMMIT` (with the token query behind it).
+async fn run<B: Body>(
+    attempt: &Attempt<'_>,
+    client: &Object,
+    body: &mut B,
+    token: bool,
+) -> Result<(B::Output, Option<CausalToken>), Stop<B::Output>> {
     let deadline = attempt.deadline();
-    let tx = match timeout_at(deadline, client.transaction()).await {
-        Ok(Ok(tx)) => tx,
-        Ok(Err(error)) => return Err(attempt.judge(Phase::BeforeSend, Failure::Postgres(error))),
-        Err(_) => return Err(attempt.judge(Phase::BeforeSend, Failure::Deadline)),
-    };
-    let watched = Tx::new(&tx);
-    let value = match timeout_at(deadline, body(&watched)).await {
+    let watched = Tx::new(client);
+    let value = match timeout_at(deadline, body.run(&watched)).await {
         Ok(Ok(value)) => value,
         Ok(Err(error)) => {
             drop(watched);
-            return Err(roll_back(attempt, tx, error).await);
+            let (error, fate) = roll_back(attempt, client, error).await;
+            return Err(Stop::Failed(error, fate));
         }
-        Err(_) => return Err(attempt.judge(Phase::InTransaction, Failure::Deadline)),
+        Err(_) => {
+            let (error, fate) = attempt.judge(Phase::InTransaction, Failure::Deadline);
+            return Err(Stop::Failed(error, fate));
+        }
     };
     let swallowed = watched.failure();
     drop(watched);
     if let Some(code) = swallowed {
-        ensure_not_aborted(attempt, &tx, code).await?;
+        if let Err((error, fate)) = ensure_not_aborted(attempt, client, code).await {
+            return Err(Stop::Failed(error, close(attempt, client, fate).await));
+        }
     }
-    match timeout_at(deadline, tx.commit()).await {
-        Ok(Ok(())) => Ok(value),
-        Ok(Err(error)) => Err(attempt.judge(Phase::CommitSent, Failure::Postgres(error))),
-        Err(_) => Err(attempt.judge(Phase::CommitSent, Failure::Deadline)),
+    commit(attempt, client, token, value).await
+}
+
+/// `COMMIT`, and the causal token query right behind it. Without a
+/// resolution to follow, `COMMIT` may use the whole deadline; with one,
+/// part of it is kept for asking.
+async fn commit<T>(
+    attempt: &Attempt<'_>,
+    client: &Object,
+    token: bool,
+    value: T,
+) -> Result<(T, Option<CausalToken>), Stop<T>> {
+    let token_statement = match token {
+        true => match timeout_at(attempt.deadline(), client.prepare_cached(TOKEN_SQL)).await {
+            Ok(Ok(statement)) => Some(statement),
+            Ok(Err(error)) => {
+                let (error, fate) = attempt.judge(Phase::InTransaction, Failure::Postgres(error));
+                return Err(Stop::Failed(error, close(attempt, client, fate).await));
+            }
+            Err(_) => {
+                let (error, fate) = attempt.judge(Phase::InTransaction, Failure::Deadline);
+                return Err(Stop::Failed(error, fate));
+            }
+        },
+        false => None,
+    };
+    let token_query = async {
+        match &token_statement {
+            Some(statement) => client.query_one(statement, &[]).await.map(Some),
+            None => Ok(None),
+        }
+    };
+    // Biased: COMMIT is sent first, the token query right behind it.
+    let both = async { tokio::join!(biased; client.batch_execute("COMMIT"), token_query) };
+    match timeout_at(commit_deadline(attempt), both).await {
+        Ok((Ok(()), Ok(row))) => match row.map(|row| token_of(&row)).transpose() {
+            Ok(token) => Ok((value, token)),
+            Err(error) => Err(Stop::Failed(attempt.token_unavailable(error), Fate::Keep)),
+        },
+        Ok((Ok(()), Err(error))) => {
+            // Committed: only the token is lost.
+            let fate = match error.code() {
+                Some(_) if !error.is_closed() => Fate::Keep,
+                _ => Fate::Discard,
+            };
+            Err(Stop::Failed(attempt.token_unavailable(error), fate))
+        }
+        Ok((Err(error), _)) => {
+            let (error, fate) = attempt.judge(Phase::CommitSent, Failure::Postgres(error));
+            match error.is_outcome_unknown() {
+                true => Err(Stop::CommitLost(value, error, fate)),
+                false => Err(Stop::Failed(error, fate)),
+            }
+        }
+        Err(_) => {
+            let (error, fate) = attempt.judge(Phase::CommitSent, Failure::Deadline);
+            Err(Stop::CommitLost(value, error, fate))
+        }
     }
+}
+
+/// How long `COMMIT`'s answer is waited for: the deadline, less a reserve
+/// (a quarter of the budget, at most the probe timeout) for resolving it
+/// if it does not come.
+fn commit_deadline(attempt: &Attempt<'_>) -> Instant {
+    let reserve = (attempt.budget() / 4).min(attempt.hub().config.health.probe_timeout);
+    let deadline = attempt.deadline();
+    deadline
+        .checked_sub(reserve)
+        .filter(|&at| at > Instant::now())
+        .unwrap_or(deadline)
 }
 
 /// A statement failed with `code` and the closure went on as if it had not:
@@ -189,10 +374,10 @@ where
 /// SAVEPOINT` commits as usual.
 async fn ensure_not_aborted(
     attempt: &Attempt<'_>,
-    tx: &Transaction<'_>,
+    client: &Object,
     code: SqlState,
 ) -> Result<(), (Error, Fate)> {
-    match timeout_at(attempt.deadline(), tx.batch_execute("SELECT 1")).await {
+    match timeout_at(attempt.deadline(), client.batch_execute("SELECT 1")).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(error)) if error.code() == Some(&SqlState::IN_FAILED_SQL_TRANSACTION) => {
             tracing::debug!(
@@ -203,7 +388,6 @@ async fn ensure_not_aborted(
                 context: attempt.context().clone(),
                 code,
             };
-            // The transaction object rolls back when dropped.
             Err((error, Fate::Keep))
         }
         Ok(Err(error)) => Err(attempt.judge(Phase::InTransaction, Failure::Postgres(error))),
@@ -213,35 +397,10 @@ async fn ensure_not_aborted(
 
 /// The closure failed: classify its error (nothing is committed yet) and
 /// roll back if the connection is still good.
-async fn roll_back(attempt: &Attempt<'_>, tx: Transaction<'_>, error: Error) -> (Error, Fate) {
+async fn roll_back(attempt: &Attempt<'_>, client: &Object, error: Error) -> (Error, Fate) {
     let (error, fate) = match error {
         Error::Postgres(source) => attempt.judge(Phase::InTransaction, Failure::Postgres(source)),
         other => (other, Fate::Keep),
     };
-    if fate != Fate::Keep {
-        return (error, fate);
-    }
-    match timeout_at(attempt.deadline(), tx.rollback()).await {
-        Ok(Ok(())) => (error, Fate::Keep),
-        _ => (error, Fate::Discard),
-    }
-}
-
-/// The committed transaction's causal token, read on its connection.
-async fn read_token(attempt: &Attempt<'_>, client: Busy<'_>) -> Result<CausalToken, Error> {
-    let result = timeout_at(attempt.deadline(), client.query_one(TOKEN_SQL, &[])).await;
-    let client = client.take();
-    match result {
-        Ok(Ok(row)) => token_of(&row).map_err(|error| attempt.token_unavailable(error)),
-        Ok(Err(error)) => Err(attempt.token_unavailable(error)),
-        Err(_) => {
-            // COMMIT succeeded: the write is applied, only its token is lost.
-            let (_, fate) = attempt.judge(Phase::CommitSent, Failure::Deadline);
-            attempt.settle(client, fate);
-            Err(Error::TokenUnavailable {
-                context: attempt.context().clone(),
-                source: None,
-            })
-        }
-    }
+    (error, close(attempt, client, fate).await)
 }

@@ -11,7 +11,7 @@
 use std::ops::Deref;
 use std::sync::{Mutex, PoisonError};
 
-use deadpool_postgres::Transaction;
+use deadpool_postgres::{ClientWrapper, Object};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Row, Statement, ToStatement};
@@ -25,10 +25,13 @@ use tokio_postgres::{Row, Statement, ToStatement};
 /// `Ok` anyway, the runner finds out whether PostgreSQL rolled the
 /// transaction back, and then returns [`Error::RolledBack`](crate::Error::RolledBack)
 /// (or runs the closure again after a serialization failure or a deadlock)
-/// instead of a false `Ok`. Everything else of deadpool's [`Transaction`] is
-/// reached through `Deref`, unwatched.
+/// instead of a false `Ok`. Everything else of the pooled connection
+/// (deadpool's [`ClientWrapper`], a tokio-postgres `Client`) is reached
+/// through `Deref`, unwatched. pgrouter itself sends `BEGIN` and `COMMIT`:
+/// do not send `COMMIT`, `ROLLBACK` or another `BEGIN` through it (use
+/// `SAVEPOINT` and `ROLLBACK TO SAVEPOINT` for partial rollbacks).
 pub struct Tx<'t> {
-    inner: &'t Transaction<'t>,
+    inner: &'t Object,
     /// The first server error a watched statement met.
     failure: Mutex<Option<SqlState>>,
 }
@@ -42,7 +45,7 @@ impl std::fmt::Debug for Tx<'_> {
 }
 
 impl<'t> Tx<'t> {
-    pub(super) fn new(inner: &'t Transaction<'t>) -> Self {
+    pub(super) fn new(inner: &'t Object) -> Self {
         Self {
             inner,
             failure: Mutex::new(None),
@@ -134,10 +137,10 @@ impl<'t> Tx<'t> {
     }
 }
 
-impl<'t> Deref for Tx<'t> {
-    type Target = Transaction<'t>;
+impl Deref for Tx<'_> {
+    type Target = ClientWrapper;
 
-    fn deref(&self) -> &Transaction<'t> {
+    fn deref(&self) -> &ClientWrapper {
         self.inner
     }
 }

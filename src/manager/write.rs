@@ -10,6 +10,8 @@ use tracing::Instrument;
 use super::attempt::{
     at_most_one, exactly_one, traced, Call, Count, Deadline, Params, Returns, Rows,
 };
+use super::transaction::{Body, TransactionCall};
+use super::tx::Tx;
 use crate::error::Error;
 use crate::hub::Hub;
 use crate::lsn::CausalToken;
@@ -32,6 +34,7 @@ use crate::retry::Retrier;
 pub struct Write<'a> {
     pub(super) hub: &'a Hub,
     pub(super) idempotent: bool,
+    exactly_once: bool,
     deadline: Option<Duration>,
 }
 
@@ -39,6 +42,7 @@ impl std::fmt::Debug for Write<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Write")
             .field("idempotent", &self.idempotent)
+            .field("exactly_once", &self.exactly_once)
             .field("deadline", &self.deadline)
             .finish_non_exhaustive()
     }
@@ -49,6 +53,7 @@ impl<'a> Write<'a> {
         Self {
             hub,
             idempotent: false,
+            exactly_once: false,
             deadline: None,
         }
     }
@@ -59,6 +64,23 @@ impl<'a> Write<'a> {
     /// [`Error::OutcomeUnknown`].
     pub fn idempotent(mut self) -> Self {
         self.idempotent = true;
+        self
+    }
+
+    /// Runs the statement in a transaction whose lost `COMMIT` answer is
+    /// resolved, as [`Write::transaction`] does (also when
+    /// [`OutcomeSettings::resolve`](crate::OutcomeSettings::resolve) is
+    /// off): a connection lost after the statement was sent then gives the
+    /// statement's result once it is shown to have committed, or runs it
+    /// again once it is shown not to have, instead of
+    /// [`Error::OutcomeUnknown`]. It costs two more round trips than a plain
+    /// write (`BEGIN` with the transaction's identity, then the statement,
+    /// then `COMMIT`) and a transaction id; BENCHMARKS.md has the measured
+    /// cost. Without [`OutcomeSettings::marker_table`](crate::OutcomeSettings::marker_table),
+    /// a commit can only be shown by the server that ran it, so across a
+    /// failover the result may still be unknown.
+    pub fn exactly_once(mut self) -> Self {
+        self.exactly_once = true;
         self
     }
 
@@ -141,10 +163,16 @@ impl<'a> Write<'a> {
         params: Params<'_>,
         token: bool,
     ) -> Result<Served<K::Output>, Error> {
+        let deadline = self.deadline_from_now()?;
+        if self.exactly_once {
+            return self
+                .run_exactly_once::<K>(sql, params, deadline, token)
+                .await;
+        }
         let call = Call {
             sql,
             params,
-            deadline: self.deadline_from_now()?,
+            deadline,
             token,
         };
         let statement = SingleStatement::<K> {
@@ -155,6 +183,52 @@ impl<'a> Write<'a> {
         on_primary(self.hub, call.deadline, self.idempotent, statement)
             .instrument(span)
             .await
+    }
+}
+
+impl Write<'_> {
+    /// The statement as the body of a resolved transaction.
+    async fn run_exactly_once<K: Returns>(
+        self,
+        sql: &str,
+        params: Params<'_>,
+        deadline: Deadline,
+        token: bool,
+    ) -> Result<Served<K::Output>, Error> {
+        let call = TransactionCall {
+            body: Statement::<K> {
+                sql,
+                params,
+                kind: std::marker::PhantomData,
+            },
+            deadline,
+            token,
+            resolve: true,
+        };
+        let span = tracing::debug_span!("pgrouter.write", exactly_once = true);
+        let done = on_primary(self.hub, deadline, self.idempotent, call)
+            .instrument(span)
+            .await?;
+        Ok(Served {
+            index: done.index,
+            output: done.value,
+            token: done.token.unwrap_or(CausalToken::PRIMARY),
+        })
+    }
+}
+
+/// One statement as a transaction's body.
+struct Statement<'c, K> {
+    sql: &'c str,
+    params: Params<'c>,
+    kind: std::marker::PhantomData<K>,
+}
+
+impl<K: Returns> Body for Statement<'_, K> {
+    type Output = K::Output;
+    async fn run<'t>(&'t mut self, tx: &'t Tx<'t>) -> Result<K::Output, Error> {
+        let statement = tx.prepare_cached(self.sql).await?;
+        Ok(K::run(tx, &statement, self.params).await?)
     }
 }
 

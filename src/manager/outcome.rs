@@ -1,0 +1,309 @@
+//! Resolving a lost `COMMIT`: the transaction's identity fetched in the
+//! round trip of `BEGIN`, the questions asked when `COMMIT`'s answer is
+//! lost, and the pruning of marker rows. The rule for what an answer
+//! proves is [`crate::outcome::judge`]; this module only asks and applies.
+
+use std::time::Duration;
+
+use deadpool_postgres::Object;
+use tokio::time::{sleep_until, timeout_at, Instant};
+use tokio_postgres::Row;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock;
+use crate::hub::Hub;
+use crate::lsn::{timeline_of_walfile, CausalToken, Lsn};
+use crate::outcome::{judge, Answer, Identity, Outcome, XactStatus};
+
+/// Sent right behind `BEGIN`: the transaction id (assigned now), the
+/// session's backend, and which life of the server this is.
+const IDENTITY_SQL: &str = "SELECT pg_current_xact_id()::text::bigint, pg_backend_pid(), \
+    (extract(epoch FROM pg_postmaster_start_time()) * 1000000)::bigint";
+
+/// Ends the session still running transaction `$2` (backend `$1`), so that
+/// its fate is decided; matching the transaction id makes sure the backend
+/// is still ours.
+const TERMINATE_SQL: &str = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+    WHERE pid = $1 AND backend_xid = xid($2::bigint::text::xid8)";
+
+/// The first and the largest pause between rounds of questions.
+const FIRST_PAUSE: Duration = Duration::from_millis(10);
+const MAX_PAUSE: Duration = Duration::from_millis(200);
+
+/// A marker id as written in the table.
+fn marker_text(marker: u128) -> String {
+    format!("{marker:032x}")
+}
+
+/// Why `BEGIN` failed.
+pub(crate) enum BeginError {
+    /// `BEGIN` or the identity query.
+    Postgres(tokio_postgres::Error),
+    /// The server refused the marker insert (the table is missing, or the
+    /// role may not write it).
+    Marker(tokio_postgres::Error),
+}
+
+impl From<tokio_postgres::Error> for BeginError {
+    fn from(error: tokio_postgres::Error) -> Self {
+        BeginError::Postgres(error)
+    }
+}
+
+/// `BEGIN`, with the identity query (and the marker insert) pipelined
+/// behind it: one round trip. `Ok(None)` when resolution is off.
+pub(crate) async fn begin(
+    hub: &Hub,
+    client: &Object,
+    node: usize,
+    resolve: bool,
+) -> Result<Option<Identity>, BeginError> {
+    if !resolve {
+        client.batch_execute("BEGIN").await?;
+        return Ok(None);
+    }
+    let sql = &hub.outcome_sql;
+    let marker_error = |error: tokio_postgres::Error| match error.code() {
+        Some(_) if !error.is_closed() => BeginError::Marker(error),
+        _ => BeginError::Postgres(error),
+    };
+    let (identity, insert) = futures_util::future::try_join(
+        async { Ok(client.prepare_cached(IDENTITY_SQL).await?) },
+        async {
+            match &sql.insert_marker {
+                Some(insert) => client
+                    .prepare_cached(insert)
+                    .await
+                    .map(Some)
+                    .map_err(marker_error),
+                None => Ok(None),
+            }
+        },
+    )
+    .await?;
+    let marker = insert.as_ref().map(|_| fastrand::u128(..));
+    let marker_id = marker.map(marker_text);
+    let insert_marker = async {
+        match (&insert, &marker_id) {
+            (Some(statement), Some(id)) => client.execute(statement, &[id]).await.map(Some),
+            _ => Ok(None),
+        }
+    };
+    // Biased: BEGIN is sent first, the rest right behind it.
+    let (begun, row, inserted) = tokio::join!(
+        biased;
+        client.batch_execute("BEGIN"),
+        client.query_one(&identity, &[]),
+        insert_marker,
+    );
+    begun?;
+    let row = row?;
+    inserted.map_err(marker_error)?;
+    Ok(Some(Identity {
+        node,
+        xid: row.try_get(0)?,
+        pid: row.try_get(1)?,
+        postmaster: row.try_get(2)?,
+        marker,
+    }))
+}
+
+/// What resolving a lost `COMMIT` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Resolution {
+    /// It committed; the token is the answering primary's position then.
+    Committed(Option<CausalToken>),
+    /// It did not, and never will.
+    NotCommitted,
+    /// The deadline came first.
+    Unknown,
+}
+
+/// Asks, until one answer is conclusive or `deadline` passes, the node that
+/// ran the transaction and the node that is primary now whether the
+/// transaction `identity` committed.
+pub(crate) async fn resolve(hub: &Hub, identity: &Identity, deadline: Instant) -> Resolution {
+    let mut pause = FIRST_PAUSE;
+    let mut pending_rounds = 0u32;
+    let started = Instant::now();
+    loop {
+        // The primary first when it is another node: the node that ran the
+        // transaction is the one likely to be gone.
+        let nodes = match hub.primary_index() {
+            Some(primary) if primary != identity.node => [Some(primary), Some(identity.node)],
+            _ => [Some(identity.node), None],
+        };
+        for node in nodes.into_iter().flatten() {
+            let Some((answer, token)) = ask(hub, identity, node, deadline).await else {
+                continue;
+            };
+            let outcome = judge(identity, &answer);
+            tracing::debug!(node = %hub.context(node).node, ?answer, ?outcome,
+                "asked whether a transaction whose COMMIT answer was lost committed");
+            match outcome {
+                Outcome::Committed => {
+                    log_resolved(hub, identity, "committed", started);
+                    return Resolution::Committed(token);
+                }
+                Outcome::NotCommitted => {
+                    log_resolved(hub, identity, "not committed", started);
+                    return Resolution::NotCommitted;
+                }
+                Outcome::Pending => {
+                    // Give a COMMIT that arrived a moment to finish, then
+                    // end the session that still holds the transaction:
+                    // its fate is then decided one way or the other.
+                    pending_rounds += 1;
+                    if pending_rounds == 2 {
+                        terminate(hub, identity, deadline).await;
+                    }
+                }
+                Outcome::Inconclusive => {}
+            }
+        }
+        let next = clock::after(Instant::now(), pause);
+        if next >= deadline {
+            tracing::warn!(node = %hub.context(identity.node).node, waited = ?started.elapsed(),
+                "could not find out before the deadline whether a transaction committed");
+            return Resolution::Unknown;
+        }
+        sleep_until(next).await;
+        pause = (pause * 2).min(MAX_PAUSE);
+    }
+}
+
+fn log_resolved(hub: &Hub, identity: &Identity, outcome: &str, started: Instant) {
+    tracing::info!(node = %hub.context(identity.node).node, outcome, took = ?started.elapsed(),
+        "resolved a transaction whose COMMIT answer was lost");
+}
+
+/// One node's answer, or `None` if it could not give one in time.
+async fn ask(
+    hub: &Hub,
+    identity: &Identity,
+    node: usize,
+    deadline: Instant,
+) -> Option<(Answer, Option<CausalToken>)> {
+    let deadline = deadline.min(clock::after(
+        Instant::now(),
+        hub.config.health.probe_timeout,
+    ));
+    let marker = identity.marker.map(marker_text);
+    let question = async {
+        let client = hub.nodes[node].pool.get().await.ok()?;
+        let result = async {
+            let statement = client.prepare_cached(&hub.outcome_sql.status).await?;
+            match &marker {
+                Some(marker) => client.query_one(&statement, &[&identity.xid, marker]).await,
+                None => client.query_one(&statement, &[&identity.xid]).await,
+            }
+        }
+        .await;
+        match result {
+            Ok(row) => Some(row),
+            Err(error) => {
+                tracing::debug!(%error, "asking about a transaction's outcome failed");
+                discard(client);
+                None
+            }
+        }
+    };
+    let row = timeout_at(deadline, question).await.ok()??;
+    let elected = hub.primary_index() == Some(node);
+    match answer_of(&row, node, elected, identity.marker.is_some()) {
+        Ok(answer) => Some(answer),
+        Err(error) => {
+            tracing::warn!(%error, "unexpected answer about a transaction's outcome");
+            None
+        }
+    }
+}
+
+/// The answer in a [`OutcomeSql::status`] row.
+fn answer_of(
+    row: &Row,
+    node: usize,
+    elected: bool,
+    marker: bool,
+) -> Result<(Answer, Option<CausalToken>), tokio_postgres::Error> {
+    let position: Option<i64> = row.try_get(0)?;
+    let walfile: Option<&str> = row.try_get(1)?;
+    let token = position.map(|position| {
+        let lsn = Lsn(position.unsigned_abs());
+        match walfile.and_then(timeline_of_walfile) {
+            Some(timeline) => CausalToken::on_timeline(timeline, lsn),
+            None => CausalToken::new(lsn),
+        }
+    });
+    let answer = Answer {
+        node,
+        writable: row.try_get(2)?,
+        postmaster: row.try_get(3)?,
+        elected,
+        status: XactStatus::parse(row.try_get(4)?),
+        marker: match marker {
+            true => Some(row.try_get(5)?),
+            false => None,
+        },
+    };
+    Ok((answer, token))
+}
+
+/// Ends the session still holding the transaction, if it is still ours.
+async fn terminate(hub: &Hub, identity: &Identity, deadline: Instant) {
+    let deadline = deadline.min(clock::after(
+        Instant::now(),
+        hub.config.health.probe_timeout,
+    ));
+    let ended = timeout_at(deadline, async {
+        let client = hub.nodes[identity.node].pool.get().await.ok()?;
+        let result = client
+            .query(TERMINATE_SQL, &[&identity.pid, &identity.xid])
+            .await;
+        if result.is_err() {
+            discard(client);
+        }
+        result.ok()
+    })
+    .await;
+    if let Ok(Some(rows)) = ended {
+        tracing::info!(node = %hub.context(identity.node).node, pid = identity.pid,
+            ended = !rows.is_empty(),
+            "ended the session still holding a transaction whose COMMIT answer was lost");
+    }
+}
+
+fn discard(client: Object) {
+    drop(Object::take(client));
+}
+
+/// Deletes old markers on the primary about every quarter of the
+/// retention, until `shutdown`.
+pub(crate) async fn prune_markers(hub: std::sync::Arc<Hub>, shutdown: CancellationToken) {
+    let Some(prune) = hub.outcome_sql.prune.clone() else {
+        return;
+    };
+    let retention = hub.config.outcomes.marker_retention;
+    let every = retention / 4;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        let Some(primary) = hub.primary_index() else {
+            continue;
+        };
+        let deadline = clock::after(Instant::now(), hub.config.deadline);
+        let seconds = retention.as_secs_f64();
+        let pruned = timeout_at(deadline, async {
+            let client = hub.nodes[primary].pool.get().await.ok()?;
+            client.execute(prune.as_str(), &[&seconds]).await.ok()
+        })
+        .await;
+        match pruned {
+            Ok(Some(rows)) => tracing::debug!(rows, "pruned old outcome markers"),
+            _ => tracing::warn!(node = %hub.context(primary).node,
+                "could not prune old outcome markers; trying again later"),
+        }
+    }
+}
