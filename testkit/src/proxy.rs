@@ -37,6 +37,12 @@ pub enum Fault {
     /// direction, like a silent peer or dropped packets. Held data flows again
     /// once the fault is lifted.
     BlackHole,
+    /// Forward what clients send, but hold back everything servers answer,
+    /// like a link that fails one way: a statement (or `COMMIT`) reaches the
+    /// server and runs there, and its answer never arrives. Held answers
+    /// flow again once the fault is lifted (switch to [`Fault::Reset`] to
+    /// lose them for good).
+    HoldReplies,
     /// Stop listening, so new connections get `ECONNREFUSED`; existing
     /// connections keep working. Leaving `Refuse` listens on the same port
     /// again.
@@ -258,8 +264,13 @@ async fn connection(
         let (client_read, client_write) = client.split();
         let (server_read, server_write) = server.split();
         tokio::try_join!(
-            pump(client_read, server_write, faults.clone()),
-            pump(server_read, client_write, faults),
+            pump(
+                client_read,
+                server_write,
+                faults.clone(),
+                Direction::Request
+            ),
+            pump(server_read, client_write, faults, Direction::Reply),
         )
     };
     if let Err(Stop::Reset) = outcome {
@@ -273,9 +284,23 @@ fn reset(stream: &TcpStream) {
     let _ = stream.set_zero_linger();
 }
 
+/// Which way a [`pump`] copies.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    /// Client to server.
+    Request,
+    /// Server to client.
+    Reply,
+}
+
 /// Copies `from` to `to` under the current fault until `from` ends (then
 /// shuts `to` down) or the connection must stop.
-async fn pump<R, W>(mut from: R, mut to: W, mut faults: watch::Receiver<Fault>) -> Result<(), Stop>
+async fn pump<R, W>(
+    mut from: R,
+    mut to: W,
+    mut faults: watch::Receiver<Fault>,
+    direction: Direction,
+) -> Result<(), Stop>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -293,6 +318,10 @@ where
         let delay = match fault {
             Fault::Reset => return Err(Stop::Reset),
             Fault::BlackHole => {
+                faults.changed().await.map_err(|_| Stop::Closed)?;
+                continue;
+            }
+            Fault::HoldReplies if direction == Direction::Reply => {
                 faults.changed().await.map_err(|_| Stop::Closed)?;
                 continue;
             }

@@ -131,3 +131,34 @@ async fn dropping_the_proxy_closes_everything() {
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
     assert!(select_one(&client).await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hold_replies_lets_statements_run_but_keeps_their_answers() {
+    let (cluster, proxy) = setup().await;
+    let client = connect(&cluster, &proxy).await.unwrap();
+    client
+        .batch_execute("CREATE TABLE held (id int)")
+        .await
+        .unwrap();
+    proxy.set(Fault::HoldReplies);
+
+    // The insert reaches the server and commits; its answer is held back.
+    let insert = client.batch_execute("INSERT INTO held VALUES (1)");
+    let stalled = tokio::time::timeout(Duration::from_millis(300), insert).await;
+    assert!(stalled.is_err(), "the answer should be held back");
+    let seen = tokio::task::block_in_place(|| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let count = cluster.psql(0, "SELECT count(*) FROM held").unwrap();
+            if count.trim() == "1" || Instant::now() > deadline {
+                return count;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    assert_eq!(seen.trim(), "1", "the insert should have run on the server");
+
+    // Lifted: held answers flow again and the connection works.
+    proxy.set(Fault::Pass);
+    assert_eq!(select_one(&client).await.unwrap(), 1);
+}
