@@ -6,7 +6,8 @@ use std::time::Duration;
 use crate::node::Node;
 use crate::topology::{Lag, Orphan, Snapshot};
 
-/// Something changed in the deployment, as the health monitor saw it.
+/// Something changed in the deployment, as the health monitor saw it, or
+/// a call resolved a lost `COMMIT`.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum Event {
@@ -67,6 +68,29 @@ pub enum Event {
         /// The bound.
         bound: Duration,
     },
+    /// The answer to a transaction's `COMMIT` was lost, and pgrouter asked
+    /// what became of it (see
+    /// [`OutcomeSettings`](crate::OutcomeSettings)).
+    CommitResolved {
+        /// The node that ran the transaction.
+        node: String,
+        /// What it found.
+        outcome: CommitOutcome,
+        /// How long finding out took.
+        took: Duration,
+    },
+}
+
+/// What became of a transaction whose `COMMIT` answer was lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CommitOutcome {
+    /// It committed: the call returned `Ok`.
+    Committed,
+    /// It did not commit: the call ran it again (deadline allowing).
+    NotCommitted,
+    /// The deadline passed first: the call failed with an unknown outcome.
+    Unknown,
 }
 
 /// The events between two consecutive snapshots, also logged.

@@ -301,6 +301,12 @@ impl Hub {
     }
 
     /// Topology events from now on.
+    /// Sends a call's event (a resolved `COMMIT`) to subscribers.
+    pub(crate) fn emit(&self, event: Event) {
+        // No subscriber is not an error.
+        let _ = self.events.send(event);
+    }
+
     pub(crate) fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()
     }

@@ -31,7 +31,7 @@ pub use config::{
 };
 pub use connstr::ConnectionString;
 pub use error::{ConfigError, Error, NodeContext};
-pub use events::Event;
+pub use events::{CommitOutcome, Event};
 pub use lsn::{CausalToken, Lsn, TokenError};
 pub use manager::{DatabaseManager, Read, Tx, TxFuture, Write};
 pub use retry::RetryDecision;

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use pgrouter::{Config, DatabaseManager, Error};
+use pgrouter::{CommitOutcome, Config, DatabaseManager, Error, Event};
 use pgrouter_testkit::{Cluster, Fault, FaultProxy, StopMode};
 use support::{blocking, fast_config, node_configs, session, until_running, wait_until_async};
 
@@ -155,6 +155,7 @@ async fn a_commit_whose_answer_is_lost_after_it_committed_resolves_ok_once() {
         if resolution == Resolution::Ids {
             create_schema(&cluster).await;
         }
+        let mut events = db.subscribe();
         // COMMIT reaches the server and commits; its answer is held back,
         // then lost when the connection is cut.
         let (result, runs) = insert_then_fault(&db, proxy, Fault::HoldReplies, note, async {
@@ -167,7 +168,18 @@ async fn a_commit_whose_answer_is_lost_after_it_committed_resolves_ok_once() {
                 let error = result.expect_err("without resolution the outcome is unknown");
                 assert!(error.is_outcome_unknown(), "{error:?}");
             }
-            _ => assert_eq!(result.expect("resolved as committed"), 1),
+            _ => {
+                assert_eq!(result.expect("resolved as committed"), 1);
+                let resolved =
+                    std::iter::from_fn(|| events.try_recv().ok()).find_map(|event| match event {
+                        Event::CommitResolved { node, outcome, .. } => Some((node, outcome)),
+                        _ => None,
+                    });
+                assert_eq!(
+                    resolved,
+                    Some(("node0".to_owned(), CommitOutcome::Committed))
+                );
+            }
         }
         assert_eq!(runs, 1, "a committed transaction never runs again");
         assert_eq!(rows(&cluster, 0, note).await, 1);

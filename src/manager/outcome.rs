@@ -11,6 +11,7 @@ use tokio_postgres::Row;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock;
+use crate::events::{CommitOutcome, Event};
 use crate::hub::Hub;
 use crate::lsn::{timeline_of_walfile, CausalToken, Lsn};
 use crate::outcome::{judge, Answer, Identity, Outcome, XactStatus};
@@ -142,11 +143,11 @@ pub(crate) async fn resolve(hub: &Hub, identity: &Identity, deadline: Instant) -
                 "asked whether a transaction whose COMMIT answer was lost committed");
             match outcome {
                 Outcome::Committed => {
-                    log_resolved(hub, identity, "committed", started);
+                    report(hub, identity, CommitOutcome::Committed, started);
                     return Resolution::Committed(token);
                 }
                 Outcome::NotCommitted => {
-                    log_resolved(hub, identity, "not committed", started);
+                    report(hub, identity, CommitOutcome::NotCommitted, started);
                     return Resolution::NotCommitted;
                 }
                 Outcome::Pending => {
@@ -163,8 +164,7 @@ pub(crate) async fn resolve(hub: &Hub, identity: &Identity, deadline: Instant) -
         }
         let next = clock::after(Instant::now(), pause);
         if next >= deadline {
-            tracing::warn!(node = %hub.context(identity.node).node, waited = ?started.elapsed(),
-                "could not find out before the deadline whether a transaction committed");
+            report(hub, identity, CommitOutcome::Unknown, started);
             return Resolution::Unknown;
         }
         sleep_until(next).await;
@@ -172,9 +172,21 @@ pub(crate) async fn resolve(hub: &Hub, identity: &Identity, deadline: Instant) -
     }
 }
 
-fn log_resolved(hub: &Hub, identity: &Identity, outcome: &str, started: Instant) {
-    tracing::info!(node = %hub.context(identity.node).node, outcome, took = ?started.elapsed(),
-        "resolved a transaction whose COMMIT answer was lost");
+/// Logs what resolving found and tells subscribers.
+fn report(hub: &Hub, identity: &Identity, outcome: CommitOutcome, started: Instant) {
+    let node = &hub.context(identity.node).node;
+    let took = started.elapsed();
+    match outcome {
+        CommitOutcome::Unknown => tracing::warn!(%node, ?took,
+            "could not find out before the deadline whether a transaction committed"),
+        _ => tracing::info!(%node, ?outcome, ?took,
+            "resolved a transaction whose COMMIT answer was lost"),
+    }
+    hub.emit(Event::CommitResolved {
+        node: node.to_string(),
+        outcome,
+        took,
+    });
 }
 
 /// One node's answer, or `None` if it could not give one in time.

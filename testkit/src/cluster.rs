@@ -153,6 +153,38 @@ impl Cluster {
         self.run_logged(&mut cmd, node)
     }
 
+    /// Makes node `index` a fresh streaming replica of node `upstream`, on
+    /// the same port: stops it if it runs, replaces its data directory with
+    /// a base backup of `upstream` (`pg_basebackup -R`) and starts it, then
+    /// waits until it streams. This is how an old primary rejoins after a
+    /// failover (a real deployment would use `pg_rewind` or its operator's
+    /// re-clone), so that a cluster can go through many promotions.
+    pub fn rejoin(&self, index: usize, upstream: usize) -> Result<(), TestkitError> {
+        let node = self.checked(index)?.clone();
+        let source = self.checked(upstream)?.clone();
+        if self.is_running(index) {
+            self.stop(index, StopMode::Immediate)?;
+        }
+        std::fs::remove_dir_all(node.data_dir())?;
+        let port = source.port().to_string();
+        let mut cmd = self.bin.command("pg_basebackup");
+        cmd.args(["-h", HOST, "-p", &port, "-U", USER, "-D"])
+            .arg(node.data_dir());
+        cmd.args(["-X", "stream", "-R", "--no-sync", "-c", "fast"]);
+        self.run_logged(&mut cmd, &source)?;
+        let conf = node.data_dir().join("postgresql.conf");
+        let mut settings = std::fs::OpenOptions::new().append(true).open(&conf)?;
+        std::io::Write::write_all(
+            &mut settings,
+            format!("cluster_name = 'node{index}'\nport = {}\n", node.port()).as_bytes(),
+        )?;
+        self.start_node(index)?;
+        let sql = "SELECT pg_is_in_recovery() AND EXISTS \
+                   (SELECT 1 FROM pg_stat_wal_receiver WHERE status = 'streaming')";
+        let what = format!("node{index} to stream from node{upstream}");
+        self.poll_until(index, sql, "t", Duration::from_secs(60), &what)
+    }
+
     /// Pauses WAL replay on replica `index` (`pg_wal_replay_pause()`) and
     /// waits until replay has actually paused: it then misses new writes until
     /// [`Cluster::resume_replay`].

@@ -237,3 +237,42 @@ fn start_node_waits_for_its_port_to_be_free() {
     let log = std::fs::read_to_string(cluster.primary().log_file()).unwrap();
     assert!(log.contains("could not bind"), "{log}");
 }
+
+#[test]
+fn an_old_primary_rejoins_as_a_replica_of_the_new_one_again_and_again() {
+    let cluster = Cluster::start(1).unwrap();
+    cluster
+        .psql(0, "CREATE TABLE t (id int); INSERT INTO t VALUES (0)")
+        .unwrap();
+    // Two switchovers: node1 takes over, then node0 again.
+    for (round, (old, new)) in [(0, 1), (1, 0)].into_iter().enumerate() {
+        cluster.wait_for_replicas(Duration::from_secs(30)).unwrap();
+        cluster.stop(old, StopMode::Fast).unwrap();
+        cluster.promote(new).unwrap();
+        cluster.rejoin(old, new).unwrap();
+        assert_eq!(
+            cluster.psql(old, "SELECT pg_is_in_recovery()").unwrap(),
+            "t"
+        );
+        assert_eq!(
+            cluster.psql(new, "SELECT pg_is_in_recovery()").unwrap(),
+            "f"
+        );
+        let value = round + 1;
+        cluster
+            .psql(new, &format!("INSERT INTO t VALUES ({value})"))
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let expected = (0..=value)
+            .map(|v| v.to_string())
+            .collect::<Vec<_>>()
+            .join("\n");
+        while cluster.psql(old, "SELECT id FROM t ORDER BY id").unwrap() != expected {
+            assert!(
+                Instant::now() < deadline,
+                "node{old} never replayed row {value}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
