@@ -4,6 +4,7 @@
 
 #[cfg(feature = "bench")]
 pub mod bench;
+mod capability;
 mod clock;
 mod config;
 mod connstr;
@@ -24,6 +25,7 @@ mod tls;
 mod topology;
 mod view;
 
+pub use capability::{Capability, MissingCapability};
 pub use config::{
     Config, ConfigBuilder, HealthSettings, NearestSettings, NodeConfig, PoolSettings, ReadStrategy,
     RetrySettings, Role, TlsSettings,
