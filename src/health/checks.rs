@@ -46,7 +46,8 @@ pub(crate) enum Check {
     /// A replica's timeline as of its last restartpoint (any role may read
     /// it; it may trail a timeline switch by a checkpoint interval).
     ReplicaTimeline,
-    /// Whether a replica's WAL receiver runs (its `pid` shows to any role)
+    /// Whether a replica's WAL receiver runs (`pg_stat_get_wal_receiver()`,
+    /// as `pg_stat_wal_receiver`; its `pid` shows to any role)
     /// and the timeline it streams (hidden without `pg_read_all_stats`).
     Receiver,
     /// A replica's last replayed commit time, as seconds since the epoch.
@@ -73,9 +74,11 @@ impl Check {
             Check::PrimaryTimeline => "SELECT pg_walfile_name(pg_current_wal_lsn())",
             Check::ReplicaPosition => "SELECT pg_last_wal_replay_lsn()",
             Check::ReplicaTimeline => "SELECT timeline_id FROM pg_control_checkpoint()",
+            // The function behind `pg_stat_wal_receiver` (the view calls
+            // it by OID, out of a search_path's reach): one row, all null
+            // when no receiver runs.
             Check::Receiver => {
-                "SELECT EXISTS (SELECT 1 FROM pg_stat_wal_receiver WHERE pid IS NOT NULL), \
-                 (SELECT received_tli FROM pg_stat_wal_receiver)"
+                "SELECT pid IS NOT NULL, received_tli FROM pg_stat_get_wal_receiver()"
             }
             Check::ReplayTimestamp => "SELECT extract(epoch FROM pg_last_xact_replay_timestamp())",
             Check::SystemId => "SELECT system_identifier FROM pg_control_system()",

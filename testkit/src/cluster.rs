@@ -10,7 +10,7 @@ use crate::binaries::{self, file_len, PgBin};
 pub use crate::builder::ClusterBuilder;
 pub use crate::node::LocalNode;
 use crate::node::{DBNAME, HOST, USER};
-use crate::TestkitError;
+use crate::{Flavour, TestkitError};
 
 /// Seconds `pg_ctl` waits for a start, stop or promotion.
 const PG_CTL_TIMEOUT: &str = "30";
@@ -66,12 +66,18 @@ pub struct Cluster {
     pub(crate) bin: PgBin,
     pub(crate) dir: TempDir,
     pub(crate) ca_file: Option<PathBuf>,
+    pub(crate) flavour: Flavour,
 }
 
 impl Cluster {
     /// A builder, to choose the number of replicas, the binaries or settings.
     pub fn builder() -> ClusterBuilder {
         ClusterBuilder::default()
+    }
+
+    /// The role its connection strings log in as (see [`Flavour`]).
+    pub fn flavour(&self) -> Flavour {
+        self.flavour
     }
 
     /// The CA certificate (PEM) that signed the servers' certificates, when

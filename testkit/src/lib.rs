@@ -77,8 +77,10 @@ mod cluster;
 mod error;
 mod node;
 mod proxy;
+mod roles;
 mod tls;
 
 pub use cluster::{Cluster, ClusterBuilder, LocalNode, StopMode};
 pub use error::TestkitError;
 pub use proxy::{Fault, FaultProxy};
+pub use roles::{Flavour, APP_USER, FLAVOUR_ENV};
