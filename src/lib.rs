@@ -19,6 +19,7 @@ mod node;
 mod node_set;
 mod retry;
 mod safety;
+mod sslmode;
 mod status;
 mod strategy;
 mod tls;

@@ -69,7 +69,7 @@ impl Monitor<ProbeConnection> {
             .map(|node| {
                 let config = node.probe_config.clone();
                 ProbeConnection::new(
-                    hub.connector.clone(),
+                    node.connector.clone(),
                     config,
                     node.context.clone(),
                     node.role,
