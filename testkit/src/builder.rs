@@ -137,6 +137,8 @@ impl ClusterBuilder {
                 settings.push(("ssl".to_owned(), "on".to_owned()));
                 settings.push(("ssl_cert_file".to_owned(), files.cert.display().to_string()));
                 settings.push(("ssl_key_file".to_owned(), files.key.display().to_string()));
+                // To check client certificates (pg_hba.conf `cert`).
+                settings.push(("ssl_ca_file".to_owned(), files.ca.display().to_string()));
                 Some(files.ca)
             }
             false => None,

@@ -75,6 +75,18 @@ impl Cluster {
         ClusterBuilder::default()
     }
 
+    /// A client certificate and its key (PEM files, the key mode 0600) for
+    /// `user` (`postgres` or [`APP_USER`](crate::APP_USER)), signed by
+    /// [`Cluster::ca_file`]'s CA with `user` as its common name, as
+    /// `pg_hba.conf`'s `cert` method wants; `None` without
+    /// [`ClusterBuilder::tls`] or for another user.
+    pub fn client_certificate(&self, user: &str) -> Option<(PathBuf, PathBuf)> {
+        self.ca_file.as_ref()?;
+        crate::tls::CLIENT_USERS
+            .contains(&user)
+            .then(|| crate::tls::client_files(self.dir(), user))
+    }
+
     /// The role its connection strings log in as (see [`Flavour`]).
     pub fn flavour(&self) -> Flavour {
         self.flavour
