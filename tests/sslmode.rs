@@ -159,7 +159,7 @@ async fn client_certificates_and_allow_when_the_server_wants_tls() {
         (format!("sslmode=require {client}"), Ok(true)),
         // Plain text is refused; allow then tries TLS.
         (format!("sslmode=allow {client}"), Ok(true)),
-        (format!("sslmode=disable"), Err("pg_hba.conf")),
+        ("sslmode=disable".to_owned(), Err("pg_hba.conf")),
         // No certificate, or one naming another user.
         (full.clone(), Err("")),
         (format!("{full} {other}"), Err("")),
