@@ -6,7 +6,9 @@ use std::str::FromStr;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::config::TlsSettings;
 use crate::error::ConfigError;
+use crate::sslmode::{self, NodeTls};
 
 /// A connection string, in URL form (`postgres://user:pass@host:5432/db`) or
 /// key-value form (`host=… port=… user=… password=…`).
@@ -28,9 +30,16 @@ impl ConnectionString {
         Self(SecretString::from(text.into()))
     }
 
-    /// Parses the text into a `tokio_postgres::Config`.
+    /// Parses the text into a `tokio_postgres::Config`, without libpq's TLS
+    /// parameters (`sslmode`, `sslrootcert`, `sslcert`, `sslkey`): pgrouter
+    /// takes those out and applies them itself. If they cannot be read, the
+    /// text is parsed whole, and tokio-postgres says what it rejects.
     pub fn parse(&self) -> Result<tokio_postgres::Config, tokio_postgres::Error> {
-        tokio_postgres::Config::from_str(self.0.expose_secret())
+        let text = self.0.expose_secret();
+        match sslmode::strip(text) {
+            Ok((rest, _)) => tokio_postgres::Config::from_str(&rest),
+            Err(_) => tokio_postgres::Config::from_str(text),
+        }
     }
 
     /// [`ConnectionString::parse`], with a [`ConfigError`] that names
@@ -41,12 +50,29 @@ impl ConnectionString {
         field: String,
         node: &str,
     ) -> Result<tokio_postgres::Config, ConfigError> {
-        self.parse()
-            .map_err(|error| ConfigError::InvalidConnectionString {
-                field,
-                node: node.to_owned(),
-                reason: self.scrub(&reason_of(&error)),
-            })
+        self.parse_tls(field, node, &TlsSettings::default())
+            .map(|(config, _)| config)
+    }
+
+    /// The `tokio_postgres::Config` and the node's TLS settings: its TLS
+    /// parameters, with `tls` (see `sslmode::resolve`). Errors as
+    /// [`ConnectionString::parse_checked`]'s.
+    pub(crate) fn parse_tls(
+        &self,
+        field: String,
+        node: &str,
+        tls: &TlsSettings,
+    ) -> Result<(tokio_postgres::Config, NodeTls), ConfigError> {
+        let invalid = |reason: String| ConfigError::InvalidConnectionString {
+            field: field.clone(),
+            node: node.to_owned(),
+            reason: self.scrub(&reason),
+        };
+        let (rest, params) = sslmode::strip(self.0.expose_secret()).map_err(invalid)?;
+        let config =
+            tokio_postgres::Config::from_str(&rest).map_err(|error| invalid(reason_of(&error)))?;
+        let tls = sslmode::resolve(params, tls).map_err(invalid)?;
+        Ok((config, tls))
     }
 
     /// `text` with the password, if one can be found, replaced by `_`.

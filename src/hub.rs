@@ -35,7 +35,7 @@ const EVENT_BUFFER: usize = 1024;
 #[derive(Debug)]
 pub(crate) struct Hub {
     pub(crate) config: Config,
-    /// Plain or TLS, for pools, probes and cancel requests.
+    /// For cancel requests (each node's pool and probe have their own).
     pub(crate) connector: Connector,
     pub(crate) nodes: Box<[Node]>,
     /// The statements that resolve a lost `COMMIT`, fixed by the config.
@@ -63,7 +63,6 @@ impl Hub {
     /// Validates the configuration and builds every node's pool (no I/O).
     pub(crate) fn new(config: Config) -> Result<Self, Error> {
         config.validate()?;
-        let connector = Connector::new(&config.tls)?;
         let nodes = config
             .nodes
             .iter()
@@ -74,7 +73,7 @@ impl Hub {
                     &config.pool,
                     &config.local_region,
                     preferred,
-                    &connector,
+                    &config.tls,
                 )
             })
             .collect::<Result<Box<[Node]>, _>>()?;
@@ -84,7 +83,7 @@ impl Hub {
             snapshot: ArcSwap::from_pointee(Snapshot::initial(&nodes)),
             outcome_sql: OutcomeSql::new(config.outcomes.marker_table.as_deref()),
             config,
-            connector,
+            connector: Connector::for_cancels(),
             nodes,
             suspects: NodeSet::new(count),
             probe_requests: NodeSet::new(count),

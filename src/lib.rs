@@ -4,6 +4,7 @@
 
 #[cfg(feature = "bench")]
 pub mod bench;
+mod capability;
 mod clock;
 mod config;
 mod connstr;
@@ -19,12 +20,14 @@ mod node_set;
 mod outcome;
 mod retry;
 mod safety;
+mod sslmode;
 mod status;
 mod strategy;
 mod tls;
 mod topology;
 mod view;
 
+pub use capability::{Capability, MissingCapability};
 pub use config::{
     Config, ConfigBuilder, HealthSettings, NearestSettings, NodeConfig, OutcomeSettings,
     PoolSettings, ReadStrategy, RetrySettings, Role, TlsSettings,

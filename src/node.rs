@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use deadpool_postgres::{Hook, HookError, ManagerConfig, Metrics, Pool, RecyclingMethod, Runtime};
 
-use crate::config::{NodeConfig, PoolSettings, Role};
+use crate::config::{NodeConfig, PoolSettings, Role, TlsSettings};
 use crate::error::{ConfigError, NodeContext};
+use crate::sslmode::NodeTls;
 use crate::tls::Connector;
 
 /// A configured node and its pool. Owned by the hub.
@@ -19,6 +20,8 @@ pub(crate) struct Node {
     pub(crate) pool: Pool,
     /// Connection settings for the monitor's own probe connection.
     pub(crate) probe_config: tokio_postgres::Config,
+    /// Plain or TLS, as the node's `sslmode` says: its pool and its probe.
+    pub(crate) connector: Connector,
 }
 
 impl std::fmt::Debug for Node {
@@ -37,11 +40,14 @@ impl Node {
         settings: &PoolSettings,
         local_region: &str,
         preferred_regions: &[String],
-        connector: &Connector,
+        tls: &TlsSettings,
     ) -> Result<Self, ConfigError> {
-        let mut pg_config = pg_config(config, settings)?;
-        connector.require(&mut pg_config);
-        let pool = build_pool(connector, pg_config.clone(), settings, &config.name)?;
+        let (mut pg_config, node_tls) = pg_config(config, settings, tls)?;
+        let connector = Connector::new(&node_tls).map_err(|reason| ConfigError::Tls {
+            reason: format!("node {:?}: {reason}", config.name),
+        })?;
+        connector.configure(&mut pg_config);
+        let pool = build_pool(&connector, pg_config.clone(), settings, &config.name)?;
         Ok(Self {
             context: NodeContext {
                 node: Arc::from(config.name.as_str()),
@@ -52,6 +58,7 @@ impl Node {
             region_rank: preferred_regions.iter().position(|r| *r == config.region),
             pool,
             probe_config: pg_config,
+            connector,
         })
     }
 
@@ -70,8 +77,9 @@ impl Node {
 fn pg_config(
     config: &NodeConfig,
     settings: &PoolSettings,
-) -> Result<tokio_postgres::Config, ConfigError> {
-    let mut pg = config.url.parse_checked("url".to_owned(), &config.name)?;
+    tls: &TlsSettings,
+) -> Result<(tokio_postgres::Config, NodeTls), ConfigError> {
+    let (mut pg, node_tls) = config.url.parse_tls("url".to_owned(), &config.name, tls)?;
     if pg.get_connect_timeout().is_none() {
         pg.connect_timeout(settings.connect_timeout);
     }
@@ -81,7 +89,7 @@ fn pg_config(
     pg.keepalives(true)
         .keepalives_idle(settings.keepalive_idle)
         .tcp_user_timeout(settings.tcp_user_timeout);
-    Ok(pg)
+    Ok((pg, node_tls))
 }
 
 fn build_pool(

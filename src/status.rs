@@ -1,8 +1,9 @@
 //! [`Status`]: a plain copy of what the manager knows, for health endpoints,
 //! metrics and logs.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
+use crate::capability::{Capability, MissingCapability};
 use crate::config::{ReadStrategy, Role};
 use crate::hub::Hub;
 use crate::lsn::Lsn;
@@ -46,6 +47,14 @@ pub struct NodeStatus {
     pub orphaned: Option<Orphan>,
     /// Its timeline, when known.
     pub timeline: Option<u32>,
+    /// Capabilities this node cannot report (found on first contact, kept
+    /// for the manager's life), each with the server's reason and what its
+    /// absence disables. The node is healthy without them.
+    pub missing_capabilities: Vec<MissingCapability>,
+    /// A replica's last replayed commit time, as its server's clock tells
+    /// it (`pg_last_xact_replay_timestamp()`); informational, routing never
+    /// uses it.
+    pub last_replay: Option<SystemTime>,
     /// Primary: WAL insert position; replica: replayed position.
     pub wal_position: Option<Lsn>,
     /// A replica's lag behind the primary, once both have been probed.
@@ -99,6 +108,8 @@ impl Status {
                     fenced: state.fenced,
                     orphaned: state.orphaned,
                     timeline: state.timeline,
+                    missing_capabilities: state.missing.to_vec(),
+                    last_replay: state.replayed_at,
                     wal_position: state.position,
                     lag: state.lag,
                     rtt: state.rtt,
@@ -145,6 +156,15 @@ impl Status {
     /// healthy node (fenced nodes are not healthy).
     pub fn can_read(&self) -> bool {
         self.monitor_running && self.nodes.iter().any(|node| node.healthy)
+    }
+
+    /// Whether node `name` cannot report `capability` (in any role).
+    pub fn lacks(&self, name: &str, capability: Capability) -> bool {
+        self.node(name).is_some_and(|node| {
+            node.missing_capabilities
+                .iter()
+                .any(|missing| missing.capability == capability)
+        })
     }
 
     /// The node with this name.

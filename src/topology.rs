@@ -5,10 +5,11 @@
 //! lock, no allocation) and sees it through a live view (`src/view.rs`).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
+use crate::capability::MissingCapability;
 use crate::config::Role;
 use crate::lsn::Lsn;
 use crate::node::Node;
@@ -84,6 +85,11 @@ pub(crate) struct NodeState {
     pub(crate) receiving: bool,
     /// A replica that follows no live primary on the write target's timeline.
     pub(crate) orphaned: Option<Orphan>,
+    /// A replica's last replayed commit time, on the server's clock (status
+    /// only).
+    pub(crate) replayed_at: Option<SystemTime>,
+    /// Capabilities the node turned out not to have.
+    pub(crate) missing: Arc<[MissingCapability]>,
     /// Replicas only, once a primary position is known.
     pub(crate) lag: Option<Lag>,
     /// Replicas only: the instant as of which the replica is known to have
@@ -127,6 +133,8 @@ impl NodeState {
             position: None,
             receiving: true,
             orphaned: None,
+            replayed_at: None,
+            missing: Arc::from([]),
             lag: None,
             fresh_as_of: None,
             rtt: None,

@@ -6,7 +6,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use pgrouter::{DatabaseManager, Error, Event, ReadStrategy, Role};
-use pgrouter_testkit::{Cluster, StopMode};
+use pgrouter_testkit::{Cluster, Flavour, StopMode};
 use support::*;
 
 async fn write_port(db: &DatabaseManager, phase: &str) -> Result<i32, Error> {
@@ -266,30 +266,14 @@ async fn the_configured_role_is_only_a_hint() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_least_privilege_role_still_sees_every_replicas_timeline() {
-    let cluster = start_cluster();
     // No superuser, no pg_read_all_stats: pg_stat_wal_receiver shows it
     // only a pid, as on managed platforms' default roles.
-    blocking(|| cluster.psql(0, "CREATE ROLE app LOGIN")).unwrap();
+    let builder = Cluster::builder().flavour(Flavour::LeastPrivilege);
+    let cluster = blocking(|| builder.start()).unwrap();
     blocking(|| cluster.wait_for_replicas(Duration::from_secs(10))).unwrap();
-    let mut nodes = Vec::new();
-    for (index, node) in cluster.nodes().iter().enumerate() {
-        let role = if index == 0 {
-            Role::Primary
-        } else {
-            Role::Replica
-        };
-        let url = format!(
-            "host=127.0.0.1 port={} user=app dbname={}",
-            node.port(),
-            node.dbname()
-        );
-        nodes.push(pgrouter::NodeConfig::new(
-            node.name(),
-            REGIONS[index],
-            url,
-            role,
-        ));
-    }
+    let ports: Vec<u16> = cluster.nodes().iter().map(|n| n.port()).collect();
+    let nodes = node_configs(&cluster, &ports);
+    assert!(nodes[0].url.expose().contains("user=app"));
     let db = DatabaseManager::new(fast_config(nodes)).await.unwrap();
     let hidden = blocking(|| {
         cluster.psql(

@@ -37,7 +37,7 @@ fn validate_nodes(config: &Config) -> Result<(), ConfigError> {
             });
         }
         node.url
-            .parse_checked(format!("nodes[{index}].url"), &node.name)?;
+            .parse_tls(format!("nodes[{index}].url"), &node.name, &config.tls)?;
         if node.role == Role::Primary {
             if let Some(first) = primary {
                 return Err(ConfigError::MultiplePrimaries {

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::checks::Facts;
 use super::probe::{Probe, ProbeReport};
+use crate::capability::{Capability, MissingCapability};
 use crate::config::{Config, HealthSettings, NodeConfig, Role};
 use crate::lsn::Lsn;
 
@@ -30,6 +32,12 @@ pub(crate) enum Answer {
     /// Answers as a replica whose WAL receiver does not run (its primary is
     /// gone).
     Unfed { timeline: u32, replayed: u64 },
+    /// Answers as a primary on timeline 1 at 100 that cannot report
+    /// `capability` (42501, as with a revoked `EXECUTE`).
+    PrimaryWithout(Capability),
+    /// Answers as a replica on timeline 1 at 100 that cannot report
+    /// `capability`.
+    ReplicaWithout(Capability),
     /// Fails at once (refused, reset).
     Down,
     /// Never answers: the monitor's probe timeout ends the probe.
@@ -98,13 +106,15 @@ impl Probe for FakeProbe {
             nodes[self.index].1.push(Instant::now());
             nodes[self.index].0
         };
-        let report = |in_recovery, timeline, position| ProbeReport {
-            in_recovery,
-            timeline: Some(timeline),
-            position: Some(Lsn(position)),
-            receiving: true,
-            system: Some(SYSTEM),
-            rtt: Duration::from_millis(1),
+        let report = |in_recovery, timeline, position| {
+            let facts = Facts {
+                position: Some(Lsn(position)),
+                timeline: Some(timeline),
+                receiving: Some(true),
+                system: Some(SYSTEM),
+                ..Facts::default()
+            };
+            ProbeReport::new(in_recovery, facts, Duration::from_millis(1))
         };
         let result = match answer {
             Answer::Primary { timeline, position } => Ok(report(false, timeline, position)),
@@ -118,7 +128,7 @@ impl Probe for FakeProbe {
             }),
             Answer::Replica { timeline, replayed } => Ok(report(true, timeline, replayed)),
             Answer::Unfed { timeline, replayed } => Ok(ProbeReport {
-                receiving: false,
+                receiving: Some(false),
                 ..report(true, timeline, replayed)
             }),
             Answer::RefusesNewConnections { timeline, replayed } if self.connected => {
@@ -127,6 +137,8 @@ impl Probe for FakeProbe {
             Answer::RefusesNewConnections { .. } => {
                 Err("FATAL: sorry, too many clients already".to_owned())
             }
+            Answer::PrimaryWithout(capability) => Ok(without(report(false, 1, 100), capability)),
+            Answer::ReplicaWithout(capability) => Ok(without(report(true, 1, 100), capability)),
             Answer::Down => Err("connection refused".to_owned()),
             Answer::Silent => std::future::pending().await,
             Answer::Panic => panic!("scripted probe panic"),
@@ -138,6 +150,30 @@ impl Probe for FakeProbe {
     fn reconnect(&mut self) {
         self.connected = false;
     }
+}
+
+/// `report` as a node that cannot report `capability` gives it.
+fn without(mut report: ProbeReport, capability: Capability) -> ProbeReport {
+    match capability {
+        Capability::Positions => report.position = None,
+        Capability::Timeline => report.timeline = None,
+        Capability::Receiver => report.receiving = None,
+        Capability::ReplayTimestamp => report.replayed_at = None,
+        Capability::SystemId => report.system = None,
+    }
+    let role = if report.in_recovery {
+        Role::Replica
+    } else {
+        Role::Primary
+    };
+    let missing = MissingCapability {
+        capability,
+        role,
+        code: "42501".to_owned(),
+        message: format!("permission denied for {capability}"),
+    };
+    report.missing = Arc::from([missing]);
+    report
 }
 
 /// A configuration of `count` nodes (node 0 the primary) at addresses

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use super::assess::Assessor;
 use super::probe::{Probe, ProbeConnection, ProbeReport};
 use super::tracker::{Tracker, Transition};
+use crate::capability::Capability;
 use crate::clock;
 use crate::config::Role;
 use crate::events;
@@ -65,7 +66,15 @@ impl Monitor<ProbeConnection> {
         let probes = hub
             .nodes
             .iter()
-            .map(|node| ProbeConnection::new(hub.connector.clone(), node.probe_config.clone()))
+            .map(|node| {
+                let config = node.probe_config.clone();
+                ProbeConnection::new(
+                    node.connector.clone(),
+                    config,
+                    node.context.clone(),
+                    node.role,
+                )
+            })
             .collect();
         Self::new(hub, probes)
     }
@@ -226,10 +235,21 @@ fn record_report(state: &mut NodeState, report: &ProbeReport) {
     } else {
         Role::Primary
     };
-    state.timeline = report.timeline.or(state.timeline);
-    state.system = report.system.or(state.system);
+    // A fact missing from one answer keeps its last value, unless the node
+    // cannot report it at all (then an old value would never be corrected).
+    let kept = |capability| !report.lacks(capability);
+    state.timeline = report
+        .timeline
+        .or(state.timeline.filter(|_| kept(Capability::Timeline)));
+    state.system = report
+        .system
+        .or(state.system.filter(|_| kept(Capability::SystemId)));
     state.position = report.position;
-    state.receiving = report.receiving;
+    // Unknown is not orphaned: a replica that cannot show its receiver
+    // still shows its replay position, and staleness judges that.
+    state.receiving = report.receiving.unwrap_or(true);
+    state.replayed_at = report.replayed_at;
+    state.missing = Arc::clone(&report.missing);
     state.rtt = Some(match state.rtt {
         Some(smoothed) => smoothed.mul_f64(1.0 - RTT_ALPHA) + report.rtt.mul_f64(RTT_ALPHA),
         None => report.rtt,

@@ -3,51 +3,88 @@
 //!
 //! Probes do not borrow from the node's pool: a pool busy with callers must
 //! not look like a dead node, and a dead node must not cost callers a probe.
+//!
+//! A probe is the role check and the node's optional checks (see
+//! `checks.rs`), each its own simple-query statement, all sent at once on
+//! the probe's connection: one round trip. The checks sent are those of the
+//! role the node had at its last probe (its configured role at first); if
+//! the role check says otherwise, the right ones follow in a second round
+//! trip and the first answers are ignored.
 
 use std::future::Future;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
+use futures_util::future::{join, join_all};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tokio_postgres::{Client, SimpleQueryMessage, SimpleQueryRow};
+use tokio_postgres::{Client, SimpleQueryMessage};
 
-use crate::lsn::{timeline_of_walfile, Lsn};
+use super::checks::{Capabilities, Check, Facts, ROLE_SQL};
+use crate::capability::{Capability, MissingCapability};
+use crate::config::Role;
+use crate::error::NodeContext;
+use crate::lsn::Lsn;
 use crate::tls::Connector;
 
-/// A primary's position is its WAL *insert* position: with
-/// `synchronous_commit = off` a commit is acknowledged before it is flushed,
-/// so only the insert position is sure to cover every acknowledged write.
-/// One round trip tells role, timeline, WAL positions and whether a replica
-/// is receiving WAL. `CASE` keeps the primary-only functions from running on
-/// a replica (where they raise). The timeline of a primary is the first 8
-/// hex digits of its current WAL file name; a replica's is the one its WAL
-/// receiver streams, or, when the role may not see that (or no receiver
-/// runs), the one of its last restartpoint, which any role may read. A
-/// running receiver shows its `pid` to any role.
-const PROBE_SQL: &str = "SELECT pg_is_in_recovery(), \
-    CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_insert_lsn() END, \
-    CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_walfile_name(pg_current_wal_lsn()) END, \
-    pg_last_wal_replay_lsn(), \
-    (SELECT received_tli FROM pg_stat_wal_receiver), \
-    EXISTS (SELECT 1 FROM pg_stat_wal_receiver WHERE pid IS NOT NULL), \
-    (SELECT timeline_id FROM pg_control_checkpoint()), \
-    (SELECT system_identifier FROM pg_control_system())";
-
 /// What one probe saw.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ProbeReport {
     /// `pg_is_in_recovery()`.
     pub(crate) in_recovery: bool,
-    /// The node's timeline, when it can be read.
+    /// The node's timeline, when it can be read: a primary's from its WAL
+    /// file name; a replica's from its WAL receiver, else its last
+    /// restartpoint.
     pub(crate) timeline: Option<u32>,
     /// Primary: WAL insert position; replica: replayed position.
     pub(crate) position: Option<Lsn>,
-    /// A replica's WAL receiver runs (always true for a primary).
-    pub(crate) receiving: bool,
+    /// A replica's WAL receiver runs (always true for a primary); `None`
+    /// when the node cannot say.
+    pub(crate) receiving: Option<bool>,
     /// The cluster's system identifier, when it can be read.
     pub(crate) system: Option<u64>,
-    /// The probe query's round trip (not the connect).
+    /// A replica's last replayed commit time (the server's clock).
+    pub(crate) replayed_at: Option<SystemTime>,
+    /// Capabilities this node turned out not to have.
+    pub(crate) missing: Arc<[MissingCapability]>,
+    /// The probe's round trip (not the connect).
     pub(crate) rtt: Duration,
+}
+
+impl ProbeReport {
+    /// A report of this role and these facts, nothing missing.
+    pub(crate) fn new(in_recovery: bool, facts: Facts, rtt: Duration) -> Self {
+        let timeline = match in_recovery {
+            true => facts.received_timeline.or(facts.timeline),
+            false => facts.timeline,
+        };
+        Self {
+            in_recovery,
+            timeline,
+            position: facts.position,
+            receiving: if in_recovery {
+                facts.receiving
+            } else {
+                Some(true)
+            },
+            system: facts.system,
+            replayed_at: facts.replayed_at,
+            missing: Arc::from([]),
+            rtt,
+        }
+    }
+
+    /// Whether the node cannot report `capability` in its present role.
+    pub(crate) fn lacks(&self, capability: Capability) -> bool {
+        let role = if self.in_recovery {
+            Role::Replica
+        } else {
+            Role::Primary
+        };
+        self.missing
+            .iter()
+            .any(|missing| missing.capability == capability && missing.role == role)
+    }
 }
 
 /// Asks one node for its [`ProbeReport`]: the real probe connection, or a
@@ -62,12 +99,18 @@ pub(crate) trait Probe: Send + 'static {
     fn reconnect(&mut self);
 }
 
-/// A probe connection, reopened after any failure.
+/// A probe connection, reopened after any failure, and what the node has
+/// shown it can report.
 #[derive(Debug)]
 pub(crate) struct ProbeConnection {
     connector: Connector,
     config: tokio_postgres::Config,
     open: Option<Open>,
+    /// The node, for the one warning per missing capability.
+    node: NodeContext,
+    /// The state at the last probe (the configured role before).
+    in_recovery: bool,
+    capabilities: Capabilities,
 }
 
 #[derive(Debug)]
@@ -82,29 +125,50 @@ impl Drop for Open {
     }
 }
 
+/// Why a probe failed.
+enum Failure {
+    Postgres(tokio_postgres::Error),
+    Answer(&'static str),
+}
+
+impl From<tokio_postgres::Error> for Failure {
+    fn from(error: tokio_postgres::Error) -> Self {
+        Self::Postgres(error)
+    }
+}
+
+/// The answers to some checks, in order.
+type Answers = Vec<Result<Vec<SimpleQueryMessage>, tokio_postgres::Error>>;
+
 impl ProbeConnection {
-    /// A probe of the node these settings reach; connects on first use.
-    pub(crate) fn new(connector: Connector, config: tokio_postgres::Config) -> Self {
+    /// A probe of the node these settings reach, expected in `role`;
+    /// connects on first use.
+    pub(crate) fn new(
+        connector: Connector,
+        config: tokio_postgres::Config,
+        node: NodeContext,
+        role: Role,
+    ) -> Self {
         Self {
             connector,
             config,
             open: None,
+            node,
+            in_recovery: role == Role::Replica,
+            capabilities: Capabilities::default(),
         }
     }
 }
 
 impl Probe for ProbeConnection {
-    /// Connects if needed and runs the probe query. On any failure, or when
-    /// the future is dropped half-way, the connection is gone, so the next
+    /// Connects if needed and runs the probe. On any failure, or when the
+    /// future is dropped half-way, the connection is gone, so the next
     /// probe reconnects.
     async fn probe(&mut self) -> Result<ProbeReport, String> {
         match self.round_trip().await {
-            Ok(Some(report)) => Ok(report),
-            Ok(None) => {
-                self.open = None;
-                Err("the probe query returned no row".to_owned())
-            }
-            Err(error) => Err(describe(&error)),
+            Ok(report) => Ok(report),
+            Err(Failure::Postgres(error)) => Err(describe(&error)),
+            Err(Failure::Answer(reason)) => Err(reason.to_owned()),
         }
     }
 
@@ -114,7 +178,7 @@ impl Probe for ProbeConnection {
 }
 
 impl ProbeConnection {
-    async fn round_trip(&mut self) -> Result<Option<ProbeReport>, tokio_postgres::Error> {
+    async fn round_trip(&mut self) -> Result<ProbeReport, Failure> {
         // Taken out: a failure or a dropped future leaves `open` empty.
         let open = match self.open.take() {
             Some(open) if !open.client.is_closed() => open,
@@ -124,34 +188,99 @@ impl ProbeConnection {
             }
         };
         let sent = Instant::now();
-        let messages = open.client.simple_query(PROBE_SQL).await?;
+        let expected = self.in_recovery;
+        let mut checks = self.capabilities.to_ask(expected);
+        let (role, mut answers) = join(
+            open.client.simple_query(ROLE_SQL),
+            ask(&open.client, &checks),
+        )
+        .await;
+        let in_recovery = parse_role(&role?)?;
         let rtt = sent.elapsed();
+        if in_recovery != expected {
+            // Another role than last time: its own checks.
+            checks = self.capabilities.to_ask(in_recovery);
+            answers = ask(&open.client, &checks).await;
+        }
+        self.in_recovery = in_recovery;
+        let facts = self.take_in(&checks, answers, in_recovery)?;
         self.open = Some(open);
-        Ok(messages.iter().find_map(|message| match message {
-            SimpleQueryMessage::Row(row) => Some(parse_report(row, rtt)),
-            _ => None,
-        }))
+        Ok(ProbeReport {
+            missing: self.capabilities.missing(),
+            ..ProbeReport::new(in_recovery, facts, rtt)
+        })
+    }
+
+    /// The facts in the checks' answers. A check refused for want of a
+    /// capability turns it off (and is logged, once); any other error fails
+    /// the probe.
+    fn take_in(
+        &mut self,
+        checks: &[Check],
+        answers: Answers,
+        in_recovery: bool,
+    ) -> Result<Facts, Failure> {
+        let mut facts = Facts::default();
+        for (check, answer) in checks.iter().zip(answers) {
+            match answer {
+                Ok(messages) => {
+                    self.capabilities.answered(*check);
+                    facts.absorb(*check, &first_row(&messages));
+                }
+                Err(error) => self.refused(*check, in_recovery, error)?,
+            }
+        }
+        Ok(facts)
+    }
+
+    fn refused(
+        &mut self,
+        check: Check,
+        in_recovery: bool,
+        error: tokio_postgres::Error,
+    ) -> Result<(), Failure> {
+        let Some(db) = error.as_db_error() else {
+            return Err(error.into());
+        };
+        let refused = self
+            .capabilities
+            .refused(check, in_recovery, db.code(), db.message());
+        let Some(missing) = refused else {
+            return Err(error.into());
+        };
+        tracing::warn!(
+            node = %self.node.node, region = %self.node.region,
+            capability = %missing.capability, role = ?missing.role,
+            sqlstate = %missing.code, reason = %missing.message,
+            disables = missing.disables(),
+            "node cannot report a capability; it stays healthy without it"
+        );
+        Ok(())
     }
 }
 
-fn parse_report(row: &SimpleQueryRow, rtt: Duration) -> ProbeReport {
-    let text = |index: usize| row.get(index);
-    let in_recovery = text(0) == Some("t");
-    let lsn = |index: usize| text(index).and_then(|value| value.parse::<Lsn>().ok());
-    let number = |index: usize| text(index).and_then(|value| value.parse().ok());
-    let (position, timeline) = if in_recovery {
-        (lsn(3), number(4).or_else(|| number(6)))
-    } else {
-        (lsn(1), text(2).and_then(timeline_of_walfile))
-    };
-    ProbeReport {
-        in_recovery,
-        timeline,
-        position,
-        receiving: !in_recovery || text(5) == Some("t"),
-        system: text(7).and_then(|value| value.parse().ok()),
-        rtt,
+/// Sends every check at once (pipelined on the connection).
+async fn ask(client: &Client, checks: &[Check]) -> Answers {
+    join_all(checks.iter().map(|check| client.simple_query(check.sql()))).await
+}
+
+fn parse_role(messages: &[SimpleQueryMessage]) -> Result<bool, Failure> {
+    match first_row(messages).first().copied().flatten() {
+        Some("t") => Ok(true),
+        Some("f") => Ok(false),
+        _ => Err(Failure::Answer("pg_is_in_recovery() gave no answer")),
     }
+}
+
+/// The first row's columns as text (empty when there is no row).
+fn first_row(messages: &[SimpleQueryMessage]) -> Vec<Option<&str>> {
+    messages
+        .iter()
+        .find_map(|message| match message {
+            SimpleQueryMessage::Row(row) => Some((0..row.len()).map(|i| row.get(i)).collect()),
+            _ => None,
+        })
+        .unwrap_or_default()
 }
 
 /// A one-line description: tokio-postgres's `Display` plus its cause.

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use crate::binaries::{self, file_len, PgBin};
 use crate::cluster::port_taken;
 use crate::node::{LocalNode, HOST, USER};
-use crate::{tls, Cluster, TestkitError};
+use crate::roles::APP_USER;
+use crate::{tls, Cluster, Flavour, TestkitError};
 
 /// Environment variable naming the directory to create clusters in.
 const DIR_ENV: &str = "PGROUTER_TESTKIT_DIR";
@@ -60,6 +61,7 @@ pub struct ClusterBuilder {
     bindir: Option<PathBuf>,
     settings: Vec<(String, String)>,
     tls: bool,
+    flavour: Flavour,
 }
 
 impl Default for ClusterBuilder {
@@ -69,6 +71,7 @@ impl Default for ClusterBuilder {
             bindir: None,
             settings: Vec::new(),
             tls: false,
+            flavour: Flavour::Vanilla,
         }
     }
 }
@@ -103,6 +106,13 @@ impl ClusterBuilder {
         self
     }
 
+    /// The role connection strings log in as (default
+    /// [`Flavour::Vanilla`]); [`Flavour::LeastPrivilege`] creates it.
+    pub fn flavour(mut self, flavour: Flavour) -> Self {
+        self.flavour = flavour;
+        self
+    }
+
     /// Creates the cluster and blocks until the primary accepts connections
     /// and every replica is streaming from it.
     ///
@@ -127,6 +137,8 @@ impl ClusterBuilder {
                 settings.push(("ssl".to_owned(), "on".to_owned()));
                 settings.push(("ssl_cert_file".to_owned(), files.cert.display().to_string()));
                 settings.push(("ssl_key_file".to_owned(), files.key.display().to_string()));
+                // To check client certificates (pg_hba.conf `cert`).
+                settings.push(("ssl_ca_file".to_owned(), files.ca.display().to_string()));
                 Some(files.ca)
             }
             false => None,
@@ -137,8 +149,12 @@ impl ClusterBuilder {
             bin,
             dir,
             ca_file,
+            flavour: self.flavour,
         };
         cluster.init_primary(&settings)?;
+        if self.flavour == Flavour::LeastPrivilege {
+            cluster.create_least_privilege_role(APP_USER)?;
+        }
         for index in 1..=self.replicas {
             cluster.add_replica(index)?;
         }
@@ -205,7 +221,9 @@ impl Cluster {
             let from = file_len(&log);
             match self.pg_ctl_start(&data, &log) {
                 Ok(()) => {
-                    self.nodes.push(LocalNode::new(index, port, data, log));
+                    let user = self.flavour.client_user();
+                    self.nodes
+                        .push(LocalNode::new(index, port, data, log, user));
                     return Ok(());
                 }
                 Err(e) => {

@@ -10,7 +10,7 @@ use crate::binaries::{self, file_len, PgBin};
 pub use crate::builder::ClusterBuilder;
 pub use crate::node::LocalNode;
 use crate::node::{DBNAME, HOST, USER};
-use crate::TestkitError;
+use crate::{Flavour, TestkitError};
 
 /// Seconds `pg_ctl` waits for a start, stop or promotion.
 const PG_CTL_TIMEOUT: &str = "30";
@@ -66,12 +66,30 @@ pub struct Cluster {
     pub(crate) bin: PgBin,
     pub(crate) dir: TempDir,
     pub(crate) ca_file: Option<PathBuf>,
+    pub(crate) flavour: Flavour,
 }
 
 impl Cluster {
     /// A builder, to choose the number of replicas, the binaries or settings.
     pub fn builder() -> ClusterBuilder {
         ClusterBuilder::default()
+    }
+
+    /// A client certificate and its key (PEM files, the key mode 0600) for
+    /// `user` (`postgres` or [`APP_USER`](crate::APP_USER)), signed by
+    /// [`Cluster::ca_file`]'s CA with `user` as its common name, as
+    /// `pg_hba.conf`'s `cert` method wants; `None` without
+    /// [`ClusterBuilder::tls`] or for another user.
+    pub fn client_certificate(&self, user: &str) -> Option<(PathBuf, PathBuf)> {
+        self.ca_file.as_ref()?;
+        crate::tls::CLIENT_USERS
+            .contains(&user)
+            .then(|| crate::tls::client_files(self.dir(), user))
+    }
+
+    /// The role its connection strings log in as (see [`Flavour`]).
+    pub fn flavour(&self) -> Flavour {
+        self.flavour
     }
 
     /// The CA certificate (PEM) that signed the servers' certificates, when

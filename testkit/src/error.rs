@@ -43,6 +43,15 @@ pub enum TestkitError {
     #[error("no node with index {0} in this cluster")]
     NoSuchNode(usize),
 
+    /// An argument (or environment variable) the test kit cannot use.
+    #[error("invalid {what}: {reason}")]
+    InvalidArgument {
+        /// The argument or variable.
+        what: String,
+        /// Why.
+        reason: String,
+    },
+
     /// Something did not happen within the allowed time.
     #[error("timed out waiting for {what}")]
     Timeout {

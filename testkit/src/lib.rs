@@ -9,6 +9,10 @@
 //! * [`FaultProxy`] sits between a client and a server and can add latency,
 //!   black-hole traffic, refuse connections or reset them, switched at run
 //!   time with a [`Fault`].
+//! * [`Flavour`] chooses the role the nodes' connection strings log in as:
+//!   the superuser, or a least-privilege role (no superuser, no
+//!   `pg_read_all_stats`), and [`Cluster::shadow_function`] makes a built-in
+//!   raise a managed platform's SQLSTATE for one role.
 //!
 //! It needs the PostgreSQL server binaries (`initdb`, `pg_ctl`,
 //! `pg_basebackup`, `psql`), e.g. from `apt-get install postgresql`; set
@@ -77,8 +81,10 @@ mod cluster;
 mod error;
 mod node;
 mod proxy;
+mod roles;
 mod tls;
 
 pub use cluster::{Cluster, ClusterBuilder, LocalNode, StopMode};
 pub use error::TestkitError;
 pub use proxy::{Fault, FaultProxy};
+pub use roles::{Flavour, APP_USER, FLAVOUR_ENV};

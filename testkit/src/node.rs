@@ -22,15 +22,23 @@ pub struct LocalNode {
     port: u16,
     data_dir: PathBuf,
     log_file: PathBuf,
+    client_user: &'static str,
 }
 
 impl LocalNode {
-    pub(crate) fn new(index: usize, port: u16, data_dir: PathBuf, log_file: PathBuf) -> Self {
+    pub(crate) fn new(
+        index: usize,
+        port: u16,
+        data_dir: PathBuf,
+        log_file: PathBuf,
+        client_user: &'static str,
+    ) -> Self {
         Self {
             name: format!("node{index}"),
             port,
             data_dir,
             log_file,
+            client_user,
         }
     }
 
@@ -50,9 +58,17 @@ impl LocalNode {
         self.port
     }
 
-    /// The user to connect as: `"postgres"` (a superuser, no password needed).
+    /// The superuser: `"postgres"` (no password needed). [`LocalNode::pg_config`]
+    /// and [`Cluster::psql`](crate::Cluster::psql) use it.
     pub fn user(&self) -> &str {
         USER
+    }
+
+    /// The role [`LocalNode::connection_string`] and [`LocalNode::url`] log
+    /// in as: the superuser, or [`APP_USER`](crate::APP_USER) in a
+    /// [`Flavour::LeastPrivilege`](crate::Flavour::LeastPrivilege) cluster.
+    pub fn client_user(&self) -> &str {
+        self.client_user
     }
 
     /// The database to connect to: `"postgres"`.
@@ -65,15 +81,19 @@ impl LocalNode {
         SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
     }
 
-    /// A libpq key/value connection string:
+    /// A libpq key/value connection string as the
+    /// [client user](LocalNode::client_user):
     /// `"host=127.0.0.1 port=P user=postgres dbname=postgres"`.
     pub fn connection_string(&self) -> String {
-        format!("host={HOST} port={} user={USER} dbname={DBNAME}", self.port)
+        let user = self.client_user;
+        format!("host={HOST} port={} user={user} dbname={DBNAME}", self.port)
     }
 
-    /// A connection URL: `"postgres://postgres@127.0.0.1:P/postgres"`.
+    /// A connection URL as the [client user](LocalNode::client_user):
+    /// `"postgres://postgres@127.0.0.1:P/postgres"`.
     pub fn url(&self) -> String {
-        format!("postgres://{USER}@{HOST}:{}/{DBNAME}", self.port)
+        let user = self.client_user;
+        format!("postgres://{user}@{HOST}:{}/{DBNAME}", self.port)
     }
 
     /// A [`tokio_postgres::Config`] for this node (host, port, user, dbname).

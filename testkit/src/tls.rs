@@ -1,5 +1,7 @@
-//! A throwaway certificate authority and server certificate, so a cluster
-//! can serve TLS (`ClusterBuilder::tls`).
+//! A throwaway certificate authority, a server certificate, and client
+//! certificates for the cluster's users, so a cluster can serve TLS
+//! (`ClusterBuilder::tls`) and check client certificates (`pg_hba.conf`
+//! `cert`).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -19,14 +21,26 @@ pub(crate) struct TlsFiles {
     pub(crate) key: PathBuf,
 }
 
+/// The users client certificates are made for (their common name).
+pub(crate) const CLIENT_USERS: [&str; 2] = [crate::node::USER, crate::roles::APP_USER];
+
+/// Where the client certificate and key of `user` are, in `dir`.
+pub(crate) fn client_files(dir: &Path, user: &str) -> (PathBuf, PathBuf) {
+    (
+        dir.join(format!("client-{user}.crt")),
+        dir.join(format!("client-{user}.key")),
+    )
+}
+
 /// Writes a fresh CA and a server certificate signed by it into `dir`.
 pub(crate) fn write_certificates(
     dir: &Path,
     owner: Option<(u32, u32)>,
 ) -> Result<TlsFiles, TestkitError> {
-    let (ca_pem, cert_pem, key_pem) = generate().map_err(|error| TestkitError::Tls {
+    let tls_error = |error: rcgen::Error| TestkitError::Tls {
         reason: error.to_string(),
-    })?;
+    };
+    let (ca_pem, cert_pem, key_pem, clients) = generate().map_err(tls_error)?;
     let files = TlsFiles {
         ca: dir.join("ca.crt"),
         cert: dir.join("server.crt"),
@@ -37,6 +51,12 @@ pub(crate) fn write_certificates(
     std::fs::write(&files.key, key_pem)?;
     // PostgreSQL refuses a key readable by others.
     std::fs::set_permissions(&files.key, std::fs::Permissions::from_mode(0o600))?;
+    for (user, (cert, key)) in CLIENT_USERS.iter().zip(clients) {
+        let (cert_file, key_file) = client_files(dir, user);
+        std::fs::write(&cert_file, cert)?;
+        std::fs::write(&key_file, key)?;
+        std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600))?;
+    }
     if let Some((uid, gid)) = owner {
         for path in [&files.ca, &files.cert, &files.key] {
             std::os::unix::fs::chown(path, Some(uid), Some(gid))?;
@@ -45,7 +65,11 @@ pub(crate) fn write_certificates(
     Ok(files)
 }
 
-fn generate() -> Result<(String, String, String), rcgen::Error> {
+/// PEM texts: CA, server certificate, server key, and a certificate and
+/// key per client user.
+type Generated = (String, String, String, Vec<(String, String)>);
+
+fn generate() -> Result<Generated, rcgen::Error> {
     let ca_key = KeyPair::generate()?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -61,5 +85,18 @@ fn generate() -> Result<(String, String, String), rcgen::Error> {
         .push(DnType::CommonName, "pgrouter-testkit server");
     let issuer = Issuer::from_params(&ca_params, &ca_key);
     let server_cert = params.signed_by(&server_key, &issuer)?;
-    Ok((ca_cert.pem(), server_cert.pem(), server_key.serialize_pem()))
+    let mut clients = Vec::new();
+    for user in CLIENT_USERS {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name.push(DnType::CommonName, user);
+        let cert = params.signed_by(&key, &issuer)?;
+        clients.push((cert.pem(), key.serialize_pem()));
+    }
+    Ok((
+        ca_cert.pem(),
+        server_cert.pem(),
+        server_key.serialize_pem(),
+        clients,
+    ))
 }

@@ -9,7 +9,7 @@ use pgrouter::{
     Config, DatabaseManager, HealthSettings, NodeConfig, PoolSettings, ReadStrategy, RetrySettings,
     Role,
 };
-use pgrouter_testkit::{Cluster, FaultProxy};
+use pgrouter_testkit::{Cluster, FaultProxy, Flavour};
 
 /// node0 (primary), node1, node2 live in these regions.
 pub const REGIONS: [&str; 3] = ["us-east-1", "eu-west-1", "ap-south-1"];
@@ -76,7 +76,7 @@ pub fn node_configs(cluster: &Cluster, ports: &[u16]) -> Vec<NodeConfig> {
             };
             let url = format!(
                 "host=127.0.0.1 port={port} user={} dbname={}",
-                node.user(),
+                node.client_user(),
                 node.dbname()
             );
             NodeConfig::new(node.name(), REGIONS[index], url, role)
@@ -99,9 +99,14 @@ pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
 }
 
-/// A primary and two streaming replicas, started (see [`blocking`]).
+/// A primary and two streaming replicas, started (see [`blocking`]), in
+/// the flavour `PGROUTER_TESTKIT_FLAVOUR` names (`vanilla` by default;
+/// `least-privilege` runs every manager as a role with no superuser and no
+/// `pg_read_all_stats`).
 pub fn start_cluster() -> Cluster {
-    blocking(|| Cluster::start(2)).expect("start a local cluster (primary + 2 replicas)")
+    let flavour = Flavour::from_env().expect("PGROUTER_TESTKIT_FLAVOUR");
+    let builder = Cluster::builder().replicas(2).flavour(flavour);
+    blocking(|| builder.start()).expect("start a local cluster (primary + 2 replicas)")
 }
 
 /// A port on 127.0.0.1 that nobody listens on (bound, read, released), for

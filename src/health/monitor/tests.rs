@@ -504,3 +504,94 @@ async fn a_rebuilt_cluster_is_not_fenced_by_the_old_ones_timelines() {
     assert!(!status.nodes[0].fenced, "{:?}", status.nodes[0]);
     assert_eq!(h.hub.primary_index(), Some(0));
 }
+
+/// Where `count` reads after `token` go: how many reached each node.
+fn causal_reads(hub: &Hub, token: crate::lsn::CausalToken, count: usize) -> Vec<usize> {
+    let freshness = crate::freshness::Freshness {
+        max_staleness: None,
+        after: Some(token),
+    };
+    let mut rng = fastrand::Rng::with_seed(7);
+    let mut served = vec![0; hub.nodes.len()];
+    for _ in 0..count {
+        let strategy = crate::config::ReadStrategy::GlobalRandom;
+        if let Some(index) = hub.pick_read(strategy, freshness, None, &mut rng) {
+            served[index] += 1;
+        }
+    }
+    served
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_replica_without_positions_is_healthy_but_serves_no_bounded_or_causal_read() {
+    use crate::capability::Capability;
+    let without = Answer::ReplicaWithout(Capability::Positions);
+    let h = Harness::start(config(3), &[PRIMARY, REPLICA, without]).await;
+    h.at(1500).await;
+    let status = h.status();
+    let node2 = &status.nodes[2];
+    assert!(node2.healthy && node2.orphaned.is_none(), "{node2:?}");
+    assert!(status.lacks("node2", Capability::Positions), "{node2:?}");
+    assert!(!status.lacks("node1", Capability::Positions));
+    assert!(node2.lag.is_none() && node2.wal_position.is_none());
+    let bounded = bounded_reads(&h.hub, Duration::from_secs(5), 300);
+    assert_eq!(bounded[2], 0, "no lag figure, no bounded read: {bounded:?}");
+    assert!(bounded[1] > 0, "{bounded:?}");
+    let token = crate::lsn::CausalToken::on_timeline(1, crate::lsn::Lsn(100));
+    let causal = causal_reads(&h.hub, token, 300);
+    assert_eq!(causal[2], 0, "{causal:?}");
+    assert!(causal[0] > 0 && causal[1] > 0, "{causal:?}");
+    let unbounded = {
+        let mut rng = fastrand::Rng::with_seed(3);
+        let strategy = crate::config::ReadStrategy::GlobalRandom;
+        (0..300)
+            .filter(|_| {
+                h.hub
+                    .pick_read(strategy, Default::default(), None, &mut rng)
+                    == Some(2)
+            })
+            .count()
+    };
+    assert!(unbounded > 0, "it still serves plain reads");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_primary_without_positions_leaves_bounded_reads_to_itself() {
+    use crate::capability::Capability;
+    let without = Answer::PrimaryWithout(Capability::Positions);
+    let h = Harness::start(config(3), &[without, REPLICA, REPLICA]).await;
+    h.at(1500).await;
+    let status = h.status();
+    assert_eq!(status.write_target.as_deref(), Some("node0"));
+    assert!(status.is_ready());
+    let bounded = bounded_reads(&h.hub, Duration::from_secs(5), 300);
+    assert_eq!(bounded, [300, 0, 0], "no replica's lag is known");
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_a_timeline_or_receiver_nodes_stay_healthy_and_fencing_uses_what_is_left() {
+    use crate::capability::Capability;
+    let answers = [
+        Answer::PrimaryWithout(Capability::Timeline),
+        Answer::ReplicaWithout(Capability::Receiver),
+        Answer::ReplicaWithout(Capability::Timeline),
+    ];
+    let h = Harness::start(config(3), &answers).await;
+    h.at(1500).await;
+    let status = h.status();
+    assert_eq!(status.write_target.as_deref(), Some("node0"), "{status:?}");
+    assert!(status.nodes.iter().all(|node| node.healthy), "{status:?}");
+    assert!(status.nodes[0].timeline.is_none());
+    assert!(status.lacks("node0", Capability::Timeline));
+    assert!(status.lacks("node1", Capability::Receiver));
+    assert!(
+        status.nodes[1].orphaned.is_none(),
+        "unknown is not orphaned"
+    );
+    // A second claimant, neither with a timeline: undecidable.
+    h.world.set(1, Answer::PrimaryWithout(Capability::Timeline));
+    h.at(2500).await;
+    let status = h.status();
+    assert!(status.split_brain, "{status:?}");
+    assert_eq!(status.write_target, None);
+}
