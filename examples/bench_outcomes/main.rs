@@ -13,6 +13,8 @@
 //! override the calls per row and round (at 16 tasks; 1 task runs a
 //! quarter) and the number of rounds.
 
+// Shared with bench_throughput, which uses all of it.
+#[allow(dead_code)]
 #[path = "../bench_common/mod.rs"]
 mod common;
 
