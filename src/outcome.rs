@@ -17,16 +17,11 @@
 //! committed there (a reused id that is aborted, in progress or not yet
 //! handed out proves our commit is not in that history either).
 
-/// Asked of a node about transaction `$1`: its status (`future` when the
-/// id is not handed out yet there), which life of the server answers,
-/// whether it is out of recovery, and its WAL insert position and file
-/// (the causal token of a commit found there).
-const STATUS_SQL: &str = "SELECT \
-    CASE WHEN pg_is_in_recovery() THEN NULL \
-        ELSE (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint END, \
-    CASE WHEN pg_is_in_recovery() THEN NULL \
-        ELSE pg_walfile_name(pg_current_wal_insert_lsn()) END, \
-    NOT pg_is_in_recovery(), \
+/// Asked of a node about transaction `$1`: whether it is out of recovery,
+/// which life of the server answers, and the transaction's status (`future`
+/// when the id is not handed out yet there). Only functions every platform
+/// offers; the causal token of a commit found is asked for separately.
+const STATUS_SQL: &str = "SELECT NOT pg_is_in_recovery(), \
     (extract(epoch FROM pg_postmaster_start_time()) * 1000000)::bigint, \
     CASE WHEN pg_is_in_recovery() THEN NULL \
         WHEN $1::bigint::text::xid8 >= pg_snapshot_xmax(pg_current_snapshot()) THEN 'future' \

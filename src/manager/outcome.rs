@@ -10,10 +10,11 @@ use tokio::time::{sleep_until, timeout_at, Instant};
 use tokio_postgres::Row;
 use tokio_util::sync::CancellationToken;
 
+use super::attempt::{token_of, TOKEN_SQL};
 use crate::clock;
 use crate::events::{CommitOutcome, Event};
 use crate::hub::Hub;
-use crate::lsn::{timeline_of_walfile, CausalToken, Lsn};
+use crate::lsn::CausalToken;
 use crate::outcome::{judge, Answer, Identity, Outcome, XactStatus};
 
 /// Sent right behind `BEGIN`: the transaction id (assigned now), the
@@ -123,7 +124,12 @@ pub(crate) enum Resolution {
 /// Asks, until one answer is conclusive or `deadline` passes, the node that
 /// ran the transaction and the node that is primary now whether the
 /// transaction `identity` committed.
-pub(crate) async fn resolve(hub: &Hub, identity: &Identity, deadline: Instant) -> Resolution {
+pub(crate) async fn resolve(
+    hub: &Hub,
+    identity: &Identity,
+    deadline: Instant,
+    token: bool,
+) -> Resolution {
     let mut pause = FIRST_PAUSE;
     let mut pending_rounds = 0u32;
     let started = Instant::now();
@@ -135,7 +141,7 @@ pub(crate) async fn resolve(hub: &Hub, identity: &Identity, deadline: Instant) -
             _ => [Some(identity.node), None],
         };
         for node in nodes.into_iter().flatten() {
-            let Some((answer, token)) = ask(hub, identity, node, deadline).await else {
+            let Some((answer, token)) = ask(hub, identity, node, deadline, token).await else {
                 continue;
             };
             let outcome = judge(identity, &answer);
@@ -189,12 +195,15 @@ fn report(hub: &Hub, identity: &Identity, outcome: CommitOutcome, started: Insta
     });
 }
 
-/// One node's answer, or `None` if it could not give one in time.
+/// One node's answer, or `None` if it could not give one in time; with
+/// `token`, also the node's causal token (`None` where the server refuses
+/// the WAL functions, or is in recovery: reads then go to the primary).
 async fn ask(
     hub: &Hub,
     identity: &Identity,
     node: usize,
     deadline: Instant,
+    token: bool,
 ) -> Option<(Answer, Option<CausalToken>)> {
     let deadline = deadline.min(clock::after(
         Instant::now(),
@@ -203,16 +212,23 @@ async fn ask(
     let marker = identity.marker.map(marker_text);
     let question = async {
         let client = hub.nodes[node].pool.get().await.ok()?;
-        let result = async {
+        let status = async {
             let statement = client.prepare_cached(&hub.outcome_sql.status).await?;
             match &marker {
                 Some(marker) => client.query_one(&statement, &[&identity.xid, marker]).await,
                 None => client.query_one(&statement, &[&identity.xid]).await,
             }
-        }
-        .await;
-        match result {
-            Ok(row) => Some(row),
+        };
+        let position = async {
+            match token {
+                true => client.query_one(TOKEN_SQL, &[]).await.ok(),
+                false => None,
+            }
+        };
+        // Biased: the status question first, the token's right behind it.
+        let (status, position) = tokio::join!(biased; status, position);
+        match status {
+            Ok(row) => Some((row, position)),
             Err(error) => {
                 tracing::debug!(%error, "asking about a transaction's outcome failed");
                 discard(client);
@@ -220,10 +236,11 @@ async fn ask(
             }
         }
     };
-    let row = timeout_at(deadline, question).await.ok()??;
+    let (row, position) = timeout_at(deadline, question).await.ok()??;
     let elected = hub.primary_index() == Some(node);
+    let token = position.and_then(|row| token_of(&row).ok());
     match answer_of(&row, node, elected, identity.marker.is_some()) {
-        Ok(answer) => Some(answer),
+        Ok(answer) => Some((answer, token.filter(|_| answer.writable))),
         Err(error) => {
             tracing::warn!(%error, "unexpected answer about a transaction's outcome");
             None
@@ -231,34 +248,24 @@ async fn ask(
     }
 }
 
-/// The answer in a [`OutcomeSql::status`] row.
+/// The answer in a status row.
 fn answer_of(
     row: &Row,
     node: usize,
     elected: bool,
     marker: bool,
-) -> Result<(Answer, Option<CausalToken>), tokio_postgres::Error> {
-    let position: Option<i64> = row.try_get(0)?;
-    let walfile: Option<&str> = row.try_get(1)?;
-    let token = position.map(|position| {
-        let lsn = Lsn(position.unsigned_abs());
-        match walfile.and_then(timeline_of_walfile) {
-            Some(timeline) => CausalToken::on_timeline(timeline, lsn),
-            None => CausalToken::new(lsn),
-        }
-    });
-    let answer = Answer {
+) -> Result<Answer, tokio_postgres::Error> {
+    Ok(Answer {
         node,
-        writable: row.try_get(2)?,
-        postmaster: row.try_get(3)?,
+        writable: row.try_get(0)?,
+        postmaster: row.try_get(1)?,
         elected,
-        status: XactStatus::parse(row.try_get(4)?),
+        status: XactStatus::parse(row.try_get(2)?),
         marker: match marker {
-            true => Some(row.try_get(5)?),
+            true => Some(row.try_get(3)?),
             false => None,
         },
-    };
-    Ok((answer, token))
+    })
 }
 
 /// Ends the session still holding the transaction, if it is still ours.

@@ -211,11 +211,11 @@ impl<B: Body> TransactionCall<B> {
         let Some(identity) = identity else {
             return Err(error);
         };
-        match resolve(attempt.hub(), &identity, self.deadline.at).await {
+        match resolve(attempt.hub(), &identity, self.deadline.at, self.token).await {
             Resolution::Committed(token) => Ok(Committed {
                 value,
                 index,
-                token: token.filter(|_| self.token),
+                token,
             }),
             Resolution::NotCommitted => Err(Error::NotCommitted {
                 context: attempt.context().clone(),
