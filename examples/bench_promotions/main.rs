@@ -125,6 +125,13 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "error".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let args = match args() {
         Ok(args) => args,
         Err(error) => {
@@ -171,9 +178,16 @@ async fn main() -> std::process::ExitCode {
     }
     let db = DatabaseManager::new(config).await.expect("manager");
     let mut events = db.subscribe();
+    let counted = CancellationToken::new();
+    let done = counted.clone();
     let resolved = tokio::spawn(async move {
         let mut counts: HashMap<String, usize> = HashMap::new();
-        while let Ok(event) = events.recv().await {
+        loop {
+            let event = tokio::select! {
+                event = events.recv() => event,
+                () = done.cancelled() => break,
+            };
+            let Ok(event) = event else { break };
             if let Event::CommitResolved { outcome, .. } = event {
                 let name = match outcome {
                     CommitOutcome::Committed => "committed",
@@ -237,6 +251,7 @@ async fn main() -> std::process::ExitCode {
         handle.await.expect("writer");
     }
     db.close().await;
+    counted.cancel();
     let resolved = resolved.await.expect("event counter");
 
     // Check every call against the last primary's rows.
