@@ -53,7 +53,12 @@ async fn call(kind: Kind, db: &DatabaseManager, aid: i32) -> Result<u64, Error> 
         Kind::ExactlyOnce => db.write().exactly_once().execute(UPDATE, &[&aid]).await,
         Kind::Transaction => {
             db.write()
-                .transaction(|tx| Box::pin(async move { Ok(tx.execute(UPDATE, &[&aid]).await?) }))
+                .transaction(|tx| {
+                    Box::pin(async move {
+                        let update = tx.prepare_cached(UPDATE).await?;
+                        Ok(tx.execute(&update, &[&aid]).await?)
+                    })
+                })
                 .await
         }
     }

@@ -2,7 +2,7 @@
 //! with an unknown outcome, or run twice?
 //!
 //! ```text
-//! cargo run --release --example bench_promotions -- [--promotions N] [--no-markers] [--sync]
+//! cargo run --release --example bench_promotions -- [--promotions N] [--no-markers] [--sync] [--fast-only]
 //! ```
 //!
 //! A local primary and one streaming replica. Writer tasks insert rows with
@@ -42,6 +42,7 @@ struct Args {
     promotions: usize,
     markers: bool,
     sync: bool,
+    fast_only: bool,
 }
 
 fn args() -> Result<Args, String> {
@@ -49,6 +50,7 @@ fn args() -> Result<Args, String> {
         promotions: 20,
         markers: true,
         sync: false,
+        fast_only: false,
     };
     let mut given = std::env::args().skip(1);
     while let Some(arg) = given.next() {
@@ -61,6 +63,7 @@ fn args() -> Result<Args, String> {
             }
             "--no-markers" => args.markers = false,
             "--sync" => args.sync = true,
+            "--fast-only" => args.fast_only = true,
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -75,7 +78,7 @@ enum Ended {
     Failed(String),
 }
 
-type Outcomes = Arc<Mutex<Vec<(i64, Ended)>>>;
+type Outcomes = Arc<Mutex<Vec<(i64, Ended, Instant, Instant)>>>;
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
@@ -110,7 +113,7 @@ async fn writer(
             Err(error) if error.is_outcome_unknown() => Ended::Unknown,
             Err(error) => Ended::Failed(kind(&error)),
         };
-        lock(&outcomes).push((id, ended));
+        lock(&outcomes).push((id, ended, begun, Instant::now()));
     }
 }
 
@@ -142,7 +145,11 @@ async fn main() -> std::process::ExitCode {
     let sync = args.sync;
     let cluster = Arc::new(
         blocking(move || {
-            let mut builder = Cluster::builder().replicas(1);
+            // PostgreSQL's default (the test kit turns it off for speed):
+            // an acknowledged commit is at least on the primary's disk.
+            let mut builder = Cluster::builder()
+                .replicas(1)
+                .setting("synchronous_commit", "on");
             if sync {
                 builder = builder.setting("synchronous_standby_names", "*");
             }
@@ -161,6 +168,10 @@ async fn main() -> std::process::ExitCode {
         .expect("marker table SQL")
     );
     cluster.psql(0, &schema).expect("schema");
+    let replication = cluster
+        .psql(0, "SELECT current_setting('synchronous_standby_names'), string_agg(sync_state, ',') FROM pg_stat_replication")
+        .expect("replication state");
+    eprintln!("synchronous_standby_names|sync states: {replication}");
 
     let ports: Vec<u16> = cluster.nodes().iter().map(|node| node.port()).collect();
     let mut config = Config::new(node_configs(&cluster, &ports));
@@ -219,14 +230,22 @@ async fn main() -> std::process::ExitCode {
 
     let started = Instant::now();
     let mut primary = 0;
+    // The next id when each promotion began, to place lost rows.
+    let mut boundaries = Vec::new();
     for round in 0..args.promotions {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let (old, new) = (primary, 1 - primary);
-        let mode = if round % 2 == 0 {
+        let mode = if round % 2 == 0 || args.fast_only {
             StopMode::Fast
         } else {
             StopMode::Immediate
         };
+        boundaries.push((next.load(Ordering::Relaxed), mode));
+        eprintln!(
+            "promotion {} begins at {:.3?}",
+            round + 1,
+            started.elapsed()
+        );
         let c = Arc::clone(&cluster);
         blocking(move || {
             c.stop(old, mode)?;
@@ -267,12 +286,32 @@ async fn main() -> std::process::ExitCode {
         .collect();
     let outcomes = lock(&outcomes).clone();
     let mut ended: HashMap<String, usize> = HashMap::new();
+    let mut lost_by_round: HashMap<usize, usize> = HashMap::new();
     let (mut duplicates, mut lost_acknowledged, mut failed_but_present) = (0, 0, 0);
-    for (id, how) in &outcomes {
+    let mut shown = 0;
+    for (id, how, begun, finished) in &outcomes {
         let count = present.get(id).copied().unwrap_or(0);
         duplicates += usize::from(count > 1);
         match how {
-            Ended::Committed => lost_acknowledged += usize::from(count == 0),
+            Ended::Committed if count == 0 => {
+                lost_acknowledged += 1;
+                if shown < 12 {
+                    shown += 1;
+                    eprintln!(
+                        "lost id {id} ({}): began {:.3?}, acknowledged {:.3?}",
+                        if id % 2 == 0 {
+                            "transaction"
+                        } else {
+                            "exactly_once"
+                        },
+                        begun.duration_since(started),
+                        finished.duration_since(started)
+                    );
+                }
+                let round = boundaries.partition_point(|(start, _)| start <= id);
+                *lost_by_round.entry(round).or_default() += 1;
+            }
+            Ended::Committed => {}
             Ended::Failed(_) => failed_but_present += usize::from(count > 0),
             Ended::Unknown => {}
         }
@@ -307,6 +346,15 @@ async fn main() -> std::process::ExitCode {
     println!("duplicated ids: {duplicates}");
     println!("failed calls whose row is present: {failed_but_present}");
     println!("acknowledged commits lost with a crashed primary: {lost_acknowledged}");
+    let mut lost_by_round: Vec<_> = lost_by_round.into_iter().collect();
+    lost_by_round.sort();
+    for (round, lost) in lost_by_round {
+        let mode = round
+            .checked_sub(1)
+            .and_then(|r| boundaries.get(r))
+            .map(|(_, mode)| *mode);
+        println!("  {lost} issued before promotion {round} ({mode:?} stop before them)");
+    }
     println!(
         "call latency: p50 {:?}, p99 {:?}, max {:?}",
         latencies.quantile(0.5),

@@ -1,9 +1,10 @@
 //! One fault at a time, in a seeded random order: a replica stopped and
 //! started, a black hole, latency, refused and reset connections, paused
-//! replay; and, once, as the first fault of the run's second half, the
-//! primary stopped and a replica promoted (once: the test kit cannot
-//! repoint the other replica, which is left an orphan, so the faults after
-//! it fall on the new primary and the orphan).
+//! replay, and the primary stopped (`-m fast`) and a replica promoted (at
+//! least once, as the first fault of the run's second half). After a
+//! promotion the old primary and the other replica are re-cloned as
+//! replicas of the new primary (`Cluster::rejoin`), so promotions can
+//! follow one another.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,7 +32,7 @@ struct Topology {
     primary: usize,
     /// Replicas that follow the primary.
     following: Vec<usize>,
-    promoted: bool,
+    promotions: usize,
 }
 
 /// Injects faults until `run_for` has passed; returns their names in order.
@@ -46,26 +47,19 @@ pub(crate) async fn run(
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut topology = Topology {
         primary: 0,
-        following: vec![1, 2],
-        promoted: false,
-    };
-    let orphan_or_primary = |topology: &Topology, any: usize| {
-        if topology.primary == any || topology.following.contains(&any) || topology.promoted {
-            any
-        } else {
-            topology.primary
-        }
+        following: (1..proxies.len()).collect(),
+        promotions: 0,
     };
     let mut done = Vec::new();
     tokio::time::sleep(CALM).await;
     while Instant::now() + FAULT < until {
-        let node = orphan_or_primary(&topology, rng.usize(..proxies.len()));
+        let node = rng.usize(..proxies.len());
         let replica = topology
             .following
             .get(rng.usize(..topology.following.len().max(1)))
             .copied();
         let second_half = start.elapsed() >= run_for / 2;
-        let pick = if second_half && !topology.promoted {
+        let pick = if second_half && topology.promotions == 0 {
             1
         } else {
             rng.u8(..7)
@@ -81,16 +75,23 @@ pub(crate) async fn run(
                     .ok();
                 format!("stop+start node{replica}")
             }
-            (1, Some(replica)) if second_half && !topology.promoted => {
+            (1, Some(replica)) => {
                 let old = topology.primary;
                 blocking(&cluster, move |c| c.stop(old, StopMode::Fast))
                     .await
                     .ok();
                 blocking(&cluster, move |c| c.promote(replica)).await.ok();
-                topology.primary = replica;
-                topology.following.clear();
-                topology.promoted = true;
                 tokio::time::sleep(FAULT).await;
+                // Everyone else follows the new primary again.
+                let others: Vec<usize> = (0..proxies.len()).filter(|&n| n != replica).collect();
+                for &other in &others {
+                    blocking(&cluster, move |c| c.rejoin(other, replica))
+                        .await
+                        .expect("rejoin the new primary");
+                }
+                topology.primary = replica;
+                topology.following = others;
+                topology.promotions += 1;
                 format!("stop node{old}, promote node{replica}")
             }
             (2, _) => hold(&proxies[node], Fault::BlackHole, node, "black hole").await,

@@ -172,16 +172,23 @@ fn file_write(record: &Record, id: i64, result: &Result<u64, Error>) {
     }
 }
 
+/// A plain write, or (every other id) an `exactly_once()` one.
 async fn write(db: &DatabaseManager, record: &Record, id: i64, client: u64) {
     let started = Instant::now();
-    let result = db
+    let once = id % 2 == 1;
+    let write = match once {
+        true => db.write().exactly_once(),
+        false => db.write(),
+    };
+    let result = write
         .execute(
             "INSERT INTO items (id, client) VALUES ($1, $2)",
             &[&id, &(client as i32)],
         )
         .await;
-    record.timed("write", started);
-    record.outcome("write", &result);
+    let op = if once { "write-once" } else { "write" };
+    record.timed(op, started);
+    record.outcome(op, &result);
     file_write(record, id, &result);
 }
 

@@ -16,6 +16,7 @@ use crate::events::{CommitOutcome, Event};
 use crate::hub::Hub;
 use crate::lsn::CausalToken;
 use crate::outcome::{judge, Answer, Identity, Outcome, XactStatus};
+use crate::safety::{code_kind, CodeKind};
 
 /// Sent right behind `BEGIN`: the transaction id (assigned now), the
 /// session's backend, and which life of the server this is.
@@ -65,8 +66,12 @@ pub(crate) async fn begin(
         return Ok(None);
     }
     let sql = &hub.outcome_sql;
+    // The table's own failures (missing, not permitted) are the setting's;
+    // a shutdown or a lost connection is the node's, retried as usual.
     let marker_error = |error: tokio_postgres::Error| match error.code() {
-        Some(_) if !error.is_closed() => BeginError::Marker(error),
+        Some(code) if !error.is_closed() && code_kind(code) == CodeKind::Permanent => {
+            BeginError::Marker(error)
+        }
         _ => BeginError::Postgres(error),
     };
     let (identity, insert) = futures_util::future::try_join(
