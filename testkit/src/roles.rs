@@ -82,6 +82,44 @@ impl Cluster {
         self.psql(0, &sql).map(drop)
     }
 
+    /// Creates a least-privilege login role `name` (as
+    /// [`Cluster::create_least_privilege_role`]) that must give `password`
+    /// over TCP: every node's `pg_hba.conf` gets a `host all <name>
+    /// 127.0.0.1/32 scram-sha-256` line ahead of the `trust` lines, and is
+    /// reloaded. Other roles keep `trust`. Change the password with
+    /// [`Cluster::set_password`].
+    pub fn create_password_role(&self, name: &str, password: &str) -> Result<(), TestkitError> {
+        self.create_least_privilege_role(name)?;
+        self.set_password(name, password)?;
+        let line = format!("host all {name} 127.0.0.1/32 scram-sha-256\n");
+        for (index, node) in self.nodes.iter().enumerate() {
+            let hba = node.data_dir().join("pg_hba.conf");
+            let old = std::fs::read_to_string(&hba)?;
+            // Truncating keeps the file's owner (postgres when we are root).
+            std::fs::write(&hba, format!("{line}{old}"))?;
+            if self.is_running(index) {
+                let mut cmd = self.pg_ctl(node, "reload");
+                self.run_logged(&mut cmd, node)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets `role`'s password (`ALTER ROLE … PASSWORD`, stored as
+    /// SCRAM-SHA-256) on the primary; replicas get it through replication.
+    /// Connections already open stay open.
+    pub fn set_password(&self, role: &str, password: &str) -> Result<(), TestkitError> {
+        identifier("role", role)?;
+        if password.is_empty() || password.contains('\0') {
+            return Err(invalid("password", "must be non-empty, without NUL"));
+        }
+        let password = password.replace('\'', "''");
+        let sql = format!(
+            "SET password_encryption = 'scram-sha-256'; ALTER ROLE {role} PASSWORD '{password}'"
+        );
+        self.psql(0, &sql).map(drop)
+    }
+
     /// Makes built-in function `pg_catalog.<function>` (every overload) raise
     /// SQLSTATE `sqlstate` with `message` when `role` calls it by its
     /// unqualified name, as a managed platform's unsupported or forbidden
