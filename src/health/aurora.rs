@@ -37,12 +37,12 @@ const MARKER: &str = "aurora_stat_utils";
 
 /// This instance and the cluster's rows, one statement.
 pub(crate) const REPLICAS_SQL: &str = "SELECT aurora_db_instance_identifier(), \
-     string_agg(concat_ws('|', server_id, session_id, \
+     string_agg(format('%s|%s|%s|%s', server_id, session_id, \
        extract(epoch FROM now() - last_update_timestamp), replica_lag_in_msec), E'\\n') \
      FROM aurora_replica_status()";
 
 /// Aurora Global's rows (every region), one statement.
-pub(crate) const GLOBAL_SQL: &str = "SELECT string_agg(concat_ws('|', server_id, session_id, \
+pub(crate) const GLOBAL_SQL: &str = "SELECT string_agg(format('%s|%s|%s|%s', server_id, session_id, \
        aws_region, visibility_lag_in_msec), E'\\n') \
      FROM aurora_global_db_instance_status()";
 

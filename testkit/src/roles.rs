@@ -27,11 +27,20 @@ pub enum Flavour {
     /// only a `pid`), as the default user of Cloud SQL or RDS. It may create
     /// objects in `public` and use every table the superuser creates there.
     LeastPrivilege,
+    /// Emulated Aurora PostgreSQL: [`APP_USER`] as in
+    /// [`Flavour::LeastPrivilege`], plus Aurora's surface over the
+    /// cluster's real replication state (`rds.extensions` listing
+    /// `aurora_stat_utils`, `aurora_replica_status()`,
+    /// `aurora_global_db_instance_status()`, `aurora_db_instance_identifier()`,
+    /// `aurora_version()`), and the functions Aurora rejects failing for
+    /// that role with Aurora's SQLSTATE and message. An emulation, not
+    /// Aurora: see the `aurora` module's notes.
+    Aurora,
 }
 
 impl Flavour {
-    /// The flavour named by `PGROUTER_TESTKIT_FLAVOUR` (`vanilla` or
-    /// `least-privilege`); [`Flavour::Vanilla`] when it is unset.
+    /// The flavour named by `PGROUTER_TESTKIT_FLAVOUR` (`vanilla`,
+    /// `least-privilege` or `aurora`); [`Flavour::Vanilla`] when it is unset.
     pub fn from_env() -> Result<Self, TestkitError> {
         match std::env::var(FLAVOUR_ENV) {
             Ok(value) => value.parse(),
@@ -44,7 +53,7 @@ impl Flavour {
     pub fn client_user(self) -> &'static str {
         match self {
             Flavour::Vanilla => crate::node::USER,
-            Flavour::LeastPrivilege => APP_USER,
+            Flavour::LeastPrivilege | Flavour::Aurora => APP_USER,
         }
     }
 }
@@ -56,9 +65,10 @@ impl FromStr for Flavour {
         match value {
             "" | "vanilla" => Ok(Self::Vanilla),
             "least-privilege" => Ok(Self::LeastPrivilege),
+            "aurora" => Ok(Self::Aurora),
             other => Err(invalid(
                 FLAVOUR_ENV,
-                &format!("{other:?} is not vanilla or least-privilege"),
+                &format!("{other:?} is not vanilla, least-privilege or aurora"),
             )),
         }
     }
@@ -125,7 +135,8 @@ impl Cluster {
     /// unqualified name, as a managed platform's unsupported or forbidden
     /// functions do: a function of the same name and signature in schema
     /// `pgrouter_shadow_<role>`, put ahead of `pg_catalog` on the role's
-    /// `search_path`. Other roles, and qualified calls, are unaffected.
+    /// `search_path` (`public, pgrouter_shadow_<role>, pg_catalog`: what the
+    /// role creates still goes to `public`). Other roles, and qualified calls, are unaffected.
     /// Done on the primary; replicas get it through replication (the role
     /// picks up its new `search_path` on its next connection).
     pub fn shadow_function(
@@ -172,7 +183,7 @@ impl Cluster {
               IF NOT found_any THEN
                 RAISE EXCEPTION 'no function pg_catalog.{function}';
               END IF;
-              EXECUTE format('ALTER ROLE %I SET search_path = %I, pg_catalog, \"$user\", public',
+              EXECUTE format('ALTER ROLE %I SET search_path = public, %I, pg_catalog',
                              '{role}', schema);
             END
             $pgrouter$"
@@ -216,7 +227,8 @@ mod tests {
             Some(Flavour::LeastPrivilege)
         );
         assert_eq!("vanilla".parse::<Flavour>().ok(), Some(Flavour::Vanilla));
-        let error = "aurora".parse::<Flavour>().unwrap_err().to_string();
+        assert_eq!("aurora".parse::<Flavour>().ok(), Some(Flavour::Aurora));
+        let error = "rds".parse::<Flavour>().unwrap_err().to_string();
         assert!(error.contains(FLAVOUR_ENV), "{error}");
         assert!(identifier("role", "app_1").is_ok());
         for bad in ["", "App", "1app", "a-b", "a;b", "x'"] {
