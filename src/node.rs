@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use deadpool_postgres::{Hook, HookError, ManagerConfig, Metrics, Pool, RecyclingMethod, Runtime};
 
-use crate::credentials::{request_for, CredentialCache, SharedPasswordProvider};
 use crate::config::{NodeConfig, PoolSettings, Role, TlsSettings};
+use crate::credentials::{request_for, CredentialCache, SharedPasswordProvider};
 use crate::error::{ConfigError, NodeContext};
 use crate::sslmode::NodeTls;
 use crate::tls::Connector;

@@ -35,10 +35,7 @@ async fn aurora_is_detected_and_readers_lag_comes_from_its_replica_status() {
     assert!(settled.is_some(), "{status:#?}");
     assert_eq!(status.write_target.as_deref(), Some("node0"));
     for node in &status.nodes {
-        assert!(
-            status.lacks(&node.name, Capability::Positions),
-            "{node:#?}"
-        );
+        assert!(status.lacks(&node.name, Capability::Positions), "{node:#?}");
         assert!(node.wal_position.is_none(), "{node:#?}");
         assert!(
             !status.lacks(&node.name, Capability::PlatformLag),
@@ -52,7 +49,9 @@ async fn aurora_is_detected_and_readers_lag_comes_from_its_replica_status() {
         .iter()
         .any(|m| m.capability == Capability::Positions && m.code == "0A000"));
 
-    db.execute("CREATE TABLE t (n int)", &[]).await.expect("write");
+    db.execute("CREATE TABLE t (n int)", &[])
+        .await
+        .expect("write");
     // Bounded reads reach replicas: their lag is Aurora's figure.
     blocking(|| cluster.wait_for_replicas(Duration::from_secs(10))).expect("caught up");
     let mut ports_seen = std::collections::HashSet::new();
@@ -97,10 +96,14 @@ async fn a_paused_reader_grows_stale_by_aurora_s_own_figure() {
     let db = DatabaseManager::new(fast_config(node_configs(&cluster, &ports)))
         .await
         .expect("manager");
-    db.execute("CREATE TABLE t (n int)", &[]).await.expect("write");
+    db.execute("CREATE TABLE t (n int)", &[])
+        .await
+        .expect("write");
     blocking(|| cluster.pause_replay(1)).expect("pause");
     for n in 0..5 {
-        db.execute("INSERT INTO t VALUES ($1)", &[&n]).await.expect("write");
+        db.execute("INSERT INTO t VALUES ($1)", &[&n])
+            .await
+            .expect("write");
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     let stale = wait_until(Duration::from_secs(20), || {

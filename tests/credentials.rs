@@ -58,14 +58,17 @@ impl Vault {
     }
 
     fn asked(&self, node: &str) -> usize {
-        self.asked.lock().expect("lock").get(node).copied().unwrap_or(0)
+        self.asked
+            .lock()
+            .expect("lock")
+            .get(node)
+            .copied()
+            .unwrap_or(0)
     }
 
     fn provider(
         self: &Arc<Self>,
-    ) -> impl Fn(
-        CredentialRequest,
-    ) -> std::future::Ready<Result<Credential, ProviderError>>
+    ) -> impl Fn(CredentialRequest) -> std::future::Ready<Result<Credential, ProviderError>>
            + Send
            + Sync
            + 'static {
@@ -73,7 +76,12 @@ impl Vault {
         move |request: CredentialRequest| {
             assert_eq!(request.user.as_deref(), Some(ROLE));
             assert_eq!(request.host.as_deref(), Some("127.0.0.1"));
-            *vault.asked.lock().expect("lock").entry(request.node).or_default() += 1;
+            *vault
+                .asked
+                .lock()
+                .expect("lock")
+                .entry(request.node)
+                .or_default() += 1;
             let password = vault.password.lock().expect("lock").clone();
             // Valid for an hour: only a rejection makes pgrouter ask again.
             std::future::ready(Ok(
@@ -126,7 +134,11 @@ async fn a_rotated_password_is_fetched_again_once_per_node_and_connections_go_on
     // statement was lost in flight is an unknown outcome: try again.
     let mut written = false;
     for _ in 0..20 {
-        if db.execute("INSERT INTO rotation VALUES (1)", &[]).await.is_ok() {
+        if db
+            .execute("INSERT INTO rotation VALUES (1)", &[])
+            .await
+            .is_ok()
+        {
             written = true;
             break;
         }
@@ -160,9 +172,12 @@ async fn a_wrong_password_fails_without_a_loop_and_never_shows_the_secret() {
     let error = db
         .execute("SELECT 1", &[])
         .await
-        .err()
-        .expect("the wrong password is refused");
-    for shown in [format!("{error}"), format!("{error:?}"), format!("{:?}", db.status())] {
+        .expect_err("the wrong password is refused");
+    for shown in [
+        format!("{error}"),
+        format!("{error:?}"),
+        format!("{:?}", db.status()),
+    ] {
         assert!(!shown.contains("wrong-secret-6f2a"), "{shown}");
     }
     let status = db.status();
@@ -187,7 +202,10 @@ async fn a_failing_provider_fails_the_connection_naming_the_node_and_its_reason(
     ));
     let db = DatabaseManager::new(config).await.expect("manager");
     let failed = wait_until(Duration::from_secs(10), || {
-        db.status().node("node0").and_then(|n| n.last_error.clone()).is_some()
+        db.status()
+            .node("node0")
+            .and_then(|n| n.last_error.clone())
+            .is_some()
     })
     .await;
     assert!(failed.is_some(), "{:#?}", db.status());

@@ -139,7 +139,7 @@ async fn a_causal_token_never_reads_before_its_write() {
             .execute_with_token("INSERT INTO t VALUES (0)", &[])
             .await;
         assert!(
-            matches!(written, Err(pgrouter::Error::TokenUnavailable { .. })),
+            matches!(written, Err(Error::TokenUnavailable { .. })),
             "{written:?}"
         );
         blocking(|| cluster.resume_replay(1)).unwrap();

@@ -42,7 +42,8 @@ pub(crate) const REPLICAS_SQL: &str = "SELECT aurora_db_instance_identifier(), \
      FROM aurora_replica_status()";
 
 /// Aurora Global's rows (every region), one statement.
-pub(crate) const GLOBAL_SQL: &str = "SELECT string_agg(format('%s|%s|%s|%s', server_id, session_id, \
+pub(crate) const GLOBAL_SQL: &str =
+    "SELECT string_agg(format('%s|%s|%s|%s', server_id, session_id, \
        aws_region, visibility_lag_in_msec), E'\\n') \
      FROM aurora_global_db_instance_status()";
 
@@ -199,7 +200,9 @@ mod tests {
     #[test]
     fn the_marker_is_one_item_of_the_list() {
         assert!(is_marked(Some("aurora_stat_utils")));
-        assert!(is_marked(Some("pg_stat_statements, aurora_stat_utils,plpgsql")));
+        assert!(is_marked(Some(
+            "pg_stat_statements, aurora_stat_utils,plpgsql"
+        )));
         assert!(!is_marked(Some("pg_stat_statements")));
         assert!(!is_marked(Some("not_aurora_stat_utils")));
         assert!(!is_marked(Some("")));
@@ -242,12 +245,18 @@ mod tests {
             row("new", true, 1, None),
             row("r", false, 0, Some(5)),
         ];
-        assert_eq!(elect_writer(&rows).map(|r| r.server_id.as_str()), Some("new"));
+        assert_eq!(
+            elect_writer(&rows).map(|r| r.server_id.as_str()),
+            Some("new")
+        );
         // A writer row not updated for 300 s is ignored.
         let stale = [row("gone", true, 301, None), row("r", false, 0, Some(5))];
         assert_eq!(elect_writer(&stale), None);
         let at_limit = [row("w", true, 300, None)];
-        assert_eq!(elect_writer(&at_limit).map(|r| r.server_id.as_str()), Some("w"));
+        assert_eq!(
+            elect_writer(&at_limit).map(|r| r.server_id.as_str()),
+            Some("w")
+        );
         assert_eq!(elect_writer(&[]), None);
     }
 

@@ -122,10 +122,9 @@ impl Check {
             | Check::ReplicaTimeline
             | Check::Receiver
             | Check::ReplayTimestamp => in_recovery,
-            Check::SystemId
-            | Check::AuroraMarker
-            | Check::AuroraReplicas
-            | Check::AuroraGlobal => true,
+            Check::SystemId | Check::AuroraMarker | Check::AuroraReplicas | Check::AuroraGlobal => {
+                true
+            }
         }
     }
 
@@ -342,7 +341,10 @@ mod tests {
     fn aurora_is_asked_only_once_marked_and_then_has_no_positions() {
         let mut caps = Capabilities::default();
         caps.answered(Check::AuroraMarker);
-        assert!(!caps.to_ask(false).contains(&Check::AuroraMarker), "asked once");
+        assert!(
+            !caps.to_ask(false).contains(&Check::AuroraMarker),
+            "asked once"
+        );
         assert!(!caps.to_ask(true).contains(&Check::AuroraReplicas));
         caps.marked_aurora();
         for in_recovery in [false, true] {
@@ -361,7 +363,10 @@ mod tests {
             .all(|m| m.capability == Capability::Positions && m.code == "0A000"));
 
         let mut facts = Facts::default();
-        facts.absorb(Check::AuroraMarker, &[Some("aurora_stat_utils,pg_stat_statements")]);
+        facts.absorb(
+            Check::AuroraMarker,
+            &[Some("aurora_stat_utils,pg_stat_statements")],
+        );
         facts.absorb(Check::AuroraReplicas, &[Some("node1"), None]);
         assert!(facts.aurora_marked);
         assert_eq!(facts.aurora_instance.as_deref(), Some("node1"));
