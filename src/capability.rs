@@ -50,20 +50,33 @@ pub enum Capability {
     /// fencing cannot tell a rebuilt or upgraded cluster (timeline 1 again)
     /// from the old one, so every node without it is judged as one system.
     SystemId,
+    /// The platform's own view of the cluster, asked only where the
+    /// platform marks itself (Aurora: `rds.extensions` lists
+    /// `aurora_stat_utils`): the writer and each reader's lag from
+    /// `aurora_replica_status()`. Missing on Aurora: readers have no lag
+    /// figure (no bounded reads there) and a writer is not cross-checked.
+    PlatformLag,
+    /// Aurora Global's view (`aurora_global_db_instance_status()`):
+    /// secondary-region readers' `visibility_lag_in_msec` and `aws_region`.
+    /// Missing: a secondary-region reader has no lag figure (no bounded
+    /// reads there).
+    GlobalLag,
 }
 
 impl Capability {
     /// Every capability, in the order status lists them.
-    pub const ALL: [Capability; 5] = [
+    pub const ALL: [Capability; 7] = [
         Capability::Positions,
         Capability::Timeline,
         Capability::Receiver,
         Capability::ReplayTimestamp,
         Capability::SystemId,
+        Capability::PlatformLag,
+        Capability::GlobalLag,
     ];
 
     /// A short name: `positions`, `timeline`, `receiver`,
-    /// `replay-timestamp`, `system-id`.
+    /// `replay-timestamp`, `system-id`, `platform-lag`, `global-lag`.
     pub fn name(self) -> &'static str {
         match self {
             Capability::Positions => "positions",
@@ -71,6 +84,8 @@ impl Capability {
             Capability::Receiver => "receiver",
             Capability::ReplayTimestamp => "replay-timestamp",
             Capability::SystemId => "system-id",
+            Capability::PlatformLag => "platform-lag",
+            Capability::GlobalLag => "global-lag",
         }
     }
 
@@ -92,6 +107,14 @@ impl Capability {
             Capability::ReplayTimestamp => "no last-replay time in status (informational only)",
             Capability::SystemId => {
                 "no system identifier: fencing cannot tell a rebuilt cluster from this one"
+            }
+            Capability::PlatformLag => {
+                "no platform replica status: readers have no lag figure (no bounded reads \
+                 there) and the writer is not cross-checked"
+            }
+            Capability::GlobalLag => {
+                "no global status: secondary-region readers have no lag figure (no bounded \
+                 reads there)"
             }
         }
     }

@@ -74,6 +74,7 @@ impl Hub {
                     &config.local_region,
                     preferred,
                     &config.tls,
+                    config.password_provider.as_ref(),
                 )
             })
             .collect::<Result<Box<[Node]>, _>>()?;

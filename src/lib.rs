@@ -8,6 +8,7 @@ mod capability;
 mod clock;
 mod config;
 mod connstr;
+mod credentials;
 mod error;
 mod events;
 mod freshness;
@@ -33,6 +34,10 @@ pub use config::{
     PoolSettings, ReadStrategy, RetrySettings, Role, TlsSettings,
 };
 pub use connstr::ConnectionString;
+pub use credentials::{
+    Credential, CredentialFuture, CredentialRequest, PasswordProvider, ProviderError,
+    SharedPasswordProvider,
+};
 pub use error::{ConfigError, Error, NodeContext};
 pub use events::{CommitOutcome, Event};
 pub use lsn::{CausalToken, Lsn, TokenError};

@@ -6,6 +6,7 @@ use std::time::Duration;
 use deadpool_postgres::{Hook, HookError, ManagerConfig, Metrics, Pool, RecyclingMethod, Runtime};
 
 use crate::config::{NodeConfig, PoolSettings, Role, TlsSettings};
+use crate::credentials::{request_for, CredentialCache, SharedPasswordProvider};
 use crate::error::{ConfigError, NodeContext};
 use crate::sslmode::NodeTls;
 use crate::tls::Connector;
@@ -41,11 +42,17 @@ impl Node {
         local_region: &str,
         preferred_regions: &[String],
         tls: &TlsSettings,
+        provider: Option<&SharedPasswordProvider>,
     ) -> Result<Self, ConfigError> {
         let (mut pg_config, node_tls) = pg_config(config, settings, tls)?;
-        let connector = Connector::new(&node_tls).map_err(|reason| ConfigError::Tls {
+        let mut connector = Connector::new(&node_tls).map_err(|reason| ConfigError::Tls {
             reason: format!("node {:?}: {reason}", config.name),
         })?;
+        if let Some(provider) = provider {
+            let request = request_for(&config.name, &config.region, &pg_config);
+            let cache = CredentialCache::new(provider.clone(), request);
+            connector = connector.with_credentials(cache);
+        }
         connector.configure(&mut pg_config);
         let pool = build_pool(&connector, pg_config.clone(), settings, &config.name)?;
         Ok(Self {

@@ -18,7 +18,8 @@ use crate::node::Node;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct Lag {
-    /// WAL bytes the primary has written that the replica has not replayed.
+    /// WAL bytes the primary has written that the replica has not replayed
+    /// (0 where only the platform reports lag, in time: Aurora).
     pub bytes: u64,
     /// How long before the last probe the replica was last known to have
     /// everything the primary had: the time since the primary was last seen
@@ -102,6 +103,9 @@ pub(crate) struct NodeState {
     pub(crate) last_error: Option<Arc<str>>,
     /// When the last probe finished.
     pub(crate) last_probe: Option<Instant>,
+    /// A replica whose platform reports lag in time (Aurora): fresh as of
+    /// its last probe's send instant less that lag.
+    pub(crate) platform_fresh_as_of: Option<Instant>,
 }
 
 /// Every node's state, indexed like the manager's nodes.
@@ -140,6 +144,7 @@ impl NodeState {
             rtt: None,
             last_error: None,
             last_probe: None,
+            platform_fresh_as_of: None,
         }
     }
 }

@@ -7,6 +7,7 @@ use super::{
     Role,
 };
 use crate::connstr::ConnectionString;
+use crate::credentials::{PasswordProvider, SharedPasswordProvider};
 use crate::error::ConfigError;
 
 /// Builds a [`Config`]; [`ConfigBuilder::build`] validates it.
@@ -164,6 +165,13 @@ impl ConfigBuilder {
     /// Replaces every outcome-resolution setting.
     pub fn outcomes(mut self, outcomes: OutcomeSettings) -> Self {
         self.config.outcomes = outcomes;
+        self
+    }
+
+    /// Every node's new connections take their password from `provider`
+    /// (see [`PasswordProvider`]), replacing any in the connection strings.
+    pub fn password_provider(mut self, provider: impl PasswordProvider) -> Self {
+        self.config.password_provider = Some(SharedPasswordProvider::new(provider));
         self
     }
 

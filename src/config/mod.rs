@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 pub use builder::ConfigBuilder;
 
 use crate::connstr::ConnectionString;
+use crate::credentials::SharedPasswordProvider;
 use crate::error::ConfigError;
 
 /// Everything pgrouter needs: the nodes, where the service runs, and how to
@@ -73,6 +74,12 @@ pub struct Config {
     /// How a transaction whose `COMMIT` answer was lost is resolved.
     #[serde(default)]
     pub outcomes: OutcomeSettings,
+    /// Where every node's new connections get their password (an IAM token
+    /// generator, a secret store), instead of the connection strings; set
+    /// with [`ConfigBuilder::password_provider`]. Not serde data: never
+    /// read from or written to a file. Default: none.
+    #[serde(skip)]
+    pub password_provider: Option<SharedPasswordProvider>,
 }
 
 /// One PostgreSQL server.
@@ -424,6 +431,7 @@ impl Config {
             health: HealthSettings::default(),
             retry: RetrySettings::default(),
             outcomes: OutcomeSettings::default(),
+            password_provider: None,
         }
     }
 

@@ -128,6 +128,17 @@ impl Assessor {
                 }),
                 _ => None,
             };
+            // No positions, but the platform reports the lag in time.
+            let platform = node
+                .platform_fresh_as_of
+                .filter(|_| node.role == Role::Replica && node.orphaned.is_none());
+            if let (None, Some(fresh_as_of)) = (replayed, platform) {
+                node.fresh_as_of = Some(fresh_as_of);
+                node.lag = Some(Lag {
+                    bytes: 0,
+                    time: now.saturating_duration_since(fresh_as_of),
+                });
+            }
         }
     }
 }

@@ -25,6 +25,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio_postgres::error::SqlState;
 
+use super::aurora;
 use crate::capability::{degrades, Capability, MissingCapability};
 use crate::config::Role;
 use crate::lsn::{timeline_of_walfile, Lsn};
@@ -54,10 +55,17 @@ pub(crate) enum Check {
     ReplayTimestamp,
     /// The cluster's system identifier.
     SystemId,
+    /// Whether the node is Aurora: `rds.extensions` lists
+    /// `aurora_stat_utils` (raises on no platform). Asked until answered.
+    AuroraMarker,
+    /// On Aurora: this instance and `aurora_replica_status()`.
+    AuroraReplicas,
+    /// On Aurora: `aurora_global_db_instance_status()`.
+    AuroraGlobal,
 }
 
 /// Every check, in a fixed order (their index in [`Capabilities`]).
-const CHECKS: [Check; 7] = [
+const CHECKS: [Check; 10] = [
     Check::PrimaryPosition,
     Check::PrimaryTimeline,
     Check::ReplicaPosition,
@@ -65,6 +73,9 @@ const CHECKS: [Check; 7] = [
     Check::Receiver,
     Check::ReplayTimestamp,
     Check::SystemId,
+    Check::AuroraMarker,
+    Check::AuroraReplicas,
+    Check::AuroraGlobal,
 ];
 
 impl Check {
@@ -82,6 +93,9 @@ impl Check {
             }
             Check::ReplayTimestamp => "SELECT extract(epoch FROM pg_last_xact_replay_timestamp())",
             Check::SystemId => "SELECT system_identifier FROM pg_control_system()",
+            Check::AuroraMarker => aurora::MARKER_SQL,
+            Check::AuroraReplicas => aurora::REPLICAS_SQL,
+            Check::AuroraGlobal => aurora::GLOBAL_SQL,
         }
     }
 
@@ -92,6 +106,9 @@ impl Check {
             Check::Receiver => Capability::Receiver,
             Check::ReplayTimestamp => Capability::ReplayTimestamp,
             Check::SystemId => Capability::SystemId,
+            // The marker never raises; if a platform made it, nothing to lose.
+            Check::AuroraMarker | Check::AuroraReplicas => Capability::PlatformLag,
+            Check::AuroraGlobal => Capability::GlobalLag,
         }
     }
 
@@ -105,7 +122,9 @@ impl Check {
             | Check::ReplicaTimeline
             | Check::Receiver
             | Check::ReplayTimestamp => in_recovery,
-            Check::SystemId => true,
+            Check::SystemId | Check::AuroraMarker | Check::AuroraReplicas | Check::AuroraGlobal => {
+                true
+            }
         }
     }
 
@@ -118,7 +137,7 @@ impl Check {
 }
 
 /// The optional facts one probe learnt.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Facts {
     pub(crate) position: Option<Lsn>,
     /// A primary's WAL-file timeline, or a replica's restartpoint one.
@@ -129,6 +148,14 @@ pub(crate) struct Facts {
     pub(crate) received_timeline: Option<u32>,
     pub(crate) replayed_at: Option<SystemTime>,
     pub(crate) system: Option<u64>,
+    /// `rds.extensions` marks Aurora.
+    pub(crate) aurora_marked: bool,
+    /// `aurora_db_instance_identifier()`, when asked.
+    pub(crate) aurora_instance: Option<String>,
+    /// `aurora_replica_status()` rows as text (see `aurora.rs`).
+    pub(crate) aurora_rows: Option<String>,
+    /// `aurora_global_db_instance_status()` rows as text.
+    pub(crate) aurora_global: Option<String>,
 }
 
 impl Facts {
@@ -148,6 +175,12 @@ impl Facts {
             }
             Check::ReplayTimestamp => self.replayed_at = text(0).and_then(epoch_seconds),
             Check::SystemId => self.system = text(0).and_then(|value| value.parse().ok()),
+            Check::AuroraMarker => self.aurora_marked = aurora::is_marked(text(0)),
+            Check::AuroraReplicas => {
+                self.aurora_instance = text(0).map(str::to_owned);
+                self.aurora_rows = Some(text(1).unwrap_or_default().to_owned());
+            }
+            Check::AuroraGlobal => self.aurora_global = text(0).map(str::to_owned),
         }
     }
 }
@@ -180,6 +213,8 @@ enum Answered {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Capabilities {
     answered: [Answered; CHECKS.len()],
+    /// `rds.extensions` marked the node Aurora: its checks are asked.
+    aurora: bool,
     /// Every check that cannot be answered, for status; replaced whole.
     missing: Arc<[MissingCapability]>,
 }
@@ -191,7 +226,41 @@ impl Capabilities {
             .into_iter()
             .filter(|check| check.applies(in_recovery))
             .filter(|check| self.answered[check.index()] != Answered::Cannot)
+            .filter(|check| match check {
+                Check::AuroraMarker => self.answered[check.index()] == Answered::Unknown,
+                Check::AuroraReplicas | Check::AuroraGlobal => self.aurora,
+                _ => true,
+            })
             .collect()
+    }
+
+    /// `rds.extensions` said Aurora: ask Aurora's functions from now on.
+    pub(crate) fn marked_aurora(&mut self) {
+        self.aurora = true;
+    }
+
+    /// Aurora's functions answered: no WAL position compares across its
+    /// instances, so positions are off for good (shown in status as
+    /// unsupported), whether or not the functions would answer.
+    pub(crate) fn confirmed_aurora(&mut self) {
+        let checks = [
+            (Check::PrimaryPosition, Role::Primary),
+            (Check::ReplicaPosition, Role::Replica),
+        ];
+        for (check, role) in checks {
+            if self.answered[check.index()] == Answered::Cannot {
+                continue;
+            }
+            self.answered[check.index()] = Answered::Cannot;
+            let mut missing = self.missing.to_vec();
+            missing.push(MissingCapability {
+                capability: Capability::Positions,
+                role,
+                code: SqlState::FEATURE_NOT_SUPPORTED.code().to_owned(),
+                message: "Aurora: no WAL position is comparable across instances".to_owned(),
+            });
+            self.missing = missing.into();
+        }
     }
 
     /// The check answered.
@@ -247,7 +316,8 @@ mod tests {
             [
                 Check::PrimaryPosition,
                 Check::PrimaryTimeline,
-                Check::SystemId
+                Check::SystemId,
+                Check::AuroraMarker
             ]
         );
         assert_eq!(
@@ -257,13 +327,50 @@ mod tests {
                 Check::ReplicaTimeline,
                 Check::Receiver,
                 Check::ReplayTimestamp,
-                Check::SystemId
+                Check::SystemId,
+                Check::AuroraMarker
             ]
         );
         for check in CHECKS {
             assert_eq!(CHECKS[check.index()], check);
             assert!(!check.sql().contains("CASE"), "one fact per statement");
         }
+    }
+
+    #[test]
+    fn aurora_is_asked_only_once_marked_and_then_has_no_positions() {
+        let mut caps = Capabilities::default();
+        caps.answered(Check::AuroraMarker);
+        assert!(
+            !caps.to_ask(false).contains(&Check::AuroraMarker),
+            "asked once"
+        );
+        assert!(!caps.to_ask(true).contains(&Check::AuroraReplicas));
+        caps.marked_aurora();
+        for in_recovery in [false, true] {
+            let asked = caps.to_ask(in_recovery);
+            assert!(asked.contains(&Check::AuroraReplicas));
+            assert!(asked.contains(&Check::AuroraGlobal));
+        }
+        caps.confirmed_aurora();
+        caps.confirmed_aurora();
+        assert!(!caps.to_ask(false).contains(&Check::PrimaryPosition));
+        assert!(!caps.to_ask(true).contains(&Check::ReplicaPosition));
+        let missing = caps.missing();
+        assert_eq!(missing.len(), 2, "once per role: {missing:?}");
+        assert!(missing
+            .iter()
+            .all(|m| m.capability == Capability::Positions && m.code == "0A000"));
+
+        let mut facts = Facts::default();
+        facts.absorb(
+            Check::AuroraMarker,
+            &[Some("aurora_stat_utils,pg_stat_statements")],
+        );
+        facts.absorb(Check::AuroraReplicas, &[Some("node1"), None]);
+        assert!(facts.aurora_marked);
+        assert_eq!(facts.aurora_instance.as_deref(), Some("node1"));
+        assert_eq!(facts.aurora_rows.as_deref(), Some(""));
     }
 
     #[test]

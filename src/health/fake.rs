@@ -160,6 +160,7 @@ fn without(mut report: ProbeReport, capability: Capability) -> ProbeReport {
         Capability::Receiver => report.receiving = None,
         Capability::ReplayTimestamp => report.replayed_at = None,
         Capability::SystemId => report.system = None,
+        Capability::PlatformLag | Capability::GlobalLag => report.platform_fresh_as_of = None,
     }
     let role = if report.in_recovery {
         Role::Replica

@@ -2,6 +2,7 @@
 //! each node's state machine, and publishes the next topology snapshot.
 
 mod assess;
+mod aurora;
 mod checks;
 #[cfg(test)]
 pub(crate) mod fake;

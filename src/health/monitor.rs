@@ -249,6 +249,7 @@ fn record_report(state: &mut NodeState, report: &ProbeReport) {
     // still shows its replay position, and staleness judges that.
     state.receiving = report.receiving.unwrap_or(true);
     state.replayed_at = report.replayed_at;
+    state.platform_fresh_as_of = report.platform_fresh_as_of;
     state.missing = Arc::clone(&report.missing);
     state.rtt = Some(match state.rtt {
         Some(smoothed) => smoothed.mul_f64(1.0 - RTT_ALPHA) + report.rtt.mul_f64(RTT_ALPHA),

@@ -20,6 +20,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
+use super::aurora;
 use super::checks::{Capabilities, Check, Facts, ROLE_SQL};
 use crate::capability::{Capability, MissingCapability};
 use crate::config::Role;
@@ -49,6 +50,9 @@ pub(crate) struct ProbeReport {
     pub(crate) missing: Arc<[MissingCapability]>,
     /// The probe's round trip (not the connect).
     pub(crate) rtt: Duration,
+    /// A replica whose platform reports its lag in time (Aurora): the
+    /// probe's send instant less that lag, on pgrouter's clock.
+    pub(crate) platform_fresh_as_of: Option<Instant>,
 }
 
 impl ProbeReport {
@@ -71,6 +75,7 @@ impl ProbeReport {
             replayed_at: facts.replayed_at,
             missing: Arc::from([]),
             rtt,
+            platform_fresh_as_of: None,
         }
     }
 
@@ -129,6 +134,8 @@ impl Drop for Open {
 enum Failure {
     Postgres(tokio_postgres::Error),
     Answer(&'static str),
+    /// The platform's view contradicts the node's (see `aurora.rs`).
+    Judged(String),
 }
 
 impl From<tokio_postgres::Error> for Failure {
@@ -169,6 +176,7 @@ impl Probe for ProbeConnection {
             Ok(report) => Ok(report),
             Err(Failure::Postgres(error)) => Err(describe(&error)),
             Err(Failure::Answer(reason)) => Err(reason.to_owned()),
+            Err(Failure::Judged(reason)) => Err(reason),
         }
     }
 
@@ -203,12 +211,42 @@ impl ProbeConnection {
             answers = ask(&open.client, &checks).await;
         }
         self.in_recovery = in_recovery;
-        let facts = self.take_in(&checks, answers, in_recovery)?;
+        let mut facts = Facts::default();
+        self.take_in(&checks, answers, in_recovery, &mut facts)?;
+        if facts.aurora_marked && !checks.contains(&Check::AuroraReplicas) {
+            // Just found out: Aurora's own view, at once.
+            self.capabilities.marked_aurora();
+            let more = [Check::AuroraReplicas, Check::AuroraGlobal];
+            let answers = ask(&open.client, &more).await;
+            self.take_in(&more, answers, in_recovery, &mut facts)?;
+        }
+        let platform_fresh_as_of = self.judge_platform(&mut facts, in_recovery, sent)?;
         self.open = Some(open);
         Ok(ProbeReport {
             missing: self.capabilities.missing(),
+            platform_fresh_as_of,
             ..ProbeReport::new(in_recovery, facts, rtt)
         })
+    }
+
+    /// On Aurora: positions are off, a claimed writer must be Aurora's
+    /// writer, and a reader's lag is Aurora's figure.
+    fn judge_platform(
+        &mut self,
+        facts: &mut Facts,
+        in_recovery: bool,
+        sent: Instant,
+    ) -> Result<Option<Instant>, Failure> {
+        let Some(instance) = facts.aurora_instance.as_deref() else {
+            return Ok(None);
+        };
+        self.capabilities.confirmed_aurora();
+        facts.position = None;
+        let rows = aurora::parse_replica_rows(facts.aurora_rows.as_deref());
+        let global = aurora::parse_global_rows(facts.aurora_global.as_deref());
+        let judged =
+            aurora::judge(in_recovery, instance, &rows, &global).map_err(Failure::Judged)?;
+        Ok(judged.lag.and_then(|lag| sent.checked_sub(lag)))
     }
 
     /// The facts in the checks' answers. A check refused for want of a
@@ -219,8 +257,8 @@ impl ProbeConnection {
         checks: &[Check],
         answers: Answers,
         in_recovery: bool,
-    ) -> Result<Facts, Failure> {
-        let mut facts = Facts::default();
+        facts: &mut Facts,
+    ) -> Result<(), Failure> {
         for (check, answer) in checks.iter().zip(answers) {
             match answer {
                 Ok(messages) => {
@@ -230,7 +268,7 @@ impl ProbeConnection {
                 Err(error) => self.refused(*check, in_recovery, error)?,
             }
         }
-        Ok(facts)
+        Ok(())
     }
 
     fn refused(

@@ -7,6 +7,7 @@ mod verify;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{Connect, Manager, ManagerConfig};
@@ -15,6 +16,7 @@ use tokio_postgres::config::SslMode as WireMode;
 use tokio_postgres::{CancelToken, Client, NoTls};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
+use crate::credentials::{self, CredentialCache};
 use crate::sslmode::{NodeTls, Roots, SslMode};
 
 /// How long a cancel request for a timed-out statement may take.
@@ -26,6 +28,8 @@ pub(crate) struct Connector {
     mode: SslMode,
     /// `None` only for `disable`.
     tls: Option<MakeRustlsConnect>,
+    /// The node's password provider and its cached answer, if any.
+    credentials: Option<Arc<CredentialCache>>,
 }
 
 impl std::fmt::Debug for Connector {
@@ -49,7 +53,14 @@ impl Connector {
         Ok(Self {
             mode: tls.mode,
             tls: tls_config.map(MakeRustlsConnect::new),
+            credentials: None,
         })
+    }
+
+    /// Every connection asks `cache` for its password.
+    pub(crate) fn with_credentials(mut self, cache: CredentialCache) -> Self {
+        self.credentials = Some(Arc::new(cache));
+        self
     }
 
     /// For cancel requests: TLS when the connection's own settings asked
@@ -66,6 +77,7 @@ impl Connector {
         Self {
             mode: SslMode::Require,
             tls,
+            credentials: None,
         }
     }
 
@@ -84,10 +96,36 @@ impl Connector {
         Manager::from_connect(pg, self.clone(), config)
     }
 
-    /// One connection, its driver spawned. `allow` tries plain text first
+    /// One connection, its driver spawned, with the provider's password if
+    /// the node has a provider: a cached password the server rejects is
+    /// refreshed once and the connection tried again.
+    pub(crate) async fn connect(
+        &self,
+        pg: &tokio_postgres::Config,
+    ) -> Result<Connected, tokio_postgres::Error> {
+        let Some(cache) = &self.credentials else {
+            return self.connect_as(pg).await;
+        };
+        let lease = match cache.current().await {
+            Ok(lease) => lease,
+            Err(error) => return credentials::failed_connection(error).await,
+        };
+        match self.connect_as(&lease.apply(pg)).await {
+            Err(error) if lease.cached && credentials::rejected(&error) => {
+                let fresh = match cache.refresh(lease.generation).await {
+                    Ok(fresh) => fresh,
+                    Err(error) => return credentials::failed_connection(error).await,
+                };
+                self.connect_as(&fresh.apply(pg)).await
+            }
+            other => other,
+        }
+    }
+
+    /// One connection with these settings. `allow` tries plain text first
     /// and TLS only when the server refuses it (as libpq does); every other
     /// mode makes one attempt, and never a weaker one than asked.
-    pub(crate) async fn connect(
+    async fn connect_as(
         &self,
         pg: &tokio_postgres::Config,
     ) -> Result<Connected, tokio_postgres::Error> {

@@ -143,6 +143,10 @@ impl ClusterBuilder {
             }
             false => None,
         };
+        if self.flavour == Flavour::Aurora {
+            let extensions = crate::aurora::EXTENSIONS.to_owned();
+            settings.push(("rds.extensions".to_owned(), extensions));
+        }
         settings.extend(self.settings);
         let mut cluster = Cluster {
             nodes: Vec::new(),
@@ -152,7 +156,7 @@ impl ClusterBuilder {
             flavour: self.flavour,
         };
         cluster.init_primary(&settings)?;
-        if self.flavour == Flavour::LeastPrivilege {
+        if matches!(self.flavour, Flavour::LeastPrivilege | Flavour::Aurora) {
             cluster.create_least_privilege_role(APP_USER)?;
         }
         for index in 1..=self.replicas {
@@ -160,6 +164,10 @@ impl ClusterBuilder {
         }
         for index in 1..=self.replicas {
             cluster.wait_streaming(index)?;
+        }
+        if self.flavour == Flavour::Aurora {
+            cluster.emulate_aurora()?;
+            cluster.wait_for_replicas(STREAM_TIMEOUT)?;
         }
         tracing::debug!(dir = %cluster.dir().display(), elapsed = ?started.elapsed(), "test cluster ready");
         Ok(cluster)

@@ -75,6 +75,7 @@
 // Lints: the workspace's `[workspace.lints]` table; no unsafe code here.
 #![forbid(unsafe_code)]
 
+mod aurora;
 mod binaries;
 mod builder;
 mod cluster;

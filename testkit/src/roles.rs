@@ -27,11 +27,20 @@ pub enum Flavour {
     /// only a `pid`), as the default user of Cloud SQL or RDS. It may create
     /// objects in `public` and use every table the superuser creates there.
     LeastPrivilege,
+    /// Emulated Aurora PostgreSQL: [`APP_USER`] as in
+    /// [`Flavour::LeastPrivilege`], plus Aurora's surface over the
+    /// cluster's real replication state (`rds.extensions` listing
+    /// `aurora_stat_utils`, `aurora_replica_status()`,
+    /// `aurora_global_db_instance_status()`, `aurora_db_instance_identifier()`,
+    /// `aurora_version()`), and the functions Aurora rejects failing for
+    /// that role with Aurora's SQLSTATE and message. An emulation, not
+    /// Aurora: see the `aurora` module's notes.
+    Aurora,
 }
 
 impl Flavour {
-    /// The flavour named by `PGROUTER_TESTKIT_FLAVOUR` (`vanilla` or
-    /// `least-privilege`); [`Flavour::Vanilla`] when it is unset.
+    /// The flavour named by `PGROUTER_TESTKIT_FLAVOUR` (`vanilla`,
+    /// `least-privilege` or `aurora`); [`Flavour::Vanilla`] when it is unset.
     pub fn from_env() -> Result<Self, TestkitError> {
         match std::env::var(FLAVOUR_ENV) {
             Ok(value) => value.parse(),
@@ -44,7 +53,7 @@ impl Flavour {
     pub fn client_user(self) -> &'static str {
         match self {
             Flavour::Vanilla => crate::node::USER,
-            Flavour::LeastPrivilege => APP_USER,
+            Flavour::LeastPrivilege | Flavour::Aurora => APP_USER,
         }
     }
 }
@@ -56,9 +65,10 @@ impl FromStr for Flavour {
         match value {
             "" | "vanilla" => Ok(Self::Vanilla),
             "least-privilege" => Ok(Self::LeastPrivilege),
+            "aurora" => Ok(Self::Aurora),
             other => Err(invalid(
                 FLAVOUR_ENV,
-                &format!("{other:?} is not vanilla or least-privilege"),
+                &format!("{other:?} is not vanilla, least-privilege or aurora"),
             )),
         }
     }
@@ -82,12 +92,51 @@ impl Cluster {
         self.psql(0, &sql).map(drop)
     }
 
+    /// Creates a least-privilege login role `name` (as
+    /// [`Cluster::create_least_privilege_role`]) that must give `password`
+    /// over TCP: every node's `pg_hba.conf` gets a `host all <name>
+    /// 127.0.0.1/32 scram-sha-256` line ahead of the `trust` lines, and is
+    /// reloaded. Other roles keep `trust`. Change the password with
+    /// [`Cluster::set_password`].
+    pub fn create_password_role(&self, name: &str, password: &str) -> Result<(), TestkitError> {
+        self.create_least_privilege_role(name)?;
+        self.set_password(name, password)?;
+        let line = format!("host all {name} 127.0.0.1/32 scram-sha-256\n");
+        for (index, node) in self.nodes.iter().enumerate() {
+            let hba = node.data_dir().join("pg_hba.conf");
+            let old = std::fs::read_to_string(&hba)?;
+            // Truncating keeps the file's owner (postgres when we are root).
+            std::fs::write(&hba, format!("{line}{old}"))?;
+            if self.is_running(index) {
+                let mut cmd = self.pg_ctl(node, "reload");
+                self.run_logged(&mut cmd, node)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets `role`'s password (`ALTER ROLE … PASSWORD`, stored as
+    /// SCRAM-SHA-256) on the primary; replicas get it through replication.
+    /// Connections already open stay open.
+    pub fn set_password(&self, role: &str, password: &str) -> Result<(), TestkitError> {
+        identifier("role", role)?;
+        if password.is_empty() || password.contains('\0') {
+            return Err(invalid("password", "must be non-empty, without NUL"));
+        }
+        let password = password.replace('\'', "''");
+        let sql = format!(
+            "SET password_encryption = 'scram-sha-256'; ALTER ROLE {role} PASSWORD '{password}'"
+        );
+        self.psql(0, &sql).map(drop)
+    }
+
     /// Makes built-in function `pg_catalog.<function>` (every overload) raise
     /// SQLSTATE `sqlstate` with `message` when `role` calls it by its
     /// unqualified name, as a managed platform's unsupported or forbidden
     /// functions do: a function of the same name and signature in schema
     /// `pgrouter_shadow_<role>`, put ahead of `pg_catalog` on the role's
-    /// `search_path`. Other roles, and qualified calls, are unaffected.
+    /// `search_path` (`public, pgrouter_shadow_<role>, pg_catalog`: what the
+    /// role creates still goes to `public`). Other roles, and qualified calls, are unaffected.
     /// Done on the primary; replicas get it through replication (the role
     /// picks up its new `search_path` on its next connection).
     pub fn shadow_function(
@@ -134,7 +183,7 @@ impl Cluster {
               IF NOT found_any THEN
                 RAISE EXCEPTION 'no function pg_catalog.{function}';
               END IF;
-              EXECUTE format('ALTER ROLE %I SET search_path = %I, pg_catalog, \"$user\", public',
+              EXECUTE format('ALTER ROLE %I SET search_path = public, %I, pg_catalog',
                              '{role}', schema);
             END
             $pgrouter$"
@@ -178,7 +227,8 @@ mod tests {
             Some(Flavour::LeastPrivilege)
         );
         assert_eq!("vanilla".parse::<Flavour>().ok(), Some(Flavour::Vanilla));
-        let error = "aurora".parse::<Flavour>().unwrap_err().to_string();
+        assert_eq!("aurora".parse::<Flavour>().ok(), Some(Flavour::Aurora));
+        let error = "rds".parse::<Flavour>().unwrap_err().to_string();
         assert!(error.contains(FLAVOUR_ENV), "{error}");
         assert!(identifier("role", "app_1").is_ok());
         for bad in ["", "App", "1app", "a-b", "a;b", "x'"] {

@@ -109,6 +109,13 @@ pub fn start_cluster() -> Cluster {
     blocking(|| builder.start()).expect("start a local cluster (primary + 2 replicas)")
 }
 
+/// Whether `PGROUTER_TESTKIT_FLAVOUR` asks for the emulated Aurora: no
+/// WAL positions there (lag in time only, from Aurora's replica status; no
+/// causal tokens).
+pub fn aurora_flavour() -> bool {
+    Flavour::from_env().ok() == Some(Flavour::Aurora)
+}
+
 /// A port on 127.0.0.1 that nobody listens on (bound, read, released), for
 /// nodes that must be unreachable. Connecting to it is refused at once.
 pub fn dead_port() -> u16 {
