@@ -8,7 +8,7 @@ mod support;
 
 use std::time::Duration;
 
-use pgrouter::{Capability, DatabaseManager, ReadStrategy};
+use pgrouter::{Capability, CausalToken, DatabaseManager, ReadStrategy};
 use pgrouter_testkit::{Cluster, Flavour};
 use support::*;
 
@@ -69,23 +69,37 @@ async fn aurora_is_detected_and_readers_lag_comes_from_its_replica_status() {
         replica_ports.iter().any(|p| ports_seen.contains(p)),
         "bounded reads reached no replica: {ports_seen:?}"
     );
-    // No position compares across Aurora instances: a causal token cannot
-    // be had there (the write is applied; the token query is refused).
-    let token = db
+    // No position compares across Aurora instances, and the WAL functions
+    // are refused: a write's token is the one that sends reads to the
+    // writer, and the write (and its read-your-writes) still works.
+    let (_, token) = db
         .write()
         .execute_with_token("INSERT INTO t VALUES (1)", &[])
-        .await;
-    assert!(
-        matches!(token, Err(pgrouter::Error::TokenUnavailable { .. })),
-        "{token:?}"
-    );
+        .await
+        .expect("a write whose token query is refused");
+    assert_eq!(token, CausalToken::PRIMARY);
+    let (_, token) = db
+        .write()
+        .transaction_with_token(|tx| {
+            Box::pin(async move { Ok(tx.execute("INSERT INTO t VALUES (2)", &[]).await?) })
+        })
+        .await
+        .expect("a transaction whose token query is refused");
+    assert_eq!(token, CausalToken::PRIMARY);
+    let seen = db
+        .read()
+        .after(token)
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .expect("read-your-writes on the writer");
+    assert_eq!(seen.get::<_, i64>(0), 2);
     let count = db
         .read()
         .strategy(ReadStrategy::PrimaryOnly)
         .query_one("SELECT count(*) FROM t", &[])
         .await
         .expect("read on the writer");
-    assert_eq!(count.get::<_, i64>(0), 1);
+    assert_eq!(count.get::<_, i64>(0), 2);
     db.close().await;
 }
 

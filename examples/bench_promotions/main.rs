@@ -353,7 +353,12 @@ async fn main() -> std::process::ExitCode {
             .checked_sub(1)
             .and_then(|r| boundaries.get(r))
             .map(|(_, mode)| *mode);
-        println!("  {lost} issued before promotion {round} ({mode:?} stop before them)");
+        match mode {
+            Some(mode) => println!(
+                "  {lost} issued after promotion {round} began ({mode:?} stop of the primary), before the next"
+            ),
+            None => println!("  {lost} issued before the first promotion"),
+        }
     }
     println!(
         "call latency: p50 {:?}, p99 {:?}, max {:?}",

@@ -16,6 +16,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row, Statement};
 use tracing::Instrument;
 
+use crate::capability::degrades;
 use crate::clock;
 use crate::error::{Error, NodeContext};
 use crate::hub::Hub;
@@ -286,8 +287,14 @@ impl<'h> Attempt<'h> {
         // statement, so its execution rides right behind the statement's.
         let prepare = async {
             let statement = client.prepare_cached(call.sql).await?;
+            // A server that refuses the WAL functions costs the token
+            // (reads then go to the primary), not the write.
             let token = match call.token {
-                true => Some(client.prepare_cached(TOKEN_SQL).await?),
+                true => match client.prepare_cached(TOKEN_SQL).await {
+                    Ok(statement) => Some(statement),
+                    Err(error) if position_refused(&error) => None,
+                    Err(error) => return Err(error),
+                },
                 false => None,
             };
             Ok((statement, token))
@@ -322,6 +329,10 @@ impl<'h> Attempt<'h> {
                     Ok(token) => Ok((output, token)),
                     Err(error) => Err(self.token_unavailable(error)),
                 }
+            }
+            Ok((Ok(output), Err(error))) if position_refused(&error) => {
+                drop(client);
+                Ok((output, Some(CausalToken::PRIMARY)))
             }
             Ok((Ok(_), Err(error))) => Err(self.token_unavailable(error)),
             Ok((Err(error), _)) => Err(self.fail(Phase::Sent, client, Failure::Postgres(error))),
@@ -454,6 +465,13 @@ pub(crate) async fn traced<K: Returns>(
 pub(crate) fn span(hub: &Hub, index: usize, number: u32) -> tracing::Span {
     tracing::debug_span!("pgrouter.attempt",
         node = %hub.context(index).node, role = %hub.snapshot().nodes[index].role, attempt = number)
+}
+
+/// The server refuses the WAL position functions (a managed platform such
+/// as Aurora, or a role without the privilege): a write's token then sends
+/// reads to the primary, as a node without positions does for routing.
+pub(crate) fn position_refused(error: &tokio_postgres::Error) -> bool {
+    error.code().is_some_and(degrades)
 }
 
 /// The causal token in a `TOKEN_SQL` row.

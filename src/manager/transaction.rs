@@ -9,9 +9,10 @@ use std::pin::Pin;
 use deadpool_postgres::Object;
 use tokio::time::{timeout_at, Instant};
 use tokio_postgres::error::SqlState;
+use tokio_postgres::Statement;
 use tracing::Instrument;
 
-use super::attempt::{span, token_of, Attempt, Deadline, Failure, TOKEN_SQL};
+use super::attempt::{position_refused, span, token_of, Attempt, Deadline, Failure, TOKEN_SQL};
 use super::outcome::{begin, resolve, BeginError, Resolution};
 use super::tx::Tx;
 use super::write::{on_primary, OnPrimary, Write};
@@ -182,6 +183,13 @@ impl<B: Body> TransactionCall<B> {
         index: usize,
     ) -> Result<Committed<B::Output>, Error> {
         let client = attempt.checkout().await?;
+        let token = match token_query(&attempt, &client, self.token).await {
+            Ok(token) => token,
+            Err((error, fate)) => {
+                attempt.settle(client.take(), fate);
+                return Err(error);
+            }
+        };
         let identity = match open(&attempt, &client, index, self.resolve).await {
             Ok(identity) => identity,
             Err((error, fate)) => {
@@ -189,7 +197,7 @@ impl<B: Body> TransactionCall<B> {
                 return Err(error);
             }
         };
-        let outcome = run(&attempt, &client, &mut self.body, self.token).await;
+        let outcome = run(&attempt, &client, &mut self.body, &token).await;
         let (value, error) = match outcome {
             Ok((value, token)) => {
                 attempt.settle(client.take(), Fate::Keep);
@@ -226,6 +234,34 @@ impl<B: Body> TransactionCall<B> {
             }),
             Resolution::Unknown => Err(error),
         }
+    }
+}
+
+/// The causal token's query, prepared (and cached) before `BEGIN`: a
+/// platform that refuses it then costs the token, not the transaction.
+enum TokenQuery {
+    /// No token asked for.
+    NotWanted,
+    /// The server refuses the WAL functions (a managed platform, a
+    /// least-privileged role): the token sends reads to the primary.
+    Refused,
+    /// Sent right behind `COMMIT`.
+    Ready(Statement),
+}
+
+async fn token_query(
+    attempt: &Attempt<'_>,
+    client: &Object,
+    wanted: bool,
+) -> Result<TokenQuery, (Error, Fate)> {
+    if !wanted {
+        return Ok(TokenQuery::NotWanted);
+    }
+    match timeout_at(attempt.deadline(), client.prepare_cached(TOKEN_SQL)).await {
+        Ok(Ok(statement)) => Ok(TokenQuery::Ready(statement)),
+        Ok(Err(error)) if position_refused(&error) => Ok(TokenQuery::Refused),
+        Ok(Err(error)) => Err(attempt.judge(Phase::BeforeSend, Failure::Postgres(error))),
+        Err(_) => Err(attempt.judge(Phase::BeforeSend, Failure::Deadline)),
     }
 }
 
@@ -272,7 +308,7 @@ async fn run<B: Body>(
     attempt: &Attempt<'_>,
     client: &Object,
     body: &mut B,
-    token: bool,
+    token: &TokenQuery,
 ) -> Result<(B::Output, Option<CausalToken>), Stop<B::Output>> {
     let deadline = attempt.deadline();
     let watched = Tx::new(client);
@@ -304,36 +340,28 @@ async fn run<B: Body>(
 async fn commit<T>(
     attempt: &Attempt<'_>,
     client: &Object,
-    token: bool,
+    token: &TokenQuery,
     value: T,
 ) -> Result<(T, Option<CausalToken>), Stop<T>> {
-    let token_statement = match token {
-        true => match timeout_at(attempt.deadline(), client.prepare_cached(TOKEN_SQL)).await {
-            Ok(Ok(statement)) => Some(statement),
-            Ok(Err(error)) => {
-                let (error, fate) = attempt.judge(Phase::InTransaction, Failure::Postgres(error));
-                return Err(Stop::Failed(error, close(attempt, client, fate).await));
-            }
-            Err(_) => {
-                let (error, fate) = attempt.judge(Phase::InTransaction, Failure::Deadline);
-                return Err(Stop::Failed(error, fate));
-            }
-        },
-        false => None,
-    };
     let token_query = async {
-        match &token_statement {
-            Some(statement) => client.query_one(statement, &[]).await.map(Some),
-            None => Ok(None),
+        match token {
+            TokenQuery::Ready(statement) => client.query_one(statement, &[]).await.map(Some),
+            TokenQuery::NotWanted | TokenQuery::Refused => Ok(None),
         }
     };
     // Biased: COMMIT is sent first, the token query right behind it.
     let both = async { tokio::join!(biased; client.batch_execute("COMMIT"), token_query) };
     match timeout_at(commit_deadline(attempt), both).await {
         Ok((Ok(()), Ok(row))) => match row.map(|row| token_of(&row)).transpose() {
-            Ok(token) => Ok((value, token)),
+            Ok(None) if matches!(token, TokenQuery::Refused) => {
+                Ok((value, Some(CausalToken::PRIMARY)))
+            }
+            Ok(position) => Ok((value, position)),
             Err(error) => Err(Stop::Failed(attempt.token_unavailable(error), Fate::Keep)),
         },
+        Ok((Ok(()), Err(error))) if position_refused(&error) => {
+            Ok((value, Some(CausalToken::PRIMARY)))
+        }
         Ok((Ok(()), Err(error))) => {
             // Committed: only the token is lost.
             let fate = match error.code() {
