@@ -61,7 +61,7 @@ async fn manager(
 }
 
 /// The ledger, with a deferred trigger that makes `COMMIT` of a row whose
-/// note starts with `slow` take a second on the server (so a test can cut
+/// note starts with `slow` take a second on the server (`slowest`: 30 s) (so a test can cut
 /// the connection while `COMMIT` runs), and the marker table; made
 /// directly on node 0, as the marker table must exist before a manager
 /// that uses it runs a transaction.
@@ -69,7 +69,10 @@ async fn create_schema(cluster: &Cluster) {
     let ddl = format!(
         "CREATE TABLE ledger (id serial PRIMARY KEY, note text NOT NULL);
          CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS
-           $$ BEGIN PERFORM pg_sleep(1); RETURN NULL; END $$;
+           $$ BEGIN
+                PERFORM pg_sleep(CASE WHEN NEW.note LIKE 'slowest%' THEN 30 ELSE 1 END);
+                RETURN NULL;
+              END $$;
          CREATE CONSTRAINT TRIGGER slow AFTER INSERT ON ledger
            DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
            WHEN (NEW.note LIKE 'slow%') EXECUTE FUNCTION slow_commit();
@@ -445,4 +448,73 @@ async fn a_missing_marker_table_is_named_and_old_markers_are_pruned() {
     db.close().await;
     drop(client);
     let _ = driver.await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_that_outlasts_the_deadline_is_decided_not_left_unknown() {
+    let (cluster, proxies) = proxied_cluster(0).await;
+    create_schema(&cluster).await;
+    let deadline = Duration::from_secs(3);
+    for resolution in [Resolution::Ids, Resolution::Off] {
+        let mut settings = config(&cluster, &proxies, resolution);
+        settings.deadline = deadline;
+        let db = DatabaseManager::new(settings).await.expect("manager");
+        let note = format!("slowest {resolution:?}");
+        let started = std::time::Instant::now();
+        let result = db
+            .write()
+            .transaction(|tx| {
+                let note = note.clone();
+                Box::pin(async move {
+                    Ok(tx
+                        .execute("INSERT INTO ledger (note) VALUES ($1)", &[&note])
+                        .await?)
+                })
+            })
+            .await;
+        let took = started.elapsed();
+        assert!(took < deadline + support::SLACK, "took {took:?}");
+        let error = result.expect_err("COMMIT takes 30 s");
+        match resolution {
+            // Part of the deadline is kept for asking: the server ends the
+            // COMMIT (cancelled, its session ended) and says it did not
+            // commit; the call is run again while the time allows and ends
+            // with a definite answer: not committed, or no time left for
+            // another attempt (nothing sent).
+            Resolution::Ids => {
+                assert!(
+                    matches!(
+                        error,
+                        Error::NotCommitted { .. }
+                            | Error::Timeout {
+                                after_send: false,
+                                ..
+                            }
+                    ),
+                    "{error:?}"
+                );
+                assert!(!error.is_outcome_unknown());
+            }
+            _ => assert!(error.is_outcome_unknown(), "{error:?}"),
+        }
+        // Whatever the answer, the row is not there once the server is done.
+        let settled = wait_until_async(Duration::from_secs(40), || async {
+            let (client, driver) = session(&cluster, 0).await;
+            let busy: i64 = client
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'COMMIT%' AND state = 'active'",
+                    &[],
+                )
+                .await
+                .expect("activity")
+                .get(0);
+            drop(client);
+            let _ = driver.await;
+            busy == 0
+        })
+        .await;
+        assert!(settled.is_some(), "a COMMIT is still running");
+        assert_eq!(rows(&cluster, 0, &note).await, 0);
+        db.close().await;
+    }
 }

@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
+use std::time::Duration;
 
 use deadpool_postgres::Object;
 use tokio::time::{timeout_at, Instant};
@@ -170,6 +171,17 @@ impl<B: Body> OnPrimary for TransactionCall<B> {
         number: u32,
     ) -> Result<Self::Output, Error> {
         let attempt = Attempt::start(hub, index, self.deadline);
+        // A resolved transaction retried with too little time left to
+        // resolve its own COMMIT would likely end unknown: stop with a
+        // definite answer instead (nothing of this attempt was sent).
+        let left = self.deadline.at.saturating_duration_since(Instant::now());
+        if self.resolve && number > 1 && left < 2 * reserve(&attempt) {
+            return Err(Error::Timeout {
+                context: hub.context(index).clone(),
+                deadline: self.deadline.budget,
+                after_send: false,
+            });
+        }
         self.once(attempt, index)
             .instrument(span(hub, index, number))
             .await
@@ -386,14 +398,22 @@ async fn commit<T>(
 
 /// How long `COMMIT`'s answer is waited for: the deadline, less a reserve
 /// (a quarter of the budget, at most the probe timeout) for resolving it
-/// if it does not come.
+/// if it does not come; once less than the reserve is left (a late retry),
+/// half of what is left.
 fn commit_deadline(attempt: &Attempt<'_>) -> Instant {
-    let reserve = (attempt.budget() / 4).min(attempt.hub().config.health.probe_timeout);
+    let reserve = reserve(attempt);
     let deadline = attempt.deadline();
-    deadline
-        .checked_sub(reserve)
-        .filter(|&at| at > Instant::now())
-        .unwrap_or(deadline)
+    let now = Instant::now();
+    match deadline.checked_sub(reserve) {
+        Some(at) if at > now => at,
+        _ => now + deadline.saturating_duration_since(now) / 2,
+    }
+}
+
+/// The time kept for resolving a lost `COMMIT`: a quarter of the budget,
+/// at most the probe timeout.
+fn reserve(attempt: &Attempt<'_>) -> Duration {
+    (attempt.budget() / 4).min(attempt.hub().config.health.probe_timeout)
 }
 
 /// A statement failed with `code` and the closure went on as if it had not:
