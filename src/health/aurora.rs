@@ -94,7 +94,14 @@ pub(crate) fn parse_replica_rows(text: Option<&str>) -> Vec<ReplicaRow> {
             Some(ReplicaRow {
                 server_id: (*server_id).to_owned(),
                 writer: *session_id == WRITER_SESSION,
-                age: seconds(age)?,
+                // Aurora PostgreSQL 13.9 and later leave the asked
+                // instance's own `last_update_timestamp` NULL (an empty
+                // field here): that row is current, as AWS's JDBC wrapper
+                // also takes it.
+                age: match *age {
+                    "" => Duration::ZERO,
+                    age => seconds(age)?,
+                },
                 lag: milliseconds(lag),
             })
         })
@@ -207,6 +214,22 @@ mod tests {
         assert!(!is_marked(Some("not_aurora_stat_utils")));
         assert!(!is_marked(Some("")));
         assert!(!is_marked(None));
+    }
+
+    #[test]
+    fn the_asked_instance_s_row_without_a_timestamp_is_current() {
+        // Aurora 13.9+: the connected writer's own row has no timestamp.
+        let rows = parse_replica_rows(Some("w1|MASTER_SESSION_ID||\nr1|abc|0.5|12"));
+        assert_eq!(rows[0].age, Duration::ZERO);
+        assert_eq!(
+            elect_writer(&rows).map(|row| row.server_id.as_str()),
+            Some("w1")
+        );
+        assert!(judge(false, "w1", &rows, &[]).is_ok());
+        // A reader's own row without a timestamp still gives its lag.
+        let rows = parse_replica_rows(Some("w1|MASTER_SESSION_ID|0.2|\nr1|abc||12"));
+        let facts = judge(true, "r1", &rows, &[]).expect("a reader");
+        assert_eq!(facts.lag, Some(Duration::from_millis(12)));
     }
 
     #[test]

@@ -71,9 +71,11 @@ RETURNS TABLE (server_id text, session_id text, last_update_timestamp timestampt
                replica_lag_in_msec double precision)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
 BEGIN
+  -- As Aurora PostgreSQL 13.9 and later: the row of the instance asked has
+  -- no last_update_timestamp (NULL); the others have one.
   IF NOT pg_is_in_recovery() THEN
-    RETURN QUERY SELECT current_setting('cluster_name'), 'MASTER_SESSION_ID'::text, now(),
-                        NULL::double precision;
+    RETURN QUERY SELECT current_setting('cluster_name'), 'MASTER_SESSION_ID'::text,
+                        NULL::timestamptz, NULL::double precision;
     RETURN QUERY SELECT r.application_name::text, r.pid::text, now(),
                         COALESCE(extract(epoch FROM r.replay_lag) * 1000, 0)::double precision
                  FROM pg_stat_replication r;
@@ -82,7 +84,8 @@ BEGIN
                  FROM pg_stat_wal_receiver w
                  JOIN public.aurora_emulation_instances i ON i.port = w.sender_port
                  WHERE w.status = 'streaming';
-    RETURN QUERY SELECT current_setting('cluster_name'), 'replica-' || pg_backend_pid(), now(),
+    RETURN QUERY SELECT current_setting('cluster_name'), 'replica-' || pg_backend_pid(),
+                        NULL::timestamptz,
                         CASE WHEN pg_last_wal_receive_lsn() IS NOT NULL
                                   AND pg_last_wal_receive_lsn() <= pg_last_wal_replay_lsn()
                              THEN 0
