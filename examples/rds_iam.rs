@@ -7,7 +7,7 @@
 //! ```
 //!
 //! It reads `WRITER_URL` and (optionally) `READER_URL`, e.g.
-//! `postgres://iam_user@db.cluster-abc123.eu-west-1.rds.amazonaws.com:5432/app?sslmode=verify-full&sslrootcert=/etc/ssl/rds-global-bundle.pem`,
+//! `postgres://iam_user@writer-1.abc123.eu-west-1.rds.amazonaws.com:5432/app?sslmode=verify-full&sslrootcert=/etc/ssl/rds-global-bundle.pem`,
 //! and `WRITER_REGION` / `READER_REGION` (the AWS regions the instances run
 //! in: each token is signed for its node's region, set explicitly, since the
 //! generator would otherwise sign for `us-east-1` without a word). AWS

@@ -19,8 +19,9 @@
 
 /// Asked of a node about transaction `$1`: whether it is out of recovery,
 /// which life of the server answers, and the transaction's status (`future`
-/// when the id is not handed out yet there). Only functions every platform
-/// offers; the causal token of a commit found is asked for separately.
+/// when the id is not handed out yet there). Only core functions, no WAL
+/// position function (which managed platforms may refuse): the causal
+/// token of a commit found is asked for separately.
 const STATUS_SQL: &str = "SELECT NOT pg_is_in_recovery(), \
     (extract(epoch FROM pg_postmaster_start_time()) * 1000000)::bigint, \
     CASE WHEN pg_is_in_recovery() THEN NULL \
