@@ -518,3 +518,40 @@ async fn a_commit_that_outlasts_the_deadline_is_decided_not_left_unknown() {
         db.close().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resolved_commit_still_gives_a_causal_token_that_reads_the_write() {
+    let (cluster, proxies) = proxied_cluster(1).await;
+    create_schema(&cluster).await;
+    let db = manager(&cluster, &proxies, Resolution::Ids).await;
+    let proxy = Arc::clone(&proxies[0]);
+    let note = "with token";
+    let transaction = db.write().transaction_with_token(|tx| {
+        let proxy = Arc::clone(&proxy);
+        Box::pin(async move {
+            tx.execute("INSERT INTO ledger (note) VALUES ($1)", &[&note])
+                .await?;
+            proxy.set(Fault::HoldReplies);
+            Ok(())
+        })
+    });
+    let (result, ()) = tokio::join!(transaction, async {
+        until_committed(&cluster, 0, note).await;
+        cut(&proxies[0]).await;
+    });
+    let ((), token) = result.expect("resolved as committed");
+    // The cut made node0 suspect; the monitor clears it on its next probe.
+    let back =
+        support::wait_until(Duration::from_secs(15), || support::healthy(&db, "node0")).await;
+    assert!(back.is_some(), "{:?}", db.status());
+    // The token is the primary's position when it answered: a read after it
+    // sees the write wherever it goes.
+    let row = db
+        .read()
+        .after(token)
+        .query_one("SELECT count(*) FROM ledger WHERE note = $1", &[&note])
+        .await
+        .expect("a causal read");
+    assert_eq!(row.get::<_, i64>(0), 1);
+    db.close().await;
+}
