@@ -17,7 +17,8 @@ use crate::error::ConfigError;
 const MAX_LABEL: usize = 63;
 
 /// A host name with one `?` that an instance identifier replaces, as the
-/// AWS JDBC wrapper's `clusterInstanceHostPattern`.
+/// AWS JDBC wrapper's `clusterInstanceHostPattern`; or, as libpq allows
+/// for a host, an absolute Unix-socket directory (`/run/pg/?`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct HostPattern {
     before: String,
@@ -38,15 +39,18 @@ impl HostPattern {
                 "must contain exactly one `?` (the instance identifier)",
             ));
         };
-        let is_host_char = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '.';
+        let socket_dir = pattern.starts_with('/');
+        let is_host_char =
+            |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '.' || (socket_dir && c == '/');
         if !before.chars().chain(after.chars()).all(is_host_char) {
             return Err(invalid(
-                "must be a host name: letters, digits, `-`, `.` and one `?` \
-                 (no scheme, port, path or spaces)",
+                "must be a host name (letters, digits, `-`, `.`) or an absolute \
+                 socket directory, with one `?` (no scheme, port or spaces)",
             ));
         }
         // `?` must be a whole label, or part of one, never glue two dots.
-        if before.starts_with('.') || after.ends_with('.') || pattern.contains("..") {
+        let dotted = !socket_dir && (before.starts_with('.') || after.ends_with('.'));
+        if dotted || pattern.contains("..") {
             return Err(invalid("must not start or end with `.` nor contain `..`"));
         }
         Ok(Self {
@@ -197,6 +201,8 @@ mod tests {
         let p = pattern("db-?.internal").unwrap();
         assert_eq!(p.expand("r1").as_deref(), Some("db-r1.internal"));
         assert_eq!(pattern("?").unwrap().expand("x").as_deref(), Some("x"));
+        let p = pattern("/run/pg/?").unwrap();
+        assert_eq!(p.expand("r1").as_deref(), Some("/run/pg/r1"));
         // Identifiers that are no DNS label are not followed.
         for bad in ["", "-a", "a-", "a.b", "a b", "a;drop", &"x".repeat(64)] {
             assert_eq!(p.expand(bad), None, "{bad:?}");
@@ -216,6 +222,8 @@ mod tests {
             ".?.abc",
             "?.abc.",
             "?..abc",
+            "/run/../?",
+            "/run/pg/? x",
         ] {
             let error = pattern(bad).expect_err(bad);
             let ConfigError::InvalidValue { field, .. } = &error else {

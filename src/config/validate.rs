@@ -286,7 +286,8 @@ mod tests {
             ConfigError::InvalidValue { field, .. } | ConfigError::EmptyField { field } => field,
             other => panic!("{other:?}"),
         };
-        let cases: [(fn(&mut DiscoverySettings), &str); 6] = [
+        type Edit = fn(&mut DiscoverySettings);
+        let cases: [(Edit, &str); 6] = [
             (
                 |d| d.instance_host_pattern = "abc.rds.amazonaws.com".into(),
                 "discovery.instance_host_pattern",

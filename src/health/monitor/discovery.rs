@@ -1,0 +1,227 @@
+//! Topology discovery, applied by the monitor: after each round, the
+//! instances the write target's `aurora_replica_status()` lists are planned
+//! against the discovery slots (the pure rules of `src/discovery.rs`), and
+//! the changes applied: a node built, published and probed; or published
+//! vacant (out of routing) and its pool dropped.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{Judge, Monitor};
+use crate::config::{NodeConfig, Role};
+use crate::discovery::{plan, touch, Change, Discovered, HostPattern, Removal};
+use crate::events::{self, Event};
+use crate::health::probe::Probe;
+use crate::health::tracker::Tracker;
+use crate::hub::Hub;
+use crate::node::Node;
+use crate::topology::NodeState;
+
+/// The discovery slots and what filling one takes.
+#[derive(Debug)]
+pub(super) struct Discovery<P> {
+    pattern: HostPattern,
+    grace: Duration,
+    /// The primary's configuration: a discovered node connects as it does,
+    /// to another host.
+    seed: NodeConfig,
+    /// Discovered nodes' region.
+    region: String,
+    /// Slot `i` is node `configured + i`.
+    slots: Vec<Option<Discovered>>,
+    make_probe: fn(&Node) -> P,
+    /// Instances warned about (no room, no DNS label, no pool), once each.
+    warned: HashSet<String>,
+}
+
+impl<P> Discovery<P> {
+    /// Discovery as `hub`'s configuration asks, if it does.
+    pub(super) fn configured(hub: &Hub, make_probe: fn(&Node) -> P) -> Option<Self> {
+        let settings = hub.config.discovery.as_ref()?;
+        let field = "discovery.instance_host_pattern";
+        // Validated with the configuration: it parses.
+        let pattern = HostPattern::parse(field, &settings.instance_host_pattern).ok()?;
+        let seed = hub.config.nodes.iter().find(|n| n.role == Role::Primary)?;
+        Some(Self {
+            pattern,
+            grace: settings.removal_grace,
+            region: settings
+                .region
+                .clone()
+                .unwrap_or_else(|| seed.region.clone()),
+            seed: seed.clone(),
+            slots: vec![None; settings.max_nodes],
+            make_probe,
+            warned: HashSet::new(),
+        })
+    }
+
+    /// Whether `instance` can be followed (its identifier makes a host);
+    /// warns once when not.
+    fn followable(&mut self, instance: &str) -> bool {
+        let ok = self.pattern.expand(instance).is_some();
+        if !ok && self.warned.insert(instance.to_owned()) {
+            tracing::warn!(
+                instance,
+                "instance identifier is not a DNS label; not discovered"
+            );
+        }
+        ok
+    }
+}
+
+impl<P: Probe> Monitor<P> {
+    /// Plans the discovery slots against the write target's last Aurora
+    /// view and applies the changes. Nothing changes while no write target
+    /// answered its last probe with one: an instance is never removed for
+    /// want of asking.
+    pub(super) fn discover(&mut self) {
+        let configured = self.hub.configured();
+        let Some(discovery) = self.discovery.as_mut() else {
+            return;
+        };
+        let primary = self.hub.snapshot().primary;
+        let Some(view) = primary.and_then(|index| self.judge.aurora[index].clone()) else {
+            return;
+        };
+        let claimed: Vec<String> = self.judge.aurora[..configured]
+            .iter()
+            .flatten()
+            .map(|view| view.instance.to_string())
+            .collect();
+        let seen: Vec<String> = view
+            .listed
+            .iter()
+            .filter(|instance| discovery.followable(instance))
+            .cloned()
+            .collect();
+        let now = Instant::now();
+        touch(&mut discovery.slots, &seen, now);
+        for change in plan(&seen, &claimed, &discovery.slots, now, discovery.grace) {
+            match change {
+                Change::Add { slot, instance } => self.add(slot, instance, now),
+                Change::Remove { slot, why } => self.remove(slot, why),
+                Change::NoRoom { instance } => {
+                    if discovery_of(&mut self.discovery)
+                        .warned
+                        .insert(instance.clone())
+                    {
+                        tracing::warn!(
+                            instance,
+                            "every discovery slot is taken (discovery.max_nodes); \
+                             instance not added"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Builds `instance`'s node into `slot`, publishes it (out of routing
+    /// until its first probe answers) and schedules its probe.
+    fn add(&mut self, slot: usize, instance: String, now: Instant) {
+        let hub = Arc::clone(&self.hub);
+        let index = hub.configured() + slot;
+        let discovery = discovery_of(&mut self.discovery);
+        let Some(host) = discovery.pattern.expand(&instance) else {
+            return;
+        };
+        let config = NodeConfig {
+            name: instance.clone(),
+            region: discovery.region.clone(),
+            url: discovery.seed.url.clone(),
+            role: Role::Replica,
+        };
+        let built = Node::build_at(
+            &config,
+            Some(&host),
+            &hub.config.pool,
+            &hub.config.local_region,
+            &hub.config.nearest.preferred_regions,
+            &hub.config.tls,
+            hub.config.password_provider.as_ref(),
+        );
+        let node = match built {
+            Ok(node) => Arc::new(node),
+            Err(error) => {
+                if discovery.warned.insert(instance.clone()) {
+                    tracing::warn!(instance, %error, "discovered instance has no pool; not added");
+                }
+                return;
+            }
+        };
+        discovery.warned.remove(&instance);
+        discovery.slots[slot] = Some(Discovered {
+            instance: instance.clone(),
+            last_seen: now,
+        });
+        self.probes[index] = Some((discovery.make_probe)(&node));
+        self.judge.trackers[index] = Tracker::new(now);
+        self.judge.aurora[index] = None;
+        hub.fill(index, Arc::clone(&node));
+        tracing::info!(node = %instance, %host, region = %config.region, "discovered node added");
+        let state = NodeState {
+            up: false,
+            ..NodeState::of(&node)
+        };
+        let event = Event::NodeAdded {
+            node: instance,
+            host,
+        };
+        self.judge.replace(&hub, index, state, event);
+    }
+
+    /// Publishes `slot` vacant, then empties it: its probe stops and its
+    /// pool is dropped once the calls still using it end.
+    fn remove(&mut self, slot: usize, why: Removal) {
+        let hub = Arc::clone(&self.hub);
+        let index = hub.configured() + slot;
+        let Some(entry) = discovery_of(&mut self.discovery).slots[slot].take() else {
+            return;
+        };
+        self.probes[index] = None;
+        self.judge.aurora[index] = None;
+        let reason = match why {
+            Removal::Vanished => "no longer listed by aurora_replica_status()",
+            Removal::Configured => "a configured node is this instance",
+        };
+        tracing::info!(node = %entry.instance, reason, "discovered node removed");
+        let event = Event::NodeRemoved {
+            node: entry.instance,
+        };
+        self.judge.replace(&hub, index, NodeState::vacant(), event);
+        hub.vacate(index);
+    }
+}
+
+/// The discovery state, present whenever a change is being applied.
+fn discovery_of<P>(discovery: &mut Option<Discovery<P>>) -> &mut Discovery<P> {
+    match discovery {
+        Some(discovery) => discovery,
+        None => unreachable!("changes are planned only with discovery configured"),
+    }
+}
+
+impl Judge {
+    /// Publishes node `index` as `state` (filled or emptied), judged with
+    /// every other node, `event` first among the events.
+    fn replace(&mut self, hub: &Hub, index: usize, state: NodeState, event: Event) {
+        let now = Instant::now();
+        let previous = hub.snapshot();
+        let mut next = (**previous).clone();
+        next.nodes[index] = state;
+        self.assessor.assess(&mut next, &[], now, now);
+        let mut events = vec![event];
+        events.extend(events::diff(
+            &previous,
+            &next,
+            hub,
+            hub.config.max_staleness,
+        ));
+        drop(previous);
+        hub.publish(next, events, None);
+    }
+}
