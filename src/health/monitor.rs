@@ -71,9 +71,7 @@ impl Monitor<ProbeConnection> {
     /// A monitor with a real probe connection per node.
     pub(crate) fn connect(hub: Arc<Hub>) -> Self {
         let probes = hub.each_node().map(|(_, node)| probe_for(&node)).collect();
-        let mut monitor = Self::new(hub, probes);
-        monitor.discovery = Discovery::configured(&monitor.hub, probe_for);
-        monitor
+        Self::new(hub, probes).discovering(Box::new(|_, node| probe_for(node)))
     }
 }
 

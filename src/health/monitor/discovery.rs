@@ -20,8 +20,10 @@ use crate::hub::Hub;
 use crate::node::Node;
 use crate::topology::NodeState;
 
+/// Makes the probe of a discovered node (its index, the node).
+pub(crate) type ProbeFactory<P> = Box<dyn Fn(usize, &Node) -> P + Send>;
+
 /// The discovery slots and what filling one takes.
-#[derive(Debug)]
 pub(super) struct Discovery<P> {
     pattern: HostPattern,
     grace: Duration,
@@ -32,14 +34,23 @@ pub(super) struct Discovery<P> {
     region: String,
     /// Slot `i` is node `configured + i`.
     slots: Vec<Option<Discovered>>,
-    make_probe: fn(&Node) -> P,
+    make_probe: ProbeFactory<P>,
     /// Instances warned about (no room, no DNS label, no pool), once each.
     warned: HashSet<String>,
 }
 
+impl<P> std::fmt::Debug for Discovery<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Discovery")
+            .field("pattern", &self.pattern)
+            .field("slots", &self.slots)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<P> Discovery<P> {
     /// Discovery as `hub`'s configuration asks, if it does.
-    pub(super) fn configured(hub: &Hub, make_probe: fn(&Node) -> P) -> Option<Self> {
+    pub(super) fn configured(hub: &Hub, make_probe: ProbeFactory<P>) -> Option<Self> {
         let settings = hub.config.discovery.as_ref()?;
         let field = "discovery.instance_host_pattern";
         // Validated with the configuration: it parses.
@@ -74,6 +85,13 @@ impl<P> Discovery<P> {
 }
 
 impl<P: Probe> Monitor<P> {
+    /// Discovers nodes as the configuration asks (if it does), probing
+    /// each with a probe from `make_probe`.
+    pub(crate) fn discovering(mut self, make_probe: ProbeFactory<P>) -> Self {
+        self.discovery = Discovery::configured(&self.hub, make_probe);
+        self
+    }
+
     /// Plans the discovery slots against the write target's last Aurora
     /// view and applies the changes. Nothing changes while no write target
     /// answered its last probe with one: an instance is never removed for
@@ -158,7 +176,7 @@ impl<P: Probe> Monitor<P> {
             instance: instance.clone(),
             last_seen: now,
         });
-        self.probes[index] = Some((discovery.make_probe)(&node));
+        self.probes[index] = Some((discovery.make_probe)(index, &node));
         self.judge.trackers[index] = Tracker::new(now);
         self.judge.aurora[index] = None;
         hub.fill(index, Arc::clone(&node));
@@ -223,5 +241,141 @@ impl Judge {
         ));
         drop(previous);
         hub.publish(next, events, None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::sync::broadcast;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::config::DiscoverySettings;
+    use crate::health::fake::{config, Answer, World};
+    use crate::status::Status;
+
+    const PRIMARY: Answer = Answer::Primary {
+        timeline: 1,
+        position: 100,
+    };
+    const REPLICA: Answer = Answer::Replica {
+        timeline: 1,
+        replayed: 100,
+    };
+
+    /// The writer configured (node0, instance `w`), two discovery slots
+    /// (world nodes 1 and 2), a 5 s grace; probes every 1 s.
+    async fn start(world: &World) -> (Arc<Hub>, broadcast::Receiver<Event>, CancellationToken) {
+        let mut config = config(1);
+        let mut discovery = DiscoverySettings::new("?.cluster-x.example");
+        discovery.max_nodes = 2;
+        discovery.removal_grace = Duration::from_secs(5);
+        config.discovery = Some(discovery);
+        let hub = Arc::new(Hub::new(config).expect("a valid test configuration"));
+        let events = hub.subscribe();
+        let factory = world.clone();
+        let mut monitor = Monitor::new(Arc::clone(&hub), vec![world.prober(0)])
+            .discovering(Box::new(move |index, _| factory.prober(index)));
+        monitor.first_round().await;
+        let shutdown = CancellationToken::new();
+        tokio::spawn(monitor.run(shutdown.clone()));
+        (hub, events, shutdown)
+    }
+
+    fn discovered(hub: &Hub) -> Vec<(String, bool)> {
+        let status = Status::capture(hub);
+        let nodes = status.nodes.into_iter().filter(|node| node.discovered);
+        nodes.map(|node| (node.name, node.healthy)).collect()
+    }
+
+    fn added_and_removed(events: &mut broadcast::Receiver<Event>) -> Vec<String> {
+        std::iter::from_fn(|| events.try_recv().ok())
+            .filter_map(|event| match event {
+                Event::NodeAdded { node, host } => Some(format!("+{node}@{host}")),
+                Event::NodeRemoved { node } => Some(format!("-{node}")),
+                _ => None,
+            })
+            .collect()
+    }
+
+    async fn at(start: Instant, ms: u64) {
+        tokio::time::sleep_until(start + Duration::from_millis(ms)).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_listed_reader_is_added_then_removed_after_the_grace() {
+        let start = Instant::now();
+        let world = World::new(&[PRIMARY, REPLICA, REPLICA]);
+        world.aurora(0, "w", &["w", "r1"]);
+        world.aurora(1, "r1", &["w", "r1"]);
+        let (hub, mut events, _shutdown) = start_guarded(&world).await;
+        // Added after the first round; routed once its own probe answers.
+        at(start, 10).await;
+        assert_eq!(discovered(&hub), [("r1".to_owned(), true)]);
+        assert_eq!(added_and_removed(&mut events), ["+r1@r1.cluster-x.example"]);
+        assert!(!world.probes(1).is_empty());
+        let snapshot = hub.snapshot();
+        assert!(snapshot.is_routable(1) && !snapshot.is_routable(2));
+        drop(snapshot);
+
+        // Last listed by the writer's probe at 1 s: still there within the
+        // grace...
+        at(start, 1_500).await;
+        world.aurora(0, "w", &["w"]);
+        at(start, 5_500).await;
+        assert_eq!(discovered(&hub), [("r1".to_owned(), true)]);
+        // ...and gone after the round at 6 s, its probes stopped.
+        at(start, 6_500).await;
+        assert_eq!(discovered(&hub), []);
+        assert_eq!(added_and_removed(&mut events), ["-r1"]);
+        assert!(!hub.snapshot().is_routable(1));
+        let probes = world.probes(1).len();
+        at(start, 10_000).await;
+        assert_eq!(world.probes(1).len(), probes);
+        assert!(hub.node(1).is_none());
+
+        // Listed again: back, in the lowest free slot, with a new node.
+        world.aurora(0, "w", &["w", "r1"]);
+        at(start, 11_500).await;
+        assert_eq!(discovered(&hub), [("r1".to_owned(), true)]);
+        assert_eq!(added_and_removed(&mut events), ["+r1@r1.cluster-x.example"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn nothing_is_removed_while_the_writer_cannot_be_asked() {
+        let start = Instant::now();
+        let world = World::new(&[PRIMARY, REPLICA, REPLICA]);
+        world.aurora(0, "w", &["w", "r1", "r2"]);
+        let (hub, mut events, _shutdown) = start_guarded(&world).await;
+        at(start, 10).await;
+        assert_eq!(discovered(&hub).len(), 2);
+        world.set(0, Answer::Down);
+        at(start, 60_000).await;
+        assert_eq!(discovered(&hub).len(), 2, "removed without asking");
+        assert_eq!(
+            added_and_removed(&mut events),
+            ["+r1@r1.cluster-x.example", "+r2@r2.cluster-x.example"]
+        );
+        // A configured node that turns out to be a discovered instance
+        // takes its place at once.
+        world.set(0, PRIMARY);
+        world.aurora(0, "r2", &["w", "r1", "r2"]);
+        at(start, 100_000).await;
+        // (The old writer `w`, listed and no longer claimed, fills the slot
+        // a round later.)
+        let names: Vec<String> = discovered(&hub).into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["r1", "w"]);
+        assert_eq!(
+            added_and_removed(&mut events),
+            ["-r2", "+w@w.cluster-x.example"]
+        );
+    }
+
+    /// `start`, the monitor stopped when the guard drops.
+    async fn start_guarded(world: &World) -> (Arc<Hub>, broadcast::Receiver<Event>, impl Drop) {
+        let (hub, events, shutdown) = start(world).await;
+        (hub, events, shutdown.drop_guard())
     }
 }
