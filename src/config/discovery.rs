@@ -4,31 +4,29 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-/// Topology discovery on Aurora (optional): readers listed by the writer's
-/// `aurora_replica_status()` but not configured are added at run time, each
-/// with its own pool, and those that vanish from it are removed, as the AWS
-/// JDBC wrapper does with `clusterInstanceHostPattern`.
-///
-/// **Not wired yet**: the settings are parsed and validated, and the
-/// decisions they drive are written (`src/discovery.rs`), but the monitor
-/// does not apply them; see the README's Aurora section.
+/// Topology discovery on Aurora (optional): readers listed by the write
+/// target's `aurora_replica_status()` but not configured are added at run
+/// time, each with its own pool and probe, and those that vanish from it
+/// are removed, as the AWS JDBC wrapper does with
+/// `clusterInstanceHostPattern`. See the README's Aurora section.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DiscoverySettings {
     /// The host of every instance, with `?` standing for its instance
     /// identifier, e.g. `?.abc123.us-east-1.rds.amazonaws.com` (exactly
-    /// one `?`; a host name only: no scheme, port or path). A discovered
-    /// instance's connection string is the primary's, with this host and
-    /// the primary's port.
+    /// one `?`; a host name only: no scheme, port or path; or an absolute
+    /// Unix-socket directory, `/run/pg/?`). A discovered instance's
+    /// connection string is the primary's, with this host and the
+    /// primary's first port.
     pub instance_host_pattern: String,
     /// Discovered nodes at most, 1 to 64 less the configured nodes, so
     /// routing keeps its one-word fast path. Instances beyond it are not
     /// added (a warning says so). Default: 15 (Aurora's most readers).
     #[serde(default = "defaults::max_nodes")]
     pub max_nodes: usize,
-    /// How long an instance must be absent from `aurora_replica_status()`
-    /// (or its row older than 300 s) before it is removed: its pool is
-    /// closed and it gets no more calls. Default: 30 s.
+    /// How long an instance must be absent from the write target's
+    /// `aurora_replica_status()` (or its row older than 300 s) before it is
+    /// removed: it gets no more calls and its pool is dropped. Default: 30 s.
     #[serde(default = "defaults::removal_grace", with = "humantime_serde")]
     pub removal_grace: Duration,
     /// The region of discovered nodes. Default: the primary's region.
