@@ -58,3 +58,21 @@ mod defaults {
         Duration::from_secs(30)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_pattern_is_required() {
+        let json = r#"{"instance_host_pattern": "?.abc.rds.amazonaws.com"}"#;
+        let parsed: DiscoverySettings = serde_json::from_str(json).unwrap();
+        assert_eq!(parsed, DiscoverySettings::new("?.abc.rds.amazonaws.com"));
+        let json = r#"{"instance_host_pattern": "?.x", "removal_grace": "5s", "max_nodes": 3}"#;
+        let parsed: DiscoverySettings = serde_json::from_str(json).unwrap();
+        assert_eq!(parsed.removal_grace, Duration::from_secs(5));
+        assert_eq!(parsed.max_nodes, 3);
+        let unknown = r#"{"instance_host_pattern": "?.x", "grace": "5s"}"#;
+        assert!(serde_json::from_str::<DiscoverySettings>(unknown).is_err());
+    }
+}
