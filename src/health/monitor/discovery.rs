@@ -34,6 +34,10 @@ pub(super) struct Discovery<P> {
     region: String,
     /// Slot `i` is node `configured + i`.
     slots: Vec<Option<Discovered>>,
+    /// The instance each configured node last said it is (kept while it
+    /// does not answer, so a configured node that is down is not
+    /// discovered as a second node for the same server).
+    identities: Vec<Option<String>>,
     make_probe: ProbeFactory<P>,
     /// Instances warned about (no room, no DNS label, no pool), once each.
     warned: HashSet<String>,
@@ -65,6 +69,7 @@ impl<P> Discovery<P> {
                 .unwrap_or_else(|| seed.region.clone()),
             seed: seed.clone(),
             slots: vec![None; settings.max_nodes],
+            identities: vec![None; hub.configured()],
             make_probe,
             warned: HashSet::new(),
         })
@@ -101,15 +106,17 @@ impl<P: Probe> Monitor<P> {
         let Some(discovery) = self.discovery.as_mut() else {
             return;
         };
+        let answered = self.judge.aurora[..configured].iter();
+        for (identity, view) in discovery.identities.iter_mut().zip(answered) {
+            if let Some(view) = view {
+                *identity = Some(view.instance.to_string());
+            }
+        }
         let primary = self.hub.snapshot().primary;
         let Some(view) = primary.and_then(|index| self.judge.aurora[index].clone()) else {
             return;
         };
-        let claimed: Vec<String> = self.judge.aurora[..configured]
-            .iter()
-            .flatten()
-            .map(|view| view.instance.to_string())
-            .collect();
+        let claimed: Vec<String> = discovery.identities.iter().flatten().cloned().collect();
         let seen: Vec<String> = view
             .listed
             .iter()
