@@ -39,9 +39,10 @@ pub(crate) struct Hub {
     pub(crate) connector: Connector,
     /// Every node, by index: the configured nodes first (fixed), then the
     /// discovery slots (`config.discovery`), filled and emptied by the
-    /// monitor. A removed node stays in its slot, its pool closed, until
-    /// another fills it, so a call that picked it just before sees a closed
-    /// pool (safe to retry elsewhere).
+    /// monitor. A call that picked a node just before its slot was emptied
+    /// finds none at checkout: unreachable, nothing sent (see
+    /// `Attempt::checkout`). Calls already holding it keep it until they
+    /// end; its pool is dropped with the last of them.
     nodes: Box<[ArcSwapOption<Node>]>,
     /// How many of `nodes` are configured.
     configured: usize,
@@ -170,8 +171,8 @@ impl Hub {
 
 /// The nodes: configured, and discovered.
 impl Hub {
-    /// Node `index`: `None` for a discovery slot never filled (routing
-    /// never picks one).
+    /// Node `index`: `None` for an empty discovery slot (never filled, or
+    /// its node removed; routing picks neither).
     pub(crate) fn node(&self, index: usize) -> Option<Arc<Node>> {
         self.nodes.get(index)?.load_full()
     }
@@ -186,7 +187,8 @@ impl Hub {
         self.configured
     }
 
-    /// Every node now, with its index (removed nodes included).
+    /// Every node now (configured, and discovered ones in their slots),
+    /// with its index.
     pub(crate) fn each_node(&self) -> impl Iterator<Item = (usize, Arc<Node>)> + '_ {
         (0..self.nodes.len()).filter_map(|index| Some((index, self.node(index)?)))
     }

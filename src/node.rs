@@ -220,3 +220,39 @@ fn verify_idle(idle_after: Duration, bound: Duration) -> Hook {
         })
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::str::FromStr;
+
+    use tokio_postgres::config::Host;
+
+    use super::*;
+
+    #[test]
+    fn rehost_keeps_everything_but_the_hosts_and_extra_ports() {
+        let seed = tokio_postgres::Config::from_str(
+            "host=writer.example,other.example hostaddr=10.0.0.1 port=5433,5434 user=app \
+             password=s3cret dbname=orders application_name=svc connect_timeout=4 \
+             target_session_attrs=read-write options='-c work_mem=8MB'",
+        )
+        .unwrap();
+        let moved = rehost(&seed, "r1.example");
+        assert_eq!(moved.get_hosts(), [Host::Tcp("r1.example".to_owned())]);
+        assert!(moved.get_hostaddrs().is_empty());
+        assert_eq!(moved.get_ports(), [5433]);
+        assert_eq!(moved.get_user(), Some("app"));
+        assert_eq!(moved.get_password(), Some(&b"s3cret"[..]));
+        assert_eq!(moved.get_dbname(), Some("orders"));
+        assert_eq!(moved.get_application_name(), Some("svc"));
+        assert_eq!(moved.get_options(), Some("-c work_mem=8MB"));
+        assert_eq!(moved.get_connect_timeout(), Some(&Duration::from_secs(4)));
+        assert_eq!(
+            moved.get_target_session_attrs(),
+            seed.get_target_session_attrs()
+        );
+        // A socket directory is a Unix host, as in libpq.
+        let socket = rehost(&seed, "/run/pg/r1");
+        assert!(matches!(&socket.get_hosts()[0], Host::Unix(path) if path.ends_with("r1")));
+    }
+}
