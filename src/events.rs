@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::node::Node;
+use crate::hub::Hub;
 use crate::topology::{Lag, Orphan, Snapshot};
 
 /// Something changed in the deployment, as the health monitor saw it, or
@@ -68,6 +68,22 @@ pub enum Event {
         /// The bound.
         bound: Duration,
     },
+    /// Topology discovery found an instance not configured, built its
+    /// pool and probes it; it takes calls once it answers as healthy (see
+    /// [`DiscoverySettings`](crate::DiscoverySettings)).
+    NodeAdded {
+        /// The node: the instance identifier.
+        node: String,
+        /// The host its connections go to.
+        host: String,
+    },
+    /// A discovered instance vanished from the cluster's list for the
+    /// removal grace (or a configured node now reports it): it takes no
+    /// more calls and its pool is dropped.
+    NodeRemoved {
+        /// The node: the instance identifier.
+        node: String,
+    },
     /// The answer to a transaction's `COMMIT` was lost, and pgrouter asked
     /// what became of it (see
     /// [`OutcomeSettings`](crate::OutcomeSettings)).
@@ -97,10 +113,10 @@ pub enum CommitOutcome {
 pub(crate) fn diff(
     old: &Snapshot,
     new: &Snapshot,
-    nodes: &[Node],
+    hub: &Hub,
     bound: Option<Duration>,
 ) -> Vec<Event> {
-    let name = |index: usize| nodes[index].name().to_owned();
+    let name = |index: usize| hub.context(index).node.to_string();
     let mut events = Vec::new();
     if old.primary != new.primary {
         let (from, to) = (old.primary.map(name), new.primary.map(name));
@@ -122,6 +138,11 @@ pub(crate) fn diff(
         events.push(Event::SplitBrain { claimants });
     }
     for (index, (before, after)) in old.nodes.iter().zip(new.nodes.iter()).enumerate() {
+        // A slot filled or emptied says so (`NodeAdded`, `NodeRemoved`:
+        // the monitor sends those); nothing else about it.
+        if before.vacant || after.vacant {
+            continue;
+        }
         match (before.up, after.up) {
             (true, false) => events.push(Event::NodeDown {
                 node: name(index),
@@ -203,7 +224,7 @@ mod tests {
     #[test]
     fn nothing_changed_nothing_to_say() {
         let (hub, old) = setup();
-        assert!(diff(&old, &old.clone(), &hub.nodes, Some(Duration::from_secs(1))).is_empty());
+        assert!(diff(&old, &old.clone(), &hub, Some(Duration::from_secs(1))).is_empty());
     }
 
     #[test]
@@ -212,7 +233,7 @@ mod tests {
         let mut new = old.clone();
         new.primary = Some(1);
         assert_eq!(
-            diff(&old, &new, &hub.nodes, None),
+            diff(&old, &new, &hub, None),
             [Event::PrimaryChanged {
                 from: Some("node0".into()),
                 to: Some("node1".into())
@@ -220,7 +241,7 @@ mod tests {
         );
         new.primary = None;
         assert_eq!(
-            diff(&old, &new, &hub.nodes, None),
+            diff(&old, &new, &hub, None),
             [Event::PrimaryChanged {
                 from: Some("node0".into()),
                 to: None
@@ -236,14 +257,14 @@ mod tests {
         new.split_brain = true;
         new.nodes[0].fenced = true;
         new.nodes[2].fenced = true;
-        let events = diff(&old, &new, &hub.nodes, None);
+        let events = diff(&old, &new, &hub, None);
         let claimants = vec!["node0".to_owned(), "node2".to_owned()];
         assert!(
             events.contains(&Event::SplitBrain { claimants }),
             "{events:?}"
         );
         // Still split: no second event.
-        let again = diff(&new, &new.clone(), &hub.nodes, None);
+        let again = diff(&new, &new.clone(), &hub, None);
         assert!(again.is_empty(), "{again:?}");
     }
 
@@ -254,14 +275,14 @@ mod tests {
         down.nodes[1].up = false;
         down.nodes[1].last_error = Some("connection refused".into());
         assert_eq!(
-            diff(&old, &down, &hub.nodes, None),
+            diff(&old, &down, &hub, None),
             [Event::NodeDown {
                 node: "node1".into(),
                 error: "connection refused".into()
             }]
         );
         assert_eq!(
-            diff(&down, &old, &hub.nodes, None),
+            diff(&down, &old, &hub, None),
             [Event::NodeUp {
                 node: "node1".into()
             }]
@@ -280,16 +301,16 @@ mod tests {
         old = with_lag(&old, Some(50));
         let over = with_lag(&old, Some(150));
         assert_eq!(
-            diff(&old, &over, &hub.nodes, bound),
+            diff(&old, &over, &hub, bound),
             [Event::LagExceeded {
                 node: "node2".into(),
                 lag: lag(150).unwrap(),
                 bound: Duration::from_millis(100)
             }]
         );
-        assert!(diff(&over, &with_lag(&over, Some(900)), &hub.nodes, bound).is_empty());
+        assert!(diff(&over, &with_lag(&over, Some(900)), &hub, bound).is_empty());
         assert_eq!(
-            diff(&over, &old, &hub.nodes, bound),
+            diff(&over, &old, &hub, bound),
             [Event::LagRecovered {
                 node: "node2".into(),
                 lag: lag(50).unwrap(),
@@ -298,11 +319,11 @@ mod tests {
         );
         // Lag first measured above the bound counts as crossing it.
         let unknown = with_lag(&old, None);
-        assert_eq!(diff(&unknown, &over, &hub.nodes, bound).len(), 1);
+        assert_eq!(diff(&unknown, &over, &hub, bound).len(), 1);
         // Without a bound, no lag events at all.
-        assert!(diff(&old, &over, &hub.nodes, None).is_empty());
+        assert!(diff(&old, &over, &hub, None).is_empty());
         // At the bound is within it.
-        assert!(diff(&old, &with_lag(&old, Some(100)), &hub.nodes, bound).is_empty());
+        assert!(diff(&old, &with_lag(&old, Some(100)), &hub, bound).is_empty());
     }
 
     #[test]
@@ -311,15 +332,15 @@ mod tests {
         let mut orphaned = old.clone();
         orphaned.nodes[2].orphaned = Some(Orphan::NotReceiving);
         assert_eq!(
-            diff(&old, &orphaned, &hub.nodes, None),
+            diff(&old, &orphaned, &hub, None),
             [Event::ReplicaOrphaned {
                 node: "node2".into(),
                 reason: Orphan::NotReceiving
             }]
         );
-        assert!(diff(&orphaned, &orphaned.clone(), &hub.nodes, None).is_empty());
+        assert!(diff(&orphaned, &orphaned.clone(), &hub, None).is_empty());
         assert_eq!(
-            diff(&orphaned, &old, &hub.nodes, None),
+            diff(&orphaned, &old, &hub, None),
             [Event::ReplicaRejoined {
                 node: "node2".into()
             }]

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::{ArcSwap, Guard};
+use arc_swap::{ArcSwap, ArcSwapOption, Guard};
 use tokio::sync::{broadcast, watch, Notify};
 use tokio::time::Instant;
 
@@ -37,7 +37,15 @@ pub(crate) struct Hub {
     pub(crate) config: Config,
     /// For cancel requests (each node's pool and probe have their own).
     pub(crate) connector: Connector,
-    pub(crate) nodes: Box<[Node]>,
+    /// Every node, by index: the configured nodes first (fixed), then the
+    /// discovery slots (`config.discovery`), filled and emptied by the
+    /// monitor. A call that picked a node just before its slot was emptied
+    /// finds none at checkout: unreachable, nothing sent (see
+    /// `Attempt::checkout`). Calls already holding it keep it until they
+    /// end; its pool is dropped with the last of them.
+    nodes: Box<[ArcSwapOption<Node>]>,
+    /// How many of `nodes` are configured.
+    configured: usize,
     /// The statements that resolve a lost `COMMIT`, fixed by the config.
     pub(crate) outcome_sql: OutcomeSql,
     /// The monitor's latest view of every node; replaced whole.
@@ -79,13 +87,23 @@ impl Hub {
             })
             .collect::<Result<Box<[Node]>, _>>()?;
         warn_without_local_node(&config, &nodes);
-        let count = nodes.len();
+        let configured = nodes.len();
+        let slots = config.discovery.as_ref().map_or(0, |d| d.max_nodes);
+        let count = configured + slots;
+        let snapshot = Snapshot::initial(&nodes, slots);
+        let nodes = nodes
+            .into_vec()
+            .into_iter()
+            .map(ArcSwapOption::from_pointee)
+            .chain((0..slots).map(|_| ArcSwapOption::empty()))
+            .collect();
         Ok(Self {
-            snapshot: ArcSwap::from_pointee(Snapshot::initial(&nodes)),
+            snapshot: ArcSwap::from_pointee(snapshot),
             outcome_sql: OutcomeSql::new(config.outcomes.marker_table.as_deref()),
             config,
             connector: Connector::for_cancels(),
             nodes,
+            configured,
             suspects: NodeSet::new(count),
             probe_requests: NodeSet::new(count),
             wake: Notify::new(),
@@ -106,7 +124,7 @@ impl Hub {
     /// Closes every node's pool: idle connections are dropped, and calls
     /// waiting for one fail.
     pub(crate) fn close_pools(&self) {
-        for node in self.nodes.iter() {
+        for node in self.nodes.iter().filter_map(ArcSwapOption::load_full) {
             node.pool.close();
         }
     }
@@ -139,9 +157,61 @@ impl Hub {
         self.published.send_modify(|generation| *generation += 1);
     }
 
-    /// The node's name and region, for errors.
-    pub(crate) fn context(&self, index: usize) -> &NodeContext {
-        &self.nodes[index].context
+    /// The node's name and region, for errors and logs.
+    pub(crate) fn context(&self, index: usize) -> NodeContext {
+        match self.node(index) {
+            Some(node) => node.context.clone(),
+            None => NodeContext {
+                node: Arc::from(format!("slot {index}")),
+                region: Arc::from(""),
+            },
+        }
+    }
+}
+
+/// The nodes: configured, and discovered.
+impl Hub {
+    /// Node `index`: `None` for an empty discovery slot (never filled, or
+    /// its node removed; routing picks neither).
+    pub(crate) fn node(&self, index: usize) -> Option<Arc<Node>> {
+        self.nodes.get(index)?.load_full()
+    }
+
+    /// Every node and discovery slot.
+    pub(crate) fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// How many nodes are configured (indexes below it never change).
+    pub(crate) fn configured(&self) -> usize {
+        self.configured
+    }
+
+    /// Every node now (configured, and discovered ones in their slots),
+    /// with its index.
+    pub(crate) fn each_node(&self) -> impl Iterator<Item = (usize, Arc<Node>)> + '_ {
+        (0..self.nodes.len()).filter_map(|index| Some((index, self.node(index)?)))
+    }
+
+    /// Puts `node` into discovery slot `index` (the monitor, before it
+    /// publishes the slot filled): callers' old reports about the slot are
+    /// forgotten.
+    pub(crate) fn fill(&self, index: usize, node: Arc<Node>) {
+        debug_assert!(index >= self.configured, "configured nodes never change");
+        self.suspects.remove(index);
+        self.probe_requests.remove(index);
+        self.nodes[index].store(Some(node));
+    }
+
+    /// Empties discovery slot `index` (the monitor, after it published the
+    /// slot vacant) and drops its idle connections. Calls still using the
+    /// node keep it until they end; then its pool is dropped, and with it
+    /// every connection. Returns the node.
+    pub(crate) fn vacate(&self, index: usize) -> Option<Arc<Node>> {
+        debug_assert!(index >= self.configured, "configured nodes never change");
+        let node = self.nodes[index].swap(None)?;
+        node.discard_idle();
+        Some(node)
     }
 }
 
@@ -165,7 +235,6 @@ impl Hub {
             .and_then(|_| freshness.cutoff(Instant::now()));
         LiveView {
             snapshot,
-            nodes: &self.nodes,
             suspects,
             freshness,
             nearest: &self.config.nearest,
@@ -226,9 +295,9 @@ impl Hub {
             let claimants = snapshot
                 .nodes
                 .iter()
-                .zip(self.nodes.iter())
-                .filter(|(state, _)| state.fenced)
-                .map(|(_, node)| node.name().to_owned())
+                .enumerate()
+                .filter(|(_, state)| state.fenced)
+                .map(|(index, _)| self.context(index).node.to_string())
                 .collect();
             return Error::SplitBrain { claimants };
         }
@@ -256,14 +325,14 @@ impl Hub {
             }
             NodeFault::Silent => {
                 self.suspect(index);
-                self.nodes[index].discard_idle()
+                self.node(index).map_or(0, |node| node.discard_idle())
             }
         }
     }
 
     fn suspect(&self, index: usize) {
         if self.suspects.insert(index) {
-            tracing::debug!(node = %self.nodes[index].context.node, "node marked suspect");
+            tracing::debug!(node = %self.context(index).node, "node marked suspect");
             self.wake.notify_one();
         }
     }

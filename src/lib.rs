@@ -9,6 +9,7 @@ mod clock;
 mod config;
 mod connstr;
 mod credentials;
+mod discovery;
 mod error;
 mod events;
 mod freshness;
@@ -30,8 +31,8 @@ mod view;
 
 pub use capability::{Capability, MissingCapability};
 pub use config::{
-    Config, ConfigBuilder, HealthSettings, NearestSettings, NodeConfig, OutcomeSettings,
-    PoolSettings, ReadStrategy, RetrySettings, Role, TlsSettings,
+    Config, ConfigBuilder, DiscoverySettings, HealthSettings, NearestSettings, NodeConfig,
+    OutcomeSettings, PoolSettings, ReadStrategy, RetrySettings, Role, TlsSettings,
 };
 pub use connstr::ConnectionString;
 pub use credentials::{

@@ -34,6 +34,10 @@ impl std::fmt::Debug for Node {
     }
 }
 
+/// Where a node's connections go instead of its connection string's host
+/// (a discovered instance: the seed's string, another host).
+pub(crate) type HostOverride<'a> = Option<&'a str>;
+
 impl Node {
     /// Builds the node's pool. No I/O: connections are made on first use.
     pub(crate) fn build(
@@ -44,7 +48,32 @@ impl Node {
         tls: &TlsSettings,
         provider: Option<&SharedPasswordProvider>,
     ) -> Result<Self, ConfigError> {
+        Self::build_at(
+            config,
+            None,
+            settings,
+            local_region,
+            preferred_regions,
+            tls,
+            provider,
+        )
+    }
+
+    /// [`Node::build`], connecting to `host` (with the connection string's
+    /// first port) when one is given.
+    pub(crate) fn build_at(
+        config: &NodeConfig,
+        host: HostOverride<'_>,
+        settings: &PoolSettings,
+        local_region: &str,
+        preferred_regions: &[String],
+        tls: &TlsSettings,
+        provider: Option<&SharedPasswordProvider>,
+    ) -> Result<Self, ConfigError> {
         let (mut pg_config, node_tls) = pg_config(config, settings, tls)?;
+        if let Some(host) = host {
+            pg_config = rehost(&pg_config, host);
+        }
         let mut connector = Connector::new(&node_tls).map_err(|reason| ConfigError::Tls {
             reason: format!("node {:?}: {reason}", config.name),
         })?;
@@ -99,6 +128,52 @@ fn pg_config(
     Ok((pg, node_tls))
 }
 
+/// `pg` with `host` as its only host and its first port as its only port:
+/// every setting a connection string can carry is copied (tokio-postgres
+/// can add hosts, not replace them).
+fn rehost(pg: &tokio_postgres::Config, host: &str) -> tokio_postgres::Config {
+    let mut out = tokio_postgres::Config::new();
+    out.host(host);
+    if let Some(port) = pg.get_ports().first() {
+        out.port(*port);
+    }
+    if let Some(user) = pg.get_user() {
+        out.user(user);
+    }
+    if let Some(password) = pg.get_password() {
+        out.password(password);
+    }
+    if let Some(dbname) = pg.get_dbname() {
+        out.dbname(dbname);
+    }
+    if let Some(options) = pg.get_options() {
+        out.options(options);
+    }
+    if let Some(name) = pg.get_application_name() {
+        out.application_name(name);
+    }
+    if let Some(timeout) = pg.get_connect_timeout() {
+        out.connect_timeout(*timeout);
+    }
+    if let Some(timeout) = pg.get_tcp_user_timeout() {
+        out.tcp_user_timeout(*timeout);
+    }
+    out.ssl_mode(pg.get_ssl_mode())
+        .ssl_negotiation(pg.get_ssl_negotiation())
+        .keepalives(pg.get_keepalives())
+        .keepalives_idle(pg.get_keepalives_idle())
+        .target_session_attrs(pg.get_target_session_attrs())
+        .channel_binding(pg.get_channel_binding())
+        .load_balance_hosts(pg.get_load_balance_hosts());
+    if let Some(interval) = pg.get_keepalives_interval() {
+        out.keepalives_interval(interval);
+    }
+    if let Some(retries) = pg.get_keepalives_retries() {
+        out.keepalives_retries(retries);
+    }
+    out
+}
+
 fn build_pool(
     connector: &Connector,
     pg_config: tokio_postgres::Config,
@@ -144,4 +219,40 @@ fn verify_idle(idle_after: Duration, bound: Duration) -> Hook {
             }
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::str::FromStr;
+
+    use tokio_postgres::config::Host;
+
+    use super::*;
+
+    #[test]
+    fn rehost_keeps_everything_but_the_hosts_and_extra_ports() {
+        let seed = tokio_postgres::Config::from_str(
+            "host=writer.example,other.example hostaddr=10.0.0.1 port=5433,5434 user=app \
+             password=s3cret dbname=orders application_name=svc connect_timeout=4 \
+             target_session_attrs=read-write options='-c work_mem=8MB'",
+        )
+        .unwrap();
+        let moved = rehost(&seed, "r1.example");
+        assert_eq!(moved.get_hosts(), [Host::Tcp("r1.example".to_owned())]);
+        assert!(moved.get_hostaddrs().is_empty());
+        assert_eq!(moved.get_ports(), [5433]);
+        assert_eq!(moved.get_user(), Some("app"));
+        assert_eq!(moved.get_password(), Some(&b"s3cret"[..]));
+        assert_eq!(moved.get_dbname(), Some("orders"));
+        assert_eq!(moved.get_application_name(), Some("svc"));
+        assert_eq!(moved.get_options(), Some("-c work_mem=8MB"));
+        assert_eq!(moved.get_connect_timeout(), Some(&Duration::from_secs(4)));
+        assert_eq!(
+            moved.get_target_session_attrs(),
+            seed.get_target_session_attrs()
+        );
+        // A socket directory is a Unix host, as in libpq.
+        let socket = rehost(&seed, "/run/pg/r1");
+        assert!(matches!(&socket.get_hosts()[0], Host::Unix(path) if path.ends_with("r1")));
+    }
 }

@@ -13,7 +13,8 @@ use crate::topology::{Lag, Orphan};
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct Status {
-    /// One entry per configured node, in configuration order.
+    /// One entry per configured node, in configuration order, then one per
+    /// discovered node in use.
     pub nodes: Vec<NodeStatus>,
     /// The default read strategy.
     pub read_strategy: ReadStrategy,
@@ -73,6 +74,10 @@ pub struct NodeStatus {
     pub last_probe_age: Option<Duration>,
     /// The node's connection pool.
     pub pool: PoolStatus,
+    /// Found by topology discovery, not configured (see
+    /// [`DiscoverySettings`](crate::DiscoverySettings)); its name is its
+    /// instance identifier.
+    pub discovered: bool,
 }
 
 /// A node's pool, as deadpool reports it.
@@ -94,11 +99,10 @@ impl Status {
         let snapshot = hub.snapshot();
         let now = tokio::time::Instant::now();
         let nodes = hub
-            .nodes
-            .iter()
-            .zip(snapshot.nodes.iter())
-            .enumerate()
-            .map(|(index, (node, state))| {
+            .each_node()
+            .filter(|(index, _)| !snapshot.nodes[*index].vacant)
+            .map(|(index, node)| {
+                let state = &snapshot.nodes[index];
                 let pool = node.pool.status();
                 let suspect = hub.is_suspect(index);
                 NodeStatus {
@@ -123,6 +127,7 @@ impl Status {
                         available: pool.available,
                         waiting: pool.waiting,
                     },
+                    discovered: index >= hub.configured(),
                 }
             })
             .collect();
@@ -132,7 +137,7 @@ impl Status {
             local_region: hub.config.local_region.clone(),
             write_target: snapshot
                 .primary
-                .map(|index| hub.nodes[index].name().to_owned()),
+                .map(|index| hub.context(index).node.to_string()),
             split_brain: snapshot.split_brain,
             monitor_running: hub.monitor_running(),
         }

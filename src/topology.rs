@@ -106,6 +106,13 @@ pub(crate) struct NodeState {
     /// A replica whose platform reports lag in time (Aurora): fresh as of
     /// its last probe's send instant less that lag.
     pub(crate) platform_fresh_as_of: Option<Instant>,
+    /// A discovery slot with no node in it (never filled, or its instance
+    /// was removed): never routed to, not in status.
+    pub(crate) vacant: bool,
+    /// The node is in the service's region.
+    pub(crate) is_local: bool,
+    /// The node's region's place in `nearest.preferred_regions`.
+    pub(crate) region_rank: Option<usize>,
 }
 
 /// Every node's state, indexed like the manager's nodes.
@@ -145,37 +152,65 @@ impl NodeState {
             last_error: None,
             last_probe: None,
             platform_fresh_as_of: None,
+            vacant: false,
+            is_local: false,
+            region_rank: None,
+        }
+    }
+
+    /// `node`'s state before its first probe: up in its configured role.
+    pub(crate) fn of(node: &Node) -> Self {
+        Self {
+            is_local: node.is_local,
+            region_rank: node.region_rank,
+            ..Self::new(node.role)
+        }
+    }
+
+    /// A discovery slot with no node in it.
+    pub(crate) fn vacant() -> Self {
+        Self {
+            up: false,
+            vacant: true,
+            ..Self::new(Role::Replica)
         }
     }
 }
 
 impl Snapshot {
     /// The state before any probe: every node up in its configured role, so
-    /// a service can start while the first probes run.
-    pub(crate) fn initial(nodes: &[Node]) -> Self {
-        let states = nodes.iter().map(|node| NodeState::new(node.role)).collect();
+    /// a service can start while the first probes run; then `vacant`
+    /// discovery slots.
+    pub(crate) fn initial(nodes: &[Node], vacant: usize) -> Self {
+        let states = nodes
+            .iter()
+            .map(NodeState::of)
+            .chain(std::iter::repeat_with(NodeState::vacant).take(vacant))
+            .collect();
         let mut snapshot = Self {
             nodes: states,
             primary: nodes.iter().position(|node| node.role == Role::Primary),
             split_brain: false,
             routable: 0,
-            local: mask_of(nodes.iter().map(|node| node.is_local)),
+            local: 0,
             serve_orphans: false,
         };
         snapshot.derive_masks();
         snapshot
     }
 
-    /// Recomputes `routable` after node states changed.
+    /// Recomputes `routable` and `local` after node states changed.
     pub(crate) fn derive_masks(&mut self) {
         let routable = mask_of((0..self.nodes.len()).map(|i| self.is_routable(i)));
         self.routable = routable;
+        self.local = mask_of(self.nodes.iter().map(|node| node.is_local && !node.vacant));
     }
 
-    /// Up, not fenced, and not an orphan (unless orphans serve reads).
+    /// Filled, up, not fenced, and not an orphan (unless orphans serve
+    /// reads).
     pub(crate) fn is_routable(&self, index: usize) -> bool {
         let node = &self.nodes[index];
-        node.up && !node.fenced && (node.orphaned.is_none() || self.serve_orphans)
+        !node.vacant && node.up && !node.fenced && (node.orphaned.is_none() || self.serve_orphans)
     }
 }
 

@@ -8,7 +8,6 @@ use tokio::time::Instant;
 
 use crate::config::NearestSettings;
 use crate::freshness::Freshness;
-use crate::node::Node;
 use crate::node_set::Members;
 use crate::strategy::NodeView;
 use crate::topology::Snapshot;
@@ -18,7 +17,6 @@ use crate::topology::Snapshot;
 #[derive(Debug, Clone)]
 pub(crate) struct LiveView<'a> {
     pub(crate) snapshot: &'a Snapshot,
-    pub(crate) nodes: &'a [Node],
     pub(crate) suspects: Members,
     pub(crate) freshness: Freshness,
     pub(crate) nearest: &'a NearestSettings,
@@ -37,7 +35,7 @@ impl LiveView<'_> {
 
 impl NodeView for LiveView<'_> {
     fn len(&self) -> usize {
-        self.nodes.len()
+        self.snapshot.nodes.len()
     }
 
     fn is_up(&self, index: usize) -> bool {
@@ -45,11 +43,11 @@ impl NodeView for LiveView<'_> {
     }
 
     fn is_local(&self, index: usize) -> bool {
-        self.nodes[index].is_local
+        self.snapshot.nodes[index].is_local
     }
 
     fn usable_mask(&self) -> Option<u64> {
-        if self.nodes.len() > 64 {
+        if self.snapshot.nodes.len() > 64 {
             return None;
         }
         let mut usable = self.snapshot.routable & !self.suspects.first_word();
@@ -79,7 +77,7 @@ impl NodeView for LiveView<'_> {
     }
 
     fn region_rank(&self, index: usize) -> Option<usize> {
-        self.nodes[index].region_rank
+        self.snapshot.nodes[index].region_rank
     }
 
     fn preferred_levels(&self) -> usize {

@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use super::{
-    Config, HealthSettings, NodeConfig, OutcomeSettings, PoolSettings, ReadStrategy, RetrySettings,
-    Role,
+    Config, DiscoverySettings, HealthSettings, NodeConfig, OutcomeSettings, PoolSettings,
+    ReadStrategy, RetrySettings, Role,
 };
 use crate::connstr::ConnectionString;
 use crate::credentials::{PasswordProvider, SharedPasswordProvider};
@@ -165,6 +165,12 @@ impl ConfigBuilder {
     /// Replaces every outcome-resolution setting.
     pub fn outcomes(mut self, outcomes: OutcomeSettings) -> Self {
         self.config.outcomes = outcomes;
+        self
+    }
+
+    /// Discovers Aurora readers as `discovery` says ([`DiscoverySettings`]).
+    pub fn discovery(mut self, discovery: DiscoverySettings) -> Self {
+        self.config.discovery = Some(discovery);
         self
     }
 

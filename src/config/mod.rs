@@ -4,6 +4,7 @@
 //! written in [humantime](https://docs.rs/humantime) form (`"250ms"`, `"5s"`).
 
 mod builder;
+mod discovery;
 mod env;
 mod validate;
 
@@ -14,6 +15,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use builder::ConfigBuilder;
+pub use discovery::DiscoverySettings;
 
 use crate::connstr::ConnectionString;
 use crate::credentials::SharedPasswordProvider;
@@ -74,6 +76,10 @@ pub struct Config {
     /// How a transaction whose `COMMIT` answer was lost is resolved.
     #[serde(default)]
     pub outcomes: OutcomeSettings,
+    /// Topology discovery on Aurora. Default: none (the configured nodes
+    /// only).
+    #[serde(default)]
+    pub discovery: Option<DiscoverySettings>,
     /// Where every node's new connections get their password (an IAM token
     /// generator, a secret store), instead of the connection strings; set
     /// with [`ConfigBuilder::password_provider`]. Not serde data: never
@@ -431,6 +437,7 @@ impl Config {
             health: HealthSettings::default(),
             retry: RetrySettings::default(),
             outcomes: OutcomeSettings::default(),
+            discovery: None,
             password_provider: None,
         }
     }

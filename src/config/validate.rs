@@ -4,6 +4,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use super::{Config, Role};
+use crate::discovery::HostPattern;
 use crate::error::ConfigError;
 
 /// The shortest gap between two probes of a node.
@@ -19,7 +20,40 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
     validate_nodes(config)?;
     validate_durations(config)?;
     validate_outcomes(config)?;
+    validate_discovery(config)?;
     validate_counts(config)
+}
+
+/// Configured and discovered nodes together: one word of routing bits.
+const MAX_NODES_WITH_DISCOVERY: usize = 64;
+
+fn validate_discovery(config: &Config) -> Result<(), ConfigError> {
+    let Some(discovery) = &config.discovery else {
+        return Ok(());
+    };
+    HostPattern::parse(
+        "discovery.instance_host_pattern",
+        &discovery.instance_host_pattern,
+    )?;
+    let room = MAX_NODES_WITH_DISCOVERY.saturating_sub(config.nodes.len());
+    if discovery.max_nodes == 0 || discovery.max_nodes > room {
+        return Err(ConfigError::InvalidValue {
+            field: "discovery.max_nodes".to_owned(),
+            value: discovery.max_nodes.to_string(),
+            reason: "must be from 1 to 64 less the configured nodes",
+        });
+    }
+    if discovery.removal_grace.is_zero() {
+        return Err(invalid(
+            "discovery.removal_grace",
+            discovery.removal_grace,
+            "must be greater than zero",
+        ));
+    }
+    if let Some(region) = &discovery.region {
+        require_non_empty("discovery.region".to_owned(), region)?;
+    }
+    Ok(())
 }
 
 fn validate_nodes(config: &Config) -> Result<(), ConfigError> {
@@ -215,7 +249,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::config::NodeConfig;
+    use crate::config::{DiscoverySettings, NodeConfig};
 
     fn node(name: &str, role: Role) -> NodeConfig {
         NodeConfig::new(name, "r1", "host=127.0.0.1 user=app", role)
@@ -234,6 +268,49 @@ mod tests {
     #[test]
     fn a_plain_config_is_valid() {
         valid().validate().unwrap();
+    }
+
+    #[test]
+    fn discovery_errors_name_the_field() {
+        let with = |edit: fn(&mut DiscoverySettings)| {
+            move |c: &mut Config| {
+                let mut discovery = DiscoverySettings::new("?.abc.rds.amazonaws.com");
+                edit(&mut discovery);
+                c.discovery = Some(discovery);
+            }
+        };
+        let mut ok = valid();
+        with(|_| {})(&mut ok);
+        ok.validate().unwrap();
+        let field_of = |error: ConfigError| match error {
+            ConfigError::InvalidValue { field, .. } | ConfigError::EmptyField { field } => field,
+            other => panic!("{other:?}"),
+        };
+        type Edit = fn(&mut DiscoverySettings);
+        let cases: [(Edit, &str); 6] = [
+            (
+                |d| d.instance_host_pattern = "abc.rds.amazonaws.com".into(),
+                "discovery.instance_host_pattern",
+            ),
+            (
+                |d| d.instance_host_pattern = "?.?.amazonaws.com".into(),
+                "discovery.instance_host_pattern",
+            ),
+            (|d| d.max_nodes = 0, "discovery.max_nodes"),
+            (|d| d.max_nodes = 63, "discovery.max_nodes"),
+            (
+                |d| d.removal_grace = Duration::ZERO,
+                "discovery.removal_grace",
+            ),
+            (|d| d.region = Some(" ".into()), "discovery.region"),
+        ];
+        for (edit, field) in cases {
+            assert_eq!(field_of(error_of(with(edit))), field);
+        }
+        // 62 discovered beside 2 configured fill the 64 routing bits.
+        let mut full = valid();
+        with(|d| d.max_nodes = 62)(&mut full);
+        full.validate().unwrap();
     }
 
     #[test]

@@ -154,6 +154,15 @@ pub(crate) fn elect_writer(rows: &[ReplicaRow]) -> Option<&ReplicaRow> {
         .min_by_key(|row| row.age)
 }
 
+/// The instances listed with a fresh row, in the rows' order: what
+/// topology discovery follows.
+pub(crate) fn listed_instances(rows: &[ReplicaRow]) -> Vec<String> {
+    rows.iter()
+        .filter(|row| row.age <= STALE_ROW)
+        .map(|row| row.server_id.clone())
+        .collect()
+}
+
 /// A node's facts: its identity, the writer, its lag (own fresh row, or its
 /// own global row), its region. `Err` (with the reason) when the node says
 /// it is not in recovery but Aurora names another writer or none: it must
@@ -230,6 +239,16 @@ mod tests {
         let rows = parse_replica_rows(Some("w1|MASTER_SESSION_ID|0.2|\nr1|abc||12"));
         let facts = judge(true, "r1", &rows, &[]).expect("a reader");
         assert_eq!(facts.lag, Some(Duration::from_millis(12)));
+    }
+
+    #[test]
+    fn only_fresh_rows_list_an_instance() {
+        let rows = [
+            row("w", true, 0, None),
+            row("gone", false, 301, Some(1)),
+            row("r1", false, 300, Some(1)),
+        ];
+        assert_eq!(listed_instances(&rows), ["w", "r1"]);
     }
 
     #[test]

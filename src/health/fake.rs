@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::checks::Facts;
-use super::probe::{Probe, ProbeReport};
+use super::probe::{AuroraView, Probe, ProbeReport};
 use crate::capability::{Capability, MissingCapability};
 use crate::config::{Config, HealthSettings, NodeConfig, Role};
 use crate::lsn::Lsn;
@@ -50,8 +50,9 @@ pub(crate) enum Answer {
     RefusesNewConnections { timeline: u32, replayed: u64 },
 }
 
-/// One scripted node: what it answers now, and when it was probed.
-type Script = (Answer, Vec<Instant>);
+/// One scripted node: what it answers now, when it was probed, and what it
+/// says of its Aurora cluster.
+type Script = (Answer, Vec<Instant>, Option<AuroraView>);
 
 /// Every scripted node.
 #[derive(Debug, Clone)]
@@ -59,7 +60,10 @@ pub(crate) struct World(Arc<Mutex<Vec<Script>>>);
 
 impl World {
     pub(crate) fn new(answers: &[Answer]) -> Self {
-        let nodes = answers.iter().map(|answer| (*answer, Vec::new())).collect();
+        let nodes = answers
+            .iter()
+            .map(|answer| (*answer, Vec::new(), None))
+            .collect();
         Self(Arc::new(Mutex::new(nodes)))
     }
 
@@ -72,6 +76,25 @@ impl World {
         self.lock()[index].0 = answer;
     }
 
+    /// From now on node `index` is Aurora instance `instance`, and its
+    /// `aurora_replica_status()` lists `listed`.
+    pub(crate) fn aurora(&self, index: usize, instance: &str, listed: &[&str]) {
+        let listed: Vec<String> = listed.iter().map(|name| (*name).to_owned()).collect();
+        self.lock()[index].2 = Some(AuroraView {
+            instance: Arc::from(instance),
+            listed: Arc::from(listed),
+        });
+    }
+
+    /// A probe for node `index`, e.g. a discovered one.
+    pub(crate) fn prober(&self, index: usize) -> FakeProbe {
+        FakeProbe {
+            world: self.clone(),
+            index,
+            connected: false,
+        }
+    }
+
     /// When node `index` was probed, oldest first.
     pub(crate) fn probes(&self, index: usize) -> Vec<Instant> {
         self.lock()[index].1.clone()
@@ -80,11 +103,7 @@ impl World {
     /// One probe per node, for `Monitor::new`.
     pub(crate) fn probers(&self) -> Vec<FakeProbe> {
         (0..self.lock().len())
-            .map(|index| FakeProbe {
-                world: self.clone(),
-                index,
-                connected: false,
-            })
+            .map(|index| self.prober(index))
             .collect()
     }
 }
@@ -101,10 +120,10 @@ pub(crate) struct FakeProbe {
 
 impl Probe for FakeProbe {
     async fn probe(&mut self) -> Result<ProbeReport, String> {
-        let answer = {
+        let (answer, aurora) = {
             let mut nodes = self.world.lock();
             nodes[self.index].1.push(Instant::now());
-            nodes[self.index].0
+            (nodes[self.index].0, nodes[self.index].2.clone())
         };
         let report = |in_recovery, timeline, position| {
             let facts = Facts {
@@ -144,7 +163,7 @@ impl Probe for FakeProbe {
             Answer::Panic => panic!("scripted probe panic"),
         };
         self.connected = result.is_ok();
-        result
+        result.map(|report| ProbeReport { aurora, ..report })
     }
 
     fn reconnect(&mut self) {

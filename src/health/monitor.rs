@@ -8,7 +8,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::assess::Assessor;
-use super::probe::{Probe, ProbeConnection, ProbeReport};
+use super::probe::{AuroraView, Probe, ProbeConnection, ProbeReport};
 use super::tracker::{Tracker, Transition};
 use crate::capability::Capability;
 use crate::clock;
@@ -17,6 +17,7 @@ use crate::events;
 use crate::hub::Hub;
 use crate::node::Node;
 use crate::topology::{NodeState, Snapshot};
+use discovery::Discovery;
 
 /// Weight of a new round trip in the smoothed one.
 const RTT_ALPHA: f64 = 0.3;
@@ -25,8 +26,11 @@ const RTT_ALPHA: f64 = 0.3;
 #[derive(Debug)]
 pub(crate) struct Monitor<P = ProbeConnection> {
     hub: Arc<Hub>,
-    probes: Vec<P>,
+    /// One per node; `None` for an empty discovery slot.
+    probes: Vec<Option<P>>,
     judge: Judge,
+    /// Topology discovery, when configured (`discovery.rs`).
+    discovery: Option<Discovery<P>>,
 }
 
 /// Per-node state machines and the topology judge: what `publish` updates
@@ -35,6 +39,9 @@ pub(crate) struct Monitor<P = ProbeConnection> {
 struct Judge {
     trackers: Vec<Tracker>,
     assessor: Assessor,
+    /// What each node's last probe said of its Aurora cluster (`None`
+    /// off Aurora, or after a failed probe).
+    aurora: Vec<Option<AuroraView>>,
 }
 
 /// One probe's result for one node.
@@ -63,43 +70,47 @@ impl Drop for Alive {
 impl Monitor<ProbeConnection> {
     /// A monitor with a real probe connection per node.
     pub(crate) fn connect(hub: Arc<Hub>) -> Self {
-        let probes = hub
-            .nodes
-            .iter()
-            .map(|node| {
-                let config = node.probe_config.clone();
-                ProbeConnection::new(
-                    node.connector.clone(),
-                    config,
-                    node.context.clone(),
-                    node.role,
-                )
-            })
-            .collect();
-        Self::new(hub, probes)
+        let probes = hub.each_node().map(|(_, node)| probe_for(&node)).collect();
+        Self::new(hub, probes).discovering(Box::new(|_, node| probe_for(node)))
     }
 }
 
+/// A probe connection to `node`.
+fn probe_for(node: &Node) -> ProbeConnection {
+    ProbeConnection::new(
+        node.connector.clone(),
+        node.probe_config.clone(),
+        node.context.clone(),
+        node.role,
+    )
+}
+
 impl<P: Probe> Monitor<P> {
-    /// A monitor with one probe per node of `hub`, in the same order.
+    /// A monitor with one probe per configured node of `hub`, in the same
+    /// order (discovery slots start empty), and no discovery.
     pub(crate) fn new(hub: Arc<Hub>, probes: Vec<P>) -> Self {
         let now = Instant::now();
-        let count = hub.nodes.len();
+        let count = hub.len();
         let serve_orphans = hub.config.allow_orphaned_reads;
-        debug_assert_eq!(probes.len(), count, "one probe per node");
+        debug_assert_eq!(probes.len(), hub.configured(), "one probe per node");
+        let mut probes: Vec<Option<P>> = probes.into_iter().map(Some).collect();
+        probes.resize_with(count, || None);
         Self {
             hub,
             probes,
             judge: Judge {
                 trackers: vec![Tracker::new(now); count],
                 assessor: Assessor::new(serve_orphans),
+                aurora: vec![None; count],
             },
+            discovery: None,
         }
     }
 
     /// Probes every node once (all are due at start) and publishes the result.
     pub(crate) async fn first_round(&mut self) {
         self.round().await;
+        self.discover();
     }
 
     /// Runs until `shutdown` is cancelled. However it ends (a panic
@@ -121,6 +132,7 @@ impl<P: Probe> Monitor<P> {
                 () = shutdown.cancelled() => break,
                 () = self.round() => {}
             }
+            self.discover();
         }
         alive.asked = true;
         tracing::debug!("health monitor stopped");
@@ -130,7 +142,9 @@ impl<P: Probe> Monitor<P> {
         self.judge
             .trackers
             .iter()
-            .map(Tracker::next_probe)
+            .zip(&self.probes)
+            .filter(|(_, probe)| probe.is_some())
+            .map(|(tracker, _)| tracker.next_probe())
             .min()
             .unwrap_or_else(|| clock::after(Instant::now(), self.hub.config.health.interval))
     }
@@ -147,6 +161,7 @@ impl<P: Probe> Monitor<P> {
             .probes
             .iter_mut()
             .enumerate()
+            .filter_map(|(index, probe)| Some((index, probe.as_mut()?)))
             .filter(|(index, _)| judge.trackers[*index].is_due(now))
             .map(|(index, probe)| (index, probe, suspected[index]))
             .map(|(index, probe, suspected)| async move {
@@ -176,7 +191,7 @@ impl<P: Probe> Monitor<P> {
     /// Nodes that callers reported (suspect or a topology hint) are due now.
     fn collect_reports(&mut self, now: Instant) -> Vec<bool> {
         let hub = &self.hub;
-        let mut suspected = Vec::with_capacity(hub.nodes.len());
+        let mut suspected = Vec::with_capacity(hub.len());
         for (index, tracker) in self.judge.trackers.iter_mut().enumerate() {
             let suspect = hub.is_suspect(index);
             if suspect | hub.take_probe_request(index) {
@@ -198,7 +213,7 @@ impl Judge {
         self.apply(hub, &mut next.nodes[outcome.index], outcome, finished);
         self.assessor
             .assess(&mut next, &[outcome.index], outcome.sent, finished);
-        let events = events::diff(&previous, &next, &hub.nodes, hub.config.max_staleness);
+        let events = events::diff(&previous, &next, hub, hub.config.max_staleness);
         drop(previous);
         let answered = outcome.suspected.then_some(outcome.index);
         hub.publish(next, events, answered);
@@ -209,10 +224,12 @@ impl Judge {
         let tracker = &mut self.trackers[outcome.index];
         let transition = match &outcome.result {
             Ok(report) => {
+                self.aurora[outcome.index] = report.aurora.clone();
                 record_report(state, report);
                 tracker.on_success(finished, settings)
             }
             Err(error) => {
+                self.aurora[outcome.index] = None;
                 state.last_error = Some(Arc::from(error.as_str()));
                 tracker.on_failure(finished, outcome.suspected, settings)
             }
@@ -222,9 +239,9 @@ impl Judge {
         if transition == Some(Transition::CameUp) {
             state.last_error = None;
         }
-        if let Some(transition) = transition {
+        if let (Some(transition), Some(node)) = (transition, hub.node(outcome.index)) {
             let error = outcome.result.as_ref().err().map(String::as_str);
-            on_transition(&hub.nodes[outcome.index], transition, error);
+            on_transition(&node, transition, error);
         }
     }
 }
@@ -275,5 +292,6 @@ fn on_transition(node: &Node, transition: Transition, error: Option<&str>) {
     }
 }
 
+mod discovery;
 #[cfg(test)]
 mod tests;

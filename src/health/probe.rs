@@ -53,6 +53,17 @@ pub(crate) struct ProbeReport {
     /// A replica whose platform reports its lag in time (Aurora): the
     /// probe's send instant less that lag, on pgrouter's clock.
     pub(crate) platform_fresh_as_of: Option<Instant>,
+    /// On Aurora: who the node is and which instances its cluster lists.
+    pub(crate) aurora: Option<AuroraView>,
+}
+
+/// What an Aurora node said about its cluster, for topology discovery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct AuroraView {
+    /// `aurora_db_instance_identifier()`.
+    pub(crate) instance: Arc<str>,
+    /// The instances `aurora_replica_status()` lists with a fresh row.
+    pub(crate) listed: Arc<[String]>,
 }
 
 impl ProbeReport {
@@ -76,6 +87,7 @@ impl ProbeReport {
             missing: Arc::from([]),
             rtt,
             platform_fresh_as_of: None,
+            aurora: None,
         }
     }
 
@@ -220,25 +232,27 @@ impl ProbeConnection {
             let answers = ask(&open.client, &more).await;
             self.take_in(&more, answers, in_recovery, &mut facts)?;
         }
-        let platform_fresh_as_of = self.judge_platform(&mut facts, in_recovery, sent)?;
+        let (platform_fresh_as_of, aurora) = self.judge_platform(&mut facts, in_recovery, sent)?;
         self.open = Some(open);
         Ok(ProbeReport {
             missing: self.capabilities.missing(),
             platform_fresh_as_of,
+            aurora,
             ..ProbeReport::new(in_recovery, facts, rtt)
         })
     }
 
     /// On Aurora: positions are off, a claimed writer must be Aurora's
-    /// writer, and a reader's lag is Aurora's figure.
+    /// writer, and a reader's lag is Aurora's figure. Also what the node
+    /// says of its cluster's instances.
     fn judge_platform(
         &mut self,
         facts: &mut Facts,
         in_recovery: bool,
         sent: Instant,
-    ) -> Result<Option<Instant>, Failure> {
+    ) -> Result<(Option<Instant>, Option<AuroraView>), Failure> {
         let Some(instance) = facts.aurora_instance.as_deref() else {
-            return Ok(None);
+            return Ok((None, None));
         };
         self.capabilities.confirmed_aurora();
         facts.position = None;
@@ -246,7 +260,11 @@ impl ProbeConnection {
         let global = aurora::parse_global_rows(facts.aurora_global.as_deref());
         let judged =
             aurora::judge(in_recovery, instance, &rows, &global).map_err(Failure::Judged)?;
-        Ok(judged.lag.and_then(|lag| sent.checked_sub(lag)))
+        let view = AuroraView {
+            instance: Arc::from(instance),
+            listed: Arc::from(aurora::listed_instances(&rows)),
+        };
+        Ok((judged.lag.and_then(|lag| sent.checked_sub(lag)), Some(view)))
     }
 
     /// The facts in the checks' answers. A check refused for want of a

@@ -10,7 +10,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use deadpool_postgres::{Object, PoolError};
+use deadpool_postgres::{Object, PoolError, TimeoutType};
 use tokio::time::{timeout_at, Instant};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row, Statement};
@@ -229,15 +229,21 @@ impl<'h> Attempt<'h> {
         self.hub
     }
 
-    pub(crate) fn context(&self) -> &'h NodeContext {
+    pub(crate) fn context(&self) -> NodeContext {
         self.hub.context(self.index)
     }
 
     /// A pooled connection to the node, before the deadline, guarded until
     /// the attempt settles it.
     pub(crate) async fn checkout(&self) -> Result<Busy<'h>, Error> {
-        let pool = &self.hub.nodes[self.index].pool;
-        match timeout_at(self.deadline.at, pool.get()).await {
+        let Some(node) = self.hub.node(self.index) else {
+            // A discovered node removed between the pick and now: as
+            // unreachable, before anything was sent (a read retries
+            // elsewhere).
+            let gone = PoolError::Timeout(TimeoutType::Create);
+            return Err(self.judge(Phase::Checkout, Failure::Pool(gone)).0);
+        };
+        match timeout_at(self.deadline.at, node.pool.get()).await {
             Ok(Ok(client)) => Ok(Busy {
                 client: Some(client),
                 hub: self.hub,
@@ -379,7 +385,7 @@ impl<'h> Attempt<'h> {
 
     pub(crate) fn token_unavailable(&self, source: tokio_postgres::Error) -> Error {
         Error::TokenUnavailable {
-            context: self.context().clone(),
+            context: self.context(),
             source: Some(source),
         }
     }
@@ -405,12 +411,14 @@ impl<'h> Attempt<'h> {
 
     /// Whether the node's pool has every connection open and in use.
     fn pool_saturated(&self) -> bool {
-        let status = self.hub.nodes[self.index].pool.status();
-        status.size >= status.max_size && status.available == 0
+        self.hub.node(self.index).is_some_and(|node| {
+            let status = node.pool.status();
+            status.size >= status.max_size && status.available == 0
+        })
     }
 
     fn error(&self, phase: Phase, failure: Failure, cause: Cause, verdict: Verdict) -> Error {
-        let context = self.context().clone();
+        let context = self.context();
         match failure {
             Failure::Pool(PoolError::Closed) => Error::Closed,
             Failure::Pool(source) => Error::Connect { context, source },

@@ -54,7 +54,7 @@ struct Inner {
 impl std::fmt::Debug for DatabaseManager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DatabaseManager")
-            .field("nodes", &self.inner.hub.nodes)
+            .field("nodes", &self.inner.hub.each_node().collect::<Vec<_>>())
             .field("read_strategy", &self.inner.hub.config.read_strategy)
             .finish_non_exhaustive()
     }
@@ -171,7 +171,8 @@ impl DatabaseManager {
                 &mut fastrand::Rng::new(),
             )
             .ok_or(Error::NoHealthyNode { strategy })?;
-        Ok(hub.nodes[index].pool.clone())
+        let node = hub.node(index).ok_or(Error::NoHealthyNode { strategy })?;
+        Ok(node.pool.clone())
     }
 
     /// The primary's pool (the original's write pool).
@@ -181,16 +182,21 @@ impl DatabaseManager {
         let index = hub
             .primary_index()
             .ok_or_else(|| hub.no_primary(Duration::ZERO))?;
-        Ok(hub.nodes[index].pool.clone())
+        let node = hub
+            .node(index)
+            .ok_or_else(|| hub.no_primary(Duration::ZERO))?;
+        Ok(node.pool.clone())
     }
 
-    /// The pool of the node with this configured name.
+    /// The pool of the node with this name (a configured node's, or a
+    /// discovered instance's identifier while it is in use).
     pub fn pool(&self, node: &str) -> Option<Pool> {
-        let nodes = &self.inner.hub.nodes;
-        nodes
-            .iter()
-            .find(|n| n.name() == node)
-            .map(|n| n.pool.clone())
+        let hub = &self.inner.hub;
+        let snapshot = hub.snapshot();
+        hub.each_node()
+            .filter(|(index, _)| !snapshot.nodes[*index].vacant)
+            .find(|(_, n)| n.name() == node)
+            .map(|(_, n)| n.pool.clone())
     }
 
     /// Stops the monitor, waits for it, and closes every pool. Later calls

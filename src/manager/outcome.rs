@@ -185,7 +185,7 @@ pub(crate) async fn resolve(
 
 /// Logs what resolving found and tells subscribers.
 fn report(hub: &Hub, identity: &Identity, outcome: CommitOutcome, started: Instant) {
-    let node = &hub.context(identity.node).node;
+    let node = hub.context(identity.node).node;
     let took = started.elapsed();
     match outcome {
         CommitOutcome::Unknown => tracing::warn!(%node, ?took,
@@ -216,7 +216,7 @@ async fn ask(
     ));
     let marker = identity.marker.map(marker_text);
     let question = async {
-        let client = hub.nodes[node].pool.get().await.ok()?;
+        let client = hub.node(node)?.pool.get().await.ok()?;
         let status = async {
             let statement = client.prepare_cached(&hub.outcome_sql.status).await?;
             match &marker {
@@ -280,7 +280,7 @@ async fn terminate(hub: &Hub, identity: &Identity, deadline: Instant) {
         hub.config.health.probe_timeout,
     ));
     let ended = timeout_at(deadline, async {
-        let client = hub.nodes[identity.node].pool.get().await.ok()?;
+        let client = hub.node(identity.node)?.pool.get().await.ok()?;
         let result = client
             .query(TERMINATE_SQL, &[&identity.pid, &identity.xid])
             .await;
@@ -320,7 +320,7 @@ pub(crate) async fn prune_markers(hub: std::sync::Arc<Hub>, shutdown: Cancellati
         let deadline = clock::after(Instant::now(), hub.config.deadline);
         let seconds = retention.as_secs_f64();
         let pruned = timeout_at(deadline, async {
-            let client = hub.nodes[primary].pool.get().await.ok()?;
+            let client = hub.node(primary)?.pool.get().await.ok()?;
             client.execute(prune.as_str(), &[&seconds]).await.ok()
         })
         .await;

@@ -106,7 +106,7 @@ impl<'a> Read<'a> {
     pub async fn query_one(self, sql: &str, params: Params<'_>) -> Result<Row, Error> {
         let hub = self.hub;
         let (index, rows) = self.rows(sql, params).await?;
-        exactly_one(hub.context(index), rows)
+        exactly_one(&hub.context(index), rows)
     }
 
     /// Runs the statement and returns its row, if any; more than one row is
@@ -114,7 +114,7 @@ impl<'a> Read<'a> {
     pub async fn query_opt(self, sql: &str, params: Params<'_>) -> Result<Option<Row>, Error> {
         let hub = self.hub;
         let (index, rows) = self.rows(sql, params).await?;
-        at_most_one(hub.context(index), rows)
+        at_most_one(&hub.context(index), rows)
     }
 
     async fn rows(self, sql: &str, params: Params<'_>) -> Result<(usize, Vec<Row>), Error> {

@@ -177,7 +177,7 @@ impl<B: Body> OnPrimary for TransactionCall<B> {
         let left = self.deadline.at.saturating_duration_since(Instant::now());
         if self.resolve && number > 1 && left < 2 * reserve(&attempt) {
             return Err(Error::Timeout {
-                context: hub.context(index).clone(),
+                context: hub.context(index),
                 deadline: self.deadline.budget,
                 after_send: false,
             });
@@ -238,7 +238,7 @@ impl<B: Body> TransactionCall<B> {
                 token,
             }),
             Resolution::NotCommitted => Err(Error::NotCommitted {
-                context: attempt.context().clone(),
+                context: attempt.context(),
                 source: match error {
                     Error::OutcomeUnknown { source, .. } => Some(source),
                     _ => None,
@@ -293,7 +293,7 @@ async fn open(
         }
         Ok(Err(BeginError::Marker(source))) => {
             let error = Error::MarkerTable {
-                context: attempt.context().clone(),
+                context: attempt.context(),
                 table: hub.config.outcomes.marker_table.clone().unwrap_or_default(),
                 source,
             };
@@ -433,7 +433,7 @@ async fn ensure_not_aborted(
                 "the closure swallowed an error; rolled back"
             );
             let error = Error::RolledBack {
-                context: attempt.context().clone(),
+                context: attempt.context(),
                 code,
             };
             Err((error, Fate::Keep))

@@ -134,7 +134,7 @@ impl<'a> Write<'a> {
     pub async fn query_one(self, sql: &str, params: Params<'_>) -> Result<Row, Error> {
         let hub = self.hub;
         let served = self.run::<Rows>(sql, params, false).await?;
-        exactly_one(hub.context(served.index), served.output)
+        exactly_one(&hub.context(served.index), served.output)
     }
 
     /// Runs the statement and returns its row, if any; more than one row is
@@ -142,7 +142,7 @@ impl<'a> Write<'a> {
     pub async fn query_opt(self, sql: &str, params: Params<'_>) -> Result<Option<Row>, Error> {
         let hub = self.hub;
         let served = self.run::<Rows>(sql, params, false).await?;
-        at_most_one(hub.context(served.index), served.output)
+        at_most_one(&hub.context(served.index), served.output)
     }
 
     /// The deadline in force, checked, counted from now.

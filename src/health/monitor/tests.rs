@@ -367,7 +367,7 @@ fn bounded_reads(hub: &Hub, bound: Duration, count: usize) -> Vec<usize> {
         after: None,
     };
     let mut rng = fastrand::Rng::with_seed(5);
-    let mut served = vec![0; hub.nodes.len()];
+    let mut served = vec![0; hub.len()];
     for _ in 0..count {
         let strategy = crate::config::ReadStrategy::GlobalRandom;
         if let Some(index) = hub.pick_read(strategy, freshness, None, &mut rng) {
@@ -512,7 +512,7 @@ fn causal_reads(hub: &Hub, token: crate::lsn::CausalToken, count: usize) -> Vec<
         after: Some(token),
     };
     let mut rng = fastrand::Rng::with_seed(7);
-    let mut served = vec![0; hub.nodes.len()];
+    let mut served = vec![0; hub.len()];
     for _ in 0..count {
         let strategy = crate::config::ReadStrategy::GlobalRandom;
         if let Some(index) = hub.pick_read(strategy, freshness, None, &mut rng) {
