@@ -354,7 +354,9 @@ impl Hub {
     /// Publishes the monitor's next snapshot and its events. `answered`: a
     /// suspect node this snapshot's probe checked, whose report is answered.
     /// Writers holding for a primary then look again.
-    pub(crate) fn publish(&self, next: Snapshot, events: Vec<Event>, answered: Option<usize>) {
+    pub(crate) fn publish(&self, mut next: Snapshot, events: Vec<Event>, answered: Option<usize>) {
+        // Derived masks always match the states published with them.
+        next.derive_masks();
         // The snapshot first, then the flag: a decision loads the flags
         // first, so it never pairs the old snapshot with a cleared flag.
         self.snapshot.store(Arc::new(next));

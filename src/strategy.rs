@@ -36,6 +36,25 @@ pub(crate) trait NodeView {
     fn local_mask(&self) -> u64 {
         0
     }
+    /// [`NodeView::rtt`] in nanoseconds, `u64::MAX` when not measured; a
+    /// view may keep these in a dense array.
+    fn rtt_ns(&self, index: usize) -> u64 {
+        self.rtt(index).map_or(u64::MAX, |rtt| {
+            u64::try_from(rtt.as_nanos()).unwrap_or(u64::MAX - 1)
+        })
+    }
+    /// Every node's [`NodeView::rtt_ns`] in one dense slice, and the node
+    /// indexes ordered by it, fastest first (at most 64 nodes), for views
+    /// that keep them so; `None` to ask node by node.
+    fn sorted_rtts(&self) -> Option<(&[u64], &[u8])> {
+        None
+    }
+    /// The nodes of `usable` in the `level`-th preferred region.
+    fn level_mask(&self, level: usize, usable: u64) -> u64 {
+        bits(usable)
+            .filter(|&index| self.region_rank(index) == Some(level))
+            .fold(0, |mask, index| mask | (1 << index))
+    }
 }
 
 /// Chooses the node for a read, skipping `exclude` (a node that just failed).
@@ -82,34 +101,89 @@ fn pick_read_masked(
             .filter(|&index| usable & (1 << index) != 0),
         ReadStrategy::Nearest => {
             let levels = view.preferred_levels();
+            let window = u64::try_from(view.window().as_nanos()).unwrap_or(u64::MAX);
             (0..=levels).find_map(|level| {
                 let in_level = match level == levels {
                     true => usable,
-                    false => bits(usable)
-                        .filter(|&i| view.region_rank(i) == Some(level))
-                        .fold(0u64, |mask, index| mask | (1 << index)),
+                    false => view.level_mask(level, usable),
                 };
-                let fastest = bits(in_level).filter_map(|i| view.rtt(i)).min();
-                let near = bits(in_level)
-                    .filter(|&i| is_near(fastest, view.rtt(i), view.window()))
-                    .fold(0u64, |mask, index| mask | (1 << index));
+                let near = match view.sorted_rtts() {
+                    Some((rtts, order)) => near_sorted(rtts, order, in_level, window)?,
+                    None => near_by_node(view, in_level, window)?,
+                };
                 choose_bit(near, rng)
             })
         }
     }
 }
 
-/// A uniformly chosen set bit of `mask`.
+/// The nodes of `in_level` within `window` (ns) of its fastest; every one
+/// when none is measured (`u64::MAX`), as in `is_near`; `None` when
+/// `in_level` is empty. Walks the nodes fastest first and stops at the
+/// window's edge, so it reads only the near nodes and the one after.
+fn near_sorted(rtts: &[u64], order: &[u8], in_level: u64, window: u64) -> Option<u64> {
+    let mut members = order
+        .iter()
+        .map(|&index| usize::from(index))
+        .filter(|&index| index < 64 && (in_level >> index) & 1 == 1);
+    let first = members.next()?;
+    let fastest = *rtts.get(first)?;
+    if fastest == u64::MAX {
+        return Some(in_level);
+    }
+    let limit = fastest.saturating_add(window).min(u64::MAX - 1);
+    let mut near = 1u64 << first;
+    for index in members {
+        if rtts.get(index).is_none_or(|&rtt| rtt > limit) {
+            break;
+        }
+        near |= 1 << index;
+    }
+    Some(near)
+}
+
+/// [`near_sorted`], asking the view node by node.
+fn near_by_node(view: &impl NodeView, in_level: u64, window: u64) -> Option<u64> {
+    let fastest = bits(in_level).map(|i| view.rtt_ns(i)).min()?;
+    Some(match fastest {
+        u64::MAX => in_level,
+        fastest => {
+            let limit = fastest.saturating_add(window).min(u64::MAX - 1);
+            bits(in_level)
+                .filter(|&i| view.rtt_ns(i) <= limit)
+                .fold(0u64, |mask, index| mask | (1 << index))
+        }
+    })
+}
+
+/// A uniformly chosen set bit of `mask`: the `n`-th set bit, found by
+/// clearing the lowest bits when `n` is small, else a byte at a time (at
+/// most 8 + 8 steps for 64 nodes).
 fn choose_bit(mask: u64, rng: &mut fastrand::Rng) -> Option<usize> {
     let count = mask.count_ones();
     if count == 0 {
         return None;
     }
-    let mut rest = mask;
-    for _ in 0..rng.u32(..count) {
-        rest &= rest - 1;
+    let mut n = rng.u32(..count);
+    if n < 8 {
+        // Few bits to skip: clear the lowest `n`.
+        let mut rest = mask;
+        for _ in 0..n {
+            rest &= rest - 1;
+        }
+        return Some(rest.trailing_zeros() as usize);
     }
-    Some(rest.trailing_zeros() as usize)
+    let mut base = 0;
+    let mut byte = mask & 0xff;
+    while byte.count_ones() <= n {
+        n -= byte.count_ones();
+        base += 8;
+        byte = (mask >> base) & 0xff;
+    }
+    for _ in 0..n {
+        byte &= byte - 1;
+    }
+    Some(base + byte.trailing_zeros() as usize)
 }
 
 /// The indexes of the set bits of `mask`, lowest first.
@@ -479,5 +553,92 @@ pub(crate) mod tests {
                 .all(|(i, &c)| i == 5 || (100..320).contains(&c)),
             "{counts:?}"
         );
+    }
+
+    /// A view of round trips alone, for the nearest rule's two paths.
+    struct Rtts(Vec<u64>);
+
+    impl NodeView for Rtts {
+        fn len(&self) -> usize {
+            self.0.len()
+        }
+        fn is_up(&self, _: usize) -> bool {
+            true
+        }
+        fn is_local(&self, _: usize) -> bool {
+            false
+        }
+        fn is_primary(&self, _: usize) -> bool {
+            false
+        }
+        fn rtt(&self, index: usize) -> Option<Duration> {
+            (self.0[index] != u64::MAX).then(|| Duration::from_nanos(self.0[index]))
+        }
+        fn region_rank(&self, _: usize) -> Option<usize> {
+            None
+        }
+        fn preferred_levels(&self) -> usize {
+            0
+        }
+        fn window(&self) -> Duration {
+            Duration::from_millis(15)
+        }
+    }
+
+    #[test]
+    fn the_sorted_near_rule_agrees_with_the_node_by_node_one() {
+        let mut rng = fastrand::Rng::with_seed(11);
+        for _ in 0..5_000 {
+            let len = rng.usize(1..=64);
+            let rtts: Vec<u64> = (0..len)
+                .map(|_| match rng.u8(..4) {
+                    0 => u64::MAX,
+                    _ => rng.u64(..40_000_000),
+                })
+                .collect();
+            let all = if len == 64 {
+                u64::MAX
+            } else {
+                (1u64 << len) - 1
+            };
+            let in_level = rng.u64(..) & all;
+            let window = rng.u64(..20_000_000);
+            let view = Rtts(rtts.clone());
+            let by_node = near_by_node(&view, in_level, window);
+            let mut order: Vec<u8> = (0..len as u8).collect();
+            order.sort_by_key(|&index| rtts[usize::from(index)]);
+            let sorted = near_sorted(&rtts, &order, in_level, window);
+            assert_eq!(sorted, by_node, "{rtts:?} {in_level:b}");
+            // And both agree with `is_near` itself.
+            if let Some(near) = by_node {
+                let fastest = bits(in_level).filter_map(|i| view.rtt(i)).min();
+                for i in bits(in_level) {
+                    let expected = is_near(fastest, view.rtt(i), Duration::from_nanos(window));
+                    assert_eq!(near >> i & 1 == 1, expected, "node {i}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn choose_bit_picks_the_drawn_set_bit() {
+        let mut masks = fastrand::Rng::with_seed(3);
+        for round in 0..20_000u64 {
+            let mask = match round {
+                0 => u64::MAX,
+                1 => 1 << 63,
+                _ => masks.u64(..) >> masks.u32(..64),
+            };
+            let (mut a, mut b) = (
+                fastrand::Rng::with_seed(round),
+                fastrand::Rng::with_seed(round),
+            );
+            let chosen = choose_bit(mask, &mut a);
+            let expected = match mask.count_ones() {
+                0 => None,
+                count => bits(mask).nth(b.u32(..count) as usize),
+            };
+            assert_eq!(chosen, expected, "{mask:b}");
+        }
     }
 }

@@ -130,6 +130,14 @@ pub(crate) struct Snapshot {
     pub(crate) local: u64,
     /// Orphaned replicas serve unbounded reads (the configuration opts in).
     pub(crate) serve_orphans: bool,
+    /// Node `i`'s smoothed round trip in nanoseconds, `u64::MAX` while not
+    /// measured (nodes 0 to 63): the nearest strategy reads these densely.
+    pub(crate) rtt_ns: [u64; 64],
+    /// The node indexes (nodes 0 to 63) ordered by `rtt_ns`, fastest first,
+    /// unmeasured last: the nearest strategy stops at the window's edge.
+    pub(crate) by_rtt: [u8; 64],
+    /// Entry `k`, bit `i`: node `i` is in the `k`-th preferred region.
+    pub(crate) levels: Box<[u64]>,
 }
 
 impl NodeState {
@@ -194,6 +202,9 @@ impl Snapshot {
             routable: 0,
             local: 0,
             serve_orphans: false,
+            rtt_ns: [u64::MAX; 64],
+            by_rtt: [0; 64],
+            levels: Box::from([]),
         };
         snapshot.derive_masks();
         snapshot
@@ -204,6 +215,33 @@ impl Snapshot {
         let routable = mask_of((0..self.nodes.len()).map(|i| self.is_routable(i)));
         self.routable = routable;
         self.local = mask_of(self.nodes.iter().map(|node| node.is_local && !node.vacant));
+        for (slot, node) in self.rtt_ns.iter_mut().zip(self.nodes.iter()) {
+            *slot = node.rtt.map_or(u64::MAX, |rtt| {
+                u64::try_from(rtt.as_nanos()).unwrap_or(u64::MAX - 1)
+            });
+        }
+        let dense = self.nodes.len().min(64);
+        for (position, slot) in self.by_rtt.iter_mut().enumerate() {
+            *slot = u8::try_from(position).unwrap_or(u8::MAX);
+        }
+        let rtts = self.rtt_ns;
+        self.by_rtt[..dense].sort_by_key(|&index| rtts[usize::from(index)]);
+        let levels = self
+            .nodes
+            .iter()
+            .filter_map(|node| node.region_rank)
+            .max()
+            .map_or(0, |highest| highest + 1);
+        if self.levels.len() != levels {
+            self.levels = vec![0; levels].into_boxed_slice();
+        }
+        for (level, mask) in self.levels.iter_mut().enumerate() {
+            *mask = mask_of(
+                self.nodes
+                    .iter()
+                    .map(|node| !node.vacant && node.region_rank == Some(level)),
+            );
+        }
     }
 
     /// Filled, up, not fenced, and not an orphan (unless orphans serve

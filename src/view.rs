@@ -76,6 +76,22 @@ impl NodeView for LiveView<'_> {
         self.snapshot.nodes[index].rtt
     }
 
+    fn rtt_ns(&self, index: usize) -> u64 {
+        self.snapshot.rtt_ns.get(index).copied().unwrap_or(u64::MAX)
+    }
+
+    fn sorted_rtts(&self) -> Option<(&[u64], &[u8])> {
+        let len = self.snapshot.nodes.len().min(64);
+        Some((&self.snapshot.rtt_ns[..len], &self.snapshot.by_rtt[..len]))
+    }
+
+    fn level_mask(&self, level: usize, usable: u64) -> u64 {
+        self.snapshot
+            .levels
+            .get(level)
+            .map_or(0, |mask| mask & usable)
+    }
+
     fn region_rank(&self, index: usize) -> Option<usize> {
         self.snapshot.nodes[index].region_rank
     }
