@@ -135,6 +135,7 @@ fn config(cluster: &Cluster, proxies: &[FaultProxy]) -> Config {
         recovery_max: Duration::from_secs(1),
         fall: 1,
         rise: 2,
+        ..HealthSettings::default()
     };
     config
 }

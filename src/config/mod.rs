@@ -307,6 +307,18 @@ pub struct HealthSettings {
     /// Consecutive successful probes that bring an unhealthy node back
     /// (probes after the first success come every `interval`). Default: 2.
     pub rise: u32,
+    /// While no primary is elected (it went down, a write saw it turn
+    /// read-only or shut down, a failover is under way), every node is
+    /// probed this often, at least 1 ms, so that a promoted replica takes
+    /// writes within about this long of its promotion instead of within
+    /// `interval`. Default: 20 ms.
+    #[serde(with = "humantime_serde")]
+    pub failover_probe_interval: Duration,
+    /// How long that fast probing lasts at most, from the moment no primary
+    /// is known; zero turns it off. It ends at once when a primary is
+    /// elected. Default: 30 s.
+    #[serde(with = "humantime_serde")]
+    pub failover_watch: Duration,
 }
 
 impl Default for HealthSettings {
@@ -318,6 +330,8 @@ impl Default for HealthSettings {
             recovery_max: Duration::from_secs(30),
             fall: 1,
             rise: 2,
+            failover_probe_interval: Duration::from_millis(20),
+            failover_watch: Duration::from_secs(30),
         }
     }
 }

@@ -108,6 +108,10 @@ fn validate_durations(config: &Config) -> Result<(), ConfigError> {
         ("health.probe_timeout", health.probe_timeout),
         ("health.recovery_initial", health.recovery_initial),
         ("health.recovery_max", health.recovery_max),
+        (
+            "health.failover_probe_interval",
+            health.failover_probe_interval,
+        ),
         ("retry.min_delay", retry.min_delay),
         ("retry.max_delay", retry.max_delay),
     ] {
@@ -126,6 +130,10 @@ fn validate_durations(config: &Config) -> Result<(), ConfigError> {
     for (field, value) in [
         ("health.interval", health.interval),
         ("health.recovery_initial", health.recovery_initial),
+        (
+            "health.failover_probe_interval",
+            health.failover_probe_interval,
+        ),
     ] {
         if value < MIN_PROBE_GAP {
             return Err(invalid(field, value, "must be at least 1ms"));

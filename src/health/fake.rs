@@ -220,6 +220,7 @@ pub(crate) fn config(count: usize) -> Config {
         recovery_max: Duration::from_secs(30),
         fall: 1,
         rise: 2,
+        ..HealthSettings::default()
     };
     config
 }

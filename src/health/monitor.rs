@@ -12,7 +12,7 @@ use super::probe::{AuroraView, Probe, ProbeConnection, ProbeReport};
 use super::tracker::{Tracker, Transition};
 use crate::capability::Capability;
 use crate::clock;
-use crate::config::Role;
+use crate::config::{HealthSettings, Role};
 use crate::events;
 use crate::hub::Hub;
 use crate::node::Node;
@@ -31,6 +31,57 @@ pub(crate) struct Monitor<P = ProbeConnection> {
     judge: Judge,
     /// Topology discovery, when configured (`discovery.rs`).
     discovery: Option<Discovery<P>>,
+    /// The failover watch: every node probed each
+    /// `health.failover_probe_interval` while no primary is elected.
+    watch: Watch,
+}
+
+/// While no primary is elected, probe every node at a short interval, for
+/// at most `health.failover_watch`, so a promoted replica takes writes
+/// within about that interval of its promotion.
+#[derive(Debug, Default)]
+struct Watch {
+    /// When the watch ends (stays set, expired, until a primary is elected
+    /// again, so one failover gets one watch).
+    until: Option<Instant>,
+    /// When the last watched round started.
+    last_round: Option<Instant>,
+}
+
+impl Watch {
+    /// Whether the watch is on at `now`.
+    fn active(&self, now: Instant) -> bool {
+        self.until.is_some_and(|until| now < until)
+    }
+
+    /// Starts the watch when no primary is elected (once per failover), and
+    /// ends it when one is.
+    fn update(&mut self, elected: bool, now: Instant, settings: &HealthSettings) {
+        match (elected, self.until) {
+            (true, Some(_)) => {
+                tracing::debug!("failover watch over: a primary is elected");
+                *self = Watch::default();
+            }
+            (false, None) if !settings.failover_watch.is_zero() => {
+                tracing::info!(every = ?settings.failover_probe_interval,
+                    for_at_most = ?settings.failover_watch,
+                    "no primary elected: probing every node fast until one is");
+                self.until = Some(clock::after(now, settings.failover_watch));
+            }
+            _ => {}
+        }
+    }
+
+    /// The next watched round, if the watch is on.
+    fn next_round(&self, now: Instant, settings: &HealthSettings) -> Option<Instant> {
+        if !self.active(now) {
+            return None;
+        }
+        Some(match self.last_round {
+            Some(last) => clock::after(last, settings.failover_probe_interval),
+            None => now,
+        })
+    }
 }
 
 /// Per-node state machines and the topology judge: what `publish` updates
@@ -104,6 +155,7 @@ impl<P: Probe> Monitor<P> {
                 aurora: vec![None; count],
             },
             discovery: None,
+            watch: Watch::default(),
         }
     }
 
@@ -133,20 +185,28 @@ impl<P: Probe> Monitor<P> {
                 () = self.round() => {}
             }
             self.discover();
+            let elected = self.hub.primary_index().is_some();
+            self.watch
+                .update(elected, Instant::now(), &self.hub.config.health);
         }
         alive.asked = true;
         tracing::debug!("health monitor stopped");
     }
 
     fn next_due(&self) -> Instant {
-        self.judge
+        let watched = self
+            .watch
+            .next_round(Instant::now(), &self.hub.config.health);
+        let scheduled = self
+            .judge
             .trackers
             .iter()
             .zip(&self.probes)
             .filter(|(_, probe)| probe.is_some())
             .map(|(tracker, _)| tracker.next_probe())
             .min()
-            .unwrap_or_else(|| clock::after(Instant::now(), self.hub.config.health.interval))
+            .unwrap_or_else(|| clock::after(Instant::now(), self.hub.config.health.interval));
+        watched.map_or(scheduled, |watched| watched.min(scheduled))
     }
 
     /// Probes the due nodes concurrently and publishes each result as it
@@ -154,6 +214,13 @@ impl<P: Probe> Monitor<P> {
     async fn round(&mut self) {
         let now = Instant::now();
         let suspected = self.collect_reports(now);
+        if self.watch.active(now) {
+            // A failover is under way: every node is a candidate now.
+            self.watch.last_round = Some(now);
+            for tracker in &mut self.judge.trackers {
+                tracker.probe_now(now);
+            }
+        }
         let hub = &self.hub;
         let timeout = hub.config.health.probe_timeout;
         let judge = &mut self.judge;

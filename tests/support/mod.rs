@@ -50,6 +50,7 @@ pub fn fast_config(nodes: Vec<NodeConfig>) -> Config {
         recovery_max: Duration::from_secs(1),
         fall: 1,
         rise: 2,
+        ..HealthSettings::default()
     };
     config.retry = RetrySettings {
         max_retries: 3,

@@ -247,6 +247,9 @@ async fn a_promotion_moves_the_write_target_within_one_probe_and_the_old_primary
 async fn a_write_holds_for_a_primary_until_write_hold_or_the_deadline() {
     let mut config = config(3);
     config.write_hold = Duration::from_secs(2);
+    // The recovery and rise timings below, without the failover watch
+    // (which would find the primary back at once; it has its own tests).
+    config.health.failover_watch = Duration::ZERO;
     let h = Harness::start(config, &[Answer::Down, REPLICA, REPLICA]).await;
     assert_eq!(h.hub.primary_index(), None);
 
@@ -594,4 +597,68 @@ async fn without_a_timeline_or_receiver_nodes_stay_healthy_and_fencing_uses_what
     let status = h.status();
     assert!(status.split_brain, "{status:?}");
     assert_eq!(status.write_target, None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_a_primary_every_node_is_probed_fast_until_a_promotion_is_seen() {
+    let mut config = config(3);
+    config.health.interval = Duration::from_secs(5);
+    let h = Harness::start(config, &[PRIMARY, REPLICA, REPLICA]).await;
+    assert_eq!(h.hub.primary_index(), Some(0));
+    // The primary dies; its next probe (at 5 s) finds it down.
+    h.world.set(0, Answer::Down);
+    h.at(5_000).await;
+    tokio::task::yield_now().await;
+    assert_eq!(h.hub.primary_index(), None);
+    // Node1 is promoted 1.3 s later: seen within a watch interval (20 ms),
+    // not at the next regular probe (10 s).
+    h.at(6_300).await;
+    let promoted_at = h.ms();
+    h.world.set(
+        1,
+        Answer::Primary {
+            timeline: 2,
+            position: 200,
+        },
+    );
+    h.at(6_340).await;
+    tokio::task::yield_now().await;
+    assert_eq!(h.hub.primary_index(), Some(1), "at {} ms", h.ms());
+    let watched: Vec<u64> = h
+        .probed_at(2)
+        .into_iter()
+        .filter(|&at| (5_000..promoted_at).contains(&at))
+        .collect();
+    assert!(
+        watched.len() >= 50,
+        "node2 probed fast during the watch: {watched:?}"
+    );
+    // Once a primary is elected, probes go back to every 5 s.
+    let before = h.probed_at(2).len();
+    h.at(9_000).await;
+    assert!(h.probed_at(2).len() - before <= 1, "{:?}", h.probed_at(2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_failover_watch_ends_after_its_limit_and_can_be_turned_off() {
+    for (watch, fast) in [(Duration::from_secs(1), true), (Duration::ZERO, false)] {
+        let mut config = config(2);
+        config.health.interval = Duration::from_secs(5);
+        config.health.failover_watch = watch;
+        let h = Harness::start(config, &[PRIMARY, REPLICA]).await;
+        h.world.set(0, Answer::Down);
+        h.at(5_000).await;
+        tokio::task::yield_now().await;
+        assert_eq!(h.hub.primary_index(), None);
+        h.at(7_000).await;
+        let count = |from: u64, to: u64| {
+            h.probed_at(1)
+                .into_iter()
+                .filter(|&at| (from..to).contains(&at))
+                .count()
+        };
+        // Fast within the watch's first second, then back to every 5 s.
+        assert_eq!(count(5_001, 6_000) > 20, fast, "{:?}", h.probed_at(1));
+        assert!(count(6_100, 7_000) <= 1, "{:?}", h.probed_at(1));
+    }
 }
