@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use pgrouter::tokio_postgres::types::ToSql;
+use pgrouter::tokio_postgres::Row;
 use pgrouter::{CommitOutcome, Config, DatabaseManager, Error, Event};
 use pgrouter_testkit::{Cluster, Fault, FaultProxy, StopMode};
 use support::{blocking, fast_config, node_configs, session, until_running, wait_until_async};
@@ -90,16 +92,20 @@ async fn create_schema(cluster: &Cluster) {
     let _ = driver.await;
 }
 
-/// How many ledger rows carry `note` on node `index`, asked directly.
-async fn rows(cluster: &Cluster, index: usize, note: &str) -> i64 {
+/// The one row `sql` returns on node `index`, asked directly (past any
+/// proxy) on a session of its own.
+async fn row_on(cluster: &Cluster, index: usize, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Row {
     let (client, driver) = session(cluster, index).await;
-    let row = client
-        .query_one("SELECT count(*) FROM ledger WHERE note = $1", &[&note])
-        .await
-        .expect("count rows");
+    let row = client.query_one(sql, params).await.expect(sql);
     drop(client);
     let _ = driver.await;
-    row.get(0)
+    row
+}
+
+/// How many ledger rows carry `note` on node `index`, asked directly.
+async fn rows(cluster: &Cluster, index: usize, note: &str) -> i64 {
+    let sql = "SELECT count(*) FROM ledger WHERE note = $1";
+    row_on(cluster, index, sql, &[&note]).await.get(0)
 }
 
 /// Waits until node `index` shows the row with `note` committed.
@@ -327,17 +333,8 @@ async fn commit_lost_and_its_id_reused(
     let note = "reused";
     let (result, runs) = insert_then_fault(&db, &proxies[0], Fault::HoldReplies, note, async {
         until_committed(&cluster, 0, note).await;
-        let (client, driver) = session(&cluster, 0).await;
-        let row = client
-            .query_one(
-                "SELECT xmin::text::bigint FROM ledger WHERE note = $1",
-                &[&note],
-            )
-            .await
-            .expect("our transaction id");
-        let ours: i64 = row.get(0);
-        drop(client);
-        let _ = driver.await;
+        let sql = "SELECT xmin::text::bigint FROM ledger WHERE note = $1";
+        let ours: i64 = row_on(&cluster, 0, sql, &[&note]).await.get(0);
 
         blocking(|| cluster.stop(0, StopMode::Immediate)).expect("crash the primary");
         blocking(|| cluster.start_node(1)).expect("start the replica");
@@ -499,17 +496,9 @@ async fn a_commit_that_outlasts_the_deadline_is_decided_not_left_unknown() {
         }
         // Whatever the answer, the row is not there once the server is done.
         let settled = wait_until_async(Duration::from_secs(40), || async {
-            let (client, driver) = session(&cluster, 0).await;
-            let busy: i64 = client
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'COMMIT%' AND state = 'active'",
-                    &[],
-                )
-                .await
-                .expect("activity")
-                .get(0);
-            drop(client);
-            let _ = driver.await;
+            let sql = "SELECT count(*) FROM pg_stat_activity \
+                       WHERE query LIKE 'COMMIT%' AND state = 'active'";
+            let busy: i64 = row_on(&cluster, 0, sql, &[]).await.get(0);
             busy == 0
         })
         .await;
