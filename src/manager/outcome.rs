@@ -226,7 +226,10 @@ async fn ask(
         };
         let position = async {
             match token {
-                true => client.query_one(TOKEN_SQL, &[]).await.ok(),
+                true => match client.prepare_cached(TOKEN_SQL).await {
+                    Ok(statement) => client.query_one(&statement, &[]).await.ok(),
+                    Err(_) => None,
+                },
                 false => None,
             }
         };

@@ -17,6 +17,7 @@ use super::attempt::{position_refused, span, token_of, Attempt, Deadline, Failur
 use super::outcome::{begin, resolve, BeginError, Resolution};
 use super::tx::Tx;
 use super::write::{on_primary, OnPrimary, Write};
+use crate::clock;
 use crate::error::Error;
 use crate::hub::Hub;
 use crate::lsn::CausalToken;
@@ -406,7 +407,7 @@ fn commit_deadline(attempt: &Attempt<'_>) -> Instant {
     let now = Instant::now();
     match deadline.checked_sub(reserve) {
         Some(at) if at > now => at,
-        _ => now + deadline.saturating_duration_since(now) / 2,
+        _ => clock::after(now, deadline.saturating_duration_since(now) / 2),
     }
 }
 
