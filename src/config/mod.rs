@@ -288,18 +288,32 @@ impl Default for PoolSettings {
 // Not `Copy`: settings may gain fields that are not (a list, a name).
 #[allow(missing_copy_implementations)]
 pub struct HealthSettings {
-    /// How often a healthy node is probed, at least 1 ms. Default: 5 s (the
-    /// original sketch used 60 s; detection time is bounded by this).
+    /// How often a healthy node is probed, at least 1 ms. Default: 1 s: one
+    /// round trip a second per node on the monitor's own connection, which
+    /// keeps each replica's lag and replay position (what the staleness
+    /// bound and causal tokens are checked against) at most about a second
+    /// old, and finds a silent node without traffic within a second plus
+    /// `probe_timeout`. The original sketch probed every 60 s
+    /// ([`HealthSettings::original`]).
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
-    /// Bound on one probe (connect and the probe query). Default: 2 s.
+    /// Bound on one probe (connect and the probe query). Default: 2 s, far
+    /// above a cross-region round trip, so only a node that is really
+    /// silent fails it.
     #[serde(with = "humantime_serde")]
     pub probe_timeout: Duration,
-    /// First re-probe of an unhealthy node, at least 1 ms. Default: 5 s.
+    /// First re-probe of an unhealthy node, at least 1 ms; also the gap
+    /// between the successes that confirm its recovery (or `interval`, if
+    /// shorter). Default: 250 ms,
+    /// so a short fault (a restart, a blip) costs well under a second of
+    /// routing around the node.
     #[serde(with = "humantime_serde")]
     pub recovery_initial: Duration,
     /// Longest gap between re-probes of an unhealthy node; the gap doubles
-    /// from `recovery_initial` up to this. Default: 30 s.
+    /// from `recovery_initial` up to this. Default: 1 s, as `interval`: a
+    /// node that answers again is back in routing within about a second
+    /// (`recovery_max + (rise - 1) * recovery_initial`), and a dead node
+    /// costs one connection attempt a second.
     #[serde(with = "humantime_serde")]
     pub recovery_max: Duration,
     /// Consecutive failed probes that mark a healthy node down. Default: 1.
@@ -324,14 +338,33 @@ pub struct HealthSettings {
 impl Default for HealthSettings {
     fn default() -> Self {
         Self {
-            interval: Duration::from_secs(5),
+            interval: Duration::from_secs(1),
             probe_timeout: Duration::from_secs(2),
-            recovery_initial: Duration::from_secs(5),
-            recovery_max: Duration::from_secs(30),
+            recovery_initial: Duration::from_millis(250),
+            recovery_max: Duration::from_secs(1),
             fall: 1,
             rise: 2,
             failover_probe_interval: Duration::from_millis(20),
             failover_watch: Duration::from_secs(30),
+        }
+    }
+}
+
+impl HealthSettings {
+    /// The cadence of the original sketch this library grew from (a
+    /// Node.js `DatabaseManager`): `SELECT 1` every 60 s, an unhealthy node
+    /// re-probed at 5 s doubling to 30 s. For a service that must keep its
+    /// old probe load; the price is that a node that answers again stays
+    /// out of routing for up to 35 s, a silent node without traffic is
+    /// found only within a minute, and lag and positions are up to a minute
+    /// old (reads with a staleness bound or a causal token go to the
+    /// primary more often). The other fields are the defaults.
+    pub fn original() -> Self {
+        Self {
+            interval: Duration::from_secs(60),
+            recovery_initial: Duration::from_secs(5),
+            recovery_max: Duration::from_secs(30),
+            ..Self::default()
         }
     }
 }
