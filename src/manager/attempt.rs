@@ -26,8 +26,8 @@ use crate::safety::{classify, fair_share, Action, Cause, Fate, NodeFault, Phase,
 /// Read right after a write on the same connection: at least the end of
 /// the write's commit record, and the timeline it is on (the current WAL
 /// file's, which a promotion changes at once).
-pub(crate) const TOKEN_SQL: &str = "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint, \
-    pg_walfile_name(pg_current_wal_insert_lsn())";
+pub(crate) const TOKEN_SQL: &str =
+    "SELECT pg_current_wal_insert_lsn(), pg_walfile_name(pg_current_wal_insert_lsn())";
 
 /// Statement parameters, as tokio-postgres takes them.
 pub(crate) type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
@@ -484,9 +484,8 @@ pub(crate) fn position_refused(error: &tokio_postgres::Error) -> bool {
 
 /// The causal token in a `TOKEN_SQL` row.
 pub(crate) fn token_of(row: &Row) -> Result<CausalToken, tokio_postgres::Error> {
-    let position: i64 = row.try_get(0)?;
+    let lsn: Lsn = row.try_get(0)?;
     let walfile: &str = row.try_get(1)?;
-    let lsn = Lsn(position.unsigned_abs());
     Ok(match timeline_of_walfile(walfile) {
         Some(timeline) => CausalToken::on_timeline(timeline, lsn),
         None => CausalToken::new(lsn),
