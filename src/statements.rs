@@ -65,7 +65,8 @@ impl Statements {
 
     /// `sql`, ready to run with `params` on `client`: prepared (cached) in
     /// prepared mode; in unnamed mode, its parameter types, learnt from
-    /// the server the first time (see [`describe`]).
+    /// the server the first time (see [`describe`]), unless the text has
+    /// no `$` and no parameters are given.
     pub(crate) async fn prepare<'s>(
         &self,
         client: &ClientWrapper,
@@ -100,7 +101,8 @@ impl Statements {
         params: Params<'_>,
         block: Block,
     ) -> Result<Ready<'s>, tokio_postgres::Error> {
-        if params.is_empty() {
+        // Parameters are written `$n`: a text without `$` has none.
+        if params.is_empty() && !sql.contains('$') {
             return Ok(Ready::Unnamed(sql, Arc::from([])));
         }
         if let Some(types) = self.learnt(sql).filter(|t| t.len() == params.len()) {

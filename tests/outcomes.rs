@@ -13,7 +13,9 @@ use pgrouter::tokio_postgres::types::ToSql;
 use pgrouter::tokio_postgres::Row;
 use pgrouter::{CommitOutcome, Config, DatabaseManager, Error, Event};
 use pgrouter_testkit::{Cluster, Fault, FaultProxy, StopMode};
-use support::{blocking, fast_config, node_configs, session, until_running, wait_until_async};
+use support::{
+    blocking, fast_config, node_configs, pooler, session, until_running, wait_until_async,
+};
 
 const MARKERS: &str = "pgrouter_outcomes";
 
@@ -30,10 +32,11 @@ enum Resolution {
 
 /// A cluster of `replicas + 1` nodes, a fault proxy in front of each.
 async fn proxied_cluster(replicas: usize) -> (Cluster, Vec<Arc<FaultProxy>>) {
-    let cluster = blocking(|| Cluster::start(replicas)).expect("cluster");
+    let builder = Cluster::builder().replicas(replicas).pooler(pooler());
+    let cluster = blocking(|| builder.start()).expect("cluster");
     let mut proxies = Vec::new();
     for node in cluster.nodes() {
-        let proxy = FaultProxy::start(node.addr()).await.expect("proxy");
+        let proxy = FaultProxy::start(node.client_addr()).await.expect("proxy");
         proxies.push(Arc::new(proxy));
     }
     (cluster, proxies)

@@ -134,7 +134,8 @@ pub enum StatementMode {
     /// proxy. The server parses and plans every call. Parameter types are
     /// learnt once per node and statement text inside a transaction block
     /// (which a pooler keeps on one server connection) and cached per node;
-    /// statements without parameters need no such step.
+    /// statements without parameters (no `$` in their text) need no such
+    /// step.
     Unnamed,
 }
 
