@@ -145,8 +145,15 @@ impl Connector {
     }
 
     /// Asks the server, in the background and bounded, to stop the
-    /// statement a dropped future left running.
-    pub(crate) fn cancel_in_background(&self, token: CancelToken) {
+    /// statement a dropped future left running, and only then drops
+    /// `connection` (the discarded client): a pooler such as PgBouncer
+    /// forwards a cancel request only while the client it names is still
+    /// connected.
+    pub(crate) fn cancel_in_background<T: Send + 'static>(
+        &self,
+        token: CancelToken,
+        connection: T,
+    ) {
         // Also called from `Drop`: outside a runtime there is nowhere to
         // send it from (the discarded connection still ends the session).
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -161,6 +168,7 @@ impl Connector {
                 }
             };
             let _ = tokio::time::timeout(CANCEL_BOUND, cancel).await;
+            drop(connection);
         });
     }
 }
