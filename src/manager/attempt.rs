@@ -158,10 +158,10 @@ impl Drop for Busy<'_> {
     fn drop(&mut self) {
         if let Some(client) = self.client.take() {
             tracing::debug!("call dropped mid-flight; cancelling its statement");
-            let token = client.cancel_token();
             self.hub
                 .connector
-                .cancel_in_background(token, Object::take(client));
+                .cancel_in_background(client.cancel_token());
+            drop(Object::take(client));
         }
     }
 }
@@ -386,10 +386,10 @@ impl<'h> Attempt<'h> {
             Fate::Keep => drop(client),
             Fate::Discard => drop(Object::take(client)),
             Fate::Cancel => {
-                let token = client.cancel_token();
                 self.hub
                     .connector
-                    .cancel_in_background(token, Object::take(client));
+                    .cancel_in_background(client.cancel_token());
+                drop(Object::take(client));
             }
         }
     }

@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_postgres::{ClientWrapper, Connect, Manager, ManagerConfig};
+use deadpool_postgres::{Connect, Manager, ManagerConfig};
 use tokio::task::JoinHandle;
 use tokio_postgres::config::SslMode as WireMode;
 use tokio_postgres::{CancelToken, Client, NoTls};
@@ -145,11 +145,8 @@ impl Connector {
     }
 
     /// Asks the server, in the background and bounded, to stop the
-    /// statement a dropped future left running, and only then drops
-    /// `connection` (the discarded client), once the cancelled statement
-    /// has answered (also bounded): a pooler such as PgBouncer forwards a
-    /// cancel request only while the client it names is still connected.
-    pub(crate) fn cancel_in_background(&self, token: CancelToken, connection: ClientWrapper) {
+    /// statement a dropped future left running.
+    pub(crate) fn cancel_in_background(&self, token: CancelToken) {
         // Also called from `Drop`: outside a runtime there is nowhere to
         // send it from (the discarded connection still ends the session).
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -164,10 +161,6 @@ impl Connector {
                 }
             };
             let _ = tokio::time::timeout(CANCEL_BOUND, cancel).await;
-            // Answered after whatever was in flight on the connection.
-            let settled = connection.simple_query("");
-            let _ = tokio::time::timeout(CANCEL_BOUND, settled).await;
-            drop(connection);
         });
     }
 }
