@@ -13,7 +13,7 @@ async fn manager_with(
     cluster: &Cluster,
     edit: impl FnOnce(&mut pgrouter::Config),
 ) -> DatabaseManager {
-    let ports: Vec<u16> = cluster.nodes().iter().map(|n| n.port()).collect();
+    let ports: Vec<u16> = cluster.nodes().iter().map(|n| n.client_port()).collect();
     let mut config = fast_config(node_configs(cluster, &ports));
     edit(&mut config);
     DatabaseManager::new(config).await.unwrap()

@@ -76,6 +76,10 @@ pub struct Config {
     /// How a transaction whose `COMMIT` answer was lost is resolved.
     #[serde(default)]
     pub outcomes: OutcomeSettings,
+    /// How statements are sent to every node that does not set its own
+    /// [`NodeConfig::statement_mode`]. Default: [`StatementMode::Prepared`].
+    #[serde(default)]
+    pub statement_mode: StatementMode,
     /// Topology discovery on Aurora. Default: none (the configured nodes
     /// only).
     #[serde(default)]
@@ -101,6 +105,72 @@ pub struct NodeConfig {
     /// The configured role. Default: [`Role::Replica`].
     #[serde(default)]
     pub role: Role,
+    /// How statements are sent to this node (set
+    /// [`StatementMode::Unnamed`] when it is reached through a
+    /// transaction-pooling proxy such as PgBouncer). Default: none (the
+    /// config's [`Config::statement_mode`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub statement_mode: Option<StatementMode>,
+}
+
+/// How pgrouter sends statements to a node's server; see the README's
+/// "Behind a connection pooler".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum StatementMode {
+    /// Named server-side statements, prepared once per pooled connection
+    /// and cached there (deadpool's `prepare_cached`): each later call is
+    /// one round trip that sends no SQL text and reuses the server's plan.
+    /// Fastest when every connection is a session of its own; breaks
+    /// behind a proxy that pools by transaction (PgBouncer's
+    /// `pool_mode = transaction`, RDS Proxy), where the next statement
+    /// can land on a server connection that never saw the prepare.
+    #[default]
+    Prepared,
+    /// Unnamed statements: each call sends its SQL text, parameter types
+    /// and values in one round trip (parse, bind, execute, sync) and leaves
+    /// no state on the server, so it is safe behind a transaction-pooling
+    /// proxy. The server parses and plans every call. Parameter types are
+    /// learnt once per node and statement text inside a transaction block
+    /// (which a pooler keeps on one server connection) and cached per node;
+    /// statements without parameters (no `$` in their text) need no such
+    /// step.
+    Unnamed,
+}
+
+impl StatementMode {
+    /// Every mode, in documentation order.
+    pub const ALL: [StatementMode; 2] = [StatementMode::Prepared, StatementMode::Unnamed];
+
+    /// The name used in configuration and `DB_STATEMENT_MODE`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StatementMode::Prepared => "prepared",
+            StatementMode::Unnamed => "unnamed",
+        }
+    }
+}
+
+impl fmt::Display for StatementMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for StatementMode {
+    type Err = ConfigError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|mode| mode.as_str() == text.trim())
+            .ok_or_else(|| ConfigError::InvalidValue {
+                field: "statement_mode".to_owned(),
+                value: text.to_owned(),
+                reason: "expected prepared or unnamed",
+            })
+    }
 }
 
 /// A node's role in replication.
@@ -484,6 +554,7 @@ impl Config {
             health: HealthSettings::default(),
             retry: RetrySettings::default(),
             outcomes: OutcomeSettings::default(),
+            statement_mode: StatementMode::default(),
             discovery: None,
             password_provider: None,
         }
@@ -497,6 +568,11 @@ impl Config {
     /// Checks every field once; the error names the field and the bad value.
     pub fn validate(&self) -> Result<(), ConfigError> {
         validate::validate(self)
+    }
+
+    /// The statement mode of `node`: its own, else the config's.
+    pub fn statement_mode_of(&self, node: &NodeConfig) -> StatementMode {
+        node.statement_mode.unwrap_or(self.statement_mode)
     }
 
     /// Reads the original sketch's environment variables; see the README.
@@ -524,6 +600,14 @@ impl NodeConfig {
             region: region.into(),
             url: url.into(),
             role,
+            statement_mode: None,
         }
+    }
+
+    /// This node with its own statement mode (see
+    /// [`NodeConfig::statement_mode`]).
+    pub fn with_statement_mode(mut self, mode: StatementMode) -> Self {
+        self.statement_mode = Some(mode);
+        self
     }
 }
