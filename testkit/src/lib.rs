@@ -76,15 +76,19 @@
 #![forbid(unsafe_code)]
 
 mod aurora;
+mod backend;
 mod binaries;
 mod builder;
 mod cluster;
+#[cfg(feature = "docker")]
+pub mod docker;
 mod error;
 mod node;
 mod proxy;
 mod roles;
 mod tls;
 
+pub use backend::{Backend, BACKEND_ENV};
 pub use cluster::{Cluster, ClusterBuilder, LocalNode, StopMode};
 pub use error::TestkitError;
 pub use proxy::{Fault, FaultProxy};
