@@ -55,15 +55,22 @@ fn start() -> Result<(), TestkitError> {
     std::fs::create_dir_all(&dir)?;
     let socket = dir.join("docker.sock");
     let _ = std::fs::remove_file(&socket);
+    let listener = std::os::unix::net::UnixListener::bind(&socket)?;
+    listener.set_nonblocking(true)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .build()?;
-    let listener = runtime.block_on(async { UnixListener::bind(&socket) })?;
     let from = format!("/v{CLIENT_API}/").into_bytes();
     let to = format!("/v{version}/").into_bytes();
     std::thread::Builder::new()
         .name("pgrouter-docker-api".to_owned())
-        .spawn(move || runtime.block_on(serve(listener, engine, from, to)))?;
+        .spawn(move || {
+            runtime.block_on(async move {
+                if let Ok(listener) = UnixListener::from_std(listener) {
+                    serve(listener, engine, from, to).await;
+                }
+            })
+        })?;
     tracing::info!(engine_api = %version, socket = %socket.display(), "relaying Docker API requests for testcontainers");
     // Rust's own environment functions hold a lock; this runs once, before
     // testcontainers reads DOCKER_HOST.

@@ -35,6 +35,9 @@ use crate::TestkitError;
 pub const IMAGE_ENV: &str = "PGROUTER_TEST_IMAGE";
 /// The image used when neither the builder nor [`IMAGE_ENV`] names one.
 pub const DEFAULT_IMAGE: &str = "postgres:17";
+/// Environment variable that makes [`image_or_skip`] fail instead of
+/// skipping when Docker or the image is missing (`.ci/run` sets it to `require`).
+pub const REQUIRE_ENV: &str = "PGROUTER_DOCKER_TESTS";
 /// A node's data directory inside its container.
 pub(crate) const DATA_DIR: &str = "/var/lib/postgresql/pgrouter";
 /// A node's server log inside its container.
@@ -53,10 +56,60 @@ static CLUSTERS: AtomicU64 = AtomicU64::new(0);
 /// drives testcontainers' async API behind the cluster's blocking one.
 #[derive(Debug)]
 pub(crate) struct Containers {
-    runtime: tokio::runtime::Runtime,
+    /// Always `Some` but in `Drop`, which shuts it down without blocking
+    /// (a runtime may not be dropped inside another's async context).
+    runtime: Option<tokio::runtime::Runtime>,
     network: String,
     nodes: Vec<Arc<ContainerAsync<GenericImage>>>,
     names: Vec<String>,
+}
+
+/// The image to test with (`$PGROUTER_TEST_IMAGE`, else
+/// [`DEFAULT_IMAGE`]), if the Docker engine answers and has it. Nothing is
+/// pulled: a missing image is reported with how to build one.
+pub fn test_image() -> Result<String, TestkitError> {
+    let image = std::env::var(IMAGE_ENV).unwrap_or_else(|_| DEFAULT_IMAGE.to_owned());
+    api::ensure_compatible()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let name = image.clone();
+    let found = block(&runtime, move || async move {
+        let client = docker_client_instance().await.map_err(|e| e.to_string())?;
+        client
+            .inspect_image(&name)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    });
+    runtime.shutdown_background();
+    found?.map_err(|e| {
+        docker(format!(
+            "image {image:?} not available ({e}); build one with testkit/docker/build.sh \
+             and set {IMAGE_ENV}"
+        ))
+    })?;
+    Ok(image)
+}
+
+/// For tests that need Docker: [`test_image`], or `None` after printing
+/// why the test is skipped.
+///
+/// # Panics
+///
+/// When Docker or the image is missing and `PGROUTER_DOCKER_TESTS` is
+/// `require` (as in CI), so that such tests never pass by skipping.
+pub fn image_or_skip() -> Option<String> {
+    match test_image() {
+        Ok(image) => Some(image),
+        Err(e) if std::env::var(REQUIRE_ENV).as_deref() == Ok("require") => {
+            panic!("{REQUIRE_ENV}=require, but: {e}")
+        }
+        Err(e) => {
+            eprintln!("skipped: {e} (set {REQUIRE_ENV}=require to make this fail)");
+            None
+        }
+    }
 }
 
 /// `name[:tag]` split for testcontainers (`latest` when there is no tag).
@@ -102,7 +155,14 @@ impl Containers {
                     .start()
             })
             .collect();
-        let started = block(&runtime, move || join_all(starts))?;
+        let started = block(&runtime, move || join_all(starts));
+        let started = match started {
+            Ok(started) => started,
+            Err(e) => {
+                runtime.shutdown_background();
+                return Err(e);
+            }
+        };
         let mut nodes = Vec::new();
         let mut first_error = None;
         for result in started {
@@ -114,7 +174,7 @@ impl Containers {
             }
         }
         let containers = Self {
-            runtime,
+            runtime: Some(runtime),
             network: cluster,
             nodes,
             names,
@@ -262,20 +322,26 @@ impl Containers {
         &self,
         make: impl FnOnce() -> F + Send,
     ) -> Result<T, TestkitError> {
-        block(&self.runtime, make)
+        match &self.runtime {
+            Some(runtime) => block(runtime, make),
+            None => Err(docker("the cluster's containers are gone".to_owned())),
+        }
     }
 }
 
 impl Drop for Containers {
     fn drop(&mut self) {
         let nodes = std::mem::take(&mut self.nodes);
-        let _ = block(&self.runtime, move || async move {
+        let _ = self.block(move || async move {
             let removals = nodes
                 .into_iter()
                 .filter_map(|node| Arc::try_unwrap(node).ok())
                 .map(|node| node.rm());
             join_all(removals).await;
         });
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
     }
 }
 
