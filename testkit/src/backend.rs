@@ -22,9 +22,8 @@ pub enum Backend {
     /// `testkit/docker/build.sh`): see
     /// [`ClusterBuilder::image`](crate::ClusterBuilder::image). Needs the
     /// testkit's `docker` feature and a Docker engine; adds the container
-    /// runtime's faults ([`Cluster::kill_container`](crate::Cluster::kill_container),
-    /// [`Cluster::pause_container`](crate::Cluster::pause_container),
-    /// [`Cluster::disconnect`](crate::Cluster::disconnect)).
+    /// runtime's faults (`Cluster::kill_container`, `pause_container`,
+    /// `disconnect`, with the feature on).
     Docker,
 }
 
