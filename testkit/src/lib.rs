@@ -14,7 +14,13 @@
 //!   `pg_read_all_stats`), and [`Cluster::shadow_function`] makes a built-in
 //!   raise a managed platform's SQLSTATE for one role.
 //!
-//! It needs the PostgreSQL server binaries (`initdb`, `pg_ctl`,
+//! * [`Backend`] chooses where the servers run: on this machine (the
+//!   default), or, with the `docker` feature, one container per node on a
+//!   private Docker network ([`Backend::Docker`], see the `docker` module),
+//!   which adds faults only a container runtime has: a killed host, a frozen
+//!   one (`docker pause`), a partition (`docker network disconnect`).
+//!
+//! The local backend needs the PostgreSQL server binaries (`initdb`, `pg_ctl`,
 //! `pg_basebackup`, `psql`), e.g. from `apt-get install postgresql`; set
 //! `PGROUTER_PG_BINDIR` if they are somewhere unusual. Run as root, the servers
 //! run as the `postgres` user. A primary with two replicas starts in about a
