@@ -30,7 +30,8 @@ static SHIM: OnceLock<Result<(), String>> = OnceLock::new();
 /// Makes sure testcontainers' client can talk to the Docker engine (see the
 /// module docs); idempotent. Call it before the first testcontainers call
 /// of the process. Does nothing when the engine speaks API 1.52 or newer,
-/// or when `DOCKER_HOST` is not a Unix socket.
+/// when it cannot be asked (testcontainers then looks for it and reports
+/// its own errors), or when `DOCKER_HOST` is not a Unix socket.
 pub fn ensure_compatible() -> Result<(), TestkitError> {
     SHIM.get_or_init(|| start().map_err(|e| e.to_string()))
         .clone()
@@ -41,7 +42,15 @@ fn start() -> Result<(), TestkitError> {
     let Some(engine) = engine_socket() else {
         return Ok(());
     };
-    let version = engine_api_version(&engine)?;
+    // An engine that cannot be asked is left to testcontainers' own
+    // discovery (other sockets) and its own errors.
+    let version = match engine_api_version(&engine) {
+        Ok(version) => version,
+        Err(e) => {
+            tracing::debug!(error = %e, "Docker API version unknown; no relay");
+            return Ok(());
+        }
+    };
     if !older(&version, CLIENT_API) {
         return Ok(());
     }
