@@ -197,8 +197,31 @@ async fn a_paused_container_is_a_black_hole_and_a_disconnected_one_is_cut_off() 
 }
 
 #[test]
-fn docker_faults_on_a_local_cluster_are_typed_errors() {
-    // No server needed: the check comes before anything runs.
+fn a_missing_image_and_container_faults_on_a_local_cluster_are_typed_errors() {
+    let local = Cluster::start(0).expect("a local primary");
+    for err in [
+        local.pause_container(0).unwrap_err(),
+        local.disconnect(0).unwrap_err(),
+        local.kill_container(0).unwrap_err(),
+    ] {
+        assert!(
+            matches!(
+                err,
+                TestkitError::Unsupported {
+                    backend: "local",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+    assert_eq!(
+        local.psql(0, "SELECT 1").unwrap(),
+        "1",
+        "nothing happened to it"
+    );
+
+    // Nothing is pulled: a missing image is an error naming it.
     let err = Cluster::builder()
         .backend(Backend::Docker)
         .image("pgrouter-testkit-no-such-image:0")
