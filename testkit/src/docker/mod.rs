@@ -62,7 +62,19 @@ pub(crate) struct Containers {
     network: String,
     nodes: Vec<Arc<ContainerAsync<GenericImage>>>,
     names: Vec<String>,
+    /// Where the image keeps `initdb` and the others.
+    bindir: String,
 }
+
+/// The programs looked for in the image's binaries directory.
+const PG_PROGRAMS: [&str; 4] = ["initdb", "pg_ctl", "pg_basebackup", "psql"];
+
+/// Prints the image's PostgreSQL binaries directory: `initdb` on `PATH`,
+/// else `pg_config --bindir`, else the newest `/usr/lib/postgresql/*/bin`.
+const FIND_BINDIR: &str = r#"d=$(command -v initdb 2>/dev/null) && d=${d%/initdb}
+[ -x "$d/initdb" ] || d=$(pg_config --bindir 2>/dev/null)
+[ -x "$d/initdb" ] || d=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+[ -x "$d/initdb" ] && echo "$d""#;
 
 /// The image to test with (`$PGROUTER_TEST_IMAGE`, else
 /// [`DEFAULT_IMAGE`]), if the Docker engine answers and has it. Nothing is
@@ -173,20 +185,29 @@ impl Containers {
                 }
             }
         }
-        let containers = Self {
+        let mut containers = Self {
             runtime: Some(runtime),
             network: cluster,
             nodes,
             names,
+            bindir: String::new(),
         };
-        match first_error {
+        if let Some(e) = first_error {
             // Dropping `containers` removes those that did start.
-            Some(e) => Err(docker(format!(
+            return Err(docker(format!(
                 "could not start a container of image {image:?} (build one with \
                  testkit/docker/build.sh, or set {IMAGE_ENV}): {e}"
-            ))),
-            None => Ok(containers),
+            )));
         }
+        containers.bindir = containers
+            .exec(0, &["sh", "-c", FIND_BINDIR], &[])
+            .map(|out| out.trim().to_owned())
+            .map_err(|e| {
+                docker(format!(
+                    "no PostgreSQL server binaries (initdb) in image {image:?}: {e}"
+                ))
+            })?;
+        Ok(containers)
     }
 
     /// The container (and host) name of node `index`, as other nodes reach it.
@@ -203,7 +224,12 @@ impl Containers {
         env: &[(&str, &str)],
     ) -> Result<String, TestkitError> {
         let container = self.container(index)?;
-        let command: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        let mut command: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        if let Some(program) = command.first_mut() {
+            if PG_PROGRAMS.contains(&program.as_str()) && !self.bindir.is_empty() {
+                *program = format!("{}/{program}", self.bindir);
+            }
+        }
         let env: Vec<(String, String)> = env
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
