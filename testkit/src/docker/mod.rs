@@ -1,7 +1,11 @@
 //! The Docker backend: each node is a container on a private Docker network
 //! of its own cluster, started with the `testcontainers` crate, in which the
 //! same steps as the local backend's run (`initdb`, `pg_basebackup`,
-//! `pg_ctl`, `psql`) through `docker exec`, as user `postgres`.
+//! `pg_ctl`, `psql`) through `docker exec`, as user `postgres`. Any image
+//! with the server binaries and a `postgres` user will do: the binaries are
+//! found as `initdb` on the image's `PATH`, `pg_config --bindir`, or the
+//! newest `/usr/lib/postgresql/*/bin`. Nothing is pulled if the image is
+//! already there; `testkit/docker/build.sh` builds one from Debian packages.
 //!
 //! A node's container runs `sleep` as its main process, so the server
 //! inside can be stopped, promoted and started again while the container
