@@ -164,7 +164,8 @@ impl Cluster {
         &self.nodes[0]
     }
 
-    /// The cluster's temporary directory (data directories and logs).
+    /// The cluster's temporary directory (data directories and logs; on the
+    /// Docker backend they are in the containers and this stays empty).
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
