@@ -268,7 +268,7 @@ async fn the_configured_role_is_only_a_hint() {
 async fn a_least_privilege_role_still_sees_every_replicas_timeline() {
     // No superuser, no pg_read_all_stats: pg_stat_wal_receiver shows it
     // only a pid, as on managed platforms' default roles.
-    let builder = Cluster::builder().flavour(Flavour::LeastPrivilege);
+    let builder = builder().flavour(Flavour::LeastPrivilege);
     let cluster = blocking(|| builder.start()).unwrap();
     blocking(|| cluster.wait_for_replicas(Duration::from_secs(10))).unwrap();
     let ports: Vec<u16> = cluster.nodes().iter().map(|n| n.client_port()).collect();

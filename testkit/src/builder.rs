@@ -12,7 +12,7 @@ use crate::binaries::{self, file_len, PgBin};
 use crate::cluster::port_taken;
 use crate::node::{LocalNode, HOST, USER};
 use crate::roles::APP_USER;
-use crate::{tls, Cluster, Flavour, PgBouncer, Pooler, TestkitError};
+use crate::{tls, Backend, Cluster, Flavour, PgBouncer, Pooler, TestkitError};
 
 /// Environment variable naming the directory to create clusters in.
 const DIR_ENV: &str = "PGROUTER_TESTKIT_DIR";
@@ -30,7 +30,7 @@ const PORT_ATTEMPTS: usize = 5;
 const MIN_PORT: u16 = 10_000;
 
 /// Settings appended to every node's `postgresql.conf` (before the builder's).
-const BASE_CONF: &str = "
+pub(crate) const BASE_CONF: &str = "
 # ---- added by pgrouter-testkit ----
 listen_addresses = '127.0.0.1'
 wal_level = replica
@@ -63,6 +63,8 @@ pub struct ClusterBuilder {
     tls: bool,
     flavour: Flavour,
     pooler: Pooler,
+    backend: Backend,
+    image: Option<String>,
 }
 
 impl Default for ClusterBuilder {
@@ -74,6 +76,8 @@ impl Default for ClusterBuilder {
             tls: false,
             flavour: Flavour::Vanilla,
             pooler: Pooler::None,
+            backend: Backend::Local,
+            image: None,
         }
     }
 }
@@ -124,11 +128,90 @@ impl ClusterBuilder {
         self
     }
 
+    /// Where the servers run (default [`Backend::Local`]; see
+    /// [`Backend::from_env`] to let an environment variable choose).
+    pub fn backend(mut self, backend: Backend) -> Self {
+        self.backend = backend;
+        self
+    }
+
+    /// The image of [`Backend::Docker`]'s containers, as `name[:tag]`: any
+    /// image with the PostgreSQL server binaries on its `PATH` and a
+    /// `postgres` user, such as the official `postgres` image or one built
+    /// by `testkit/docker/build.sh`. Default: `$PGROUTER_TEST_IMAGE`, else
+    /// `postgres:17`. Ignored by the local backend.
+    pub fn image(mut self, image: impl Into<String>) -> Self {
+        self.image = Some(image.into());
+        self
+    }
+
     /// Creates the cluster and blocks until the primary accepts connections
     /// and every replica is streaming from it.
     ///
     /// If any step fails, whatever was already started is stopped again.
     pub fn start(self) -> Result<Cluster, TestkitError> {
+        match self.backend {
+            Backend::Local => self.start_local(),
+            Backend::Docker => self.start_docker(),
+        }
+    }
+
+    #[cfg(not(feature = "docker"))]
+    fn start_docker(self) -> Result<Cluster, TestkitError> {
+        Err(TestkitError::Unsupported {
+            backend: "docker",
+            what: "pgrouter-testkit was built without its `docker` feature".to_owned(),
+        })
+    }
+
+    #[cfg(feature = "docker")]
+    fn start_docker(self) -> Result<Cluster, TestkitError> {
+        if self.tls || self.bindir.is_some() || self.flavour == Flavour::Aurora {
+            return Err(TestkitError::Unsupported {
+                backend: "docker",
+                what: "TLS, a bindir or the Aurora flavour".to_owned(),
+            });
+        }
+        let started = Instant::now();
+        let image = match self.image {
+            Some(image) => image,
+            None => std::env::var(crate::docker::IMAGE_ENV)
+                .unwrap_or_else(|_| crate::docker::DEFAULT_IMAGE.to_owned()),
+        };
+        let dir = tempfile::Builder::new().prefix(DIR_PREFIX).tempdir()?;
+        let ports = (0..=self.replicas)
+            .map(|_| free_port())
+            .collect::<Result<Vec<u16>, _>>()?;
+        let containers = crate::docker::Containers::start(&image, &ports)?;
+        let mut cluster = Cluster {
+            nodes: Vec::new(),
+            servers: crate::cluster::Servers::Docker(containers),
+            dir,
+            ca_file: None,
+            flavour: self.flavour,
+            poolers: Vec::new(),
+        };
+        let mut conf = BASE_CONF.to_owned();
+        conf.push_str(crate::docker::EXTRA_CONF);
+        for (name, value) in &self.settings {
+            writeln!(conf, "{name} = {}", quote(value)).ok();
+        }
+        cluster.docker_init_primary(&conf, ports[0])?;
+        if self.flavour == Flavour::LeastPrivilege {
+            cluster.create_least_privilege_role(APP_USER)?;
+        }
+        for (index, &port) in ports.iter().enumerate().skip(1) {
+            cluster.docker_add_replica(index, port)?;
+        }
+        for index in 1..=self.replicas {
+            cluster.wait_streaming(index)?;
+        }
+        cluster.front_with(self.pooler)?;
+        tracing::debug!(%image, elapsed = ?started.elapsed(), "test cluster in containers ready");
+        Ok(cluster)
+    }
+
+    fn start_local(self) -> Result<Cluster, TestkitError> {
         let started = Instant::now();
         let bin = PgBin::discover(self.bindir.as_deref())?;
         let base = base_dir();
@@ -161,7 +244,7 @@ impl ClusterBuilder {
         settings.extend(self.settings);
         let mut cluster = Cluster {
             nodes: Vec::new(),
-            bin,
+            servers: crate::cluster::Servers::Local(bin),
             dir,
             ca_file,
             flavour: self.flavour,
@@ -181,13 +264,7 @@ impl ClusterBuilder {
             cluster.emulate_aurora()?;
             cluster.wait_for_replicas(STREAM_TIMEOUT)?;
         }
-        if self.pooler == Pooler::PgBouncer {
-            for index in 0..cluster.nodes.len() {
-                let bouncer = PgBouncer::start(cluster.nodes[index].addr())?;
-                cluster.nodes[index].set_pooler_port(bouncer.port());
-                cluster.poolers.push(bouncer);
-            }
-        }
+        cluster.front_with(self.pooler)?;
         tracing::debug!(dir = %cluster.dir().display(), elapsed = ?started.elapsed(), "test cluster ready");
         Ok(cluster)
     }
@@ -195,9 +272,22 @@ impl ClusterBuilder {
 
 /// Set-up steps, run by [`ClusterBuilder::start`].
 impl Cluster {
+    /// Puts `pooler` (run here, whatever the backend) in front of every
+    /// node.
+    fn front_with(&mut self, pooler: Pooler) -> Result<(), TestkitError> {
+        if pooler == Pooler::PgBouncer {
+            for index in 0..self.nodes.len() {
+                let bouncer = PgBouncer::start(self.nodes[index].addr())?;
+                self.nodes[index].set_pooler_port(bouncer.port());
+                self.poolers.push(bouncer);
+            }
+        }
+        Ok(())
+    }
+
     fn init_primary(&mut self, settings: &[(String, String)]) -> Result<(), TestkitError> {
         let data = self.dir().join("node0");
-        let mut cmd = self.bin.command("initdb");
+        let mut cmd = self.bin("initdb")?.command("initdb");
         cmd.arg("-D").arg(&data);
         cmd.args([
             "-U",
@@ -226,7 +316,7 @@ impl Cluster {
         let data = self.dir().join(format!("node{index}"));
         let primary = self.primary().clone();
         let port = primary.port().to_string();
-        let mut cmd = self.bin.command("pg_basebackup");
+        let mut cmd = self.bin("pg_basebackup")?.command("pg_basebackup");
         cmd.args(["-h", HOST, "-p", &port, "-U", USER, "-D"])
             .arg(&data);
         cmd.args(["-X", "stream", "-R", "--no-sync", "-c", "fast"]);
@@ -255,7 +345,7 @@ impl Cluster {
                 }
                 Err(e) => {
                     // A timed-out start may have left a server behind.
-                    let mut stop = self.bin.command("pg_ctl");
+                    let mut stop = self.bin("pg_ctl stop")?.command("pg_ctl");
                     stop.arg("stop")
                         .arg("-D")
                         .arg(&data)
@@ -272,10 +362,8 @@ impl Cluster {
 
     /// Waits until replica `index` is in recovery and streaming.
     fn wait_streaming(&self, index: usize) -> Result<(), TestkitError> {
-        let sql = "SELECT pg_is_in_recovery() AND EXISTS \
-                   (SELECT 1 FROM pg_stat_wal_receiver WHERE status = 'streaming')";
         let what = format!("node{index} to stream from the primary");
-        self.poll_until(index, sql, "t", STREAM_TIMEOUT, &what)
+        self.poll_until(index, crate::cluster::STREAMING, "t", STREAM_TIMEOUT, &what)
     }
 }
 
@@ -379,7 +467,7 @@ fn random() -> u64 {
 }
 
 /// `value` as a single-quoted `postgresql.conf` string.
-fn quote(value: &str) -> String {
+pub(crate) fn quote(value: &str) -> String {
     format!("'{}'", value.replace('\'', "''"))
 }
 

@@ -10,7 +10,7 @@ use crate::binaries::{self, file_len, PgBin};
 pub use crate::builder::ClusterBuilder;
 pub use crate::node::LocalNode;
 use crate::node::{DBNAME, HOST, USER};
-use crate::{Flavour, TestkitError};
+use crate::{Backend, Flavour, TestkitError};
 
 /// Seconds `pg_ctl` waits for a start, stop or promotion.
 const PG_CTL_TIMEOUT: &str = "30";
@@ -63,12 +63,22 @@ impl StopMode {
 #[derive(Debug)]
 pub struct Cluster {
     pub(crate) nodes: Vec<LocalNode>,
-    pub(crate) bin: PgBin,
+    pub(crate) servers: Servers,
     pub(crate) dir: TempDir,
     pub(crate) ca_file: Option<PathBuf>,
     pub(crate) flavour: Flavour,
     /// One per node when the cluster was built with a pooler.
     pub(crate) poolers: Vec<crate::PgBouncer>,
+}
+
+/// Where a cluster's servers run, and the handle to run programs there.
+#[derive(Debug)]
+pub(crate) enum Servers {
+    /// On this machine, from these binaries.
+    Local(PgBin),
+    /// In these containers.
+    #[cfg(feature = "docker")]
+    Docker(crate::docker::Containers),
 }
 
 impl Cluster {
@@ -87,6 +97,28 @@ impl Cluster {
         crate::tls::CLIENT_USERS
             .contains(&user)
             .then(|| crate::tls::client_files(self.dir(), user))
+    }
+
+    /// Where its servers run.
+    pub fn backend(&self) -> Backend {
+        match self.servers {
+            Servers::Local(_) => Backend::Local,
+            #[cfg(feature = "docker")]
+            Servers::Docker(_) => Backend::Docker,
+        }
+    }
+
+    /// The local binaries, or an error naming `what` on another backend.
+    #[cfg_attr(not(feature = "docker"), allow(unused_variables))]
+    pub(crate) fn bin(&self, what: &str) -> Result<&PgBin, TestkitError> {
+        match &self.servers {
+            Servers::Local(bin) => Ok(bin),
+            #[cfg(feature = "docker")]
+            Servers::Docker(_) => Err(TestkitError::Unsupported {
+                backend: "docker",
+                what: what.to_owned(),
+            }),
+        }
     }
 
     /// The role its connection strings log in as (see [`Flavour`]).
@@ -134,7 +166,8 @@ impl Cluster {
         &self.nodes[0]
     }
 
-    /// The cluster's temporary directory (data directories and logs).
+    /// The cluster's temporary directory (data directories and logs; on the
+    /// Docker backend they are in the containers and this stays empty).
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
@@ -142,7 +175,12 @@ impl Cluster {
     /// Stops node `index` with `pg_ctl stop -m immediate|fast -w`.
     pub fn stop(&self, index: usize, mode: StopMode) -> Result<(), TestkitError> {
         let node = self.checked(index)?;
-        let mut cmd = self.pg_ctl(node, "stop");
+        #[cfg(feature = "docker")]
+        if let Servers::Docker(containers) = &self.servers {
+            let args = ["-m", mode.as_arg()];
+            return self.docker_pg_ctl(containers, index, "stop", &args);
+        }
+        let mut cmd = self.pg_ctl(node, "stop")?;
         cmd.args(["-m", mode.as_arg()]);
         self.run_logged(&mut cmd, node)
     }
@@ -152,6 +190,11 @@ impl Cluster {
     /// seconds before failing.
     pub fn start_node(&self, index: usize) -> Result<(), TestkitError> {
         let node = self.checked(index)?;
+        #[cfg(feature = "docker")]
+        if let Servers::Docker(containers) = &self.servers {
+            let args = ["-l", crate::docker::LOG_FILE];
+            return self.docker_pg_ctl(containers, index, "start", &args);
+        }
         let mut attempt = 0;
         loop {
             let from = file_len(node.log_file());
@@ -169,7 +212,11 @@ impl Cluster {
     /// once it accepts writes. Other replicas keep following their upstream.
     pub fn promote(&self, index: usize) -> Result<(), TestkitError> {
         let node = self.checked(index)?;
-        let mut cmd = self.pg_ctl(node, "promote");
+        #[cfg(feature = "docker")]
+        if let Servers::Docker(containers) = &self.servers {
+            return self.docker_pg_ctl(containers, index, "promote", &[]);
+        }
+        let mut cmd = self.pg_ctl(node, "promote")?;
         self.run_logged(&mut cmd, node)
     }
 
@@ -185,9 +232,15 @@ impl Cluster {
         if self.is_running(index) {
             self.stop(index, StopMode::Immediate)?;
         }
+        #[cfg(feature = "docker")]
+        if let Servers::Docker(containers) = &self.servers {
+            self.docker_rejoin(containers, index, upstream)?;
+            let what = format!("node{index} to stream from node{upstream}");
+            return self.poll_until(index, STREAMING, "t", Duration::from_secs(60), &what);
+        }
         std::fs::remove_dir_all(node.data_dir())?;
         let port = source.port().to_string();
-        let mut cmd = self.bin.command("pg_basebackup");
+        let mut cmd = self.bin("rejoin")?.command("pg_basebackup");
         cmd.args(["-h", HOST, "-p", &port, "-U", USER, "-D"])
             .arg(node.data_dir());
         cmd.args(["-X", "stream", "-R", "--no-sync", "-c", "fast"]);
@@ -199,10 +252,8 @@ impl Cluster {
             format!("cluster_name = 'node{index}'\nport = {}\n", node.port()).as_bytes(),
         )?;
         self.start_node(index)?;
-        let sql = "SELECT pg_is_in_recovery() AND EXISTS \
-                   (SELECT 1 FROM pg_stat_wal_receiver WHERE status = 'streaming')";
         let what = format!("node{index} to stream from node{upstream}");
-        self.poll_until(index, sql, "t", Duration::from_secs(60), &what)
+        self.poll_until(index, STREAMING, "t", Duration::from_secs(60), &what)
     }
 
     /// Pauses WAL replay on replica `index` (`pg_wal_replay_pause()`) and
@@ -232,10 +283,35 @@ impl Cluster {
     pub fn psql(&self, index: usize, sql: &str) -> Result<String, TestkitError> {
         let node = self.checked(index)?;
         let port = node.port().to_string();
-        let mut cmd = self.bin.command("psql");
-        cmd.env("PGCONNECT_TIMEOUT", "10");
-        cmd.args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1"])
-            .args(["-h", HOST, "-p", &port, "-U", USER, "-d", DBNAME, "-c", sql]);
+        let args = [
+            "-X",
+            "-A",
+            "-t",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            HOST,
+            "-p",
+            &port,
+            "-U",
+            USER,
+            "-d",
+            DBNAME,
+            "-c",
+            sql,
+        ];
+        #[cfg(feature = "docker")]
+        if let Servers::Docker(containers) = &self.servers {
+            let mut command = vec!["psql"];
+            command.extend(args);
+            let env = [("PGCONNECT_TIMEOUT", "10")];
+            return containers
+                .exec(index, &command, &env)
+                .map(|out| out.trim().to_owned());
+        }
+        let mut cmd = self.bin("psql")?.command("psql");
+        cmd.env("PGCONNECT_TIMEOUT", "10").args(args);
         binaries::run(&mut cmd, None).map(|out| out.trim().to_owned())
     }
 
@@ -288,8 +364,15 @@ impl Cluster {
         let Some(node) = self.get(index) else {
             return false;
         };
-        self.pg_ctl(node, "status")
-            .stdout(Stdio::null())
+        #[cfg(feature = "docker")]
+        if let Servers::Docker(containers) = &self.servers {
+            return containers.is_running(index)
+                && self.docker_pg_ctl(containers, index, "status", &[]).is_ok();
+        }
+        let Ok(mut cmd) = self.pg_ctl(node, "status") else {
+            return false;
+        };
+        cmd.stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
             .is_ok_and(|status| status.success())
@@ -299,14 +382,33 @@ impl Cluster {
         self.get(index).ok_or(TestkitError::NoSuchNode(index))
     }
 
-    /// `pg_ctl <action> -D <data> -w -t 30`.
-    pub(crate) fn pg_ctl(&self, node: &LocalNode, action: &str) -> Command {
-        let mut cmd = self.bin.command("pg_ctl");
+    /// `pg_ctl <action> -D <data> -w -t 30` (local backend only).
+    pub(crate) fn pg_ctl(&self, node: &LocalNode, action: &str) -> Result<Command, TestkitError> {
+        let mut cmd = self
+            .bin(&format!("pg_ctl {action} on this machine"))?
+            .command("pg_ctl");
         cmd.arg(action).arg("-D").arg(node.data_dir());
         if action != "status" {
             cmd.args(["-w", "-t", PG_CTL_TIMEOUT]);
         }
-        cmd
+        Ok(cmd)
+    }
+
+    /// `pg_ctl <action> -D <data> [-w -t 30] <args>` in node `index`'s container.
+    #[cfg(feature = "docker")]
+    pub(crate) fn docker_pg_ctl(
+        &self,
+        containers: &crate::docker::Containers,
+        index: usize,
+        action: &str,
+        args: &[&str],
+    ) -> Result<(), TestkitError> {
+        let mut command = vec!["pg_ctl", action, "-D", crate::docker::DATA_DIR];
+        if action != "status" {
+            command.extend(["-w", "-t", PG_CTL_TIMEOUT]);
+        }
+        command.extend(args);
+        containers.exec(index, &command, &[]).map(drop)
     }
 
     /// Runs `cmd`, quoting what it added to `node`'s log if it fails.
@@ -321,7 +423,7 @@ impl Cluster {
 
     pub(crate) fn pg_ctl_start(&self, data: &Path, log: &Path) -> Result<(), TestkitError> {
         let from = file_len(log);
-        let mut cmd = self.bin.command("pg_ctl");
+        let mut cmd = self.bin("pg_ctl start on this machine")?.command("pg_ctl");
         cmd.arg("start").arg("-D").arg(data).arg("-l").arg(log);
         cmd.args(["-w", "-t", PG_CTL_TIMEOUT]);
         binaries::run(&mut cmd, Some((log, from))).map(drop)
@@ -353,6 +455,10 @@ impl Cluster {
     }
 }
 
+/// Whether a replica is in recovery and streaming.
+pub(crate) const STREAMING: &str = "SELECT pg_is_in_recovery() AND EXISTS \
+                   (SELECT 1 FROM pg_stat_wal_receiver WHERE status = 'streaming')";
+
 /// Whether what a failed start wrote to `log` from byte `from` on says that
 /// the port was taken.
 pub(crate) fn port_taken(log: &Path, from: u64) -> bool {
@@ -362,12 +468,16 @@ pub(crate) fn port_taken(log: &Path, from: u64) -> bool {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        // Containers are removed by their own `Drop`.
+        if !matches!(self.servers, Servers::Local(_)) {
+            return;
+        }
         // Stop all nodes in parallel; errors (e.g. already stopped) are ignored.
         let children: Vec<Child> = self
             .nodes
             .iter()
             .filter_map(|node| {
-                let mut cmd = self.pg_ctl(node, "stop");
+                let mut cmd = self.pg_ctl(node, "stop").ok()?;
                 cmd.args(["-m", "immediate"])
                     .stdout(Stdio::null())
                     .stderr(Stdio::null())

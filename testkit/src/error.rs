@@ -52,6 +52,24 @@ pub enum TestkitError {
         reason: String,
     },
 
+    /// The Docker engine (the `docker` backend) failed or could not be
+    /// reached, or refused a request.
+    #[error("docker: {reason}")]
+    Docker {
+        /// What went wrong, with the engine's message.
+        reason: String,
+    },
+
+    /// The cluster's backend cannot do this (say, a Docker fault on a local
+    /// cluster, or TLS in containers).
+    #[error("not supported by the {backend} backend: {what}")]
+    Unsupported {
+        /// `local` or `docker`.
+        backend: &'static str,
+        /// The operation.
+        what: String,
+    },
+
     /// Something did not happen within the allowed time.
     #[error("timed out waiting for {what}")]
     Timeout {

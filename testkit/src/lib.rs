@@ -17,7 +17,13 @@
 //!   node; [`ClusterBuilder::pooler`] (or `PGROUTER_TESTKIT_POOLER=pgbouncer`
 //!   through [`Pooler::from_env`]) fronts every node of a cluster with one.
 //!
-//! It needs the PostgreSQL server binaries (`initdb`, `pg_ctl`,
+//! * [`Backend`] chooses where the servers run: on this machine (the
+//!   default), or, with the `docker` feature, one container per node on a
+//!   private Docker network ([`Backend::Docker`], see the `docker` module),
+//!   which adds faults only a container runtime has: a killed host, a frozen
+//!   one (`docker pause`), a partition (`docker network disconnect`).
+//!
+//! The local backend needs the PostgreSQL server binaries (`initdb`, `pg_ctl`,
 //! `pg_basebackup`, `psql`), e.g. from `apt-get install postgresql`; set
 //! `PGROUTER_PG_BINDIR` if they are somewhere unusual. Run as root, the servers
 //! run as the `postgres` user. A primary with two replicas starts in about a
@@ -79,9 +85,12 @@
 #![forbid(unsafe_code)]
 
 mod aurora;
+mod backend;
 mod binaries;
 mod builder;
 mod cluster;
+#[cfg(feature = "docker")]
+pub mod docker;
 mod error;
 mod node;
 mod pgbouncer;
@@ -89,6 +98,7 @@ mod proxy;
 mod roles;
 mod tls;
 
+pub use backend::{Backend, BACKEND_ENV};
 pub use cluster::{Cluster, ClusterBuilder, LocalNode, StopMode};
 pub use error::TestkitError;
 pub use pgbouncer::{PgBouncer, Pooler, PGBOUNCER_ENV, POOLER_ENV};

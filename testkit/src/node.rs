@@ -130,13 +130,14 @@ impl LocalNode {
         config
     }
 
-    /// The node's data directory (inside the cluster's temporary directory).
+    /// The node's data directory (inside the cluster's temporary directory;
+    /// on the Docker backend, a path inside the node's container).
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
     }
 
     /// The node's server log file (`<cluster dir>/nodeN.log`), handy when a
-    /// test fails.
+    /// test fails (on the Docker backend, a path inside the node's container).
     pub fn log_file(&self) -> &Path {
         &self.log_file
     }

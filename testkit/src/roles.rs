@@ -99,6 +99,7 @@ impl Cluster {
     /// reloaded. Other roles keep `trust`. Change the password with
     /// [`Cluster::set_password`].
     pub fn create_password_role(&self, name: &str, password: &str) -> Result<(), TestkitError> {
+        self.bin("a password role (pg_hba.conf edits)")?;
         self.create_least_privilege_role(name)?;
         self.set_password(name, password)?;
         let line = format!("host all {name} 127.0.0.1/32 scram-sha-256\n");
@@ -108,7 +109,7 @@ impl Cluster {
             // Truncating keeps the file's owner (postgres when we are root).
             std::fs::write(&hba, format!("{line}{old}"))?;
             if self.is_running(index) {
-                let mut cmd = self.pg_ctl(node, "reload");
+                let mut cmd = self.pg_ctl(node, "reload")?;
                 self.run_logged(&mut cmd, node)?;
             }
         }

@@ -9,7 +9,7 @@ use pgrouter::{
     Config, DatabaseManager, HealthSettings, NodeConfig, PoolSettings, ReadStrategy, RetrySettings,
     Role, StatementMode,
 };
-use pgrouter_testkit::{Cluster, FaultProxy, Flavour, Pooler};
+use pgrouter_testkit::{Backend, Cluster, ClusterBuilder, FaultProxy, Flavour, Pooler};
 
 /// node0 (primary), node1, node2 live in these regions.
 pub const REGIONS: [&str; 3] = ["us-east-1", "eu-west-1", "ap-south-1"];
@@ -111,17 +111,22 @@ pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
 }
 
-/// A primary and two streaming replicas, started (see [`blocking`]), in
-/// the flavour `PGROUTER_TESTKIT_FLAVOUR` names (`vanilla` by default;
-/// `least-privilege` runs every manager as a role with no superuser and no
-/// `pg_read_all_stats`).
+/// A cluster builder on the backend `PGROUTER_TESTKIT_BACKEND` names
+/// (`local` by default; `docker` runs every node in a container of
+/// `PGROUTER_TEST_IMAGE`, see `pgrouter_testkit::docker`).
+pub fn builder() -> ClusterBuilder {
+    let backend = Backend::from_env().expect("PGROUTER_TESTKIT_BACKEND");
+    Cluster::builder().backend(backend)
+}
+
+/// A primary and two streaming replicas, started (see [`blocking`]) on the
+/// backend of [`builder`], in the flavour `PGROUTER_TESTKIT_FLAVOUR` names
+/// (`vanilla` by default; `least-privilege` runs every manager as a role
+/// with no superuser and no `pg_read_all_stats`).
 pub fn start_cluster() -> Cluster {
     let flavour = Flavour::from_env().expect("PGROUTER_TESTKIT_FLAVOUR");
-    let builder = Cluster::builder()
-        .replicas(2)
-        .flavour(flavour)
-        .pooler(pooler());
-    blocking(|| builder.start()).expect("start a local cluster (primary + 2 replicas)")
+    let builder = builder().replicas(2).flavour(flavour).pooler(pooler());
+    blocking(|| builder.start()).expect("start a cluster (primary + 2 replicas)")
 }
 
 /// Whether `PGROUTER_TESTKIT_FLAVOUR` asks for the emulated Aurora: no
