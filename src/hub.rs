@@ -7,13 +7,14 @@
 //! hold the hub, and the hub knows neither.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption, Guard};
 use tokio::sync::{broadcast, watch, Notify};
 use tokio::time::Instant;
 
+use crate::call_window::CallWindow;
 use crate::clock;
 use crate::config::{Config, NodeConfig, ReadStrategy};
 use crate::error::{Error, NodeContext};
@@ -64,6 +65,12 @@ pub(crate) struct Hub {
     closed: AtomicBool,
     /// Cleared when the monitor task ends for any reason but `close`.
     monitor_alive: AtomicBool,
+    /// Reads that ended recently, and their failures (for readiness).
+    pub(crate) read_outcomes: CallWindow,
+    /// Writes and transactions that ended recently, and their failures.
+    pub(crate) write_outcomes: CallWindow,
+    /// Since when no primary has been routable (`None` while one is).
+    primary_missing: Mutex<Option<Instant>>,
 }
 
 /// Building, and the lifecycle.
@@ -95,6 +102,7 @@ impl Hub {
         let slots = config.discovery.as_ref().map_or(0, |d| d.max_nodes);
         let count = configured + slots;
         let snapshot = Snapshot::initial(&nodes, slots);
+        let window = config.readiness.window;
         let nodes = nodes
             .into_vec()
             .into_iter()
@@ -115,6 +123,9 @@ impl Hub {
             events: broadcast::Sender::new(EVENT_BUFFER),
             closed: AtomicBool::new(false),
             monitor_alive: AtomicBool::new(true),
+            read_outcomes: CallWindow::new(window),
+            write_outcomes: CallWindow::new(window),
+            primary_missing: Mutex::new(None),
         })
     }
 
@@ -143,6 +154,11 @@ impl Hub {
             return Err(Error::MonitorStopped);
         }
         Ok(())
+    }
+
+    /// Whether `close` was called.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
     }
 
     /// Whether the monitor is still running (or was stopped by `close`).
@@ -373,6 +389,31 @@ impl Hub {
         }
         // Wake writers holding for a primary: a cleared flag counts too.
         self.published.send_modify(|generation| *generation += 1);
+        self.note_primary(Instant::now());
+    }
+
+    /// Notes whether a primary is routable as of `now`: the start of an
+    /// absence is kept until one is again. The monitor notes it after each
+    /// round, readiness before it judges.
+    pub(crate) fn note_primary(&self, now: Instant) {
+        let present = self.primary_index().is_some();
+        let mut missing = self
+            .primary_missing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match (present, *missing) {
+            (true, _) => *missing = None,
+            (false, None) => *missing = Some(now),
+            (false, Some(_)) => {}
+        }
+    }
+
+    /// Since when no primary has been routable, if none is.
+    pub(crate) fn primary_missing_since(&self) -> Option<Instant> {
+        *self
+            .primary_missing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Topology events from now on.
