@@ -62,7 +62,7 @@ pub enum NotReady {
     /// No primary for longer than the write hold: writes fail.
     NoPrimary {
         /// How long it has been missing (as of the monitor's last round).
-        #[serde(with = "humantime_serde")]
+        #[serde(serialize_with = "crate::status::micros::serialize")]
         missing_for: Duration,
     },
     /// More reads in the window failed than the settings allow.

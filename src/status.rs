@@ -14,7 +14,7 @@ use crate::topology::{Lag, Orphan};
 /// Every node's state at one moment.
 ///
 /// Serializes (for a health endpoint) with durations and times in
-/// humantime form (`"1s 200ms"`, RFC 3339); it holds no connection string,
+/// humantime form (`"1s 200ms"`, cut to microseconds; times in RFC 3339); it holds no connection string,
 /// user or password.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[non_exhaustive]
@@ -68,7 +68,7 @@ pub struct NodeStatus {
     /// A replica's lag behind the primary, once both have been probed.
     pub lag: Option<Lag>,
     /// Smoothed probe round trip.
-    #[serde(with = "humantime_serde")]
+    #[serde(serialize_with = "micros::option")]
     pub rtt: Option<Duration>,
     /// Whether routing may use it: the monitor has it up, it is not fenced
     /// (nor an orphan, unless orphans serve reads), and no caller has
@@ -79,7 +79,7 @@ pub struct NodeStatus {
     /// The last probe error, kept until the node is healthy again.
     pub last_error: Option<String>,
     /// Time since the last probe finished; `None` before the first.
-    #[serde(with = "humantime_serde")]
+    #[serde(serialize_with = "micros::option")]
     pub last_probe_age: Option<Duration>,
     /// The node's connection pool.
     pub pool: PoolStatus,
@@ -184,5 +184,31 @@ impl Status {
     /// The node with this name.
     pub fn node(&self, name: &str) -> Option<&NodeStatus> {
         self.nodes.iter().find(|node| node.name == name)
+    }
+}
+
+/// Durations in status output: humantime form cut to microseconds
+/// (`"4ms 956us"`), which is all a probe round trip or an age needs.
+pub(crate) mod micros {
+    use std::time::Duration;
+
+    use serde::Serializer;
+
+    fn cut(duration: Duration) -> Duration {
+        Duration::from_micros(u64::try_from(duration.as_micros()).unwrap_or(u64::MAX))
+    }
+
+    pub(crate) fn serialize<S: Serializer>(duration: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_duration(cut(*duration)))
+    }
+
+    pub(crate) fn option<S: Serializer>(
+        duration: &Option<Duration>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match duration {
+            Some(duration) => serialize(duration, s),
+            None => s.serialize_none(),
+        }
     }
 }

@@ -27,7 +27,7 @@ pub struct Lag {
     /// since the primary's last probe). Measured on pgrouter's clock, so
     /// never skewed by the servers' clocks. Reads with a staleness bound
     /// judge the same quantity again when they are routed.
-    #[serde(with = "humantime_serde")]
+    #[serde(serialize_with = "crate::status::micros::serialize")]
     pub time: Duration,
 }
 
