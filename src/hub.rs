@@ -69,8 +69,9 @@ pub(crate) struct Hub {
     pub(crate) read_outcomes: CallWindow,
     /// Writes and transactions that ended recently, and their failures.
     pub(crate) write_outcomes: CallWindow,
-    /// Since when no primary has been routable (`None` while one is).
-    primary_missing: Mutex<Option<Instant>>,
+    /// Since when no primary, and since when no node for a read with the
+    /// configured options, has been routable (`None` while one is).
+    missing: Mutex<Missing>,
 }
 
 /// Building, and the lifecycle.
@@ -125,7 +126,7 @@ impl Hub {
             monitor_alive: AtomicBool::new(true),
             read_outcomes: CallWindow::new(window),
             write_outcomes: CallWindow::new(window),
-            primary_missing: Mutex::new(None),
+            missing: Mutex::new(Missing::default()),
         })
     }
 
@@ -389,31 +390,31 @@ impl Hub {
         }
         // Wake writers holding for a primary: a cleared flag counts too.
         self.published.send_modify(|generation| *generation += 1);
-        self.note_primary(Instant::now());
+        self.note_missing(Instant::now());
     }
 
-    /// Notes whether a primary is routable as of `now`: the start of an
-    /// absence is kept until one is again. The monitor notes it after each
-    /// round, readiness before it judges.
-    pub(crate) fn note_primary(&self, now: Instant) {
-        let present = self.primary_index().is_some();
-        let mut missing = self
-            .primary_missing
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        match (present, *missing) {
-            (true, _) => *missing = None,
-            (false, None) => *missing = Some(now),
-            (false, Some(_)) => {}
-        }
-    }
-
-    /// Since when no primary has been routable, if none is.
-    pub(crate) fn primary_missing_since(&self) -> Option<Instant> {
-        *self
-            .primary_missing
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+    /// Notes whether a primary, and a node for a read with the configured
+    /// options, are routable as of `now`: the start of an absence is kept
+    /// until one is again. The monitor notes it after each round,
+    /// readiness before it judges. Returns what is noted.
+    pub(crate) fn note_missing(&self, now: Instant) -> Missing {
+        let primary = self.primary_index().is_some();
+        let freshness = Freshness {
+            max_staleness: self.config.max_staleness,
+            after: None,
+        };
+        let rng = &mut fastrand::Rng::new();
+        let reader = self
+            .pick_read(self.config.read_strategy, freshness, None, rng)
+            .is_some();
+        let mut missing = self.missing.lock().unwrap_or_else(PoisonError::into_inner);
+        let since = |present: bool, since: Option<Instant>| match present {
+            true => None,
+            false => Some(since.unwrap_or(now)),
+        };
+        missing.primary = since(primary, missing.primary);
+        missing.reader = since(reader, missing.reader);
+        *missing
     }
 
     /// Topology events from now on.
@@ -426,6 +427,15 @@ impl Hub {
     pub(crate) fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()
     }
+}
+
+/// Since when something routing needs has been missing.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Missing {
+    /// No routable primary since.
+    pub(crate) primary: Option<Instant>,
+    /// No node for a read with the configured strategy and bound since.
+    pub(crate) reader: Option<Instant>,
 }
 
 fn warn_without_local_node(config: &Config, nodes: &[Node]) {

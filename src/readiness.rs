@@ -9,20 +9,21 @@ use tokio::time::Instant;
 
 use crate::call_window::Tally;
 use crate::config::{ReadinessSettings, Requirement};
-use crate::freshness::Freshness;
 use crate::hub::Hub;
 
 /// Whether this instance can serve its traffic now, and if not, why; from
 /// [`DatabaseManager::readiness`](crate::DatabaseManager::readiness), for a
 /// readiness probe.
 ///
-/// Ready unless the manager is closed or its monitor stopped, no node can
-/// serve a read with the configured strategy and staleness bound, the
-/// primary has been missing for longer than
-/// [`Config::write_hold`](crate::Config::write_hold) (while writes are
-/// held for a new one, it stays ready), or recent calls are failing (see
-/// [`ReadinessSettings`]). Writes count only with
-/// [`Requirement::ReadsAndWrites`].
+/// Ready unless the manager is closed or its monitor stopped, recent calls
+/// are failing (see [`ReadinessSettings`]), or for longer than
+/// [`Config::write_hold`](crate::Config::write_hold) no node could serve a
+/// read with the configured strategy and staleness bound, or no primary
+/// was known. Within the hold (a failover: writes are held, replicas cut
+/// off from the dead primary serve no read until they follow the new one)
+/// it stays ready: the fault is the database's, shared by every instance,
+/// and taking them all out of rotation at once serves no one. Writes count
+/// only with [`Requirement::ReadsAndWrites`].
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[non_exhaustive]
 pub struct Readiness {
@@ -57,8 +58,12 @@ pub enum NotReady {
     /// The health monitor stopped: every call fails.
     MonitorStopped,
     /// No node may serve a read with the configured strategy and
-    /// staleness bound.
-    NoReadNode,
+    /// staleness bound, for longer than the write hold.
+    NoReadNode {
+        /// How long none has (as of the monitor's last round).
+        #[serde(serialize_with = "crate::status::micros::serialize")]
+        missing_for: Duration,
+    },
     /// No primary for longer than the write hold: writes fail.
     NoPrimary {
         /// How long it has been missing (as of the monitor's last round).
@@ -76,8 +81,9 @@ pub enum NotReady {
 pub(crate) struct Facts {
     pub(crate) closed: bool,
     pub(crate) monitor_running: bool,
-    /// A read with the configured options would find a node now.
-    pub(crate) read_node: bool,
+    /// How long no read with the configured options would have found a
+    /// node, if none would now.
+    pub(crate) read_node_missing_for: Option<Duration>,
     /// How long no primary has been routable, if none is now.
     pub(crate) primary_missing_for: Option<Duration>,
     pub(crate) write_hold: Duration,
@@ -94,8 +100,10 @@ pub(crate) fn decide(facts: &Facts, settings: &ReadinessSettings) -> Readiness {
     } else if !facts.monitor_running {
         reasons.push(NotReady::MonitorStopped);
     }
-    if !facts.read_node {
-        reasons.push(NotReady::NoReadNode);
+    if let Some(missing_for) = facts.read_node_missing_for {
+        if missing_for > facts.write_hold {
+            reasons.push(NotReady::NoReadNode { missing_for });
+        }
     }
     if let Some(missing_for) = facts.primary_missing_for {
         if writes_count && missing_for > facts.write_hold {
@@ -143,22 +151,14 @@ impl Hub {
 
     fn readiness_facts(&self) -> Facts {
         let now = Instant::now();
-        self.note_primary(now);
-        let freshness = Freshness {
-            max_staleness: self.config.max_staleness,
-            after: None,
-        };
-        let strategy = self.config.read_strategy;
-        let read_node = self
-            .pick_read(strategy, freshness, None, &mut fastrand::Rng::new())
-            .is_some();
+        let missing = self.note_missing(now);
+        let missing_for =
+            |since: Option<Instant>| since.map(|at| now.saturating_duration_since(at));
         Facts {
             closed: self.is_closed(),
             monitor_running: self.monitor_running(),
-            read_node,
-            primary_missing_for: self
-                .primary_missing_since()
-                .map(|since| now.saturating_duration_since(since)),
+            read_node_missing_for: missing_for(missing.reader),
+            primary_missing_for: missing_for(missing.primary),
             write_hold: self.config.write_hold,
             reads: self.read_outcomes.tally(now),
             writes: self.write_outcomes.tally(now),
@@ -174,7 +174,7 @@ mod tests {
         Facts {
             closed: false,
             monitor_running: true,
-            read_node: true,
+            read_node_missing_for: None,
             primary_missing_for: None,
             write_hold: Duration::from_secs(5),
             reads: Tally {
@@ -259,13 +259,19 @@ mod tests {
     }
 
     #[test]
-    fn no_read_node_or_no_monitor_is_not_ready_whatever_the_calls() {
+    fn no_read_node_beyond_the_hold_or_no_monitor_is_not_ready_whatever_the_calls() {
         let both = ReadinessSettings::default();
-        let no_read = Facts {
-            read_node: false,
+        let no_read = |secs| Facts {
+            read_node_missing_for: Some(Duration::from_secs(secs)),
             ..facts()
         };
-        assert_eq!(reasons(no_read, &reads_only()), vec![NotReady::NoReadNode]);
+        assert_eq!(reasons(no_read(5), &reads_only()), vec![]);
+        assert_eq!(
+            reasons(no_read(6), &reads_only()),
+            vec![NotReady::NoReadNode {
+                missing_for: Duration::from_secs(6)
+            }]
+        );
         let stopped = Facts {
             monitor_running: false,
             ..facts()
