@@ -418,8 +418,15 @@ async fn liveness_readiness_json_and_errors_as_http() {
         .await
         .unwrap();
     assert_eq!(updated.status(), 200);
+    // The client sends back the token it was given, to read its write.
+    let token = updated.headers()[CAUSAL_TOKEN_HEADER].clone();
     assert_eq!(updated.json::<app::Item>().await.unwrap().qty, 7);
-    let list = http.get(pod.url("/items")).send().await.unwrap();
+    let list = http
+        .get(pod.url("/items"))
+        .header(CAUSAL_TOKEN_HEADER, token)
+        .send()
+        .await
+        .unwrap();
     let list: Value = list.json().await.unwrap();
     assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
     let deleted = http
