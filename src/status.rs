@@ -160,8 +160,11 @@ impl Status {
             .find(|node| node.name == target && node.healthy)
     }
 
-    /// Readiness, as the original `/health/ready`: a running monitor and a
-    /// healthy primary, so both reads and writes can be served.
+    /// A running monitor and a healthy primary, as the original
+    /// `/health/ready` asked. Not a good readiness probe: it turns false for
+    /// the moments of every promotion (when writes are only held) and stays
+    /// true while reads fail; use
+    /// [`DatabaseManager::readiness`](crate::DatabaseManager::readiness).
     pub fn is_ready(&self) -> bool {
         self.monitor_running && self.primary().is_some()
     }

@@ -31,6 +31,9 @@ use crate::served::{self, ServedBy};
 /// 40001, 40P01, 57P01/57P02/57P03, 25006 (the last four also have the node
 /// probed at once). Constraint violations (class 23), syntax and
 /// permission (42), data (22) and every other server error return at once.
+///
+/// Inside a [`causal_scope`](crate::causal_scope) a write (or transaction)
+/// also fetches its causal token and advances the scope to it.
 #[derive(Clone)]
 #[must_use = "a write does nothing until execute, a query method or transaction is awaited"]
 pub struct Write<'a> {
@@ -180,8 +183,11 @@ impl<'a> Write<'a> {
     ) -> Result<Served<K::Output>, Error> {
         let (hub, slot, scoped) = (self.hub, self.served, causal::in_scope());
         let result = self.run_statement::<K>(sql, params, token || scoped).await;
-        hub.write_outcomes
-            .record(result.as_ref().is_err_and(Error::is_unavailable));
+        // A call refused before it started (a bad option) is not counted.
+        if !matches!(result, Err(Error::InvalidArgument { .. })) {
+            let failed = result.as_ref().is_err_and(Error::is_unavailable);
+            hub.write_outcomes.record(failed);
+        }
         if let Ok(served) = &result {
             served::record(slot, hub, served.index);
             if scoped {
