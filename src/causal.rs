@@ -28,7 +28,7 @@ struct Scope {
 /// [`Write::execute_with_token`](crate::Write::execute_with_token)) and
 /// advances the scope to it. Hand the returned token back to the client;
 /// its next request, served by any instance, then sees its writes. The
-/// [`CausalLayer`](crate::CausalLayer) (feature `tower`) does this for
+/// `CausalLayer` (feature `tower`) does this for
 /// every HTTP request.
 ///
 /// The scope is a Tokio task-local: calls made in a task spawned from
