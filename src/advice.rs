@@ -19,7 +19,9 @@ pub enum RetryHint {
     /// refused password) or would repeat a write that was applied.
     NotRetryable,
     /// A write may or may not have been applied: read before repeating it,
-    /// or repeat it only if it is idempotent.
+    /// or repeat it only if it is idempotent. (A read whose deadline passed
+    /// after it was sent says this too, as [`Error::is_outcome_unknown`]
+    /// does; a read is safe to repeat.)
     OutcomeUnknown,
 }
 
