@@ -120,6 +120,13 @@ impl Capability {
     }
 }
 
+/// Its [`name`](Capability::name), as in logs.
+impl serde::Serialize for Capability {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
 impl fmt::Display for Capability {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
@@ -129,7 +136,7 @@ impl fmt::Display for Capability {
 /// A capability a node turned out not to have, and why. Shown in
 /// [`NodeStatus::missing_capabilities`](crate::NodeStatus::missing_capabilities)
 /// and logged once at warn level; the node stays healthy.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct MissingCapability {
     /// The capability.

@@ -7,13 +7,14 @@
 //! hold the hub, and the hub knows neither.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption, Guard};
 use tokio::sync::{broadcast, watch, Notify};
 use tokio::time::Instant;
 
+use crate::call_window::CallWindow;
 use crate::clock;
 use crate::config::{Config, NodeConfig, ReadStrategy};
 use crate::error::{Error, NodeContext};
@@ -64,6 +65,13 @@ pub(crate) struct Hub {
     closed: AtomicBool,
     /// Cleared when the monitor task ends for any reason but `close`.
     monitor_alive: AtomicBool,
+    /// Reads that ended recently, and their failures (for readiness).
+    pub(crate) read_outcomes: CallWindow,
+    /// Writes and transactions that ended recently, and their failures.
+    pub(crate) write_outcomes: CallWindow,
+    /// Since when no primary, and since when no node for a read with the
+    /// configured options, has been routable (`None` while one is).
+    missing: Mutex<Missing>,
 }
 
 /// Building, and the lifecycle.
@@ -95,6 +103,7 @@ impl Hub {
         let slots = config.discovery.as_ref().map_or(0, |d| d.max_nodes);
         let count = configured + slots;
         let snapshot = Snapshot::initial(&nodes, slots);
+        let window = config.readiness.window;
         let nodes = nodes
             .into_vec()
             .into_iter()
@@ -115,6 +124,9 @@ impl Hub {
             events: broadcast::Sender::new(EVENT_BUFFER),
             closed: AtomicBool::new(false),
             monitor_alive: AtomicBool::new(true),
+            read_outcomes: CallWindow::new(window),
+            write_outcomes: CallWindow::new(window),
+            missing: Mutex::new(Missing::default()),
         })
     }
 
@@ -143,6 +155,11 @@ impl Hub {
             return Err(Error::MonitorStopped);
         }
         Ok(())
+    }
+
+    /// Whether `close` was called.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
     }
 
     /// Whether the monitor is still running (or was stopped by `close`).
@@ -373,6 +390,31 @@ impl Hub {
         }
         // Wake writers holding for a primary: a cleared flag counts too.
         self.published.send_modify(|generation| *generation += 1);
+        self.note_missing(Instant::now());
+    }
+
+    /// Notes whether a primary, and a node for a read with the configured
+    /// options, are routable as of `now`: the start of an absence is kept
+    /// until one is again. The monitor notes it after each round,
+    /// readiness before it judges. Returns what is noted.
+    pub(crate) fn note_missing(&self, now: Instant) -> Missing {
+        let primary = self.primary_index().is_some();
+        let freshness = Freshness {
+            max_staleness: self.config.max_staleness,
+            after: None,
+        };
+        let rng = &mut fastrand::Rng::new();
+        let reader = self
+            .pick_read(self.config.read_strategy, freshness, None, rng)
+            .is_some();
+        let mut missing = self.missing.lock().unwrap_or_else(PoisonError::into_inner);
+        let since = |present: bool, since: Option<Instant>| match present {
+            true => None,
+            false => Some(since.unwrap_or(now)),
+        };
+        missing.primary = since(primary, missing.primary);
+        missing.reader = since(reader, missing.reader);
+        *missing
     }
 
     /// Topology events from now on.
@@ -385,6 +427,15 @@ impl Hub {
     pub(crate) fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()
     }
+}
+
+/// Since when something routing needs has been missing.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Missing {
+    /// No routable primary since.
+    pub(crate) primary: Option<Instant>,
+    /// No node for a read with the configured strategy and bound since.
+    pub(crate) reader: Option<Instant>,
 }
 
 fn warn_without_local_node(config: &Config, nodes: &[Node]) {

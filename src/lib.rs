@@ -2,9 +2,14 @@
 // Lints: the `[workspace.lints]` table in Cargo.toml; no unsafe code at all here.
 #![forbid(unsafe_code)]
 
+mod advice;
 #[cfg(feature = "bench")]
 pub mod bench;
+mod call_window;
 mod capability;
+mod causal;
+#[cfg(feature = "tower")]
+mod causal_layer;
 mod clock;
 mod config;
 mod connstr;
@@ -20,8 +25,10 @@ mod manager;
 mod node;
 mod node_set;
 mod outcome;
+mod readiness;
 mod retry;
 mod safety;
+mod served;
 mod sslmode;
 mod statements;
 mod status;
@@ -30,10 +37,15 @@ mod tls;
 mod topology;
 mod view;
 
+pub use advice::RetryHint;
 pub use capability::{Capability, MissingCapability};
+pub use causal::{causal_scope, current_causal_token};
+#[cfg(feature = "tower")]
+pub use causal_layer::{CausalLayer, CausalService, CAUSAL_TOKEN_HEADER};
 pub use config::{
     Config, ConfigBuilder, DiscoverySettings, HealthSettings, NearestSettings, NodeConfig,
-    OutcomeSettings, PoolSettings, ReadStrategy, RetrySettings, Role, StatementMode, TlsSettings,
+    OutcomeSettings, PoolSettings, ReadStrategy, ReadinessSettings, Requirement, RetrySettings,
+    Role, StatementMode, TlsSettings,
 };
 pub use connstr::ConnectionString;
 pub use credentials::{
@@ -44,7 +56,9 @@ pub use error::{ConfigError, Error, NodeContext};
 pub use events::{CommitOutcome, Event};
 pub use lsn::{CausalToken, Lsn, TokenError};
 pub use manager::{DatabaseManager, Read, Tx, TxFuture, Write};
+pub use readiness::{CallCounts, NotReady, Readiness};
 pub use retry::RetryDecision;
+pub use served::{ServedBy, Server};
 pub use status::{NodeStatus, PoolStatus, Status};
 pub use topology::{Lag, Orphan};
 

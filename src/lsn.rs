@@ -202,6 +202,36 @@ impl FromStr for CausalToken {
     }
 }
 
+/// The text form (`16/B374D848`), so a JSON status shows what `psql` does.
+impl serde::Serialize for Lsn {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Lsn {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// The stable string form of [`Display`](fmt::Display) (`2/16/B374D848`);
+/// deserializing accepts what [`str::parse`] does, and garbage is an error
+/// naming the reason, never a panic.
+impl serde::Serialize for CausalToken {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for CausalToken {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// `000000020000000000000003` is on timeline 2.
 pub(crate) fn timeline_of_walfile(name: &str) -> Option<u32> {
     name.get(..8)
@@ -276,6 +306,27 @@ mod tests {
         }
         let long = "x".repeat(1000);
         assert_eq!(long.parse::<CausalToken>().unwrap_err().text.len(), 64);
+    }
+
+    #[test]
+    fn serde_uses_the_string_form() {
+        let token: CausalToken = "2/16/B374D848".parse().unwrap();
+        let json = serde_json::to_string(&token).unwrap();
+        assert_eq!(json, "\"2/16/B374D848\"");
+        assert_eq!(serde_json::from_str::<CausalToken>(&json).unwrap(), token);
+        let old: CausalToken = serde_json::from_str("\"16/B374D848\"").unwrap();
+        assert_eq!(old.timeline(), None);
+        let lsn: Lsn = serde_json::from_str("\"0/10\"").unwrap();
+        assert_eq!(
+            (lsn, serde_json::to_string(&lsn).unwrap()),
+            (Lsn(16), "\"0/10\"".into())
+        );
+        let error = serde_json::from_str::<CausalToken>("\"1/x/2\"").unwrap_err();
+        assert!(
+            error.to_string().contains("invalid causal token"),
+            "{error}"
+        );
+        assert!(serde_json::from_str::<CausalToken>("42").is_err());
     }
 
     #[test]

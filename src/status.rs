@@ -3,6 +3,8 @@
 
 use std::time::{Duration, SystemTime};
 
+use serde::Serialize;
+
 use crate::capability::{Capability, MissingCapability};
 use crate::config::{ReadStrategy, Role};
 use crate::hub::Hub;
@@ -10,7 +12,11 @@ use crate::lsn::Lsn;
 use crate::topology::{Lag, Orphan};
 
 /// Every node's state at one moment.
-#[derive(Debug, Clone, PartialEq)]
+///
+/// Serializes (for a health endpoint) with durations and times in
+/// humantime form (`"1s 200ms"`, cut to microseconds; times in RFC 3339); it holds no connection string,
+/// user or password.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[non_exhaustive]
 pub struct Status {
     /// One entry per configured node, in configuration order, then one per
@@ -30,7 +36,7 @@ pub struct Status {
 }
 
 /// One node's state.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[non_exhaustive]
 pub struct NodeStatus {
     /// The node's name.
@@ -55,12 +61,14 @@ pub struct NodeStatus {
     /// A replica's last replayed commit time, as its server's clock tells
     /// it (`pg_last_xact_replay_timestamp()`); informational, routing never
     /// uses it.
+    #[serde(with = "humantime_serde")]
     pub last_replay: Option<SystemTime>,
     /// Primary: WAL insert position; replica: replayed position.
     pub wal_position: Option<Lsn>,
     /// A replica's lag behind the primary, once both have been probed.
     pub lag: Option<Lag>,
     /// Smoothed probe round trip.
+    #[serde(serialize_with = "micros::option")]
     pub rtt: Option<Duration>,
     /// Whether routing may use it: the monitor has it up, it is not fenced
     /// (nor an orphan, unless orphans serve reads), and no caller has
@@ -71,6 +79,7 @@ pub struct NodeStatus {
     /// The last probe error, kept until the node is healthy again.
     pub last_error: Option<String>,
     /// Time since the last probe finished; `None` before the first.
+    #[serde(serialize_with = "micros::option")]
     pub last_probe_age: Option<Duration>,
     /// The node's connection pool.
     pub pool: PoolStatus,
@@ -81,7 +90,7 @@ pub struct NodeStatus {
 }
 
 /// A node's pool, as deadpool reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct PoolStatus {
     /// The most connections the pool opens.
@@ -151,8 +160,11 @@ impl Status {
             .find(|node| node.name == target && node.healthy)
     }
 
-    /// Readiness, as the original `/health/ready`: a running monitor and a
-    /// healthy primary, so both reads and writes can be served.
+    /// A running monitor and a healthy primary, as the original
+    /// `/health/ready` asked. Not a good readiness probe: it turns false for
+    /// the moments of every promotion (when writes are only held) and stays
+    /// true while reads fail; use
+    /// [`DatabaseManager::readiness`](crate::DatabaseManager::readiness).
     pub fn is_ready(&self) -> bool {
         self.monitor_running && self.primary().is_some()
     }
@@ -175,5 +187,31 @@ impl Status {
     /// The node with this name.
     pub fn node(&self, name: &str) -> Option<&NodeStatus> {
         self.nodes.iter().find(|node| node.name == name)
+    }
+}
+
+/// Durations in status output: humantime form cut to microseconds
+/// (`"4ms 956us"`), which is all a probe round trip or an age needs.
+pub(crate) mod micros {
+    use std::time::Duration;
+
+    use serde::Serializer;
+
+    fn cut(duration: Duration) -> Duration {
+        Duration::from_micros(u64::try_from(duration.as_micros()).unwrap_or(u64::MAX))
+    }
+
+    pub(crate) fn serialize<S: Serializer>(duration: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_duration(cut(*duration)))
+    }
+
+    pub(crate) fn option<S: Serializer>(
+        duration: &Option<Duration>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match duration {
+            Some(duration) => serialize(duration, s),
+            None => s.serialize_none(),
+        }
     }
 }

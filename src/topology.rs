@@ -15,7 +15,7 @@ use crate::lsn::Lsn;
 use crate::node::Node;
 
 /// How far a replica is behind the primary.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 #[non_exhaustive]
 pub struct Lag {
     /// WAL bytes the primary has written that the replica has not replayed
@@ -27,6 +27,7 @@ pub struct Lag {
     /// since the primary's last probe). Measured on pgrouter's clock, so
     /// never skewed by the servers' clocks. Reads with a staleness bound
     /// judge the same quantity again when they are routed.
+    #[serde(serialize_with = "crate::status::micros::serialize")]
     pub time: Duration,
 }
 
@@ -34,7 +35,8 @@ pub struct Lag {
 /// (nothing shows it has the primary's latest writes), nor, unless
 /// [`Config::allow_orphaned_reads`](crate::Config::allow_orphaned_reads)
 /// says so, any read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
 #[non_exhaustive]
 pub enum Orphan {
     /// Its WAL receiver does not run: it is not streaming from any primary

@@ -6,6 +6,7 @@
 mod builder;
 mod discovery;
 mod env;
+mod readiness;
 mod validate;
 
 use std::fmt;
@@ -16,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 pub use builder::ConfigBuilder;
 pub use discovery::DiscoverySettings;
+pub use readiness::{ReadinessSettings, Requirement};
 
 use crate::connstr::ConnectionString;
 use crate::credentials::SharedPasswordProvider;
@@ -80,6 +82,10 @@ pub struct Config {
     /// [`NodeConfig::statement_mode`]. Default: [`StatementMode::Prepared`].
     #[serde(default)]
     pub statement_mode: StatementMode,
+    /// When [`DatabaseManager::readiness`](crate::DatabaseManager::readiness)
+    /// is ready.
+    #[serde(default)]
+    pub readiness: ReadinessSettings,
     /// Topology discovery on Aurora. Default: none (the configured nodes
     /// only).
     #[serde(default)]
@@ -555,6 +561,7 @@ impl Config {
             retry: RetrySettings::default(),
             outcomes: OutcomeSettings::default(),
             statement_mode: StatementMode::default(),
+            readiness: ReadinessSettings::default(),
             discovery: None,
             password_provider: None,
         }

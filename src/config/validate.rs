@@ -21,7 +21,28 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
     validate_durations(config)?;
     validate_outcomes(config)?;
     validate_discovery(config)?;
+    validate_readiness(config)?;
     validate_counts(config)
+}
+
+fn validate_readiness(config: &Config) -> Result<(), ConfigError> {
+    let readiness = &config.readiness;
+    if readiness.window.is_zero() {
+        return Err(invalid(
+            "readiness.window",
+            readiness.window,
+            "must be greater than zero",
+        ));
+    }
+    let ratio = readiness.max_failure_ratio;
+    if !(0.0..=1.0).contains(&ratio) {
+        return Err(ConfigError::InvalidValue {
+            field: "readiness.max_failure_ratio".to_owned(),
+            value: ratio.to_string(),
+            reason: "must be between 0 and 1",
+        });
+    }
+    Ok(())
 }
 
 /// Configured and discovered nodes together: one word of routing bits.
@@ -305,6 +326,25 @@ mod tests {
         );
         let error = "named".parse::<StatementMode>().unwrap_err().to_string();
         assert!(error.starts_with("statement_mode = named"), "{error}");
+    }
+
+    #[test]
+    fn readiness_errors_name_the_field() {
+        type Edit = fn(&mut Config);
+        let cases: [Edit; 4] = [
+            |c| c.readiness.window = Duration::ZERO,
+            |c| c.readiness.max_failure_ratio = -0.1,
+            |c| c.readiness.max_failure_ratio = 1.5,
+            |c| c.readiness.max_failure_ratio = f64::NAN,
+        ];
+        for edit in cases {
+            match error_of(edit) {
+                ConfigError::InvalidValue { field, .. } => {
+                    assert!(field.starts_with("readiness."), "{field}")
+                }
+                other => panic!("{other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -28,6 +28,7 @@ use crate::events::Event;
 use crate::freshness::Freshness;
 use crate::health::Monitor;
 use crate::hub::Hub;
+use crate::readiness::Readiness;
 use crate::status::Status;
 
 /// One handle to every node of a primary-and-replicas deployment.
@@ -114,6 +115,15 @@ impl DatabaseManager {
     /// A plain copy of every node's state.
     pub fn status(&self) -> Status {
         Status::capture(&self.inner.hub)
+    }
+
+    /// Whether this instance of the service can serve its traffic now, for
+    /// a readiness probe (see [`Readiness`] and the README's probe table):
+    /// it stays ready while writes are held for a new primary within
+    /// [`Config::write_hold`], and turns not ready when no node can serve a
+    /// read, or when recent calls are failing. Cheap: no I/O.
+    pub fn readiness(&self) -> Readiness {
+        self.inner.hub.readiness()
     }
 
     /// A read with the default options; see [`Read::query`].

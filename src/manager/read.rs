@@ -7,12 +7,14 @@ use tokio_postgres::Row;
 use tracing::Instrument;
 
 use super::attempt::{at_most_one, exactly_one, traced, Call, Deadline, Params, Rows};
+use crate::causal;
 use crate::config::{ReadStrategy, Role};
 use crate::error::Error;
 use crate::freshness::Freshness;
 use crate::hub::Hub;
 use crate::lsn::CausalToken;
 use crate::retry::RetryDecision;
+use crate::served::{self, ServedBy};
 
 /// Less than this left of the deadline, a read is not tried elsewhere.
 const RETRY_FLOOR: Duration = Duration::from_millis(5);
@@ -41,6 +43,7 @@ pub struct Read<'a> {
     deadline: Option<Duration>,
     max_staleness: Option<Duration>,
     after: Option<CausalToken>,
+    served: Option<&'a ServedBy>,
 }
 
 impl std::fmt::Debug for Read<'_> {
@@ -50,6 +53,7 @@ impl std::fmt::Debug for Read<'_> {
             .field("deadline", &self.deadline)
             .field("max_staleness", &self.max_staleness)
             .field("after", &self.after)
+            .field("served", &self.served)
             .finish_non_exhaustive()
     }
 }
@@ -62,6 +66,7 @@ impl<'a> Read<'a> {
             deadline: None,
             max_staleness: None,
             after: None,
+            served: None,
         }
     }
 
@@ -90,9 +95,16 @@ impl<'a> Read<'a> {
     }
 
     /// Reads only from a node known to have replayed the write that gave
-    /// `token` (read-your-writes).
+    /// `token` (read-your-writes). Without it, a read made inside a
+    /// [`causal_scope`](crate::causal_scope) uses the scope's token.
     pub fn after(mut self, token: CausalToken) -> Self {
         self.after = Some(token);
+        self
+    }
+
+    /// Records in `slot` which node served the read, if it succeeds.
+    pub fn served_by(mut self, slot: &'a ServedBy) -> Self {
+        self.served = Some(slot);
         self
     }
 
@@ -127,9 +139,15 @@ impl<'a> Read<'a> {
             token: false,
         };
         let span = tracing::debug_span!("pgrouter.read", %strategy);
-        route(self.hub, strategy, freshness, &call)
+        let result = route(self.hub, strategy, freshness, &call)
             .instrument(span)
-            .await
+            .await;
+        let failed = result.as_ref().is_err_and(Error::is_unavailable);
+        self.hub.read_outcomes.record(failed);
+        if let Ok((index, _)) = &result {
+            served::record(self.served, self.hub, *index);
+        }
+        result
     }
 
     /// The deadline and freshness in force, checked.
@@ -148,7 +166,7 @@ impl<'a> Read<'a> {
         }
         let freshness = Freshness {
             max_staleness,
-            after: self.after,
+            after: self.after.or_else(causal::current),
         };
         Ok((budget, freshness))
     }

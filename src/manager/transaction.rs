@@ -16,6 +16,7 @@ use super::attempt::{position_refused, span, token_of, Attempt, Deadline, Failur
 use super::outcome::{begin, resolve, BeginError, Resolution};
 use super::tx::Tx;
 use super::write::{on_primary, OnPrimary, Write};
+use crate::causal;
 use crate::clock;
 use crate::error::Error;
 use crate::hub::Hub;
@@ -96,16 +97,25 @@ impl Write<'_> {
         T: Send,
     {
         let deadline = self.deadline_from_now()?;
+        // Inside a causal scope, the commit's token advances the scope.
+        let scoped = causal::in_scope();
         let call = TransactionCall {
             body: Closure(body, PhantomData),
             deadline,
-            token,
+            token: token || scoped,
             resolve: self.hub.config.outcomes.resolve,
         };
         let span = tracing::debug_span!("pgrouter.transaction");
-        let done = on_primary(self.hub, deadline, self.idempotent, call)
+        let result = on_primary(self.hub, deadline, self.idempotent, call)
             .instrument(span)
-            .await?;
+            .await;
+        let failed = result.as_ref().is_err_and(Error::is_unavailable);
+        self.hub.write_outcomes.record(failed);
+        let done = result?;
+        crate::served::record(self.served, self.hub, done.index);
+        if scoped {
+            causal::advance(done.token.unwrap_or(CausalToken::PRIMARY));
+        }
         Ok((done.value, done.token))
     }
 }

@@ -12,10 +12,12 @@ use super::attempt::{
 };
 use super::transaction::{Body, TransactionCall};
 use super::tx::Tx;
+use crate::causal;
 use crate::error::Error;
 use crate::hub::Hub;
 use crate::lsn::CausalToken;
 use crate::retry::Retrier;
+use crate::served::{self, ServedBy};
 
 /// A write or transaction being set up; see
 /// [`DatabaseManager::write`](crate::DatabaseManager::write). Options left
@@ -29,6 +31,9 @@ use crate::retry::Retrier;
 /// 40001, 40P01, 57P01/57P02/57P03, 25006 (the last four also have the node
 /// probed at once). Constraint violations (class 23), syntax and
 /// permission (42), data (22) and every other server error return at once.
+///
+/// Inside a [`causal_scope`](crate::causal_scope) a write (or transaction)
+/// also fetches its causal token and advances the scope to it.
 #[derive(Clone)]
 #[must_use = "a write does nothing until execute, a query method or transaction is awaited"]
 pub struct Write<'a> {
@@ -36,6 +41,7 @@ pub struct Write<'a> {
     pub(super) idempotent: bool,
     exactly_once: bool,
     deadline: Option<Duration>,
+    pub(super) served: Option<&'a ServedBy>,
 }
 
 impl std::fmt::Debug for Write<'_> {
@@ -44,6 +50,7 @@ impl std::fmt::Debug for Write<'_> {
             .field("idempotent", &self.idempotent)
             .field("exactly_once", &self.exactly_once)
             .field("deadline", &self.deadline)
+            .field("served", &self.served)
             .finish_non_exhaustive()
     }
 }
@@ -55,6 +62,7 @@ impl<'a> Write<'a> {
             idempotent: false,
             exactly_once: false,
             deadline: None,
+            served: None,
         }
     }
 
@@ -89,6 +97,13 @@ impl<'a> Write<'a> {
     /// [`Error::InvalidArgument`].
     pub fn deadline(mut self, deadline: Duration) -> Self {
         self.deadline = Some(deadline);
+        self
+    }
+
+    /// Records in `slot` which node served the write (or transaction), if
+    /// it succeeds.
+    pub fn served_by(mut self, slot: &'a ServedBy) -> Self {
+        self.served = Some(slot);
         self
     }
 
@@ -157,7 +172,32 @@ impl<'a> Write<'a> {
         }
     }
 
+    /// Runs the statement; inside a [`causal_scope`](crate::causal_scope)
+    /// it also asks for the token and advances the scope to it. Counts the
+    /// outcome for readiness, and records the server if asked.
     async fn run<K: Returns>(
+        self,
+        sql: &str,
+        params: Params<'_>,
+        token: bool,
+    ) -> Result<Served<K::Output>, Error> {
+        let (hub, slot, scoped) = (self.hub, self.served, causal::in_scope());
+        let result = self.run_statement::<K>(sql, params, token || scoped).await;
+        // A call refused before it started (a bad option) is not counted.
+        if !matches!(result, Err(Error::InvalidArgument { .. })) {
+            let failed = result.as_ref().is_err_and(Error::is_unavailable);
+            hub.write_outcomes.record(failed);
+        }
+        if let Ok(served) = &result {
+            served::record(slot, hub, served.index);
+            if scoped {
+                causal::advance(served.token);
+            }
+        }
+        result
+    }
+
+    async fn run_statement<K: Returns>(
         self,
         sql: &str,
         params: Params<'_>,

@@ -701,3 +701,73 @@ async fn the_failover_watch_ends_after_its_limit_and_can_be_turned_off() {
         assert!(count(6_100, 7_000) <= 1, "{:?}", h.probed_at(1));
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn readiness_holds_through_a_failover_within_write_hold_and_follows_failing_calls() {
+    use crate::readiness::NotReady;
+    let mut config = config(3);
+    config.write_hold = Duration::from_secs(5);
+    config.health.failover_watch = Duration::ZERO;
+    let h = Harness::start(config.clone(), &[PRIMARY, REPLICA, REPLICA]).await;
+    assert!(h.hub.readiness().ready);
+
+    // The primary dies at 0.5 s (seen at the 1 s probe): ready while writes
+    // would be held, not ready once the hold is over.
+    h.at(500).await;
+    h.world.set(0, Answer::Down);
+    h.at(5_900).await;
+    assert!(h.hub.readiness().ready, "{:?}", h.hub.readiness());
+    h.at(6_100).await;
+    let readiness = h.hub.readiness();
+    assert!(
+        matches!(readiness.reasons[..], [NotReady::NoPrimary { missing_for }]
+            if missing_for == Duration::from_millis(5_100)),
+        "{readiness:?}"
+    );
+    // A promotion makes it ready again at the next probe.
+    h.world.set(
+        1,
+        Answer::Primary {
+            timeline: 2,
+            position: 200,
+        },
+    );
+    h.at(7_000).await;
+    tokio::task::yield_now().await;
+    assert!(h.hub.readiness().ready, "{:?}", h.hub.readiness());
+
+    // Reads failing as unavailable: not ready until they leave the window.
+    for failed in [true, true, true, false, true] {
+        h.hub.read_outcomes.record(failed);
+    }
+    let readiness = h.hub.readiness();
+    assert!(
+        matches!(readiness.reasons[..], [NotReady::ReadsFailing(counts)]
+            if counts.calls == 5 && counts.failed == 4),
+        "{readiness:?}"
+    );
+    h.at(17_000).await;
+    assert!(h.hub.readiness().ready, "{:?}", h.hub.readiness());
+
+    // A read-only region's instances need no primary.
+    let mut reads_only = config;
+    reads_only.readiness.require = crate::config::Requirement::Reads;
+    let h = Harness::start(reads_only, &[PRIMARY, REPLICA, REPLICA]).await;
+    h.world.set(0, Answer::Down);
+    h.at(60_000).await;
+    assert_eq!(h.hub.primary_index(), None);
+    assert!(h.hub.readiness().ready, "{:?}", h.hub.readiness());
+    // No node at all for a read (from the probe at 60 or 61 s): not
+    // ready once the hold is over.
+    h.world.set(1, Answer::Down);
+    h.world.set(2, Answer::Down);
+    h.at(64_900).await;
+    assert!(h.hub.readiness().ready, "{:?}", h.hub.readiness());
+    h.at(66_500).await;
+    let readiness = h.hub.readiness();
+    assert!(
+        matches!(readiness.reasons[..], [NotReady::NoReadNode { missing_for }]
+            if missing_for > Duration::from_secs(5)),
+        "{readiness:?}"
+    );
+}
