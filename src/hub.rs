@@ -19,6 +19,7 @@ use crate::config::{Config, ReadStrategy};
 use crate::error::{Error, NodeContext};
 use crate::events::Event;
 use crate::freshness::Freshness;
+use crate::metrics::HubMetrics;
 use crate::node::Node;
 use crate::node_set::{Members, NodeSet};
 use crate::outcome::OutcomeSql;
@@ -64,6 +65,9 @@ pub(crate) struct Hub {
     closed: AtomicBool,
     /// Cleared when the monitor task ends for any reason but `close`.
     monitor_alive: AtomicBool,
+    /// Deployment-wide metric handles (nothing without the `metrics`
+    /// feature).
+    pub(crate) metrics: HubMetrics,
 }
 
 /// Building, and the lifecycle.
@@ -111,6 +115,7 @@ impl Hub {
             events: broadcast::Sender::new(EVENT_BUFFER),
             closed: AtomicBool::new(false),
             monitor_alive: AtomicBool::new(true),
+            metrics: HubMetrics::default(),
         })
     }
 
@@ -357,6 +362,7 @@ impl Hub {
     pub(crate) fn publish(&self, mut next: Snapshot, events: Vec<Event>, answered: Option<usize>) {
         // Derived masks always match the states published with them.
         next.derive_masks();
+        self.metrics.published(self, &self.snapshot.load(), &next);
         // The snapshot first, then the flag: a decision loads the flags
         // first, so it never pairs the old snapshot with a cleared flag.
         self.snapshot.store(Arc::new(next));

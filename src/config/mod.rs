@@ -80,6 +80,11 @@ pub struct Config {
     /// only).
     #[serde(default)]
     pub discovery: Option<DiscoverySettings>,
+    /// Whether a read's or write's span records the statement's text
+    /// (`db.query.text`). Parameters are never recorded. Default: false
+    /// (statements can carry literals the service would not log).
+    #[serde(default)]
+    pub record_query_text: bool,
     /// Where every node's new connections get their password (an IAM token
     /// generator, a secret store), instead of the connection strings; set
     /// with [`ConfigBuilder::password_provider`]. Not serde data: never
@@ -452,6 +457,7 @@ impl Config {
             retry: RetrySettings::default(),
             outcomes: OutcomeSettings::default(),
             discovery: None,
+            record_query_text: false,
             password_provider: None,
         }
     }

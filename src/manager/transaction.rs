@@ -21,6 +21,7 @@ use crate::clock;
 use crate::error::Error;
 use crate::hub::Hub;
 use crate::lsn::CausalToken;
+use crate::observe::Observer;
 use crate::outcome::Identity;
 use crate::safety::{Fate, Phase};
 
@@ -95,17 +96,18 @@ impl Write<'_> {
         F: for<'t> FnMut(&'t Tx<'t>) -> TxFuture<'t, T> + Send,
         T: Send,
     {
-        let deadline = self.deadline_from_now()?;
+        let observer = Observer::transaction(self.hub);
+        let deadline = match self.deadline_from_now() {
+            Ok(deadline) => deadline,
+            Err(error) => return Err(observer.rejected(self.hub, error)),
+        };
         let call = TransactionCall {
             body: Closure(body, PhantomData),
             deadline,
             token,
             resolve: self.hub.config.outcomes.resolve,
         };
-        let span = tracing::debug_span!("pgrouter.transaction");
-        let done = on_primary(self.hub, deadline, self.idempotent, call)
-            .instrument(span)
-            .await?;
+        let done = on_primary(self.hub, deadline, self.idempotent, call, observer).await?;
         Ok((done.value, done.token))
     }
 }
