@@ -115,7 +115,7 @@ impl Hub {
             events: broadcast::Sender::new(EVENT_BUFFER),
             closed: AtomicBool::new(false),
             monitor_alive: AtomicBool::new(true),
-            metrics: HubMetrics::default(),
+            metrics: HubMetrics::new(),
         })
     }
 

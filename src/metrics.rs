@@ -50,7 +50,7 @@ mod disabled {
     }
 
     /// No handles without the feature.
-    #[derive(Debug, Default)]
+    #[derive(Debug)]
     pub(crate) struct NodeMetrics;
 
     impl NodeMetrics {
@@ -61,10 +61,15 @@ mod disabled {
     }
 
     /// No handles without the feature.
-    #[derive(Debug, Default)]
+    #[derive(Debug)]
     pub(crate) struct HubMetrics;
 
     impl HubMetrics {
+        #[inline(always)]
+        pub(crate) fn new() -> Self {
+            HubMetrics
+        }
+
         #[inline(always)]
         pub(crate) fn published(&self, _hub: &Hub, _old: &Snapshot, _new: &Snapshot) {}
     }
@@ -255,16 +260,14 @@ mod enabled {
         last_primary: AtomicUsize,
     }
 
-    impl Default for HubMetrics {
-        fn default() -> Self {
+    impl HubMetrics {
+        pub(crate) fn new() -> Self {
             Self {
                 unrouted: slots(OPERATIONS * Outcome::COUNT),
                 last_primary: AtomicUsize::new(usize::MAX),
             }
         }
-    }
 
-    impl HubMetrics {
         fn unrouted(&self, operation: Operation, outcome: Outcome) -> &Counter {
             let slot = operation as usize * Outcome::COUNT + outcome as usize;
             self.unrouted[slot].get_or_init(|| {

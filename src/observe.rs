@@ -73,7 +73,7 @@ pub(crate) enum Outcome {
     Retried,
     /// The connection was lost after the statement (or `COMMIT`) was sent,
     /// and nothing could show whether it was applied.
-    OutcomeUnknown,
+    Unknown,
     /// A lost `COMMIT` shown not to have committed, with no time to run it
     /// again.
     NotCommitted,
@@ -128,7 +128,7 @@ impl Outcome {
         match self {
             Outcome::Ok => "ok",
             Outcome::Retried => "retried",
-            Outcome::OutcomeUnknown => "outcome_unknown",
+            Outcome::Unknown => "outcome_unknown",
             Outcome::NotCommitted => "not_committed",
             Outcome::Timeout => "timeout",
             Outcome::Connect => "connect",
@@ -156,7 +156,7 @@ impl Outcome {
     /// The class of a failure.
     pub(crate) fn of_error(error: &Error) -> Outcome {
         match error {
-            Error::OutcomeUnknown { .. } => Outcome::OutcomeUnknown,
+            Error::OutcomeUnknown { .. } => Outcome::Unknown,
             Error::NotCommitted { .. } => Outcome::NotCommitted,
             Error::Timeout { .. } => Outcome::Timeout,
             Error::Connect { .. } => Outcome::Connect,
@@ -402,7 +402,7 @@ mod tests {
         let all = [
             Outcome::Ok,
             Outcome::Retried,
-            Outcome::OutcomeUnknown,
+            Outcome::Unknown,
             Outcome::NotCommitted,
             Outcome::Timeout,
             Outcome::Connect,

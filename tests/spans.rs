@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use pgrouter::tokio_postgres::error::SqlState;
+use pgrouter::tokio_postgres::types::ToSql;
 use pgrouter::{DatabaseManager, ReadStrategy};
 use support::*;
 use tracing::field::{Field, Visit};
@@ -194,7 +195,7 @@ async fn call_spans_carry_the_database_conventions_and_no_text_by_default() {
     assert_eq!(spans[0].field("db.query.text"), Some(READ));
     assert_eq!(spans[0].field("pgrouter.strategy"), Some("primary-only"));
     let param = "s3cret-param";
-    let params: [&(dyn pgrouter::tokio_postgres::types::ToSql + Sync); 1] = [&param];
+    let params: [&(dyn ToSql + Sync); 1] = [&param];
     let write = verbose.execute("UPDATE items SET secret = $1 WHERE id = 1", &params);
     let (done, spans) = spans_of(&capture, "pgrouter.write", write).await;
     done.expect("update");
