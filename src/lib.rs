@@ -25,6 +25,7 @@ mod outcome;
 mod retry;
 mod safety;
 mod sslmode;
+mod statements;
 mod status;
 mod strategy;
 mod tls;
@@ -34,7 +35,7 @@ mod view;
 pub use capability::{Capability, MissingCapability};
 pub use config::{
     Config, ConfigBuilder, DiscoverySettings, HealthSettings, NearestSettings, NodeConfig,
-    OutcomeSettings, PoolSettings, ReadStrategy, RetrySettings, Role, TlsSettings,
+    OutcomeSettings, PoolSettings, ReadStrategy, RetrySettings, Role, StatementMode, TlsSettings,
 };
 pub use connstr::ConnectionString;
 pub use credentials::{

@@ -10,6 +10,7 @@ use crate::credentials::{request_for, CredentialCache, SharedPasswordProvider};
 use crate::error::{ConfigError, NodeContext};
 use crate::metrics::NodeMetrics;
 use crate::sslmode::NodeTls;
+use crate::statements::Statements;
 use crate::tls::Connector;
 
 /// A configured node and its pool. Owned by the hub.
@@ -29,6 +30,8 @@ pub(crate) struct Node {
     /// Its metric handles (nothing without the `metrics` feature).
     #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     pub(crate) metrics: NodeMetrics,
+    /// How statements reach the server, and what unnamed mode learnt.
+    pub(crate) statements: Statements,
 }
 
 /// A node's database, host and port, as the call span records them
@@ -131,6 +134,7 @@ impl Node {
             metrics: NodeMetrics::new(&config.name),
             probe_config: pg_config,
             connector,
+            statements: Statements::new(config.statement_mode.unwrap_or_default()),
         })
     }
 

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use super::{
     Config, DiscoverySettings, HealthSettings, NodeConfig, OutcomeSettings, PoolSettings,
-    ReadStrategy, RetrySettings, Role,
+    ReadStrategy, RetrySettings, Role, StatementMode,
 };
 use crate::connstr::ConnectionString;
 use crate::credentials::{PasswordProvider, SharedPasswordProvider};
@@ -165,6 +165,13 @@ impl ConfigBuilder {
     /// Replaces every outcome-resolution setting.
     pub fn outcomes(mut self, outcomes: OutcomeSettings) -> Self {
         self.config.outcomes = outcomes;
+        self
+    }
+
+    /// Sets how statements are sent to every node that does not set its
+    /// own ([`Config::statement_mode`]).
+    pub fn statement_mode(mut self, mode: StatementMode) -> Self {
+        self.config.statement_mode = mode;
         self
     }
 
