@@ -53,6 +53,51 @@ fn routing(c: &mut Criterion) {
     }
 }
 
+/// A read's own observation (its call span, the attempt's fields, the end
+/// of the call) beside one routing decision, with no tracing subscriber.
+/// With the `metrics` feature, once more with a Prometheus recorder
+/// installed (built after it, so its handles record): compare
+/// `cargo bench --bench routing -- observe` with and without
+/// `--features metrics`.
+fn observation(c: &mut Criterion) {
+    let bench = RoutingBench::new(3).expect("a valid synthetic topology");
+    let strategy = ReadStrategy::RegionalPreferred;
+    let mut rng = fastrand::Rng::with_seed(7);
+    let mut group = c.benchmark_group("observe/3-nodes");
+    group.bench_function("pick", |b| {
+        b.iter(|| bench.pick(black_box(strategy), None, &mut rng))
+    });
+    group.bench_function("span+hooks", |b| {
+        b.iter(|| bench.observe_read(black_box(strategy), black_box("SELECT 1")))
+    });
+    #[cfg(feature = "metrics")]
+    {
+        use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+        let buckets = [
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+        ];
+        let handle = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), &buckets)
+            .expect("buckets")
+            .install_recorder()
+            .expect("the only recorder of this process");
+        let metered = RoutingBench::new(3).expect("a valid synthetic topology");
+        let mut calls = 0u32;
+        group.bench_function("span+hooks, prometheus recorder", |b| {
+            b.iter(|| {
+                metered.observe_read(black_box(strategy), black_box("SELECT 1"));
+                // What the exporter's upkeep task does every few seconds:
+                // fold recorded latencies into the buckets.
+                calls = calls.wrapping_add(1);
+                if calls.is_multiple_of(65_536) {
+                    handle.run_upkeep();
+                }
+            })
+        });
+    }
+    group.finish();
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .warm_up_time(Duration::from_secs(1))
@@ -62,6 +107,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = routing
+    targets = routing, observation
 }
 criterion_main!(benches);

@@ -11,6 +11,7 @@ use crate::config::{Config, NodeConfig, ReadStrategy, Role};
 use crate::error::Error;
 use crate::freshness::Freshness;
 use crate::hub::Hub;
+use crate::observe::{Observer, Reason};
 use crate::safety::{classify, code_kind, Cause, Phase};
 use crate::topology::Lag;
 
@@ -68,6 +69,18 @@ impl RoutingBench {
             after: None,
         };
         self.hub.pick_read(strategy, freshness, None, rng)
+    }
+}
+
+impl RoutingBench {
+    /// What a successful read on node 1 costs beyond routing and I/O: its
+    /// call span (with whatever subscriber is installed, if any), the
+    /// attempt's fields, and the end of the call (with the `metrics`
+    /// feature, its counter and latency histogram).
+    pub fn observe_read(&self, strategy: ReadStrategy, sql: &str) {
+        let mut observer = Observer::read(&self.hub, strategy, sql);
+        observer.attempt(&self.hub, 1, 1, Reason::Strategy);
+        observer.finish(&self.hub, &Ok::<(), Error>(()));
     }
 }
 

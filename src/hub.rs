@@ -20,6 +20,7 @@ use crate::config::{Config, NodeConfig, ReadStrategy};
 use crate::error::{Error, NodeContext};
 use crate::events::Event;
 use crate::freshness::Freshness;
+use crate::metrics::HubMetrics;
 use crate::node::Node;
 use crate::node_set::{Members, NodeSet};
 use crate::outcome::OutcomeSql;
@@ -72,6 +73,9 @@ pub(crate) struct Hub {
     /// Since when no primary, and since when no node for a read with the
     /// configured options, has been routable (`None` while one is).
     missing: Mutex<Missing>,
+    /// Deployment-wide metric handles (nothing without the `metrics`
+    /// feature).
+    pub(crate) metrics: HubMetrics,
 }
 
 /// Building, and the lifecycle.
@@ -127,6 +131,7 @@ impl Hub {
             read_outcomes: CallWindow::new(window),
             write_outcomes: CallWindow::new(window),
             missing: Mutex::new(Missing::default()),
+            metrics: HubMetrics::new(),
         })
     }
 
@@ -378,6 +383,7 @@ impl Hub {
     pub(crate) fn publish(&self, mut next: Snapshot, events: Vec<Event>, answered: Option<usize>) {
         // Derived masks always match the states published with them.
         next.derive_masks();
+        self.metrics.published(self, &self.snapshot.load(), &next);
         // The snapshot first, then the flag: a decision loads the flags
         // first, so it never pairs the old snapshot with a cleared flag.
         self.snapshot.store(Arc::new(next));

@@ -8,6 +8,7 @@ use deadpool_postgres::{Hook, HookError, ManagerConfig, Metrics, Pool, Recycling
 use crate::config::{NodeConfig, PoolSettings, Role, TlsSettings};
 use crate::credentials::{request_for, CredentialCache, SharedPasswordProvider};
 use crate::error::{ConfigError, NodeContext};
+use crate::metrics::NodeMetrics;
 use crate::sslmode::NodeTls;
 use crate::statements::Statements;
 use crate::tls::Connector;
@@ -24,8 +25,41 @@ pub(crate) struct Node {
     pub(crate) probe_config: tokio_postgres::Config,
     /// Plain or TLS, as the node's `sslmode` says: its pool and its probe.
     pub(crate) connector: Connector,
+    /// Where its connections go, for the call span's `server.*` fields.
+    pub(crate) address: Address,
+    /// Its metric handles (nothing without the `metrics` feature).
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) metrics: NodeMetrics,
     /// How statements reach the server, and what unnamed mode learnt.
     pub(crate) statements: Statements,
+}
+
+/// A node's database, host and port, as the call span records them
+/// (`db.namespace`, `server.address`, `server.port`).
+#[derive(Debug)]
+pub(crate) struct Address {
+    pub(crate) database: Arc<str>,
+    pub(crate) host: Arc<str>,
+    pub(crate) port: u16,
+}
+
+impl Address {
+    /// The first host and port of `pg` (the one tried first), and its
+    /// database (libpq's default: the user's name).
+    fn of(pg: &tokio_postgres::Config) -> Self {
+        use tokio_postgres::config::Host;
+        let host = match pg.get_hosts().first() {
+            Some(Host::Tcp(host)) => Arc::from(host.as_str()),
+            Some(Host::Unix(path)) => Arc::from(path.to_string_lossy().as_ref()),
+            None => Arc::from("localhost"),
+        };
+        let database = pg.get_dbname().or(pg.get_user()).unwrap_or_default();
+        Self {
+            database: Arc::from(database),
+            host,
+            port: pg.get_ports().first().copied().unwrap_or(5432),
+        }
+    }
 }
 
 impl std::fmt::Debug for Node {
@@ -96,6 +130,8 @@ impl Node {
             is_local: !local_region.is_empty() && config.region == local_region,
             region_rank: preferred_regions.iter().position(|r| *r == config.region),
             pool,
+            address: Address::of(&pg_config),
+            metrics: NodeMetrics::new(&config.name),
             probe_config: pg_config,
             connector,
             statements: Statements::new(config.statement_mode.unwrap_or_default()),

@@ -1,6 +1,7 @@
 //! The routing hot path allocates nothing: a counting global allocator
 //! around 100,000 read-routing decisions per strategy, at 3 and 30 nodes,
-//! and around error classification.
+//! around error classification, and around a call's span and metrics hooks
+//! when no subscriber listens (the default build has no `metrics` feature).
 //!
 //! Only allocations made by the measuring thread while it measures are
 //! counted, so the test harness's other threads cannot disturb the result.
@@ -143,4 +144,23 @@ fn error_classification_allocates_nothing() {
         }
     });
     assert_eq!(counted, 0, "{counted} allocations while classifying");
+}
+
+#[test]
+fn a_calls_span_and_hooks_allocate_nothing_without_a_subscriber() {
+    let bench = RoutingBench::new(3).expect("a valid synthetic topology");
+    // Warm-up: the span's callsite registers its interest once.
+    bench.observe_read(ReadStrategy::RegionalPreferred, "SELECT 1");
+    let counted = allocations_in(|| {
+        for _ in 0..DECISIONS {
+            bench.observe_read(
+                black_box(ReadStrategy::RegionalPreferred),
+                black_box("SELECT 1"),
+            );
+        }
+    });
+    assert_eq!(
+        counted, 0,
+        "{counted} allocations in {DECISIONS} observed calls"
+    );
 }

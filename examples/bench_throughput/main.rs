@@ -8,7 +8,13 @@
 //!
 //! ```text
 //! cargo run --release --example bench_throughput
+//! cargo run --release --example bench_throughput --features metrics
 //! ```
+//!
+//! With the `metrics` feature, the table has two more rows: regional-preferred
+//! reads and writes through a second manager whose metrics go to a
+//! Prometheus recorder (the first manager is built before the recorder is
+//! installed, so its rows pay for the hooks but record nothing).
 //!
 //! Every pool has the same size (`POOL_SIZE` connections per node, also for
 //! the bare pools and the pool of connections to pgpool). Each round runs
@@ -153,11 +159,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     load_accounts(&cluster)?;
 
     let db = DatabaseManager::new(router_config(&cluster)).await?;
+    let metered = metered_manager(&cluster).await?;
     let bouncers = start_pgbouncers(&cluster);
     let modes = Modes::new(&cluster, &bouncers).await?;
     let pgpool = start_pgpool(&cluster).await;
     let pools = Pools::new(&cluster, pgpool.as_ref());
-    let mut blocks = blocks(&cluster, &db, &modes, &pools);
+    let mut blocks = blocks(&cluster, &db, metered.as_ref(), &modes, &pools);
     println!(
         "pool size {POOL_SIZE} per pool (pgrouter: per node); {queries} queries per read row \
          and round, {} per write row; 1 warm-up round + {rounds} rounds\n",
@@ -178,6 +185,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     print_spread(&db).await;
 
     db.close().await;
+    if let Some(metered) = metered {
+        metered.close().await;
+    }
     modes.close().await;
     drop(bouncers);
     drop(blocks);
@@ -226,6 +236,37 @@ fn router_config_at(cluster: &Cluster, ports: &[u16]) -> Config {
     config.local_region = LOCAL_REGION.to_owned();
     config.pool.max_size = POOL_SIZE;
     config
+}
+
+/// With the `metrics` feature: installs a Prometheus recorder (no HTTP
+/// listener; its upkeep runs every 5 s, as the listener's would) and builds
+/// a manager that records into it.
+#[cfg(feature = "metrics")]
+async fn metered_manager(
+    cluster: &Cluster,
+) -> Result<Option<DatabaseManager>, Box<dyn std::error::Error>> {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    let buckets = [
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    ];
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), &buckets)?
+        .install_recorder()?;
+    drop(tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            handle.run_upkeep();
+        }
+    }));
+    Ok(Some(DatabaseManager::new(router_config(cluster)).await?))
+}
+
+/// Without the `metrics` feature there is nothing to record into.
+#[cfg(not(feature = "metrics"))]
+async fn metered_manager(
+    _cluster: &Cluster,
+) -> Result<Option<DatabaseManager>, Box<dyn std::error::Error>> {
+    Ok(None)
 }
 
 /// A deadpool pool of `POOL_SIZE` connections, no timeouts (deadpool's
@@ -345,11 +386,17 @@ impl Pools {
 }
 
 /// Every workload at every concurrency, with its rows.
-fn blocks(cluster: &Cluster, db: &DatabaseManager, modes: &Modes, pools: &Pools) -> Vec<Block> {
+fn blocks(
+    cluster: &Cluster,
+    db: &DatabaseManager,
+    metered: Option<&DatabaseManager>,
+    modes: &Modes,
+    pools: &Pools,
+) -> Vec<Block> {
     let mut blocks = Vec::new();
     for workload in Workload::ALL {
         for tasks in CONCURRENCY {
-            let mut rows = rows(cluster, db, pools, workload);
+            let mut rows = rows(cluster, db, metered, pools, workload);
             rows.extend(mode_rows(modes, workload));
             blocks.push(Block {
                 workload,
@@ -363,7 +410,13 @@ fn blocks(cluster: &Cluster, db: &DatabaseManager, modes: &Modes, pools: &Pools)
 
 /// Row 0 is the reference: bare deadpool (default `Fast` recycling) against
 /// the node regional-preferred reads use (node1), or the primary for writes.
-fn rows(cluster: &Cluster, db: &DatabaseManager, pools: &Pools, workload: Workload) -> Vec<Row> {
+fn rows(
+    cluster: &Cluster,
+    db: &DatabaseManager,
+    metered: Option<&DatabaseManager>,
+    pools: &Pools,
+    workload: Workload,
+) -> Vec<Row> {
     let (node, [fast, verified]) = match workload {
         Workload::Update => (0, &pools.writes),
         Workload::Select1 | Workload::PointSelect => (1, &pools.reads),
@@ -385,6 +438,15 @@ fn rows(cluster: &Cluster, db: &DatabaseManager, pools: &Pools, workload: Worklo
                 Client::Read(db.clone(), strategy),
             ));
         }
+    }
+    if let Some(metered) = metered {
+        rows.push(match workload {
+            Workload::Update => Row::new("pgrouter write, metrics", Client::Write(metered.clone())),
+            _ => Row::new(
+                "pgrouter regional-preferred, metrics",
+                Client::Read(metered.clone(), ReadStrategy::RegionalPreferred),
+            ),
+        });
     }
     if let Some(pool) = &pools.pgpool {
         rows.push(Row::new(

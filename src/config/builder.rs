@@ -181,6 +181,13 @@ impl ConfigBuilder {
         self
     }
 
+    /// Records each statement's text in its call span (`db.query.text`);
+    /// see [`Config::record_query_text`].
+    pub fn record_query_text(mut self, record: bool) -> Self {
+        self.config.record_query_text = record;
+        self
+    }
+
     /// Every node's new connections take their password from `provider`
     /// (see [`PasswordProvider`]), replacing any in the connection strings.
     pub fn password_provider(mut self, provider: impl PasswordProvider) -> Self {

@@ -90,6 +90,11 @@ pub struct Config {
     /// only).
     #[serde(default)]
     pub discovery: Option<DiscoverySettings>,
+    /// Whether a read's or write's span records the statement's text
+    /// (`db.query.text`). Parameters are never recorded. Default: false
+    /// (statements can carry literals the service would not log).
+    #[serde(default)]
+    pub record_query_text: bool,
     /// Where every node's new connections get their password (an IAM token
     /// generator, a secret store), instead of the connection strings; set
     /// with [`ConfigBuilder::password_provider`]. Not serde data: never
@@ -563,6 +568,7 @@ impl Config {
             statement_mode: StatementMode::default(),
             readiness: ReadinessSettings::default(),
             discovery: None,
+            record_query_text: false,
             password_provider: None,
         }
     }

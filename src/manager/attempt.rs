@@ -250,7 +250,9 @@ impl<'h> Attempt<'h> {
             let gone = PoolError::Timeout(TimeoutType::Create);
             return Err(self.judge(Phase::Checkout, Failure::Pool(gone)).0);
         };
-        match timeout_at(self.deadline.at, node.pool.get()).await {
+        let checkout = timeout_at(self.deadline.at, node.pool.get()).await;
+        crate::metrics::pool_wait(&node, self.started);
+        match checkout {
             Ok(Ok(client)) => Ok(Busy {
                 client: Some(client),
                 hub: self.hub,

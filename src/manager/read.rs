@@ -13,6 +13,7 @@ use crate::error::Error;
 use crate::freshness::Freshness;
 use crate::hub::Hub;
 use crate::lsn::CausalToken;
+use crate::observe::{Observer, Reason};
 use crate::retry::RetryDecision;
 use crate::served::{self, ServedBy};
 
@@ -130,18 +131,23 @@ impl<'a> Read<'a> {
     }
 
     async fn rows(self, sql: &str, params: Params<'_>) -> Result<(usize, Vec<Row>), Error> {
-        let (budget, freshness) = self.resolve()?;
         let strategy = self.strategy.unwrap_or(self.hub.config.read_strategy);
+        let mut observer = Observer::read(self.hub, strategy, sql);
+        let (budget, freshness) = match self.resolve() {
+            Ok(resolved) => resolved,
+            Err(error) => return Err(observer.rejected(self.hub, error)),
+        };
         let call = Call {
             sql,
             params,
             deadline: Deadline::start(budget),
             token: false,
         };
-        let span = tracing::debug_span!("pgrouter.read", %strategy);
-        let result = route(self.hub, strategy, freshness, &call)
+        let span = observer.span().clone();
+        let result = route(self.hub, strategy, freshness, &call, &mut observer)
             .instrument(span)
             .await;
+        observer.finish(self.hub, &result);
         let failed = result.as_ref().is_err_and(Error::is_unavailable);
         self.hub.read_outcomes.record(failed);
         if let Ok((index, _)) = &result {
@@ -183,12 +189,14 @@ async fn route(
     strategy: ReadStrategy,
     freshness: Freshness,
     call: &Call<'_>,
+    observer: &mut Observer,
 ) -> Result<(usize, Vec<Row>), Error> {
     hub.ensure_open()?;
     let mut rng = fastrand::Rng::new();
     let first = hub
         .pick_read(strategy, freshness, None, &mut rng)
         .ok_or(Error::NoHealthyNode { strategy })?;
+    observer.attempt(hub, first, 1, Reason::Strategy);
     let error = match traced::<Rows>(hub, first, 1, call).await {
         Ok((rows, _)) => return Ok((first, rows)),
         Err(error) => error,
@@ -208,6 +216,8 @@ async fn route(
     };
     tracing::debug!(from = %hub.context(first).node, to = %hub.context(second).node,
         %error, "retrying read on another node");
+    observer.retry(hub, &error);
+    observer.attempt(hub, second, 2, Reason::RetryElsewhere);
     let (rows, _) = traced::<Rows>(hub, second, 2, call).await?;
     Ok((second, rows))
 }

@@ -21,6 +21,7 @@ use crate::clock;
 use crate::error::Error;
 use crate::hub::Hub;
 use crate::lsn::CausalToken;
+use crate::observe::Observer;
 use crate::outcome::Identity;
 use crate::safety::{Fate, Phase};
 use crate::statements::{Ready, Statements};
@@ -96,7 +97,11 @@ impl Write<'_> {
         F: for<'t> FnMut(&'t Tx<'t>) -> TxFuture<'t, T> + Send,
         T: Send,
     {
-        let deadline = self.deadline_from_now()?;
+        let observer = Observer::transaction(self.hub);
+        let deadline = match self.deadline_from_now() {
+            Ok(deadline) => deadline,
+            Err(error) => return Err(observer.rejected(self.hub, error)),
+        };
         // Inside a causal scope, the commit's token advances the scope.
         let scoped = causal::in_scope();
         let call = TransactionCall {
@@ -105,10 +110,7 @@ impl Write<'_> {
             token: token || scoped,
             resolve: self.hub.config.outcomes.resolve,
         };
-        let span = tracing::debug_span!("pgrouter.transaction");
-        let result = on_primary(self.hub, deadline, self.idempotent, call)
-            .instrument(span)
-            .await;
+        let result = on_primary(self.hub, deadline, self.idempotent, call, observer).await;
         let failed = result.as_ref().is_err_and(Error::is_unavailable);
         self.hub.write_outcomes.record(failed);
         let done = result?;

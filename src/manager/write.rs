@@ -16,6 +16,7 @@ use crate::causal;
 use crate::error::Error;
 use crate::hub::Hub;
 use crate::lsn::CausalToken;
+use crate::observe::{Observer, Reason};
 use crate::retry::Retrier;
 use crate::served::{self, ServedBy};
 
@@ -203,10 +204,14 @@ impl<'a> Write<'a> {
         params: Params<'_>,
         token: bool,
     ) -> Result<Served<K::Output>, Error> {
-        let deadline = self.deadline_from_now()?;
+        let observer = Observer::write(self.hub, sql, self.exactly_once);
+        let deadline = match self.deadline_from_now() {
+            Ok(deadline) => deadline,
+            Err(error) => return Err(observer.rejected(self.hub, error)),
+        };
         if self.exactly_once {
             return self
-                .run_exactly_once::<K>(sql, params, deadline, token)
+                .run_exactly_once::<K>(sql, params, deadline, token, observer)
                 .await;
         }
         let call = Call {
@@ -219,10 +224,14 @@ impl<'a> Write<'a> {
             call: &call,
             kind: std::marker::PhantomData,
         };
-        let span = tracing::debug_span!("pgrouter.write");
-        on_primary(self.hub, call.deadline, self.idempotent, statement)
-            .instrument(span)
-            .await
+        on_primary(
+            self.hub,
+            call.deadline,
+            self.idempotent,
+            statement,
+            observer,
+        )
+        .await
     }
 }
 
@@ -234,6 +243,7 @@ impl Write<'_> {
         params: Params<'_>,
         deadline: Deadline,
         token: bool,
+        observer: Observer,
     ) -> Result<Served<K::Output>, Error> {
         let call = TransactionCall {
             body: Statement::<K> {
@@ -245,10 +255,7 @@ impl Write<'_> {
             token,
             resolve: true,
         };
-        let span = tracing::debug_span!("pgrouter.write", exactly_once = true);
-        let done = on_primary(self.hub, deadline, self.idempotent, call)
-            .instrument(span)
-            .await?;
+        let done = on_primary(self.hub, deadline, self.idempotent, call, observer).await?;
         Ok(Served {
             index: done.index,
             output: done.value,
@@ -319,22 +326,43 @@ impl<K: Returns> OnPrimary for SingleStatement<'_, K> {
 /// Runs `call` on the node that is primary now, holding for one while none
 /// is known, and again with backoff after a failure the retry rules allow,
 /// until it succeeds, the rules forbid another try, or the deadline is near.
+/// Runs in the observer's span, and tells it each attempt, retry and the end.
 pub(super) async fn on_primary<C: OnPrimary>(
     hub: &Hub,
     deadline: Deadline,
     idempotent: bool,
+    call: C,
+    mut observer: Observer,
+) -> Result<C::Output, Error> {
+    let span = observer.span().clone();
+    let result = retry_on_primary(hub, deadline, idempotent, call, &mut observer)
+        .instrument(span)
+        .await;
+    observer.finish(hub, &result);
+    result
+}
+
+async fn retry_on_primary<C: OnPrimary>(
+    hub: &Hub,
+    deadline: Deadline,
+    idempotent: bool,
     mut call: C,
+    observer: &mut Observer,
 ) -> Result<C::Output, Error> {
     hub.ensure_open()?;
     let mut retrier = Retrier::new(&hub.config.retry, deadline.at, idempotent);
     loop {
         let result = match hub.await_primary(deadline.at).await {
-            Ok(index) => call.attempt(hub, index, retrier.attempt()).await,
+            Ok(index) => {
+                let number = retrier.attempt();
+                observer.attempt(hub, index, number, Reason::WriteTarget);
+                call.attempt(hub, index, number).await
+            }
             Err(error) => Err(error),
         };
         match result {
             Ok(output) => return Ok(output),
-            Err(error) if retrier.again(&error).await => continue,
+            Err(error) if retrier.again(&error).await => observer.retry(hub, &error),
             Err(error) => return Err(error),
         }
     }

@@ -1,0 +1,332 @@
+//! Metrics through the [`metrics`](https://docs.rs/metrics) facade, with the
+//! `metrics` cargo feature; without it every hook here is an empty inline
+//! function and the per-node and per-hub tables are zero-sized.
+//!
+//! Handles are registered with the recorder installed at the time: the
+//! per-node gauges and histograms when the node is built, each call counter
+//! series the first time it is used. Install the recorder (an exporter)
+//! before building the [`DatabaseManager`](crate::DatabaseManager).
+//!
+//! Families (the README's table documents each):
+//! - `pgrouter_calls_total{operation, node, role, outcome}`, one per call;
+//! - `pgrouter_retries_total{operation, node, reason}`, one per retry;
+//! - `pgrouter_call_duration_seconds{operation, node, role}`;
+//! - `pgrouter_pool_wait_seconds{node}`, one per checkout;
+//! - `pgrouter_failovers_total{node}`, `pgrouter_fencings_total{node}`;
+//! - gauges from each published snapshot: `pgrouter_node_up`,
+//!   `pgrouter_node_fenced`, `pgrouter_pool_connections`,
+//!   `pgrouter_pool_idle_connections`, `pgrouter_pool_waiters`,
+//!   `pgrouter_pool_max_connections`, `pgrouter_replica_lag_bytes`,
+//!   `pgrouter_replica_lag_seconds`, `pgrouter_probe_rtt_seconds`.
+//!
+//! Hedged reads do not exist yet: when they do, their events belong here
+//! as `pgrouter_hedges_total{node, outcome}` (a hedge sent, won, cancelled),
+//! fed by a hook called from the hedging loop like [`retry`].
+
+#[cfg(feature = "metrics")]
+pub(crate) use enabled::*;
+
+#[cfg(not(feature = "metrics"))]
+pub(crate) use disabled::*;
+
+#[cfg(not(feature = "metrics"))]
+mod disabled {
+    use tokio::time::Instant;
+
+    use crate::hub::Hub;
+    use crate::node::Node;
+    use crate::observe::{Operation, Outcome};
+    use crate::topology::Snapshot;
+
+    /// Nothing to time without the feature.
+    #[derive(Debug)]
+    pub(crate) struct CallTimer;
+
+    impl CallTimer {
+        #[inline(always)]
+        pub(crate) fn start() -> Self {
+            CallTimer
+        }
+    }
+
+    /// No handles without the feature.
+    #[derive(Debug)]
+    pub(crate) struct NodeMetrics;
+
+    impl NodeMetrics {
+        #[inline(always)]
+        pub(crate) fn new(_node: &str) -> Self {
+            NodeMetrics
+        }
+    }
+
+    /// No handles without the feature.
+    #[derive(Debug)]
+    pub(crate) struct HubMetrics;
+
+    impl HubMetrics {
+        #[inline(always)]
+        pub(crate) fn new() -> Self {
+            HubMetrics
+        }
+
+        #[inline(always)]
+        pub(crate) fn published(&self, _hub: &Hub, _old: &Snapshot, _new: &Snapshot) {}
+    }
+
+    #[inline(always)]
+    pub(crate) fn call(
+        _hub: &Hub,
+        _last: Option<(usize, crate::config::Role)>,
+        _operation: Operation,
+        _outcome: Outcome,
+        _timer: &CallTimer,
+    ) {
+    }
+
+    #[inline(always)]
+    pub(crate) fn retry(_hub: &Hub, _index: usize, _operation: Operation, _reason: Outcome) {}
+
+    #[inline(always)]
+    pub(crate) fn pool_wait(_node: &Node, _started: Instant) {}
+}
+
+#[cfg(feature = "metrics")]
+mod enabled {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::OnceLock;
+
+    use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram, SharedString};
+    use tokio::time::Instant;
+
+    use crate::config::Role;
+    use crate::hub::Hub;
+    use crate::node::Node;
+    use crate::observe::{role_name, Operation, Outcome};
+    use crate::topology::Snapshot;
+
+    const OPERATIONS: usize = Operation::ALL.len();
+    const ROLES: usize = 2;
+
+    fn role_index(role: Role) -> usize {
+        match role {
+            Role::Primary => 0,
+            Role::Replica => 1,
+        }
+    }
+
+    /// When the call started.
+    #[derive(Debug)]
+    pub(crate) struct CallTimer(Instant);
+
+    impl CallTimer {
+        pub(crate) fn start() -> Self {
+            CallTimer(Instant::now())
+        }
+    }
+
+    /// One node's handles: registered once, so a call records through an
+    /// atomic, never a label lookup or an allocation.
+    #[derive(Debug)]
+    pub(crate) struct NodeMetrics {
+        node: SharedString,
+        calls: Box<[OnceLock<Counter>]>,
+        retries: Box<[OnceLock<Counter>]>,
+        durations: Box<[OnceLock<Histogram>]>,
+        pool_wait: Histogram,
+        failovers: Counter,
+        fencings: Counter,
+        up: Gauge,
+        fenced: Gauge,
+        pool_size: Gauge,
+        pool_idle: Gauge,
+        pool_waiters: Gauge,
+        pool_max: Gauge,
+        rtt: Gauge,
+        lag_bytes: OnceLock<Gauge>,
+        lag_seconds: OnceLock<Gauge>,
+    }
+
+    fn slots<T>(count: usize) -> Box<[OnceLock<T>]> {
+        (0..count).map(|_| OnceLock::new()).collect()
+    }
+
+    impl NodeMetrics {
+        /// The node's handles, registered with the recorder installed now.
+        pub(crate) fn new(node: &str) -> Self {
+            let node = SharedString::from(node.to_owned());
+            let n = || node.clone();
+            Self {
+                calls: slots(OPERATIONS * ROLES * Outcome::COUNT),
+                retries: slots(OPERATIONS * Outcome::COUNT),
+                durations: slots(OPERATIONS * ROLES),
+                pool_wait: histogram!("pgrouter_pool_wait_seconds", "node" => n()),
+                failovers: counter!("pgrouter_failovers_total", "node" => n()),
+                fencings: counter!("pgrouter_fencings_total", "node" => n()),
+                up: gauge!("pgrouter_node_up", "node" => n()),
+                fenced: gauge!("pgrouter_node_fenced", "node" => n()),
+                pool_size: gauge!("pgrouter_pool_connections", "node" => n()),
+                pool_idle: gauge!("pgrouter_pool_idle_connections", "node" => n()),
+                pool_waiters: gauge!("pgrouter_pool_waiters", "node" => n()),
+                pool_max: gauge!("pgrouter_pool_max_connections", "node" => n()),
+                rtt: gauge!("pgrouter_probe_rtt_seconds", "node" => n()),
+                lag_bytes: OnceLock::new(),
+                lag_seconds: OnceLock::new(),
+                node,
+            }
+        }
+
+        fn call(&self, operation: Operation, role: Role, outcome: Outcome) -> &Counter {
+            let slot =
+                (operation as usize * ROLES + role_index(role)) * Outcome::COUNT + outcome as usize;
+            self.calls[slot].get_or_init(|| {
+                counter!("pgrouter_calls_total",
+                    "operation" => operation.as_str(), "node" => self.node.clone(),
+                    "role" => role_name(role), "outcome" => outcome.as_str())
+            })
+        }
+
+        fn retry(&self, operation: Operation, reason: Outcome) -> &Counter {
+            let slot = operation as usize * Outcome::COUNT + reason as usize;
+            self.retries[slot].get_or_init(|| {
+                counter!("pgrouter_retries_total",
+                    "operation" => operation.as_str(), "node" => self.node.clone(),
+                    "reason" => reason.as_str())
+            })
+        }
+
+        fn duration(&self, operation: Operation, role: Role) -> &Histogram {
+            let slot = operation as usize * ROLES + role_index(role);
+            self.durations[slot].get_or_init(|| {
+                histogram!("pgrouter_call_duration_seconds",
+                    "operation" => operation.as_str(), "node" => self.node.clone(),
+                    "role" => role_name(role))
+            })
+        }
+
+        fn lag(&self) -> (&Gauge, &Gauge) {
+            let bytes = self
+                .lag_bytes
+                .get_or_init(|| gauge!("pgrouter_replica_lag_bytes", "node" => self.node.clone()));
+            let seconds = self.lag_seconds.get_or_init(
+                || gauge!("pgrouter_replica_lag_seconds", "node" => self.node.clone()),
+            );
+            (bytes, seconds)
+        }
+
+        /// The node's gauges from its state in a newly published snapshot.
+        fn set_state(
+            &self,
+            node: &Node,
+            old: Option<&crate::topology::NodeState>,
+            new: &crate::topology::NodeState,
+        ) {
+            self.up.set(f64::from(u8::from(new.up)));
+            self.fenced.set(f64::from(u8::from(new.fenced)));
+            if new.fenced && !old.is_some_and(|old| old.fenced) {
+                self.fencings.increment(1);
+            }
+            let status = node.pool.status();
+            self.pool_size.set(status.size as f64);
+            self.pool_idle.set(status.available as f64);
+            self.pool_waiters.set(status.waiting as f64);
+            self.pool_max.set(status.max_size as f64);
+            if let Some(rtt) = new.rtt {
+                self.rtt.set(rtt.as_secs_f64());
+            }
+            match (new.lag, new.role) {
+                (Some(lag), Role::Replica) => {
+                    let (bytes, seconds) = self.lag();
+                    bytes.set(lag.bytes as f64);
+                    seconds.set(lag.time.as_secs_f64());
+                }
+                // Unknown now: say so rather than keep an old value.
+                _ if self.lag_bytes.get().is_some() => {
+                    let (bytes, seconds) = self.lag();
+                    bytes.set(f64::NAN);
+                    seconds.set(f64::NAN);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Metrics of the deployment as a whole: calls that reached no node,
+    /// and the primary last elected (to count failovers).
+    #[derive(Debug)]
+    pub(crate) struct HubMetrics {
+        unrouted: Box<[OnceLock<Counter>]>,
+        /// The last elected primary's index, `usize::MAX` before the first.
+        last_primary: AtomicUsize,
+    }
+
+    impl HubMetrics {
+        pub(crate) fn new() -> Self {
+            Self {
+                unrouted: slots(OPERATIONS * Outcome::COUNT),
+                last_primary: AtomicUsize::new(usize::MAX),
+            }
+        }
+
+        fn unrouted(&self, operation: Operation, outcome: Outcome) -> &Counter {
+            let slot = operation as usize * Outcome::COUNT + outcome as usize;
+            self.unrouted[slot].get_or_init(|| {
+                counter!("pgrouter_calls_total",
+                    "operation" => operation.as_str(), "node" => "", "role" => "",
+                    "outcome" => outcome.as_str())
+            })
+        }
+
+        /// Gauges and transition counters from a snapshot about to replace
+        /// `old` (the monitor, the single writer, calls it).
+        pub(crate) fn published(&self, hub: &Hub, old: &Snapshot, new: &Snapshot) {
+            for (index, node) in hub.each_node() {
+                let Some(state) = new.nodes.get(index).filter(|state| !state.vacant) else {
+                    continue;
+                };
+                node.metrics.set_state(&node, old.nodes.get(index), state);
+            }
+            let Some(primary) = new.primary else { return };
+            let before = self.last_primary.swap(primary, Ordering::Relaxed);
+            if before != usize::MAX && before != primary {
+                if let Some(node) = hub.node(primary) {
+                    node.metrics.failovers.increment(1);
+                }
+            }
+        }
+    }
+
+    /// A call ended: counted on the node of its last attempt (or as
+    /// unrouted), its duration observed.
+    pub(crate) fn call(
+        hub: &Hub,
+        last: Option<(usize, Role)>,
+        operation: Operation,
+        outcome: Outcome,
+        timer: &CallTimer,
+    ) {
+        let node = last.and_then(|(index, role)| Some((hub.node(index)?, role)));
+        match node {
+            Some((node, role)) => {
+                node.metrics.call(operation, role, outcome).increment(1);
+                let seconds = timer.0.elapsed().as_secs_f64();
+                node.metrics.duration(operation, role).record(seconds);
+            }
+            None => hub.metrics.unrouted(operation, outcome).increment(1),
+        }
+    }
+
+    /// An attempt on node `index` failed with `reason` and the call retries.
+    pub(crate) fn retry(hub: &Hub, index: usize, operation: Operation, reason: Outcome) {
+        if let Some(node) = hub.node(index) {
+            node.metrics.retry(operation, reason).increment(1);
+        }
+    }
+
+    /// A checkout that started at `started` ended (with a connection or not).
+    pub(crate) fn pool_wait(node: &Node, started: Instant) {
+        node.metrics
+            .pool_wait
+            .record(started.elapsed().as_secs_f64());
+    }
+}
