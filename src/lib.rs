@@ -14,6 +14,7 @@ mod error;
 mod events;
 mod freshness;
 mod health;
+mod hedge;
 mod hub;
 mod lsn;
 mod manager;
@@ -31,8 +32,8 @@ mod view;
 
 pub use capability::{Capability, MissingCapability};
 pub use config::{
-    Config, ConfigBuilder, DiscoverySettings, HealthSettings, NearestSettings, NodeConfig,
-    OutcomeSettings, PoolSettings, ReadStrategy, RetrySettings, Role, TlsSettings,
+    Config, ConfigBuilder, DiscoverySettings, HealthSettings, HedgeSettings, NearestSettings,
+    NodeConfig, OutcomeSettings, OutlierSettings, PoolSettings, ReadStrategy, RetrySettings, Role, TlsSettings,
 };
 pub use connstr::ConnectionString;
 pub use credentials::{
@@ -44,7 +45,7 @@ pub use events::{CommitOutcome, Event};
 pub use lsn::{CausalToken, Lsn, TokenError};
 pub use manager::{DatabaseManager, Read, Tx, TxFuture, Write};
 pub use retry::RetryDecision;
-pub use status::{NodeStatus, PoolStatus, Status};
+pub use status::{HedgeCounts, NodeStatus, PoolStatus, Status};
 pub use topology::{Lag, Orphan};
 
 pub use deadpool_postgres;

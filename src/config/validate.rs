@@ -21,6 +21,7 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
     validate_durations(config)?;
     validate_outcomes(config)?;
     validate_discovery(config)?;
+    validate_hedging(config)?;
     validate_counts(config)
 }
 
@@ -165,6 +166,34 @@ fn validate_durations(config: &Config) -> Result<(), ConfigError> {
         ("retry.min_delay", retry.min_delay),
         ("retry.max_delay", retry.max_delay),
     )
+}
+
+fn validate_hedging(config: &Config) -> Result<(), ConfigError> {
+    let (hedging, outliers) = (&config.hedging, &config.outliers);
+    for (field, value) in [
+        ("hedging.min_delay", Some(hedging.min_delay)),
+        ("hedging.delay", hedging.delay),
+        ("outliers.silence", Some(outliers.silence)),
+    ] {
+        if value.is_some_and(|value| value.is_zero()) {
+            return Err(invalid(field, Duration::ZERO, "must be greater than zero"));
+        }
+    }
+    if hedging.budget_percent > 100 {
+        return Err(ConfigError::InvalidValue {
+            field: "hedging.budget_percent".to_owned(),
+            value: hedging.budget_percent.to_string(),
+            reason: "must be from 0 to 100",
+        });
+    }
+    if hedging.budget_burst == 0 {
+        return Err(ConfigError::InvalidValue {
+            field: "hedging.budget_burst".to_owned(),
+            value: "0".to_owned(),
+            reason: "must be at least 1",
+        });
+    }
+    Ok(())
 }
 
 /// The shortest marker retention: markers must outlive every resolution.
