@@ -139,19 +139,16 @@ impl Traffic {
         self.in_flight.fetch_add(1, Relaxed);
         if self.unanswered_since.load(Relaxed) == 0 {
             // The first read since the last answer; a racing one may win.
-            let _ = self.unanswered_since.compare_exchange(
-                0,
-                at.saturating_add(1),
-                Relaxed,
-                Relaxed,
-            );
+            let _ =
+                self.unanswered_since
+                    .compare_exchange(0, at.saturating_add(1), Relaxed, Relaxed);
         }
         InFlight(self)
     }
 
     /// The node answered `at` nanoseconds after the epoch, `latency` after
-    /// the read started. The percentile moves by a sixteenth at most
-    /// (Frugal streaming: up with probability 0.99 on a slower answer, down
+    /// the read started. The percentile starts at the first answer's
+    /// latency and moves by a sixteenth at most (Frugal streaming: up with probability 0.99 on a slower answer, down
     /// with 0.01 on a faster one).
     pub(crate) fn answered(&self, at: u64, latency: Duration) {
         self.answered.store(at.saturating_add(1), Relaxed);
@@ -161,7 +158,11 @@ impl Traffic {
         let sample = u32::try_from(latency.as_micros()).unwrap_or(u32::MAX);
         let estimate = self.p99_micros.load(Relaxed);
         let step = (estimate / 16).max(1);
-        if sample > estimate && fastrand::u32(..100) != 0 {
+        if estimate == 0 {
+            // The first answer (it paid for a new connection: high, if
+            // anything) starts the estimate.
+            self.p99_micros.store(sample.max(1), Relaxed);
+        } else if sample > estimate && fastrand::u32(..100) != 0 {
             let up = estimate.saturating_add(step).min(sample);
             self.p99_micros.store(up, Relaxed);
         } else if sample < estimate && fastrand::u32(..100) == 0 {
@@ -187,10 +188,17 @@ impl Traffic {
         let since = |at: u64| Duration::from_nanos(now.saturating_sub(at));
         let answered = self.answered.load(Relaxed).checked_sub(1);
         let unanswered = self.unanswered_since.load(Relaxed).checked_sub(1);
+        let quiet_after = match (answered, unanswered) {
+            (Some(answered), Some(sent)) => {
+                Some(Duration::from_nanos(sent.saturating_sub(answered)))
+            }
+            _ => None,
+        };
         Observed {
             in_flight: self.in_flight.load(Relaxed),
             silent_for: unanswered.map_or(Duration::ZERO, since),
             answer_age: answered.map(since),
+            quiet_after,
             p99: self.p99(),
         }
     }
@@ -206,6 +214,10 @@ pub(crate) struct Observed {
     pub(crate) silent_for: Duration,
     /// How long since it last answered; `None` if it never did.
     pub(crate) answer_age: Option<Duration>,
+    /// How long it had been since its last answer when the oldest read
+    /// still unanswered was sent: short when it went quiet in the middle of
+    /// its traffic, long (or `None`) when it was idle, or cold, before.
+    pub(crate) quiet_after: Option<Duration>,
     /// Its recent 99th percentile read latency.
     pub(crate) p99: Duration,
 }
@@ -222,9 +234,13 @@ pub(crate) fn outlier_limit(settings: &OutlierSettings, p99: Duration) -> Durati
     settings.silence.max(p99.saturating_mul(OUTLIER_P99S))
 }
 
-/// Whether `node` is an outlier: reads in flight, and none sent for longer
-/// than [`outlier_limit`] answered, while a peer answered more recently than that
-/// (`peer_answer_age`: the youngest answer of any other node).
+/// Whether `node` is an outlier: reads in flight, none sent for longer than
+/// [`outlier_limit`] answered although it was answering just before (a
+/// node idle or cold before, whose new connections are slow to come, is
+/// left to the probes and the deadline), while a peer answered since
+/// (`peer_answer_age`: the youngest answer of any other node, to a read or
+/// a probe). The peers' answers show the fault is the node's, not this
+/// client's own (a stalled runtime, its network down).
 pub(crate) fn is_outlier(
     settings: &OutlierSettings,
     node: Observed,
@@ -234,7 +250,8 @@ pub(crate) fn is_outlier(
     settings.enabled
         && node.in_flight > 0
         && node.silent_for >= limit
-        && peer_answer_age.is_some_and(|age| age < limit)
+        && node.quiet_after.is_some_and(|gap| gap < limit)
+        && peer_answer_age.is_some_and(|age| age < node.silent_for)
 }
 
 /// How many reads were hedged, won, refused, and how many retries the
@@ -260,18 +277,26 @@ impl Hub {
         nanos_since(self.epoch, at)
     }
 
-    /// Node `index` and the youngest answer of every other node, at `now`.
+    /// Node `index` and the youngest answer of every other node (to a read,
+    /// or to the monitor's probe), at `now`.
     pub(crate) fn observe(&self, index: usize, now: Instant) -> (Observed, Option<Duration>) {
-        let now = self.nanos(now);
-        let node = self.traffic[index].observe(now);
-        let peers = self
+        let at = self.nanos(now);
+        let node = self.traffic[index].observe(at);
+        let reads = self
             .traffic
             .iter()
             .enumerate()
             .filter(|(peer, _)| *peer != index)
-            .filter_map(|(_, traffic)| traffic.observe(now).answer_age)
-            .min();
-        (node, peers)
+            .filter_map(|(_, traffic)| traffic.observe(at).answer_age);
+        let snapshot = self.snapshot();
+        let probes = snapshot
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(peer, state)| *peer != index && state.up && state.last_error.is_none())
+            .filter_map(|(_, state)| state.last_probe)
+            .map(|probed| now.saturating_duration_since(probed));
+        (node, reads.chain(probes).min())
     }
 
     /// The counters, copied.
@@ -363,7 +388,10 @@ mod tests {
         let budget = Budget::new(&settings(0, 10, 20), Instant::now());
         drain(&budget, Instant::now());
         tokio::time::advance(Duration::from_millis(99)).await;
-        assert!(!budget.withdraw(Instant::now()), "a tenth of a second earns one");
+        assert!(
+            !budget.withdraw(Instant::now()),
+            "a tenth of a second earns one"
+        );
         tokio::time::advance(Duration::from_millis(1)).await;
         assert!(budget.withdraw(Instant::now()));
         assert!(!budget.withdraw(Instant::now()));
@@ -413,7 +441,8 @@ mod tests {
         Observed {
             in_flight,
             silent_for: Duration::from_millis(silent_ms),
-            answer_age: Some(Duration::from_millis(silent_ms)),
+            answer_age: Some(Duration::from_millis(silent_ms + 1)),
+            quiet_after: Some(Duration::from_millis(1)),
             p99: Duration::from_millis(p99_ms),
         }
     }
@@ -423,16 +452,41 @@ mod tests {
         let on = OutlierSettings::default(); // 50 ms
         let ms = |ms| Some(Duration::from_millis(ms));
         for (node, peers, outlier, why) in [
-            (observed(3, 60, 1), ms(1), true, "silent 60 ms, peers answer"),
+            (
+                observed(3, 60, 1),
+                ms(1),
+                true,
+                "silent 60 ms, peers answer",
+            ),
             (observed(3, 40, 1), ms(1), false, "not silent long enough"),
             (observed(0, 600, 1), ms(1), false, "nothing in flight: idle"),
             (observed(3, 60, 1), None, false, "no peer ever answered"),
-            (observed(3, 60, 1), ms(70), false, "peers silent too"),
-            (observed(3, 300, 100), ms(1), false, "slow node: 4 × p99 = 400 ms"),
+            (observed(3, 60, 1), ms(70), false, "no peer answered since"),
+            (observed(3, 60, 1), ms(59), true, "a peer answered since"),
+            (
+                observed(3, 300, 100),
+                ms(1),
+                false,
+                "slow node: 4 × p99 = 400 ms",
+            ),
             (observed(3, 400, 100), ms(1), true, "silent past 4 × p99"),
         ] {
             assert_eq!(is_outlier(&on, node, peers), outlier, "{why}");
         }
+        let idle_before = Observed {
+            quiet_after: Some(Duration::from_secs(5)),
+            ..observed(3, 60, 1)
+        };
+        assert!(
+            !is_outlier(&on, idle_before, ms(1)),
+            "idle before: not judged"
+        );
+        let never_answered = Observed {
+            quiet_after: None,
+            answer_age: None,
+            ..observed(3, 60, 1)
+        };
+        assert!(!is_outlier(&on, never_answered, ms(1)), "cold: not judged");
         let off = OutlierSettings {
             enabled: false,
             ..on
@@ -461,7 +515,11 @@ mod tests {
         let second = traffic.begin(ms(20));
         let seen = traffic.observe(ms(100));
         assert_eq!(seen.in_flight, 2);
-        assert_eq!(seen.silent_for, Duration::from_millis(90), "since the oldest began");
+        assert_eq!(
+            seen.silent_for,
+            Duration::from_millis(90),
+            "since the oldest began"
+        );
         assert_eq!(seen.answer_age, None);
         drop(first);
         traffic.answered(ms(100), Duration::from_millis(90));
@@ -473,7 +531,11 @@ mod tests {
         // A read abandoned unanswered (a hedge won) still counts as silence.
         drop(traffic.begin(ms(200)));
         let seen = traffic.observe(ms(260));
-        assert_eq!((seen.in_flight, seen.silent_for), (0, Duration::from_millis(60)));
+        assert_eq!(
+            (seen.in_flight, seen.silent_for),
+            (0, Duration::from_millis(60))
+        );
+        assert_eq!(seen.quiet_after, Some(Duration::from_millis(100)));
         // The estimate settles near the 99th percentile of 1..=100 µs.
         let traffic = Traffic::default();
         for round in 0..2_000_u64 {

@@ -33,7 +33,8 @@ mod view;
 pub use capability::{Capability, MissingCapability};
 pub use config::{
     Config, ConfigBuilder, DiscoverySettings, HealthSettings, HedgeSettings, NearestSettings,
-    NodeConfig, OutcomeSettings, OutlierSettings, PoolSettings, ReadStrategy, RetrySettings, Role, TlsSettings,
+    NodeConfig, OutcomeSettings, OutlierSettings, PoolSettings, ReadStrategy, RetrySettings, Role,
+    TlsSettings,
 };
 pub use connstr::ConnectionString;
 pub use credentials::{

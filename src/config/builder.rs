@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use super::{
-    Config, DiscoverySettings, HealthSettings, HedgeSettings, NodeConfig, OutcomeSettings, OutlierSettings, PoolSettings,
-    ReadStrategy, RetrySettings, Role,
+    Config, DiscoverySettings, HealthSettings, HedgeSettings, NodeConfig, OutcomeSettings,
+    OutlierSettings, PoolSettings, ReadStrategy, RetrySettings, Role,
 };
 use crate::connstr::ConnectionString;
 use crate::credentials::{PasswordProvider, SharedPasswordProvider};

@@ -91,23 +91,39 @@ impl Watch {
         // Called at the first look.
         let now = Instant::now();
         let started = now.checked_sub(self.first_look).unwrap_or(now);
-        let mut hedge_at = self.hedge_after.map(|after| clock::after(started, after));
+        let mut hedge = match self.hedge_after {
+            Some(after) => Hedge::Due(clock::after(started, after)),
+            None => Hedge::Never,
+        };
         loop {
             let now = Instant::now();
             if self.recheck.is_some() && self.outlier_found(hub, route.first, now) {
                 self.recheck = None;
             }
-            if hedge_at.is_some_and(|at| at <= now) {
-                hedge_at = None;
-                if let Some(second) = self.hedge_target(hub, route, rng, now) {
-                    return Settled::Hedged(race(hub, route.first, attempt, second, call).await);
+            // A read moved off a node that left routing needs no token: it
+            // adds no load (that node gets no new reads, and it had at most
+            // a pool's worth in flight).
+            let suspect = hub.is_suspect(route.first);
+            let try_now = match hedge {
+                Hedge::Due(at) => at <= now || suspect,
+                Hedge::Refused => suspect,
+                Hedge::Never => false,
+            };
+            if try_now {
+                match self.hedge_target(hub, route, rng, now, suspect) {
+                    Target::Node(second) => {
+                        let result = race(hub, route.first, attempt, second, call).await;
+                        return Settled::Hedged(result);
+                    }
+                    Target::Refused => hedge = Hedge::Refused,
+                    Target::Nowhere => hedge = Hedge::Never,
                 }
             }
-            let next = match (hedge_at, self.recheck) {
-                (Some(at), Some(every)) => at.min(clock::after(now, every)),
-                (Some(at), None) => at,
-                (None, Some(every)) => clock::after(now, every),
-                (None, None) => return Settled::First(attempt.await),
+            let next = match (hedge, self.recheck) {
+                (Hedge::Due(at), Some(every)) => at.min(clock::after(now, every)),
+                (Hedge::Due(at), None) => at,
+                (_, Some(every)) => clock::after(now, every),
+                (_, None) => return Settled::First(attempt.await),
             };
             tokio::select! {
                 biased;
@@ -130,22 +146,45 @@ impl Watch {
         outlier
     }
 
-    /// Another eligible node, and a token from the budget for it.
+    /// Another eligible node, and a token from the budget for it unless
+    /// `free`.
     fn hedge_target(
         &self,
         hub: &Hub,
         route: Route,
         rng: &mut fastrand::Rng,
         now: Instant,
-    ) -> Option<usize> {
-        let second = hub.pick_read(route.strategy, route.freshness, Some(route.first), rng)?;
-        if !hub.budget.withdraw(now) {
+        free: bool,
+    ) -> Target {
+        let Some(second) = hub.pick_read(route.strategy, route.freshness, Some(route.first), rng)
+        else {
+            return Target::Nowhere;
+        };
+        if !free && !hub.budget.withdraw(now) {
             hub.extra_read_refused(route.first, false);
-            return None;
+            return Target::Refused;
         }
         hub.hedge_sent(route.first, second);
-        Some(second)
+        Target::Node(second)
     }
+}
+
+/// Where a read stands on hedging.
+#[derive(Debug, Clone, Copy)]
+enum Hedge {
+    /// To be hedged at this instant (or as soon as its node leaves routing).
+    Due(Instant),
+    /// The budget refused: hedged only if its node leaves routing.
+    Refused,
+    /// Not hedged (off, may not run twice, or no other node).
+    Never,
+}
+
+/// Where a hedge goes.
+enum Target {
+    Node(usize),
+    Refused,
+    Nowhere,
 }
 
 /// The first attempt against a hedge on `second`: the first answer wins,
@@ -184,22 +223,15 @@ where
     }
 }
 
-/// One read attempt on node `index`, counted in its live traffic: in
-/// flight until it ends, an answer (rows, or the server's own error)
-/// recorded with its latency.
+/// One read attempt on node `index` (counted in its live traffic: see
+/// `Call::tracked`).
 pub(super) async fn tracked(
     hub: &Hub,
     index: usize,
     number: u32,
     call: &Call<'_>,
 ) -> Result<Vec<Row>, Error> {
-    let traffic = hub.traffic(index);
-    let started = Instant::now();
-    let _in_flight = traffic.begin(hub.nanos(started));
-    let result = traced::<Rows>(hub, index, number, call).await;
-    if matches!(result, Ok(_) | Err(Error::Database { .. })) {
-        let now = Instant::now();
-        traffic.answered(hub.nanos(now), now.saturating_duration_since(started));
-    }
-    result.map(|(rows, _)| rows)
+    traced::<Rows>(hub, index, number, call)
+        .await
+        .map(|(rows, _)| rows)
 }

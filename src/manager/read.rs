@@ -146,6 +146,7 @@ impl<'a> Read<'a> {
             params,
             deadline: Deadline::start(budget),
             token: false,
+            tracked: true,
         };
         let span = tracing::debug_span!("pgrouter.read", %strategy);
         route(self.hub, strategy, freshness, &call, self.idempotent)

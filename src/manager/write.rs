@@ -174,6 +174,7 @@ impl<'a> Write<'a> {
             params,
             deadline,
             token,
+            tracked: false,
         };
         let statement = SingleStatement::<K> {
             call: &call,
