@@ -18,6 +18,9 @@ const TOKEN: u64 = 1000;
 /// A node is an outlier only after this many of its recent 99th
 /// percentile latencies without an answer.
 const OUTLIER_P99S: u32 = 4;
+/// The smallest step of the 99th percentile estimate: from zero, 1 ms is
+/// about 40 answers away.
+const MIN_STEP_MICROS: u32 = 16;
 
 /// The budget of extra reads (hedges and retries): every read deposits a
 /// share of a token, time adds a few, each extra read takes one whole.
@@ -147,8 +150,10 @@ impl Traffic {
     }
 
     /// The node answered `at` nanoseconds after the epoch, `latency` after
-    /// the read started. The percentile starts at the first answer's
-    /// latency and moves by a sixteenth at most (Frugal streaming: up with probability 0.99 on a slower answer, down
+    /// the read started. The percentile starts at zero (the hedge delay's
+    /// floor then rules) and moves by a sixteenth, or 16 µs, at most: up
+    /// fast, since nearly every slower answer raises it, down slowly
+    /// (Frugal streaming: up with probability 0.99 on a slower answer, down
     /// with 0.01 on a faster one).
     pub(crate) fn answered(&self, at: u64, latency: Duration) {
         self.answered.store(at.saturating_add(1), Relaxed);
@@ -157,12 +162,8 @@ impl Traffic {
         }
         let sample = u32::try_from(latency.as_micros()).unwrap_or(u32::MAX);
         let estimate = self.p99_micros.load(Relaxed);
-        let step = (estimate / 16).max(1);
-        if estimate == 0 {
-            // The first answer (it paid for a new connection: high, if
-            // anything) starts the estimate.
-            self.p99_micros.store(sample.max(1), Relaxed);
-        } else if sample > estimate && fastrand::u32(..100) != 0 {
+        let step = (estimate / 16).max(MIN_STEP_MICROS);
+        if sample > estimate && fastrand::u32(..100) != 0 {
             let up = estimate.saturating_add(step).min(sample);
             self.p99_micros.store(up, Relaxed);
         } else if sample < estimate && fastrand::u32(..100) == 0 {

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pgrouter::{DatabaseManager, HedgeCounts, ReadStrategy};
+use pgrouter::{DatabaseManager, HedgeCounts, HedgeSettings, OutlierSettings, ReadStrategy};
 use pgrouter_testkit::Fault;
 use support::*;
 
@@ -58,7 +58,11 @@ fn readers(
 async fn black_hole_under_load(hedging: bool) -> (Tally, HedgeCounts, bool) {
     let (_cluster, proxies, db) = proxied_with(|config| {
         config.read_strategy = ReadStrategy::RegionalPreferred;
-        config.hedging.enabled = hedging;
+        config.hedging = HedgeSettings {
+            enabled: hedging,
+            ..HedgeSettings::default()
+        };
+        config.outliers = OutlierSettings::default();
     })
     .await;
     let warm = Instant::now() + Duration::from_secs(1);
