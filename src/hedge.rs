@@ -137,16 +137,28 @@ impl Drop for InFlight<'_> {
 }
 
 impl Traffic {
-    /// A read starts, `at` nanoseconds after the epoch.
-    pub(crate) fn begin(&self, at: u64) -> InFlight<'_> {
+    /// A read starts (it may still wait for a connection).
+    pub(crate) fn begin(&self) -> InFlight<'_> {
         self.in_flight.fetch_add(1, Relaxed);
+        InFlight(self)
+    }
+
+    /// A read that started `at` nanoseconds after the epoch got a
+    /// connection: the node has it now. Reads still waiting for a
+    /// connection are no evidence against the node (its pool may be cold).
+    pub(crate) fn sent(&self, at: u64) {
         if self.unanswered_since.load(Relaxed) == 0 {
             // The first read since the last answer; a racing one may win.
             let _ =
                 self.unanswered_since
                     .compare_exchange(0, at.saturating_add(1), Relaxed, Relaxed);
         }
-        InFlight(self)
+    }
+
+    /// Forgets the reads left unanswered: the monitor vouches for the node
+    /// again (back up, or its suspect report answered by a probe).
+    pub(crate) fn forgive(&self) {
+        self.unanswered_since.store(0, Relaxed);
     }
 
     /// The node answered `at` nanoseconds after the epoch, `latency` after
@@ -210,8 +222,8 @@ impl Traffic {
 pub(crate) struct Observed {
     /// Reads in flight.
     pub(crate) in_flight: u32,
-    /// How long since the oldest read sent after its last answer started
-    /// (zero when every read sent was answered).
+    /// How long since the oldest read that got a connection after its last
+    /// answer started (zero when every such read was answered).
     pub(crate) silent_for: Duration,
     /// How long since it last answered; `None` if it never did.
     pub(crate) answer_age: Option<Duration>,
@@ -235,24 +247,34 @@ pub(crate) fn outlier_limit(settings: &OutlierSettings, p99: Duration) -> Durati
     settings.silence.max(p99.saturating_mul(OUTLIER_P99S))
 }
 
-/// Whether `node` is an outlier: reads in flight, none sent for longer than
-/// [`outlier_limit`] answered although it was answering just before (a
-/// node idle or cold before, whose new connections are slow to come, is
-/// left to the probes and the deadline), while a peer answered since
-/// (`peer_answer_age`: the youngest answer of any other node, to a read or
-/// a probe). The peers' answers show the fault is the node's, not this
-/// client's own (a stalled runtime, its network down).
-pub(crate) fn is_outlier(
-    settings: &OutlierSettings,
-    node: Observed,
-    peer_answer_age: Option<Duration>,
-) -> bool {
+/// What a node's peers look like, as [`is_outlier`] takes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Peers {
+    /// The youngest answer of any other node, to a read or a probe.
+    pub(crate) answer_age: Option<Duration>,
+    /// Another node is out of routing on a caller's report already.
+    pub(crate) one_out: bool,
+    /// No other node is routable.
+    pub(crate) none_left: bool,
+}
+
+/// Whether `node` is an outlier: reads in flight, none that got a
+/// connection for longer than [`outlier_limit`] answered although it was
+/// answering just before (a node idle or cold before is left to the probes
+/// and the deadline), while a peer answered since: the peers' answers show
+/// the fault is the node's, not this client's own (a stalled runtime, its
+/// network down). As Envoy's `max_ejection_percent` does, one node at most
+/// is out at a time this way, and never the last routable one, so a
+/// client-side stall cannot take every node out.
+pub(crate) fn is_outlier(settings: &OutlierSettings, node: Observed, peers: Peers) -> bool {
     let limit = outlier_limit(settings, node.p99);
     settings.enabled
         && node.in_flight > 0
         && node.silent_for >= limit
         && node.quiet_after.is_some_and(|gap| gap < limit)
-        && peer_answer_age.is_some_and(|age| age < node.silent_for)
+        && peers.answer_age.is_some_and(|age| age < node.silent_for)
+        && !peers.one_out
+        && !peers.none_left
 }
 
 /// How many reads were hedged, won, refused, and how many retries the
@@ -278,9 +300,8 @@ impl Hub {
         nanos_since(self.epoch, at)
     }
 
-    /// Node `index` and the youngest answer of every other node (to a read,
-    /// or to the monitor's probe), at `now`.
-    pub(crate) fn observe(&self, index: usize, now: Instant) -> (Observed, Option<Duration>) {
+    /// Node `index`, and what its peers look like, at `now`.
+    pub(crate) fn observe(&self, index: usize, now: Instant) -> (Observed, Peers) {
         let at = self.nanos(now);
         let node = self.traffic[index].observe(at);
         let reads = self
@@ -290,14 +311,18 @@ impl Hub {
             .filter(|(peer, _)| *peer != index)
             .filter_map(|(_, traffic)| traffic.observe(at).answer_age);
         let snapshot = self.snapshot();
-        let probes = snapshot
-            .nodes
-            .iter()
-            .enumerate()
-            .filter(|(peer, state)| *peer != index && state.up && state.last_error.is_none())
-            .filter_map(|(_, state)| state.last_probe)
+        let others = || (0..snapshot.nodes.len()).filter(|peer| *peer != index);
+        let probes = others()
+            .map(|peer| &snapshot.nodes[peer])
+            .filter(|state| state.up && state.last_error.is_none())
+            .filter_map(|state| state.last_probe)
             .map(|probed| now.saturating_duration_since(probed));
-        (node, reads.chain(probes).min())
+        let peers = Peers {
+            answer_age: reads.chain(probes).min(),
+            one_out: others().any(|peer| self.is_suspect(peer)),
+            none_left: !others().any(|peer| snapshot.is_routable(peer) && !self.is_suspect(peer)),
+        };
+        (node, peers)
     }
 
     /// The counters, copied.
@@ -450,8 +475,14 @@ mod tests {
 
     #[test]
     fn outliers_as_a_table() {
-        let on = OutlierSettings::default(); // 50 ms
-        let ms = |ms| Some(Duration::from_millis(ms));
+        let on = OutlierSettings {
+            silence: Duration::from_millis(50),
+            ..OutlierSettings::default()
+        };
+        let ms = |ms| Peers {
+            answer_age: Some(Duration::from_millis(ms)),
+            ..Peers::default()
+        };
         for (node, peers, outlier, why) in [
             (
                 observed(3, 60, 1),
@@ -461,7 +492,30 @@ mod tests {
             ),
             (observed(3, 40, 1), ms(1), false, "not silent long enough"),
             (observed(0, 600, 1), ms(1), false, "nothing in flight: idle"),
-            (observed(3, 60, 1), None, false, "no peer ever answered"),
+            (
+                observed(3, 60, 1),
+                Peers::default(),
+                false,
+                "no peer ever answered",
+            ),
+            (
+                observed(3, 60, 1),
+                Peers {
+                    one_out: true,
+                    ..ms(1)
+                },
+                false,
+                "another node is out already",
+            ),
+            (
+                observed(3, 60, 1),
+                Peers {
+                    none_left: true,
+                    ..ms(1)
+                },
+                false,
+                "the last routable node",
+            ),
             (observed(3, 60, 1), ms(70), false, "no peer answered since"),
             (observed(3, 60, 1), ms(59), true, "a peer answered since"),
             (
@@ -512,8 +566,10 @@ mod tests {
     fn traffic_tracks_in_flight_silence_and_a_p99() {
         let traffic = Traffic::default();
         let ms = |ms: u64| ms * 1_000_000;
-        let first = traffic.begin(ms(10));
-        let second = traffic.begin(ms(20));
+        let first = traffic.begin();
+        traffic.sent(ms(10));
+        let second = traffic.begin();
+        traffic.sent(ms(20));
         let seen = traffic.observe(ms(100));
         assert_eq!(seen.in_flight, 2);
         assert_eq!(
@@ -530,13 +586,21 @@ mod tests {
         assert_eq!(seen.answer_age, Some(Duration::from_millis(30)));
         drop(second);
         // A read abandoned unanswered (a hedge won) still counts as silence.
-        drop(traffic.begin(ms(200)));
+        let abandoned = traffic.begin();
+        traffic.sent(ms(200));
+        drop(abandoned);
         let seen = traffic.observe(ms(260));
         assert_eq!(
             (seen.in_flight, seen.silent_for),
             (0, Duration::from_millis(60))
         );
         assert_eq!(seen.quiet_after, Some(Duration::from_millis(100)));
+        // One waiting for a connection is no evidence; a probe's word clears it.
+        let waiting = traffic.begin();
+        assert_eq!(traffic.observe(ms(300)).in_flight, 1);
+        traffic.forgive();
+        assert_eq!(traffic.observe(ms(300)).silent_for, Duration::ZERO);
+        drop(waiting);
         // The estimate settles near the 99th percentile of 1..=100 µs.
         let traffic = Traffic::default();
         for round in 0..2_000_u64 {

@@ -372,6 +372,15 @@ impl Hub {
     pub(crate) fn publish(&self, mut next: Snapshot, events: Vec<Event>, answered: Option<usize>) {
         // Derived masks always match the states published with them.
         next.derive_masks();
+        // Reads left unanswered before a node came back (or before a probe
+        // cleared it) say nothing about it now.
+        let old = self.snapshot.load();
+        for (index, (before, after)) in old.nodes.iter().zip(next.nodes.iter()).enumerate() {
+            if after.up && (!before.up || answered == Some(index)) {
+                self.traffic[index].forgive();
+            }
+        }
+        drop(old);
         // The snapshot first, then the flag: a decision loads the flags
         // first, so it never pairs the old snapshot with a cleared flag.
         self.snapshot.store(Arc::new(next));

@@ -59,7 +59,8 @@ impl Default for HedgeSettings {
 /// Finagle's failure accrual do: a node with reads in flight that has
 /// answered none of them for a while, while another node answered within
 /// that time, is marked suspect at once (out of routing, probed now)
-/// instead of at the first read's deadline.
+/// instead of at the first read's deadline. One node at most is out at a
+/// time this way, and never the last routable one.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 // Not `Copy`: settings may gain fields that are not (a list, a name).
@@ -70,7 +71,7 @@ pub struct OutlierSettings {
     /// How long a node with reads in flight may go without answering any,
     /// greater than zero; never less than four times its recent 99th
     /// percentile read latency, so slow queries alone do not make a node an
-    /// outlier. Default: 50 ms.
+    /// outlier. Default: 100 ms.
     #[serde(with = "humantime_serde")]
     pub silence: Duration,
 }
@@ -79,7 +80,7 @@ impl Default for OutlierSettings {
     fn default() -> Self {
         Self {
             enabled: true,
-            silence: Duration::from_millis(50),
+            silence: Duration::from_millis(100),
         }
     }
 }

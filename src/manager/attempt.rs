@@ -269,8 +269,9 @@ impl<'h> Attempt<'h> {
         // In flight on the node from here until it ends (answered, failed,
         // or dropped), its answer timed.
         let traffic = self.hub.traffic(self.index);
-        let _in_flight = traffic.begin(self.hub.nanos(self.started));
+        let _in_flight = traffic.begin();
         let client = self.checkout().await?;
+        traffic.sent(self.hub.nanos(self.started));
         let result = self.run_on::<K>(client, call).await;
         if matches!(result, Ok(_) | Err(Error::Database { .. })) {
             let now = Instant::now();
