@@ -250,7 +250,8 @@ pub(crate) fn outlier_limit(settings: &OutlierSettings, p99: Duration) -> Durati
 /// What a node's peers look like, as [`is_outlier`] takes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) struct Peers {
-    /// The youngest answer of any other node, to a read or a probe.
+    /// The youngest answer of any other node, to a read, a single-statement
+    /// write or a probe.
     pub(crate) answer_age: Option<Duration>,
     /// Another node is out of routing on a caller's report already.
     pub(crate) one_out: bool,

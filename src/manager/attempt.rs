@@ -99,8 +99,8 @@ pub(crate) struct Call<'a> {
     pub(crate) deadline: Deadline,
     /// Also return the write's causal token.
     pub(crate) token: bool,
-    /// Count the statement in its node's live traffic (reads: outlier
-    /// detection, the hedge delay).
+    /// Count the statement in its node's live traffic (outlier detection,
+    /// the hedge delay).
     pub(crate) tracked: bool,
 }
 

@@ -174,7 +174,9 @@ impl<'a> Write<'a> {
             params,
             deadline,
             token,
-            tracked: false,
+            // Writes count too: the primary's answers are evidence for
+            // outlier detection on the nodes that serve reads.
+            tracked: true,
         };
         let statement = SingleStatement::<K> {
             call: &call,
