@@ -373,6 +373,33 @@ mod tests {
     }
 
     #[test]
+    fn bad_hedging_and_outlier_settings_name_the_field() {
+        let field_of = |error: ConfigError| match error {
+            ConfigError::InvalidValue { field, .. } => field,
+            other => panic!("{other:?}"),
+        };
+        for (field, edit) in [
+            (
+                "hedging.min_delay",
+                (|c| c.hedging.min_delay = Duration::ZERO) as fn(&mut Config),
+            ),
+            ("hedging.delay", |c| c.hedging.delay = Some(Duration::ZERO)),
+            ("outliers.silence", |c| c.outliers.silence = Duration::ZERO),
+            ("hedging.budget_percent", |c| c.hedging.budget_percent = 101),
+            ("hedging.budget_burst", |c| c.hedging.budget_burst = 0),
+        ] {
+            assert_eq!(field_of(error_of(edit)), field);
+        }
+        let mut extremes = valid();
+        extremes.hedging.delay = Some(Duration::MAX);
+        extremes.hedging.budget_percent = 100;
+        extremes.hedging.budget_per_second = u32::MAX;
+        extremes.hedging.budget_burst = u32::MAX;
+        extremes.outliers.silence = Duration::MAX;
+        extremes.validate().unwrap();
+    }
+
+    #[test]
     fn an_unparsable_connection_string_names_the_node_not_the_secret() {
         let err = error_of(|c| c.nodes[1].url = "postgres://u:s3cret@h:notaport/db".into());
         assert!(matches!(&err, ConfigError::InvalidConnectionString { node, .. } if node == "b"));
