@@ -226,6 +226,21 @@ pub enum Error {
         #[source]
         source: tokio_postgres::Error,
     },
+    /// In [`StatementMode::Prepared`](crate::StatementMode::Prepared), the
+    /// server connection that got a named statement pgrouter had prepared
+    /// did not know it (SQLSTATE 26000), or already had one of that name
+    /// (42P05): the node is reached through a proxy that pools by
+    /// transaction (PgBouncer's `pool_mode = transaction`, RDS Proxy) and
+    /// hands each round trip to any server connection. Set the node's
+    /// `statement_mode` to `unnamed`. The statement did not run.
+    #[error("{context}: a named prepared statement was lost between server connections ({}); set statement_mode = unnamed for node {} (a transaction-pooling proxy drops named statements)", pg_message(source), context.node)]
+    StatementMode {
+        /// The node.
+        context: NodeContext,
+        /// The server's error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
     /// tokio-postgres refused the call locally (parameter count or types,
     /// row conversion). Nothing was applied; retrying cannot help.
     #[error("{context}: {}", pg_message(source))]
@@ -330,6 +345,7 @@ impl Error {
             | Error::OutcomeUnknown { context, .. }
             | Error::NotCommitted { context, .. }
             | Error::MarkerTable { context, .. }
+            | Error::StatementMode { context, .. }
             | Error::Statement { context, .. }
             | Error::TokenUnavailable { context, .. }
             | Error::RowCount { context, .. }
@@ -372,6 +388,7 @@ impl Error {
                 ..
             }
             | Error::MarkerTable { source, .. }
+            | Error::StatementMode { source, .. }
             | Error::Postgres(source) => Some(source),
             _ => None,
         }

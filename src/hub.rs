@@ -15,7 +15,7 @@ use tokio::sync::{broadcast, watch, Notify};
 use tokio::time::Instant;
 
 use crate::clock;
-use crate::config::{Config, ReadStrategy};
+use crate::config::{Config, NodeConfig, ReadStrategy};
 use crate::error::{Error, NodeContext};
 use crate::events::Event;
 use crate::freshness::Freshness;
@@ -85,6 +85,10 @@ impl Hub {
             .iter()
             .map(|node| {
                 let preferred = &config.nearest.preferred_regions;
+                let node = &NodeConfig {
+                    statement_mode: Some(config.statement_mode_of(node)),
+                    ..node.clone()
+                };
                 Node::build(
                     node,
                     &config.pool,

@@ -24,6 +24,7 @@ mod outcome;
 mod retry;
 mod safety;
 mod sslmode;
+mod statements;
 mod status;
 mod strategy;
 mod tls;
@@ -34,7 +35,7 @@ pub use capability::{Capability, MissingCapability};
 pub use config::{
     Config, ConfigBuilder, DiscoverySettings, HealthSettings, HedgeSettings, NearestSettings,
     NodeConfig, OutcomeSettings, OutlierSettings, PoolSettings, ReadStrategy, RetrySettings, Role,
-    TlsSettings,
+    StatementMode, TlsSettings,
 };
 pub use connstr::ConnectionString;
 pub use credentials::{

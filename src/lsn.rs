@@ -1,7 +1,16 @@
 //! WAL positions and the causal token built on them.
+//!
+//! Positions the server sends in binary (`pg_lsn` columns) are decoded by
+//! tokio-postgres's [`PgLsn`]. Text (a probe's answer, a token from a
+//! header) is parsed here instead: `PgLsn`'s `FromStr` reads each half as a
+//! 64-bit number and ORs them together, so `0/1FFFFFFFF` or `+1/0` would
+//! pass as some other position, and its error says nothing about why.
 
+use std::error::Error as StdError;
 use std::fmt;
 use std::str::FromStr;
+
+use tokio_postgres::types::{FromSql, IsNull, PgLsn, ToSql, Type};
 
 /// A PostgreSQL WAL position (`pg_lsn`), e.g. `16/B374D848`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -12,6 +21,46 @@ impl Lsn {
     pub fn bytes_since(self, earlier: Lsn) -> u64 {
         self.0.saturating_sub(earlier.0)
     }
+}
+
+impl From<PgLsn> for Lsn {
+    fn from(lsn: PgLsn) -> Self {
+        Lsn(u64::from(lsn))
+    }
+}
+
+impl From<Lsn> for PgLsn {
+    fn from(lsn: Lsn) -> Self {
+        PgLsn::from(lsn.0)
+    }
+}
+
+/// Reads a `pg_lsn` column (through [`PgLsn`]).
+impl<'a> FromSql<'a> for Lsn {
+    fn from_sql(ty: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn StdError + Sync + Send>> {
+        PgLsn::from_sql(ty, raw).map(Lsn::from)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        <PgLsn as FromSql<'_>>::accepts(ty)
+    }
+}
+
+/// Binds as a `pg_lsn` parameter (through [`PgLsn`]).
+impl ToSql for Lsn {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<IsNull, Box<dyn StdError + Sync + Send>> {
+        PgLsn::from(*self).to_sql(ty, out)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        <PgLsn as ToSql>::accepts(ty)
+    }
+
+    tokio_postgres::types::to_sql_checked!();
 }
 
 impl fmt::Display for Lsn {
@@ -43,7 +92,7 @@ impl FromStr for Lsn {
             .split_once('/')
             .ok_or_else(|| error("expected HIGH/LOW in hex"))?;
         let part = |part: &str| {
-            if part.is_empty() || part.len() > 8 {
+            if part.is_empty() || part.len() > 8 || !part.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(error("each half must be 1 to 8 hex digits"));
             }
             u32::from_str_radix(part, 16).map_err(|_| error("not hexadecimal"))
@@ -136,7 +185,10 @@ impl FromStr for CausalToken {
         else {
             return text.parse().map(CausalToken::new);
         };
-        if timeline.is_empty() || timeline.len() > 8 {
+        if timeline.is_empty()
+            || timeline.len() > 8
+            || !timeline.bytes().all(|b| b.is_ascii_hexdigit())
+        {
             return Err(error("the timeline must be 1 to 8 hex digits"));
         }
         let timeline = u32::from_str_radix(timeline, 16).map_err(|_| error("not hexadecimal"))?;
@@ -213,6 +265,11 @@ mod tests {
             "g/1/2",
             "1/x/2",
             "🙂/1",
+            // PgLsn's parser takes these (as 1/FFFFFFFF and 1/0).
+            "0/1FFFFFFFF",
+            "+1/0",
+            "1/+2/3",
+            "+1/2/3",
         ] {
             let error = text.parse::<CausalToken>().unwrap_err();
             assert!(!error.reason.is_empty(), "{text}");

@@ -9,6 +9,7 @@ use crate::config::{NodeConfig, PoolSettings, Role, TlsSettings};
 use crate::credentials::{request_for, CredentialCache, SharedPasswordProvider};
 use crate::error::{ConfigError, NodeContext};
 use crate::sslmode::NodeTls;
+use crate::statements::Statements;
 use crate::tls::Connector;
 
 /// A configured node and its pool. Owned by the hub.
@@ -23,6 +24,8 @@ pub(crate) struct Node {
     pub(crate) probe_config: tokio_postgres::Config,
     /// Plain or TLS, as the node's `sslmode` says: its pool and its probe.
     pub(crate) connector: Connector,
+    /// How statements reach the server, and what unnamed mode learnt.
+    pub(crate) statements: Statements,
 }
 
 impl std::fmt::Debug for Node {
@@ -95,6 +98,7 @@ impl Node {
             pool,
             probe_config: pg_config,
             connector,
+            statements: Statements::new(config.statement_mode.unwrap_or_default()),
         })
     }
 

@@ -21,11 +21,17 @@
 /// which life of the server answers, and the transaction's status (`future`
 /// when the id is not handed out yet there). Only core functions, no WAL
 /// position function (which managed platforms may refuse): the causal
-/// token of a commit found is asked for separately.
+/// token of a commit found is asked for separately. A snapshot's `xmax` is
+/// the latest *completed* id + 1, so an id at or past it is either not
+/// handed out (`pg_xact_status` would raise) or still running: its lock on
+/// itself (`pg_locks`, readable by any role) tells which.
 const STATUS_SQL: &str = "SELECT NOT pg_is_in_recovery(), \
     (extract(epoch FROM pg_postmaster_start_time()) * 1000000)::bigint, \
     CASE WHEN pg_is_in_recovery() THEN NULL \
-        WHEN $1::bigint::text::xid8 >= pg_snapshot_xmax(pg_current_snapshot()) THEN 'future' \
+        WHEN $1::bigint::text::xid8 >= pg_snapshot_xmax(pg_current_snapshot()) THEN \
+            CASE WHEN EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'transactionid' \
+                AND transactionid = xid($1::bigint::text::xid8)) \
+            THEN 'in progress' ELSE 'future' END \
         ELSE pg_xact_status($1::bigint::text::xid8) END";
 
 /// The SQL a resolved transaction runs, fixed by the configuration.

@@ -151,7 +151,7 @@ async fn writes_follow_a_promoted_replica_and_never_reach_the_old_primary() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_hold_for_a_primary_then_fail_typed() {
     let cluster = start_cluster();
-    let ports: Vec<u16> = cluster.nodes().iter().map(|n| n.port()).collect();
+    let ports: Vec<u16> = cluster.nodes().iter().map(|n| n.client_port()).collect();
     let write_hold = Duration::from_secs(2);
     let mut config = fast_config(node_configs(&cluster, &ports));
     config.write_hold = write_hold;
@@ -245,7 +245,7 @@ async fn writes_hold_for_a_primary_then_fail_typed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_configured_role_is_only_a_hint() {
     let cluster = start_cluster();
-    let ports: Vec<u16> = cluster.nodes().iter().map(|n| n.port()).collect();
+    let ports: Vec<u16> = cluster.nodes().iter().map(|n| n.client_port()).collect();
     let mut nodes = node_configs(&cluster, &ports);
     // Wrong on purpose: node2 is configured as the primary.
     nodes[0].role = Role::Replica;
@@ -271,7 +271,7 @@ async fn a_least_privilege_role_still_sees_every_replicas_timeline() {
     let builder = Cluster::builder().flavour(Flavour::LeastPrivilege);
     let cluster = blocking(|| builder.start()).unwrap();
     blocking(|| cluster.wait_for_replicas(Duration::from_secs(10))).unwrap();
-    let ports: Vec<u16> = cluster.nodes().iter().map(|n| n.port()).collect();
+    let ports: Vec<u16> = cluster.nodes().iter().map(|n| n.client_port()).collect();
     let nodes = node_configs(&cluster, &ports);
     assert!(nodes[0].url.expose().contains("user=app"));
     let db = DatabaseManager::new(fast_config(nodes)).await.unwrap();

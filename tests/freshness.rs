@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use pgrouter::{CausalToken, DatabaseManager, Error, Event, ReadStrategy};
+use pgrouter::{CausalToken, DatabaseManager, Error, Event, Lsn, ReadStrategy};
 use pgrouter_testkit::{Cluster, Fault};
 use support::*;
 
@@ -13,7 +13,7 @@ async fn manager_with(
     cluster: &Cluster,
     edit: impl FnOnce(&mut pgrouter::Config),
 ) -> DatabaseManager {
-    let ports: Vec<u16> = cluster.nodes().iter().map(|n| n.port()).collect();
+    let ports: Vec<u16> = cluster.nodes().iter().map(|n| n.client_port()).collect();
     let mut config = fast_config(node_configs(cluster, &ports));
     edit(&mut config);
     DatabaseManager::new(config).await.unwrap()
@@ -195,6 +195,19 @@ async fn a_causal_token_never_reads_before_its_write() {
         .await
         .unwrap();
     assert!(seen.is_some());
+    // Its position binds and reads back as a `pg_lsn`, and the primary is
+    // at or past it.
+    let row = db
+        .read()
+        .strategy(ReadStrategy::PrimaryOnly)
+        .query_one(
+            "SELECT $1::pg_lsn, pg_current_wal_insert_lsn() >= $1::pg_lsn",
+            &[&token.lsn()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, Lsn>(0), token.lsn());
+    assert!(row.get::<_, bool>(1));
 
     // A replica that has replayed the token may serve it.
     blocking(|| cluster.resume_replay(1)).unwrap();

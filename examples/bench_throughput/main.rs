@@ -1,7 +1,10 @@
 //! Throughput, side by side in one run: bare deadpool-postgres against one
 //! node, pgrouter reads with every strategy, pgrouter writes, and pgpool-II
 //! (when installed) in front of the same local cluster (primary + 2
-//! replicas), at 16 and 64 concurrent tasks.
+//! replicas), at 16 and 64 concurrent tasks. pgrouter runs in both
+//! statement modes (`prepared`, `unnamed`), straight to the servers and
+//! (when `pgbouncer` is installed) through PgBouncer in transaction
+//! pooling mode in front of every node; a summary prints the ratios.
 //!
 //! ```text
 //! cargo run --release --example bench_throughput
@@ -28,8 +31,8 @@ use common::{median, millis, node_configs, Latencies, LOCAL_REGION};
 use pgrouter::deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use pgrouter::tokio_postgres::types::ToSql;
 use pgrouter::tokio_postgres::NoTls;
-use pgrouter::{Config, DatabaseManager, ReadStrategy};
-use pgrouter_testkit::Cluster;
+use pgrouter::{Config, DatabaseManager, ReadStrategy, StatementMode};
+use pgrouter_testkit::{Cluster, PgBouncer};
 
 /// Connections per pool: pgrouter's per-node pools, the bare pools, and the
 /// pool of connections to pgpool.
@@ -150,9 +153,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     load_accounts(&cluster)?;
 
     let db = DatabaseManager::new(router_config(&cluster)).await?;
+    let bouncers = start_pgbouncers(&cluster);
+    let modes = Modes::new(&cluster, &bouncers).await?;
     let pgpool = start_pgpool(&cluster).await;
     let pools = Pools::new(&cluster, pgpool.as_ref());
-    let mut blocks = blocks(&cluster, &db, &pools);
+    let mut blocks = blocks(&cluster, &db, &modes, &pools);
     println!(
         "pool size {POOL_SIZE} per pool (pgrouter: per node); {queries} queries per read row \
          and round, {} per write row; 1 warm-up round + {rounds} rounds\n",
@@ -169,9 +174,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     print_table(&blocks);
+    print_modes(&blocks);
     print_spread(&db).await;
 
     db.close().await;
+    modes.close().await;
+    drop(bouncers);
     drop(blocks);
     drop(pools);
     drop(pgpool);
@@ -209,7 +217,12 @@ fn load_accounts(cluster: &Cluster) -> Result<(), Box<dyn std::error::Error>> {
 /// Default settings, with the pool size written out.
 fn router_config(cluster: &Cluster) -> Config {
     let ports: Vec<u16> = cluster.nodes().iter().map(|node| node.port()).collect();
-    let mut config = Config::new(node_configs(cluster, &ports));
+    router_config_at(cluster, &ports)
+}
+
+/// [`router_config`] with the nodes at `ports` (PgBouncer's, say).
+fn router_config_at(cluster: &Cluster, ports: &[u16]) -> Config {
+    let mut config = Config::new(node_configs(cluster, ports));
     config.local_region = LOCAL_REGION.to_owned();
     config.pool.max_size = POOL_SIZE;
     config
@@ -246,6 +259,63 @@ async fn start_pgpool(cluster: &Cluster) -> Option<pgpool::Pgpool> {
     }
 }
 
+/// PgBouncer (transaction pooling) in front of every node, if installed.
+fn start_pgbouncers(cluster: &Cluster) -> Vec<PgBouncer> {
+    let started: Result<Vec<PgBouncer>, _> = cluster
+        .nodes()
+        .iter()
+        .map(|node| PgBouncer::start(node.addr()))
+        .collect();
+    match started {
+        Ok(bouncers) => {
+            println!("PgBouncer: transaction pooling in front of every node");
+            bouncers
+        }
+        Err(error) => {
+            println!("PgBouncer: not available ({error}); its rows are skipped");
+            Vec::new()
+        }
+    }
+}
+
+/// pgrouter in the other statement mode, and through PgBouncer.
+#[derive(Debug)]
+struct Modes {
+    /// Unnamed statements, straight to the servers.
+    unnamed: DatabaseManager,
+    /// Through PgBouncer: unnamed, then prepared (which fails there).
+    pooled: Option<(DatabaseManager, DatabaseManager)>,
+}
+
+impl Modes {
+    async fn new(cluster: &Cluster, bouncers: &[PgBouncer]) -> Result<Self, pgrouter::Error> {
+        let mut config = router_config(cluster);
+        config.statement_mode = StatementMode::Unnamed;
+        let unnamed = DatabaseManager::new(config).await?;
+        let pooled = match bouncers.is_empty() {
+            true => None,
+            false => {
+                let ports: Vec<u16> = bouncers.iter().map(PgBouncer::port).collect();
+                let mut config = router_config_at(cluster, &ports);
+                config.statement_mode = StatementMode::Unnamed;
+                let unnamed = DatabaseManager::new(config.clone()).await?;
+                config.statement_mode = StatementMode::Prepared;
+                let prepared = DatabaseManager::new(config).await?;
+                Some((unnamed, prepared))
+            }
+        };
+        Ok(Self { unnamed, pooled })
+    }
+
+    async fn close(self) {
+        self.unnamed.close().await;
+        if let Some((unnamed, prepared)) = self.pooled {
+            unnamed.close().await;
+            prepared.close().await;
+        }
+    }
+}
+
 /// The bare pools, shared by every block (so connections stay bounded).
 #[derive(Debug)]
 struct Pools {
@@ -275,11 +345,12 @@ impl Pools {
 }
 
 /// Every workload at every concurrency, with its rows.
-fn blocks(cluster: &Cluster, db: &DatabaseManager, pools: &Pools) -> Vec<Block> {
+fn blocks(cluster: &Cluster, db: &DatabaseManager, modes: &Modes, pools: &Pools) -> Vec<Block> {
     let mut blocks = Vec::new();
     for workload in Workload::ALL {
         for tasks in CONCURRENCY {
-            let rows = rows(cluster, db, pools, workload);
+            let mut rows = rows(cluster, db, pools, workload);
+            rows.extend(mode_rows(modes, workload));
             blocks.push(Block {
                 workload,
                 tasks,
@@ -320,6 +391,29 @@ fn rows(cluster: &Cluster, db: &DatabaseManager, pools: &Pools, workload: Worklo
             "pgpool-II (deadpool Fast)",
             Client::Pool(pool.clone()),
         ));
+    }
+    rows
+}
+
+/// Labels of the statement mode rows (the prepared, direct row is the
+/// strategy's own row above them).
+const PREPARED_DIRECT: &str = "pgrouter regional-preferred";
+const PREPARED_DIRECT_WRITE: &str = "pgrouter write";
+const UNNAMED_DIRECT: &str = "pgrouter unnamed";
+const UNNAMED_BOUNCER: &str = "pgrouter unnamed, PgBouncer";
+const PREPARED_BOUNCER: &str = "pgrouter prepared, PgBouncer";
+
+/// pgrouter in unnamed mode, and both modes through PgBouncer (reads:
+/// regional-preferred).
+fn mode_rows(modes: &Modes, workload: Workload) -> Vec<Row> {
+    let client = |db: &DatabaseManager| match workload {
+        Workload::Update => Client::Write(db.clone()),
+        _ => Client::Read(db.clone(), ReadStrategy::RegionalPreferred),
+    };
+    let mut rows = vec![Row::new(UNNAMED_DIRECT, client(&modes.unnamed))];
+    if let Some((unnamed, prepared)) = &modes.pooled {
+        rows.push(Row::new(UNNAMED_BOUNCER, client(unnamed)));
+        rows.push(Row::new(PREPARED_BOUNCER, client(prepared)));
     }
     rows
 }
@@ -479,6 +573,37 @@ fn print_table(blocks: &[Block]) {
         }
         println!();
     }
+}
+
+/// Per block: unnamed against prepared (both direct), and unnamed through
+/// PgBouncer against unnamed direct, as ratios of median rates.
+fn print_modes(blocks: &[Block]) {
+    println!("statement modes (ratios of median q/s):");
+    for block in blocks {
+        let rate = |label: &str| {
+            block
+                .rows
+                .iter()
+                .find(|row| row.label == label)
+                .map(|row| median_of(row, |r| r.0))
+        };
+        let prepared = rate(PREPARED_DIRECT).or_else(|| rate(PREPARED_DIRECT_WRITE));
+        let (Some(prepared), Some(unnamed)) = (prepared, rate(UNNAMED_DIRECT)) else {
+            continue;
+        };
+        let bouncer = rate(UNNAMED_BOUNCER).map_or_else(
+            || "n/a".to_owned(),
+            |pooled| format!("{:.2}", pooled / unnamed),
+        );
+        println!(
+            "  {:<13} x{:<3} unnamed/prepared {:.2}   unnamed via PgBouncer/direct {}",
+            block.workload.label(),
+            block.tasks,
+            unnamed / prepared,
+            bouncer
+        );
+    }
+    println!();
 }
 
 fn median_of(row: &Row, field: impl Fn(&(f64, Duration, Duration)) -> f64) -> f64 {

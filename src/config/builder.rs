@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use super::{
     Config, DiscoverySettings, HealthSettings, HedgeSettings, NodeConfig, OutcomeSettings,
-    OutlierSettings, PoolSettings, ReadStrategy, RetrySettings, Role,
+    OutlierSettings, PoolSettings, ReadStrategy, RetrySettings, Role, StatementMode,
 };
 use crate::connstr::ConnectionString;
 use crate::credentials::{PasswordProvider, SharedPasswordProvider};
@@ -177,6 +177,13 @@ impl ConfigBuilder {
     /// Replaces every outlier-detection setting ([`OutlierSettings`]).
     pub fn outliers(mut self, outliers: OutlierSettings) -> Self {
         self.config.outliers = outliers;
+        self
+    }
+
+    /// Sets how statements are sent to every node that does not set its
+    /// own ([`Config::statement_mode`]).
+    pub fn statement_mode(mut self, mode: StatementMode) -> Self {
+        self.config.statement_mode = mode;
         self
     }
 

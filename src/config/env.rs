@@ -1,6 +1,6 @@
 //! The original sketch's environment variables, for the two-node case.
 
-use super::{Config, NodeConfig, ReadStrategy, Role};
+use super::{Config, NodeConfig, ReadStrategy, Role, StatementMode};
 use crate::error::ConfigError;
 
 /// The writer's connection string (required).
@@ -19,6 +19,8 @@ pub(crate) const SECONDARY_REGION: &str = "SECONDARY_DATABASE_REGION";
 pub(crate) const SSL: &str = "DB_SSL";
 /// A PEM file of CA certificates to trust for `DB_SSL` (optional).
 pub(crate) const SSL_CA: &str = "DB_SSL_CA";
+/// `prepared` | `unnamed`, for every node (optional).
+pub(crate) const STATEMENT_MODE: &str = "DB_STATEMENT_MODE";
 
 pub(super) fn from_env(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
     let get = |name: &str| lookup(name).filter(|value| !value.trim().is_empty());
@@ -49,8 +51,19 @@ pub(super) fn from_env(lookup: impl Fn(&str) -> Option<String>) -> Result<Config
     if let Some(name) = get(READ_STRATEGY) {
         config.read_strategy = name.parse::<ReadStrategy>()?;
     }
+    if let Some(mode) = get(STATEMENT_MODE) {
+        config.statement_mode = parse_statement_mode(&mode)?;
+    }
     config.validate()?;
     Ok(config)
+}
+
+fn parse_statement_mode(value: &str) -> Result<StatementMode, ConfigError> {
+    value.parse().map_err(|_| ConfigError::InvalidValue {
+        field: STATEMENT_MODE.to_owned(),
+        value: value.to_owned(),
+        reason: "expected prepared or unnamed",
+    })
 }
 
 fn parse_flag(value: Option<String>) -> Result<bool, ConfigError> {
@@ -128,6 +141,17 @@ mod tests {
         assert!(matches!(
             load(&[(PRIMARY_URL, "host=w"), (SSL, "maybe")]),
             Err(ConfigError::InvalidValue { .. })
+        ));
+        let unnamed = load(&[(PRIMARY_URL, "host=w"), (STATEMENT_MODE, "unnamed")]).unwrap();
+        assert_eq!(unnamed.statement_mode, StatementMode::Unnamed);
+        assert_eq!(
+            unnamed.statement_mode_of(&unnamed.nodes[0]),
+            StatementMode::Unnamed
+        );
+        assert!(matches!(
+            load(&[(PRIMARY_URL, "host=w"), (STATEMENT_MODE, "named")]),
+            Err(ConfigError::InvalidValue { field, value, .. })
+                if field == STATEMENT_MODE && value == "named"
         ));
         assert!(matches!(
             load(&[(PRIMARY_URL, "postgres://a:b@h:port/db")]),

@@ -84,6 +84,10 @@ pub struct Config {
     /// How a transaction whose `COMMIT` answer was lost is resolved.
     #[serde(default)]
     pub outcomes: OutcomeSettings,
+    /// How statements are sent to every node that does not set its own
+    /// [`NodeConfig::statement_mode`]. Default: [`StatementMode::Prepared`].
+    #[serde(default)]
+    pub statement_mode: StatementMode,
     /// Topology discovery on Aurora. Default: none (the configured nodes
     /// only).
     #[serde(default)]
@@ -109,6 +113,72 @@ pub struct NodeConfig {
     /// The configured role. Default: [`Role::Replica`].
     #[serde(default)]
     pub role: Role,
+    /// How statements are sent to this node (set
+    /// [`StatementMode::Unnamed`] when it is reached through a
+    /// transaction-pooling proxy such as PgBouncer). Default: none (the
+    /// config's [`Config::statement_mode`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub statement_mode: Option<StatementMode>,
+}
+
+/// How pgrouter sends statements to a node's server; see the README's
+/// "Behind a connection pooler".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum StatementMode {
+    /// Named server-side statements, prepared once per pooled connection
+    /// and cached there (deadpool's `prepare_cached`): each later call is
+    /// one round trip that sends no SQL text and reuses the server's plan.
+    /// Fastest when every connection is a session of its own; breaks
+    /// behind a proxy that pools by transaction (PgBouncer's
+    /// `pool_mode = transaction`, RDS Proxy), where the next statement
+    /// can land on a server connection that never saw the prepare.
+    #[default]
+    Prepared,
+    /// Unnamed statements: each call sends its SQL text, parameter types
+    /// and values in one round trip (parse, bind, execute, sync) and leaves
+    /// no state on the server, so it is safe behind a transaction-pooling
+    /// proxy. The server parses and plans every call. Parameter types are
+    /// learnt once per node and statement text inside a transaction block
+    /// (which a pooler keeps on one server connection) and cached per node;
+    /// statements without parameters (no `$` in their text) need no such
+    /// step.
+    Unnamed,
+}
+
+impl StatementMode {
+    /// Every mode, in documentation order.
+    pub const ALL: [StatementMode; 2] = [StatementMode::Prepared, StatementMode::Unnamed];
+
+    /// The name used in configuration and `DB_STATEMENT_MODE`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StatementMode::Prepared => "prepared",
+            StatementMode::Unnamed => "unnamed",
+        }
+    }
+}
+
+impl fmt::Display for StatementMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for StatementMode {
+    type Err = ConfigError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|mode| mode.as_str() == text.trim())
+            .ok_or_else(|| ConfigError::InvalidValue {
+                field: "statement_mode".to_owned(),
+                value: text.to_owned(),
+                reason: "expected prepared or unnamed",
+            })
+    }
 }
 
 /// A node's role in replication.
@@ -296,18 +366,32 @@ impl Default for PoolSettings {
 // Not `Copy`: settings may gain fields that are not (a list, a name).
 #[allow(missing_copy_implementations)]
 pub struct HealthSettings {
-    /// How often a healthy node is probed, at least 1 ms. Default: 5 s (the
-    /// original sketch used 60 s; detection time is bounded by this).
+    /// How often a healthy node is probed, at least 1 ms. Default: 1 s: one
+    /// round trip a second per node on the monitor's own connection, which
+    /// keeps each replica's lag and replay position (what the staleness
+    /// bound and causal tokens are checked against) at most about a second
+    /// old, and finds a silent node without traffic within a second plus
+    /// `probe_timeout`. The original sketch probed every 60 s
+    /// ([`HealthSettings::original`]).
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
-    /// Bound on one probe (connect and the probe query). Default: 2 s.
+    /// Bound on one probe (connect and the probe query). Default: 2 s, far
+    /// above a cross-region round trip, so only a node that is really
+    /// silent fails it.
     #[serde(with = "humantime_serde")]
     pub probe_timeout: Duration,
-    /// First re-probe of an unhealthy node, at least 1 ms. Default: 5 s.
+    /// First re-probe of an unhealthy node, at least 1 ms; also the gap
+    /// between the successes that confirm its recovery (or `interval`, if
+    /// shorter). Default: 250 ms,
+    /// so a short fault (a restart, a blip) costs well under a second of
+    /// routing around the node.
     #[serde(with = "humantime_serde")]
     pub recovery_initial: Duration,
     /// Longest gap between re-probes of an unhealthy node; the gap doubles
-    /// from `recovery_initial` up to this. Default: 30 s.
+    /// from `recovery_initial` up to this. Default: 1 s, as `interval`: a
+    /// node that answers again is back in routing within about a second
+    /// (`recovery_max + (rise - 1) * recovery_initial`), and a dead node
+    /// costs one connection attempt a second.
     #[serde(with = "humantime_serde")]
     pub recovery_max: Duration,
     /// Consecutive failed probes that mark a healthy node down. Default: 1.
@@ -332,14 +416,33 @@ pub struct HealthSettings {
 impl Default for HealthSettings {
     fn default() -> Self {
         Self {
-            interval: Duration::from_secs(5),
+            interval: Duration::from_secs(1),
             probe_timeout: Duration::from_secs(2),
-            recovery_initial: Duration::from_secs(5),
-            recovery_max: Duration::from_secs(30),
+            recovery_initial: Duration::from_millis(250),
+            recovery_max: Duration::from_secs(1),
             fall: 1,
             rise: 2,
             failover_probe_interval: Duration::from_millis(20),
             failover_watch: Duration::from_secs(30),
+        }
+    }
+}
+
+impl HealthSettings {
+    /// The cadence of the original sketch this library grew from (a
+    /// Node.js `DatabaseManager`): `SELECT 1` every 60 s, an unhealthy node
+    /// re-probed at 5 s doubling to 30 s. For a service that must keep its
+    /// old probe load; the price is that a node that answers again stays
+    /// out of routing for up to 35 s, a silent node without traffic is
+    /// found only within a minute, and lag and positions are up to a minute
+    /// old (reads with a staleness bound or a causal token go to the
+    /// primary more often). The other fields are the defaults.
+    pub fn original() -> Self {
+        Self {
+            interval: Duration::from_secs(60),
+            recovery_initial: Duration::from_secs(5),
+            recovery_max: Duration::from_secs(30),
+            ..Self::default()
         }
     }
 }
@@ -461,6 +564,7 @@ impl Config {
             hedging: HedgeSettings::default(),
             outliers: OutlierSettings::default(),
             outcomes: OutcomeSettings::default(),
+            statement_mode: StatementMode::default(),
             discovery: None,
             password_provider: None,
         }
@@ -474,6 +578,11 @@ impl Config {
     /// Checks every field once; the error names the field and the bad value.
     pub fn validate(&self) -> Result<(), ConfigError> {
         validate::validate(self)
+    }
+
+    /// The statement mode of `node`: its own, else the config's.
+    pub fn statement_mode_of(&self, node: &NodeConfig) -> StatementMode {
+        node.statement_mode.unwrap_or(self.statement_mode)
     }
 
     /// Reads the original sketch's environment variables; see the README.
@@ -501,6 +610,14 @@ impl NodeConfig {
             region: region.into(),
             url: url.into(),
             role,
+            statement_mode: None,
         }
+    }
+
+    /// This node with its own statement mode (see
+    /// [`NodeConfig::statement_mode`]).
+    pub fn with_statement_mode(mut self, mode: StatementMode) -> Self {
+        self.statement_mode = Some(mode);
+        self
     }
 }

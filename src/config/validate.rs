@@ -308,6 +308,35 @@ mod tests {
     }
 
     #[test]
+    fn statement_modes_are_set_per_node_or_for_all() {
+        use crate::config::StatementMode;
+        let json = r#"{"statement_mode": "unnamed", "nodes": [
+            {"name": "a", "region": "r", "url": "host=a", "role": "primary"},
+            {"name": "b", "region": "r", "url": "host=b", "statement_mode": "prepared"}]}"#;
+        let config: Config = serde_json::from_str(json).unwrap();
+        config.validate().unwrap();
+        let modes: Vec<_> = config
+            .nodes
+            .iter()
+            .map(|node| config.statement_mode_of(node))
+            .collect();
+        assert_eq!(modes, [StatementMode::Unnamed, StatementMode::Prepared]);
+        assert_eq!(
+            valid().statement_mode_of(&valid().nodes[0]),
+            StatementMode::Prepared
+        );
+        let bad = r#"{"nodes": [{"name": "a", "region": "r", "url": "host=a",
+            "statement_mode": "named"}]}"#;
+        let error = serde_json::from_str::<Config>(bad).unwrap_err().to_string();
+        assert!(
+            error.contains("prepared") && error.contains("unnamed"),
+            "{error}"
+        );
+        let error = "named".parse::<StatementMode>().unwrap_err().to_string();
+        assert!(error.starts_with("statement_mode = named"), "{error}");
+    }
+
+    #[test]
     fn discovery_errors_name_the_field() {
         let with = |edit: fn(&mut DiscoverySettings)| {
             move |c: &mut Config| {

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::time::Instant;
 
 use crate::clock;
@@ -21,8 +22,10 @@ pub(crate) enum Transition {
 /// - Up: probed every `interval`; `fall` consecutive failures (or one
 ///   failure after a caller reported the node suspect) take it down.
 /// - Down: re-probed after `recovery_initial`, the gap doubling up to
-///   `recovery_max`; after a success, the next probe comes after `interval`,
-///   and `rise` consecutive successes bring it back.
+///   `recovery_max`; after a success, the next probe comes after
+///   `recovery_initial` (or `interval`, if shorter), and `rise` consecutive
+///   successes bring it back (so a node that answers again is back within
+///   about `recovery_max + (rise - 1) * recovery_initial`).
 #[derive(Debug, Clone)]
 pub(crate) struct Tracker {
     up: bool,
@@ -67,10 +70,17 @@ impl Tracker {
     ) -> Option<Transition> {
         self.failures = 0;
         self.successes = self.successes.saturating_add(1);
-        self.next_probe = clock::after(now, settings.interval);
-        if self.up || self.successes < settings.rise {
+        if self.up {
+            self.next_probe = clock::after(now, settings.interval);
             return None;
         }
+        if self.successes < settings.rise {
+            // Confirming a recovery: soon, never later than a whole interval.
+            let gap = settings.recovery_initial.min(settings.interval);
+            self.next_probe = clock::after(now, gap);
+            return None;
+        }
+        self.next_probe = clock::after(now, settings.interval);
         self.up = true;
         self.recovery_attempt = 0;
         Some(Transition::CameUp)
@@ -98,12 +108,23 @@ impl Tracker {
     }
 }
 
-/// `recovery_initial * 2^attempt`, capped at `recovery_max`.
+/// `recovery_initial * 2^attempt`, capped at `recovery_max`: backon's
+/// exponential schedule without jitter (the monitor's probes are one per
+/// node, nothing to spread) or an end. Its arithmetic is in `f32` seconds,
+/// so a delay that is not a power-of-two multiple of a second may be off by
+/// nanoseconds.
 pub(crate) fn recovery_delay(attempt: u32, settings: &HealthSettings) -> Duration {
-    let factor = 2u32.saturating_pow(attempt.min(20));
-    settings
-        .recovery_initial
-        .saturating_mul(factor)
+    // Past 64 doublings every delay is the cap; the schedule is walked from
+    // its start, so the walk stays short.
+    let steps = usize::try_from(attempt.min(64)).unwrap_or(64);
+    ExponentialBuilder::new()
+        .with_min_delay(settings.recovery_initial)
+        .with_max_delay(settings.recovery_max)
+        .with_factor(2.0)
+        .without_max_times()
+        .build()
+        .nth(steps)
+        .unwrap_or(settings.recovery_max)
         .min(settings.recovery_max)
 }
 
@@ -123,9 +144,20 @@ mod tests {
     #[test]
     fn recovery_backoff_doubles_to_the_cap() {
         let s = HealthSettings::default();
-        let delays: Vec<u64> = (0..5).map(|a| recovery_delay(a, &s).as_secs()).collect();
-        assert_eq!(delays, [5, 10, 20, 30, 30]);
+        let delays: Vec<u128> = (0..5).map(|a| recovery_delay(a, &s).as_millis()).collect();
+        assert_eq!(delays, [250, 500, 1000, 1000, 1000]);
         assert_eq!(recovery_delay(u32::MAX, &s), s.recovery_max);
+        let original = HealthSettings::original();
+        let delays: Vec<u64> = (0..5)
+            .map(|a| recovery_delay(a, &original).as_secs())
+            .collect();
+        assert_eq!(delays, [5, 10, 20, 30, 30]);
+        let extreme = HealthSettings {
+            recovery_initial: Duration::from_millis(1),
+            recovery_max: Duration::MAX,
+            ..HealthSettings::default()
+        };
+        assert!(recovery_delay(u32::MAX, &extreme) >= Duration::from_secs(86_400 * 365));
     }
 
     #[test]
@@ -165,9 +197,14 @@ mod tests {
         tracker.on_failure(t0, false, &s);
         assert_eq!(tracker.next_probe(), t0 + s.recovery_initial * 2);
         assert_eq!(tracker.on_success(t0, &s), None);
-        assert_eq!(tracker.next_probe(), t0 + s.interval);
+        assert_eq!(
+            tracker.next_probe(),
+            t0 + s.recovery_initial.min(s.interval),
+            "a recovery is confirmed at the recovery pace, never slower than the interval"
+        );
         assert!(!tracker.is_up());
         assert_eq!(tracker.on_success(t0, &s), Some(Transition::CameUp));
+        assert_eq!(tracker.next_probe(), t0 + s.interval);
         assert!(tracker.is_up());
         tracker.on_failure(t0, false, &s);
         assert_eq!(

@@ -8,29 +8,30 @@
 //! built.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{Object, PoolError, TimeoutType};
 use tokio::time::{timeout_at, Instant};
-use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, Row, Statement};
+use tokio_postgres::{Client, Row};
 use tracing::Instrument;
 
 use crate::capability::degrades;
 use crate::clock;
+use crate::config::StatementMode;
 use crate::error::{Error, NodeContext};
 use crate::hub::Hub;
 use crate::lsn::{timeline_of_walfile, CausalToken, Lsn};
+use crate::node::Node;
 use crate::safety::{classify, fair_share, Action, Cause, Fate, NodeFault, Phase, Verdict};
+pub(crate) use crate::statements::Params;
+use crate::statements::{lost_to_a_pooler, Block, Ready, Statements};
 
 /// Read right after a write on the same connection: at least the end of
 /// the write's commit record, and the timeline it is on (the current WAL
 /// file's, which a promotion changes at once).
-pub(crate) const TOKEN_SQL: &str = "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint, \
-    pg_walfile_name(pg_current_wal_insert_lsn())";
-
-/// Statement parameters, as tokio-postgres takes them.
-pub(crate) type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
+pub(crate) const TOKEN_SQL: &str =
+    "SELECT pg_current_wal_insert_lsn(), pg_walfile_name(pg_current_wal_insert_lsn())";
 
 /// A call's deadline, and the budget it was computed from (for errors).
 #[derive(Debug, Clone, Copy)]
@@ -53,12 +54,12 @@ impl Deadline {
 pub(crate) trait Returns: Send + Sync + 'static {
     /// The result.
     type Output: Send;
-    /// Runs the prepared statement.
-    fn run(
-        client: &Client,
-        statement: &Statement,
-        params: Params<'_>,
-    ) -> impl Future<Output = Result<Self::Output, tokio_postgres::Error>> + Send;
+    /// Runs the ready statement.
+    fn run<'a>(
+        client: &'a Client,
+        statement: &'a Ready<'_>,
+        params: Params<'a>,
+    ) -> impl Future<Output = Result<Self::Output, tokio_postgres::Error>> + Send + 'a;
 }
 
 /// Every row (`query`).
@@ -67,12 +68,12 @@ pub(crate) struct Rows;
 
 impl Returns for Rows {
     type Output = Vec<Row>;
-    fn run(
-        client: &Client,
-        statement: &Statement,
-        params: Params<'_>,
-    ) -> impl Future<Output = Result<Vec<Row>, tokio_postgres::Error>> + Send {
-        client.query(statement, params)
+    fn run<'a>(
+        client: &'a Client,
+        statement: &'a Ready<'_>,
+        params: Params<'a>,
+    ) -> impl Future<Output = Result<Vec<Row>, tokio_postgres::Error>> + Send + 'a {
+        statement.query(client, params)
     }
 }
 
@@ -82,12 +83,12 @@ pub(crate) struct Count;
 
 impl Returns for Count {
     type Output = u64;
-    fn run(
-        client: &Client,
-        statement: &Statement,
-        params: Params<'_>,
-    ) -> impl Future<Output = Result<u64, tokio_postgres::Error>> + Send {
-        client.execute(statement, params)
+    fn run<'a>(
+        client: &'a Client,
+        statement: &'a Ready<'_>,
+        params: Params<'a>,
+    ) -> impl Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'a {
+        statement.execute(client, params)
     }
 }
 
@@ -119,9 +120,15 @@ pub(crate) enum Failure {
 pub(crate) struct Busy<'h> {
     client: Option<Object>,
     hub: &'h Hub,
+    node: Arc<Node>,
 }
 
 impl Busy<'_> {
+    /// How statements reach this connection's node.
+    pub(crate) fn statements(&self) -> &Statements {
+        &self.node.statements
+    }
+
     /// The connection, no longer guarded: the caller settles it.
     pub(crate) fn take(mut self) -> Object {
         match self.client.take() {
@@ -250,6 +257,7 @@ impl<'h> Attempt<'h> {
             Ok(Ok(client)) => Ok(Busy {
                 client: Some(client),
                 hub: self.hub,
+                node,
             }),
             Ok(Err(source)) => Err(self.judge(Phase::Checkout, Failure::Pool(source)).0),
             Err(_) => Err(self.judge(Phase::Checkout, Failure::Deadline).0),
@@ -315,17 +323,20 @@ impl<'h> Attempt<'h> {
     /// behind it; says where it stopped.
     async fn prepare_and_run<K: Returns>(
         &self,
-        client: &Object,
+        client: &Busy<'_>,
         call: &Call<'_>,
     ) -> Stage<K::Output> {
+        let statements = client.statements();
         // The token query is prepared (once per connection) with the
         // statement, so its execution rides right behind the statement's.
         let prepare = async {
-            let statement = client.prepare_cached(call.sql).await?;
+            let statement = statements
+                .prepare(client, call.sql, call.params, Block::None)
+                .await?;
             // A server that refuses the WAL functions costs the token
             // (reads then go to the primary), not the write.
             let token = match call.token {
-                true => match client.prepare_cached(TOKEN_SQL).await {
+                true => match statements.own(client, TOKEN_SQL, &[]).await {
                     Ok(statement) => Some(statement),
                     Err(error) if position_refused(&error) => None,
                     Err(error) => return Err(error),
@@ -342,7 +353,7 @@ impl<'h> Attempt<'h> {
         let run = K::run(client, &statement, call.params);
         let token = async {
             match &token_statement {
-                Some(statement) => client.query_one(statement, &[]).await.map(Some),
+                Some(statement) => statement.query_one(client, &[]).await.map(Some),
                 None => Ok(None),
             }
         };
@@ -456,6 +467,9 @@ impl<'h> Attempt<'h> {
                 deadline: self.deadline.budget,
                 after_send: phase.may_be_applied(),
             },
+            Failure::Postgres(source) if self.lost_to_a_pooler(&source) => {
+                Error::StatementMode { context, source }
+            }
             Failure::Postgres(source) => match cause {
                 Cause::Server { .. } => Error::Database { context, source },
                 Cause::Lost if verdict.action == Action::Retry => {
@@ -465,6 +479,16 @@ impl<'h> Attempt<'h> {
                 _ => Error::Statement { context, source },
             },
         }
+    }
+
+    /// In prepared mode, a named statement of pgrouter's went missing
+    /// (or its name was taken) on the server connection that got it.
+    fn lost_to_a_pooler(&self, error: &tokio_postgres::Error) -> bool {
+        let prepared = self
+            .hub
+            .node(self.index)
+            .is_some_and(|node| node.statements.mode() == StatementMode::Prepared);
+        prepared && lost_to_a_pooler(error)
     }
 
     fn log_deadline(&self, verdict: Verdict, dropped: usize) {
@@ -513,9 +537,8 @@ pub(crate) fn position_refused(error: &tokio_postgres::Error) -> bool {
 
 /// The causal token in a `TOKEN_SQL` row.
 pub(crate) fn token_of(row: &Row) -> Result<CausalToken, tokio_postgres::Error> {
-    let position: i64 = row.try_get(0)?;
+    let lsn: Lsn = row.try_get(0)?;
     let walfile: &str = row.try_get(1)?;
-    let lsn = Lsn(position.unsigned_abs());
     Ok(match timeline_of_walfile(walfile) {
         Some(timeline) => CausalToken::on_timeline(timeline, lsn),
         None => CausalToken::new(lsn),

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use deadpool_postgres::Object;
 use tokio::time::{sleep_until, timeout_at, Instant};
+use tokio_postgres::types::Type;
 use tokio_postgres::Row;
 use tokio_util::sync::CancellationToken;
 
@@ -17,6 +18,7 @@ use crate::hub::Hub;
 use crate::lsn::CausalToken;
 use crate::outcome::{judge, Answer, Identity, Outcome, XactStatus};
 use crate::safety::{code_kind, CodeKind};
+use crate::statements::{Params, Statements};
 
 /// Sent right behind `BEGIN`: the transaction id (assigned now), the
 /// session's backend, and which life of the server this is.
@@ -58,6 +60,7 @@ impl From<tokio_postgres::Error> for BeginError {
 pub(crate) async fn begin(
     hub: &Hub,
     client: &Object,
+    statements: &Statements,
     node: usize,
     resolve: bool,
 ) -> Result<Option<Identity>, BeginError> {
@@ -75,11 +78,11 @@ pub(crate) async fn begin(
         _ => BeginError::Postgres(error),
     };
     let (identity, insert) = futures_util::future::try_join(
-        async { Ok(client.prepare_cached(IDENTITY_SQL).await?) },
+        async { Ok(statements.own(client, IDENTITY_SQL, &[]).await?) },
         async {
             match &sql.insert_marker {
-                Some(insert) => client
-                    .prepare_cached(insert)
+                Some(insert) => statements
+                    .own(client, insert, &[Type::TEXT])
                     .await
                     .map(Some)
                     .map_err(marker_error),
@@ -92,7 +95,7 @@ pub(crate) async fn begin(
     let marker_id = marker.map(marker_text);
     let insert_marker = async {
         match (&insert, &marker_id) {
-            (Some(statement), Some(id)) => client.execute(statement, &[id]).await.map(Some),
+            (Some(statement), Some(id)) => statement.execute(client, &[id]).await.map(Some),
             _ => Ok(None),
         }
     };
@@ -100,7 +103,7 @@ pub(crate) async fn begin(
     let (begun, row, inserted) = tokio::join!(
         biased;
         client.batch_execute("BEGIN"),
-        client.query_one(&identity, &[]),
+        identity.query_one(client, &[]),
         insert_marker,
     );
     begun?;
@@ -216,18 +219,27 @@ async fn ask(
     ));
     let marker = identity.marker.map(marker_text);
     let question = async {
-        let client = hub.node(node)?.pool.get().await.ok()?;
+        let node = hub.node(node)?;
+        let statements = &node.statements;
+        let client = node.pool.get().await.ok()?;
         let status = async {
-            let statement = client.prepare_cached(&hub.outcome_sql.status).await?;
+            let sql = &hub.outcome_sql.status;
             match &marker {
-                Some(marker) => client.query_one(&statement, &[&identity.xid, marker]).await,
-                None => client.query_one(&statement, &[&identity.xid]).await,
+                Some(marker) => {
+                    let types = [Type::INT8, Type::TEXT];
+                    let statement = statements.own(&client, sql, &types).await?;
+                    statement.query_one(&client, &[&identity.xid, marker]).await
+                }
+                None => {
+                    let statement = statements.own(&client, sql, &[Type::INT8]).await?;
+                    statement.query_one(&client, &[&identity.xid]).await
+                }
             }
         };
         let position = async {
             match token {
-                true => match client.prepare_cached(TOKEN_SQL).await {
-                    Ok(statement) => client.query_one(&statement, &[]).await.ok(),
+                true => match statements.own(&client, TOKEN_SQL, &[]).await {
+                    Ok(statement) => statement.query_one(&client, &[]).await.ok(),
                     Err(_) => None,
                 },
                 false => None,
@@ -283,10 +295,14 @@ async fn terminate(hub: &Hub, identity: &Identity, deadline: Instant) {
         hub.config.health.probe_timeout,
     ));
     let ended = timeout_at(deadline, async {
-        let client = hub.node(identity.node)?.pool.get().await.ok()?;
-        let result = client
-            .query(TERMINATE_SQL, &[&identity.pid, &identity.xid])
-            .await;
+        let node = hub.node(identity.node)?;
+        let client = node.pool.get().await.ok()?;
+        let params: Params<'_> = &[&identity.pid, &identity.xid];
+        let types = [Type::INT4, Type::INT8];
+        let result = match node.statements.own(&client, TERMINATE_SQL, &types).await {
+            Ok(statement) => statement.query(&client, params).await,
+            Err(error) => Err(error),
+        };
         if result.is_err() {
             discard(client);
         }
@@ -323,8 +339,11 @@ pub(crate) async fn prune_markers(hub: std::sync::Arc<Hub>, shutdown: Cancellati
         let deadline = clock::after(Instant::now(), hub.config.deadline);
         let seconds = retention.as_secs_f64();
         let pruned = timeout_at(deadline, async {
-            let client = hub.node(primary)?.pool.get().await.ok()?;
-            client.execute(prune.as_str(), &[&seconds]).await.ok()
+            let node = hub.node(primary)?;
+            let client = node.pool.get().await.ok()?;
+            let types = [Type::FLOAT8];
+            let statement = node.statements.own(&client, &prune, &types).await.ok()?;
+            statement.execute(&client, &[&seconds]).await.ok()
         })
         .await;
         match pruned {

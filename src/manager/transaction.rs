@@ -10,7 +10,6 @@ use std::time::Duration;
 use deadpool_postgres::Object;
 use tokio::time::{timeout_at, Instant};
 use tokio_postgres::error::SqlState;
-use tokio_postgres::Statement;
 use tracing::Instrument;
 
 use super::attempt::{position_refused, span, token_of, Attempt, Deadline, Failure, TOKEN_SQL};
@@ -23,6 +22,7 @@ use crate::hub::Hub;
 use crate::lsn::CausalToken;
 use crate::outcome::Identity;
 use crate::safety::{Fate, Phase};
+use crate::statements::{Ready, Statements};
 
 /// The future a transaction closure returns: box it with `Box::pin(async
 /// move { … })`. `?` on a `tokio_postgres::Error` converts it into
@@ -196,21 +196,22 @@ impl<B: Body> TransactionCall<B> {
         index: usize,
     ) -> Result<Committed<B::Output>, Error> {
         let client = attempt.checkout().await?;
-        let token = match token_query(&attempt, &client, self.token).await {
+        let statements = client.statements();
+        let token = match token_query(&attempt, &client, statements, self.token).await {
             Ok(token) => token,
             Err((error, fate)) => {
                 attempt.settle(client.take(), fate);
                 return Err(error);
             }
         };
-        let identity = match open(&attempt, &client, index, self.resolve).await {
+        let identity = match open(&attempt, &client, statements, index, self.resolve).await {
             Ok(identity) => identity,
             Err((error, fate)) => {
                 attempt.settle(client.take(), fate);
                 return Err(error);
             }
         };
-        let outcome = run(&attempt, &client, &mut self.body, &token).await;
+        let outcome = run(&attempt, &client, statements, &mut self.body, &token).await;
         let (value, error) = match outcome {
             Ok((value, token)) => {
                 attempt.settle(client.take(), Fate::Keep);
@@ -259,18 +260,20 @@ enum TokenQuery {
     /// least-privileged role): the token sends reads to the primary.
     Refused,
     /// Sent right behind `COMMIT`.
-    Ready(Statement),
+    Ready(Ready<'static>),
 }
 
 async fn token_query(
     attempt: &Attempt<'_>,
     client: &Object,
+    statements: &Statements,
     wanted: bool,
 ) -> Result<TokenQuery, (Error, Fate)> {
     if !wanted {
         return Ok(TokenQuery::NotWanted);
     }
-    match timeout_at(attempt.deadline(), client.prepare_cached(TOKEN_SQL)).await {
+    let prepare = statements.own(client, TOKEN_SQL, &[]);
+    match timeout_at(attempt.deadline(), prepare).await {
         Ok(Ok(statement)) => Ok(TokenQuery::Ready(statement)),
         Ok(Err(error)) if position_refused(&error) => Ok(TokenQuery::Refused),
         Ok(Err(error)) => Err(attempt.judge(Phase::BeforeSend, Failure::Postgres(error))),
@@ -282,11 +285,13 @@ async fn token_query(
 async fn open(
     attempt: &Attempt<'_>,
     client: &Object,
+    statements: &Statements,
     index: usize,
     resolve: bool,
 ) -> Result<Option<Identity>, (Error, Fate)> {
     let hub = attempt.hub();
-    match timeout_at(attempt.deadline(), begin(hub, client, index, resolve)).await {
+    let begun = begin(hub, client, statements, index, resolve);
+    match timeout_at(attempt.deadline(), begun).await {
         Ok(Ok(identity)) => Ok(identity),
         Ok(Err(BeginError::Postgres(error))) => {
             let (error, fate) = attempt.judge(Phase::BeforeSend, Failure::Postgres(error));
@@ -320,11 +325,12 @@ async fn close(attempt: &Attempt<'_>, client: &Object, fate: Fate) -> Fate {
 async fn run<B: Body>(
     attempt: &Attempt<'_>,
     client: &Object,
+    statements: &Statements,
     body: &mut B,
     token: &TokenQuery,
 ) -> Result<(B::Output, Option<CausalToken>), Stop<B::Output>> {
     let deadline = attempt.deadline();
-    let watched = Tx::new(client);
+    let watched = Tx::new(client, statements);
     let value = match timeout_at(deadline, body.run(&watched)).await {
         Ok(Ok(value)) => value,
         Ok(Err(error)) => {
@@ -358,7 +364,7 @@ async fn commit<T>(
 ) -> Result<(T, Option<CausalToken>), Stop<T>> {
     let token_query = async {
         match token {
-            TokenQuery::Ready(statement) => client.query_one(statement, &[]).await.map(Some),
+            TokenQuery::Ready(statement) => statement.query_one(client, &[]).await.map(Some),
             TokenQuery::NotWanted | TokenQuery::Refused => Ok(None),
         }
     };

@@ -16,6 +16,10 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Row, Statement, ToStatement};
 
+use super::attempt::{Params, Returns};
+use crate::config::StatementMode;
+use crate::statements::{Block, Statements};
+
 /// The transaction handed to a closure by
 /// [`Write::transaction`](crate::Write::transaction).
 ///
@@ -32,6 +36,7 @@ use tokio_postgres::{Row, Statement, ToStatement};
 /// `SAVEPOINT` and `ROLLBACK TO SAVEPOINT` for partial rollbacks).
 pub struct Tx<'t> {
     inner: &'t Object,
+    statements: &'t Statements,
     /// The first server error a watched statement met.
     failure: Mutex<Option<SqlState>>,
 }
@@ -45,9 +50,10 @@ impl std::fmt::Debug for Tx<'_> {
 }
 
 impl<'t> Tx<'t> {
-    pub(super) fn new(inner: &'t Object) -> Self {
+    pub(super) fn new(inner: &'t Object, statements: &'t Statements) -> Self {
         Self {
             inner,
+            statements,
             failure: Mutex::new(None),
         }
     }
@@ -131,9 +137,30 @@ impl<'t> Tx<'t> {
         self.watch(self.inner.prepare(query).await)
     }
 
-    /// deadpool's `prepare_cached`, watched.
+    /// deadpool's `prepare_cached`, watched. On a node in
+    /// [`StatementMode::Unnamed`], `prepare` instead: a statement cached
+    /// on the connection would outlive the transaction, and a
+    /// transaction-pooling proxy gives the next transaction another
+    /// server connection, where it does not exist.
     pub async fn prepare_cached(&self, query: &str) -> Result<Statement, tokio_postgres::Error> {
-        self.watch(self.inner.prepare_cached(query).await)
+        match self.statements.mode() {
+            StatementMode::Unnamed => self.prepare(query).await,
+            _ => self.watch(self.inner.prepare_cached(query).await),
+        }
+    }
+
+    /// A routed statement (a write's body) run the node's way, watched.
+    pub(super) async fn run<K: Returns>(
+        &self,
+        sql: &str,
+        params: Params<'_>,
+    ) -> Result<K::Output, tokio_postgres::Error> {
+        let ready = self
+            .statements
+            .prepare(self.inner, sql, params, Block::Open)
+            .await;
+        let ready = self.watch(ready)?;
+        self.watch(K::run(self.inner, &ready, params).await)
     }
 }
 

@@ -230,8 +230,7 @@ struct Statement<'c, K> {
 impl<K: Returns> Body for Statement<'_, K> {
     type Output = K::Output;
     async fn run<'t>(&'t mut self, tx: &'t Tx<'t>) -> Result<K::Output, Error> {
-        let statement = tx.prepare_cached(self.sql).await?;
-        Ok(K::run(tx, &statement, self.params).await?)
+        Ok(tx.run::<K>(self.sql, self.params).await?)
     }
 }
 

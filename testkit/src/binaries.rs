@@ -157,6 +157,15 @@ pub(crate) fn log_tail(path: &Path, from: u64) -> String {
     }
 }
 
+/// `(uid, gid)` of the `postgres` user when we run as root (servers and
+/// PgBouncer refuse to run as root), else `None`.
+pub(crate) fn run_as() -> Result<Option<(u32, u32)>, TestkitError> {
+    match effective_uid_is_root() {
+        true => Ok(Some((postgres_id("-u")?, postgres_id("-g")?))),
+        false => Ok(None),
+    }
+}
+
 /// Whether the effective uid is 0, from `/proc/self/status` or `id -u`.
 fn effective_uid_is_root() -> bool {
     let from_proc = std::fs::read_to_string("/proc/self/status")

@@ -12,7 +12,7 @@ use crate::binaries::{self, file_len, PgBin};
 use crate::cluster::port_taken;
 use crate::node::{LocalNode, HOST, USER};
 use crate::roles::APP_USER;
-use crate::{tls, Cluster, Flavour, TestkitError};
+use crate::{tls, Cluster, Flavour, PgBouncer, Pooler, TestkitError};
 
 /// Environment variable naming the directory to create clusters in.
 const DIR_ENV: &str = "PGROUTER_TESTKIT_DIR";
@@ -62,6 +62,7 @@ pub struct ClusterBuilder {
     settings: Vec<(String, String)>,
     tls: bool,
     flavour: Flavour,
+    pooler: Pooler,
 }
 
 impl Default for ClusterBuilder {
@@ -72,6 +73,7 @@ impl Default for ClusterBuilder {
             settings: Vec::new(),
             tls: false,
             flavour: Flavour::Vanilla,
+            pooler: Pooler::None,
         }
     }
 }
@@ -110,6 +112,15 @@ impl ClusterBuilder {
     /// [`Flavour::Vanilla`]); [`Flavour::LeastPrivilege`] creates it.
     pub fn flavour(mut self, flavour: Flavour) -> Self {
         self.flavour = flavour;
+        self
+    }
+
+    /// Puts a pooler in front of every node: their
+    /// [`client_port`](crate::LocalNode::client_port), connection strings
+    /// and URLs then lead through it (administration still goes straight to
+    /// the servers). Default: [`Pooler::None`].
+    pub fn pooler(mut self, pooler: Pooler) -> Self {
+        self.pooler = pooler;
         self
     }
 
@@ -154,6 +165,7 @@ impl ClusterBuilder {
             dir,
             ca_file,
             flavour: self.flavour,
+            poolers: Vec::new(),
         };
         cluster.init_primary(&settings)?;
         if matches!(self.flavour, Flavour::LeastPrivilege | Flavour::Aurora) {
@@ -168,6 +180,13 @@ impl ClusterBuilder {
         if self.flavour == Flavour::Aurora {
             cluster.emulate_aurora()?;
             cluster.wait_for_replicas(STREAM_TIMEOUT)?;
+        }
+        if self.pooler == Pooler::PgBouncer {
+            for index in 0..cluster.nodes.len() {
+                let bouncer = PgBouncer::start(cluster.nodes[index].addr())?;
+                cluster.nodes[index].set_pooler_port(bouncer.port());
+                cluster.poolers.push(bouncer);
+            }
         }
         tracing::debug!(dir = %cluster.dir().display(), elapsed = ?started.elapsed(), "test cluster ready");
         Ok(cluster)
@@ -332,7 +351,7 @@ fn reap_abandoned(base: &Path, bin: &PgBin) {
 /// It is picked at random below the kernel's ephemeral port range when there
 /// is room, so that the local ends of outgoing connections (which take
 /// ephemeral ports) cannot occupy the port of a stopped node.
-fn free_port() -> Result<u16, TestkitError> {
+pub(crate) fn free_port() -> Result<u16, TestkitError> {
     let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())

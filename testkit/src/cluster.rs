@@ -67,6 +67,8 @@ pub struct Cluster {
     pub(crate) dir: TempDir,
     pub(crate) ca_file: Option<PathBuf>,
     pub(crate) flavour: Flavour,
+    /// One per node when the cluster was built with a pooler.
+    pub(crate) poolers: Vec<crate::PgBouncer>,
 }
 
 impl Cluster {

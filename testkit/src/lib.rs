@@ -13,6 +13,9 @@
 //!   the superuser, or a least-privilege role (no superuser, no
 //!   `pg_read_all_stats`), and [`Cluster::shadow_function`] makes a built-in
 //!   raise a managed platform's SQLSTATE for one role.
+//! * [`PgBouncer`] runs PgBouncer in transaction pooling mode in front of a
+//!   node; [`ClusterBuilder::pooler`] (or `PGROUTER_TESTKIT_POOLER=pgbouncer`
+//!   through [`Pooler::from_env`]) fronts every node of a cluster with one.
 //!
 //! It needs the PostgreSQL server binaries (`initdb`, `pg_ctl`,
 //! `pg_basebackup`, `psql`), e.g. from `apt-get install postgresql`; set
@@ -81,11 +84,13 @@ mod builder;
 mod cluster;
 mod error;
 mod node;
+mod pgbouncer;
 mod proxy;
 mod roles;
 mod tls;
 
 pub use cluster::{Cluster, ClusterBuilder, LocalNode, StopMode};
 pub use error::TestkitError;
+pub use pgbouncer::{PgBouncer, Pooler, PGBOUNCER_ENV, POOLER_ENV};
 pub use proxy::{Fault, FaultProxy};
 pub use roles::{Flavour, APP_USER, FLAVOUR_ENV};

@@ -23,6 +23,8 @@ pub struct LocalNode {
     data_dir: PathBuf,
     log_file: PathBuf,
     client_user: &'static str,
+    /// The port of the pooler in front of the node, if any.
+    pooler_port: Option<u16>,
 }
 
 impl LocalNode {
@@ -39,7 +41,25 @@ impl LocalNode {
             data_dir,
             log_file,
             client_user,
+            pooler_port: None,
         }
+    }
+
+    pub(crate) fn set_pooler_port(&mut self, port: u16) {
+        self.pooler_port = Some(port);
+    }
+
+    /// The port clients connect to: the [`PgBouncer`](crate::PgBouncer) in
+    /// front of the node when the cluster has one
+    /// ([`ClusterBuilder::pooler`](crate::ClusterBuilder::pooler)), else
+    /// the node's own [`LocalNode::port`].
+    pub fn client_port(&self) -> u16 {
+        self.pooler_port.unwrap_or(self.port)
+    }
+
+    /// `127.0.0.1:`[`client_port`](LocalNode::client_port).
+    pub fn client_addr(&self) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.client_port()))
     }
 
     /// The node's name: `"node0"`, `"node1"`, ... (also its `cluster_name`, so
@@ -82,18 +102,21 @@ impl LocalNode {
     }
 
     /// A libpq key/value connection string as the
-    /// [client user](LocalNode::client_user):
+    /// [client user](LocalNode::client_user), at the
+    /// [client port](LocalNode::client_port):
     /// `"host=127.0.0.1 port=P user=postgres dbname=postgres"`.
     pub fn connection_string(&self) -> String {
         let user = self.client_user;
-        format!("host={HOST} port={} user={user} dbname={DBNAME}", self.port)
+        let port = self.client_port();
+        format!("host={HOST} port={port} user={user} dbname={DBNAME}")
     }
 
-    /// A connection URL as the [client user](LocalNode::client_user):
+    /// A connection URL as the [client user](LocalNode::client_user), at
+    /// the [client port](LocalNode::client_port):
     /// `"postgres://postgres@127.0.0.1:P/postgres"`.
     pub fn url(&self) -> String {
         let user = self.client_user;
-        format!("postgres://{user}@{HOST}:{}/{DBNAME}", self.port)
+        format!("postgres://{user}@{HOST}:{}/{DBNAME}", self.client_port())
     }
 
     /// A [`tokio_postgres::Config`] for this node (host, port, user, dbname).

@@ -7,9 +7,9 @@ use std::time::Duration;
 use pgrouter::tokio_postgres::{Client, NoTls};
 use pgrouter::{
     Config, DatabaseManager, HealthSettings, NodeConfig, PoolSettings, ReadStrategy, RetrySettings,
-    Role,
+    Role, StatementMode,
 };
-use pgrouter_testkit::{Cluster, FaultProxy, Flavour};
+use pgrouter_testkit::{Cluster, FaultProxy, Flavour, Pooler};
 
 /// node0 (primary), node1, node2 live in these regions.
 pub const REGIONS: [&str; 3] = ["us-east-1", "eu-west-1", "ap-south-1"];
@@ -64,11 +64,22 @@ pub fn fast_config(nodes: Vec<NodeConfig>) -> Config {
         max_delay: Duration::from_millis(400),
         jitter: true,
     };
+    // Behind a transaction pooler, named statements do not survive.
+    if pooler() == Pooler::PgBouncer {
+        config.statement_mode = StatementMode::Unnamed;
+    }
     config
 }
 
-/// One node config per cluster node, at `ports` (the node's own port, or a
-/// proxy's in front of it).
+/// The pooler `PGROUTER_TESTKIT_POOLER` puts in front of every node of the
+/// clusters [`start_cluster`] starts (`none` by default; `pgbouncer`:
+/// PgBouncer in transaction mode, and managers in unnamed statement mode).
+pub fn pooler() -> Pooler {
+    Pooler::from_env().expect("PGROUTER_TESTKIT_POOLER")
+}
+
+/// One node config per cluster node, at `ports` (the node's client port, or
+/// a proxy's in front of it).
 pub fn node_configs(cluster: &Cluster, ports: &[u16]) -> Vec<NodeConfig> {
     cluster
         .nodes()
@@ -112,7 +123,10 @@ pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
 /// `pg_read_all_stats`).
 pub fn start_cluster() -> Cluster {
     let flavour = Flavour::from_env().expect("PGROUTER_TESTKIT_FLAVOUR");
-    let builder = Cluster::builder().replicas(2).flavour(flavour);
+    let builder = Cluster::builder()
+        .replicas(2)
+        .flavour(flavour)
+        .pooler(pooler());
     blocking(|| builder.start()).expect("start a local cluster (primary + 2 replicas)")
 }
 
@@ -160,7 +174,7 @@ pub async fn cluster_and_manager_with(
     edit: impl FnOnce(&mut Config),
 ) -> (Cluster, DatabaseManager) {
     let cluster = start_cluster();
-    let ports: Vec<u16> = cluster.nodes().iter().map(|n| n.port()).collect();
+    let ports: Vec<u16> = cluster.nodes().iter().map(|n| n.client_port()).collect();
     let mut config = fast_config(node_configs(&cluster, &ports));
     edit(&mut config);
     let db = DatabaseManager::new(config).await.expect("manager");
@@ -180,7 +194,7 @@ pub async fn proxied_with(
     let cluster = start_cluster();
     let mut proxies = Vec::new();
     for node in cluster.nodes() {
-        proxies.push(FaultProxy::start(node.addr()).await.expect("proxy"));
+        proxies.push(FaultProxy::start(node.client_addr()).await.expect("proxy"));
     }
     let ports: Vec<u16> = proxies.iter().map(FaultProxy::port).collect();
     let mut config = fast_config(node_configs(&cluster, &ports));

@@ -159,6 +159,7 @@ impl<P: Probe> Monitor<P> {
             region: discovery.region.clone(),
             url: discovery.seed.url.clone(),
             role: Role::Replica,
+            statement_mode: Some(hub.config.statement_mode_of(&discovery.seed)),
         };
         let built = Node::build_at(
             &config,

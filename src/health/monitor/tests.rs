@@ -128,6 +128,45 @@ async fn fall_failures_take_a_node_down_and_rise_successes_bring_it_back() {
     assert!(h.status().nodes[1].last_error.is_none());
 }
 
+/// The defaults' promise (README, configuration table): a node that
+/// answers again after a short fault is back in routing within about a
+/// second, whenever in its backoff it comes back.
+#[tokio::test(start_paused = true)]
+async fn with_the_defaults_a_node_that_answers_again_is_back_within_about_a_second() {
+    use crate::config::HealthSettings;
+    let defaults = HealthSettings::default();
+    // The bound: the longest re-probe gap, then the confirming probes.
+    let bound = defaults.recovery_max + defaults.recovery_initial * (defaults.rise - 1);
+    assert!(bound <= Duration::from_millis(1250), "{bound:?}");
+    for fault_ms in [300, 1_000, 2_000, 10_000] {
+        let mut config = config(3);
+        config.health = defaults.clone();
+        let h = Harness::start(config, &[PRIMARY, REPLICA, REPLICA]).await;
+        h.at(100).await;
+        h.world.set(1, Answer::Down);
+        h.at(1_100).await;
+        assert!(!h.healthy(1), "down after its failed probe");
+        h.at(1_100 + fault_ms).await;
+        h.world.set(1, REPLICA);
+        let answering = Instant::now();
+        while !h.healthy(1) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let back = answering.elapsed();
+        assert!(
+            back <= bound,
+            "after a {fault_ms} ms fault: back {back:?} after it answered (bound {bound:?})"
+        );
+    }
+    // The original sketch's cadence is still there, for those who want it.
+    let original = HealthSettings::original();
+    assert_eq!(original.interval, Duration::from_secs(60));
+    assert_eq!(
+        (original.recovery_initial, original.recovery_max),
+        (Duration::from_secs(5), Duration::from_secs(30))
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn recovery_probes_back_off_from_recovery_initial_to_recovery_max() {
     let h = Harness::start(config(3), &[PRIMARY, Answer::Down, REPLICA]).await;
