@@ -95,6 +95,37 @@ pub enum Event {
         /// How long finding out took.
         took: Duration,
     },
+    /// A read had no answer within the hedge delay and was sent to another
+    /// node too (see [`HedgeSettings`](crate::HedgeSettings)).
+    HedgeSent {
+        /// The node the read went to first.
+        from: String,
+        /// The node the hedge went to.
+        to: String,
+    },
+    /// A hedge answered first: its answer was used, the first statement
+    /// cancelled.
+    HedgeWon {
+        /// The node that answered the hedge.
+        node: String,
+    },
+    /// The read budget had no token left: a read was not hedged
+    /// (`retry: false`), or not retried after a failure (`retry: true`).
+    ReadBudgetExhausted {
+        /// The read's first node.
+        node: String,
+        /// A retry (true) or a hedge (false).
+        retry: bool,
+    },
+    /// A node with reads in flight answered none of them for a while,
+    /// while other nodes answered: it was marked suspect (see
+    /// [`OutlierSettings`](crate::OutlierSettings)).
+    OutlierDetected {
+        /// The node.
+        node: String,
+        /// How long it had not answered.
+        silent_for: Duration,
+    },
 }
 
 /// What became of a transaction whose `COMMIT` answer was lost.

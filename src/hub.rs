@@ -20,6 +20,7 @@ use crate::config::{Config, NodeConfig, ReadStrategy};
 use crate::error::{Error, NodeContext};
 use crate::events::Event;
 use crate::freshness::Freshness;
+use crate::hedge::{Budget, Counters, Traffic};
 use crate::metrics::HubMetrics;
 use crate::node::Node;
 use crate::node_set::{Members, NodeSet};
@@ -64,6 +65,14 @@ pub(crate) struct Hub {
     /// Topology events for subscribers.
     events: broadcast::Sender<Event>,
     closed: AtomicBool,
+    /// Every node's live reads, by index (outlier detection, hedge delays).
+    pub(crate) traffic: Box<[Traffic]>,
+    /// When the hub was built: `traffic`'s times count from it.
+    pub(crate) epoch: Instant,
+    /// Hedges and read retries.
+    pub(crate) budget: Budget,
+    /// Hedges sent, won and refused; retries refused; outliers found.
+    pub(crate) counters: Counters,
     /// Cleared when the monitor task ends for any reason but `close`.
     monitor_alive: AtomicBool,
     /// Reads that ended recently, and their failures (for readiness).
@@ -114,7 +123,12 @@ impl Hub {
             .map(ArcSwapOption::from_pointee)
             .chain((0..slots).map(|_| ArcSwapOption::empty()))
             .collect();
+        let epoch = Instant::now();
         Ok(Self {
+            traffic: (0..count).map(|_| Traffic::default()).collect(),
+            epoch,
+            budget: Budget::new(&config.hedging, epoch),
+            counters: Counters::default(),
             snapshot: ArcSwap::from_pointee(snapshot),
             outcome_sql: OutcomeSql::new(config.outcomes.marker_table.as_deref()),
             config,
@@ -226,6 +240,7 @@ impl Hub {
         debug_assert!(index >= self.configured, "configured nodes never change");
         self.suspects.remove(index);
         self.probe_requests.remove(index);
+        self.traffic[index].reset();
         self.nodes[index].store(Some(node));
     }
 
@@ -383,6 +398,15 @@ impl Hub {
     pub(crate) fn publish(&self, mut next: Snapshot, events: Vec<Event>, answered: Option<usize>) {
         // Derived masks always match the states published with them.
         next.derive_masks();
+        // Reads left unanswered before a node came back (or before a probe
+        // cleared it) say nothing about it now.
+        let old = self.snapshot.load();
+        for (index, (before, after)) in old.nodes.iter().zip(next.nodes.iter()).enumerate() {
+            if after.up && (!before.up || answered == Some(index)) {
+                self.traffic[index].forgive();
+            }
+        }
+        drop(old);
         self.metrics.published(self, &self.snapshot.load(), &next);
         // The snapshot first, then the flag: a decision loads the flags
         // first, so it never pairs the old snapshot with a cleared flag.
@@ -428,6 +452,13 @@ impl Hub {
     pub(crate) fn emit(&self, event: Event) {
         // No subscriber is not an error.
         let _ = self.events.send(event);
+    }
+
+    /// Sends the event `make` builds, only if someone listens.
+    pub(crate) fn emit_with(&self, make: impl FnOnce() -> Event) {
+        if self.events.receiver_count() > 0 {
+            self.emit(make());
+        }
     }
 
     pub(crate) fn subscribe(&self) -> broadcast::Receiver<Event> {

@@ -19,6 +19,7 @@ mod error;
 mod events;
 mod freshness;
 mod health;
+mod hedge;
 mod hub;
 mod lsn;
 mod manager;
@@ -45,9 +46,9 @@ pub use causal::{causal_scope, current_causal_token};
 #[cfg(feature = "tower")]
 pub use causal_layer::{CausalLayer, CausalService, CAUSAL_TOKEN_HEADER};
 pub use config::{
-    Config, ConfigBuilder, DiscoverySettings, HealthSettings, NearestSettings, NodeConfig,
-    OutcomeSettings, PoolSettings, ReadStrategy, ReadinessSettings, Requirement, RetrySettings,
-    Role, StatementMode, TlsSettings,
+    Config, ConfigBuilder, DiscoverySettings, HealthSettings, HedgeSettings, NearestSettings,
+    NodeConfig, OutcomeSettings, OutlierSettings, PoolSettings, ReadStrategy, ReadinessSettings,
+    Requirement, RetrySettings, Role, StatementMode, TlsSettings,
 };
 pub use connstr::ConnectionString;
 pub use credentials::{
@@ -61,7 +62,7 @@ pub use manager::{DatabaseManager, Read, Tx, TxFuture, Write};
 pub use readiness::{CallCounts, NotReady, Readiness};
 pub use retry::RetryDecision;
 pub use served::{ServedBy, Server};
-pub use status::{NodeStatus, PoolStatus, Status};
+pub use status::{HedgeCounts, NodeStatus, PoolStatus, Status};
 pub use topology::{Lag, Orphan};
 
 pub use deadpool_postgres;

@@ -19,9 +19,28 @@
 //!   `pgrouter_pool_max_connections`, `pgrouter_replica_lag_bytes`,
 //!   `pgrouter_replica_lag_seconds`, `pgrouter_probe_rtt_seconds`.
 //!
-//! Hedged reads do not exist yet: when they do, their events belong here
-//! as `pgrouter_hedges_total{node, outcome}` (a hedge sent, won, cancelled),
-//! fed by a hook called from the hedging loop like [`retry`].
+//! - hedged reads: `pgrouter_hedges_total{node, outcome}` (`sent`: a hedge
+//!   sent to `node`; `won`: the hedge on `node` answered first; `refused`:
+//!   the read budget refused a hedge of a read on `node`),
+//!   `pgrouter_read_retries_refused_total{node}` (the budget refused to try
+//!   a read that failed on `node` elsewhere) and
+//!   `pgrouter_outliers_total{node}` (live traffic took `node` out).
+
+/// What happened to a read beyond its first attempt, as hedging counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+pub(crate) enum Hedge {
+    /// A hedge was sent to the node.
+    Sent,
+    /// The hedge on the node answered first.
+    Won,
+    /// The budget refused a hedge of a read on the node.
+    Refused,
+    /// The budget refused to retry elsewhere a read that failed on the node.
+    RetryRefused,
+    /// Live traffic found the node an outlier.
+    Outlier,
+}
 
 #[cfg(feature = "metrics")]
 pub(crate) use enabled::*;
@@ -89,6 +108,9 @@ mod disabled {
 
     #[inline(always)]
     pub(crate) fn pool_wait(_node: &Node, _started: Instant) {}
+
+    #[inline(always)]
+    pub(crate) fn hedge(_hub: &Hub, _index: usize, _event: super::Hedge) {}
 }
 
 #[cfg(feature = "metrics")]
@@ -145,6 +167,10 @@ mod enabled {
         rtt: Gauge,
         lag_bytes: OnceLock<Gauge>,
         lag_seconds: OnceLock<Gauge>,
+        /// `pgrouter_hedges_total` sent, won, refused.
+        hedges: [Counter; 3],
+        retries_refused: Counter,
+        outliers: Counter,
     }
 
     fn slots<T>(count: usize) -> Box<[OnceLock<T>]> {
@@ -172,6 +198,11 @@ mod enabled {
                 rtt: gauge!("pgrouter_probe_rtt_seconds", "node" => n()),
                 lag_bytes: OnceLock::new(),
                 lag_seconds: OnceLock::new(),
+                hedges: ["sent", "won", "refused"].map(|outcome| {
+                    counter!("pgrouter_hedges_total", "node" => n(), "outcome" => outcome)
+                }),
+                retries_refused: counter!("pgrouter_read_retries_refused_total", "node" => n()),
+                outliers: counter!("pgrouter_outliers_total", "node" => n()),
                 node,
             }
         }
@@ -328,5 +359,19 @@ mod enabled {
         node.metrics
             .pool_wait
             .record(started.elapsed().as_secs_f64());
+    }
+
+    /// A hedging event on node `index`.
+    pub(crate) fn hedge(hub: &Hub, index: usize, event: super::Hedge) {
+        let Some(node) = hub.node(index) else { return };
+        let metrics = &node.metrics;
+        let counter = match event {
+            super::Hedge::Sent => &metrics.hedges[0],
+            super::Hedge::Won => &metrics.hedges[1],
+            super::Hedge::Refused => &metrics.hedges[2],
+            super::Hedge::RetryRefused => &metrics.retries_refused,
+            super::Hedge::Outlier => &metrics.outliers,
+        };
+        counter.increment(1);
     }
 }

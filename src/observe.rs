@@ -49,6 +49,8 @@ pub(crate) enum Reason {
     Strategy,
     /// Another eligible node, after a failure on the first.
     RetryElsewhere,
+    /// Another eligible node that answered a hedge before the first did.
+    Hedge,
     /// The write target (the primary now).
     WriteTarget,
 }
@@ -58,6 +60,7 @@ impl Reason {
         match self {
             Reason::Strategy => "strategy",
             Reason::RetryElsewhere => "retry elsewhere",
+            Reason::Hedge => "hedge",
             Reason::WriteTarget => "write target",
         }
     }

@@ -33,6 +33,25 @@ pub struct Status {
     /// Whether the health monitor runs. False after `close`, or if it died
     /// (then every call fails with [`Error::MonitorStopped`](crate::Error::MonitorStopped)).
     pub monitor_running: bool,
+    /// Hedged reads and the read budget, counted since the manager started.
+    pub hedging: HedgeCounts,
+}
+
+/// Hedged reads and the read budget, counted since the manager started
+/// (each count also arrives as an [`Event`](crate::Event) to subscribers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[non_exhaustive]
+pub struct HedgeCounts {
+    /// Reads sent to a second node after the hedge delay.
+    pub sent: u64,
+    /// Hedges whose answer was used.
+    pub won: u64,
+    /// Reads not hedged because the budget was empty.
+    pub refused: u64,
+    /// Reads not retried after a failure because the budget was empty.
+    pub retries_refused: u64,
+    /// Times a node was found an outlier and marked suspect.
+    pub outliers: u64,
 }
 
 /// One node's state.
@@ -149,6 +168,7 @@ impl Status {
                 .map(|index| hub.context(index).node.to_string()),
             split_brain: snapshot.split_brain,
             monitor_running: hub.monitor_running(),
+            hedging: hub.hedge_counts(),
         }
     }
 

@@ -329,6 +329,15 @@ async fn a_prometheus_scrape_shows_every_family_with_bounded_labels() {
         assert!(scrape.expect("pgrouter_probe_rtt_seconds", &node) > 0.0);
         assert_eq!(scrape.expect("pgrouter_failovers_total", &node), 0.0);
         assert_eq!(scrape.expect("pgrouter_fencings_total", &node), 0.0);
+        assert_eq!(scrape.expect("pgrouter_outliers_total", &node), 0.0);
+        assert_eq!(
+            scrape.expect("pgrouter_read_retries_refused_total", &node),
+            0.0
+        );
+        for outcome in ["sent", "won", "refused"] {
+            let labels = [node[0], ("outcome", outcome)];
+            assert!(scrape.expect("pgrouter_hedges_total", &labels) >= 0.0);
+        }
     }
     let primary_pool = [("node", n0)];
     assert!(scrape.expect("pgrouter_pool_connections", &primary_pool) >= 1.0);
@@ -346,6 +355,8 @@ async fn a_prometheus_scrape_shows_every_family_with_bounded_labels() {
         ("pgrouter_retries_total", "counter"),
         ("pgrouter_failovers_total", "counter"),
         ("pgrouter_fencings_total", "counter"),
+        ("pgrouter_hedges_total", "counter"),
+        ("pgrouter_outliers_total", "counter"),
         ("pgrouter_node_up", "gauge"),
         ("pgrouter_pool_connections", "gauge"),
         ("pgrouter_replica_lag_seconds", "gauge"),

@@ -2,15 +2,17 @@
 //! and started, (2) it is black-holed through a fault proxy, (3) the primary
 //! is stopped and the local replica promoted. Reports, per event, failed
 //! calls by error kind (a call counts against the phase it finished in),
-//! failed reads after detection, p99 latency, and the time to the first
-//! successful write after the promotion.
+//! failed reads after detection, p99 latency, hedges, and the time to the
+//! first successful write after the promotion. The whole run is made twice,
+//! on a fresh cluster each time: with hedged reads (the default) and
+//! without; a table then sets the two side by side, fault by fault.
 //!
 //! ```text
 //! cargo run --release --example bench_failover
 //! ```
 //!
 //! The manager reaches every node through a `FaultProxy`, probes every
-//! 250 ms (probe timeout 500 ms) and gives each call a 2 s deadline. Reads
+//! 250 ms (probe timeout 500 ms) and gives each call a 1 s deadline. Reads
 //! use the default strategy, regional-preferred, with the service in node1's
 //! region: every read goes to node1, the node the first two events hit.
 //! `BENCH_FAILURES=1` lists every failed call.
@@ -36,6 +38,8 @@ use tokio_util::sync::CancellationToken;
 const READS_PER_SECOND: u32 = 200;
 /// Writes per second (one task per write).
 const WRITES_PER_SECOND: u32 = 50;
+/// Load before the baseline, not reported.
+const WARM_UP: Duration = Duration::from_secs(1);
 /// Load before the first event.
 const BASELINE: Duration = Duration::from_secs(2);
 /// How long a stopped or black-holed node stays so.
@@ -58,13 +62,30 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .init();
     let started = Instant::now();
+    let mut runs = Vec::new();
+    for hedging in [true, false] {
+        println!(
+            "\n######## hedged reads {}",
+            if hedging { "on" } else { "off" }
+        );
+        runs.push((hedging, run(hedging).await?));
+    }
+    report::print_side_by_side(&runs);
+    println!("\ntotal time {:.1?}", started.elapsed());
+    Ok(())
+}
+
+/// One whole run on a fresh cluster; each fault's summary.
+async fn run(hedging: bool) -> Result<Vec<report::Summary>, Box<dyn std::error::Error>> {
     let cluster = start_cluster()?;
     let mut proxies = Vec::new();
     for node in cluster.nodes() {
         proxies.push(FaultProxy::start(node.addr()).await?);
     }
     print_proxy_cost(&cluster, &proxies[LOCAL]).await?;
-    let db = DatabaseManager::new(config(&cluster, &proxies)).await?;
+    let mut config = config(&cluster, &proxies);
+    config.hedging.enabled = hedging;
+    let db = DatabaseManager::new(config).await?;
     let events = EventLog::start(&db);
     wait_healthy(&db, &["node0", "node1", "node2"], true).await;
     print_setup(&db);
@@ -77,7 +98,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     ]
     .map(|(kind, rate)| load::generate(db.clone(), kind, rate, log.clone(), stop.clone()));
 
-    let mut phases = vec![baseline().await];
+    // Every pool warm before the baseline: new connections are not what it
+    // measures.
+    tokio::time::sleep(WARM_UP).await;
+    let mut phases = vec![baseline(&db).await];
     phases.push(replica_stopped(&cluster, &db).await?);
     phases.push(black_hole(&proxies[LOCAL], &db).await);
     phases.push(failover(&cluster, &db).await?);
@@ -86,14 +110,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for generator in generators {
         generator.await?;
     }
-    // Let the last calls finish (each is bounded by the 2 s deadline).
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    report::close_phases(&mut phases, Instant::now());
-    report::print(&phases, &load::snapshot(&log), &events.take());
+    // Let the last calls finish (each is bounded by the 1 s deadline).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    report::close_phases(&mut phases, Instant::now(), db.status().hedging);
+    let records = load::snapshot(&log);
+    report::print(&phases, &records, &events.take());
     db.close().await;
     drop(proxies);
-    println!("\ntotal time {:.1?}", started.elapsed());
-    Ok(())
+    Ok(report::summarize(&phases, &records))
 }
 
 /// A primary and two streaming replicas, with the `kv` table on all three.
@@ -110,14 +134,14 @@ fn start_cluster() -> Result<Cluster, Box<dyn std::error::Error>> {
     Ok(cluster)
 }
 
-/// 250 ms probes, 500 ms probe timeout, 2 s deadline; pools of 16 with
+/// 250 ms probes, 500 ms probe timeout, 1 s deadline; pools of 16 with
 /// short timeouts; every other setting (idle check, retry, write hold
 /// bounded by the deadline) at its default.
 fn config(cluster: &Cluster, proxies: &[FaultProxy]) -> Config {
     let ports: Vec<u16> = proxies.iter().map(FaultProxy::port).collect();
     let mut config = Config::new(node_configs(cluster, &ports));
     config.local_region = LOCAL_REGION.to_owned();
-    config.deadline = Duration::from_secs(2);
+    config.deadline = Duration::from_secs(1);
     config.pool = PoolSettings {
         max_size: 16,
         wait_timeout: Duration::from_secs(1),
@@ -184,6 +208,10 @@ fn print_setup(db: &DatabaseManager) {
         config.read_strategy
     );
     println!(
+        "hedging: {:?}; outliers: {:?}",
+        config.hedging, config.outliers
+    );
+    println!(
         "health: probe every {:?}, probe timeout {:?}, fall {}, rise {}; deadline {:?}; \
          write hold {:?}; pool {} per node, idle connections checked after {:?}",
         config.health.interval,
@@ -197,8 +225,8 @@ fn print_setup(db: &DatabaseManager) {
     );
 }
 
-async fn baseline() -> Phase {
-    let mut phase = Phase::new("baseline (no fault)", None);
+async fn baseline(db: &DatabaseManager) -> Phase {
+    let mut phase = Phase::new("baseline (no fault)", None, db);
     tokio::time::sleep(BASELINE).await;
     phase.end = Instant::now();
     phase
@@ -210,7 +238,7 @@ async fn replica_stopped(
     db: &DatabaseManager,
 ) -> Result<Phase, Box<dyn std::error::Error>> {
     let node = cluster.node(LOCAL).name().to_owned();
-    let mut phase = Phase::new("replica stopped and started", Some(node.clone()));
+    let mut phase = Phase::new("replica stopped and started", Some(node.clone()), db);
     let detection = watch_for_down(db, &node);
     cluster.stop(LOCAL, StopMode::Immediate)?;
     phase.detected = detection.await?;
@@ -227,7 +255,7 @@ async fn replica_stopped(
 /// passed again.
 async fn black_hole(proxy: &FaultProxy, db: &DatabaseManager) -> Phase {
     let node = db.status().nodes[LOCAL].name.clone();
-    let mut phase = Phase::new("replica black-holed", Some(node.clone()));
+    let mut phase = Phase::new("replica black-holed", Some(node.clone()), db);
     let detection = watch_for_down(db, &node);
     proxy.set(Fault::BlackHole);
     phase.detected = detection.await.ok().flatten();
@@ -247,7 +275,11 @@ async fn failover(
     db: &DatabaseManager,
 ) -> Result<Phase, Box<dyn std::error::Error>> {
     let primary = cluster.node(0).name().to_owned();
-    let mut phase = Phase::new("primary stopped, replica promoted", Some(primary.clone()));
+    let mut phase = Phase::new(
+        "primary stopped, replica promoted",
+        Some(primary.clone()),
+        db,
+    );
     let detection = watch_for_down(db, &primary);
     cluster.stop(0, StopMode::Immediate)?;
     phase.detected = detection.await?;

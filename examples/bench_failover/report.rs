@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use pgrouter::{DatabaseManager, Event};
+use pgrouter::{DatabaseManager, Event, HedgeCounts};
 
 use crate::common::{millis, Latencies};
 use crate::load::{Kind, Record};
@@ -33,12 +33,15 @@ pub(crate) struct Phase {
     pub promoting: Option<Instant>,
     /// When `pg_ctl promote -w` returned (the new primary accepts writes).
     pub promoted: Option<Instant>,
+    /// The manager's hedge counts when the phase started, and when it ended.
+    pub hedges: (HedgeCounts, HedgeCounts),
 }
 
 impl Phase {
     /// A phase starting now.
-    pub(crate) fn new(name: &'static str, node: Option<String>) -> Self {
+    pub(crate) fn new(name: &'static str, node: Option<String>, db: &DatabaseManager) -> Self {
         let now = Instant::now();
+        let hedges = db.status().hedging;
         Self {
             name,
             node,
@@ -49,7 +52,25 @@ impl Phase {
             recovered: None,
             promoting: None,
             promoted: None,
+            hedges: (hedges, hedges),
         }
+    }
+
+    /// From the fault's injection to its lifting (the node back, or the
+    /// new primary the write target); the whole phase for the baseline.
+    fn fault_window(&self) -> (Instant, Instant) {
+        let lifted = self.cleared.or(self.recovered).unwrap_or(self.end);
+        (self.start, lifted.min(self.end))
+    }
+
+    /// Hedges sent, won, refused in this phase.
+    fn hedges(&self) -> (u64, u64, u64) {
+        let (start, end) = self.hedges;
+        (
+            end.sent - start.sent,
+            end.won - start.won,
+            end.refused - start.refused,
+        )
     }
 
     fn contains(&self, record: &Record) -> bool {
@@ -88,11 +109,132 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Ends each phase where the next one starts, and the last at `drained`.
-pub(crate) fn close_phases(phases: &mut [Phase], drained: Instant) {
-    let starts: Vec<Instant> = phases.iter().skip(1).map(|p| p.start).collect();
-    for (phase, end) in phases.iter_mut().zip(starts.into_iter().chain([drained])) {
+/// Ends each phase where the next one starts, and the last at `drained`
+/// (with the hedge counts `last`).
+pub(crate) fn close_phases(phases: &mut [Phase], drained: Instant, last: HedgeCounts) {
+    let ends: Vec<(Instant, HedgeCounts)> = phases
+        .iter()
+        .skip(1)
+        .map(|p| (p.start, p.hedges.0))
+        .chain([(drained, last)])
+        .collect();
+    for (phase, (end, hedges)) in phases.iter_mut().zip(ends) {
         phase.end = end;
+        phase.hedges.1 = hedges;
+    }
+}
+
+/// One fault in one run, for the side-by-side table.
+#[derive(Debug, Clone)]
+pub(crate) struct Summary {
+    name: &'static str,
+    /// Reads that finished in the phase, and those that failed.
+    reads: usize,
+    failed: usize,
+    /// Reads issued during the fault window: p50, p99, max.
+    window: (Duration, Duration, Duration),
+    /// Hedges sent, won, refused.
+    hedges: (u64, u64, u64),
+}
+
+/// Each phase's summary.
+pub(crate) fn summarize(phases: &[Phase], records: &[Record]) -> Vec<Summary> {
+    phases
+        .iter()
+        .map(|phase| {
+            let reads: Vec<&Record> = records
+                .iter()
+                .filter(|r| r.kind == Kind::Read && phase.contains(r))
+                .collect();
+            let (from, to) = phase.fault_window();
+            let mut latencies = Latencies::default();
+            for record in records
+                .iter()
+                .filter(|r| r.kind == Kind::Read && r.start >= from && r.start < to)
+            {
+                latencies.record(record.latency);
+            }
+            Summary {
+                name: phase.name,
+                reads: reads.len(),
+                failed: reads.iter().filter(|r| r.failure.is_some()).count(),
+                window: (
+                    latencies.quantile(0.5),
+                    latencies.quantile(0.99),
+                    latencies.quantile(1.0),
+                ),
+                hedges: phase.hedges(),
+            }
+        })
+        .collect()
+}
+
+/// Both runs, fault by fault, and the hedging goals.
+pub(crate) fn print_side_by_side(runs: &[(bool, Vec<Summary>)]) {
+    println!("\n== hedged reads on and off, same command, one fresh cluster each");
+    println!(
+        "{:<36} {:>7} {:>6} {:>7} {:>9} {:>9} {:>9}  {:>16}",
+        "fault (reads in the fault window)",
+        "hedging",
+        "reads",
+        "failed",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "hedges sent/won/refused"
+    );
+    let phases = runs.first().map_or(0, |(_, run)| run.len());
+    for index in 0..phases {
+        for (hedging, run) in runs {
+            let Some(row) = run.get(index) else { continue };
+            let (p50, p99, max) = row.window;
+            let (sent, won, refused) = row.hedges;
+            println!(
+                "{:<36} {:>7} {:>6} {:>7} {:>9} {:>9} {:>9}  {:>16}",
+                row.name,
+                if *hedging { "on" } else { "off" },
+                row.reads,
+                row.failed,
+                millis(p50),
+                millis(p99),
+                millis(max),
+                format!("{sent}/{won}/{refused}")
+            );
+        }
+    }
+    println!("\ngoals with hedging on:");
+    for (hedging, run) in runs.iter().filter(|(hedging, _)| *hedging) {
+        let _ = hedging;
+        let (Some(baseline), Some(hole)) = (
+            run.iter().find(|s| s.name.starts_with("baseline")),
+            run.iter().find(|s| s.name.contains("black-holed")),
+        ) else {
+            continue;
+        };
+        let ratio = hole.window.1.as_secs_f64() / baseline.window.1.as_secs_f64().max(1e-9);
+        println!(
+            "  black hole: failed reads {} (goal 0); read p99 during the fault {} ms = {ratio:.2}× the \
+             no-fault p99 {} ms (goal ≤ 2×)",
+            hole.failed,
+            millis(hole.window.1),
+            millis(baseline.window.1)
+        );
+    }
+    for name in ["replica stopped", "primary stopped"] {
+        let row = |on: bool| {
+            runs.iter()
+                .find(|(hedging, _)| *hedging == on)
+                .and_then(|(_, run)| run.iter().find(|s| s.name.starts_with(name)))
+        };
+        if let (Some(on), Some(off)) = (row(true), row(false)) {
+            println!(
+                "  {name}: failed reads {} on vs {} off; p99 {} vs {} ms (goal: unchanged or better)",
+                on.failed,
+                off.failed,
+                millis(on.window.1),
+                millis(off.window.1)
+            );
+        }
     }
 }
 
@@ -140,6 +282,8 @@ fn print_phase(number: usize, phase: &Phase, records: &[Record], events: &[(Inst
         let first = first_write_after(records, promoted);
         println!("  first successful write after promotion: {}", after(first));
     }
+    let (sent, won, refused) = phase.hedges();
+    println!("  hedges: {sent} sent, {won} won, {refused} refused by the budget");
     let inside: Vec<&Record> = records.iter().filter(|r| phase.contains(r)).collect();
     for kind in [Kind::Read, Kind::Write] {
         print_calls(kind, &inside, phase.start, phase.detected);

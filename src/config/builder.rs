@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use super::{
-    Config, DiscoverySettings, HealthSettings, NodeConfig, OutcomeSettings, PoolSettings,
-    ReadStrategy, RetrySettings, Role, StatementMode,
+    Config, DiscoverySettings, HealthSettings, HedgeSettings, NodeConfig, OutcomeSettings,
+    OutlierSettings, PoolSettings, ReadStrategy, RetrySettings, Role, StatementMode,
 };
 use crate::connstr::ConnectionString;
 use crate::credentials::{PasswordProvider, SharedPasswordProvider};
@@ -165,6 +165,18 @@ impl ConfigBuilder {
     /// Replaces every outcome-resolution setting.
     pub fn outcomes(mut self, outcomes: OutcomeSettings) -> Self {
         self.config.outcomes = outcomes;
+        self
+    }
+
+    /// Replaces every hedging setting ([`HedgeSettings`]).
+    pub fn hedging(mut self, hedging: HedgeSettings) -> Self {
+        self.config.hedging = hedging;
+        self
+    }
+
+    /// Replaces every outlier-detection setting ([`OutlierSettings`]).
+    pub fn outliers(mut self, outliers: OutlierSettings) -> Self {
+        self.config.outliers = outliers;
         self
     }
 

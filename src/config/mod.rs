@@ -6,6 +6,7 @@
 mod builder;
 mod discovery;
 mod env;
+mod hedging;
 mod readiness;
 mod validate;
 
@@ -17,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 pub use builder::ConfigBuilder;
 pub use discovery::DiscoverySettings;
+pub use hedging::{HedgeSettings, OutlierSettings};
 pub use readiness::{ReadinessSettings, Requirement};
 
 use crate::connstr::ConnectionString;
@@ -75,6 +77,12 @@ pub struct Config {
     /// Write and transaction retry settings.
     #[serde(default)]
     pub retry: RetrySettings,
+    /// Hedged reads, and the budget that bounds them and read retries.
+    #[serde(default)]
+    pub hedging: HedgeSettings,
+    /// Outlier detection on live reads.
+    #[serde(default)]
+    pub outliers: OutlierSettings,
     /// How a transaction whose `COMMIT` answer was lost is resolved.
     #[serde(default)]
     pub outcomes: OutcomeSettings,
@@ -564,6 +572,8 @@ impl Config {
             tls: TlsSettings::default(),
             health: HealthSettings::default(),
             retry: RetrySettings::default(),
+            hedging: HedgeSettings::default(),
+            outliers: OutlierSettings::default(),
             outcomes: OutcomeSettings::default(),
             statement_mode: StatementMode::default(),
             readiness: ReadinessSettings::default(),

@@ -22,6 +22,7 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
     validate_outcomes(config)?;
     validate_discovery(config)?;
     validate_readiness(config)?;
+    validate_hedging(config)?;
     validate_counts(config)
 }
 
@@ -186,6 +187,34 @@ fn validate_durations(config: &Config) -> Result<(), ConfigError> {
         ("retry.min_delay", retry.min_delay),
         ("retry.max_delay", retry.max_delay),
     )
+}
+
+fn validate_hedging(config: &Config) -> Result<(), ConfigError> {
+    let (hedging, outliers) = (&config.hedging, &config.outliers);
+    for (field, value) in [
+        ("hedging.min_delay", Some(hedging.min_delay)),
+        ("hedging.delay", hedging.delay),
+        ("outliers.silence", Some(outliers.silence)),
+    ] {
+        if value.is_some_and(|value| value.is_zero()) {
+            return Err(invalid(field, Duration::ZERO, "must be greater than zero"));
+        }
+    }
+    if hedging.budget_percent > 100 {
+        return Err(ConfigError::InvalidValue {
+            field: "hedging.budget_percent".to_owned(),
+            value: hedging.budget_percent.to_string(),
+            reason: "must be from 0 to 100",
+        });
+    }
+    if hedging.budget_burst == 0 {
+        return Err(ConfigError::InvalidValue {
+            field: "hedging.budget_burst".to_owned(),
+            value: "0".to_owned(),
+            reason: "must be at least 1",
+        });
+    }
+    Ok(())
 }
 
 /// The shortest marker retention: markers must outlive every resolution.
@@ -410,6 +439,33 @@ mod tests {
         assert!(matches!(&empty, ConfigError::EmptyField { field } if field == "nodes[1].region"));
         let empty = error_of(|c| c.nodes[0].name = String::new());
         assert!(matches!(&empty, ConfigError::EmptyField { field } if field == "nodes[0].name"));
+    }
+
+    #[test]
+    fn bad_hedging_and_outlier_settings_name_the_field() {
+        let field_of = |error: ConfigError| match error {
+            ConfigError::InvalidValue { field, .. } => field,
+            other => panic!("{other:?}"),
+        };
+        for (field, edit) in [
+            (
+                "hedging.min_delay",
+                (|c| c.hedging.min_delay = Duration::ZERO) as fn(&mut Config),
+            ),
+            ("hedging.delay", |c| c.hedging.delay = Some(Duration::ZERO)),
+            ("outliers.silence", |c| c.outliers.silence = Duration::ZERO),
+            ("hedging.budget_percent", |c| c.hedging.budget_percent = 101),
+            ("hedging.budget_burst", |c| c.hedging.budget_burst = 0),
+        ] {
+            assert_eq!(field_of(error_of(edit)), field);
+        }
+        let mut extremes = valid();
+        extremes.hedging.delay = Some(Duration::MAX);
+        extremes.hedging.budget_percent = 100;
+        extremes.hedging.budget_per_second = u32::MAX;
+        extremes.hedging.budget_burst = u32::MAX;
+        extremes.outliers.silence = Duration::MAX;
+        extremes.validate().unwrap();
     }
 
     #[test]

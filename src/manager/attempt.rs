@@ -100,6 +100,9 @@ pub(crate) struct Call<'a> {
     pub(crate) deadline: Deadline,
     /// Also return the write's causal token.
     pub(crate) token: bool,
+    /// Count the statement in its node's live traffic (outlier detection,
+    /// the hedge delay).
+    pub(crate) tracked: bool,
 }
 
 /// What went wrong, with its source.
@@ -269,7 +272,33 @@ impl<'h> Attempt<'h> {
         &self,
         call: &Call<'_>,
     ) -> Result<(K::Output, Option<CausalToken>), Error> {
+        if !call.tracked {
+            let client = self.checkout().await?;
+            return self.run_on::<K>(client, call).await;
+        }
+        // In flight on the node from here until it ends (answered, failed,
+        // or dropped), its answer timed.
+        let traffic = self.hub.traffic(self.index);
+        let _in_flight = traffic.begin();
         let client = self.checkout().await?;
+        traffic.sent(self.hub.nanos(self.started));
+        let result = self.run_on::<K>(client, call).await;
+        if matches!(result, Ok(_) | Err(Error::Database { .. })) {
+            let now = Instant::now();
+            traffic.answered(
+                self.hub.nanos(now),
+                now.saturating_duration_since(self.started),
+            );
+        }
+        result
+    }
+
+    /// [`Attempt::run`] on a connection already checked out.
+    async fn run_on<K: Returns>(
+        &self,
+        client: Busy<'h>,
+        call: &Call<'_>,
+    ) -> Result<(K::Output, Option<CausalToken>), Error> {
         // A cached statement the server no longer accepts (the schema
         // changed under it) ran nothing: prepare afresh and run once more.
         let mut fresh_plan = false;

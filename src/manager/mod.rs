@@ -1,6 +1,7 @@
 //! [`DatabaseManager`]: the public, cheaply cloned handle.
 
 mod attempt;
+mod hedged;
 mod outcome;
 mod read;
 mod transaction;

@@ -1,12 +1,14 @@
 //! Reads: routed by a strategy, tried once more on another node after a
 //! failure a retry can fix.
 
+use std::pin::pin;
 use std::time::Duration;
 
 use tokio_postgres::Row;
 use tracing::Instrument;
 
-use super::attempt::{at_most_one, exactly_one, traced, Call, Deadline, Params, Rows};
+use super::attempt::{at_most_one, exactly_one, Call, Deadline, Params};
+use super::hedged::{tracked, Route, Settled, Watch};
 use crate::causal;
 use crate::config::{ReadStrategy, Role};
 use crate::error::Error;
@@ -36,6 +38,13 @@ const RETRY_FLOOR: Duration = Duration::from_millis(5);
 /// exception: a connection to the *primary* lost after the statement was
 /// sent is [`Error::OutcomeUnknown`], never a second run, since a "read"
 /// may write (`INSERT … RETURNING`); a replica in recovery writes nothing.
+///
+/// A read sent to a replica (or marked [`idempotent`](Read::idempotent))
+/// with no answer within the hedge delay is also sent to another eligible
+/// node; the first answer wins and the other statement is cancelled on its
+/// server (see [`HedgeSettings`](crate::HedgeSettings)). Hedges and retries
+/// both take a token from the read budget; with none left, the read waits
+/// for its first attempt.
 #[derive(Clone)]
 #[must_use = "a read does nothing until query, query_one or query_opt is awaited"]
 pub struct Read<'a> {
@@ -45,6 +54,7 @@ pub struct Read<'a> {
     max_staleness: Option<Duration>,
     after: Option<CausalToken>,
     served: Option<&'a ServedBy>,
+    idempotent: bool,
 }
 
 impl std::fmt::Debug for Read<'_> {
@@ -55,6 +65,7 @@ impl std::fmt::Debug for Read<'_> {
             .field("max_staleness", &self.max_staleness)
             .field("after", &self.after)
             .field("served", &self.served)
+            .field("idempotent", &self.idempotent)
             .finish_non_exhaustive()
     }
 }
@@ -68,6 +79,7 @@ impl<'a> Read<'a> {
             max_staleness: None,
             after: None,
             served: None,
+            idempotent: false,
         }
     }
 
@@ -109,6 +121,15 @@ impl<'a> Read<'a> {
         self
     }
 
+    /// Marks the statement safe to run twice (it writes nothing, or
+    /// nothing that matters twice): sent to the primary, it may then be
+    /// hedged, and retried after a lost connection, as a read sent to a
+    /// replica always may. A statement that writes must not be marked.
+    pub fn idempotent(mut self) -> Self {
+        self.idempotent = true;
+        self
+    }
+
     /// Runs the statement and returns every row.
     pub async fn query(self, sql: &str, params: Params<'_>) -> Result<Vec<Row>, Error> {
         self.rows(sql, params).await.map(|(_, rows)| rows)
@@ -142,11 +163,19 @@ impl<'a> Read<'a> {
             params,
             deadline: Deadline::start(budget),
             token: false,
+            tracked: true,
         };
         let span = observer.span().clone();
-        let result = route(self.hub, strategy, freshness, &call, &mut observer)
-            .instrument(span)
-            .await;
+        let result = route(
+            self.hub,
+            strategy,
+            freshness,
+            &call,
+            self.idempotent,
+            &mut observer,
+        )
+        .instrument(span)
+        .await;
         observer.finish(self.hub, &result);
         let failed = result.as_ref().is_err_and(Error::is_unavailable);
         self.hub.read_outcomes.record(failed);
@@ -181,14 +210,16 @@ impl<'a> Read<'a> {
 /// Picks a node, runs the call, and on a retryable failure runs it once
 /// more on another node. A "read" may write (`INSERT … RETURNING` through
 /// `query`): a statement sent to the primary follows the rules of a write
-/// that is not idempotent, and is never sent again once it was sent; one
-/// sent to a replica (in recovery at its last probe, so it can have written
-/// nothing) may be.
+/// that is not idempotent, and is never sent again once it was sent (unless
+/// the caller marked it idempotent); one sent to a replica (in recovery at
+/// its last probe, so it can have written nothing) may be, as a hedge after
+/// the hedge delay or as a retry after a failure, each within the budget.
 async fn route(
     hub: &Hub,
     strategy: ReadStrategy,
     freshness: Freshness,
     call: &Call<'_>,
+    idempotent: bool,
     observer: &mut Observer,
 ) -> Result<(usize, Vec<Row>), Error> {
     hub.ensure_open()?;
@@ -197,13 +228,37 @@ async fn route(
         .pick_read(strategy, freshness, None, &mut rng)
         .ok_or(Error::NoHealthyNode { strategy })?;
     observer.attempt(hub, first, 1, Reason::Strategy);
-    let error = match traced::<Rows>(hub, first, 1, call).await {
-        Ok((rows, _)) => return Ok((first, rows)),
-        Err(error) => error,
+    hub.budget.deposit();
+    let may_resend = idempotent || hub.snapshot().nodes[first].role == Role::Replica;
+    let mut attempt = pin!(tracked(hub, first, 1, call));
+    let settled = match Watch::plan(hub, first, may_resend) {
+        None => Settled::First(attempt.await),
+        Some(watch) => tokio::select! {
+            biased;
+            result = attempt.as_mut() => Settled::First(result),
+            () = tokio::time::sleep(watch.first_look) => {
+                let route = Route { strategy, freshness, first };
+                // Boxed: the slow path adds nothing to the read future.
+                Box::pin(watch.run(hub, route, attempt.as_mut(), call, &mut rng)).await
+            }
+        },
+    };
+    let error = match settled {
+        Settled::First(Ok(rows)) => return Ok((first, rows)),
+        Settled::Hedged(result) => {
+            match &result {
+                Ok((index, _)) if *index != first => {
+                    observer.attempt(hub, *index, 2, Reason::Hedge);
+                }
+                _ => {}
+            }
+            return result;
+        }
+        Settled::First(Err(error)) => error,
     };
     // A server in recovery applies no write: a statement sent to a replica
     // may run again elsewhere. One sent to the primary may have written.
-    let harmless = hub.snapshot().nodes[first].role == Role::Replica;
+    let harmless = idempotent || hub.snapshot().nodes[first].role == Role::Replica;
     // Nothing was sent when no connection could be had: another node may
     // take it even where this one refused for good (a full `max_connections`).
     let elsewhere = matches!(error, Error::Connect { .. })
@@ -214,11 +269,15 @@ async fn route(
     let Some(second) = hub.pick_read(strategy, freshness, Some(first), &mut rng) else {
         return Err(error);
     };
+    if !hub.budget.withdraw(tokio::time::Instant::now()) {
+        hub.extra_read_refused(first, true);
+        return Err(error);
+    }
     tracing::debug!(from = %hub.context(first).node, to = %hub.context(second).node,
         %error, "retrying read on another node");
     observer.retry(hub, &error);
     observer.attempt(hub, second, 2, Reason::RetryElsewhere);
-    let (rows, _) = traced::<Rows>(hub, second, 2, call).await?;
+    let rows = tracked(hub, second, 2, call).await?;
     Ok((second, rows))
 }
 

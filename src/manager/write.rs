@@ -219,6 +219,9 @@ impl<'a> Write<'a> {
             params,
             deadline,
             token,
+            // Writes count too: the primary's answers are evidence for
+            // outlier detection on the nodes that serve reads.
+            tracked: true,
         };
         let statement = SingleStatement::<K> {
             call: &call,

@@ -52,6 +52,12 @@ pub fn fast_config(nodes: Vec<NodeConfig>) -> Config {
         rise: 2,
         ..HealthSettings::default()
     };
+    // Hedged reads and outlier detection stay on, but only a stalled node
+    // reaches these delays: tests elsewhere check which node served a read,
+    // and a loaded machine's slow reads (a few ms) must not move them.
+    // tests/hedging.rs uses the defaults.
+    config.hedging.min_delay = Duration::from_millis(250);
+    config.outliers.silence = Duration::from_millis(250);
     config.retry = RetrySettings {
         max_retries: 3,
         min_delay: Duration::from_millis(50),

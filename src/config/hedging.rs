@@ -1,0 +1,86 @@
+//! [`HedgeSettings`] (hedged reads and the retry budget) and
+//! [`OutlierSettings`] (outlier detection on live reads).
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Hedged reads, and the budget that bounds them and read retries; see the
+/// README's "Hedged reads".
+///
+/// A read with no answer within the hedge delay is sent once more to
+/// another eligible node; the first answer wins and the other statement is
+/// cancelled on its server. Only a read that may run twice is hedged: one
+/// whose first node is a replica (in recovery, it writes nothing), or one
+/// marked [`idempotent`](crate::Read::idempotent).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+// Not `Copy`: settings may gain fields that are not (a list, a name).
+#[allow(missing_copy_implementations)]
+pub struct HedgeSettings {
+    /// Hedge reads. Default: true.
+    pub enabled: bool,
+    /// A fixed hedge delay. Default: none: the first node's recent 99th
+    /// percentile read latency (estimated from every read it answered), at
+    /// least `min_delay`.
+    #[serde(with = "humantime_serde")]
+    pub delay: Option<Duration>,
+    /// The shortest derived hedge delay, greater than zero. Default: 2 ms.
+    #[serde(with = "humantime_serde")]
+    pub min_delay: Duration,
+    /// The budget's share of reads, 0 to 100: every read adds this
+    /// percentage of a token, every hedge and every read retry takes a
+    /// whole one; with none left, the read is neither hedged nor retried.
+    /// Default: 10 (a cluster in trouble gets at most about 10% more reads,
+    /// plus `budget_per_second`).
+    pub budget_percent: u32,
+    /// Tokens added each second whatever the traffic, so a quiet service
+    /// can still retry. Default: 10.
+    pub budget_per_second: u32,
+    /// Tokens the budget holds at most (and starts with), at least 1.
+    /// Default: 100.
+    pub budget_burst: u32,
+}
+
+impl Default for HedgeSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            delay: None,
+            min_delay: Duration::from_millis(2),
+            budget_percent: 10,
+            budget_per_second: 10,
+            budget_burst: 100,
+        }
+    }
+}
+
+/// Outlier detection on live reads, as Envoy's outlier detection and
+/// Finagle's failure accrual do: a node with reads in flight that has
+/// answered none of them for a while, while another node answered within
+/// that time, is marked suspect at once (out of routing, probed now)
+/// instead of at the first read's deadline. One node at most is out at a
+/// time this way, and never the last routable one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+// Not `Copy`: settings may gain fields that are not (a list, a name).
+#[allow(missing_copy_implementations)]
+pub struct OutlierSettings {
+    /// Detect outliers. Default: true.
+    pub enabled: bool,
+    /// How long a node with reads in flight may go without answering any,
+    /// greater than zero; never less than four times its recent 99th
+    /// percentile read latency, so slow queries alone do not make a node an
+    /// outlier. Default: 100 ms.
+    #[serde(with = "humantime_serde")]
+    pub silence: Duration,
+}
+
+impl Default for OutlierSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            silence: Duration::from_millis(100),
+        }
+    }
+}

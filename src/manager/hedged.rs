@@ -1,0 +1,237 @@
+//! A read's first attempt watched past its hedge delay: the slow path of
+//! [`route`](super::read). Nothing here runs for a read answered before
+//! its first check; it is boxed by the caller so the read future stays
+//! small.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use tokio::time::{sleep_until, Instant};
+use tokio_postgres::Row;
+
+use super::attempt::{traced, Call, Rows};
+use crate::clock;
+use crate::config::ReadStrategy;
+use crate::error::Error;
+use crate::freshness::Freshness;
+use crate::hedge::{hedge_delay, is_outlier, outlier_limit};
+use crate::hub::Hub;
+
+/// When a read's first attempt is looked at again: to hedge it, and to
+/// find its node an outlier. Times count from the attempt's start.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Watch {
+    /// When to hedge; `None`: not (hedging off, or the read may not run twice).
+    hedge_after: Option<Duration>,
+    /// How often to look for an outlier; `None`: not (detection off).
+    recheck: Option<Duration>,
+    /// The first look.
+    pub(super) first_look: Duration,
+}
+
+/// How a watched read ended.
+pub(super) enum Settled {
+    /// The first attempt's own result (no hedge was sent).
+    First(Result<Vec<Row>, Error>),
+    /// A hedge was sent: the first answer and its node, or the first
+    /// attempt's error if neither answered.
+    Hedged(Result<(usize, Vec<Row>), Error>),
+}
+
+/// Where a hedge may go.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Route {
+    pub(super) strategy: ReadStrategy,
+    pub(super) freshness: Freshness,
+    /// The first attempt's node.
+    pub(super) first: usize,
+}
+
+impl Watch {
+    /// The plan for a read on `first`; `may_resend`: the read may run
+    /// twice. `None`: nothing to watch for.
+    pub(super) fn plan(hub: &Hub, first: usize, may_resend: bool) -> Option<Self> {
+        let (hedging, outliers) = (&hub.config.hedging, &hub.config.outliers);
+        let hedges = hedging.enabled && may_resend;
+        if !hedges && !outliers.enabled {
+            return None;
+        }
+        let p99 = hub.traffic(first).p99();
+        let hedge_after = hedges.then(|| hedge_delay(hedging, p99));
+        let recheck = outliers
+            .enabled
+            .then(|| (outlier_limit(outliers, p99) / 4).max(Duration::from_millis(1)));
+        let first_look = match (hedge_after, recheck) {
+            (Some(after), Some(every)) => after.min(every),
+            (Some(after), None) => after,
+            (None, Some(every)) => every,
+            (None, None) => return None,
+        };
+        Some(Self {
+            hedge_after,
+            recheck,
+            first_look,
+        })
+    }
+
+    /// From the first look on: finds the node an outlier (and marks it
+    /// suspect), hedges once, waits for the first attempt otherwise.
+    pub(super) async fn run<F>(
+        mut self,
+        hub: &Hub,
+        route: Route,
+        mut attempt: Pin<&mut F>,
+        call: &Call<'_>,
+        rng: &mut fastrand::Rng,
+    ) -> Settled
+    where
+        F: Future<Output = Result<Vec<Row>, Error>>,
+    {
+        // Called at the first look.
+        let now = Instant::now();
+        let started = now.checked_sub(self.first_look).unwrap_or(now);
+        let mut hedge = match self.hedge_after {
+            Some(after) => Hedge::Due(clock::after(started, after)),
+            None => Hedge::Never,
+        };
+        loop {
+            let now = Instant::now();
+            if self.recheck.is_some() && self.outlier_found(hub, route.first, now) {
+                self.recheck = None;
+            }
+            // A read moved off a node that left routing needs no token: it
+            // adds no load (that node gets no new reads, and it had at most
+            // a pool's worth in flight).
+            let suspect = hub.is_suspect(route.first);
+            let try_now = match hedge {
+                Hedge::Due(at) => at <= now || suspect,
+                Hedge::Refused => suspect,
+                Hedge::Never => false,
+            };
+            if try_now {
+                match self.hedge_target(hub, route, rng, now, suspect) {
+                    Target::Node(second) => {
+                        let result = race(hub, route.first, attempt, second, call).await;
+                        return Settled::Hedged(result);
+                    }
+                    Target::Refused => hedge = Hedge::Refused,
+                    Target::Nowhere => hedge = Hedge::Never,
+                }
+            }
+            let next = match (hedge, self.recheck) {
+                (Hedge::Due(at), Some(every)) => at.min(clock::after(now, every)),
+                (Hedge::Due(at), None) => at,
+                (_, Some(every)) => clock::after(now, every),
+                (_, None) => return Settled::First(attempt.await),
+            };
+            tokio::select! {
+                biased;
+                result = attempt.as_mut() => return Settled::First(result),
+                () = sleep_until(next) => {}
+            }
+        }
+    }
+
+    /// Whether the node is (now, or already) out of routing as an outlier.
+    fn outlier_found(&self, hub: &Hub, node: usize, now: Instant) -> bool {
+        if hub.is_suspect(node) {
+            return true;
+        }
+        let (observed, peers) = hub.observe(node, now);
+        let outlier = is_outlier(&hub.config.outliers, observed, peers);
+        if outlier {
+            hub.outlier_found(node, observed);
+        }
+        outlier
+    }
+
+    /// Another eligible node, and a token from the budget for it unless
+    /// `free`.
+    fn hedge_target(
+        &self,
+        hub: &Hub,
+        route: Route,
+        rng: &mut fastrand::Rng,
+        now: Instant,
+        free: bool,
+    ) -> Target {
+        let Some(second) = hub.pick_read(route.strategy, route.freshness, Some(route.first), rng)
+        else {
+            return Target::Nowhere;
+        };
+        if !free && !hub.budget.withdraw(now) {
+            hub.extra_read_refused(route.first, false);
+            return Target::Refused;
+        }
+        hub.hedge_sent(route.first, second);
+        Target::Node(second)
+    }
+}
+
+/// Where a read stands on hedging.
+#[derive(Debug, Clone, Copy)]
+enum Hedge {
+    /// To be hedged at this instant (or as soon as its node leaves routing).
+    Due(Instant),
+    /// The budget refused: hedged only if its node leaves routing.
+    Refused,
+    /// Not hedged (off, may not run twice, or no other node).
+    Never,
+}
+
+/// Where a hedge goes.
+enum Target {
+    Node(usize),
+    Refused,
+    Nowhere,
+}
+
+/// The first attempt against a hedge on `second`: the first answer wins,
+/// and the other is dropped, which cancels its statement on its server and
+/// discards its connection (see `Busy`).
+async fn race<F>(
+    hub: &Hub,
+    first: usize,
+    mut attempt: Pin<&mut F>,
+    second: usize,
+    call: &Call<'_>,
+) -> Result<(usize, Vec<Row>), Error>
+where
+    F: Future<Output = Result<Vec<Row>, Error>>,
+{
+    let mut hedge = Box::pin(tracked(hub, second, 2, call));
+    tokio::select! {
+        biased;
+        result = attempt.as_mut() => match result {
+            Ok(rows) => Ok((first, rows)),
+            Err(error) => match hedge.await {
+                Ok(rows) => {
+                    hub.hedge_won(second);
+                    Ok((second, rows))
+                }
+                Err(_) => Err(error),
+            },
+        },
+        result = &mut hedge => match result {
+            Ok(rows) => {
+                hub.hedge_won(second);
+                Ok((second, rows))
+            }
+            Err(_) => attempt.await.map(|rows| (first, rows)),
+        },
+    }
+}
+
+/// One read attempt on node `index` (counted in its live traffic: see
+/// `Call::tracked`).
+pub(super) async fn tracked(
+    hub: &Hub,
+    index: usize,
+    number: u32,
+    call: &Call<'_>,
+) -> Result<Vec<Row>, Error> {
+    traced::<Rows>(hub, index, number, call)
+        .await
+        .map(|(rows, _)| rows)
+}
