@@ -15,7 +15,9 @@
 //! 250 ms (probe timeout 500 ms) and gives each call a 1 s deadline. Reads
 //! use the default strategy, regional-preferred, with the service in node1's
 //! region: every read goes to node1, the node the first two events hit.
-//! `BENCH_FAILURES=1` lists every failed call.
+//! `BENCH_FAILURES=1` lists every failed call. `BENCH_HEALTH_INTERVAL=5s`
+//! (humantime) probes at another interval: the failover watch makes the
+//! first write after a promotion independent of it.
 
 // Shared with bench_throughput, which uses all of it.
 #[allow(dead_code)]
@@ -153,7 +155,7 @@ fn config(cluster: &Cluster, proxies: &[FaultProxy]) -> Config {
         ..PoolSettings::default()
     };
     config.health = HealthSettings {
-        interval: Duration::from_millis(250),
+        interval: health_interval(),
         probe_timeout: Duration::from_millis(500),
         recovery_initial: Duration::from_millis(250),
         recovery_max: Duration::from_secs(1),
@@ -162,6 +164,15 @@ fn config(cluster: &Cluster, proxies: &[FaultProxy]) -> Config {
         ..HealthSettings::default()
     };
     config
+}
+
+/// `BENCH_HEALTH_INTERVAL`, or 250 ms.
+fn health_interval() -> Duration {
+    match std::env::var("BENCH_HEALTH_INTERVAL") {
+        Ok(text) => humantime::parse_duration(&text)
+            .unwrap_or_else(|error| panic!("BENCH_HEALTH_INTERVAL={text:?}: {error}")),
+        Err(_) => Duration::from_millis(250),
+    }
 }
 
 /// The median round trip of `SELECT 1` on node1, direct and through its

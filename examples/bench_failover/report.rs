@@ -436,7 +436,7 @@ fn print_goals(phases: &[Phase], records: &[Record]) {
     }
     if let Some(promoted) = phases.iter().find_map(|p| p.promoted) {
         println!(
-            "  first successful write after promotion = {} (goal ≤ 1000 ms)",
+            "  first successful write after promotion = {} (goal ≤ 20 ms)",
             after(first_write_after(records, promoted))
         );
     }
