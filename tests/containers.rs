@@ -27,18 +27,6 @@ async fn containers_and_manager(image: &str, strategy: ReadStrategy) -> (Cluster
     (cluster, db)
 }
 
-async fn write_port(db: &DatabaseManager, phase: &str) -> Result<i32, Error> {
-    let row = db
-        .write()
-        .deadline(Duration::from_secs(2))
-        .query_one(
-            "INSERT INTO t (phase) VALUES ($1) RETURNING inet_server_port()",
-            &[&phase],
-        )
-        .await?;
-    Ok(row.get(0))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_go_on_within_the_deadline_while_the_local_replica_is_frozen() {
     let Some(image) = image_or_skip() else { return };

@@ -9,18 +9,6 @@ use pgrouter::{DatabaseManager, Error, Event, ReadStrategy, Role};
 use pgrouter_testkit::{Cluster, Flavour, StopMode};
 use support::*;
 
-async fn write_port(db: &DatabaseManager, phase: &str) -> Result<i32, Error> {
-    let row = db
-        .write()
-        .deadline(Duration::from_secs(2))
-        .query_one(
-            "INSERT INTO t (phase) VALUES ($1) RETURNING inet_server_port()",
-            &[&phase],
-        )
-        .await?;
-    Ok(row.get(0))
-}
-
 fn port(cluster: &Cluster, index: usize) -> i32 {
     i32::from(port_of(cluster, index))
 }

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use pgrouter::tokio_postgres::{Client, NoTls};
 use pgrouter::{
-    Config, DatabaseManager, HealthSettings, NodeConfig, PoolSettings, ReadStrategy, RetrySettings,
-    Role, StatementMode,
+    Config, DatabaseManager, Error, HealthSettings, NodeConfig, PoolSettings, ReadStrategy,
+    RetrySettings, Role, StatementMode,
 };
 use pgrouter_testkit::{Backend, Cluster, ClusterBuilder, FaultProxy, Flavour, Pooler};
 
@@ -287,4 +287,18 @@ pub async fn until_running(cluster: &Cluster, index: usize, marker: &str) {
     assert!(running.is_some(), "{marker} never ran on node {index}");
     drop(client);
     let _ = driver.await;
+}
+
+/// Inserts a row tagged `phase` into the test's table `t (phase text)` on
+/// the write target, and returns the port of the server that took it.
+pub async fn write_port(db: &DatabaseManager, phase: &str) -> Result<i32, Error> {
+    let row = db
+        .write()
+        .deadline(Duration::from_secs(2))
+        .query_one(
+            "INSERT INTO t (phase) VALUES ($1) RETURNING inet_server_port()",
+            &[&phase],
+        )
+        .await?;
+    Ok(row.get(0))
 }
