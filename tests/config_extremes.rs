@@ -10,7 +10,7 @@ mod support;
 
 use std::time::Duration;
 
-use pgrouter::{Config, DatabaseManager, NodeConfig, ReadStrategy, Role};
+use pgrouter::{Config, DatabaseManager, NodeConfig, ReadStrategy, Role, StatementMode};
 use support::dead_port;
 
 const CASES: usize = 10_000;
@@ -181,6 +181,50 @@ fn config(rng: &mut fastrand::Rng, port: u16) -> Config {
     if rng.u8(..4) == 0 {
         c.retry.jitter = rng.bool();
     }
+    if rng.u8(..4) == 0 {
+        c.hedging.enabled = rng.bool();
+    }
+    if rng.u8(..4) == 0 {
+        c.hedging.delay = rng.bool().then(|| duration(rng));
+    }
+    if rng.u8(..4) == 0 {
+        c.hedging.min_delay = duration(rng);
+    }
+    if rng.u8(..4) == 0 {
+        c.hedging.budget_percent = count(rng).min(u32::MAX as u64) as u32;
+    }
+    if rng.u8(..4) == 0 {
+        c.hedging.budget_per_second = count(rng).min(u32::MAX as u64) as u32;
+    }
+    if rng.u8(..4) == 0 {
+        c.hedging.budget_burst = count(rng).min(u32::MAX as u64) as u32;
+    }
+    if rng.u8(..4) == 0 {
+        c.outliers.enabled = rng.bool();
+    }
+    if rng.u8(..4) == 0 {
+        c.outliers.silence = duration(rng);
+    }
+    if rng.u8(..4) == 0 {
+        c.readiness.window = duration(rng);
+    }
+    if rng.u8(..4) == 0 {
+        let ratios = [0.0, 0.5, 1.0, -1.0, 2.0, f64::MIN_POSITIVE, f64::MAX];
+        c.readiness.max_failure_ratio = ratios[rng.usize(..ratios.len())];
+    }
+    if rng.u8(..4) == 0 {
+        c.readiness.min_calls = count(rng).min(u32::MAX as u64) as u32;
+    }
+    if rng.u8(..4) == 0 {
+        c.statement_mode = if rng.bool() {
+            StatementMode::Unnamed
+        } else {
+            StatementMode::Prepared
+        };
+    }
+    if rng.u8(..4) == 0 {
+        c.record_query_text = rng.bool();
+    }
     c
 }
 
@@ -208,6 +252,8 @@ async fn exercise(config: Config) {
     let _ = db.write_pool();
     let status = db.status();
     let _ = (status.is_ready(), status.can_read(), format!("{db:?}"));
+    let _ = serde_json::to_string(&status).unwrap();
+    let _ = serde_json::to_string(&db.readiness()).unwrap();
     db.close().await;
 }
 
