@@ -22,6 +22,16 @@ const DIR_PREFIX: &str = "pgrouter-testkit-";
 const OWNER_FILE: &str = "owner.pid";
 /// Free space `/dev/shm` needs (in KiB) to be used for clusters.
 const SHM_MIN_KIB: u64 = 1024 * 1024;
+/// `initdb`'s options after the data directory, on either backend.
+pub(crate) const INITDB_OPTIONS: [&str; 7] = [
+    "-U",
+    USER,
+    "--auth=trust",
+    "-E",
+    "UTF8",
+    "--locale=C",
+    "--no-sync",
+];
 /// How long cluster start-up waits for a replica to stream.
 const STREAM_TIMEOUT: Duration = Duration::from_secs(30);
 /// Fresh ports tried when a node cannot bind its port.
@@ -289,15 +299,7 @@ impl Cluster {
         let data = self.dir().join("node0");
         let mut cmd = self.bin("initdb")?.command("initdb");
         cmd.arg("-D").arg(&data);
-        cmd.args([
-            "-U",
-            USER,
-            "--auth=trust",
-            "-E",
-            "UTF8",
-            "--locale=C",
-            "--no-sync",
-        ]);
+        cmd.args(INITDB_OPTIONS);
         binaries::run(&mut cmd, None)?;
 
         let mut conf = BASE_CONF.to_owned();

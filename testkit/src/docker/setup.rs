@@ -2,6 +2,7 @@
 //! `docker exec`.
 
 use super::{Containers, DATA_DIR, LOG_FILE};
+use crate::builder::INITDB_OPTIONS;
 use crate::cluster::Servers;
 use crate::node::{LocalNode, USER};
 use crate::{Cluster, TestkitError};
@@ -34,18 +35,8 @@ impl Cluster {
         port: u16,
     ) -> Result<(), TestkitError> {
         let containers = self.containers("initdb")?;
-        let initdb = [
-            "initdb",
-            "-D",
-            DATA_DIR,
-            "-U",
-            USER,
-            "--auth=trust",
-            "-E",
-            "UTF8",
-            "--locale=C",
-            "--no-sync",
-        ];
+        let mut initdb = vec!["initdb", "-D", DATA_DIR];
+        initdb.extend(INITDB_OPTIONS);
         containers.exec(0, &initdb, &[])?;
         write_file(containers, 0, "postgresql.conf", ">>", conf)?;
         write_file(containers, 0, "pg_hba.conf", ">", HBA_CONF)?;
