@@ -269,8 +269,8 @@ async fn readiness_turns_red_while_reads_fail_on_a_black_holed_local_replica_and
         config.deadline = Duration::from_secs(1);
         config.readiness.window = Duration::from_secs(2);
         config.readiness.min_calls = 3;
-        // With hedged reads (the default) the black hole costs no read at
-        // all (tests/hedging.rs), and readiness rightly stays green. Off,
+        // With hedged reads on (not the default) the black hole costs no
+        // read at all (tests/hedging.rs), and readiness rightly stays green. Off,
         // with outlier detection, the reads sent there fail as reads do
         // that nothing can hedge (a read marked for the primary, a node
         // the budget cannot cover): what readiness must then report.

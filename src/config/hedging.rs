@@ -18,7 +18,10 @@ use serde::{Deserialize, Serialize};
 // Not `Copy`: settings may gain fields that are not (a list, a name).
 #[allow(missing_copy_implementations)]
 pub struct HedgeSettings {
-    /// Hedge reads. Default: true.
+    /// Hedge reads. Default: false: hedging as built discards the losing
+    /// hedge's connection, and on a saturated service that cost outweighs
+    /// what it saves (BENCHMARKS.md, "Hedged reads"); outlier detection,
+    /// which is on by default, still takes a silent node out of routing.
     pub enabled: bool,
     /// A fixed hedge delay. Default: none: the first node's recent 99th
     /// percentile read latency (estimated from every read it answered), at
@@ -45,7 +48,7 @@ pub struct HedgeSettings {
 impl Default for HedgeSettings {
     fn default() -> Self {
         Self {
-            enabled: true,
+            enabled: false,
             delay: None,
             min_delay: Duration::from_millis(2),
             budget_percent: 10,
