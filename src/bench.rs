@@ -6,13 +6,13 @@ use std::time::Duration;
 
 use tokio_postgres::error::SqlState;
 
-use crate::clock;
+use crate::config::clock;
 use crate::config::{Config, NodeConfig, ReadStrategy, Role};
-use crate::error::Error;
-use crate::freshness::Freshness;
+use crate::failure::error::Error;
+use crate::failure::safety::{classify, code_kind, Cause, Phase};
 use crate::hub::Hub;
-use crate::observe::{Observer, Reason};
-use crate::safety::{classify, code_kind, Cause, Phase};
+use crate::observe::spans::{Observer, Reason};
+use crate::routing::freshness::Freshness;
 use crate::topology::Lag;
 
 /// The read path's routing decision, over a synthetic topology: a real hub

@@ -14,22 +14,22 @@ use arc_swap::{ArcSwap, ArcSwapOption, Guard};
 use tokio::sync::{broadcast, watch, Notify};
 use tokio::time::Instant;
 
-use crate::call_window::CallWindow;
-use crate::clock;
+use crate::commit::judge::OutcomeSql;
+use crate::config::clock;
 use crate::config::{Config, NodeConfig, ReadStrategy};
-use crate::error::{Error, NodeContext};
-use crate::events::Event;
-use crate::freshness::Freshness;
-use crate::hedge::{Budget, Counters, Traffic};
-use crate::metrics::HubMetrics;
-use crate::node::Node;
-use crate::node_set::{Members, NodeSet};
-use crate::outcome::OutcomeSql;
-use crate::safety::NodeFault;
-use crate::strategy::{pick_primary, pick_read};
-use crate::tls::Connector;
+use crate::connect::node::Node;
+use crate::connect::tls::Connector;
+use crate::failure::error::{Error, NodeContext};
+use crate::failure::safety::NodeFault;
+use crate::hedging::{Budget, Counters, Traffic};
+use crate::observe::events::Event;
+use crate::observe::metrics::HubMetrics;
+use crate::observe::window::CallWindow;
+use crate::routing::freshness::Freshness;
+use crate::routing::node_set::{Members, NodeSet};
+use crate::routing::strategy::{pick_primary, pick_read};
+use crate::routing::view::LiveView;
 use crate::topology::Snapshot;
-use crate::view::LiveView;
 
 /// Events kept for a subscriber that falls behind.
 const EVENT_BUFFER: usize = 1024;

@@ -3,12 +3,13 @@
 //! Every default is written in the field's documentation. Durations are
 //! written in [humantime](https://docs.rs/humantime) form (`"250ms"`, `"5s"`).
 
-mod builder;
-mod discovery;
-mod env;
-mod hedging;
-mod readiness;
-mod validate;
+pub(crate) mod builder;
+pub(crate) mod clock;
+pub(crate) mod discovery;
+pub(crate) mod env;
+pub(crate) mod hedging;
+pub(crate) mod readiness;
+pub(crate) mod validate;
 
 use std::fmt;
 use std::str::FromStr;
@@ -21,9 +22,9 @@ pub use discovery::DiscoverySettings;
 pub use hedging::{HedgeSettings, OutlierSettings};
 pub use readiness::{ReadinessSettings, Requirement};
 
-use crate::connstr::ConnectionString;
-use crate::credentials::SharedPasswordProvider;
-use crate::error::ConfigError;
+use crate::connect::connstr::ConnectionString;
+use crate::connect::credentials::SharedPasswordProvider;
+use crate::failure::error::ConfigError;
 
 /// Everything pgrouter needs: the nodes, where the service runs, and how to
 /// route, pool, probe and retry.

@@ -4,8 +4,8 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use super::{Config, Role};
-use crate::discovery::HostPattern;
-use crate::error::ConfigError;
+use crate::failure::error::ConfigError;
+use crate::topology::discovery::HostPattern;
 
 /// The shortest gap between two probes of a node.
 const MIN_PROBE_GAP: Duration = Duration::from_millis(1);

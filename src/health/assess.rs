@@ -148,9 +148,9 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::causal::lsn::Lsn;
     use crate::health::fake::config;
     use crate::hub::Hub;
-    use crate::lsn::Lsn;
 
     /// A snapshot of three nodes, all up; `primaries` report primary on
     /// these timelines, the rest are replicas at `replayed`.

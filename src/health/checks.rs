@@ -26,9 +26,9 @@ use std::time::{Duration, SystemTime};
 use tokio_postgres::error::SqlState;
 
 use super::aurora;
-use crate::capability::{degrades, Capability, MissingCapability};
+use crate::causal::lsn::{timeline_of_walfile, Lsn};
 use crate::config::Role;
-use crate::lsn::{timeline_of_walfile, Lsn};
+use crate::health::capability::{degrades, Capability, MissingCapability};
 
 /// The role check, in a statement of its own.
 pub(crate) const ROLE_SQL: &str = "SELECT pg_catalog.pg_is_in_recovery()";

@@ -9,9 +9,9 @@ use tokio::time::Instant;
 
 use super::checks::Facts;
 use super::probe::{AuroraView, Probe, ProbeReport};
-use crate::capability::{Capability, MissingCapability};
+use crate::causal::lsn::Lsn;
 use crate::config::{Config, HealthSettings, NodeConfig, Role};
-use crate::lsn::Lsn;
+use crate::health::capability::{Capability, MissingCapability};
 
 /// The scripted cluster's system identifier.
 pub(crate) const SYSTEM: u64 = 7_000_000_000_000_000_001;

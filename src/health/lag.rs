@@ -15,7 +15,7 @@ use std::collections::VecDeque;
 
 use tokio::time::Instant;
 
-use crate::lsn::Lsn;
+use crate::causal::lsn::Lsn;
 
 /// Runs of equal primary positions: (position, first seen, last seen).
 #[derive(Debug, Default)]

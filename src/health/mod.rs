@@ -1,15 +1,16 @@
 //! The health monitor: one background task that probes every node, keeps
 //! each node's state machine, and publishes the next topology snapshot.
 
-mod assess;
-mod aurora;
-mod checks;
+pub(crate) mod assess;
+pub(crate) mod aurora;
+pub(crate) mod capability;
+pub(crate) mod checks;
 #[cfg(test)]
 pub(crate) mod fake;
-mod fencing;
-mod lag;
-mod monitor;
-mod probe;
-mod tracker;
+pub(crate) mod fencing;
+pub(crate) mod lag;
+pub(crate) mod monitor;
+pub(crate) mod probe;
+pub(crate) mod tracker;
 
 pub(crate) use monitor::Monitor;

@@ -10,12 +10,12 @@ use tokio_util::sync::CancellationToken;
 use super::assess::Assessor;
 use super::probe::{AuroraView, Probe, ProbeConnection, ProbeReport};
 use super::tracker::{Tracker, Transition};
-use crate::capability::Capability;
-use crate::clock;
+use crate::config::clock;
 use crate::config::{HealthSettings, Role};
-use crate::events;
+use crate::connect::node::Node;
+use crate::health::capability::Capability;
 use crate::hub::Hub;
-use crate::node::Node;
+use crate::observe::events;
 use crate::topology::{NodeState, Snapshot};
 use discovery::Discovery;
 

@@ -22,11 +22,11 @@ use tokio_postgres::{Client, SimpleQueryMessage};
 
 use super::aurora;
 use super::checks::{Capabilities, Check, Facts, ROLE_SQL};
-use crate::capability::{Capability, MissingCapability};
+use crate::causal::lsn::Lsn;
 use crate::config::Role;
-use crate::error::NodeContext;
-use crate::lsn::Lsn;
-use crate::tls::Connector;
+use crate::connect::tls::Connector;
+use crate::failure::error::NodeContext;
+use crate::health::capability::{Capability, MissingCapability};
 
 /// What one probe saw.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -5,7 +5,7 @@ use std::time::Duration;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::time::Instant;
 
-use crate::clock;
+use crate::config::clock;
 use crate::config::HealthSettings;
 
 /// A change of a node's health.

@@ -16,16 +16,18 @@ use tokio::time::{timeout_at, Instant};
 use tokio_postgres::{Client, Row};
 use tracing::Instrument;
 
-use crate::capability::degrades;
-use crate::clock;
+use crate::causal::lsn::{timeline_of_walfile, CausalToken, Lsn};
+use crate::config::clock;
 use crate::config::StatementMode;
-use crate::error::{Error, NodeContext};
+use crate::connect::node::Node;
+pub(crate) use crate::connect::statements::Params;
+use crate::connect::statements::{lost_to_a_pooler, Block, Ready, Statements};
+use crate::failure::error::{Error, NodeContext};
+use crate::failure::safety::{
+    classify, fair_share, Action, Cause, Fate, NodeFault, Phase, Verdict,
+};
+use crate::health::capability::degrades;
 use crate::hub::Hub;
-use crate::lsn::{timeline_of_walfile, CausalToken, Lsn};
-use crate::node::Node;
-use crate::safety::{classify, fair_share, Action, Cause, Fate, NodeFault, Phase, Verdict};
-pub(crate) use crate::statements::Params;
-use crate::statements::{lost_to_a_pooler, Block, Ready, Statements};
 
 /// Read right after a write on the same connection: at least the end of
 /// the write's commit record, and the timeline it is on (the current WAL
@@ -254,7 +256,7 @@ impl<'h> Attempt<'h> {
             return Err(self.judge(Phase::Checkout, Failure::Pool(gone)).0);
         };
         let checkout = timeout_at(self.deadline.at, node.pool.get()).await;
-        crate::metrics::pool_wait(&node, self.started);
+        crate::observe::metrics::pool_wait(&node, self.started);
         match checkout {
             Ok(Ok(client)) => Ok(Busy {
                 client: Some(client),

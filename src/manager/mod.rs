@@ -1,8 +1,6 @@
 //! [`DatabaseManager`]: the public, cheaply cloned handle.
 
-mod attempt;
-mod hedged;
-mod outcome;
+pub(crate) mod attempt;
 mod read;
 mod transaction;
 mod tx;
@@ -24,13 +22,13 @@ pub use tx::Tx;
 pub use write::Write;
 
 use crate::config::Config;
-use crate::error::Error;
-use crate::events::Event;
-use crate::freshness::Freshness;
+use crate::failure::error::Error;
 use crate::health::Monitor;
 use crate::hub::Hub;
-use crate::readiness::Readiness;
-use crate::status::Status;
+use crate::observe::events::Event;
+use crate::observe::readiness::Readiness;
+use crate::observe::status::Status;
+use crate::routing::freshness::Freshness;
 
 /// One handle to every node of a primary-and-replicas deployment.
 ///
@@ -82,7 +80,7 @@ impl DatabaseManager {
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(monitor.run(shutdown.clone()));
         if hub.config.outcomes.marker_table.is_some() {
-            drop(tokio::spawn(outcome::prune_markers(
+            drop(tokio::spawn(crate::commit::resolve::prune_markers(
                 Arc::clone(&hub),
                 shutdown.clone(),
             )));

@@ -8,16 +8,16 @@ use tokio_postgres::Row;
 use tracing::Instrument;
 
 use super::attempt::{at_most_one, exactly_one, Call, Deadline, Params};
-use super::hedged::{tracked, Route, Settled, Watch};
-use crate::causal;
+use crate::causal::lsn::CausalToken;
+use crate::causal::scope as causal;
 use crate::config::{ReadStrategy, Role};
-use crate::error::Error;
-use crate::freshness::Freshness;
+use crate::failure::error::Error;
+use crate::failure::retry::RetryDecision;
+use crate::hedging::read::{tracked, Route, Settled, Watch};
 use crate::hub::Hub;
-use crate::lsn::CausalToken;
-use crate::observe::{Observer, Reason};
-use crate::retry::RetryDecision;
-use crate::served::{self, ServedBy};
+use crate::observe::served::{self, ServedBy};
+use crate::observe::spans::{Observer, Reason};
+use crate::routing::freshness::Freshness;
 
 /// Less than this left of the deadline, a read is not tried elsewhere.
 const RETRY_FLOOR: Duration = Duration::from_millis(5);
@@ -71,7 +71,7 @@ impl std::fmt::Debug for Read<'_> {
 }
 
 impl<'a> Read<'a> {
-    pub(super) fn new(hub: &'a Hub) -> Self {
+    pub(crate) fn new(hub: &'a Hub) -> Self {
         Self {
             hub,
             strategy: None,

@@ -13,18 +13,18 @@ use tokio_postgres::error::SqlState;
 use tracing::Instrument;
 
 use super::attempt::{position_refused, span, token_of, Attempt, Deadline, Failure, TOKEN_SQL};
-use super::outcome::{begin, resolve, BeginError, Resolution};
 use super::tx::Tx;
 use super::write::{on_primary, OnPrimary, Write};
-use crate::causal;
-use crate::clock;
-use crate::error::Error;
+use crate::causal::lsn::CausalToken;
+use crate::causal::scope as causal;
+use crate::commit::judge::Identity;
+use crate::commit::resolve::{begin, resolve, BeginError, Resolution};
+use crate::config::clock;
+use crate::connect::statements::{Ready, Statements};
+use crate::failure::error::Error;
+use crate::failure::safety::{Fate, Phase};
 use crate::hub::Hub;
-use crate::lsn::CausalToken;
-use crate::observe::Observer;
-use crate::outcome::Identity;
-use crate::safety::{Fate, Phase};
-use crate::statements::{Ready, Statements};
+use crate::observe::spans::Observer;
 
 /// The future a transaction closure returns: box it with `Box::pin(async
 /// move { … })`. `?` on a `tokio_postgres::Error` converts it into
@@ -114,7 +114,7 @@ impl Write<'_> {
         let failed = result.as_ref().is_err_and(Error::is_unavailable);
         self.hub.write_outcomes.record(failed);
         let done = result?;
-        crate::served::record(self.served, self.hub, done.index);
+        crate::observe::served::record(self.served, self.hub, done.index);
         if scoped {
             causal::advance(done.token.unwrap_or(CausalToken::PRIMARY));
         }
@@ -123,7 +123,7 @@ impl Write<'_> {
 }
 
 /// What runs inside the transaction: a caller's closure, or one statement.
-pub(super) trait Body: Send {
+pub(crate) trait Body: Send {
     /// What it gives when it succeeds.
     type Output: Send;
     /// Runs once inside the open transaction.
@@ -149,19 +149,19 @@ where
 
 /// The body, its deadline, whether it wants a causal token, and whether
 /// a lost `COMMIT` is resolved.
-pub(super) struct TransactionCall<B> {
-    pub(super) body: B,
-    pub(super) deadline: Deadline,
-    pub(super) token: bool,
-    pub(super) resolve: bool,
+pub(crate) struct TransactionCall<B> {
+    pub(crate) body: B,
+    pub(crate) deadline: Deadline,
+    pub(crate) token: bool,
+    pub(crate) resolve: bool,
 }
 
 /// A committed transaction: the closure's value, where it ran, and its
 /// causal token if one was asked for.
-pub(super) struct Committed<T> {
-    pub(super) value: T,
-    pub(super) index: usize,
-    pub(super) token: Option<CausalToken>,
+pub(crate) struct Committed<T> {
+    pub(crate) value: T,
+    pub(crate) index: usize,
+    pub(crate) token: Option<CausalToken>,
 }
 
 /// How an attempt at a transaction stopped short of a known commit.

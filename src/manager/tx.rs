@@ -18,7 +18,7 @@ use tokio_postgres::{Row, Statement, ToStatement};
 
 use super::attempt::{Params, Returns};
 use crate::config::StatementMode;
-use crate::statements::{Block, Statements};
+use crate::connect::statements::{Block, Statements};
 
 /// The transaction handed to a closure by
 /// [`Write::transaction`](crate::Write::transaction).
@@ -50,7 +50,7 @@ impl std::fmt::Debug for Tx<'_> {
 }
 
 impl<'t> Tx<'t> {
-    pub(super) fn new(inner: &'t Object, statements: &'t Statements) -> Self {
+    pub(crate) fn new(inner: &'t Object, statements: &'t Statements) -> Self {
         Self {
             inner,
             statements,
@@ -59,7 +59,7 @@ impl<'t> Tx<'t> {
     }
 
     /// The SQLSTATE of the first server error a watched statement met.
-    pub(super) fn failure(&self) -> Option<SqlState> {
+    pub(crate) fn failure(&self) -> Option<SqlState> {
         self.failure
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -150,7 +150,7 @@ impl<'t> Tx<'t> {
     }
 
     /// A routed statement (a write's body) run the node's way, watched.
-    pub(super) async fn run<K: Returns>(
+    pub(crate) async fn run<K: Returns>(
         &self,
         sql: &str,
         params: Params<'_>,

@@ -12,13 +12,13 @@ use super::attempt::{
 };
 use super::transaction::{Body, TransactionCall};
 use super::tx::Tx;
-use crate::causal;
-use crate::error::Error;
+use crate::causal::lsn::CausalToken;
+use crate::causal::scope as causal;
+use crate::failure::error::Error;
+use crate::failure::retry::Retrier;
 use crate::hub::Hub;
-use crate::lsn::CausalToken;
-use crate::observe::{Observer, Reason};
-use crate::retry::Retrier;
-use crate::served::{self, ServedBy};
+use crate::observe::served::{self, ServedBy};
+use crate::observe::spans::{Observer, Reason};
 
 /// A write or transaction being set up; see
 /// [`DatabaseManager::write`](crate::DatabaseManager::write). Options left
@@ -38,11 +38,11 @@ use crate::served::{self, ServedBy};
 #[derive(Clone)]
 #[must_use = "a write does nothing until execute, a query method or transaction is awaited"]
 pub struct Write<'a> {
-    pub(super) hub: &'a Hub,
-    pub(super) idempotent: bool,
+    pub(crate) hub: &'a Hub,
+    pub(crate) idempotent: bool,
     exactly_once: bool,
     deadline: Option<Duration>,
-    pub(super) served: Option<&'a ServedBy>,
+    pub(crate) served: Option<&'a ServedBy>,
 }
 
 impl std::fmt::Debug for Write<'_> {
@@ -57,7 +57,7 @@ impl std::fmt::Debug for Write<'_> {
 }
 
 impl<'a> Write<'a> {
-    pub(super) fn new(hub: &'a Hub) -> Self {
+    pub(crate) fn new(hub: &'a Hub) -> Self {
         Self {
             hub,
             idempotent: false,
@@ -162,7 +162,7 @@ impl<'a> Write<'a> {
     }
 
     /// The deadline in force, checked, counted from now.
-    pub(super) fn deadline_from_now(&self) -> Result<Deadline, Error> {
+    pub(crate) fn deadline_from_now(&self) -> Result<Deadline, Error> {
         match self.deadline {
             Some(deadline) if deadline.is_zero() => Err(Error::InvalidArgument {
                 option: "deadline",
@@ -291,7 +291,7 @@ struct Served<T> {
 }
 
 /// Something [`on_primary`] runs: one attempt on the primary at a time.
-pub(super) trait OnPrimary: Send {
+pub(crate) trait OnPrimary: Send {
     /// What a successful attempt gives.
     type Output: Send;
     /// Attempt number `number` (1 for the first) on node `index`.
@@ -330,7 +330,7 @@ impl<K: Returns> OnPrimary for SingleStatement<'_, K> {
 /// is known, and again with backoff after a failure the retry rules allow,
 /// until it succeeds, the rules forbid another try, or the deadline is near.
 /// Runs in the observer's span, and tells it each attempt, retry and the end.
-pub(super) async fn on_primary<C: OnPrimary>(
+pub(crate) async fn on_primary<C: OnPrimary>(
     hub: &Hub,
     deadline: Deadline,
     idempotent: bool,

@@ -1,6 +1,6 @@
 //! Topology discovery, applied by the monitor: after each round, the
 //! instances the write target's `aurora_replica_status()` lists are planned
-//! against the discovery slots (the pure rules of `src/discovery.rs`), and
+//! against the discovery slots (the pure rules of `topology/discovery.rs`), and
 //! the changes applied: a node built, published and probed; or published
 //! vacant (out of routing) and its pool dropped.
 
@@ -12,12 +12,12 @@ use tokio::time::Instant;
 
 use super::{Judge, Monitor};
 use crate::config::{NodeConfig, Role};
-use crate::discovery::{plan, touch, Change, Discovered, HostPattern, Removal};
-use crate::events::{self, Event};
+use crate::connect::node::Node;
 use crate::health::probe::Probe;
 use crate::health::tracker::Tracker;
 use crate::hub::Hub;
-use crate::node::Node;
+use crate::observe::events::{self, Event};
+use crate::topology::discovery::{plan, touch, Change, Discovered, HostPattern, Removal};
 use crate::topology::NodeState;
 
 /// Makes the probe of a discovered node (its index, the node).
@@ -262,7 +262,7 @@ mod tests {
     use super::*;
     use crate::config::DiscoverySettings;
     use crate::health::fake::{config, Answer, World};
-    use crate::status::Status;
+    use crate::observe::status::Status;
 
     const PRIMARY: Answer = Answer::Primary {
         timeline: 1,

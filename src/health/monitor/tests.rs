@@ -11,12 +11,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::Monitor;
 use crate::config::{Config, Role};
-use crate::error::Error;
-use crate::events::Event;
+use crate::failure::error::Error;
+use crate::failure::safety::NodeFault;
 use crate::health::fake::{config, Answer, World};
 use crate::hub::Hub;
-use crate::safety::NodeFault;
-use crate::status::Status;
+use crate::observe::events::Event;
+use crate::observe::status::Status;
 
 const PRIMARY: Answer = Answer::Primary {
     timeline: 1,
@@ -404,7 +404,7 @@ async fn a_node_that_refuses_new_connections_is_not_kept_up_by_an_old_one() {
 
 /// Where `count` bounded reads go: how many reached each node.
 fn bounded_reads(hub: &Hub, bound: Duration, count: usize) -> Vec<usize> {
-    let freshness = crate::freshness::Freshness {
+    let freshness = crate::routing::freshness::Freshness {
         max_staleness: Some(bound),
         after: None,
     };
@@ -548,8 +548,8 @@ async fn a_rebuilt_cluster_is_not_fenced_by_the_old_ones_timelines() {
 }
 
 /// Where `count` reads after `token` go: how many reached each node.
-fn causal_reads(hub: &Hub, token: crate::lsn::CausalToken, count: usize) -> Vec<usize> {
-    let freshness = crate::freshness::Freshness {
+fn causal_reads(hub: &Hub, token: crate::causal::lsn::CausalToken, count: usize) -> Vec<usize> {
+    let freshness = crate::routing::freshness::Freshness {
         max_staleness: None,
         after: Some(token),
     };
@@ -566,7 +566,7 @@ fn causal_reads(hub: &Hub, token: crate::lsn::CausalToken, count: usize) -> Vec<
 
 #[tokio::test(start_paused = true)]
 async fn a_replica_without_positions_is_healthy_but_serves_no_bounded_or_causal_read() {
-    use crate::capability::Capability;
+    use crate::health::capability::Capability;
     let without = Answer::ReplicaWithout(Capability::Positions);
     let h = Harness::start(config(3), &[PRIMARY, REPLICA, without]).await;
     h.at(1500).await;
@@ -579,7 +579,7 @@ async fn a_replica_without_positions_is_healthy_but_serves_no_bounded_or_causal_
     let bounded = bounded_reads(&h.hub, Duration::from_secs(5), 300);
     assert_eq!(bounded[2], 0, "no lag figure, no bounded read: {bounded:?}");
     assert!(bounded[1] > 0, "{bounded:?}");
-    let token = crate::lsn::CausalToken::on_timeline(1, crate::lsn::Lsn(100));
+    let token = crate::causal::lsn::CausalToken::on_timeline(1, crate::causal::lsn::Lsn(100));
     let causal = causal_reads(&h.hub, token, 300);
     assert_eq!(causal[2], 0, "{causal:?}");
     assert!(causal[0] > 0 && causal[1] > 0, "{causal:?}");
@@ -599,7 +599,7 @@ async fn a_replica_without_positions_is_healthy_but_serves_no_bounded_or_causal_
 
 #[tokio::test(start_paused = true)]
 async fn a_primary_without_positions_leaves_bounded_reads_to_itself() {
-    use crate::capability::Capability;
+    use crate::health::capability::Capability;
     let without = Answer::PrimaryWithout(Capability::Positions);
     let h = Harness::start(config(3), &[without, REPLICA, REPLICA]).await;
     h.at(1500).await;
@@ -612,7 +612,7 @@ async fn a_primary_without_positions_leaves_bounded_reads_to_itself() {
 
 #[tokio::test(start_paused = true)]
 async fn without_a_timeline_or_receiver_nodes_stay_healthy_and_fencing_uses_what_is_left() {
-    use crate::capability::Capability;
+    use crate::health::capability::Capability;
     let answers = [
         Answer::PrimaryWithout(Capability::Timeline),
         Answer::ReplicaWithout(Capability::Receiver),
@@ -704,7 +704,7 @@ async fn the_failover_watch_ends_after_its_limit_and_can_be_turned_off() {
 
 #[tokio::test(start_paused = true)]
 async fn readiness_holds_through_a_failover_within_write_hold_and_follows_failing_calls() {
-    use crate::readiness::NotReady;
+    use crate::observe::readiness::NotReady;
     let mut config = config(3);
     config.write_hold = Duration::from_secs(5);
     config.health.failover_watch = Duration::ZERO;

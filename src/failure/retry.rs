@@ -1,6 +1,6 @@
 //! The retry schedule, and the public retry decision.
 //!
-//! What a failure means is decided in [`crate::safety`]; this module turns
+//! What a failure means is decided in [`crate::failure::safety`]; this module turns
 //! that into [`Error::retry_decision`] for callers, and into the backoff
 //! loop state ([`Retrier`]) for writes and transactions.
 
@@ -8,8 +8,8 @@ use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use tokio::time::Instant;
 
 use crate::config::RetrySettings;
-use crate::error::Error;
-use crate::safety::{classify, code_kind, Action, Cause, Phase};
+use crate::failure::error::Error;
+use crate::failure::safety::{classify, code_kind, Action, Cause, Phase};
 
 /// What a failed attempt allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,8 +147,8 @@ mod tests {
         }
     }
 
-    fn context() -> crate::error::NodeContext {
-        crate::error::NodeContext {
+    fn context() -> crate::failure::error::NodeContext {
+        crate::failure::error::NodeContext {
             node: "n".into(),
             region: "r".into(),
         }

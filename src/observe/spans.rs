@@ -1,6 +1,6 @@
 //! What a routed call tells the service about itself: its span (with the
 //! OpenTelemetry database fields) and, with the `metrics` feature, its
-//! counters and histograms (`src/metrics.rs`).
+//! counters and histograms (`observe/metrics.rs`).
 //!
 //! The call loops (`manager/read.rs`, `manager/write.rs`) hold one
 //! [`Observer`] per call and tell it four things: the call started, an
@@ -14,10 +14,10 @@ use tracing::field::Empty;
 use tracing::Span;
 
 use crate::config::{ReadStrategy, Role};
-use crate::error::Error;
+use crate::failure::error::Error;
+use crate::failure::safety::{code_kind, CodeKind};
 use crate::hub::Hub;
-use crate::metrics::CallTimer;
-use crate::safety::{code_kind, CodeKind};
+use crate::observe::metrics::CallTimer;
 
 /// The kind of call, as metrics label it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -342,7 +342,7 @@ impl Observer {
     pub(crate) fn retry(&mut self, hub: &Hub, error: &Error) {
         self.retried = true;
         if let Some((index, _)) = self.last {
-            crate::metrics::retry(hub, index, self.operation, Outcome::of_error(error));
+            crate::observe::metrics::retry(hub, index, self.operation, Outcome::of_error(error));
         }
     }
 
@@ -368,7 +368,7 @@ impl Observer {
             self.span.record("otel.status_code", "ERROR");
             self.span.record("error.type", outcome.as_str());
         }
-        crate::metrics::call(hub, self.last, self.operation, outcome, &self.timer);
+        crate::observe::metrics::call(hub, self.last, self.operation, outcome, &self.timer);
     }
 }
 

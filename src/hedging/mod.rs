@@ -3,15 +3,17 @@
 //! read traffic, and the pure decisions over them (the hedge delay, whether
 //! a node is an outlier). The read loop (`manager/read.rs`) applies them.
 
+pub(crate) mod read;
+
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use crate::config::{HedgeSettings, OutlierSettings};
-use crate::events::Event;
 use crate::hub::Hub;
-use crate::status::HedgeCounts;
+use crate::observe::events::Event;
+use crate::observe::status::HedgeCounts;
 
 /// A token, in the thousandths the bucket counts in.
 const TOKEN: u64 = 1000;
@@ -341,7 +343,7 @@ impl Hub {
     /// A hedge of a read on `from` sent to `to`.
     pub(crate) fn hedge_sent(&self, from: usize, to: usize) {
         self.counters.sent.fetch_add(1, Relaxed);
-        crate::metrics::hedge(self, to, crate::metrics::Hedge::Sent);
+        crate::observe::metrics::hedge(self, to, crate::observe::metrics::Hedge::Sent);
         tracing::debug!(from = %self.context(from).node, to = %self.context(to).node, "read hedged");
         self.emit_with(|| Event::HedgeSent {
             from: self.context(from).node.to_string(),
@@ -352,7 +354,7 @@ impl Hub {
     /// The hedge on `node` answered first.
     pub(crate) fn hedge_won(&self, node: usize) {
         self.counters.won.fetch_add(1, Relaxed);
-        crate::metrics::hedge(self, node, crate::metrics::Hedge::Won);
+        crate::observe::metrics::hedge(self, node, crate::observe::metrics::Hedge::Won);
         self.emit_with(|| Event::HedgeWon {
             node: self.context(node).node.to_string(),
         });
@@ -367,10 +369,10 @@ impl Hub {
         };
         counter.fetch_add(1, Relaxed);
         let event = match retry {
-            true => crate::metrics::Hedge::RetryRefused,
-            false => crate::metrics::Hedge::Refused,
+            true => crate::observe::metrics::Hedge::RetryRefused,
+            false => crate::observe::metrics::Hedge::Refused,
         };
-        crate::metrics::hedge(self, node, event);
+        crate::observe::metrics::hedge(self, node, event);
         tracing::debug!(node = %self.context(node).node, retry, "read budget exhausted");
         self.emit_with(|| Event::ReadBudgetExhausted {
             node: self.context(node).node.to_string(),
@@ -382,11 +384,11 @@ impl Hub {
     /// probed now).
     pub(crate) fn outlier_found(&self, index: usize, observed: Observed) {
         self.counters.outliers.fetch_add(1, Relaxed);
-        crate::metrics::hedge(self, index, crate::metrics::Hedge::Outlier);
+        crate::observe::metrics::hedge(self, index, crate::observe::metrics::Hedge::Outlier);
         let node = self.context(index).node;
         tracing::warn!(node = %node, silent_for = ?observed.silent_for,
             in_flight = observed.in_flight, "node answers no reads while others do; marked suspect");
-        self.blame(index, crate::safety::NodeFault::Suspect);
+        self.blame(index, crate::failure::safety::NodeFault::Suspect);
         self.emit_with(|| Event::OutlierDetected {
             node: node.to_string(),
             silent_for: observed.silent_for,

@@ -2,17 +2,19 @@
 //!
 //! The health monitor is the single writer: it builds the next [`Snapshot`]
 //! and publishes it whole through the hub. Routing loads the current one (no
-//! lock, no allocation) and sees it through a live view (`src/view.rs`).
+//! lock, no allocation) and sees it through a live view (`routing/view.rs`).
+
+pub(crate) mod discovery;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
-use crate::capability::MissingCapability;
+use crate::causal::lsn::Lsn;
 use crate::config::Role;
-use crate::lsn::Lsn;
-use crate::node::Node;
+use crate::connect::node::Node;
+use crate::health::capability::MissingCapability;
 
 /// How far a replica is behind the primary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
@@ -27,7 +29,7 @@ pub struct Lag {
     /// since the primary's last probe). Measured on pgrouter's clock, so
     /// never skewed by the servers' clocks. Reads with a staleness bound
     /// judge the same quantity again when they are routed.
-    #[serde(serialize_with = "crate::status::micros::serialize")]
+    #[serde(serialize_with = "crate::observe::status::micros::serialize")]
     pub time: Duration,
 }
 

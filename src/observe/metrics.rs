@@ -52,9 +52,9 @@ pub(crate) use disabled::*;
 mod disabled {
     use tokio::time::Instant;
 
+    use crate::connect::node::Node;
     use crate::hub::Hub;
-    use crate::node::Node;
-    use crate::observe::{Operation, Outcome};
+    use crate::observe::spans::{Operation, Outcome};
     use crate::topology::Snapshot;
 
     /// Nothing to time without the feature.
@@ -122,9 +122,9 @@ mod enabled {
     use tokio::time::Instant;
 
     use crate::config::Role;
+    use crate::connect::node::Node;
     use crate::hub::Hub;
-    use crate::node::Node;
-    use crate::observe::{role_name, Operation, Outcome};
+    use crate::observe::spans::{role_name, Operation, Outcome};
     use crate::topology::Snapshot;
 
     const OPERATIONS: usize = Operation::ALL.len();

@@ -6,12 +6,12 @@ use std::time::Duration;
 use deadpool_postgres::{Hook, HookError, ManagerConfig, Metrics, Pool, RecyclingMethod, Runtime};
 
 use crate::config::{NodeConfig, PoolSettings, Role, TlsSettings};
-use crate::credentials::{request_for, CredentialCache, SharedPasswordProvider};
-use crate::error::{ConfigError, NodeContext};
-use crate::metrics::NodeMetrics;
-use crate::sslmode::NodeTls;
-use crate::statements::Statements;
-use crate::tls::Connector;
+use crate::connect::credentials::{request_for, CredentialCache, SharedPasswordProvider};
+use crate::connect::sslmode::NodeTls;
+use crate::connect::statements::Statements;
+use crate::connect::tls::Connector;
+use crate::failure::error::{ConfigError, NodeContext};
+use crate::observe::metrics::NodeMetrics;
 
 /// A configured node and its pool. Owned by the hub.
 pub(crate) struct Node {

@@ -7,9 +7,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::config::NearestSettings;
-use crate::freshness::Freshness;
-use crate::node_set::Members;
-use crate::strategy::NodeView;
+use crate::routing::freshness::Freshness;
+use crate::routing::node_set::Members;
+use crate::routing::strategy::NodeView;
 use crate::topology::Snapshot;
 
 /// A snapshot seen together with the callers' suspect flags (loaded once,

@@ -7,8 +7,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::config::TlsSettings;
-use crate::error::ConfigError;
-use crate::sslmode::{self, NodeTls};
+use crate::connect::sslmode::{self, NodeTls};
+use crate::failure::error::ConfigError;
 
 /// A connection string, in URL form (`postgres://user:pass@host:5432/db`) or
 /// key-value form (`host=… port=… user=… password=…`).

@@ -5,10 +5,10 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-use crate::capability::{Capability, MissingCapability};
+use crate::causal::lsn::Lsn;
 use crate::config::{ReadStrategy, Role};
+use crate::health::capability::{Capability, MissingCapability};
 use crate::hub::Hub;
-use crate::lsn::Lsn;
 use crate::topology::{Lag, Orphan};
 
 /// Every node's state at one moment.

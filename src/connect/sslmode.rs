@@ -3,7 +3,7 @@
 //! (it knows only `sslmode` disable/prefer/require and rejects the rest),
 //! and the rule that turns them, with [`TlsSettings`], into what one node's
 //! connections do. Pure: files are read when the connector is built
-//! (`tls.rs`).
+//! (`tls/`).
 
 use std::path::PathBuf;
 

@@ -1,7 +1,7 @@
 //! Resolving a lost `COMMIT`: the transaction's identity fetched in the
 //! round trip of `BEGIN`, the questions asked when `COMMIT`'s answer is
 //! lost, and the pruning of marker rows. The rule for what an answer
-//! proves is [`crate::outcome::judge`]; this module only asks and applies.
+//! proves is [`crate::commit::judge::judge`]; this module only asks and applies.
 
 use std::time::Duration;
 
@@ -11,14 +11,14 @@ use tokio_postgres::types::Type;
 use tokio_postgres::Row;
 use tokio_util::sync::CancellationToken;
 
-use super::attempt::{token_of, TOKEN_SQL};
-use crate::clock;
-use crate::events::{CommitOutcome, Event};
+use crate::causal::lsn::CausalToken;
+use crate::commit::judge::{judge, Answer, Identity, Outcome, XactStatus};
+use crate::config::clock;
+use crate::connect::statements::{Params, Statements};
+use crate::failure::safety::{code_kind, CodeKind};
 use crate::hub::Hub;
-use crate::lsn::CausalToken;
-use crate::outcome::{judge, Answer, Identity, Outcome, XactStatus};
-use crate::safety::{code_kind, CodeKind};
-use crate::statements::{Params, Statements};
+use crate::manager::attempt::{token_of, TOKEN_SQL};
+use crate::observe::events::{CommitOutcome, Event};
 
 /// Sent right behind `BEGIN`: the transaction id (assigned now), the
 /// session's backend, and which life of the server this is.

@@ -3,8 +3,8 @@
 
 use tokio_postgres::error::SqlState;
 
-use crate::error::Error;
-use crate::retry::RetryDecision;
+use crate::failure::error::Error;
+use crate::failure::retry::RetryDecision;
 
 /// Whether repeating a failed call (later, or through another instance of
 /// the service) is safe and useful. See [`Error::retry_hint`].
@@ -121,8 +121,8 @@ mod tests {
     use super::*;
     use crate::config::ReadStrategy;
 
-    fn context() -> crate::error::NodeContext {
-        crate::error::NodeContext {
+    fn context() -> crate::failure::error::NodeContext {
+        crate::failure::error::NodeContext {
             node: "node0".into(),
             region: "r".into(),
         }

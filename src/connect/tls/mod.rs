@@ -3,7 +3,7 @@
 //! own [`Connector`] for its pool and its probe; cancel requests go through
 //! [`Connector::for_cancels`].
 
-mod verify;
+pub(crate) mod verify;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -16,8 +16,8 @@ use tokio_postgres::config::SslMode as WireMode;
 use tokio_postgres::{CancelToken, Client, NoTls};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use crate::credentials::{self, CredentialCache};
-use crate::sslmode::{NodeTls, Roots, SslMode};
+use crate::connect::credentials::{self, CredentialCache};
+use crate::connect::sslmode::{NodeTls, Roots, SslMode};
 
 /// How long a cancel request for a timed-out statement may take.
 const CANCEL_BOUND: Duration = Duration::from_secs(2);

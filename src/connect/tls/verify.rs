@@ -15,7 +15,7 @@ use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
 };
 
-use crate::sslmode::{NodeTls, Roots, SslMode};
+use crate::connect::sslmode::{NodeTls, Roots, SslMode};
 
 /// The rustls configuration for one node. Errors name the parameter
 /// (`sslrootcert`, `tls.ca_file`, `sslcert`, `sslkey`) and the file.

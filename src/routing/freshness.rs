@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::lsn::CausalToken;
+use crate::causal::lsn::CausalToken;
 use crate::topology::NodeState;
 
 /// What a read asks of the node that serves it, beyond being healthy.
@@ -69,8 +69,8 @@ impl Freshness {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::causal::lsn::Lsn;
     use crate::config::Role;
-    use crate::lsn::Lsn;
 
     /// A replica fresh as of `ms_ago` before `now` (or unknown), at `position`.
     fn replica(now: Instant, ms_ago: Option<u64>, position: Option<u64>) -> NodeState {

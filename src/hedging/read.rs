@@ -1,5 +1,5 @@
 //! A read's first attempt watched past its hedge delay: the slow path of
-//! [`route`](super::read). Nothing here runs for a read answered before
+//! [`route`](crate::manager::read). Nothing here runs for a read answered before
 //! its first check; it is boxed by the caller so the read future stays
 //! small.
 
@@ -10,28 +10,28 @@ use std::time::Duration;
 use tokio::time::{sleep_until, Instant};
 use tokio_postgres::Row;
 
-use super::attempt::{traced, Call, Rows};
-use crate::clock;
+use crate::config::clock;
 use crate::config::ReadStrategy;
-use crate::error::Error;
-use crate::freshness::Freshness;
-use crate::hedge::{hedge_delay, is_outlier, outlier_limit};
+use crate::failure::error::Error;
+use crate::hedging::{hedge_delay, is_outlier, outlier_limit};
 use crate::hub::Hub;
+use crate::manager::attempt::{traced, Call, Rows};
+use crate::routing::freshness::Freshness;
 
 /// When a read's first attempt is looked at again: to hedge it, and to
 /// find its node an outlier. Times count from the attempt's start.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Watch {
+pub(crate) struct Watch {
     /// When to hedge; `None`: not (hedging off, or the read may not run twice).
     hedge_after: Option<Duration>,
     /// How often to look for an outlier; `None`: not (detection off).
     recheck: Option<Duration>,
     /// The first look.
-    pub(super) first_look: Duration,
+    pub(crate) first_look: Duration,
 }
 
 /// How a watched read ended.
-pub(super) enum Settled {
+pub(crate) enum Settled {
     /// The first attempt's own result (no hedge was sent).
     First(Result<Vec<Row>, Error>),
     /// A hedge was sent: the first answer and its node, or the first
@@ -41,17 +41,17 @@ pub(super) enum Settled {
 
 /// Where a hedge may go.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Route {
-    pub(super) strategy: ReadStrategy,
-    pub(super) freshness: Freshness,
+pub(crate) struct Route {
+    pub(crate) strategy: ReadStrategy,
+    pub(crate) freshness: Freshness,
     /// The first attempt's node.
-    pub(super) first: usize,
+    pub(crate) first: usize,
 }
 
 impl Watch {
     /// The plan for a read on `first`; `may_resend`: the read may run
     /// twice. `None`: nothing to watch for.
-    pub(super) fn plan(hub: &Hub, first: usize, may_resend: bool) -> Option<Self> {
+    pub(crate) fn plan(hub: &Hub, first: usize, may_resend: bool) -> Option<Self> {
         let (hedging, outliers) = (&hub.config.hedging, &hub.config.outliers);
         let hedges = hedging.enabled && may_resend;
         if !hedges && !outliers.enabled {
@@ -77,7 +77,7 @@ impl Watch {
 
     /// From the first look on: finds the node an outlier (and marks it
     /// suspect), hedges once, waits for the first attempt otherwise.
-    pub(super) async fn run<F>(
+    pub(crate) async fn run<F>(
         mut self,
         hub: &Hub,
         route: Route,
@@ -225,7 +225,7 @@ where
 
 /// One read attempt on node `index` (counted in its live traffic: see
 /// `Call::tracked`).
-pub(super) async fn tracked(
+pub(crate) async fn tracked(
     hub: &Hub,
     index: usize,
     number: u32,

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::clock;
-use crate::error::ConfigError;
+use crate::config::clock;
+use crate::failure::error::ConfigError;
 
 /// The longest DNS label, and so the longest instance identifier used.
 const MAX_LABEL: usize = 63;

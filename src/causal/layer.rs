@@ -11,8 +11,8 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::causal::causal_scope;
-use crate::lsn::CausalToken;
+use crate::causal::lsn::CausalToken;
+use crate::causal::scope::causal_scope;
 
 /// The header [`CausalLayer`] reads the token from and writes it to, unless
 /// told otherwise.
@@ -168,8 +168,8 @@ mod tests {
     use std::convert::Infallible;
 
     use super::*;
-    use crate::causal;
-    use crate::lsn::Lsn;
+    use crate::causal::lsn::Lsn;
+    use crate::causal::scope as causal;
 
     /// A service that reports the scope's token and advances it to 0/500.
     #[derive(Clone)]

@@ -7,9 +7,9 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::call_window::Tally;
 use crate::config::{ReadinessSettings, Requirement};
 use crate::hub::Hub;
+use crate::observe::window::Tally;
 
 /// Whether this instance can serve its traffic now, and if not, why; from
 /// [`DatabaseManager::readiness`](crate::DatabaseManager::readiness), for a
@@ -61,13 +61,13 @@ pub enum NotReady {
     /// staleness bound, for longer than the write hold.
     NoReadNode {
         /// How long none has (as of the monitor's last round).
-        #[serde(serialize_with = "crate::status::micros::serialize")]
+        #[serde(serialize_with = "crate::observe::status::micros::serialize")]
         missing_for: Duration,
     },
     /// No primary for longer than the write hold: writes fail.
     NoPrimary {
         /// How long it has been missing (as of the monitor's last round).
-        #[serde(serialize_with = "crate::status::micros::serialize")]
+        #[serde(serialize_with = "crate::observe::status::micros::serialize")]
         missing_for: Duration,
     },
     /// More reads in the window failed than the settings allow.

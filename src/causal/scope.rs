@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::sync::{Mutex, PoisonError};
 
-use crate::lsn::CausalToken;
+use crate::causal::lsn::CausalToken;
 
 tokio::task_local! {
     static SCOPE: Scope;
@@ -94,7 +94,7 @@ pub(crate) fn advance(token: CausalToken) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lsn::Lsn;
+    use crate::causal::lsn::Lsn;
 
     #[tokio::test]
     async fn a_scope_starts_at_its_token_and_keeps_the_newest() {

@@ -1,0 +1,8 @@
+//! Causal consistency: WAL positions, the causal token a write returns, the
+//! task-local scope that carries one through a request, and (with the
+//! `tower` feature) the layer that reads and writes it as an HTTP header.
+
+#[cfg(feature = "tower")]
+pub(crate) mod layer;
+pub(crate) mod lsn;
+pub(crate) mod scope;
