@@ -21,6 +21,7 @@ mod topology;
 pub use causal::layer::{CausalLayer, CausalService, CAUSAL_TOKEN_HEADER};
 pub use causal::lsn::{CausalToken, Lsn, TokenError};
 pub use causal::scope::{causal_scope, current_causal_token};
+pub use config::error::ConfigError;
 pub use config::{
     Config, ConfigBuilder, DiscoverySettings, HealthSettings, HedgeSettings, NearestSettings,
     NodeConfig, OutcomeSettings, OutlierSettings, PoolSettings, ReadStrategy, ReadinessSettings,
@@ -32,7 +33,7 @@ pub use connect::credentials::{
     SharedPasswordProvider,
 };
 pub use failure::advice::RetryHint;
-pub use failure::error::{ConfigError, Error, NodeContext};
+pub use failure::error::{Error, NodeContext};
 pub use failure::retry::RetryDecision;
 pub use health::capability::{Capability, MissingCapability};
 pub use manager::{DatabaseManager, Read, Tx, TxFuture, Write};

@@ -6,9 +6,9 @@ use super::{
     Config, DiscoverySettings, HealthSettings, HedgeSettings, NodeConfig, OutcomeSettings,
     OutlierSettings, PoolSettings, ReadStrategy, RetrySettings, Role, StatementMode,
 };
+use crate::config::error::ConfigError;
 use crate::connect::connstr::ConnectionString;
 use crate::connect::credentials::{PasswordProvider, SharedPasswordProvider};
-use crate::failure::error::ConfigError;
 
 /// Builds a [`Config`]; [`ConfigBuilder::build`] validates it.
 ///

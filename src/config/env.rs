@@ -1,7 +1,7 @@
 //! The original sketch's environment variables, for the two-node case.
 
 use super::{Config, NodeConfig, ReadStrategy, Role, StatementMode};
-use crate::failure::error::ConfigError;
+use crate::config::error::ConfigError;
 
 /// The writer's connection string (required).
 pub(crate) const PRIMARY_URL: &str = "PRIMARY_DATABASE_URL";

@@ -7,8 +7,10 @@ pub(crate) mod builder;
 pub(crate) mod clock;
 pub(crate) mod discovery;
 pub(crate) mod env;
+pub(crate) mod error;
 pub(crate) mod hedging;
 pub(crate) mod readiness;
+pub(crate) mod tls;
 pub(crate) mod validate;
 
 use std::fmt;
@@ -21,10 +23,11 @@ pub use builder::ConfigBuilder;
 pub use discovery::DiscoverySettings;
 pub use hedging::{HedgeSettings, OutlierSettings};
 pub use readiness::{ReadinessSettings, Requirement};
+pub use tls::TlsSettings;
 
 use crate::connect::connstr::ConnectionString;
 use crate::connect::credentials::SharedPasswordProvider;
-use crate::failure::error::ConfigError;
+use error::ConfigError;
 
 /// Everything pgrouter needs: the nodes, where the service runs, and how to
 /// route, pool, probe and retry.
@@ -297,22 +300,6 @@ impl Default for NearestSettings {
             preferred_regions: Vec::new(),
         }
     }
-}
-
-/// TLS (rustls) for every connection: pools, probes and cancel requests.
-///
-/// When enabled, a server that does not offer TLS is an error (no fall back
-/// to plain text), and its certificate must chain to a trusted root and name
-/// the host in the connection string.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct TlsSettings {
-    /// Encrypt and verify. Default: false.
-    pub enabled: bool,
-    /// A PEM file of CA certificates to trust instead of Mozilla's roots
-    /// (`webpki-roots`), e.g. the Amazon RDS bundle or a Cloud SQL server CA.
-    /// Default: none.
-    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// Connection pool settings (one deadpool-postgres pool per node).

@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use super::{Config, Role};
-use crate::failure::error::ConfigError;
+use crate::config::error::ConfigError;
 use crate::topology::discovery::HostPattern;
 
 /// The shortest gap between two probes of a node.

@@ -6,9 +6,9 @@ use std::str::FromStr;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::config::TlsSettings;
+use crate::config::error::ConfigError;
+use crate::config::tls::TlsSettings;
 use crate::connect::sslmode::{self, NodeTls};
-use crate::failure::error::ConfigError;
 
 /// A connection string, in URL form (`postgres://user:pass@host:5432/db`) or
 /// key-value form (`host=… port=… user=… password=…`).

@@ -5,13 +5,15 @@ use std::time::Duration;
 
 use deadpool_postgres::{Hook, HookError, ManagerConfig, Metrics, Pool, RecyclingMethod, Runtime};
 
+use crate::config::error::ConfigError;
 use crate::config::{NodeConfig, PoolSettings, Role, TlsSettings};
 use crate::connect::credentials::{request_for, CredentialCache, SharedPasswordProvider};
 use crate::connect::sslmode::NodeTls;
 use crate::connect::statements::Statements;
 use crate::connect::tls::Connector;
-use crate::failure::error::{ConfigError, NodeContext};
+use crate::failure::error::NodeContext;
 use crate::observe::metrics::NodeMetrics;
+use crate::topology::NodeState;
 
 /// A configured node and its pool. Owned by the hub.
 pub(crate) struct Node {
@@ -76,6 +78,11 @@ impl std::fmt::Debug for Node {
 pub(crate) type HostOverride<'a> = Option<&'a str>;
 
 impl Node {
+    /// This node's state before its first probe: up in its configured role.
+    pub(crate) fn initial_state(&self) -> NodeState {
+        NodeState::configured(self.role, self.is_local, self.region_rank)
+    }
+
     /// Builds the node's pool. No I/O: connections are made on first use.
     pub(crate) fn build(
         config: &NodeConfig,

@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 
-use crate::config::TlsSettings;
+use crate::config::tls::TlsSettings;
 
 /// libpq's `sslmode`, weakest first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

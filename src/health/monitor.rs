@@ -280,7 +280,8 @@ impl Judge {
         self.apply(hub, &mut next.nodes[outcome.index], outcome, finished);
         self.assessor
             .assess(&mut next, &[outcome.index], outcome.sent, finished);
-        let events = events::diff(&previous, &next, hub, hub.config.max_staleness);
+        let name = |index| hub.context(index).node.to_string();
+        let events = events::diff(&previous, &next, name, hub.config.max_staleness);
         drop(previous);
         let answered = outcome.suspected.then_some(outcome.index);
         hub.publish(next, events, answered);

@@ -11,9 +11,6 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::config::{HedgeSettings, OutlierSettings};
-use crate::hub::Hub;
-use crate::observe::events::Event;
-use crate::observe::status::HedgeCounts;
 
 /// A token, in the thousandths the bucket counts in.
 const TOKEN: u64 = 1000;
@@ -108,7 +105,7 @@ fn update(value: &AtomicU64, change: impl Fn(u64) -> Option<u64>) -> bool {
     false
 }
 
-fn nanos_since(epoch: Instant, now: Instant) -> u64 {
+pub(crate) fn nanos_since(epoch: Instant, now: Instant) -> u64 {
     u64::try_from(now.saturating_duration_since(epoch).as_nanos()).unwrap_or(u64::MAX)
 }
 
@@ -199,7 +196,7 @@ impl Traffic {
     }
 
     /// What this node looks like at `now` (nanoseconds since the epoch).
-    fn observe(&self, now: u64) -> Observed {
+    pub(crate) fn observe(&self, now: u64) -> Observed {
         let since = |at: u64| Duration::from_nanos(now.saturating_sub(at));
         let answered = self.answered.load(Relaxed).checked_sub(1);
         let unanswered = self.unanswered_since.load(Relaxed).checked_sub(1);
@@ -289,111 +286,6 @@ pub(crate) struct Counters {
     pub(crate) refused: AtomicU64,
     pub(crate) retries_refused: AtomicU64,
     pub(crate) outliers: AtomicU64,
-}
-
-/// Hedging and outlier detection: what the read loop asks of the hub.
-impl Hub {
-    /// Node `index`'s live read traffic.
-    pub(crate) fn traffic(&self, index: usize) -> &Traffic {
-        &self.traffic[index]
-    }
-
-    /// `at` as nanoseconds since the hub's epoch.
-    pub(crate) fn nanos(&self, at: Instant) -> u64 {
-        nanos_since(self.epoch, at)
-    }
-
-    /// Node `index`, and what its peers look like, at `now`.
-    pub(crate) fn observe(&self, index: usize, now: Instant) -> (Observed, Peers) {
-        let at = self.nanos(now);
-        let node = self.traffic[index].observe(at);
-        let reads = self
-            .traffic
-            .iter()
-            .enumerate()
-            .filter(|(peer, _)| *peer != index)
-            .filter_map(|(_, traffic)| traffic.observe(at).answer_age);
-        let snapshot = self.snapshot();
-        let others = || (0..snapshot.nodes.len()).filter(|peer| *peer != index);
-        let probes = others()
-            .map(|peer| &snapshot.nodes[peer])
-            .filter(|state| state.up && state.last_error.is_none())
-            .filter_map(|state| state.last_probe)
-            .map(|probed| now.saturating_duration_since(probed));
-        let peers = Peers {
-            answer_age: reads.chain(probes).min(),
-            one_out: others().any(|peer| self.is_suspect(peer)),
-            none_left: !others().any(|peer| snapshot.is_routable(peer) && !self.is_suspect(peer)),
-        };
-        (node, peers)
-    }
-
-    /// The counters, copied.
-    pub(crate) fn hedge_counts(&self) -> HedgeCounts {
-        let counters = &self.counters;
-        HedgeCounts {
-            sent: counters.sent.load(Relaxed),
-            won: counters.won.load(Relaxed),
-            refused: counters.refused.load(Relaxed),
-            retries_refused: counters.retries_refused.load(Relaxed),
-            outliers: counters.outliers.load(Relaxed),
-        }
-    }
-
-    /// A hedge of a read on `from` sent to `to`.
-    pub(crate) fn hedge_sent(&self, from: usize, to: usize) {
-        self.counters.sent.fetch_add(1, Relaxed);
-        crate::observe::metrics::hedge(self, to, crate::observe::metrics::Hedge::Sent);
-        tracing::debug!(from = %self.context(from).node, to = %self.context(to).node, "read hedged");
-        self.emit_with(|| Event::HedgeSent {
-            from: self.context(from).node.to_string(),
-            to: self.context(to).node.to_string(),
-        });
-    }
-
-    /// The hedge on `node` answered first.
-    pub(crate) fn hedge_won(&self, node: usize) {
-        self.counters.won.fetch_add(1, Relaxed);
-        crate::observe::metrics::hedge(self, node, crate::observe::metrics::Hedge::Won);
-        self.emit_with(|| Event::HedgeWon {
-            node: self.context(node).node.to_string(),
-        });
-    }
-
-    /// The budget refused a hedge (`retry` false) or a retry of a read
-    /// whose first node was `node`.
-    pub(crate) fn extra_read_refused(&self, node: usize, retry: bool) {
-        let counter = match retry {
-            true => &self.counters.retries_refused,
-            false => &self.counters.refused,
-        };
-        counter.fetch_add(1, Relaxed);
-        let event = match retry {
-            true => crate::observe::metrics::Hedge::RetryRefused,
-            false => crate::observe::metrics::Hedge::Refused,
-        };
-        crate::observe::metrics::hedge(self, node, event);
-        tracing::debug!(node = %self.context(node).node, retry, "read budget exhausted");
-        self.emit_with(|| Event::ReadBudgetExhausted {
-            node: self.context(node).node.to_string(),
-            retry,
-        });
-    }
-
-    /// Node `index` was found an outlier: marked suspect (out of routing,
-    /// probed now).
-    pub(crate) fn outlier_found(&self, index: usize, observed: Observed) {
-        self.counters.outliers.fetch_add(1, Relaxed);
-        crate::observe::metrics::hedge(self, index, crate::observe::metrics::Hedge::Outlier);
-        let node = self.context(index).node;
-        tracing::warn!(node = %node, silent_for = ?observed.silent_for,
-            in_flight = observed.in_flight, "node answers no reads while others do; marked suspect");
-        self.blame(index, crate::failure::safety::NodeFault::Suspect);
-        self.emit_with(|| Event::OutlierDetected {
-            node: node.to_string(),
-            silent_for: observed.silent_for,
-        });
-    }
 }
 
 #[cfg(test)]

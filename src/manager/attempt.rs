@@ -256,7 +256,7 @@ impl<'h> Attempt<'h> {
             return Err(self.judge(Phase::Checkout, Failure::Pool(gone)).0);
         };
         let checkout = timeout_at(self.deadline.at, node.pool.get()).await;
-        crate::observe::metrics::pool_wait(&node, self.started);
+        node.metrics.pool_wait(self.started);
         match checkout {
             Ok(Ok(client)) => Ok(Busy {
                 client: Some(client),

@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use crate::hub::Hub;
 use crate::topology::{Lag, Orphan, Snapshot};
 
 /// Something changed in the deployment, as the health monitor saw it, or
@@ -144,13 +143,12 @@ pub enum CommitOutcome {
 pub(crate) fn diff(
     old: &Snapshot,
     new: &Snapshot,
-    hub: &Hub,
+    name: impl Fn(usize) -> String,
     bound: Option<Duration>,
 ) -> Vec<Event> {
-    let name = |index: usize| hub.context(index).node.to_string();
     let mut events = Vec::new();
     if old.primary != new.primary {
-        let (from, to) = (old.primary.map(name), new.primary.map(name));
+        let (from, to) = (old.primary.map(&name), new.primary.map(&name));
         tracing::warn!(from = ?from, to = ?to, "primary changed");
         events.push(Event::PrimaryChanged { from, to });
     }
@@ -236,8 +234,8 @@ fn lag_event(before: Option<Lag>, after: Option<Lag>, bound: Duration) -> Option
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::health::fake::config;
-    use crate::hub::Hub;
+    use crate::config::Role;
+    use crate::topology::NodeState;
 
     fn lag(ms: u64) -> Option<Lag> {
         Some(Lag {
@@ -246,25 +244,30 @@ mod tests {
         })
     }
 
-    fn setup() -> (Hub, Snapshot) {
-        let hub = Hub::new(config(3)).expect("a valid test configuration");
-        let snapshot = (**hub.snapshot()).clone();
-        (hub, snapshot)
+    /// Node names as the events give them, and the snapshot of three
+    /// nodes (node0 the primary) before any probe.
+    fn setup() -> (fn(usize) -> String, Snapshot) {
+        let role = |index| match index {
+            0 => Role::Primary,
+            _ => Role::Replica,
+        };
+        let states = (0..3).map(|index| NodeState::configured(role(index), false, None));
+        (|index| format!("node{index}"), Snapshot::initial(states, 0))
     }
 
     #[test]
     fn nothing_changed_nothing_to_say() {
-        let (hub, old) = setup();
-        assert!(diff(&old, &old.clone(), &hub, Some(Duration::from_secs(1))).is_empty());
+        let (name, old) = setup();
+        assert!(diff(&old, &old.clone(), name, Some(Duration::from_secs(1))).is_empty());
     }
 
     #[test]
     fn a_new_write_target_is_a_primary_change() {
-        let (hub, old) = setup();
+        let (name, old) = setup();
         let mut new = old.clone();
         new.primary = Some(1);
         assert_eq!(
-            diff(&old, &new, &hub, None),
+            diff(&old, &new, name, None),
             [Event::PrimaryChanged {
                 from: Some("node0".into()),
                 to: Some("node1".into())
@@ -272,7 +275,7 @@ mod tests {
         );
         new.primary = None;
         assert_eq!(
-            diff(&old, &new, &hub, None),
+            diff(&old, &new, name, None),
             [Event::PrimaryChanged {
                 from: Some("node0".into()),
                 to: None
@@ -282,38 +285,38 @@ mod tests {
 
     #[test]
     fn split_brain_names_every_claimant_once() {
-        let (hub, old) = setup();
+        let (name, old) = setup();
         let mut new = old.clone();
         new.primary = None;
         new.split_brain = true;
         new.nodes[0].fenced = true;
         new.nodes[2].fenced = true;
-        let events = diff(&old, &new, &hub, None);
+        let events = diff(&old, &new, name, None);
         let claimants = vec!["node0".to_owned(), "node2".to_owned()];
         assert!(
             events.contains(&Event::SplitBrain { claimants }),
             "{events:?}"
         );
         // Still split: no second event.
-        let again = diff(&new, &new.clone(), &hub, None);
+        let again = diff(&new, &new.clone(), name, None);
         assert!(again.is_empty(), "{again:?}");
     }
 
     #[test]
     fn down_and_up_carry_the_probe_error() {
-        let (hub, old) = setup();
+        let (name, old) = setup();
         let mut down = old.clone();
         down.nodes[1].up = false;
         down.nodes[1].last_error = Some("connection refused".into());
         assert_eq!(
-            diff(&old, &down, &hub, None),
+            diff(&old, &down, name, None),
             [Event::NodeDown {
                 node: "node1".into(),
                 error: "connection refused".into()
             }]
         );
         assert_eq!(
-            diff(&down, &old, &hub, None),
+            diff(&down, &old, name, None),
             [Event::NodeUp {
                 node: "node1".into()
             }]
@@ -322,7 +325,7 @@ mod tests {
 
     #[test]
     fn lag_events_fire_on_crossing_the_bound_only() {
-        let (hub, mut old) = setup();
+        let (name, mut old) = setup();
         let bound = Some(Duration::from_millis(100));
         let with_lag = |snapshot: &Snapshot, ms: Option<u64>| {
             let mut next = snapshot.clone();
@@ -332,16 +335,16 @@ mod tests {
         old = with_lag(&old, Some(50));
         let over = with_lag(&old, Some(150));
         assert_eq!(
-            diff(&old, &over, &hub, bound),
+            diff(&old, &over, name, bound),
             [Event::LagExceeded {
                 node: "node2".into(),
                 lag: lag(150).unwrap(),
                 bound: Duration::from_millis(100)
             }]
         );
-        assert!(diff(&over, &with_lag(&over, Some(900)), &hub, bound).is_empty());
+        assert!(diff(&over, &with_lag(&over, Some(900)), name, bound).is_empty());
         assert_eq!(
-            diff(&over, &old, &hub, bound),
+            diff(&over, &old, name, bound),
             [Event::LagRecovered {
                 node: "node2".into(),
                 lag: lag(50).unwrap(),
@@ -350,28 +353,28 @@ mod tests {
         );
         // Lag first measured above the bound counts as crossing it.
         let unknown = with_lag(&old, None);
-        assert_eq!(diff(&unknown, &over, &hub, bound).len(), 1);
+        assert_eq!(diff(&unknown, &over, name, bound).len(), 1);
         // Without a bound, no lag events at all.
-        assert!(diff(&old, &over, &hub, None).is_empty());
+        assert!(diff(&old, &over, name, None).is_empty());
         // At the bound is within it.
-        assert!(diff(&old, &with_lag(&old, Some(100)), &hub, bound).is_empty());
+        assert!(diff(&old, &with_lag(&old, Some(100)), name, bound).is_empty());
     }
 
     #[test]
     fn orphaned_and_rejoined() {
-        let (hub, old) = setup();
+        let (name, old) = setup();
         let mut orphaned = old.clone();
         orphaned.nodes[2].orphaned = Some(Orphan::NotReceiving);
         assert_eq!(
-            diff(&old, &orphaned, &hub, None),
+            diff(&old, &orphaned, name, None),
             [Event::ReplicaOrphaned {
                 node: "node2".into(),
                 reason: Orphan::NotReceiving
             }]
         );
-        assert!(diff(&orphaned, &orphaned.clone(), &hub, None).is_empty());
+        assert!(diff(&orphaned, &orphaned.clone(), name, None).is_empty());
         assert_eq!(
-            diff(&orphaned, &old, &hub, None),
+            diff(&orphaned, &old, name, None),
             [Event::ReplicaRejoined {
                 node: "node2".into()
             }]

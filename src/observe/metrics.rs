@@ -50,12 +50,12 @@ pub(crate) use disabled::*;
 
 #[cfg(not(feature = "metrics"))]
 mod disabled {
+    use deadpool_postgres::Status as PoolStatus;
     use tokio::time::Instant;
 
-    use crate::connect::node::Node;
-    use crate::hub::Hub;
-    use crate::observe::spans::{Operation, Outcome};
-    use crate::topology::Snapshot;
+    use crate::config::Role;
+    use crate::observe::labels::{Operation, Outcome};
+    use crate::topology::NodeState;
 
     /// Nothing to time without the feature.
     #[derive(Debug)]
@@ -90,13 +90,35 @@ mod disabled {
         }
 
         #[inline(always)]
-        pub(crate) fn published(&self, _hub: &Hub, _old: &Snapshot, _new: &Snapshot) {}
+        pub(crate) fn elected(&self, _primary: Option<usize>) -> Option<usize> {
+            None
+        }
+    }
+
+    impl NodeMetrics {
+        #[inline(always)]
+        pub(crate) fn set_state(
+            &self,
+            _pool: PoolStatus,
+            _old: Option<&NodeState>,
+            _new: &NodeState,
+        ) {
+        }
+
+        #[inline(always)]
+        pub(crate) fn failover(&self) {}
+
+        #[inline(always)]
+        pub(crate) fn pool_wait(&self, _started: Instant) {}
+
+        #[inline(always)]
+        pub(crate) fn hedge(&self, _event: super::Hedge) {}
     }
 
     #[inline(always)]
     pub(crate) fn call(
-        _hub: &Hub,
-        _last: Option<(usize, crate::config::Role)>,
+        _node: Option<(&NodeMetrics, Role)>,
+        _hub: &HubMetrics,
         _operation: Operation,
         _outcome: Outcome,
         _timer: &CallTimer,
@@ -104,13 +126,7 @@ mod disabled {
     }
 
     #[inline(always)]
-    pub(crate) fn retry(_hub: &Hub, _index: usize, _operation: Operation, _reason: Outcome) {}
-
-    #[inline(always)]
-    pub(crate) fn pool_wait(_node: &Node, _started: Instant) {}
-
-    #[inline(always)]
-    pub(crate) fn hedge(_hub: &Hub, _index: usize, _event: super::Hedge) {}
+    pub(crate) fn retry(_node: &NodeMetrics, _operation: Operation, _reason: Outcome) {}
 }
 
 #[cfg(feature = "metrics")]
@@ -121,11 +137,11 @@ mod enabled {
     use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram, SharedString};
     use tokio::time::Instant;
 
+    use deadpool_postgres::Status as PoolStatus;
+
     use crate::config::Role;
-    use crate::connect::node::Node;
-    use crate::hub::Hub;
-    use crate::observe::spans::{role_name, Operation, Outcome};
-    use crate::topology::Snapshot;
+    use crate::observe::labels::{role_name, Operation, Outcome};
+    use crate::topology::NodeState;
 
     const OPERATIONS: usize = Operation::ALL.len();
     const ROLES: usize = 2;
@@ -245,19 +261,15 @@ mod enabled {
             (bytes, seconds)
         }
 
-        /// The node's gauges from its state in a newly published snapshot.
-        fn set_state(
-            &self,
-            node: &Node,
-            old: Option<&crate::topology::NodeState>,
-            new: &crate::topology::NodeState,
-        ) {
+        /// The node's gauges from its state in a newly published snapshot
+        /// (and its pool's status then).
+        pub(crate) fn set_state(&self, pool: PoolStatus, old: Option<&NodeState>, new: &NodeState) {
             self.up.set(f64::from(u8::from(new.up)));
             self.fenced.set(f64::from(u8::from(new.fenced)));
             if new.fenced && !old.is_some_and(|old| old.fenced) {
                 self.fencings.increment(1);
             }
-            let status = node.pool.status();
+            let status = pool;
             self.pool_size.set(status.size as f64);
             self.pool_idle.set(status.available as f64);
             self.pool_waiters.set(status.waiting as f64);
@@ -308,70 +320,61 @@ mod enabled {
             })
         }
 
-        /// Gauges and transition counters from a snapshot about to replace
-        /// `old` (the monitor, the single writer, calls it).
-        pub(crate) fn published(&self, hub: &Hub, old: &Snapshot, new: &Snapshot) {
-            for (index, node) in hub.each_node() {
-                let Some(state) = new.nodes.get(index).filter(|state| !state.vacant) else {
-                    continue;
-                };
-                node.metrics.set_state(&node, old.nodes.get(index), state);
-            }
-            let Some(primary) = new.primary else { return };
+        /// The primary of a snapshot about to be published: the node to
+        /// count a failover on when it is not the primary last elected.
+        pub(crate) fn elected(&self, primary: Option<usize>) -> Option<usize> {
+            let primary = primary?;
             let before = self.last_primary.swap(primary, Ordering::Relaxed);
-            if before != usize::MAX && before != primary {
-                if let Some(node) = hub.node(primary) {
-                    node.metrics.failovers.increment(1);
-                }
-            }
+            (before != usize::MAX && before != primary).then_some(primary)
+        }
+    }
+
+    impl NodeMetrics {
+        /// A failover made this node the primary.
+        pub(crate) fn failover(&self) {
+            self.failovers.increment(1);
+        }
+
+        /// A checkout that started at `started` ended (with a connection
+        /// or not).
+        pub(crate) fn pool_wait(&self, started: Instant) {
+            self.pool_wait.record(started.elapsed().as_secs_f64());
+        }
+
+        /// A hedging event on this node.
+        pub(crate) fn hedge(&self, event: super::Hedge) {
+            let counter = match event {
+                super::Hedge::Sent => &self.hedges[0],
+                super::Hedge::Won => &self.hedges[1],
+                super::Hedge::Refused => &self.hedges[2],
+                super::Hedge::RetryRefused => &self.retries_refused,
+                super::Hedge::Outlier => &self.outliers,
+            };
+            counter.increment(1);
         }
     }
 
     /// A call ended: counted on the node of its last attempt (or as
     /// unrouted), its duration observed.
     pub(crate) fn call(
-        hub: &Hub,
-        last: Option<(usize, Role)>,
+        node: Option<(&NodeMetrics, Role)>,
+        hub: &HubMetrics,
         operation: Operation,
         outcome: Outcome,
         timer: &CallTimer,
     ) {
-        let node = last.and_then(|(index, role)| Some((hub.node(index)?, role)));
         match node {
-            Some((node, role)) => {
-                node.metrics.call(operation, role, outcome).increment(1);
+            Some((metrics, role)) => {
+                metrics.call(operation, role, outcome).increment(1);
                 let seconds = timer.0.elapsed().as_secs_f64();
-                node.metrics.duration(operation, role).record(seconds);
+                metrics.duration(operation, role).record(seconds);
             }
-            None => hub.metrics.unrouted(operation, outcome).increment(1),
+            None => hub.unrouted(operation, outcome).increment(1),
         }
     }
 
-    /// An attempt on node `index` failed with `reason` and the call retries.
-    pub(crate) fn retry(hub: &Hub, index: usize, operation: Operation, reason: Outcome) {
-        if let Some(node) = hub.node(index) {
-            node.metrics.retry(operation, reason).increment(1);
-        }
-    }
-
-    /// A checkout that started at `started` ended (with a connection or not).
-    pub(crate) fn pool_wait(node: &Node, started: Instant) {
-        node.metrics
-            .pool_wait
-            .record(started.elapsed().as_secs_f64());
-    }
-
-    /// A hedging event on node `index`.
-    pub(crate) fn hedge(hub: &Hub, index: usize, event: super::Hedge) {
-        let Some(node) = hub.node(index) else { return };
-        let metrics = &node.metrics;
-        let counter = match event {
-            super::Hedge::Sent => &metrics.hedges[0],
-            super::Hedge::Won => &metrics.hedges[1],
-            super::Hedge::Refused => &metrics.hedges[2],
-            super::Hedge::RetryRefused => &metrics.retries_refused,
-            super::Hedge::Outlier => &metrics.outliers,
-        };
-        counter.increment(1);
+    /// An attempt on this node failed with `reason` and the call retries.
+    pub(crate) fn retry(node: &NodeMetrics, operation: Operation, reason: Outcome) {
+        node.retry(operation, reason).increment(1);
     }
 }

@@ -2,6 +2,7 @@
 //! events, the status snapshot, readiness and the serving node of a call.
 
 pub(crate) mod events;
+pub(crate) mod labels;
 pub(crate) mod metrics;
 pub(crate) mod readiness;
 pub(crate) mod served;

@@ -5,10 +5,8 @@
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::time::Instant;
 
 use crate::config::{ReadinessSettings, Requirement};
-use crate::hub::Hub;
 use crate::observe::window::Tally;
 
 /// Whether this instance can serve its traffic now, and if not, why; from
@@ -140,30 +138,6 @@ fn failing(tally: Tally, settings: &ReadinessSettings) -> bool {
     }
     // Counts stay far below 2^52: the conversion is exact.
     tally.failed as f64 > settings.max_failure_ratio * tally.calls as f64
-}
-
-/// Readiness: the facts.
-impl Hub {
-    /// Judges readiness now.
-    pub(crate) fn readiness(&self) -> Readiness {
-        decide(&self.readiness_facts(), &self.config.readiness)
-    }
-
-    fn readiness_facts(&self) -> Facts {
-        let now = Instant::now();
-        let missing = self.note_missing(now);
-        let missing_for =
-            |since: Option<Instant>| since.map(|at| now.saturating_duration_since(at));
-        Facts {
-            closed: self.is_closed(),
-            monitor_running: self.monitor_running(),
-            read_node_missing_for: missing_for(missing.reader),
-            primary_missing_for: missing_for(missing.primary),
-            write_hold: self.config.write_hold,
-            reads: self.read_outcomes.tally(now),
-            writes: self.write_outcomes.tally(now),
-        }
-    }
 }
 
 #[cfg(test)]

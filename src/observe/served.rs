@@ -4,7 +4,7 @@
 use std::sync::{Mutex, PoisonError};
 
 use crate::config::Role;
-use crate::hub::Hub;
+use crate::observe::spans::Deployment;
 
 /// The node that served a successful call, as routing saw it then.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -64,21 +64,23 @@ impl ServedBy {
     }
 
     /// Records node `index` of `hub` as the server.
-    pub(crate) fn record(&self, hub: &Hub, index: usize) {
-        let context = hub.context(index);
-        let role = hub.snapshot().nodes[index].role;
-        let server = Server {
-            node: context.node.to_string(),
-            region: context.region.to_string(),
-            role,
+    pub(crate) fn record(&self, hub: &impl Deployment, index: usize) {
+        let role = hub.role(index);
+        let (node, region) = match hub.node(index) {
+            Some(node) => (
+                node.context.node.to_string(),
+                node.context.region.to_string(),
+            ),
+            None => (format!("slot {index}"), String::new()),
         };
+        let server = Server { node, region, role };
         *self.server.lock().unwrap_or_else(PoisonError::into_inner) = Some(server);
     }
 }
 
 /// Records `index` into `slot`, if the caller gave one (a `None` check
 /// otherwise).
-pub(crate) fn record(slot: Option<&ServedBy>, hub: &Hub, index: usize) {
+pub(crate) fn record(slot: Option<&ServedBy>, hub: &impl Deployment, index: usize) {
     if let Some(slot) = slot {
         slot.record(hub, index);
     }

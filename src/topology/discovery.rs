@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::config::clock;
-use crate::failure::error::ConfigError;
+use crate::config::error::ConfigError;
 
 /// The longest DNS label, and so the longest instance identifier used.
 const MAX_LABEL: usize = 63;

@@ -13,7 +13,6 @@ use tokio::time::Instant;
 
 use crate::causal::lsn::Lsn;
 use crate::config::Role;
-use crate::connect::node::Node;
 use crate::health::capability::MissingCapability;
 
 /// How far a replica is behind the primary.
@@ -170,12 +169,13 @@ impl NodeState {
         }
     }
 
-    /// `node`'s state before its first probe: up in its configured role.
-    pub(crate) fn of(node: &Node) -> Self {
+    /// A configured node's state before its first probe: up in its
+    /// configured `role`.
+    pub(crate) fn configured(role: Role, is_local: bool, region_rank: Option<usize>) -> Self {
         Self {
-            is_local: node.is_local,
-            region_rank: node.region_rank,
-            ..Self::new(node.role)
+            is_local,
+            region_rank,
+            ..Self::new(role)
         }
     }
 
@@ -193,15 +193,16 @@ impl Snapshot {
     /// The state before any probe: every node up in its configured role, so
     /// a service can start while the first probes run; then `vacant`
     /// discovery slots.
-    pub(crate) fn initial(nodes: &[Node], vacant: usize) -> Self {
-        let states = nodes
-            .iter()
-            .map(NodeState::of)
+    pub(crate) fn initial(configured: impl Iterator<Item = NodeState>, vacant: usize) -> Self {
+        let states: Box<[NodeState]> = configured
             .chain(std::iter::repeat_with(NodeState::vacant).take(vacant))
             .collect();
+        let primary = states
+            .iter()
+            .position(|state| !state.vacant && state.role == Role::Primary);
         let mut snapshot = Self {
             nodes: states,
-            primary: nodes.iter().position(|node| node.role == Role::Primary),
+            primary,
             split_brain: false,
             routable: 0,
             local: 0,

@@ -191,7 +191,7 @@ impl<P: Probe> Monitor<P> {
         tracing::info!(node = %instance, %host, region = %config.region, "discovered node added");
         let state = NodeState {
             up: false,
-            ..NodeState::of(&node)
+            ..node.initial_state()
         };
         let event = Event::NodeAdded {
             node: instance,
@@ -244,7 +244,7 @@ impl Judge {
         events.extend(events::diff(
             &previous,
             &next,
-            hub,
+            |index| hub.context(index).node.to_string(),
             hub.config.max_staleness,
         ));
         drop(previous);

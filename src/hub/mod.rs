@@ -6,6 +6,11 @@
 //! with its events, and answers the reports. Neither knows the other: both
 //! hold the hub, and the hub knows neither.
 
+mod hedging;
+mod observe;
+mod readiness;
+mod status;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -115,7 +120,7 @@ impl Hub {
         let configured = nodes.len();
         let slots = config.discovery.as_ref().map_or(0, |d| d.max_nodes);
         let count = configured + slots;
-        let snapshot = Snapshot::initial(&nodes, slots);
+        let snapshot = Snapshot::initial(nodes.iter().map(Node::initial_state), slots);
         let window = config.readiness.window;
         let nodes = nodes
             .into_vec()
@@ -392,6 +397,25 @@ impl Hub {
         self.wake.notified().await;
     }
 
+    /// Gauges and transition counters from `next`, about to replace the
+    /// current snapshot (with the `metrics` feature).
+    fn publish_metrics(&self, next: &Snapshot) {
+        if !cfg!(feature = "metrics") {
+            return;
+        }
+        let old = self.snapshot.load();
+        for (index, node) in self.each_node() {
+            if let Some(state) = next.nodes.get(index).filter(|state| !state.vacant) {
+                let pool = node.pool.status();
+                node.metrics.set_state(pool, old.nodes.get(index), state);
+            }
+        }
+        let failover = self.metrics.elected(next.primary);
+        if let Some(node) = failover.and_then(|index| self.node(index)) {
+            node.metrics.failover();
+        }
+    }
+
     /// Publishes the monitor's next snapshot and its events. `answered`: a
     /// suspect node this snapshot's probe checked, whose report is answered.
     /// Writers holding for a primary then look again.
@@ -407,7 +431,7 @@ impl Hub {
             }
         }
         drop(old);
-        self.metrics.published(self, &self.snapshot.load(), &next);
+        self.publish_metrics(&next);
         // The snapshot first, then the flag: a decision loads the flags
         // first, so it never pairs the old snapshot with a cleared flag.
         self.snapshot.store(Arc::new(next));

@@ -1,0 +1,56 @@
+//! The status snapshot, copied out of the hub.
+
+use super::Hub;
+use crate::observe::status::{NodeStatus, PoolStatus, Status};
+
+impl Status {
+    /// The status now, copied out of `hub`.
+    pub(crate) fn capture(hub: &Hub) -> Self {
+        let snapshot = hub.snapshot();
+        let now = tokio::time::Instant::now();
+        let nodes = hub
+            .each_node()
+            .filter(|(index, _)| !snapshot.nodes[*index].vacant)
+            .map(|(index, node)| {
+                let state = &snapshot.nodes[index];
+                let pool = node.pool.status();
+                let suspect = hub.is_suspect(index);
+                NodeStatus {
+                    name: node.context.node.to_string(),
+                    region: node.context.region.to_string(),
+                    role: state.role,
+                    fenced: state.fenced,
+                    orphaned: state.orphaned,
+                    timeline: state.timeline,
+                    missing_capabilities: state.missing.to_vec(),
+                    last_replay: state.replayed_at,
+                    wal_position: state.position,
+                    lag: state.lag,
+                    rtt: state.rtt,
+                    healthy: snapshot.is_routable(index) && !suspect,
+                    suspect,
+                    last_error: state.last_error.as_deref().map(str::to_owned),
+                    last_probe_age: state.last_probe.map(|at| now.saturating_duration_since(at)),
+                    pool: PoolStatus {
+                        max_size: pool.max_size,
+                        size: pool.size,
+                        available: pool.available,
+                        waiting: pool.waiting,
+                    },
+                    discovered: index >= hub.configured(),
+                }
+            })
+            .collect();
+        Self {
+            nodes,
+            read_strategy: hub.config.read_strategy,
+            local_region: hub.config.local_region.clone(),
+            write_target: snapshot
+                .primary
+                .map(|index| hub.context(index).node.to_string()),
+            split_brain: snapshot.split_brain,
+            monitor_running: hub.monitor_running(),
+            hedging: hub.hedge_counts(),
+        }
+    }
+}
