@@ -3,10 +3,11 @@
 #![forbid(unsafe_code)]
 
 #[cfg(feature = "bench")]
+#[doc(hidden)]
 pub mod bench;
-mod causal;
+pub mod causal;
 mod commit;
-mod config;
+pub mod config;
 mod connect;
 mod failure;
 mod health;
@@ -17,31 +18,39 @@ mod observe;
 mod routing;
 mod topology;
 
-#[cfg(feature = "tower")]
-pub use causal::layer::{CausalLayer, CausalService, CAUSAL_TOKEN_HEADER};
-pub use causal::lsn::{CausalToken, Lsn, TokenError};
-pub use causal::scope::{causal_scope, current_causal_token};
-pub use config::error::ConfigError;
-pub use config::{
-    Config, ConfigBuilder, DiscoverySettings, HealthSettings, HedgeSettings, NearestSettings,
-    NodeConfig, OutcomeSettings, OutlierSettings, PoolSettings, ReadStrategy, ReadinessSettings,
-    Requirement, RetrySettings, Role, StatementMode, TlsSettings,
-};
-pub use connect::connstr::ConnectionString;
-pub use connect::credentials::{
-    Credential, CredentialFuture, CredentialRequest, PasswordProvider, ProviderError,
-    SharedPasswordProvider,
-};
-pub use failure::advice::RetryHint;
-pub use failure::error::{Error, NodeContext};
-pub use failure::retry::RetryDecision;
-pub use health::capability::{Capability, MissingCapability};
+pub use causal::CausalToken;
+pub use config::{Config, ReadStrategy, Role};
+pub use failure::error::Error;
 pub use manager::{DatabaseManager, Read, Tx, TxFuture, Write};
-pub use observe::events::{CommitOutcome, Event};
-pub use observe::readiness::{CallCounts, NotReady, Readiness};
-pub use observe::served::{ServedBy, Server};
-pub use observe::status::{HedgeCounts, NodeStatus, PoolStatus, Status};
-pub use topology::{Lag, Orphan};
+pub use observe::served::ServedBy;
 
 pub use deadpool_postgres;
 pub use tokio_postgres;
+
+/// What a [`DatabaseManager`] reports about the deployment: the status
+/// snapshot, readiness, topology events and what each node can report.
+pub mod status {
+    pub use crate::health::capability::{Capability, MissingCapability};
+    pub use crate::observe::events::{CommitOutcome, Event};
+    pub use crate::observe::readiness::{CallCounts, NotReady, Readiness};
+    pub use crate::observe::served::Server;
+    pub use crate::observe::status::{HedgeCounts, NodeStatus, PoolStatus, Status};
+    pub use crate::topology::{Lag, Orphan};
+}
+
+/// Errors, and what a caller should do next about one.
+pub mod error {
+    pub use crate::config::error::ConfigError;
+    pub use crate::failure::advice::RetryHint;
+    pub use crate::failure::error::{Error, NodeContext};
+    pub use crate::failure::retry::RetryDecision;
+}
+
+/// Passwords from a provider (an IAM token generator, a secret store)
+/// instead of the connection strings.
+pub mod auth {
+    pub use crate::connect::credentials::{
+        Credential, CredentialFuture, CredentialRequest, PasswordProvider, ProviderError,
+        SharedPasswordProvider,
+    };
+}

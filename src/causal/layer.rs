@@ -19,7 +19,7 @@ use crate::causal::scope::causal_scope;
 pub const CAUSAL_TOKEN_HEADER: &str = "x-causal-token";
 
 /// A tower [`Layer`] that serves each request in a
-/// [`causal_scope`](crate::causal_scope): reads made while serving it see
+/// [`causal_scope`](crate::causal::causal_scope): reads made while serving it see
 /// the writes the client made before (through any instance of the service,
 /// if the client sends back what it was given), and the response carries
 /// the newest token.

@@ -6,3 +6,9 @@
 pub(crate) mod layer;
 pub(crate) mod lsn;
 pub(crate) mod scope;
+
+#[cfg(feature = "tower")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+pub use layer::{CausalLayer, CausalService, CAUSAL_TOKEN_HEADER};
+pub use lsn::{CausalToken, Lsn, TokenError};
+pub use scope::{causal_scope, current_causal_token};

@@ -23,11 +23,11 @@ pub use builder::ConfigBuilder;
 pub use discovery::DiscoverySettings;
 pub use hedging::{HedgeSettings, OutlierSettings};
 pub use readiness::{ReadinessSettings, Requirement};
+pub use error::ConfigError;
 pub use tls::TlsSettings;
 
-use crate::connect::connstr::ConnectionString;
+pub use crate::connect::connstr::ConnectionString;
 use crate::connect::credentials::SharedPasswordProvider;
-use error::ConfigError;
 
 /// Everything pgrouter needs: the nodes, where the service runs, and how to
 /// route, pool, probe and retry.
@@ -56,7 +56,7 @@ pub struct Config {
     #[serde(default, with = "humantime_serde")]
     pub max_staleness: Option<Duration>,
     /// Whether orphaned replicas (not receiving WAL, or on another timeline
-    /// than the primary: see [`Orphan`](crate::Orphan)) still serve reads
+    /// than the primary: see [`Orphan`](crate::status::Orphan)) still serve reads
     /// that carry no staleness bound and no causal token. They never serve
     /// those that do. Default: false (after a failover, a replica left
     /// following the old primary would answer with old data for ever).
@@ -119,7 +119,7 @@ pub struct Config {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
-    /// A unique name, used in logs, errors and [`Status`](crate::Status).
+    /// A unique name, used in logs, errors and [`Status`](crate::status::Status).
     pub name: String,
     /// The region the node runs in (e.g. `us-east-1`).
     pub region: String,

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 /// What readiness requires, and how recent call failures count. See
-/// [`Readiness`](crate::Readiness) and the README's probe table.
+/// [`Readiness`](crate::status::Readiness) and the README's probe table.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReadinessSettings {

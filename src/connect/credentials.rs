@@ -89,7 +89,7 @@ pub struct CredentialRequest {
 /// a node has no cached password, when the cached one expired, and once
 /// more when the server rejects a cached one (SQLSTATE `28P01` or `28000`);
 /// one call at a time per node. Set it with
-/// [`ConfigBuilder::password_provider`](crate::ConfigBuilder::password_provider);
+/// [`ConfigBuilder::password_provider`](crate::config::ConfigBuilder::password_provider);
 /// it replaces any password in the connection strings.
 ///
 /// Its call is part of opening a connection, so it is bounded by

@@ -131,7 +131,7 @@ pub enum Error {
         source: Option<tokio_postgres::Error>,
     },
     /// The marker table set in
-    /// [`OutcomeSettings::marker_table`](crate::OutcomeSettings::marker_table)
+    /// [`OutcomeSettings::marker_table`](crate::config::OutcomeSettings::marker_table)
     /// could not be written at `BEGIN` (it does not exist, or the role may
     /// not insert into it). Nothing was applied.
     #[error("{context}: cannot insert into the outcome marker table {table} (set in outcomes.marker_table): {}", pg_message(source))]
@@ -144,7 +144,7 @@ pub enum Error {
         #[source]
         source: tokio_postgres::Error,
     },
-    /// In [`StatementMode::Prepared`](crate::StatementMode::Prepared), the
+    /// In [`StatementMode::Prepared`](crate::config::StatementMode::Prepared), the
     /// server connection that got a named statement pgrouter had prepared
     /// did not know it (SQLSTATE 26000), or already had one of that name
     /// (42P05): the node is reached through a proxy that pools by

@@ -134,7 +134,7 @@ impl fmt::Display for Capability {
 }
 
 /// A capability a node turned out not to have, and why. Shown in
-/// [`NodeStatus::missing_capabilities`](crate::NodeStatus::missing_capabilities)
+/// [`NodeStatus::missing_capabilities`](crate::status::NodeStatus::missing_capabilities)
 /// and logged once at warn level; the node stays healthy.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]

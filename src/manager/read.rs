@@ -42,7 +42,7 @@ const RETRY_FLOOR: Duration = Duration::from_millis(5);
 /// A read sent to a replica (or marked [`idempotent`](Read::idempotent))
 /// with no answer within the hedge delay is also sent to another eligible
 /// node; the first answer wins and the other statement is cancelled on its
-/// server (see [`HedgeSettings`](crate::HedgeSettings)). Hedges and retries
+/// server (see [`HedgeSettings`](crate::config::HedgeSettings)). Hedges and retries
 /// both take a token from the read budget; with none left, the read waits
 /// for its first attempt.
 #[derive(Clone)]
@@ -109,7 +109,7 @@ impl<'a> Read<'a> {
 
     /// Reads only from a node known to have replayed the write that gave
     /// `token` (read-your-writes). Without it, a read made inside a
-    /// [`causal_scope`](crate::causal_scope) uses the scope's token.
+    /// [`causal_scope`](crate::causal::causal_scope) uses the scope's token.
     pub fn after(mut self, token: CausalToken) -> Self {
         self.after = Some(token);
         self

@@ -44,7 +44,7 @@ impl Write<'_> {
     ///
     /// When the answer to `COMMIT` is lost, pgrouter finds out whether the
     /// transaction committed (see
-    /// [`OutcomeSettings`](crate::OutcomeSettings)): if it did, this returns
+    /// [`OutcomeSettings`](crate::config::OutcomeSettings)): if it did, this returns
     /// the closure's value; if it did not, the closure runs again. Only if
     /// neither can be shown before the deadline is the result
     /// [`Error::OutcomeUnknown`] (or a [`Error::Timeout`] after `COMMIT`),

@@ -27,13 +27,13 @@ use crate::observe::spans::{Observer, Reason};
 /// Runs on the node that is primary now, waiting up to
 /// [`Config::write_hold`](crate::Config::write_hold) for one during a
 /// failover. Retried with exponential backoff and jitter (see
-/// [`RetrySettings`](crate::RetrySettings)) while the deadline allows, but
+/// [`RetrySettings`](crate::config::RetrySettings)) while the deadline allows, but
 /// only after failures a retry can fix: nothing sent (checkout, connect),
 /// 40001, 40P01, 57P01/57P02/57P03, 25006 (the last four also have the node
 /// probed at once). Constraint violations (class 23), syntax and
 /// permission (42), data (22) and every other server error return at once.
 ///
-/// Inside a [`causal_scope`](crate::causal_scope) a write (or transaction)
+/// Inside a [`causal_scope`](crate::causal::causal_scope) a write (or transaction)
 /// also fetches its causal token and advances the scope to it.
 #[derive(Clone)]
 #[must_use = "a write does nothing until execute, a query method or transaction is awaited"]
@@ -78,14 +78,14 @@ impl<'a> Write<'a> {
 
     /// Runs the statement in a transaction whose lost `COMMIT` answer is
     /// resolved, as [`Write::transaction`] does (also when
-    /// [`OutcomeSettings::resolve`](crate::OutcomeSettings::resolve) is
+    /// [`OutcomeSettings::resolve`](crate::config::OutcomeSettings::resolve) is
     /// off): a connection lost after the statement was sent then gives the
     /// statement's result once it is shown to have committed, or runs it
     /// again once it is shown not to have, instead of
     /// [`Error::OutcomeUnknown`]. It costs two more round trips than a plain
     /// write (`BEGIN` with the transaction's identity, then the statement,
     /// then `COMMIT`) and a transaction id; BENCHMARKS.md has the measured
-    /// cost. Without [`OutcomeSettings::marker_table`](crate::OutcomeSettings::marker_table),
+    /// cost. Without [`OutcomeSettings::marker_table`](crate::config::OutcomeSettings::marker_table),
     /// a commit can only be shown by the server that ran it, so across a
     /// failover the result may still be unknown.
     pub fn exactly_once(mut self) -> Self {
@@ -173,7 +173,7 @@ impl<'a> Write<'a> {
         }
     }
 
-    /// Runs the statement; inside a [`causal_scope`](crate::causal_scope)
+    /// Runs the statement; inside a [`causal_scope`](crate::causal::causal_scope)
     /// it also asks for the token and advances the scope to it. Counts the
     /// outcome for readiness, and records the server if asked.
     async fn run<K: Returns>(

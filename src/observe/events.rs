@@ -69,7 +69,7 @@ pub enum Event {
     },
     /// Topology discovery found an instance not configured, built its
     /// pool and probes it; it takes calls once it answers as healthy (see
-    /// [`DiscoverySettings`](crate::DiscoverySettings)).
+    /// [`DiscoverySettings`](crate::config::DiscoverySettings)).
     NodeAdded {
         /// The node: the instance identifier.
         node: String,
@@ -85,7 +85,7 @@ pub enum Event {
     },
     /// The answer to a transaction's `COMMIT` was lost, and pgrouter asked
     /// what became of it (see
-    /// [`OutcomeSettings`](crate::OutcomeSettings)).
+    /// [`OutcomeSettings`](crate::config::OutcomeSettings)).
     CommitResolved {
         /// The node that ran the transaction.
         node: String,
@@ -95,7 +95,7 @@ pub enum Event {
         took: Duration,
     },
     /// A read had no answer within the hedge delay and was sent to another
-    /// node too (see [`HedgeSettings`](crate::HedgeSettings)).
+    /// node too (see [`HedgeSettings`](crate::config::HedgeSettings)).
     HedgeSent {
         /// The node the read went to first.
         from: String,
@@ -118,7 +118,7 @@ pub enum Event {
     },
     /// A node with reads in flight answered none of them for a while,
     /// while other nodes answered: it was marked suspect (see
-    /// [`OutlierSettings`](crate::OutlierSettings)).
+    /// [`OutlierSettings`](crate::config::OutlierSettings)).
     OutlierDetected {
         /// The node.
         node: String,

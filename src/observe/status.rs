@@ -37,7 +37,7 @@ pub struct Status {
 }
 
 /// Hedged reads and the read budget, counted since the manager started
-/// (each count also arrives as an [`Event`](crate::Event) to subscribers).
+/// (each count also arrives as an [`Event`](crate::status::Event) to subscribers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 #[non_exhaustive]
 pub struct HedgeCounts {
@@ -102,7 +102,7 @@ pub struct NodeStatus {
     /// The node's connection pool.
     pub pool: PoolStatus,
     /// Found by topology discovery, not configured (see
-    /// [`DiscoverySettings`](crate::DiscoverySettings)); its name is its
+    /// [`DiscoverySettings`](crate::config::DiscoverySettings)); its name is its
     /// instance identifier.
     pub discovered: bool,
 }
