@@ -32,7 +32,7 @@ pub struct DiscoverySettings {
     /// one `?`; a host name only: no scheme, port or path; or an absolute
     /// Unix-socket directory, `/run/pg/?`). A discovered instance's
     /// connection string is the primary's, with this host and the
-    /// primary's first port.
+    /// primary's first port. Required.
     pub instance_host_pattern: String,
     /// Discovered nodes at most, 1 to 64 less the configured nodes, so
     /// routing keeps its one-word fast path. Instances beyond it are not

@@ -25,11 +25,13 @@ use crate::connect::connstr::ConnectionString;
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct NodeConfig {
-    /// A unique name, used in logs, errors and [`Status`](crate::status::Status).
+    /// A unique name, used in logs, errors and
+    /// [`Status`](crate::status::Status). Required, not empty.
     pub name: String,
-    /// The region the node runs in (e.g. `us-east-1`).
+    /// The region the node runs in (e.g. `us-east-1`). Required, not empty.
     pub region: String,
     /// How to connect; the password never reaches logs or `Debug`.
+    /// Required.
     pub url: ConnectionString,
     /// The configured role. Default: [`Role::Replica`].
     #[serde(default)]
