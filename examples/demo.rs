@@ -12,7 +12,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use pgrouter::{Config, DatabaseManager, Error, HealthSettings, ReadStrategy};
+use pgrouter::config::{ConfigError, HealthSettings};
+use pgrouter::{Config, DatabaseManager, Error, ReadStrategy};
 use pgrouter_testkit::{Cluster, StopMode};
 
 const REGIONS: [&str; 3] = ["us-east-1", "eu-west-1", "ap-south-1"];
@@ -153,20 +154,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-fn config(cluster: &Cluster) -> Result<Config, pgrouter::ConfigError> {
+fn config(cluster: &Cluster) -> Result<Config, ConfigError> {
     let nodes = cluster.nodes();
+    let mut health = HealthSettings::default();
+    health.interval = Duration::from_millis(250);
+    health.probe_timeout = Duration::from_millis(500);
+    health.recovery_initial = Duration::from_millis(250);
+    health.recovery_max = Duration::from_secs(2);
     Config::builder()
         .primary(nodes[0].name(), REGIONS[0], nodes[0].connection_string())
         .replica(nodes[1].name(), REGIONS[1], nodes[1].connection_string())
         .replica(nodes[2].name(), REGIONS[2], nodes[2].connection_string())
         .local_region("eu-west-1")
-        .health(HealthSettings {
-            interval: Duration::from_millis(250),
-            probe_timeout: Duration::from_millis(500),
-            recovery_initial: Duration::from_millis(250),
-            recovery_max: Duration::from_secs(2),
-            ..HealthSettings::default()
-        })
+        .health(health)
         .deadline(Duration::from_secs(3))
         .build()
 }

@@ -5,6 +5,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::check;
+use super::error::ConfigError;
+
 /// Hedged reads, and the budget that bounds them and read retries; see the
 /// README's "Hedged reads".
 ///
@@ -15,6 +18,7 @@ use serde::{Deserialize, Serialize};
 /// marked [`idempotent`](crate::Read::idempotent).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 // Not `Copy`: settings may gain fields that are not (a list, a name).
 #[allow(missing_copy_implementations)]
 pub struct HedgeSettings {
@@ -23,7 +27,7 @@ pub struct HedgeSettings {
     /// what it saves (BENCHMARKS.md, "Hedged reads"); outlier detection,
     /// which is on by default, still takes a silent node out of routing.
     pub enabled: bool,
-    /// A fixed hedge delay. Default: none: the first node's recent 99th
+    /// A fixed hedge delay, greater than zero. Default: none: the first node's recent 99th
     /// percentile read latency (estimated from every read it answered), at
     /// least `min_delay`.
     #[serde(with = "humantime_serde")]
@@ -66,6 +70,7 @@ impl Default for HedgeSettings {
 /// time this way, and never the last routable one.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 // Not `Copy`: settings may gain fields that are not (a list, a name).
 #[allow(missing_copy_implementations)]
 pub struct OutlierSettings {
@@ -79,11 +84,77 @@ pub struct OutlierSettings {
     pub silence: Duration,
 }
 
+impl HedgeSettings {
+    /// Checks every field; the error names it (`hedging.budget_percent`).
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        check::positive("hedging.min_delay", self.min_delay)?;
+        if let Some(delay) = self.delay {
+            check::positive("hedging.delay", delay)?;
+        }
+        if self.budget_percent > 100 {
+            return Err(ConfigError::InvalidValue {
+                field: "hedging.budget_percent".to_owned(),
+                value: self.budget_percent.to_string(),
+                reason: "must be from 0 to 100",
+            });
+        }
+        check::at_least_one("hedging.budget_burst", u64::from(self.budget_burst))
+    }
+}
+
 impl Default for OutlierSettings {
     fn default() -> Self {
         Self {
             enabled: true,
             silence: Duration::from_millis(100),
         }
+    }
+}
+
+impl OutlierSettings {
+    /// Checks every field; the error names it (`outliers.silence`).
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        check::positive("outliers.silence", self.silence)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_hedging_and_outlier_settings_name_the_field() {
+        let field_of = |error: ConfigError| match error {
+            ConfigError::InvalidValue { field, .. } => field,
+            other => panic!("{other:?}"),
+        };
+        for (field, edit) in [
+            (
+                "hedging.min_delay",
+                (|h| h.min_delay = Duration::ZERO) as fn(&mut HedgeSettings),
+            ),
+            ("hedging.delay", |h| h.delay = Some(Duration::ZERO)),
+            ("hedging.budget_percent", |h| h.budget_percent = 101),
+            ("hedging.budget_burst", |h| h.budget_burst = 0),
+        ] {
+            let mut hedging = HedgeSettings::default();
+            edit(&mut hedging);
+            assert_eq!(field_of(hedging.validate().unwrap_err()), field);
+        }
+        let mut outliers = OutlierSettings::default();
+        outliers.silence = Duration::ZERO;
+        assert_eq!(
+            field_of(outliers.validate().unwrap_err()),
+            "outliers.silence"
+        );
+        let mut extremes = HedgeSettings::default();
+        extremes.delay = Some(Duration::MAX);
+        extremes.budget_percent = 100;
+        extremes.budget_per_second = u32::MAX;
+        extremes.budget_burst = u32::MAX;
+        extremes.validate().unwrap();
+        let mut outliers = OutlierSettings::default();
+        outliers.silence = Duration::MAX;
+        outliers.validate().unwrap();
     }
 }

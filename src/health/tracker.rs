@@ -147,10 +147,12 @@ mod tests {
         let delays: Vec<u128> = (0..5).map(|a| recovery_delay(a, &s).as_millis()).collect();
         assert_eq!(delays, [250, 500, 1000, 1000, 1000]);
         assert_eq!(recovery_delay(u32::MAX, &s), s.recovery_max);
-        let original = HealthSettings::original();
-        let delays: Vec<u64> = (0..5)
-            .map(|a| recovery_delay(a, &original).as_secs())
-            .collect();
+        let slow = HealthSettings {
+            recovery_initial: Duration::from_secs(5),
+            recovery_max: Duration::from_secs(30),
+            ..HealthSettings::default()
+        };
+        let delays: Vec<u64> = (0..5).map(|a| recovery_delay(a, &slow).as_secs()).collect();
         assert_eq!(delays, [5, 10, 20, 30, 30]);
         let extreme = HealthSettings {
             recovery_initial: Duration::from_millis(1),

@@ -158,13 +158,6 @@ async fn with_the_defaults_a_node_that_answers_again_is_back_within_about_a_seco
             "after a {fault_ms} ms fault: back {back:?} after it answered (bound {bound:?})"
         );
     }
-    // The original sketch's cadence is still there, for those who want it.
-    let original = HealthSettings::original();
-    assert_eq!(original.interval, Duration::from_secs(60));
-    assert_eq!(
-        (original.recovery_initial, original.recovery_max),
-        (Duration::from_secs(5), Duration::from_secs(30))
-    );
 }
 
 #[tokio::test(start_paused = true)]
