@@ -285,7 +285,11 @@ mod tests {
                 Fail,
             ),
             (Error::Closed, Fail, Fail),
-            (Error::Config(crate::error::ConfigError::NoNodes), Fail, Fail),
+            (
+                Error::Config(crate::error::ConfigError::NoNodes),
+                Fail,
+                Fail,
+            ),
         ];
         for (error, strict, idempotent) in &table {
             assert_eq!(error.retry_decision(false), *strict, "{error:?}");
