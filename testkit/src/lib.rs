@@ -99,6 +99,7 @@ mod node;
 mod pgbouncer;
 mod proxy;
 mod roles;
+mod skip;
 mod tls;
 
 pub use backend::{Backend, BACKEND_ENV};

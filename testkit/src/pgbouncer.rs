@@ -112,29 +112,20 @@ impl PgBouncer {
         find_binary()
     }
 
-    /// For tests that need PgBouncer: whether it is installed (see
-    /// [`PgBouncer::binary`]). When it is not, prints `skipped: {test}:
-    /// pgbouncer not installed (…)` on stderr and returns `false`, and the
-    /// test returns.
+    /// For tests that need PgBouncer, first thing: whether it is
+    /// installed (see [`PgBouncer::binary`]). When it is not, prints
+    /// `skipped: <test>: pgbouncer not installed (set
+    /// PGROUTER_PGBOUNCER_TESTS=require to fail instead)` on stderr (past
+    /// the test harness's output capture) and returns `false`; the test
+    /// returns.
     ///
     /// # Panics
     ///
     /// When it is not installed and `PGROUTER_PGBOUNCER_TESTS` is `require`
     /// (as in CI), so that such tests never pass by skipping.
-    pub fn installed_or_skip(test: &str) -> bool {
-        match find_binary() {
-            Ok(_) => true,
-            Err(e) if std::env::var(PGBOUNCER_REQUIRE_ENV).as_deref() == Ok("require") => {
-                panic!("{PGBOUNCER_REQUIRE_ENV}=require, but: {e}")
-            }
-            Err(_) => {
-                eprintln!(
-                    "skipped: {test}: pgbouncer not installed \
-                     (set {PGBOUNCER_REQUIRE_ENV}=require to fail instead)"
-                );
-                false
-            }
-        }
+    pub fn installed_or_skip() -> bool {
+        let found = find_binary().map_err(|_| "pgbouncer not installed");
+        crate::skip::or_skip(found, PGBOUNCER_REQUIRE_ENV).is_some()
     }
 
     /// The port it listens on.

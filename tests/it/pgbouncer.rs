@@ -11,7 +11,7 @@ use crate::support::*;
 use pgrouter::{
     CausalToken, Config, DatabaseManager, Error, ReadStrategy, StatementMode, TxFuture,
 };
-use pgrouter_testkit::{Cluster, Pooler, StopMode};
+use pgrouter_testkit::{Cluster, PgBouncer, Pooler, StopMode};
 
 /// A primary and two replicas, each behind its own PgBouncer.
 fn pooled_cluster() -> Cluster {
@@ -39,7 +39,7 @@ async fn create_table(cluster: &Cluster) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prepared_mode_behind_a_transaction_pooler_names_the_setting_to_change() {
-    if !pgbouncer_or_skip() {
+    if !PgBouncer::installed_or_skip() {
         return;
     }
     let cluster = pooled_cluster();
@@ -81,7 +81,7 @@ async fn prepared_mode_behind_a_transaction_pooler_names_the_setting_to_change()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unnamed_mode_serves_reads_writes_transactions_and_causal_reads() {
-    if !pgbouncer_or_skip() {
+    if !PgBouncer::installed_or_skip() {
         return;
     }
     let cluster = pooled_cluster();
@@ -182,7 +182,7 @@ async fn unnamed_mode_serves_reads_writes_transactions_and_causal_reads() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unnamed_mode_follows_a_promotion_through_pgbouncer() {
-    if !pgbouncer_or_skip() {
+    if !PgBouncer::installed_or_skip() {
         return;
     }
     let cluster = pooled_cluster();

@@ -81,7 +81,7 @@ pub fn fast_config(nodes: Vec<NodeConfig>) -> Config {
 ///
 /// When it names `pgbouncer` and none is installed: the variable asks for
 /// the pooled suite, which must not pass by skipping (only the tests that
-/// always need PgBouncer skip, see [`pgbouncer_or_skip`]).
+/// always need PgBouncer skip, see [`PgBouncer::installed_or_skip`]).
 pub fn pooler() -> Pooler {
     let pooler = Pooler::from_env().expect(POOLER_ENV);
     if pooler == Pooler::PgBouncer {
@@ -90,16 +90,6 @@ pub fn pooler() -> Pooler {
         }
     }
     pooler
-}
-
-/// For tests that need PgBouncer, first thing: `false` when `pgbouncer` is
-/// not installed, after printing on stderr that this test is skipped
-/// (`PGROUTER_PGBOUNCER_TESTS=require` makes it fail instead; see
-/// [`PgBouncer::installed_or_skip`]).
-pub fn pgbouncer_or_skip() -> bool {
-    // libtest runs each test on a thread named after it.
-    let thread = std::thread::current();
-    PgBouncer::installed_or_skip(thread.name().unwrap_or("a test"))
 }
 
 /// One node config per cluster node, at `ports` (the node's client port, or
