@@ -2,7 +2,14 @@
 //! `examples/prometheus`, scraped over HTTP after real reads, writes, a
 //! retried write, a failed write, a transaction, a failover and a fenced
 //! old primary: every family is there, with bounded labels only.
+//!
+//! Its own test binary, not a module of `tests/it`: the exporter installs
+//! the process's global recorder, and every manager built after that
+//! records into it. Beside the other tests (same node names, `node0` to
+//! `node2`, in every cluster) the exact counts checked here would depend
+//! on which tests ran at the same time.
 
+#[path = "it/support.rs"]
 mod support;
 
 #[path = "../examples/prometheus/exporter.rs"]

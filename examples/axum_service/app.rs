@@ -1,5 +1,5 @@
 //! The service: a small inventory of items over pgrouter, with the probes
-//! Kubernetes calls. `main.rs` serves it; `tests/axum_service.rs` includes
+//! Kubernetes calls. `main.rs` serves it; `tests/it/axum_service.rs` includes
 //! this file and serves it on a test listener.
 
 use axum::extract::{Path, Query, State};

@@ -16,6 +16,9 @@
 //! * [`PgBouncer`] runs PgBouncer in transaction pooling mode in front of a
 //!   node; [`ClusterBuilder::pooler`] (or `PGROUTER_TESTKIT_POOLER=pgbouncer`
 //!   through [`Pooler::from_env`]) fronts every node of a cluster with one.
+//!   Tests that need it start with [`PgBouncer::installed_or_skip`]: skipped
+//!   where `pgbouncer` is not installed, failed there under
+//!   `PGROUTER_PGBOUNCER_TESTS=require`.
 //!
 //! * [`Backend`] chooses where the servers run: on this machine (the
 //!   default), or, with the `docker` feature, one container per node on a
@@ -96,11 +99,12 @@ mod node;
 mod pgbouncer;
 mod proxy;
 mod roles;
+mod skip;
 mod tls;
 
 pub use backend::{Backend, BACKEND_ENV};
 pub use cluster::{Cluster, ClusterBuilder, LocalNode, StopMode};
 pub use error::TestkitError;
-pub use pgbouncer::{PgBouncer, Pooler, PGBOUNCER_ENV, POOLER_ENV};
+pub use pgbouncer::{PgBouncer, Pooler, PGBOUNCER_ENV, PGBOUNCER_REQUIRE_ENV, POOLER_ENV};
 pub use proxy::{Fault, FaultProxy};
 pub use roles::{Flavour, APP_USER, FLAVOUR_ENV};

@@ -24,6 +24,11 @@ pub const PGBOUNCER_ENV: &str = "PGROUTER_PGBOUNCER";
 /// tests' clusters: `pgbouncer` (see [`Pooler::from_env`]).
 pub const POOLER_ENV: &str = "PGROUTER_TESTKIT_POOLER";
 
+/// Environment variable that makes [`PgBouncer::installed_or_skip`] fail
+/// instead of skipping when `pgbouncer` is missing (`.ci/run` sets it to
+/// `require`).
+pub const PGBOUNCER_REQUIRE_ENV: &str = "PGROUTER_PGBOUNCER_TESTS";
+
 /// How long PgBouncer may take to listen.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -101,6 +106,28 @@ impl PgBouncer {
         Ok(bouncer)
     }
 
+    /// The `pgbouncer` binary [`PgBouncer::start`] runs: `PGROUTER_PGBOUNCER`,
+    /// else the first on `PATH`, in `/usr/sbin` or in `/usr/local/sbin`.
+    pub fn binary() -> Result<PathBuf, TestkitError> {
+        find_binary()
+    }
+
+    /// For tests that need PgBouncer, first thing: whether it is
+    /// installed (see [`PgBouncer::binary`]). When it is not, prints
+    /// `skipped: <test>: pgbouncer not installed (set
+    /// PGROUTER_PGBOUNCER_TESTS=require to fail instead)` on stderr (past
+    /// the test harness's output capture) and returns `false`; the test
+    /// returns.
+    ///
+    /// # Panics
+    ///
+    /// When it is not installed and `PGROUTER_PGBOUNCER_TESTS` is `require`
+    /// (as in CI), so that such tests never pass by skipping.
+    pub fn installed_or_skip() -> bool {
+        let found = find_binary().map_err(|_| "pgbouncer not installed");
+        crate::skip::or_skip(found, PGBOUNCER_REQUIRE_ENV).is_some()
+    }
+
     /// The port it listens on.
     pub fn port(&self) -> u16 {
         self.port
@@ -147,7 +174,14 @@ impl Drop for PgBouncer {
 /// `pgbouncer` from `PGROUTER_PGBOUNCER`, `PATH` or `/usr/sbin`.
 fn find_binary() -> Result<PathBuf, TestkitError> {
     if let Some(path) = std::env::var_os(PGBOUNCER_ENV) {
-        return Ok(PathBuf::from(path));
+        let path = PathBuf::from(path);
+        if path.is_file() {
+            return Ok(path);
+        }
+        return Err(TestkitError::InvalidArgument {
+            what: PGBOUNCER_ENV.to_owned(),
+            reason: format!("{} is not a file", path.display()),
+        });
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)

@@ -109,23 +109,15 @@ pub fn test_image() -> Result<String, TestkitError> {
 }
 
 /// For tests that need Docker: [`test_image`], or `None` after printing
-/// why the test is skipped.
+/// `skipped: <test>: <why> (set PGROUTER_DOCKER_TESTS=require to fail
+/// instead)` on stderr (past the test harness's output capture).
 ///
 /// # Panics
 ///
 /// When Docker or the image is missing and `PGROUTER_DOCKER_TESTS` is
 /// `require` (as in CI), so that such tests never pass by skipping.
 pub fn image_or_skip() -> Option<String> {
-    match test_image() {
-        Ok(image) => Some(image),
-        Err(e) if std::env::var(REQUIRE_ENV).as_deref() == Ok("require") => {
-            panic!("{REQUIRE_ENV}=require, but: {e}")
-        }
-        Err(e) => {
-            eprintln!("skipped: {e} (set {REQUIRE_ENV}=require to make this fail)");
-            None
-        }
-    }
+    crate::skip::or_skip(test_image(), REQUIRE_ENV)
 }
 
 /// `name[:tag]` split for testcontainers (`latest` when there is no tag).

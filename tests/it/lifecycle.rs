@@ -1,0 +1,173 @@
+//! status(), close(), and secrets kept out of Debug, Display and logs.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+use pgrouter::{Config, DatabaseManager, Error, ReadStrategy, Role};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_reports_every_node() {
+    let cluster = start_cluster();
+    let ports: Vec<u16> = cluster.nodes().iter().map(|n| n.port()).collect();
+    let mut config = fast_config(node_configs(&cluster, &ports));
+    config.read_strategy = ReadStrategy::GlobalRandom;
+    let created = Instant::now();
+    let db = DatabaseManager::new(config).await.unwrap();
+    db.query("SELECT 1", &[]).await.unwrap();
+    let status = db.status();
+    let since_created = created.elapsed();
+    assert_eq!(status.nodes.len(), 3);
+    assert_eq!(status.read_strategy, ReadStrategy::GlobalRandom);
+    assert_eq!(status.local_region, LOCAL_REGION);
+    for (index, node) in status.nodes.iter().enumerate() {
+        assert_eq!(node.name, format!("node{index}"));
+        assert_eq!(node.region, REGIONS[index]);
+        assert_eq!(
+            node.role,
+            if index == 0 {
+                Role::Primary
+            } else {
+                Role::Replica
+            }
+        );
+        assert!(
+            node.healthy && !node.suspect && node.last_error.is_none(),
+            "{node:?}"
+        );
+        // Probed by this manager (since it was created), whatever the load.
+        let age = node.last_probe_age.expect("probed at start");
+        assert!(age <= since_created, "{age:?} > {since_created:?}");
+        assert_eq!(node.pool.max_size, 8);
+    }
+    assert!(status.nodes.iter().map(|n| n.pool.size).sum::<usize>() >= 1);
+    assert!(status.is_ready() && status.can_read());
+    assert_eq!(status.primary().map(|n| n.name.as_str()), Some("node0"));
+
+    // And probed again later: every node's last probe age drops below the
+    // time since this mark. (A load-proof form of "the age stays small".)
+    let mark = Instant::now();
+    let probed_again = wait_until(Duration::from_secs(10), || {
+        db.status()
+            .nodes
+            .iter()
+            .all(|node| node.last_probe_age.is_some_and(|age| age < mark.elapsed()))
+    })
+    .await;
+    eprintln!("every node probed again within {probed_again:?}");
+    assert!(probed_again.is_some(), "{:?}", db.status());
+    db.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_stops_the_monitor_and_later_calls_fail() {
+    let (cluster, db) = cluster_and_manager(ReadStrategy::RegionalPreferred).await;
+    let clone = db.clone();
+    db.query("SELECT 1", &[]).await.unwrap();
+    // The monitor's probe connection and the pools' connections, as the
+    // primary sees them.
+    let ours = || {
+        let sql = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgrouter'";
+        let count = tokio::task::block_in_place(|| cluster.psql(0, sql)).unwrap();
+        count.parse::<u32>().unwrap()
+    };
+    assert!(ours() >= 1);
+    db.close().await;
+    let gone = wait_until(Duration::from_secs(10), || ours() == 0).await;
+    assert!(gone.is_some(), "close left connections open: {}", ours());
+    assert!(matches!(
+        clone.query("SELECT 1", &[]).await,
+        Err(Error::Closed)
+    ));
+    assert!(matches!(
+        clone.execute("SELECT 1", &[]).await,
+        Err(Error::Closed)
+    ));
+    let tx = clone.transaction(|_tx| Box::pin(async { Ok(()) })).await;
+    assert!(matches!(tx, Err(Error::Closed)));
+    assert!(matches!(clone.read_pool(), Err(Error::Closed)));
+    clone.close().await;
+}
+
+/// Collects everything the fmt subscriber writes.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+// A current-thread runtime keeps the monitor task on this thread, inside
+// the thread-local subscriber. `block_in_place` (see `support::blocking`)
+// panics on such a runtime, so this is a plain test: the cluster starts
+// before the runtime exists, and only the async part runs on it.
+#[test]
+fn secrets_never_reach_debug_display_or_logs() {
+    const SECRET: &str = "hunter2-very-secret";
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let cluster = start_cluster();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let url =
+        |port: u16| format!("postgres://app:{SECRET}@127.0.0.1:{port}/postgres?user=postgres");
+    let config = Config::builder()
+        .primary("writer", "us-east-1", url(cluster.node(0).port()))
+        .replica("gone", "eu-west-1", url(dead_port()))
+        .local_region("eu-west-1")
+        .build()
+        .unwrap();
+    let mut config = config;
+    let fast = fast_config(Vec::new());
+    (config.pool, config.health, config.deadline) = (fast.pool, fast.health, fast.deadline);
+
+    let mut shown = format!(
+        "{config:?}\n{}\n",
+        serde_json::to_string(&config.health).unwrap()
+    );
+    let logged = |text: &str| String::from_utf8_lossy(&captured.0.lock().unwrap()).contains(text);
+    runtime.block_on(async {
+        let db = DatabaseManager::new(config).await.unwrap();
+        shown += &format!("{db:?}\n{:?}\n", db.status());
+        db.query("SELECT 1", &[]).await.unwrap();
+        let error = db.pool("gone").unwrap().get().await.unwrap_err();
+        shown += &format!("{error}\n{error:?}\n");
+        let bad = Config::builder()
+            .primary("w", "r", format!("postgres://app:{SECRET}@h:port/db"))
+            .build();
+        let bad = bad.unwrap_err();
+        shown += &format!("{bad}\n{bad:?}\n");
+        // Until the monitor has logged the down replica (at once, normally).
+        let down_logged =
+            wait_until(Duration::from_secs(10), || logged("node health changed")).await;
+        // A few more probe rounds of logs to search for the secret.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        db.close().await;
+        assert!(down_logged.is_some(), "the down replica was not logged");
+    });
+    drop(runtime);
+
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        logs.contains("node health changed"),
+        "the down replica was logged:\n{logs}"
+    );
+    assert!(shown.contains("writer"), "{shown}");
+    assert!(!shown.contains(SECRET), "secret in Debug/Display:\n{shown}");
+    assert!(!logs.contains(SECRET), "secret in logs:\n{logs}");
+}
