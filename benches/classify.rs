@@ -15,7 +15,8 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use pgrouter::bench::retry_after_server_error;
 use pgrouter::tokio_postgres::error::SqlState;
-use pgrouter::{Error, ReadStrategy};
+use pgrouter::Error;
+use pgrouter::ReadStrategy;
 
 /// Conflicts, topology changes and permanent errors, as a mix.
 const CODES: [&str; 16] = [

@@ -38,7 +38,8 @@ use std::time::Duration;
 
 use pgrouter::deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use pgrouter::tokio_postgres::NoTls;
-use pgrouter::{Config, DatabaseManager};
+use pgrouter::Config;
+use pgrouter::DatabaseManager;
 use pgrouter_testkit::Cluster;
 
 /// Default query counts of the two runs whose difference is measured.

@@ -13,7 +13,10 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use pgrouter::config::{ConfigError, HealthSettings};
-use pgrouter::{Config, DatabaseManager, Error, ReadStrategy};
+use pgrouter::Config;
+use pgrouter::DatabaseManager;
+use pgrouter::Error;
+use pgrouter::ReadStrategy;
 use pgrouter_testkit::{Cluster, StopMode};
 
 const REGIONS: [&str; 3] = ["us-east-1", "eu-west-1", "ap-south-1"];

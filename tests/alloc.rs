@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use pgrouter::bench::{retry_after_server_error, RoutingBench};
 use pgrouter::tokio_postgres::error::SqlState;
-use pgrouter::{Error, ReadStrategy};
+use pgrouter::Error;
+use pgrouter::ReadStrategy;
 
 /// Decisions per strategy and topology size.
 const DECISIONS: usize = 100_000;

@@ -20,7 +20,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use pgrouter::tokio_postgres::error::SqlState;
-use pgrouter::{DatabaseManager, ReadStrategy};
+use pgrouter::DatabaseManager;
+use pgrouter::ReadStrategy;
 use pgrouter_testkit::StopMode;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -7,8 +7,12 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use pgrouter::causal::CausalLayer;
+use pgrouter::error::RetryHint;
 use pgrouter::tokio_postgres::Row;
-use pgrouter::{CausalLayer, DatabaseManager, Error, RetryHint, ServedBy};
+use pgrouter::DatabaseManager;
+use pgrouter::Error;
+use pgrouter::ServedBy;
 use serde::{Deserialize, Serialize};
 
 /// The cookie the causal token also travels in (browsers send it back by

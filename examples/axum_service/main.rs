@@ -2,7 +2,7 @@
 //! liveness, `/health/ready` for readiness, errors answered with the HTTP
 //! status pgrouter suggests, the serving node in `x-served-by`, and
 //! read-your-writes across requests (and instances) through
-//! `pgrouter::CausalLayer`.
+//! `pgrouter::causal::CausalLayer`.
 //!
 //! ```text
 //! cargo run --example axum_service                 # starts a local cluster
@@ -22,7 +22,13 @@ mod app;
 
 use std::net::SocketAddr;
 
-use pgrouter::{Config, DatabaseManager, NodeConfig, Role};
+use pgrouter::Config;
+
+use pgrouter::DatabaseManager;
+
+use pgrouter::config::NodeConfig;
+
+use pgrouter::Role;
 use pgrouter_testkit::Cluster;
 
 #[tokio::main]

@@ -32,9 +32,9 @@ pub const CAUSAL_TOKEN_HEADER: &str = "x-causal-token";
 /// `Set-Cookie` (`Path=/; HttpOnly; SameSite=Lax`).
 ///
 /// ```
-/// # fn demo<S>(service: S) -> pgrouter::CausalService<S> {
+/// # fn demo<S>(service: S) -> pgrouter::causal::CausalService<S> {
 /// use tower_layer::Layer;
-/// let layer = pgrouter::CausalLayer::new().cookie("pgrouter_token");
+/// let layer = pgrouter::causal::CausalLayer::new().cookie("pgrouter_token");
 /// layer.layer(service)
 /// # }
 /// ```

@@ -38,7 +38,7 @@ struct Scope {
 /// ```no_run
 /// # async fn demo(db: pgrouter::DatabaseManager, from_client: Option<pgrouter::CausalToken>)
 /// # -> Result<(), pgrouter::Error> {
-/// let (result, newest) = pgrouter::causal_scope(from_client, async {
+/// let (result, newest) = pgrouter::causal::causal_scope(from_client, async {
 ///     db.execute("UPDATE carts SET n = n + 1 WHERE id = 7", &[]).await?;
 ///     // Sees the update, even from a replica.
 ///     db.query_one("SELECT n FROM carts WHERE id = 7", &[]).await

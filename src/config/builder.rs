@@ -204,12 +204,18 @@ mod tests {
 
     #[test]
     fn each_setter_writes_its_field() {
-        let mut pool = PoolSettings::default();
-        pool.max_size = 4;
-        let mut readiness = ReadinessSettings::default();
-        readiness.min_calls = 1;
-        let mut tls = TlsSettings::default();
-        tls.enabled = true;
+        let pool = PoolSettings {
+            max_size: 4,
+            ..PoolSettings::default()
+        };
+        let readiness = ReadinessSettings {
+            min_calls: 1,
+            ..ReadinessSettings::default()
+        };
+        let tls = TlsSettings {
+            enabled: true,
+            ..TlsSettings::default()
+        };
         let config = Config::builder()
             .primary("a", "r1", "host=a")
             .replica("b", "r2", "host=b")

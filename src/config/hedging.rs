@@ -141,20 +141,26 @@ mod tests {
             edit(&mut hedging);
             assert_eq!(field_of(hedging.validate().unwrap_err()), field);
         }
-        let mut outliers = OutlierSettings::default();
-        outliers.silence = Duration::ZERO;
+        let outliers = OutlierSettings {
+            silence: Duration::ZERO,
+            ..OutlierSettings::default()
+        };
         assert_eq!(
             field_of(outliers.validate().unwrap_err()),
             "outliers.silence"
         );
-        let mut extremes = HedgeSettings::default();
-        extremes.delay = Some(Duration::MAX);
-        extremes.budget_percent = 100;
-        extremes.budget_per_second = u32::MAX;
-        extremes.budget_burst = u32::MAX;
+        let extremes = HedgeSettings {
+            delay: Some(Duration::MAX),
+            budget_percent: 100,
+            budget_per_second: u32::MAX,
+            budget_burst: u32::MAX,
+            ..HedgeSettings::default()
+        };
         extremes.validate().unwrap();
-        let mut outliers = OutlierSettings::default();
-        outliers.silence = Duration::MAX;
+        let outliers = OutlierSettings {
+            silence: Duration::MAX,
+            ..OutlierSettings::default()
+        };
         outliers.validate().unwrap();
     }
 }

@@ -107,9 +107,10 @@ mod tests {
     use super::*;
 
     fn with_table(table: &str) -> OutcomeSettings {
-        let mut outcomes = OutcomeSettings::default();
-        outcomes.marker_table = Some(table.to_owned());
-        outcomes
+        OutcomeSettings {
+            marker_table: Some(table.to_owned()),
+            ..OutcomeSettings::default()
+        }
     }
 
     #[test]
@@ -136,8 +137,10 @@ mod tests {
                 "{bad}: {err}"
             );
         }
-        let mut short = OutcomeSettings::default();
-        short.marker_retention = Duration::from_secs(59);
+        let short = OutcomeSettings {
+            marker_retention: Duration::from_secs(59),
+            ..OutcomeSettings::default()
+        };
         let err = short.validate().unwrap_err();
         assert!(
             matches!(&err, ConfigError::InvalidValue { field, .. } if field == "outcomes.marker_retention")

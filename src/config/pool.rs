@@ -176,10 +176,12 @@ mod tests {
         for (name, edit) in cases {
             assert_eq!(field_of(edit), name);
         }
-        let mut edge = PoolSettings::default();
-        edge.keepalive_idle = Duration::from_secs(32_767);
-        edge.tcp_user_timeout = Duration::from_millis(i32::MAX as u64);
-        edge.max_size = 10_000;
+        let edge = PoolSettings {
+            keepalive_idle: Duration::from_secs(32_767),
+            tcp_user_timeout: Duration::from_millis(i32::MAX as u64),
+            max_size: 10_000,
+            ..PoolSettings::default()
+        };
         edge.validate().unwrap();
     }
 }

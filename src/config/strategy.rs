@@ -125,8 +125,10 @@ mod tests {
 
     #[test]
     fn preferred_regions_are_named() {
-        let mut nearest = NearestSettings::default();
-        nearest.preferred_regions = vec!["eu-west-1".into(), " ".into()];
+        let nearest = NearestSettings {
+            preferred_regions: vec!["eu-west-1".into(), " ".into()],
+            ..NearestSettings::default()
+        };
         let err = nearest.validate().unwrap_err();
         assert!(
             matches!(&err, ConfigError::EmptyField { field } if field == "nearest.preferred_regions[1]")

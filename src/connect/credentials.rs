@@ -102,17 +102,18 @@ pub struct CredentialRequest {
 ///
 /// ```
 /// use std::time::Duration;
-/// use pgrouter::{Config, Credential};
+/// use pgrouter::auth::Credential;
+/// use pgrouter::Config;
 ///
 /// let config = Config::builder()
 ///     .primary("writer", "us-east-1", "host=10.0.0.1 user=app dbname=orders")
-///     .password_provider(|request: pgrouter::CredentialRequest| async move {
+///     .password_provider(|request: pgrouter::auth::CredentialRequest| async move {
 ///         // Fetch it from a secret store here, for `request.node`.
 ///         let password = std::env::var("APP_DB_PASSWORD")?;
 ///         Ok(Credential::new(password).valid_for(Duration::from_secs(300)))
 ///     })
 ///     .build()?;
-/// # Ok::<(), pgrouter::ConfigError>(())
+/// # Ok::<(), pgrouter::error::ConfigError>(())
 /// ```
 pub trait PasswordProvider: Send + Sync + 'static {
     /// The password for a new connection described by `request`.

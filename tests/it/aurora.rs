@@ -7,9 +7,13 @@
 use std::time::Duration;
 
 use crate::support::*;
-use pgrouter::{
-    Capability, CausalToken, DatabaseManager, DiscoverySettings, Event, ReadStrategy, Status,
-};
+use pgrouter::config::DiscoverySettings;
+use pgrouter::status::Capability;
+use pgrouter::status::Event;
+use pgrouter::status::Status;
+use pgrouter::CausalToken;
+use pgrouter::DatabaseManager;
+use pgrouter::ReadStrategy;
 use pgrouter_testkit::{Cluster, Flavour, StopMode};
 
 fn aurora_cluster() -> Cluster {

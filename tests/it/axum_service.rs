@@ -13,7 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::support::*;
-use pgrouter::{Config, DatabaseManager, CAUSAL_TOKEN_HEADER};
+use pgrouter::causal::CAUSAL_TOKEN_HEADER;
+use pgrouter::Config;
+use pgrouter::DatabaseManager;
 use pgrouter_testkit::{Fault, StopMode};
 use serde_json::Value;
 

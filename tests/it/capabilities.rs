@@ -6,7 +6,12 @@
 use std::time::Duration;
 
 use crate::support::*;
-use pgrouter::{Capability, DatabaseManager, NodeConfig, ReadStrategy, Role, Status};
+use pgrouter::config::NodeConfig;
+use pgrouter::status::Capability;
+use pgrouter::status::Status;
+use pgrouter::DatabaseManager;
+use pgrouter::ReadStrategy;
+use pgrouter::Role;
 use pgrouter_testkit::{Cluster, Flavour};
 
 /// The SQLSTATEs that mean "this node cannot tell you", with a message as

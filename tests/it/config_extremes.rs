@@ -9,7 +9,12 @@
 use std::time::Duration;
 
 use crate::support::dead_port;
-use pgrouter::{Config, DatabaseManager, NodeConfig, ReadStrategy, Role, StatementMode};
+use pgrouter::config::NodeConfig;
+use pgrouter::config::StatementMode;
+use pgrouter::Config;
+use pgrouter::DatabaseManager;
+use pgrouter::ReadStrategy;
+use pgrouter::Role;
 
 const CASES: usize = 10_000;
 

@@ -6,7 +6,10 @@
 use std::time::{Duration, Instant};
 
 use crate::support::*;
-use pgrouter::{DatabaseManager, Error, ReadStrategy, Role};
+use pgrouter::DatabaseManager;
+use pgrouter::Error;
+use pgrouter::ReadStrategy;
+use pgrouter::Role;
 use pgrouter_testkit::docker::image_or_skip;
 use pgrouter_testkit::{Backend, Cluster};
 

@@ -9,12 +9,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::support::*;
+use pgrouter::auth::Credential;
+use pgrouter::auth::CredentialRequest;
+use pgrouter::auth::ProviderError;
+use pgrouter::auth::SharedPasswordProvider;
+use pgrouter::config::NodeConfig;
 use pgrouter::tokio_postgres::error::SqlState;
 use pgrouter::tokio_postgres::NoTls;
-use pgrouter::{
-    Credential, CredentialRequest, DatabaseManager, NodeConfig, ProviderError,
-    SharedPasswordProvider,
-};
+use pgrouter::DatabaseManager;
 use pgrouter_testkit::Cluster;
 
 const ROLE: &str = "rotator";

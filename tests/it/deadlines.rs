@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use crate::support::*;
 use pgrouter::tokio_postgres::NoTls;
-use pgrouter::{DatabaseManager, ReadStrategy};
+use pgrouter::DatabaseManager;
+use pgrouter::ReadStrategy;
 use pgrouter_testkit::Fault;
 
 async fn warm_every_pool(db: &DatabaseManager) {

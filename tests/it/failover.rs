@@ -4,7 +4,11 @@
 use std::time::{Duration, Instant};
 
 use crate::support::*;
-use pgrouter::{DatabaseManager, Error, Event, ReadStrategy, Role};
+use pgrouter::status::Event;
+use pgrouter::DatabaseManager;
+use pgrouter::Error;
+use pgrouter::ReadStrategy;
+use pgrouter::Role;
 use pgrouter_testkit::{Cluster, Flavour, StopMode};
 
 fn port(cluster: &Cluster, index: usize) -> i32 {

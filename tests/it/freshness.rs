@@ -4,7 +4,12 @@
 use std::time::Duration;
 
 use crate::support::*;
-use pgrouter::{CausalToken, DatabaseManager, Error, Event, Lsn, ReadStrategy};
+use pgrouter::causal::Lsn;
+use pgrouter::status::Event;
+use pgrouter::CausalToken;
+use pgrouter::DatabaseManager;
+use pgrouter::Error;
+use pgrouter::ReadStrategy;
 use pgrouter_testkit::{Cluster, Fault};
 
 async fn manager_with(
@@ -17,7 +22,7 @@ async fn manager_with(
     DatabaseManager::new(config).await.unwrap()
 }
 
-fn lag_of(db: &DatabaseManager, node: &str) -> Option<pgrouter::Lag> {
+fn lag_of(db: &DatabaseManager, node: &str) -> Option<pgrouter::status::Lag> {
     db.status().node(node).and_then(|n| n.lag)
 }
 

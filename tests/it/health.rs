@@ -95,11 +95,11 @@ async fn a_stopped_replica_is_routed_around_and_recovers() {
     let mut seen = Vec::new();
     while let Ok(event) = events.try_recv() {
         match event {
-            pgrouter::Event::NodeDown { node, error } if node == "node1" => {
+            pgrouter::status::Event::NodeDown { node, error } if node == "node1" => {
                 assert!(!error.is_empty());
                 seen.push("down");
             }
-            pgrouter::Event::NodeUp { node } if node == "node1" => seen.push("up"),
+            pgrouter::status::Event::NodeUp { node } if node == "node1" => seen.push("up"),
             _ => {}
         }
     }

@@ -9,7 +9,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::support::*;
-use pgrouter::{DatabaseManager, HedgeCounts, HedgeSettings, OutlierSettings, ReadStrategy};
+use pgrouter::config::HedgeSettings;
+use pgrouter::config::OutlierSettings;
+use pgrouter::status::HedgeCounts;
+use pgrouter::DatabaseManager;
+use pgrouter::ReadStrategy;
 use pgrouter_testkit::Fault;
 
 /// Concurrent readers, as a service's request handlers.
@@ -56,9 +60,10 @@ fn readers(
 async fn black_hole_under_load(hedging: bool) -> (Tally, HedgeCounts, bool) {
     let (_cluster, proxies, db) = proxied_with(|config| {
         config.read_strategy = ReadStrategy::RegionalPreferred;
-        config.hedging = HedgeSettings {
-            enabled: hedging,
-            ..HedgeSettings::default()
+        config.hedging = {
+            let mut settings = HedgeSettings::default();
+            settings.enabled = hedging;
+            settings
         };
         config.outliers = OutlierSettings::default();
     })

@@ -5,7 +5,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::support::*;
-use pgrouter::{Config, DatabaseManager, Error, ReadStrategy, Role};
+use pgrouter::Config;
+use pgrouter::DatabaseManager;
+use pgrouter::Error;
+use pgrouter::ReadStrategy;
+use pgrouter::Role;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_reports_every_node() {

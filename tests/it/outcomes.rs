@@ -10,9 +10,13 @@ use std::time::Duration;
 use crate::support::{
     blocking, fast_config, node_configs, pooler, session, until_running, wait_until_async,
 };
+use pgrouter::status::CommitOutcome;
+use pgrouter::status::Event;
 use pgrouter::tokio_postgres::types::ToSql;
 use pgrouter::tokio_postgres::Row;
-use pgrouter::{CommitOutcome, Config, DatabaseManager, Error, Event};
+use pgrouter::Config;
+use pgrouter::DatabaseManager;
+use pgrouter::Error;
 use pgrouter_testkit::{Cluster, Fault, FaultProxy, Pooler, StopMode};
 
 const MARKERS: &str = "pgrouter_outcomes";
@@ -80,9 +84,10 @@ async fn create_schema(cluster: &Cluster) {
            DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
            WHEN (NEW.note LIKE 'slow%') EXECUTE FUNCTION slow_commit();
          {};",
-        pgrouter::OutcomeSettings {
-            marker_table: Some(MARKERS.to_owned()),
-            ..Default::default()
+        {
+            let mut outcomes = pgrouter::config::OutcomeSettings::default();
+            outcomes.marker_table = Some(MARKERS.to_owned());
+            outcomes
         }
         .marker_table_sql()
         .expect("marker table SQL")

@@ -8,9 +8,13 @@
 use std::time::{Duration, Instant};
 
 use crate::support::*;
-use pgrouter::{
-    CausalToken, Config, DatabaseManager, Error, ReadStrategy, StatementMode, TxFuture,
-};
+use pgrouter::config::StatementMode;
+use pgrouter::CausalToken;
+use pgrouter::Config;
+use pgrouter::DatabaseManager;
+use pgrouter::Error;
+use pgrouter::ReadStrategy;
+use pgrouter::TxFuture;
 use pgrouter_testkit::{Cluster, PgBouncer, Pooler, StopMode};
 
 /// A primary and two replicas, each behind its own PgBouncer.

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use crate::support::*;
 use pgrouter::tokio_postgres::error::SqlState;
-use pgrouter::{Error, ReadStrategy};
+use pgrouter::Error;
+use pgrouter::ReadStrategy;
 use pgrouter_testkit::Fault;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,7 +5,11 @@
 use std::time::Duration;
 
 use crate::support::*;
-use pgrouter::{ConfigError, DatabaseManager, Error, NodeConfig, Role};
+use pgrouter::config::NodeConfig;
+use pgrouter::error::ConfigError;
+use pgrouter::DatabaseManager;
+use pgrouter::Error;
+use pgrouter::Role;
 use pgrouter_testkit::{Cluster, ClusterBuilder, Flavour};
 
 fn start(builder: ClusterBuilder) -> Cluster {

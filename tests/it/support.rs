@@ -4,11 +4,17 @@
 
 use std::time::Duration;
 
+use pgrouter::config::HealthSettings;
+use pgrouter::config::NodeConfig;
+use pgrouter::config::PoolSettings;
+use pgrouter::config::RetrySettings;
+use pgrouter::config::StatementMode;
 use pgrouter::tokio_postgres::{Client, NoTls};
-use pgrouter::{
-    Config, DatabaseManager, Error, HealthSettings, NodeConfig, PoolSettings, ReadStrategy,
-    RetrySettings, Role, StatementMode,
-};
+use pgrouter::Config;
+use pgrouter::DatabaseManager;
+use pgrouter::Error;
+use pgrouter::ReadStrategy;
+use pgrouter::Role;
 use pgrouter_testkit::{
     Backend, Cluster, ClusterBuilder, FaultProxy, Flavour, PgBouncer, Pooler, POOLER_ENV,
 };
@@ -35,24 +41,27 @@ pub fn fast_config(nodes: Vec<NodeConfig>) -> Config {
     let mut config = Config::new(nodes);
     config.local_region = LOCAL_REGION.to_owned();
     config.deadline = Duration::from_secs(3);
-    config.pool = PoolSettings {
-        max_size: 8,
-        wait_timeout: Duration::from_secs(1),
-        create_timeout: Duration::from_secs(1),
-        recycle_timeout: Duration::from_millis(500),
-        verify_idle_after: Duration::from_secs(1),
-        connect_timeout: Duration::from_secs(1),
-        keepalive_idle: Duration::from_secs(5),
-        tcp_user_timeout: Duration::from_secs(2),
+    config.pool = {
+        let mut settings = PoolSettings::default();
+        settings.max_size = 8;
+        settings.wait_timeout = Duration::from_secs(1);
+        settings.create_timeout = Duration::from_secs(1);
+        settings.recycle_timeout = Duration::from_millis(500);
+        settings.verify_idle_after = Duration::from_secs(1);
+        settings.connect_timeout = Duration::from_secs(1);
+        settings.keepalive_idle = Duration::from_secs(5);
+        settings.tcp_user_timeout = Duration::from_secs(2);
+        settings
     };
-    config.health = HealthSettings {
-        interval: Duration::from_millis(200),
-        probe_timeout: Duration::from_millis(500),
-        recovery_initial: Duration::from_millis(200),
-        recovery_max: Duration::from_secs(1),
-        fall: 1,
-        rise: 2,
-        ..HealthSettings::default()
+    config.health = {
+        let mut settings = HealthSettings::default();
+        settings.interval = Duration::from_millis(200);
+        settings.probe_timeout = Duration::from_millis(500);
+        settings.recovery_initial = Duration::from_millis(200);
+        settings.recovery_max = Duration::from_secs(1);
+        settings.fall = 1;
+        settings.rise = 2;
+        settings
     };
     // Hedged reads and outlier detection stay on, but only a stalled node
     // reaches these delays: tests elsewhere check which node served a read,
@@ -60,11 +69,13 @@ pub fn fast_config(nodes: Vec<NodeConfig>) -> Config {
     // tests/it/hedging.rs uses the defaults.
     config.hedging.min_delay = Duration::from_millis(250);
     config.outliers.silence = Duration::from_millis(250);
-    config.retry = RetrySettings {
-        max_retries: 3,
-        min_delay: Duration::from_millis(50),
-        max_delay: Duration::from_millis(400),
-        jitter: true,
+    config.retry = {
+        let mut settings = RetrySettings::default();
+        settings.max_retries = 3;
+        settings.min_delay = Duration::from_millis(50);
+        settings.max_delay = Duration::from_millis(400);
+        settings.jitter = true;
+        settings
     };
     // Behind a transaction pooler, named statements do not survive.
     if pooler() == Pooler::PgBouncer {

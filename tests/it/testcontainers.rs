@@ -8,7 +8,13 @@
 
 use std::time::Duration;
 
-use pgrouter::{Config, DatabaseManager, ReadStrategy, Role};
+use pgrouter::Config;
+
+use pgrouter::DatabaseManager;
+
+use pgrouter::ReadStrategy;
+
+use pgrouter::Role;
 use testcontainers_modules::postgres::Postgres;
 use testcontainers_modules::testcontainers::runners::AsyncRunner;
 use testcontainers_modules::testcontainers::ImageExt;

@@ -5,7 +5,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::support::*;
-use pgrouter::{Config, ConfigError, DatabaseManager, Error, NodeConfig, ReadStrategy};
+use pgrouter::config::NodeConfig;
+use pgrouter::error::ConfigError;
+use pgrouter::Config;
+use pgrouter::DatabaseManager;
+use pgrouter::Error;
+use pgrouter::ReadStrategy;
 use pgrouter_testkit::{Cluster, ClusterBuilder};
 
 fn tls_config(cluster: &Cluster, ca_file: Option<&Path>) -> Config {

@@ -4,7 +4,9 @@ use std::time::{Duration, Instant};
 
 use crate::support::*;
 use pgrouter::tokio_postgres::error::SqlState;
-use pgrouter::{DatabaseManager, Error, ReadStrategy};
+use pgrouter::DatabaseManager;
+use pgrouter::Error;
+use pgrouter::ReadStrategy;
 use pgrouter_testkit::Fault;
 
 const SCHEMA: &str = "

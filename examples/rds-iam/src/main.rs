@@ -23,9 +23,12 @@ use std::time::Duration;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_rds::auth_token::{self, AuthTokenGenerator};
 use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
-use pgrouter::{
-    Config, Credential, CredentialFuture, CredentialRequest, DatabaseManager, PasswordProvider,
-};
+use pgrouter::auth::Credential;
+use pgrouter::auth::CredentialFuture;
+use pgrouter::auth::CredentialRequest;
+use pgrouter::auth::PasswordProvider;
+use pgrouter::Config;
+use pgrouter::DatabaseManager;
 
 /// Tokens live 15 minutes; reuse one for at most 14, so no connection is
 /// opened with a token about to expire. A token the server rejects anyway

@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use pgrouter::deadpool_postgres::PoolError;
-use pgrouter::{DatabaseManager, Error};
+use pgrouter::DatabaseManager;
+use pgrouter::Error;
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;

@@ -30,7 +30,10 @@ use std::time::{Duration, Instant};
 
 use common::{millis, node_configs, Latencies, LOCAL_REGION};
 use load::{Kind, Log, KEYS};
-use pgrouter::{Config, DatabaseManager, HealthSettings, PoolSettings};
+use pgrouter::config::HealthSettings;
+use pgrouter::config::PoolSettings;
+use pgrouter::Config;
+use pgrouter::DatabaseManager;
 use pgrouter_testkit::{Cluster, Fault, FaultProxy, StopMode};
 use report::{EventLog, Phase};
 use tokio::task::JoinHandle;
@@ -144,24 +147,26 @@ fn config(cluster: &Cluster, proxies: &[FaultProxy]) -> Config {
     let mut config = Config::new(node_configs(cluster, &ports));
     config.local_region = LOCAL_REGION.to_owned();
     config.deadline = Duration::from_secs(1);
-    config.pool = PoolSettings {
-        max_size: 16,
-        wait_timeout: Duration::from_secs(1),
-        create_timeout: Duration::from_secs(1),
-        recycle_timeout: Duration::from_millis(500),
-        connect_timeout: Duration::from_secs(1),
-        keepalive_idle: Duration::from_secs(5),
-        tcp_user_timeout: Duration::from_secs(2),
-        ..PoolSettings::default()
+    config.pool = {
+        let mut settings = PoolSettings::default();
+        settings.max_size = 16;
+        settings.wait_timeout = Duration::from_secs(1);
+        settings.create_timeout = Duration::from_secs(1);
+        settings.recycle_timeout = Duration::from_millis(500);
+        settings.connect_timeout = Duration::from_secs(1);
+        settings.keepalive_idle = Duration::from_secs(5);
+        settings.tcp_user_timeout = Duration::from_secs(2);
+        settings
     };
-    config.health = HealthSettings {
-        interval: health_interval(),
-        probe_timeout: Duration::from_millis(500),
-        recovery_initial: Duration::from_millis(250),
-        recovery_max: Duration::from_secs(1),
-        fall: 1,
-        rise: 2,
-        ..HealthSettings::default()
+    config.health = {
+        let mut settings = HealthSettings::default();
+        settings.interval = health_interval();
+        settings.probe_timeout = Duration::from_millis(500);
+        settings.recovery_initial = Duration::from_millis(250);
+        settings.recovery_max = Duration::from_secs(1);
+        settings.fall = 1;
+        settings.rise = 2;
+        settings
     };
     config
 }

@@ -4,7 +4,11 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use pgrouter::{DatabaseManager, Event, HedgeCounts};
+use pgrouter::DatabaseManager;
+
+use pgrouter::status::Event;
+
+use pgrouter::status::HedgeCounts;
 
 use crate::common::{millis, Latencies};
 use crate::load::{Kind, Record};

@@ -23,7 +23,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{median, millis, node_configs, Latencies, LOCAL_REGION};
-use pgrouter::{Config, DatabaseManager, Error, OutcomeSettings};
+use pgrouter::config::OutcomeSettings;
+use pgrouter::Config;
+use pgrouter::DatabaseManager;
+use pgrouter::Error;
 use pgrouter_testkit::Cluster;
 
 const ACCOUNTS: i32 = 10_000;
@@ -138,22 +141,25 @@ async fn main() {
         "CREATE TABLE accounts (aid int PRIMARY KEY, abalance int NOT NULL DEFAULT 0);
          INSERT INTO accounts (aid) SELECT generate_series(1, {ACCOUNTS});
          {};",
-        OutcomeSettings {
-            marker_table: Some(MARKERS.to_owned()),
-            ..OutcomeSettings::default()
+        {
+            let mut settings = OutcomeSettings::default();
+            settings.marker_table = Some(MARKERS.to_owned());
+            settings
         }
         .marker_table_sql()
         .expect("marker table SQL")
     );
     cluster.psql(0, &setup).expect("schema");
 
-    let off = OutcomeSettings {
-        resolve: false,
-        ..OutcomeSettings::default()
+    let off = {
+        let mut settings = OutcomeSettings::default();
+        settings.resolve = false;
+        settings
     };
-    let markers = OutcomeSettings {
-        marker_table: Some(MARKERS.to_owned()),
-        ..OutcomeSettings::default()
+    let markers = {
+        let mut settings = OutcomeSettings::default();
+        settings.marker_table = Some(MARKERS.to_owned());
+        settings
     };
     let plain = manager(&cluster, off.clone()).await;
     let mut rows = vec![

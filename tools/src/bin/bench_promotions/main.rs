@@ -30,7 +30,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{node_configs, Latencies, LOCAL_REGION};
-use pgrouter::{CommitOutcome, Config, DatabaseManager, Error, Event, OutcomeSettings};
+use pgrouter::config::OutcomeSettings;
+use pgrouter::status::CommitOutcome;
+use pgrouter::status::Event;
+use pgrouter::Config;
+use pgrouter::DatabaseManager;
+use pgrouter::Error;
 use pgrouter_testkit::{Cluster, StopMode};
 use tokio_util::sync::CancellationToken;
 
@@ -160,9 +165,10 @@ async fn main() -> std::process::ExitCode {
     );
     let schema = format!(
         "CREATE TABLE ledger (id bigint NOT NULL); {};",
-        OutcomeSettings {
-            marker_table: Some(MARKERS.to_owned()),
-            ..OutcomeSettings::default()
+        {
+            let mut settings = OutcomeSettings::default();
+            settings.marker_table = Some(MARKERS.to_owned());
+            settings
         }
         .marker_table_sql()
         .expect("marker table SQL")

@@ -34,10 +34,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{median, millis, node_configs, Latencies, LOCAL_REGION};
+use pgrouter::config::StatementMode;
 use pgrouter::deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use pgrouter::tokio_postgres::types::ToSql;
 use pgrouter::tokio_postgres::NoTls;
-use pgrouter::{Config, DatabaseManager, ReadStrategy, StatementMode};
+use pgrouter::Config;
+use pgrouter::DatabaseManager;
+use pgrouter::ReadStrategy;
 use pgrouter_testkit::{Cluster, PgBouncer};
 
 /// Connections per pool: pgrouter's per-node pools, the bare pools, and the

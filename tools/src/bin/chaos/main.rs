@@ -19,7 +19,9 @@ mod workload;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pgrouter::{DatabaseManager, ReadStrategy};
+use pgrouter::DatabaseManager;
+
+use pgrouter::ReadStrategy;
 use pgrouter_testkit::{Cluster, FaultProxy};
 
 use bench_common::{node_configs, LOCAL_REGION};

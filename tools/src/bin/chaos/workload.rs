@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use pgrouter::{DatabaseManager, Error};
+use pgrouter::DatabaseManager;
+
+use pgrouter::Error;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
