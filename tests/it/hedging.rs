@@ -133,6 +133,7 @@ async fn without_hedging_the_reads_in_flight_wait_out_their_deadline() {
 async fn the_losing_statement_is_cancelled_on_its_server() {
     let (cluster, _proxies, db) = proxied_with(|config| {
         config.read_strategy = ReadStrategy::RegionalPreferred;
+        config.hedging.enabled = true;
         config.hedging.delay = Some(Duration::from_millis(100));
         config.outliers.enabled = false;
     })
