@@ -579,7 +579,11 @@ fn row_count(context: &NodeContext, expected: &'static str, actual: usize) -> Er
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+
+    use crate::manager::attempt::Deadline;
 
     #[tokio::test(start_paused = true)]
     async fn a_huge_budget_is_a_far_deadline_not_a_panic() {

@@ -1,6 +1,7 @@
 //! [`DatabaseManager`]: the public, cheaply cloned handle.
 
 pub(crate) mod attempt;
+mod primary;
 mod read;
 mod transaction;
 mod tx;

@@ -12,11 +12,12 @@ use tokio::time::{timeout_at, Instant};
 use tokio_postgres::error::SqlState;
 use tracing::Instrument;
 
-use super::attempt::{position_refused, span, token_of, Attempt, Deadline, Failure, TOKEN_SQL};
+use super::attempt::{
+    position_refused, span, token_of, Attempt, Deadline, Failure, Params, Returns, TOKEN_SQL,
+};
+use super::primary::OnPrimary;
 use super::tx::Tx;
-use super::write::{on_primary, OnPrimary, Write};
 use crate::causal::lsn::CausalToken;
-use crate::causal::scope as causal;
 use crate::commit::judge::Identity;
 use crate::commit::resolve::{begin, resolve, BeginError, Resolution};
 use crate::config::clock;
@@ -24,103 +25,12 @@ use crate::connect::statements::{Ready, Statements};
 use crate::failure::error::Error;
 use crate::failure::safety::{Fate, Phase};
 use crate::hub::Hub;
-use crate::observe::spans::Observer;
 
 /// The future a transaction closure returns: box it with `Box::pin(async
 /// move { … })`. `?` on a `tokio_postgres::Error` converts it into
 /// [`Error::Postgres`]; return [`Error::aborted`] for the application's own
 /// reasons to roll back.
 pub type TxFuture<'t, T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Send + 't>>;
-
-impl Write<'_> {
-    /// Runs `body` in a transaction on the primary: commits when it returns
-    /// `Ok`, rolls back when it returns `Err`.
-    ///
-    /// The whole closure runs again (with backoff, within the deadline) after
-    /// a serialization failure (40001), a deadlock (40P01), a shutdown
-    /// (57P0x), or a connection lost before COMMIT was sent (nothing was
-    /// committed). So the closure may run more than once: keep side
-    /// effects outside the database out of it.
-    ///
-    /// When the answer to `COMMIT` is lost, pgrouter finds out whether the
-    /// transaction committed (see
-    /// [`OutcomeSettings`](crate::OutcomeSettings)): if it did, this returns
-    /// the closure's value; if it did not, the closure runs again. Only if
-    /// neither can be shown before the deadline is the result
-    /// [`Error::OutcomeUnknown`] (or a [`Error::Timeout`] after `COMMIT`),
-    /// unless the write is marked [`idempotent`](Write::idempotent), which
-    /// runs it again then.
-    ///
-    /// ```no_run
-    /// # use std::time::Duration;
-    /// # async fn demo(db: pgrouter::DatabaseManager) -> Result<(), pgrouter::Error> {
-    /// let moved = db
-    ///     .write()
-    ///     .deadline(Duration::from_secs(2))
-    ///     .transaction(|tx| {
-    ///         Box::pin(async move {
-    ///             tx.execute("UPDATE accounts SET balance = balance - 10 WHERE id = 1", &[]).await?;
-    ///             tx.execute("UPDATE accounts SET balance = balance + 10 WHERE id = 2", &[]).await?;
-    ///             Ok(10)
-    ///         })
-    ///     })
-    ///     .await?;
-    /// # Ok(()) }
-    /// ```
-    pub async fn transaction<T, F>(self, body: F) -> Result<T, Error>
-    where
-        F: for<'t> FnMut(&'t Tx<'t>) -> TxFuture<'t, T> + Send,
-        T: Send,
-    {
-        let (value, _) = self.run_transaction(false, body).await?;
-        Ok(value)
-    }
-
-    /// [`Write::transaction`], also returning the commit's [`CausalToken`]
-    /// for read-your-writes (its query is sent right behind `COMMIT`, in
-    /// the same round trip).
-    pub async fn transaction_with_token<T, F>(self, body: F) -> Result<(T, CausalToken), Error>
-    where
-        F: for<'t> FnMut(&'t Tx<'t>) -> TxFuture<'t, T> + Send,
-        T: Send,
-    {
-        let (value, token) = self.run_transaction(true, body).await?;
-        Ok((value, token.unwrap_or(CausalToken::PRIMARY)))
-    }
-
-    async fn run_transaction<T, F>(
-        self,
-        token: bool,
-        body: F,
-    ) -> Result<(T, Option<CausalToken>), Error>
-    where
-        F: for<'t> FnMut(&'t Tx<'t>) -> TxFuture<'t, T> + Send,
-        T: Send,
-    {
-        let observer = Observer::transaction(self.hub);
-        let deadline = match self.deadline_from_now() {
-            Ok(deadline) => deadline,
-            Err(error) => return Err(observer.rejected(self.hub, error)),
-        };
-        // Inside a causal scope, the commit's token advances the scope.
-        let scoped = causal::in_scope();
-        let call = TransactionCall {
-            body: Closure(body, PhantomData),
-            deadline,
-            token: token || scoped,
-            resolve: self.hub.config.outcomes.resolve,
-        };
-        let result = on_primary(self.hub, deadline, self.idempotent, call, observer).await;
-        let failed = result.as_ref().is_err_and(Error::is_unavailable);
-        self.hub.write_outcomes.record(failed);
-        let done = result?;
-        crate::observe::served::record(self.served, self.hub, done.index);
-        if scoped {
-            causal::advance(done.token.unwrap_or(CausalToken::PRIMARY));
-        }
-        Ok((done.value, done.token))
-    }
-}
 
 /// What runs inside the transaction: a caller's closure, or one statement.
 pub(crate) trait Body: Send {
@@ -134,7 +44,7 @@ pub(crate) trait Body: Send {
 }
 
 /// A caller's closure (the marker ties `T`'s lifetime to the closure's).
-struct Closure<F, T>(F, PhantomData<T>);
+pub(crate) struct Closure<F, T>(pub(crate) F, pub(crate) PhantomData<T>);
 
 impl<T, F> Body for Closure<F, T>
 where
@@ -144,6 +54,20 @@ where
     type Output = T;
     fn run<'t>(&'t mut self, tx: &'t Tx<'t>) -> impl Future<Output = Result<T, Error>> + Send + 't {
         (self.0)(tx)
+    }
+}
+
+/// One statement as a transaction's body.
+pub(crate) struct Statement<'c, K> {
+    pub(crate) sql: &'c str,
+    pub(crate) params: Params<'c>,
+    pub(crate) kind: PhantomData<K>,
+}
+
+impl<K: Returns> Body for Statement<'_, K> {
+    type Output = K::Output;
+    async fn run<'t>(&'t mut self, tx: &'t Tx<'t>) -> Result<K::Output, Error> {
+        Ok(tx.run::<K>(self.sql, self.params).await?)
     }
 }
 
