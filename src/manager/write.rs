@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use tokio_postgres::Row;
 
-use super::attempt::{
-    at_most_one, exactly_one, traced, Call, Count, Deadline, Params, Returns, Rows,
-};
+use super::attempt::{at_most_one, exactly_one, traced, Call, Deadline};
+use super::pooled::Pools;
 use super::primary::{on_primary, OnPrimary};
-use super::transaction::{Closure, Statement, TransactionCall, TxFuture};
+use super::session::{Connect, Count, Params, Returns, RowOf, Rows};
+use super::transaction::{Body, Closure, Statement, TransactionCall, TxFuture};
 use super::tx::Tx;
 use crate::causal::lsn::CausalToken;
 use crate::causal::scope as causal;
@@ -110,7 +110,7 @@ impl<'a> Write<'a> {
 
     /// Runs the statement and returns the number of rows affected.
     pub async fn execute(self, sql: &str, params: Params<'_>) -> Result<u64, Error> {
-        self.run::<Count>(sql, params, false)
+        self.run::<Count, _>(Pools, sql, params, false)
             .await
             .map(|served| served.output)
     }
@@ -124,13 +124,13 @@ impl<'a> Write<'a> {
         sql: &str,
         params: Params<'_>,
     ) -> Result<(u64, CausalToken), Error> {
-        let served = self.run::<Count>(sql, params, true).await?;
+        let served = self.run::<Count, _>(Pools, sql, params, true).await?;
         Ok((served.output, served.token))
     }
 
     /// Runs the statement (e.g. with `RETURNING`) and returns every row.
     pub async fn query(self, sql: &str, params: Params<'_>) -> Result<Vec<Row>, Error> {
-        self.run::<Rows>(sql, params, false)
+        self.run::<Rows, _>(Pools, sql, params, false)
             .await
             .map(|served| served.output)
     }
@@ -141,7 +141,7 @@ impl<'a> Write<'a> {
         sql: &str,
         params: Params<'_>,
     ) -> Result<(Vec<Row>, CausalToken), Error> {
-        let served = self.run::<Rows>(sql, params, true).await?;
+        let served = self.run::<Rows, _>(Pools, sql, params, true).await?;
         Ok((served.output, served.token))
     }
 
@@ -149,7 +149,7 @@ impl<'a> Write<'a> {
     /// [`Error::RowCount`].
     pub async fn query_one(self, sql: &str, params: Params<'_>) -> Result<Row, Error> {
         let hub = self.hub;
-        let served = self.run::<Rows>(sql, params, false).await?;
+        let served = self.run::<Rows, _>(Pools, sql, params, false).await?;
         exactly_one(&hub.context(served.index), served.output)
     }
 
@@ -157,7 +157,7 @@ impl<'a> Write<'a> {
     /// [`Error::RowCount`].
     pub async fn query_opt(self, sql: &str, params: Params<'_>) -> Result<Option<Row>, Error> {
         let hub = self.hub;
-        let served = self.run::<Rows>(sql, params, false).await?;
+        let served = self.run::<Rows, _>(Pools, sql, params, false).await?;
         at_most_one(&hub.context(served.index), served.output)
     }
 
@@ -176,14 +176,17 @@ impl<'a> Write<'a> {
     /// Runs the statement; inside a [`causal_scope`](crate::causal_scope)
     /// it also asks for the token and advances the scope to it. Counts the
     /// outcome for readiness, and records the server if asked.
-    async fn run<K: Returns>(
+    pub(crate) async fn run<K: Returns, C: Connect>(
         self,
+        connect: C,
         sql: &str,
         params: Params<'_>,
         token: bool,
-    ) -> Result<Served<K::Output>, Error> {
+    ) -> Result<Served<K::Output<RowOf<C>>>, Error> {
         let (hub, slot, scoped) = (self.hub, self.served, causal::in_scope());
-        let result = self.run_statement::<K>(sql, params, token || scoped).await;
+        let result = self
+            .run_statement::<K, C>(connect, sql, params, token || scoped)
+            .await;
         // A call refused before it started (a bad option) is not counted.
         if !matches!(result, Err(Error::InvalidArgument { .. })) {
             let failed = result.as_ref().is_err_and(Error::is_unavailable);
@@ -198,12 +201,13 @@ impl<'a> Write<'a> {
         result
     }
 
-    async fn run_statement<K: Returns>(
+    async fn run_statement<K: Returns, C: Connect>(
         self,
+        connect: C,
         sql: &str,
         params: Params<'_>,
         token: bool,
-    ) -> Result<Served<K::Output>, Error> {
+    ) -> Result<Served<K::Output<RowOf<C>>>, Error> {
         let observer = Observer::write(self.hub, sql, self.exactly_once);
         let deadline = match self.deadline_from_now() {
             Ok(deadline) => deadline,
@@ -211,7 +215,7 @@ impl<'a> Write<'a> {
         };
         if self.exactly_once {
             return self
-                .run_exactly_once::<K>(sql, params, deadline, token, observer)
+                .run_exactly_once::<K, C>(connect, sql, params, deadline, token, observer)
                 .await;
         }
         let call = Call {
@@ -223,7 +227,8 @@ impl<'a> Write<'a> {
             // outlier detection on the nodes that serve reads.
             tracked: true,
         };
-        let statement = SingleStatement::<K> {
+        let statement = SingleStatement::<K, C> {
+            connect,
             call: &call,
             kind: PhantomData,
         };
@@ -278,7 +283,8 @@ impl Write<'_> {
         F: for<'t> FnMut(&'t Tx<'t>) -> TxFuture<'t, T> + Send,
         T: Send,
     {
-        let (value, _) = self.run_transaction(false, body).await?;
+        let body = Closure(body, PhantomData);
+        let (value, _) = self.run_transaction(Pools, false, body).await?;
         Ok(value)
     }
 
@@ -290,19 +296,18 @@ impl Write<'_> {
         F: for<'t> FnMut(&'t Tx<'t>) -> TxFuture<'t, T> + Send,
         T: Send,
     {
-        let (value, token) = self.run_transaction(true, body).await?;
+        let body = Closure(body, PhantomData);
+        let (value, token) = self.run_transaction(Pools, true, body).await?;
         Ok((value, token.unwrap_or(CausalToken::PRIMARY)))
     }
 
-    async fn run_transaction<T, F>(
+    /// The transaction `body`, its connections from `connect`.
+    pub(crate) async fn run_transaction<C: Connect, B: Body<C::Session>>(
         self,
+        connect: C,
         token: bool,
-        body: F,
-    ) -> Result<(T, Option<CausalToken>), Error>
-    where
-        F: for<'t> FnMut(&'t Tx<'t>) -> TxFuture<'t, T> + Send,
-        T: Send,
-    {
+        body: B,
+    ) -> Result<(B::Output, Option<CausalToken>), Error> {
         let observer = Observer::transaction(self.hub);
         let deadline = match self.deadline_from_now() {
             Ok(deadline) => deadline,
@@ -311,7 +316,8 @@ impl Write<'_> {
         // Inside a causal scope, the commit's token advances the scope.
         let scoped = causal::in_scope();
         let call = TransactionCall {
-            body: Closure(body, PhantomData),
+            connect,
+            body,
             deadline,
             token: token || scoped,
             resolve: self.hub.config.outcomes.resolve,
@@ -330,15 +336,17 @@ impl Write<'_> {
 
 impl Write<'_> {
     /// The statement as the body of a resolved transaction.
-    async fn run_exactly_once<K: Returns>(
+    async fn run_exactly_once<K: Returns, C: Connect>(
         self,
+        connect: C,
         sql: &str,
         params: Params<'_>,
         deadline: Deadline,
         token: bool,
         observer: Observer,
-    ) -> Result<Served<K::Output>, Error> {
+    ) -> Result<Served<K::Output<RowOf<C>>>, Error> {
         let call = TransactionCall {
+            connect,
             body: Statement::<K> {
                 sql,
                 params,
@@ -358,29 +366,30 @@ impl Write<'_> {
 }
 
 /// What a write returned, and where.
-struct Served<T> {
-    index: usize,
-    output: T,
+pub(crate) struct Served<T> {
+    pub(crate) index: usize,
+    pub(crate) output: T,
     /// The causal token when one was asked for, else the one that sends
     /// reads to the primary.
-    token: CausalToken,
+    pub(crate) token: CausalToken,
 }
 
-/// A single statement.
-struct SingleStatement<'c, K> {
+/// A single statement, its connections from `connect`.
+struct SingleStatement<'c, K, C> {
+    connect: C,
     call: &'c Call<'c>,
     kind: PhantomData<K>,
 }
 
-impl<K: Returns> OnPrimary for SingleStatement<'_, K> {
-    type Output = Served<K::Output>;
+impl<K: Returns, C: Connect> OnPrimary for SingleStatement<'_, K, C> {
+    type Output = Served<K::Output<RowOf<C>>>;
     async fn attempt(
         &mut self,
         hub: &Hub,
         index: usize,
         number: u32,
     ) -> Result<Self::Output, Error> {
-        let (output, token) = traced::<K>(hub, index, number, self.call).await?;
+        let (output, token) = traced::<K, C>(hub, self.connect, index, number, self.call).await?;
         Ok(Served {
             index,
             output,
