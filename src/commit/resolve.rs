@@ -28,7 +28,7 @@ pub(crate) const IDENTITY_SQL: &str =
 /// Ends the session still running transaction `$2` (backend `$1`), so that
 /// its fate is decided; matching the transaction id makes sure the backend
 /// is still ours.
-const TERMINATE_SQL: &str = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+pub(crate) const TERMINATE_SQL: &str = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
     WHERE pid = $1 AND backend_xid = xid($2::bigint::text::xid8)";
 
 /// The first and the largest pause between rounds of questions.

@@ -88,11 +88,6 @@ impl Reply {
         }
     }
 
-    /// Success with no rows at once.
-    pub(crate) fn ok() -> Self {
-        Self::rows(Vec::new())
-    }
-
     /// This failure at once.
     pub(crate) fn fail(fault: Fault) -> Self {
         Self {
@@ -249,8 +244,6 @@ pub(crate) struct Entry {
     /// Milliseconds since the fake was made.
     pub(crate) ms: u64,
     pub(crate) node: usize,
-    /// Which connection (0 for a checkout, which has none yet).
-    pub(crate) session: usize,
     pub(crate) event: Event,
 }
 
@@ -263,7 +256,6 @@ pub(crate) struct Fake {
     script: Script,
     start: Instant,
     log: Mutex<Vec<Entry>>,
-    sessions: Mutex<usize>,
 }
 
 impl std::fmt::Debug for Fake {
@@ -282,7 +274,6 @@ impl Fake {
             script: Box::new(script),
             start: Instant::now(),
             log: Mutex::new(Vec::new()),
-            sessions: Mutex::new(0),
         }
     }
 
@@ -326,22 +317,18 @@ impl Fake {
             .collect()
     }
 
-    fn ms(&self) -> u64 {
+    /// Milliseconds since the fake was made.
+    pub(crate) fn ms(&self) -> u64 {
         u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    fn note(&self, node: usize, session: usize, event: Event) {
+    fn note(&self, node: usize, event: Event) {
         let ms = self.ms();
-        self.lock().push(Entry {
-            ms,
-            node,
-            session,
-            event,
-        });
+        self.lock().push(Entry { ms, node, event });
     }
 
     /// Logs the question and returns the script's reply (or the default).
-    fn ask(&self, node: usize, session: usize, ask: Ask, sql: &str) -> Reply {
+    fn ask(&self, node: usize, ask: Ask, sql: &str) -> Reply {
         let nth = {
             let log = self.lock();
             log.iter()
@@ -349,7 +336,7 @@ impl Fake {
                 .filter(|entry| matches!(&entry.event, Event::Asked(a, s) if *a == ask && s == sql))
                 .count()
         };
-        self.note(node, session, Event::Asked(ask, sql.to_owned()));
+        self.note(node, Event::Asked(ask, sql.to_owned()));
         let step = Step {
             node,
             ask,
@@ -364,12 +351,9 @@ impl Fake {
     }
 
     fn session(&self, node: usize) -> FakeSession<'_> {
-        let mut sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
-        *sessions += 1;
         FakeSession {
             fake: self,
             node,
-            id: *sessions,
             settled: false,
         }
     }
@@ -385,7 +369,7 @@ impl<'f> Connect for &'f Fake {
         deadline: Instant,
         _started: Instant,
     ) -> Result<FakeSession<'f>, Failure> {
-        let reply = self.ask(index, 0, Ask::Checkout, "");
+        let reply = self.ask(index, Ask::Checkout, "");
         match timeout_at(deadline, reply.wait()).await {
             Err(_) => Err(Failure::Deadline),
             Ok(Answer::Fail(fault)) => {
@@ -396,7 +380,7 @@ impl<'f> Connect for &'f Fake {
     }
 
     async fn get(self, _hub: &Hub, index: usize) -> Option<FakeSession<'f>> {
-        match self.ask(index, 0, Ask::Checkout, "").wait().await {
+        match self.ask(index, Ask::Checkout, "").wait().await {
             Answer::Fail(_) => None,
             _ => Some(self.session(index)),
         }
@@ -412,15 +396,13 @@ impl<'f> Connect for &'f Fake {
 pub(crate) struct FakeSession<'f> {
     fake: &'f Fake,
     node: usize,
-    id: usize,
     settled: bool,
 }
 
 impl Drop for FakeSession<'_> {
     fn drop(&mut self) {
         if !self.settled {
-            self.fake
-                .note(self.node, self.id, Event::Settled(Fate::Keep));
+            self.fake.note(self.node, Event::Settled(Fate::Keep));
         }
     }
 }
@@ -428,7 +410,7 @@ impl Drop for FakeSession<'_> {
 impl FakeSession<'_> {
     /// Asks the script; its rows, or its failure as tokio-postgres's error.
     async fn answer(&self, ask: Ask, sql: &str) -> Result<Vec<FakeRow>, PgError> {
-        match self.fake.ask(self.node, self.id, ask, sql).wait().await {
+        match self.fake.ask(self.node, ask, sql).wait().await {
             Answer::Rows(rows) => Ok(rows),
             Answer::Fail(fault) => Err(pg_error(fault).await),
             Answer::Never => unreachable!("a reply that never comes never returns"),
@@ -488,7 +470,7 @@ impl<'f> Session for FakeSession<'f> {
 
     fn settle(mut self, _hub: &Hub, fate: Fate) {
         self.settled = true;
-        self.fake.note(self.node, self.id, Event::Settled(fate));
+        self.fake.note(self.node, Event::Settled(fate));
     }
 }
 
@@ -508,7 +490,10 @@ pub(crate) async fn pg_error(fault: Fault) -> PgError {
                 .unwrap_or_else(|error| panic!("an in-memory write failed: {error}"));
             Some(server)
         }
-        Fault::Lost => None,
+        Fault::Lost => {
+            drop(server);
+            None
+        }
     };
     let mut config = tokio_postgres::Config::new();
     config.user("fake");
