@@ -103,53 +103,47 @@ impl Session for Pooled {
         async move { own.await.map(detach) }
     }
 
-    fn query<'a>(
+    async fn query<'a>(
         &'a self,
         sql: &'a str,
         statement: &'a Ready<'static>,
         params: Params<'a>,
-    ) -> impl Future<Output = Result<Vec<Row>, PgError>> + Send + 'a {
-        async move {
-            match statement {
-                Ready::Named(_) => statement.query(&self.object, params).await,
-                Ready::Unnamed(_, types) => {
-                    let ready = Ready::Unnamed(sql, Arc::clone(types));
-                    ready.query(&self.object, params).await
-                }
+    ) -> Result<Vec<Row>, PgError> {
+        match statement {
+            Ready::Named(_) => statement.query(&self.object, params).await,
+            Ready::Unnamed(_, types) => {
+                let ready = Ready::Unnamed(sql, Arc::clone(types));
+                ready.query(&self.object, params).await
             }
         }
     }
 
-    fn execute<'a>(
+    async fn execute<'a>(
         &'a self,
         sql: &'a str,
         statement: &'a Ready<'static>,
         params: Params<'a>,
-    ) -> impl Future<Output = Result<u64, PgError>> + Send + 'a {
-        async move {
-            match statement {
-                Ready::Named(_) => statement.execute(&self.object, params).await,
-                Ready::Unnamed(_, types) => {
-                    let ready = Ready::Unnamed(sql, Arc::clone(types));
-                    ready.execute(&self.object, params).await
-                }
+    ) -> Result<u64, PgError> {
+        match statement {
+            Ready::Named(_) => statement.execute(&self.object, params).await,
+            Ready::Unnamed(_, types) => {
+                let ready = Ready::Unnamed(sql, Arc::clone(types));
+                ready.execute(&self.object, params).await
             }
         }
     }
 
-    fn query_one<'a>(
+    async fn query_one<'a>(
         &'a self,
         sql: &'a str,
         statement: &'a Ready<'static>,
         params: Params<'a>,
-    ) -> impl Future<Output = Result<Row, PgError>> + Send + 'a {
-        async move {
-            match statement {
-                Ready::Named(_) => statement.query_one(&self.object, params).await,
-                Ready::Unnamed(_, types) => {
-                    let ready = Ready::Unnamed(sql, Arc::clone(types));
-                    ready.query_one(&self.object, params).await
-                }
+    ) -> Result<Row, PgError> {
+        match statement {
+            Ready::Named(_) => statement.query_one(&self.object, params).await,
+            Ready::Unnamed(_, types) => {
+                let ready = Ready::Unnamed(sql, Arc::clone(types));
+                ready.query_one(&self.object, params).await
             }
         }
     }

@@ -2,7 +2,6 @@
 //! value returned), as not committed (run again), or not before the
 //! deadline (an unknown outcome), on the resolution's schedule.
 
-use std::future::Future;
 use std::time::Duration;
 
 use super::{two_nodes, Harness};
@@ -26,12 +25,8 @@ struct Transfer;
 impl<S: Session> Body<S> for Transfer {
     type Output = u64;
 
-    fn run<'t>(
-        &'t mut self,
-        session: &'t S,
-        watch: &'t Watch,
-    ) -> impl Future<Output = Result<u64, Error>> + Send + 't {
-        async move { Ok(run_watched::<Count, S>(session, watch, UPDATE, &[]).await?) }
+    async fn run<'t>(&'t mut self, session: &'t S, watch: &'t Watch) -> Result<u64, Error> {
+        Ok(run_watched::<Count, S>(session, watch, UPDATE, &[]).await?)
     }
 }
 
