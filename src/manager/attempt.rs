@@ -262,15 +262,19 @@ impl<'h, C: Connect> Attempt<'h, C> {
             Ok(Err(error)) => return Stage::PrepareFailed(error),
             Err(_) => return Stage::PrepareTimedOut,
         };
-        let run = K::run(client, call.sql, &statement, call.params);
-        let token = async {
+        let token = || async {
             match &token_statement {
                 Some(statement) => One::run(client, TOKEN_SQL, statement, &[]).await.map(Some),
                 None => Ok(None),
             }
         };
-        // Biased: the statement is sent first, the token query right behind it.
-        let both = async { tokio::join!(biased; run, token) };
+        // Biased: the statement is sent first, the token query right behind
+        // it. Both futures are made inside the join, not moved into it: a
+        // future captured and then awaited is stored twice in the read's
+        // future, which is copied while polled.
+        let both = async {
+            tokio::join!(biased; K::run(client, call.sql, &statement, call.params), token())
+        };
         Stage::Ran(timeout_at(self.deadline.at, both).await)
     }
 

@@ -81,26 +81,20 @@ impl Session for Pooled {
     type Row = Row;
     type Prepared = Ready<'static>;
 
-    fn prepare(
+    async fn prepare(
         &self,
         sql: &str,
         params: Params<'_>,
         block: Block,
-    ) -> impl Future<Output = Result<Ready<'static>, PgError>> + Send {
-        let prepare = self
-            .node
-            .statements
-            .prepare(&self.object, sql, params, block);
-        async move { prepare.await.map(detach) }
+    ) -> Result<Ready<'static>, PgError> {
+        let statements = &self.node.statements;
+        let ready = statements.prepare(&self.object, sql, params, block).await;
+        ready.map(detach)
     }
 
-    fn own(
-        &self,
-        sql: &str,
-        types: &[Type],
-    ) -> impl Future<Output = Result<Ready<'static>, PgError>> + Send {
-        let own = self.node.statements.own(&self.object, sql, types);
-        async move { own.await.map(detach) }
+    async fn own(&self, sql: &str, types: &[Type]) -> Result<Ready<'static>, PgError> {
+        let ready = self.node.statements.own(&self.object, sql, types).await;
+        ready.map(detach)
     }
 
     async fn query<'a>(
