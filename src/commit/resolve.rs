@@ -5,30 +5,30 @@
 
 use std::time::Duration;
 
-use deadpool_postgres::Object;
 use tokio::time::{sleep_until, timeout_at, Instant};
 use tokio_postgres::types::Type;
-use tokio_postgres::Row;
 use tokio_util::sync::CancellationToken;
 
 use crate::causal::lsn::CausalToken;
 use crate::commit::judge::{judge, Answer, Identity, Outcome, XactStatus};
 use crate::config::clock;
-use crate::connect::statements::{Params, Statements};
-use crate::failure::safety::{code_kind, CodeKind};
+use crate::connect::statements::Params;
+use crate::failure::safety::{code_kind, CodeKind, Fate};
 use crate::hub::Hub;
-use crate::manager::attempt::{token_of, TOKEN_SQL};
+use crate::manager::session::{Columns, Connect, Count, One, PgError, Returns, Rows, Session};
+use crate::manager::token::{token_of, TOKEN_SQL};
 use crate::observe::events::{CommitOutcome, Event};
 
 /// Sent right behind `BEGIN`: the transaction id (assigned now), the
 /// session's backend, and which life of the server this is.
-const IDENTITY_SQL: &str = "SELECT pg_current_xact_id()::text::bigint, pg_backend_pid(), \
+pub(crate) const IDENTITY_SQL: &str =
+    "SELECT pg_current_xact_id()::text::bigint, pg_backend_pid(), \
     (extract(epoch FROM pg_postmaster_start_time()) * 1000000)::bigint";
 
 /// Ends the session still running transaction `$2` (backend `$1`), so that
 /// its fate is decided; matching the transaction id makes sure the backend
 /// is still ours.
-const TERMINATE_SQL: &str = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+pub(crate) const TERMINATE_SQL: &str = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
     WHERE pid = $1 AND backend_xid = xid($2::bigint::text::xid8)";
 
 /// The first and the largest pause between rounds of questions.
@@ -57,10 +57,9 @@ impl From<tokio_postgres::Error> for BeginError {
 
 /// `BEGIN`, with the identity query (and the marker insert) pipelined
 /// behind it: one round trip. `Ok(None)` when resolution is off.
-pub(crate) async fn begin(
+pub(crate) async fn begin<S: Session>(
     hub: &Hub,
-    client: &Object,
-    statements: &Statements,
+    client: &S,
     node: usize,
     resolve: bool,
 ) -> Result<Option<Identity>, BeginError> {
@@ -77,25 +76,25 @@ pub(crate) async fn begin(
         }
         _ => BeginError::Postgres(error),
     };
-    let (identity, insert) = futures_util::future::try_join(
-        async { Ok(statements.own(client, IDENTITY_SQL, &[]).await?) },
-        async {
+    let (identity, insert) =
+        futures_util::future::try_join(async { Ok(client.own(IDENTITY_SQL, &[]).await?) }, async {
             match &sql.insert_marker {
-                Some(insert) => statements
-                    .own(client, insert, &[Type::TEXT])
+                Some(insert) => client
+                    .own(insert, &[Type::TEXT])
                     .await
                     .map(Some)
                     .map_err(marker_error),
                 None => Ok(None),
             }
-        },
-    )
-    .await?;
+        })
+        .await?;
     let marker = insert.as_ref().map(|_| fastrand::u128(..));
     let marker_id = marker.map(marker_text);
     let insert_marker = async {
-        match (&insert, &marker_id) {
-            (Some(statement), Some(id)) => statement.execute(client, &[id]).await.map(Some),
+        match (&sql.insert_marker, &insert, &marker_id) {
+            (Some(text), Some(statement), Some(id)) => {
+                Count::run(client, text, statement, &[id]).await.map(Some)
+            }
             _ => Ok(None),
         }
     };
@@ -103,7 +102,7 @@ pub(crate) async fn begin(
     let (begun, row, inserted) = tokio::join!(
         biased;
         client.batch_execute("BEGIN"),
-        identity.query_one(client, &[]),
+        One::run(client, IDENTITY_SQL, &identity, &[]),
         insert_marker,
     );
     begun?;
@@ -111,9 +110,9 @@ pub(crate) async fn begin(
     inserted.map_err(marker_error)?;
     Ok(Some(Identity {
         node,
-        xid: row.try_get(0)?,
-        pid: row.try_get(1)?,
-        postmaster: row.try_get(2)?,
+        xid: row.int8(0)?,
+        pid: row.int4(1)?,
+        postmaster: row.int8(2)?,
         marker,
     }))
 }
@@ -132,8 +131,9 @@ pub(crate) enum Resolution {
 /// Asks, until one answer is conclusive or `deadline` passes, the node that
 /// ran the transaction and the node that is primary now whether the
 /// transaction `identity` committed.
-pub(crate) async fn resolve(
+pub(crate) async fn resolve<C: Connect>(
     hub: &Hub,
+    connect: C,
     identity: &Identity,
     deadline: Instant,
     token: bool,
@@ -149,7 +149,8 @@ pub(crate) async fn resolve(
             _ => [Some(identity.node), None],
         };
         for node in nodes.into_iter().flatten() {
-            let Some((answer, token)) = ask(hub, identity, node, deadline, token).await else {
+            let asked = ask(hub, connect, identity, node, deadline, token).await;
+            let Some((answer, token)) = asked else {
                 continue;
             };
             let outcome = judge(identity, &answer);
@@ -170,7 +171,7 @@ pub(crate) async fn resolve(
                     // its fate is then decided one way or the other.
                     pending_rounds += 1;
                     if pending_rounds == 2 {
-                        terminate(hub, identity, deadline).await;
+                        terminate(hub, connect, identity, deadline).await;
                     }
                 }
                 Outcome::Inconclusive => {}
@@ -206,8 +207,9 @@ fn report(hub: &Hub, identity: &Identity, outcome: CommitOutcome, started: Insta
 /// One node's answer, or `None` if it could not give one in time; with
 /// `token`, also the node's causal token (`None` where the server refuses
 /// the WAL functions, or is in recovery: reads then go to the primary).
-async fn ask(
+async fn ask<C: Connect>(
     hub: &Hub,
+    connect: C,
     identity: &Identity,
     node: usize,
     deadline: Instant,
@@ -219,27 +221,25 @@ async fn ask(
     ));
     let marker = identity.marker.map(marker_text);
     let question = async {
-        let node = hub.node(node)?;
-        let statements = &node.statements;
-        let client = node.pool.get().await.ok()?;
+        let client = connect.get(hub, node).await?;
         let status = async {
             let sql = &hub.outcome_sql.status;
             match &marker {
                 Some(marker) => {
                     let types = [Type::INT8, Type::TEXT];
-                    let statement = statements.own(&client, sql, &types).await?;
-                    statement.query_one(&client, &[&identity.xid, marker]).await
+                    let statement = client.own(sql, &types).await?;
+                    One::run(&client, sql, &statement, &[&identity.xid, marker]).await
                 }
                 None => {
-                    let statement = statements.own(&client, sql, &[Type::INT8]).await?;
-                    statement.query_one(&client, &[&identity.xid]).await
+                    let statement = client.own(sql, &[Type::INT8]).await?;
+                    One::run(&client, sql, &statement, &[&identity.xid]).await
                 }
             }
         };
         let position = async {
             match token {
-                true => match statements.own(&client, TOKEN_SQL, &[]).await {
-                    Ok(statement) => statement.query_one(&client, &[]).await.ok(),
+                true => match client.own(TOKEN_SQL, &[]).await {
+                    Ok(statement) => One::run(&client, TOKEN_SQL, &statement, &[]).await.ok(),
                     Err(_) => None,
                 },
                 false => None,
@@ -251,7 +251,7 @@ async fn ask(
             Ok(row) => Some((row, position)),
             Err(error) => {
                 tracing::debug!(%error, "asking about a transaction's outcome failed");
-                discard(client);
+                client.settle(hub, Fate::Discard);
                 None
             }
         }
@@ -270,43 +270,45 @@ async fn ask(
 
 /// The answer in a status row.
 fn answer_of(
-    row: &Row,
+    row: &impl Columns,
     node: usize,
     elected: bool,
     marker: bool,
-) -> Result<Answer, tokio_postgres::Error> {
+) -> Result<Answer, PgError> {
     Ok(Answer {
         node,
-        writable: row.try_get(0)?,
-        postmaster: row.try_get(1)?,
+        writable: row.boolean(0)?,
+        postmaster: row.int8(1)?,
         elected,
-        status: XactStatus::parse(row.try_get(2)?),
+        status: XactStatus::parse(row.text_or_null(2)?),
         marker: match marker {
-            true => Some(row.try_get(3)?),
+            true => Some(row.boolean(3)?),
             false => None,
         },
     })
 }
 
 /// Ends the session still holding the transaction, if it is still ours.
-async fn terminate(hub: &Hub, identity: &Identity, deadline: Instant) {
+async fn terminate<C: Connect>(hub: &Hub, connect: C, identity: &Identity, deadline: Instant) {
     let deadline = deadline.min(clock::after(
         Instant::now(),
         hub.config.health.probe_timeout,
     ));
     let ended = timeout_at(deadline, async {
-        let node = hub.node(identity.node)?;
-        let client = node.pool.get().await.ok()?;
+        let client = connect.get(hub, identity.node).await?;
         let params: Params<'_> = &[&identity.pid, &identity.xid];
         let types = [Type::INT4, Type::INT8];
-        let result = match node.statements.own(&client, TERMINATE_SQL, &types).await {
-            Ok(statement) => statement.query(&client, params).await,
+        let result = match client.own(TERMINATE_SQL, &types).await {
+            Ok(statement) => Rows::run(&client, TERMINATE_SQL, &statement, params).await,
             Err(error) => Err(error),
         };
-        if result.is_err() {
-            discard(client);
+        match result {
+            Ok(rows) => Some(rows),
+            Err(_) => {
+                client.settle(hub, Fate::Discard);
+                None
+            }
         }
-        result.ok()
     })
     .await;
     if let Ok(Some(rows)) = ended {
@@ -314,10 +316,6 @@ async fn terminate(hub: &Hub, identity: &Identity, deadline: Instant) {
             ended = !rows.is_empty(),
             "ended the session still holding a transaction whose COMMIT answer was lost");
     }
-}
-
-fn discard(client: Object) {
-    drop(Object::take(client));
 }
 
 /// Deletes old markers on the primary about every quarter of the

@@ -8,14 +8,14 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use tokio::time::{sleep_until, Instant};
-use tokio_postgres::Row;
 
 use crate::config::clock;
 use crate::config::ReadStrategy;
 use crate::failure::error::Error;
 use crate::hedging::{hedge_delay, is_outlier, outlier_limit};
 use crate::hub::Hub;
-use crate::manager::attempt::{traced, Call, Rows};
+use crate::manager::attempt::{traced, Call};
+use crate::manager::session::{Connect, RowOf, Rows};
 use crate::routing::freshness::Freshness;
 
 /// When a read's first attempt is looked at again: to hedge it, and to
@@ -30,13 +30,13 @@ pub(crate) struct Watch {
     pub(crate) first_look: Duration,
 }
 
-/// How a watched read ended.
-pub(crate) enum Settled {
+/// How a watched read ended, its rows `R`.
+pub(crate) enum Settled<R> {
     /// The first attempt's own result (no hedge was sent).
-    First(Result<Vec<Row>, Error>),
+    First(Result<Vec<R>, Error>),
     /// A hedge was sent: the first answer and its node, or the first
     /// attempt's error if neither answered.
-    Hedged(Result<(usize, Vec<Row>), Error>),
+    Hedged(Result<(usize, Vec<R>), Error>),
 }
 
 /// Where a hedge may go.
@@ -77,16 +77,17 @@ impl Watch {
 
     /// From the first look on: finds the node an outlier (and marks it
     /// suspect), hedges once, waits for the first attempt otherwise.
-    pub(crate) async fn run<F>(
+    pub(crate) async fn run<C: Connect, F>(
         mut self,
         hub: &Hub,
+        connect: C,
         route: Route,
         mut attempt: Pin<&mut F>,
         call: &Call<'_>,
         rng: &mut fastrand::Rng,
-    ) -> Settled
+    ) -> Settled<RowOf<C>>
     where
-        F: Future<Output = Result<Vec<Row>, Error>>,
+        F: Future<Output = Result<Vec<RowOf<C>>, Error>>,
     {
         // Called at the first look.
         let now = Instant::now();
@@ -112,7 +113,7 @@ impl Watch {
             if try_now {
                 match self.hedge_target(hub, route, rng, now, suspect) {
                     Target::Node(second) => {
-                        let result = race(hub, route.first, attempt, second, call).await;
+                        let result = race(hub, connect, route.first, attempt, second, call).await;
                         return Settled::Hedged(result);
                     }
                     Target::Refused => hedge = Hedge::Refused,
@@ -190,17 +191,18 @@ enum Target {
 /// The first attempt against a hedge on `second`: the first answer wins,
 /// and the other is dropped, which cancels its statement on its server and
 /// discards its connection (see `Busy`).
-async fn race<F>(
+async fn race<C: Connect, F>(
     hub: &Hub,
+    connect: C,
     first: usize,
     mut attempt: Pin<&mut F>,
     second: usize,
     call: &Call<'_>,
-) -> Result<(usize, Vec<Row>), Error>
+) -> Result<(usize, Vec<RowOf<C>>), Error>
 where
-    F: Future<Output = Result<Vec<Row>, Error>>,
+    F: Future<Output = Result<Vec<RowOf<C>>, Error>>,
 {
-    let mut hedge = Box::pin(tracked(hub, second, 2, call));
+    let mut hedge = Box::pin(tracked(hub, connect, second, 2, call));
     tokio::select! {
         biased;
         result = attempt.as_mut() => match result {
@@ -225,13 +227,14 @@ where
 
 /// One read attempt on node `index` (counted in its live traffic: see
 /// `Call::tracked`).
-pub(crate) async fn tracked(
+pub(crate) async fn tracked<C: Connect>(
     hub: &Hub,
+    connect: C,
     index: usize,
     number: u32,
     call: &Call<'_>,
-) -> Result<Vec<Row>, Error> {
-    traced::<Rows>(hub, index, number, call)
+) -> Result<Vec<RowOf<C>>, Error> {
+    traced::<Rows, C>(hub, connect, index, number, call)
         .await
         .map(|(rows, _)| rows)
 }

@@ -7,33 +7,22 @@
 //! connection kept, discarded or cancelled on the server, the typed error
 //! built.
 
-use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_postgres::{Object, PoolError, TimeoutType};
 use tokio::time::{timeout_at, Instant};
-use tokio_postgres::{Client, Row};
 use tracing::Instrument;
 
-use crate::causal::lsn::{timeline_of_walfile, CausalToken, Lsn};
+use super::session::{Connect, Failure, One, Params, PgError, Returns, RowOf, Session};
+use super::token::{position_refused, token_of, TOKEN_SQL};
+use crate::causal::lsn::CausalToken;
 use crate::config::clock;
 use crate::config::StatementMode;
-use crate::connect::node::Node;
-pub(crate) use crate::connect::statements::Params;
-use crate::connect::statements::{lost_to_a_pooler, Block, Ready, Statements};
+use crate::connect::statements::{lost_to_a_pooler, Block};
 use crate::failure::error::{Error, NodeContext};
 use crate::failure::safety::{
     classify, fair_share, Action, Cause, Fate, NodeFault, Phase, Verdict,
 };
-use crate::health::capability::degrades;
 use crate::hub::Hub;
-
-/// Read right after a write on the same connection: at least the end of
-/// the write's commit record, and the timeline it is on (the current WAL
-/// file's, which a promotion changes at once).
-pub(crate) const TOKEN_SQL: &str =
-    "SELECT pg_current_wal_insert_lsn(), pg_walfile_name(pg_current_wal_insert_lsn())";
 
 /// A call's deadline, and the budget it was computed from (for errors).
 #[derive(Debug, Clone, Copy)]
@@ -52,48 +41,6 @@ impl Deadline {
     }
 }
 
-/// What a statement returns: every row, or the number of rows affected.
-pub(crate) trait Returns: Send + Sync + 'static {
-    /// The result.
-    type Output: Send;
-    /// Runs the ready statement.
-    fn run<'a>(
-        client: &'a Client,
-        statement: &'a Ready<'_>,
-        params: Params<'a>,
-    ) -> impl Future<Output = Result<Self::Output, tokio_postgres::Error>> + Send + 'a;
-}
-
-/// Every row (`query`).
-#[derive(Debug)]
-pub(crate) struct Rows;
-
-impl Returns for Rows {
-    type Output = Vec<Row>;
-    fn run<'a>(
-        client: &'a Client,
-        statement: &'a Ready<'_>,
-        params: Params<'a>,
-    ) -> impl Future<Output = Result<Vec<Row>, tokio_postgres::Error>> + Send + 'a {
-        statement.query(client, params)
-    }
-}
-
-/// The number of rows affected (`execute`).
-#[derive(Debug)]
-pub(crate) struct Count;
-
-impl Returns for Count {
-    type Output = u64;
-    fn run<'a>(
-        client: &'a Client,
-        statement: &'a Ready<'_>,
-        params: Params<'a>,
-    ) -> impl Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'a {
-        statement.execute(client, params)
-    }
-}
-
 /// One routed statement.
 #[derive(Clone, Copy)]
 pub(crate) struct Call<'a> {
@@ -107,94 +54,64 @@ pub(crate) struct Call<'a> {
     pub(crate) tracked: bool,
 }
 
-/// What went wrong, with its source.
-pub(crate) enum Failure {
-    Pool(PoolError),
-    Postgres(tokio_postgres::Error),
-    Deadline,
-}
-
 /// A pooled connection a statement may be running on. If the call's future
 /// is dropped before the attempt settles it (a caller's own timeout, a
 /// `select!`), the statement is cancelled on the server and the connection
 /// discarded: the pool never hands out a connection still busy with an
 /// orphaned statement or an open transaction.
-pub(crate) struct Busy<'h> {
-    client: Option<Object>,
+pub(crate) struct Busy<'h, S: Session> {
+    session: Option<S>,
     hub: &'h Hub,
-    node: Arc<Node>,
 }
 
-impl Busy<'_> {
-    /// How statements reach this connection's node.
-    pub(crate) fn statements(&self) -> &Statements {
-        &self.node.statements
-    }
-
+impl<S: Session> Busy<'_, S> {
     /// The connection, no longer guarded: the caller settles it.
-    pub(crate) fn take(mut self) -> Object {
-        match self.client.take() {
-            Some(client) => client,
+    pub(crate) fn take(mut self) -> S {
+        match self.session.take() {
+            Some(session) => session,
             None => unreachable!("a Busy connection is taken once, by value"),
         }
     }
 }
 
-impl std::ops::Deref for Busy<'_> {
-    type Target = Object;
-    fn deref(&self) -> &Object {
-        match &self.client {
-            Some(client) => client,
+impl<S: Session> std::ops::Deref for Busy<'_, S> {
+    type Target = S;
+    fn deref(&self) -> &S {
+        match &self.session {
+            Some(session) => session,
             None => unreachable!("a Busy connection is only emptied by take()"),
         }
     }
 }
 
-impl std::ops::DerefMut for Busy<'_> {
-    fn deref_mut(&mut self) -> &mut Object {
-        match &mut self.client {
-            Some(client) => client,
-            None => unreachable!("a Busy connection is only emptied by take()"),
-        }
-    }
-}
-
-impl Drop for Busy<'_> {
+impl<S: Session> Drop for Busy<'_, S> {
     fn drop(&mut self) {
-        if let Some(client) = self.client.take() {
+        if let Some(session) = self.session.take() {
             tracing::debug!("call dropped mid-flight; cancelling its statement");
-            self.hub
-                .connector
-                .cancel_in_background(client.cancel_token());
-            drop(Object::take(client));
+            session.settle(self.hub, Fate::Cancel);
         }
     }
 }
 
 /// The statement's result and the token query's, or the deadline.
-type RunResult<T> = Result<
-    (
-        Result<T, tokio_postgres::Error>,
-        Result<Option<Row>, tokio_postgres::Error>,
-    ),
-    tokio::time::error::Elapsed,
->;
+type RunResult<T, R> =
+    Result<(Result<T, PgError>, Result<Option<R>, PgError>), tokio::time::error::Elapsed>;
 
 /// Where [`Attempt::prepare_and_run`] stopped.
-enum Stage<T> {
+enum Stage<T, R> {
     /// Preparing failed.
-    PrepareFailed(tokio_postgres::Error),
+    PrepareFailed(PgError),
     /// The deadline passed while preparing.
     PrepareTimedOut,
     /// The statement ran (or the deadline passed while it did).
-    Ran(RunResult<T>),
+    Ran(RunResult<T, R>),
 }
 
 /// The server no longer accepts a cached prepared statement: the schema
 /// changed under it ("cached plan must not change result type"), or the
 /// statement is gone ("prepared statement … does not exist"). Either way
 /// nothing ran.
-fn is_stale_statement(error: &tokio_postgres::Error) -> bool {
+fn is_stale_statement(error: &PgError) -> bool {
     use tokio_postgres::error::SqlState;
     match error.as_db_error() {
         Some(db) if *db.code() == SqlState::INVALID_SQL_STATEMENT_NAME => true,
@@ -210,18 +127,20 @@ fn is_stale_statement(error: &tokio_postgres::Error) -> bool {
 
 /// One attempt's context: where, until when, since when.
 #[derive(Clone, Copy)]
-pub(crate) struct Attempt<'h> {
+pub(crate) struct Attempt<'h, C> {
     hub: &'h Hub,
+    connect: C,
     index: usize,
     deadline: Deadline,
     started: Instant,
 }
 
-impl<'h> Attempt<'h> {
-    /// An attempt on node `index` starting now.
-    pub(crate) fn start(hub: &'h Hub, index: usize, deadline: Deadline) -> Self {
+impl<'h, C: Connect> Attempt<'h, C> {
+    /// An attempt on node `index` starting now, its connection from `connect`.
+    pub(crate) fn start(hub: &'h Hub, connect: C, index: usize, deadline: Deadline) -> Self {
         Self {
             hub,
+            connect,
             index,
             deadline,
             started: Instant::now(),
@@ -247,24 +166,16 @@ impl<'h> Attempt<'h> {
 
     /// A pooled connection to the node, before the deadline, guarded until
     /// the attempt settles it.
-    pub(crate) async fn checkout(&self) -> Result<Busy<'h>, Error> {
-        let Some(node) = self.hub.node(self.index) else {
-            // A discovered node removed between the pick and now: as
-            // unreachable, before anything was sent (a read retries
-            // elsewhere).
-            let gone = PoolError::Timeout(TimeoutType::Create);
-            return Err(self.judge(Phase::Checkout, Failure::Pool(gone)).0);
-        };
-        let checkout = timeout_at(self.deadline.at, node.pool.get()).await;
-        node.metrics.pool_wait(self.started);
-        match checkout {
-            Ok(Ok(client)) => Ok(Busy {
-                client: Some(client),
+    pub(crate) async fn checkout(&self) -> Result<Busy<'h, C::Session>, Error> {
+        let checkout = self
+            .connect
+            .checkout(self.hub, self.index, self.deadline.at, self.started);
+        match checkout.await {
+            Ok(session) => Ok(Busy {
+                session: Some(session),
                 hub: self.hub,
-                node,
             }),
-            Ok(Err(source)) => Err(self.judge(Phase::Checkout, Failure::Pool(source)).0),
-            Err(_) => Err(self.judge(Phase::Checkout, Failure::Deadline).0),
+            Err(failure) => Err(self.judge(Phase::Checkout, failure).0),
         }
     }
 
@@ -273,7 +184,7 @@ impl<'h> Attempt<'h> {
     pub(crate) async fn run<K: Returns>(
         &self,
         call: &Call<'_>,
-    ) -> Result<(K::Output, Option<CausalToken>), Error> {
+    ) -> Result<(K::Output<RowOf<C>>, Option<CausalToken>), Error> {
         if !call.tracked {
             let client = self.checkout().await?;
             return self.run_on::<K>(client, call).await;
@@ -298,9 +209,9 @@ impl<'h> Attempt<'h> {
     /// [`Attempt::run`] on a connection already checked out.
     async fn run_on<K: Returns>(
         &self,
-        client: Busy<'h>,
+        client: Busy<'h, C::Session>,
         call: &Call<'_>,
-    ) -> Result<(K::Output, Option<CausalToken>), Error> {
+    ) -> Result<(K::Output<RowOf<C>>, Option<CausalToken>), Error> {
         // A cached statement the server no longer accepts (the schema
         // changed under it) ran nothing: prepare afresh and run once more.
         let mut fresh_plan = false;
@@ -315,7 +226,7 @@ impl<'h> Attempt<'h> {
                 }
                 Stage::Ran(Ok((Err(error), _))) if !fresh_plan && is_stale_statement(&error) => {
                     tracing::debug!(%error, "cached statement rejected; preparing it again");
-                    client.statement_cache.clear();
+                    client.forget_statements();
                     fresh_plan = true;
                 }
                 Stage::Ran(result) => return self.finish(client.take(), result),
@@ -327,20 +238,17 @@ impl<'h> Attempt<'h> {
     /// behind it; says where it stopped.
     async fn prepare_and_run<K: Returns>(
         &self,
-        client: &Busy<'_>,
+        client: &C::Session,
         call: &Call<'_>,
-    ) -> Stage<K::Output> {
-        let statements = client.statements();
+    ) -> Stage<K::Output<RowOf<C>>, RowOf<C>> {
         // The token query is prepared (once per connection) with the
         // statement, so its execution rides right behind the statement's.
         let prepare = async {
-            let statement = statements
-                .prepare(client, call.sql, call.params, Block::None)
-                .await?;
+            let statement = client.prepare(call.sql, call.params, Block::None).await?;
             // A server that refuses the WAL functions costs the token
             // (reads then go to the primary), not the write.
             let token = match call.token {
-                true => match statements.own(client, TOKEN_SQL, &[]).await {
+                true => match client.own(TOKEN_SQL, &[]).await {
                     Ok(statement) => Some(statement),
                     Err(error) if position_refused(&error) => None,
                     Err(error) => return Err(error),
@@ -354,44 +262,51 @@ impl<'h> Attempt<'h> {
             Ok(Err(error)) => return Stage::PrepareFailed(error),
             Err(_) => return Stage::PrepareTimedOut,
         };
-        let run = K::run(client, &statement, call.params);
-        let token = async {
+        let token = || async {
             match &token_statement {
-                Some(statement) => statement.query_one(client, &[]).await.map(Some),
+                Some(statement) => One::run(client, TOKEN_SQL, statement, &[]).await.map(Some),
                 None => Ok(None),
             }
         };
-        // Biased: the statement is sent first, the token query right behind it.
-        let both = async { tokio::join!(biased; run, token) };
+        // Biased: the statement is sent first, the token query right behind
+        // it. Both futures are made inside the join, not moved into it: a
+        // future captured and then awaited is stored twice in the read's
+        // future, which is copied while polled.
+        let both = async {
+            tokio::join!(biased; K::run(client, call.sql, &statement, call.params), token())
+        };
         Stage::Ran(timeout_at(self.deadline.at, both).await)
     }
 
     /// The statement's outcome, its connection settled.
     fn finish<T>(
         &self,
-        client: Object,
-        result: RunResult<T>,
+        client: C::Session,
+        result: RunResult<T, RowOf<C>>,
     ) -> Result<(T, Option<CausalToken>), Error> {
         match result {
             Ok((Ok(output), Ok(row))) => {
-                drop(client);
+                self.settle(client, Fate::Keep);
                 match row.map(|row| token_of(&row)).transpose() {
                     Ok(token) => Ok((output, token)),
                     Err(error) => Err(self.token_unavailable(error)),
                 }
             }
             Ok((Ok(output), Err(error))) if position_refused(&error) => {
-                drop(client);
+                self.settle(client, Fate::Keep);
                 Ok((output, Some(CausalToken::PRIMARY)))
             }
-            Ok((Ok(_), Err(error))) => Err(self.token_unavailable(error)),
+            Ok((Ok(_), Err(error))) => {
+                self.settle(client, Fate::Keep);
+                Err(self.token_unavailable(error))
+            }
             Ok((Err(error), _)) => Err(self.fail(Phase::Sent, client, Failure::Postgres(error))),
             Err(_) => Err(self.fail(Phase::Sent, client, Failure::Deadline)),
         }
     }
 
     /// [`Attempt::judge`], then settles the connection as the verdict says.
-    pub(crate) fn fail(&self, phase: Phase, client: Object, failure: Failure) -> Error {
+    pub(crate) fn fail(&self, phase: Phase, client: C::Session, failure: Failure) -> Error {
         let (error, fate) = self.judge(phase, failure);
         self.settle(client, fate);
         error
@@ -414,20 +329,11 @@ impl<'h> Attempt<'h> {
 
     /// Returns the connection to the pool, discards it, or first cancels
     /// what may still run on it.
-    pub(crate) fn settle(&self, client: Object, fate: Fate) {
-        match fate {
-            Fate::Keep => drop(client),
-            Fate::Discard => drop(Object::take(client)),
-            Fate::Cancel => {
-                self.hub
-                    .connector
-                    .cancel_in_background(client.cancel_token());
-                drop(Object::take(client));
-            }
-        }
+    pub(crate) fn settle(&self, client: C::Session, fate: Fate) {
+        client.settle(self.hub, fate);
     }
 
-    pub(crate) fn token_unavailable(&self, source: tokio_postgres::Error) -> Error {
+    pub(crate) fn token_unavailable(&self, source: PgError) -> Error {
         Error::TokenUnavailable {
             context: self.context(),
             source: Some(source),
@@ -455,16 +361,13 @@ impl<'h> Attempt<'h> {
 
     /// Whether the node's pool has every connection open and in use.
     fn pool_saturated(&self) -> bool {
-        self.hub.node(self.index).is_some_and(|node| {
-            let status = node.pool.status();
-            status.size >= status.max_size && status.available == 0
-        })
+        self.connect.saturated(self.hub, self.index)
     }
 
     fn error(&self, phase: Phase, failure: Failure, cause: Cause, verdict: Verdict) -> Error {
         let context = self.context();
         match failure {
-            Failure::Pool(PoolError::Closed) => Error::Closed,
+            Failure::Pool(deadpool_postgres::PoolError::Closed) => Error::Closed,
             Failure::Pool(source) => Error::Connect { context, source },
             Failure::Deadline => Error::Timeout {
                 context,
@@ -487,7 +390,7 @@ impl<'h> Attempt<'h> {
 
     /// In prepared mode, a named statement of pgrouter's went missing
     /// (or its name was taken) on the server connection that got it.
-    fn lost_to_a_pooler(&self, error: &tokio_postgres::Error) -> bool {
+    fn lost_to_a_pooler(&self, error: &PgError) -> bool {
         let prepared = self
             .hub
             .node(self.index)
@@ -512,13 +415,14 @@ impl<'h> Attempt<'h> {
 
 /// One statement attempt inside a span naming the node, its role and the
 /// attempt's number.
-pub(crate) async fn traced<K: Returns>(
+pub(crate) async fn traced<K: Returns, C: Connect>(
     hub: &Hub,
+    connect: C,
     index: usize,
     number: u32,
     call: &Call<'_>,
-) -> Result<(K::Output, Option<CausalToken>), Error> {
-    let attempt = Attempt::start(hub, index, call.deadline);
+) -> Result<(K::Output<RowOf<C>>, Option<CausalToken>), Error> {
+    let attempt = Attempt::start(hub, connect, index, call.deadline);
     attempt
         .run::<K>(call)
         .instrument(span(hub, index, number))
@@ -532,25 +436,8 @@ pub(crate) fn span(hub: &Hub, index: usize, number: u32) -> tracing::Span {
         node = %hub.context(index).node, role = %hub.snapshot().nodes[index].role, attempt = number)
 }
 
-/// The server refuses the WAL position functions (a managed platform such
-/// as Aurora, or a role without the privilege): a write's token then sends
-/// reads to the primary, as a node without positions does for routing.
-pub(crate) fn position_refused(error: &tokio_postgres::Error) -> bool {
-    error.code().is_some_and(degrades)
-}
-
-/// The causal token in a `TOKEN_SQL` row.
-pub(crate) fn token_of(row: &Row) -> Result<CausalToken, tokio_postgres::Error> {
-    let lsn: Lsn = row.try_get(0)?;
-    let walfile: &str = row.try_get(1)?;
-    Ok(match timeline_of_walfile(walfile) {
-        Some(timeline) => CausalToken::on_timeline(timeline, lsn),
-        None => CausalToken::new(lsn),
-    })
-}
-
 /// The only row, or [`Error::RowCount`].
-pub(crate) fn exactly_one(context: &NodeContext, mut rows: Vec<Row>) -> Result<Row, Error> {
+pub(crate) fn exactly_one<R>(context: &NodeContext, mut rows: Vec<R>) -> Result<R, Error> {
     match (rows.pop(), rows.len()) {
         (Some(row), 0) => Ok(row),
         (last, before) => Err(row_count(
@@ -562,7 +449,7 @@ pub(crate) fn exactly_one(context: &NodeContext, mut rows: Vec<Row>) -> Result<R
 }
 
 /// The row, if any; more than one is [`Error::RowCount`].
-pub(crate) fn at_most_one(context: &NodeContext, mut rows: Vec<Row>) -> Result<Option<Row>, Error> {
+pub(crate) fn at_most_one<R>(context: &NodeContext, mut rows: Vec<R>) -> Result<Option<R>, Error> {
     if rows.len() > 1 {
         return Err(row_count(context, "at most one row", rows.len()));
     }
@@ -579,7 +466,11 @@ fn row_count(context: &NodeContext, expected: &'static str, actual: usize) -> Er
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+
+    use crate::manager::attempt::Deadline;
 
     #[tokio::test(start_paused = true)]
     async fn a_huge_budget_is_a_far_deadline_not_a_panic() {

@@ -1,10 +1,20 @@
 //! [`DatabaseManager`]: the public, cheaply cloned handle.
 
 pub(crate) mod attempt;
+mod pooled;
+mod primary;
 mod read;
+pub(crate) mod session;
+pub(crate) mod token;
 mod transaction;
 mod tx;
+mod watch;
 mod write;
+
+#[cfg(test)]
+pub(crate) mod fake;
+#[cfg(test)]
+mod tests;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -15,8 +25,8 @@ use tokio::task::JoinHandle;
 use tokio_postgres::Row;
 use tokio_util::sync::CancellationToken;
 
-use attempt::Params;
 pub use read::Read;
+use session::Params;
 pub use transaction::TxFuture;
 pub use tx::Tx;
 pub use write::Write;
@@ -231,3 +241,37 @@ const _: () = {
     const fn assert_handle<T: Clone + Send + Sync + 'static>() {}
     assert_handle::<DatabaseManager>();
 };
+
+/// The call futures are `Send` for a `'static` handle, so a service can
+/// spawn them. Generic call loops can lose it to a compiler limitation
+/// (rust-lang/rust#100013) with no error until a caller spawns one.
+#[cfg(test)]
+#[allow(dead_code)]
+mod send_checks {
+    use super::DatabaseManager;
+
+    fn spawnable<T: Send + 'static>(_: T) {}
+
+    fn read(db: DatabaseManager) {
+        spawnable(async move { db.read().query_one("SELECT 1", &[]).await });
+    }
+
+    fn write(db: DatabaseManager) {
+        spawnable(async move { db.write().execute("SELECT 1", &[]).await });
+    }
+
+    fn write_with_token(db: DatabaseManager) {
+        spawnable(async move { db.write().execute_with_token("SELECT 1", &[]).await });
+    }
+
+    fn exactly_once(db: DatabaseManager) {
+        spawnable(async move { db.write().exactly_once().query("SELECT 1", &[]).await });
+    }
+
+    fn transaction(db: DatabaseManager) {
+        spawnable(async move {
+            db.transaction(|tx| Box::pin(async move { Ok(tx.execute("SELECT 1", &[]).await?) }))
+                .await
+        });
+    }
+}

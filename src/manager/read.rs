@@ -7,7 +7,9 @@ use std::time::Duration;
 use tokio_postgres::Row;
 use tracing::Instrument;
 
-use super::attempt::{at_most_one, exactly_one, Call, Deadline, Params};
+use super::attempt::{at_most_one, exactly_one, Call, Deadline};
+use super::pooled::Pools;
+use super::session::{Connect, Params, RowOf};
 use crate::causal::lsn::CausalToken;
 use crate::causal::scope as causal;
 use crate::config::{ReadStrategy, Role};
@@ -132,14 +134,14 @@ impl<'a> Read<'a> {
 
     /// Runs the statement and returns every row.
     pub async fn query(self, sql: &str, params: Params<'_>) -> Result<Vec<Row>, Error> {
-        self.rows(sql, params).await.map(|(_, rows)| rows)
+        self.rows(Pools, sql, params).await.map(|(_, rows)| rows)
     }
 
     /// Runs the statement and returns its only row; any other count is
     /// [`Error::RowCount`].
     pub async fn query_one(self, sql: &str, params: Params<'_>) -> Result<Row, Error> {
         let hub = self.hub;
-        let (index, rows) = self.rows(sql, params).await?;
+        let (index, rows) = self.rows(Pools, sql, params).await?;
         exactly_one(&hub.context(index), rows)
     }
 
@@ -147,11 +149,18 @@ impl<'a> Read<'a> {
     /// [`Error::RowCount`].
     pub async fn query_opt(self, sql: &str, params: Params<'_>) -> Result<Option<Row>, Error> {
         let hub = self.hub;
-        let (index, rows) = self.rows(sql, params).await?;
+        let (index, rows) = self.rows(Pools, sql, params).await?;
         at_most_one(&hub.context(index), rows)
     }
 
-    async fn rows(self, sql: &str, params: Params<'_>) -> Result<(usize, Vec<Row>), Error> {
+    /// The read, its connections from `connect`: the node that answered,
+    /// and its rows.
+    pub(crate) async fn rows<C: Connect>(
+        self,
+        connect: C,
+        sql: &str,
+        params: Params<'_>,
+    ) -> Result<(usize, Vec<RowOf<C>>), Error> {
         let strategy = self.strategy.unwrap_or(self.hub.config.read_strategy);
         let mut observer = Observer::read(self.hub, strategy, sql);
         let (budget, freshness) = match self.resolve() {
@@ -168,6 +177,7 @@ impl<'a> Read<'a> {
         let span = observer.span().clone();
         let result = route(
             self.hub,
+            connect,
             strategy,
             freshness,
             &call,
@@ -214,14 +224,15 @@ impl<'a> Read<'a> {
 /// the caller marked it idempotent); one sent to a replica (in recovery at
 /// its last probe, so it can have written nothing) may be, as a hedge after
 /// the hedge delay or as a retry after a failure, each within the budget.
-async fn route(
+async fn route<C: Connect>(
     hub: &Hub,
+    connect: C,
     strategy: ReadStrategy,
     freshness: Freshness,
     call: &Call<'_>,
     idempotent: bool,
     observer: &mut Observer,
-) -> Result<(usize, Vec<Row>), Error> {
+) -> Result<(usize, Vec<RowOf<C>>), Error> {
     hub.ensure_open()?;
     let mut rng = fastrand::Rng::new();
     let first = hub
@@ -230,7 +241,7 @@ async fn route(
     observer.attempt(hub, first, 1, Reason::Strategy);
     hub.budget.deposit();
     let may_resend = idempotent || hub.snapshot().nodes[first].role == Role::Replica;
-    let mut attempt = pin!(tracked(hub, first, 1, call));
+    let mut attempt = pin!(tracked(hub, connect, first, 1, call));
     let settled = match Watch::plan(hub, first, may_resend) {
         None => Settled::First(attempt.await),
         Some(watch) => tokio::select! {
@@ -239,7 +250,7 @@ async fn route(
             () = tokio::time::sleep(watch.first_look) => {
                 let route = Route { strategy, freshness, first };
                 // Boxed: the slow path adds nothing to the read future.
-                Box::pin(watch.run(hub, route, attempt.as_mut(), call, &mut rng)).await
+                Box::pin(watch.run(hub, connect, route, attempt.as_mut(), call, &mut rng)).await
             }
         },
     };
@@ -277,7 +288,7 @@ async fn route(
         %error, "retrying read on another node");
     observer.retry(hub, &error);
     observer.attempt(hub, second, 2, Reason::RetryElsewhere);
-    let rows = tracked(hub, second, 2, call).await?;
+    let rows = tracked(hub, connect, second, 2, call).await?;
     Ok((second, rows))
 }
 

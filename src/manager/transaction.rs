@@ -7,24 +7,24 @@ use std::marker::PhantomData;
 use std::pin::Pin;
 use std::time::Duration;
 
-use deadpool_postgres::Object;
 use tokio::time::{timeout_at, Instant};
 use tokio_postgres::error::SqlState;
 use tracing::Instrument;
 
-use super::attempt::{position_refused, span, token_of, Attempt, Deadline, Failure, TOKEN_SQL};
+use super::attempt::{span, Attempt, Deadline};
+use super::pooled::Pooled;
+use super::primary::OnPrimary;
+use super::session::{Connect, Failure, One, Params, Returns, Session};
+use super::token::{position_refused, token_of, TOKEN_SQL};
 use super::tx::Tx;
-use super::write::{on_primary, OnPrimary, Write};
+use super::watch::{run_watched, Watch};
 use crate::causal::lsn::CausalToken;
-use crate::causal::scope as causal;
 use crate::commit::judge::Identity;
 use crate::commit::resolve::{begin, resolve, BeginError, Resolution};
 use crate::config::clock;
-use crate::connect::statements::{Ready, Statements};
 use crate::failure::error::Error;
 use crate::failure::safety::{Fate, Phase};
 use crate::hub::Hub;
-use crate::observe::spans::Observer;
 
 /// The future a transaction closure returns: box it with `Box::pin(async
 /// move { … })`. `?` on a `tokio_postgres::Error` converts it into
@@ -32,124 +32,61 @@ use crate::observe::spans::Observer;
 /// reasons to roll back.
 pub type TxFuture<'t, T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Send + 't>>;
 
-impl Write<'_> {
-    /// Runs `body` in a transaction on the primary: commits when it returns
-    /// `Ok`, rolls back when it returns `Err`.
-    ///
-    /// The whole closure runs again (with backoff, within the deadline) after
-    /// a serialization failure (40001), a deadlock (40P01), a shutdown
-    /// (57P0x), or a connection lost before COMMIT was sent (nothing was
-    /// committed). So the closure may run more than once: keep side
-    /// effects outside the database out of it.
-    ///
-    /// When the answer to `COMMIT` is lost, pgrouter finds out whether the
-    /// transaction committed (see
-    /// [`OutcomeSettings`](crate::config::OutcomeSettings)): if it did, this returns
-    /// the closure's value; if it did not, the closure runs again. Only if
-    /// neither can be shown before the deadline is the result
-    /// [`Error::OutcomeUnknown`] (or a [`Error::Timeout`] after `COMMIT`),
-    /// unless the write is marked [`idempotent`](Write::idempotent), which
-    /// runs it again then.
-    ///
-    /// ```no_run
-    /// # use std::time::Duration;
-    /// # async fn demo(db: pgrouter::DatabaseManager) -> Result<(), pgrouter::Error> {
-    /// let moved = db
-    ///     .write()
-    ///     .deadline(Duration::from_secs(2))
-    ///     .transaction(|tx| {
-    ///         Box::pin(async move {
-    ///             tx.execute("UPDATE accounts SET balance = balance - 10 WHERE id = 1", &[]).await?;
-    ///             tx.execute("UPDATE accounts SET balance = balance + 10 WHERE id = 2", &[]).await?;
-    ///             Ok(10)
-    ///         })
-    ///     })
-    ///     .await?;
-    /// # Ok(()) }
-    /// ```
-    pub async fn transaction<T, F>(self, body: F) -> Result<T, Error>
-    where
-        F: for<'t> FnMut(&'t Tx<'t>) -> TxFuture<'t, T> + Send,
-        T: Send,
-    {
-        let (value, _) = self.run_transaction(false, body).await?;
-        Ok(value)
-    }
-
-    /// [`Write::transaction`], also returning the commit's [`CausalToken`]
-    /// for read-your-writes (its query is sent right behind `COMMIT`, in
-    /// the same round trip).
-    pub async fn transaction_with_token<T, F>(self, body: F) -> Result<(T, CausalToken), Error>
-    where
-        F: for<'t> FnMut(&'t Tx<'t>) -> TxFuture<'t, T> + Send,
-        T: Send,
-    {
-        let (value, token) = self.run_transaction(true, body).await?;
-        Ok((value, token.unwrap_or(CausalToken::PRIMARY)))
-    }
-
-    async fn run_transaction<T, F>(
-        self,
-        token: bool,
-        body: F,
-    ) -> Result<(T, Option<CausalToken>), Error>
-    where
-        F: for<'t> FnMut(&'t Tx<'t>) -> TxFuture<'t, T> + Send,
-        T: Send,
-    {
-        let observer = Observer::transaction(self.hub);
-        let deadline = match self.deadline_from_now() {
-            Ok(deadline) => deadline,
-            Err(error) => return Err(observer.rejected(self.hub, error)),
-        };
-        // Inside a causal scope, the commit's token advances the scope.
-        let scoped = causal::in_scope();
-        let call = TransactionCall {
-            body: Closure(body, PhantomData),
-            deadline,
-            token: token || scoped,
-            resolve: self.hub.config.outcomes.resolve,
-        };
-        let result = on_primary(self.hub, deadline, self.idempotent, call, observer).await;
-        let failed = result.as_ref().is_err_and(Error::is_unavailable);
-        self.hub.write_outcomes.record(failed);
-        let done = result?;
-        crate::observe::served::record(self.served, self.hub, done.index);
-        if scoped {
-            causal::advance(done.token.unwrap_or(CausalToken::PRIMARY));
-        }
-        Ok((done.value, done.token))
-    }
-}
-
-/// What runs inside the transaction: a caller's closure, or one statement.
-pub(crate) trait Body: Send {
+/// What runs inside the transaction on a session `S`, its statements
+/// watched by `watch`: a caller's closure, or one statement.
+pub(crate) trait Body<S: Session>: Send {
     /// What it gives when it succeeds.
     type Output: Send;
     /// Runs once inside the open transaction.
     fn run<'t>(
         &'t mut self,
-        tx: &'t Tx<'t>,
+        session: &'t S,
+        watch: &'t Watch,
     ) -> impl Future<Output = Result<Self::Output, Error>> + Send + 't;
 }
 
 /// A caller's closure (the marker ties `T`'s lifetime to the closure's).
-struct Closure<F, T>(F, PhantomData<T>);
+pub(crate) struct Closure<F, T>(pub(crate) F, pub(crate) PhantomData<T>);
 
-impl<T, F> Body for Closure<F, T>
+impl<T, F> Body<Pooled> for Closure<F, T>
 where
     F: for<'t> FnMut(&'t Tx<'t>) -> TxFuture<'t, T> + Send,
     T: Send,
 {
     type Output = T;
-    fn run<'t>(&'t mut self, tx: &'t Tx<'t>) -> impl Future<Output = Result<T, Error>> + Send + 't {
-        (self.0)(tx)
+    fn run<'t>(
+        &'t mut self,
+        session: &'t Pooled,
+        watch: &'t Watch,
+    ) -> impl Future<Output = Result<T, Error>> + Send + 't {
+        let tx = Tx::new(session, watch);
+        async move { (self.0)(&tx).await }
     }
 }
 
-/// The body, its deadline, whether it wants a causal token, and whether
-/// a lost `COMMIT` is resolved.
-pub(crate) struct TransactionCall<B> {
+/// One statement as a transaction's body.
+pub(crate) struct Statement<'c, K> {
+    pub(crate) sql: &'c str,
+    pub(crate) params: Params<'c>,
+    pub(crate) kind: PhantomData<K>,
+}
+
+impl<S: Session, K: Returns> Body<S> for Statement<'_, K> {
+    type Output = K::Output<S::Row>;
+    fn run<'t>(
+        &'t mut self,
+        session: &'t S,
+        watch: &'t Watch,
+    ) -> impl Future<Output = Result<Self::Output, Error>> + Send + 't {
+        let (sql, params) = (self.sql, self.params);
+        async move { Ok(run_watched::<K, S>(session, watch, sql, params).await?) }
+    }
+}
+
+/// The body, its deadline, whether it wants a causal token, whether a
+/// lost `COMMIT` is resolved, and where its connections come from.
+pub(crate) struct TransactionCall<C, B> {
+    pub(crate) connect: C,
     pub(crate) body: B,
     pub(crate) deadline: Deadline,
     pub(crate) token: bool,
@@ -174,7 +111,7 @@ enum Stop<T> {
     CommitLost(T, Error, Fate),
 }
 
-impl<B: Body> OnPrimary for TransactionCall<B> {
+impl<C: Connect, B: Body<C::Session>> OnPrimary for TransactionCall<C, B> {
     type Output = Committed<B::Output>;
 
     async fn attempt(
@@ -183,7 +120,7 @@ impl<B: Body> OnPrimary for TransactionCall<B> {
         index: usize,
         number: u32,
     ) -> Result<Self::Output, Error> {
-        let attempt = Attempt::start(hub, index, self.deadline);
+        let attempt = Attempt::start(hub, self.connect, index, self.deadline);
         // A resolved transaction retried with too little time left to
         // resolve its own COMMIT would likely end unknown: stop with a
         // definite answer instead (nothing of this attempt was sent).
@@ -201,29 +138,28 @@ impl<B: Body> OnPrimary for TransactionCall<B> {
     }
 }
 
-impl<B: Body> TransactionCall<B> {
+impl<C: Connect, B: Body<C::Session>> TransactionCall<C, B> {
     async fn once(
         &mut self,
-        attempt: Attempt<'_>,
+        attempt: Attempt<'_, C>,
         index: usize,
     ) -> Result<Committed<B::Output>, Error> {
         let client = attempt.checkout().await?;
-        let statements = client.statements();
-        let token = match token_query(&attempt, &client, statements, self.token).await {
+        let token = match token_query(&attempt, &*client, self.token).await {
             Ok(token) => token,
             Err((error, fate)) => {
                 attempt.settle(client.take(), fate);
                 return Err(error);
             }
         };
-        let identity = match open(&attempt, &client, statements, index, self.resolve).await {
+        let identity = match open(&attempt, &*client, index, self.resolve).await {
             Ok(identity) => identity,
             Err((error, fate)) => {
                 attempt.settle(client.take(), fate);
                 return Err(error);
             }
         };
-        let outcome = run(&attempt, &client, statements, &mut self.body, &token).await;
+        let outcome = run(&attempt, &*client, &mut self.body, &token).await;
         let (value, error) = match outcome {
             Ok((value, token)) => {
                 attempt.settle(client.take(), Fate::Keep);
@@ -245,7 +181,8 @@ impl<B: Body> TransactionCall<B> {
         let Some(identity) = identity else {
             return Err(error);
         };
-        match resolve(attempt.hub(), &identity, self.deadline.at, self.token).await {
+        let hub = attempt.hub();
+        match resolve(hub, self.connect, &identity, self.deadline.at, self.token).await {
             Resolution::Committed(token) => Ok(Committed {
                 value,
                 index,
@@ -265,26 +202,28 @@ impl<B: Body> TransactionCall<B> {
 
 /// The causal token's query, prepared (and cached) before `BEGIN`: a
 /// platform that refuses it then costs the token, not the transaction.
-enum TokenQuery {
+enum TokenQuery<R> {
     /// No token asked for.
     NotWanted,
     /// The server refuses the WAL functions (a managed platform, a
     /// least-privileged role): the token sends reads to the primary.
     Refused,
     /// Sent right behind `COMMIT`.
-    Ready(Ready<'static>),
+    Ready(R),
 }
 
-async fn token_query(
-    attempt: &Attempt<'_>,
-    client: &Object,
-    statements: &Statements,
+/// A session's token query, ready.
+type TokenOf<S> = TokenQuery<<S as Session>::Prepared>;
+
+async fn token_query<C: Connect>(
+    attempt: &Attempt<'_, C>,
+    client: &C::Session,
     wanted: bool,
-) -> Result<TokenQuery, (Error, Fate)> {
+) -> Result<TokenOf<C::Session>, (Error, Fate)> {
     if !wanted {
         return Ok(TokenQuery::NotWanted);
     }
-    let prepare = statements.own(client, TOKEN_SQL, &[]);
+    let prepare = client.own(TOKEN_SQL, &[]);
     match timeout_at(attempt.deadline(), prepare).await {
         Ok(Ok(statement)) => Ok(TokenQuery::Ready(statement)),
         Ok(Err(error)) if position_refused(&error) => Ok(TokenQuery::Refused),
@@ -294,15 +233,14 @@ async fn token_query(
 }
 
 /// `BEGIN`, and the transaction's identity when it is resolved.
-async fn open(
-    attempt: &Attempt<'_>,
-    client: &Object,
-    statements: &Statements,
+async fn open<C: Connect>(
+    attempt: &Attempt<'_, C>,
+    client: &C::Session,
     index: usize,
     resolve: bool,
 ) -> Result<Option<Identity>, (Error, Fate)> {
     let hub = attempt.hub();
-    let begun = begin(hub, client, statements, index, resolve);
+    let begun = begin(hub, client, index, resolve);
     match timeout_at(attempt.deadline(), begun).await {
         Ok(Ok(identity)) => Ok(identity),
         Ok(Err(BeginError::Postgres(error))) => {
@@ -323,7 +261,7 @@ async fn open(
 
 /// Ends a transaction that failed before `COMMIT` on a connection that is
 /// to be kept: `ROLLBACK`, or discard the connection if that fails.
-async fn close(attempt: &Attempt<'_>, client: &Object, fate: Fate) -> Fate {
+async fn close<C: Connect>(attempt: &Attempt<'_, C>, client: &C::Session, fate: Fate) -> Fate {
     if fate != Fate::Keep {
         return fate;
     }
@@ -334,19 +272,17 @@ async fn close(attempt: &Attempt<'_>, client: &Object, fate: Fate) -> Fate {
 }
 
 /// The body, then `COMMIT` (with the token query behind it).
-async fn run<B: Body>(
-    attempt: &Attempt<'_>,
-    client: &Object,
-    statements: &Statements,
+async fn run<C: Connect, B: Body<C::Session>>(
+    attempt: &Attempt<'_, C>,
+    client: &C::Session,
     body: &mut B,
-    token: &TokenQuery,
+    token: &TokenOf<C::Session>,
 ) -> Result<(B::Output, Option<CausalToken>), Stop<B::Output>> {
     let deadline = attempt.deadline();
-    let watched = Tx::new(client, statements);
-    let value = match timeout_at(deadline, body.run(&watched)).await {
+    let watch = Watch::default();
+    let value = match timeout_at(deadline, body.run(client, &watch)).await {
         Ok(Ok(value)) => value,
         Ok(Err(error)) => {
-            drop(watched);
             let (error, fate) = roll_back(attempt, client, error).await;
             return Err(Stop::Failed(error, fate));
         }
@@ -355,8 +291,7 @@ async fn run<B: Body>(
             return Err(Stop::Failed(error, fate));
         }
     };
-    let swallowed = watched.failure();
-    drop(watched);
+    let swallowed = watch.failure();
     if let Some(code) = swallowed {
         if let Err((error, fate)) = ensure_not_aborted(attempt, client, code).await {
             return Err(Stop::Failed(error, close(attempt, client, fate).await));
@@ -368,15 +303,17 @@ async fn run<B: Body>(
 /// `COMMIT`, and the causal token query right behind it. Without a
 /// resolution to follow, `COMMIT` may use the whole deadline; with one,
 /// part of it is kept for asking.
-async fn commit<T>(
-    attempt: &Attempt<'_>,
-    client: &Object,
-    token: &TokenQuery,
+async fn commit<C: Connect, T>(
+    attempt: &Attempt<'_, C>,
+    client: &C::Session,
+    token: &TokenOf<C::Session>,
     value: T,
 ) -> Result<(T, Option<CausalToken>), Stop<T>> {
     let token_query = async {
         match token {
-            TokenQuery::Ready(statement) => statement.query_one(client, &[]).await.map(Some),
+            TokenQuery::Ready(statement) => {
+                One::run(client, TOKEN_SQL, statement, &[]).await.map(Some)
+            }
             TokenQuery::NotWanted | TokenQuery::Refused => Ok(None),
         }
     };
@@ -419,7 +356,7 @@ async fn commit<T>(
 /// (a quarter of the budget, at most the probe timeout) for resolving it
 /// if it does not come; once less than the reserve is left (a late retry),
 /// half of what is left.
-fn commit_deadline(attempt: &Attempt<'_>) -> Instant {
+fn commit_deadline<C: Connect>(attempt: &Attempt<'_, C>) -> Instant {
     let reserve = reserve(attempt);
     let deadline = attempt.deadline();
     let now = Instant::now();
@@ -431,7 +368,7 @@ fn commit_deadline(attempt: &Attempt<'_>) -> Instant {
 
 /// The time kept for resolving a lost `COMMIT`: a quarter of the budget,
 /// at most the probe timeout.
-fn reserve(attempt: &Attempt<'_>) -> Duration {
+fn reserve<C: Connect>(attempt: &Attempt<'_, C>) -> Duration {
     (attempt.budget() / 4).min(attempt.hub().config.health.probe_timeout)
 }
 
@@ -439,9 +376,9 @@ fn reserve(attempt: &Attempt<'_>) -> Duration {
 /// `COMMIT` would silently roll back. Asks the server (`SELECT 1` fails in
 /// an aborted transaction); a closure that recovered with `ROLLBACK TO
 /// SAVEPOINT` commits as usual.
-async fn ensure_not_aborted(
-    attempt: &Attempt<'_>,
-    client: &Object,
+async fn ensure_not_aborted<C: Connect>(
+    attempt: &Attempt<'_, C>,
+    client: &C::Session,
     code: SqlState,
 ) -> Result<(), (Error, Fate)> {
     match timeout_at(attempt.deadline(), client.batch_execute("SELECT 1")).await {
@@ -464,7 +401,11 @@ async fn ensure_not_aborted(
 
 /// The closure failed: classify its error (nothing is committed yet) and
 /// roll back if the connection is still good.
-async fn roll_back(attempt: &Attempt<'_>, client: &Object, error: Error) -> (Error, Fate) {
+async fn roll_back<C: Connect>(
+    attempt: &Attempt<'_, C>,
+    client: &C::Session,
+    error: Error,
+) -> (Error, Fate) {
     let (error, fate) = match error {
         Error::Postgres(source) => attempt.judge(Phase::InTransaction, Failure::Postgres(source)),
         other => (other, Fate::Keep),

@@ -1,24 +1,16 @@
-//! [`Tx`]: the transaction a closure runs in, with its statements watched.
-//!
-//! PostgreSQL answers `COMMIT` of a transaction in which a statement failed
-//! with `ROLLBACK` and no error, and tokio-postgres's `commit()` then
-//! returns `Ok`: a closure that swallowed an error would report a commit
-//! that never happened. `Tx` remembers the first server error any of its
-//! statements met; before `COMMIT`, the runner asks the server (one extra
-//! round trip, only then) whether the transaction is still good, since a
-//! closure may have recovered with `ROLLBACK TO SAVEPOINT`.
+//! [`Tx`]: the transaction a closure runs in, with its statements watched
+//! (see `watch.rs` for why).
 
 use std::ops::Deref;
-use std::sync::{Mutex, PoisonError};
 
-use deadpool_postgres::{ClientWrapper, Object};
-use tokio_postgres::error::SqlState;
+use deadpool_postgres::ClientWrapper;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Row, Statement, ToStatement};
 
-use super::attempt::{Params, Returns};
+use super::pooled::Pooled;
+
+use super::watch::Watch;
 use crate::config::StatementMode;
-use crate::connect::statements::{Block, Statements};
 
 /// The transaction handed to a closure by
 /// [`Write::transaction`](crate::Write::transaction).
@@ -35,48 +27,29 @@ use crate::connect::statements::{Block, Statements};
 /// do not send `COMMIT`, `ROLLBACK` or another `BEGIN` through it (use
 /// `SAVEPOINT` and `ROLLBACK TO SAVEPOINT` for partial rollbacks).
 pub struct Tx<'t> {
-    inner: &'t Object,
-    statements: &'t Statements,
+    session: &'t Pooled,
     /// The first server error a watched statement met.
-    failure: Mutex<Option<SqlState>>,
+    watch: &'t Watch,
 }
 
 impl std::fmt::Debug for Tx<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Tx")
-            .field("failure", &self.failure())
+            .field("failure", &self.watch.failure())
             .finish_non_exhaustive()
     }
 }
 
 impl<'t> Tx<'t> {
-    pub(crate) fn new(inner: &'t Object, statements: &'t Statements) -> Self {
-        Self {
-            inner,
-            statements,
-            failure: Mutex::new(None),
-        }
-    }
-
-    /// The SQLSTATE of the first server error a watched statement met.
-    pub(crate) fn failure(&self) -> Option<SqlState> {
-        self.failure
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+    pub(crate) fn new(session: &'t Pooled, watch: &'t Watch) -> Self {
+        Self { session, watch }
     }
 
     fn watch<T>(
         &self,
         result: Result<T, tokio_postgres::Error>,
     ) -> Result<T, tokio_postgres::Error> {
-        if let Err(error) = &result {
-            if let Some(code) = error.code() {
-                let mut failure = self.failure.lock().unwrap_or_else(PoisonError::into_inner);
-                failure.get_or_insert_with(|| code.clone());
-            }
-        }
-        result
+        self.watch.watch(result)
     }
 
     /// tokio-postgres's `query`, watched.
@@ -88,7 +61,7 @@ impl<'t> Tx<'t> {
     where
         T: ?Sized + ToStatement,
     {
-        self.watch(self.inner.query(statement, params).await)
+        self.watch(self.session.object().query(statement, params).await)
     }
 
     /// tokio-postgres's `query_one`, watched.
@@ -100,7 +73,7 @@ impl<'t> Tx<'t> {
     where
         T: ?Sized + ToStatement,
     {
-        self.watch(self.inner.query_one(statement, params).await)
+        self.watch(self.session.object().query_one(statement, params).await)
     }
 
     /// tokio-postgres's `query_opt`, watched.
@@ -112,7 +85,7 @@ impl<'t> Tx<'t> {
     where
         T: ?Sized + ToStatement,
     {
-        self.watch(self.inner.query_opt(statement, params).await)
+        self.watch(self.session.object().query_opt(statement, params).await)
     }
 
     /// tokio-postgres's `execute`, watched.
@@ -124,17 +97,17 @@ impl<'t> Tx<'t> {
     where
         T: ?Sized + ToStatement,
     {
-        self.watch(self.inner.execute(statement, params).await)
+        self.watch(self.session.object().execute(statement, params).await)
     }
 
     /// tokio-postgres's `batch_execute`, watched.
     pub async fn batch_execute(&self, query: &str) -> Result<(), tokio_postgres::Error> {
-        self.watch(self.inner.batch_execute(query).await)
+        self.watch(self.session.object().batch_execute(query).await)
     }
 
     /// tokio-postgres's `prepare`, watched.
     pub async fn prepare(&self, query: &str) -> Result<Statement, tokio_postgres::Error> {
-        self.watch(self.inner.prepare(query).await)
+        self.watch(self.session.object().prepare(query).await)
     }
 
     /// deadpool's `prepare_cached`, watched. On a node in
@@ -143,24 +116,10 @@ impl<'t> Tx<'t> {
     /// transaction-pooling proxy gives the next transaction another
     /// server connection, where it does not exist.
     pub async fn prepare_cached(&self, query: &str) -> Result<Statement, tokio_postgres::Error> {
-        match self.statements.mode() {
+        match self.session.statements().mode() {
             StatementMode::Unnamed => self.prepare(query).await,
-            _ => self.watch(self.inner.prepare_cached(query).await),
+            _ => self.watch(self.session.object().prepare_cached(query).await),
         }
-    }
-
-    /// A routed statement (a write's body) run the node's way, watched.
-    pub(crate) async fn run<K: Returns>(
-        &self,
-        sql: &str,
-        params: Params<'_>,
-    ) -> Result<K::Output, tokio_postgres::Error> {
-        let ready = self
-            .statements
-            .prepare(self.inner, sql, params, Block::Open)
-            .await;
-        let ready = self.watch(ready)?;
-        self.watch(K::run(self.inner, &ready, params).await)
     }
 }
 
@@ -168,7 +127,7 @@ impl Deref for Tx<'_> {
     type Target = ClientWrapper;
 
     fn deref(&self) -> &ClientWrapper {
-        self.inner
+        self.session.object()
     }
 }
 

@@ -1,24 +1,24 @@
-//! Writes: always the primary, retried with backoff only when that is safe.
-//! The retry loop here serves single statements and transactions alike.
+//! Writes and transactions: the builder a caller sets up. They run on the
+//! primary through the write loop ([`on_primary`]); a transaction's steps
+//! are the runner's (`transaction.rs`).
 
-use std::future::Future;
+use std::marker::PhantomData;
 use std::time::Duration;
 
 use tokio_postgres::Row;
-use tracing::Instrument;
 
-use super::attempt::{
-    at_most_one, exactly_one, traced, Call, Count, Deadline, Params, Returns, Rows,
-};
-use super::transaction::{Body, TransactionCall};
+use super::attempt::{at_most_one, exactly_one, traced, Call, Deadline};
+use super::pooled::Pools;
+use super::primary::{on_primary, OnPrimary};
+use super::session::{Connect, Count, Params, Returns, RowOf, Rows};
+use super::transaction::{Body, Closure, Statement, TransactionCall, TxFuture};
 use super::tx::Tx;
 use crate::causal::lsn::CausalToken;
 use crate::causal::scope as causal;
 use crate::failure::error::Error;
-use crate::failure::retry::Retrier;
 use crate::hub::Hub;
 use crate::observe::served::{self, ServedBy};
-use crate::observe::spans::{Observer, Reason};
+use crate::observe::spans::Observer;
 
 /// A write or transaction being set up; see
 /// [`DatabaseManager::write`](crate::DatabaseManager::write). Options left
@@ -110,7 +110,7 @@ impl<'a> Write<'a> {
 
     /// Runs the statement and returns the number of rows affected.
     pub async fn execute(self, sql: &str, params: Params<'_>) -> Result<u64, Error> {
-        self.run::<Count>(sql, params, false)
+        self.run::<Count, _>(Pools, sql, params, false)
             .await
             .map(|served| served.output)
     }
@@ -124,13 +124,13 @@ impl<'a> Write<'a> {
         sql: &str,
         params: Params<'_>,
     ) -> Result<(u64, CausalToken), Error> {
-        let served = self.run::<Count>(sql, params, true).await?;
+        let served = self.run::<Count, _>(Pools, sql, params, true).await?;
         Ok((served.output, served.token))
     }
 
     /// Runs the statement (e.g. with `RETURNING`) and returns every row.
     pub async fn query(self, sql: &str, params: Params<'_>) -> Result<Vec<Row>, Error> {
-        self.run::<Rows>(sql, params, false)
+        self.run::<Rows, _>(Pools, sql, params, false)
             .await
             .map(|served| served.output)
     }
@@ -141,7 +141,7 @@ impl<'a> Write<'a> {
         sql: &str,
         params: Params<'_>,
     ) -> Result<(Vec<Row>, CausalToken), Error> {
-        let served = self.run::<Rows>(sql, params, true).await?;
+        let served = self.run::<Rows, _>(Pools, sql, params, true).await?;
         Ok((served.output, served.token))
     }
 
@@ -149,7 +149,7 @@ impl<'a> Write<'a> {
     /// [`Error::RowCount`].
     pub async fn query_one(self, sql: &str, params: Params<'_>) -> Result<Row, Error> {
         let hub = self.hub;
-        let served = self.run::<Rows>(sql, params, false).await?;
+        let served = self.run::<Rows, _>(Pools, sql, params, false).await?;
         exactly_one(&hub.context(served.index), served.output)
     }
 
@@ -157,7 +157,7 @@ impl<'a> Write<'a> {
     /// [`Error::RowCount`].
     pub async fn query_opt(self, sql: &str, params: Params<'_>) -> Result<Option<Row>, Error> {
         let hub = self.hub;
-        let served = self.run::<Rows>(sql, params, false).await?;
+        let served = self.run::<Rows, _>(Pools, sql, params, false).await?;
         at_most_one(&hub.context(served.index), served.output)
     }
 
@@ -176,14 +176,17 @@ impl<'a> Write<'a> {
     /// Runs the statement; inside a [`causal_scope`](crate::causal::causal_scope)
     /// it also asks for the token and advances the scope to it. Counts the
     /// outcome for readiness, and records the server if asked.
-    async fn run<K: Returns>(
+    pub(crate) async fn run<K: Returns, C: Connect>(
         self,
+        connect: C,
         sql: &str,
         params: Params<'_>,
         token: bool,
-    ) -> Result<Served<K::Output>, Error> {
+    ) -> Result<Served<K::Output<RowOf<C>>>, Error> {
         let (hub, slot, scoped) = (self.hub, self.served, causal::in_scope());
-        let result = self.run_statement::<K>(sql, params, token || scoped).await;
+        let result = self
+            .run_statement::<K, C>(connect, sql, params, token || scoped)
+            .await;
         // A call refused before it started (a bad option) is not counted.
         if !matches!(result, Err(Error::InvalidArgument { .. })) {
             let failed = result.as_ref().is_err_and(Error::is_unavailable);
@@ -198,12 +201,13 @@ impl<'a> Write<'a> {
         result
     }
 
-    async fn run_statement<K: Returns>(
+    async fn run_statement<K: Returns, C: Connect>(
         self,
+        connect: C,
         sql: &str,
         params: Params<'_>,
         token: bool,
-    ) -> Result<Served<K::Output>, Error> {
+    ) -> Result<Served<K::Output<RowOf<C>>>, Error> {
         let observer = Observer::write(self.hub, sql, self.exactly_once);
         let deadline = match self.deadline_from_now() {
             Ok(deadline) => deadline,
@@ -211,7 +215,7 @@ impl<'a> Write<'a> {
         };
         if self.exactly_once {
             return self
-                .run_exactly_once::<K>(sql, params, deadline, token, observer)
+                .run_exactly_once::<K, C>(connect, sql, params, deadline, token, observer)
                 .await;
         }
         let call = Call {
@@ -223,9 +227,10 @@ impl<'a> Write<'a> {
             // outlier detection on the nodes that serve reads.
             tracked: true,
         };
-        let statement = SingleStatement::<K> {
+        let statement = SingleStatement::<K, C> {
+            connect,
             call: &call,
-            kind: std::marker::PhantomData,
+            kind: PhantomData,
         };
         on_primary(
             self.hub,
@@ -239,20 +244,113 @@ impl<'a> Write<'a> {
 }
 
 impl Write<'_> {
-    /// The statement as the body of a resolved transaction.
-    async fn run_exactly_once<K: Returns>(
+    /// Runs `body` in a transaction on the primary: commits when it returns
+    /// `Ok`, rolls back when it returns `Err`.
+    ///
+    /// The whole closure runs again (with backoff, within the deadline) after
+    /// a serialization failure (40001), a deadlock (40P01), a shutdown
+    /// (57P0x), or a connection lost before COMMIT was sent (nothing was
+    /// committed). So the closure may run more than once: keep side
+    /// effects outside the database out of it.
+    ///
+    /// When the answer to `COMMIT` is lost, pgrouter finds out whether the
+    /// transaction committed (see
+    /// [`OutcomeSettings`](crate::config::OutcomeSettings)): if it did, this returns
+    /// the closure's value; if it did not, the closure runs again. Only if
+    /// neither can be shown before the deadline is the result
+    /// [`Error::OutcomeUnknown`] (or a [`Error::Timeout`] after `COMMIT`),
+    /// unless the write is marked [`idempotent`](Write::idempotent), which
+    /// runs it again then.
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # async fn demo(db: pgrouter::DatabaseManager) -> Result<(), pgrouter::Error> {
+    /// let moved = db
+    ///     .write()
+    ///     .deadline(Duration::from_secs(2))
+    ///     .transaction(|tx| {
+    ///         Box::pin(async move {
+    ///             tx.execute("UPDATE accounts SET balance = balance - 10 WHERE id = 1", &[]).await?;
+    ///             tx.execute("UPDATE accounts SET balance = balance + 10 WHERE id = 2", &[]).await?;
+    ///             Ok(10)
+    ///         })
+    ///     })
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn transaction<T, F>(self, body: F) -> Result<T, Error>
+    where
+        F: for<'t> FnMut(&'t Tx<'t>) -> TxFuture<'t, T> + Send,
+        T: Send,
+    {
+        let body = Closure(body, PhantomData);
+        let (value, _) = self.run_transaction(Pools, false, body).await?;
+        Ok(value)
+    }
+
+    /// [`Write::transaction`], also returning the commit's [`CausalToken`]
+    /// for read-your-writes (its query is sent right behind `COMMIT`, in
+    /// the same round trip).
+    pub async fn transaction_with_token<T, F>(self, body: F) -> Result<(T, CausalToken), Error>
+    where
+        F: for<'t> FnMut(&'t Tx<'t>) -> TxFuture<'t, T> + Send,
+        T: Send,
+    {
+        let body = Closure(body, PhantomData);
+        let (value, token) = self.run_transaction(Pools, true, body).await?;
+        Ok((value, token.unwrap_or(CausalToken::PRIMARY)))
+    }
+
+    /// The transaction `body`, its connections from `connect`.
+    pub(crate) async fn run_transaction<C: Connect, B: Body<C::Session>>(
         self,
+        connect: C,
+        token: bool,
+        body: B,
+    ) -> Result<(B::Output, Option<CausalToken>), Error> {
+        let observer = Observer::transaction(self.hub);
+        let deadline = match self.deadline_from_now() {
+            Ok(deadline) => deadline,
+            Err(error) => return Err(observer.rejected(self.hub, error)),
+        };
+        // Inside a causal scope, the commit's token advances the scope.
+        let scoped = causal::in_scope();
+        let call = TransactionCall {
+            connect,
+            body,
+            deadline,
+            token: token || scoped,
+            resolve: self.hub.config.outcomes.resolve,
+        };
+        let result = on_primary(self.hub, deadline, self.idempotent, call, observer).await;
+        let failed = result.as_ref().is_err_and(Error::is_unavailable);
+        self.hub.write_outcomes.record(failed);
+        let done = result?;
+        served::record(self.served, self.hub, done.index);
+        if scoped {
+            causal::advance(done.token.unwrap_or(CausalToken::PRIMARY));
+        }
+        Ok((done.value, done.token))
+    }
+}
+
+impl Write<'_> {
+    /// The statement as the body of a resolved transaction.
+    async fn run_exactly_once<K: Returns, C: Connect>(
+        self,
+        connect: C,
         sql: &str,
         params: Params<'_>,
         deadline: Deadline,
         token: bool,
         observer: Observer,
-    ) -> Result<Served<K::Output>, Error> {
+    ) -> Result<Served<K::Output<RowOf<C>>>, Error> {
         let call = TransactionCall {
+            connect,
             body: Statement::<K> {
                 sql,
                 params,
-                kind: std::marker::PhantomData,
+                kind: PhantomData,
             },
             deadline,
             token,
@@ -267,106 +365,35 @@ impl Write<'_> {
     }
 }
 
-/// One statement as a transaction's body.
-struct Statement<'c, K> {
-    sql: &'c str,
-    params: Params<'c>,
-    kind: std::marker::PhantomData<K>,
-}
-
-impl<K: Returns> Body for Statement<'_, K> {
-    type Output = K::Output;
-    async fn run<'t>(&'t mut self, tx: &'t Tx<'t>) -> Result<K::Output, Error> {
-        Ok(tx.run::<K>(self.sql, self.params).await?)
-    }
-}
-
 /// What a write returned, and where.
-struct Served<T> {
-    index: usize,
-    output: T,
+pub(crate) struct Served<T> {
+    pub(crate) index: usize,
+    pub(crate) output: T,
     /// The causal token when one was asked for, else the one that sends
     /// reads to the primary.
-    token: CausalToken,
+    pub(crate) token: CausalToken,
 }
 
-/// Something [`on_primary`] runs: one attempt on the primary at a time.
-pub(crate) trait OnPrimary: Send {
-    /// What a successful attempt gives.
-    type Output: Send;
-    /// Attempt number `number` (1 for the first) on node `index`.
-    fn attempt(
-        &mut self,
-        hub: &Hub,
-        index: usize,
-        number: u32,
-    ) -> impl Future<Output = Result<Self::Output, Error>> + Send;
-}
-
-/// A single statement.
-struct SingleStatement<'c, K> {
+/// A single statement, its connections from `connect`.
+struct SingleStatement<'c, K, C> {
+    connect: C,
     call: &'c Call<'c>,
-    kind: std::marker::PhantomData<K>,
+    kind: PhantomData<K>,
 }
 
-impl<K: Returns> OnPrimary for SingleStatement<'_, K> {
-    type Output = Served<K::Output>;
+impl<K: Returns, C: Connect> OnPrimary for SingleStatement<'_, K, C> {
+    type Output = Served<K::Output<RowOf<C>>>;
     async fn attempt(
         &mut self,
         hub: &Hub,
         index: usize,
         number: u32,
     ) -> Result<Self::Output, Error> {
-        let (output, token) = traced::<K>(hub, index, number, self.call).await?;
+        let (output, token) = traced::<K, C>(hub, self.connect, index, number, self.call).await?;
         Ok(Served {
             index,
             output,
             token: token.unwrap_or(CausalToken::PRIMARY),
         })
-    }
-}
-
-/// Runs `call` on the node that is primary now, holding for one while none
-/// is known, and again with backoff after a failure the retry rules allow,
-/// until it succeeds, the rules forbid another try, or the deadline is near.
-/// Runs in the observer's span, and tells it each attempt, retry and the end.
-pub(crate) async fn on_primary<C: OnPrimary>(
-    hub: &Hub,
-    deadline: Deadline,
-    idempotent: bool,
-    call: C,
-    mut observer: Observer,
-) -> Result<C::Output, Error> {
-    let span = observer.span().clone();
-    let result = retry_on_primary(hub, deadline, idempotent, call, &mut observer)
-        .instrument(span)
-        .await;
-    observer.finish(hub, &result);
-    result
-}
-
-async fn retry_on_primary<C: OnPrimary>(
-    hub: &Hub,
-    deadline: Deadline,
-    idempotent: bool,
-    mut call: C,
-    observer: &mut Observer,
-) -> Result<C::Output, Error> {
-    hub.ensure_open()?;
-    let mut retrier = Retrier::new(&hub.config.retry, deadline.at, idempotent);
-    loop {
-        let result = match hub.await_primary(deadline.at).await {
-            Ok(index) => {
-                let number = retrier.attempt();
-                observer.attempt(hub, index, number, Reason::WriteTarget);
-                call.attempt(hub, index, number).await
-            }
-            Err(error) => Err(error),
-        };
-        match result {
-            Ok(output) => return Ok(output),
-            Err(error) if retrier.again(&error).await => observer.retry(hub, &error),
-            Err(error) => return Err(error),
-        }
     }
 }

@@ -1,0 +1,199 @@
+//! The real side of the seam: each node's deadpool pool ([`Pools`]) and a
+//! connection checked out of it ([`Pooled`]).
+
+use std::future::Future;
+use std::sync::Arc;
+
+use deadpool_postgres::{Object, PoolError, TimeoutType};
+use tokio::time::{timeout_at, Instant};
+use tokio_postgres::types::Type;
+use tokio_postgres::Row;
+
+use super::session::{Columns, Connect, Failure, Params, PgError, Session};
+use crate::causal::lsn::Lsn;
+use crate::connect::node::Node;
+use crate::connect::statements::{Block, Ready, Statements};
+use crate::failure::safety::Fate;
+use crate::hub::Hub;
+
+/// Every node's pool, as the hub holds them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Pools;
+
+impl Connect for Pools {
+    type Session = Pooled;
+
+    async fn checkout(
+        self,
+        hub: &Hub,
+        index: usize,
+        deadline: Instant,
+        started: Instant,
+    ) -> Result<Pooled, Failure> {
+        let Some(node) = hub.node(index) else {
+            // A discovered node removed between the pick and now: as
+            // unreachable, before anything was sent (a read retries
+            // elsewhere).
+            return Err(Failure::Pool(PoolError::Timeout(TimeoutType::Create)));
+        };
+        let checkout = timeout_at(deadline, node.pool.get()).await;
+        node.metrics.pool_wait(started);
+        match checkout {
+            Ok(Ok(object)) => Ok(Pooled { object, node }),
+            Ok(Err(source)) => Err(Failure::Pool(source)),
+            Err(_) => Err(Failure::Deadline),
+        }
+    }
+
+    async fn get(self, hub: &Hub, index: usize) -> Option<Pooled> {
+        let node = hub.node(index)?;
+        let object = node.pool.get().await.ok()?;
+        Some(Pooled { object, node })
+    }
+
+    fn saturated(self, hub: &Hub, index: usize) -> bool {
+        hub.node(index).is_some_and(|node| {
+            let status = node.pool.status();
+            status.size >= status.max_size && status.available == 0
+        })
+    }
+}
+
+/// A pooled connection, and the node it belongs to.
+pub(crate) struct Pooled {
+    object: Object,
+    node: Arc<Node>,
+}
+
+impl Pooled {
+    /// The connection.
+    pub(crate) fn object(&self) -> &Object {
+        &self.object
+    }
+
+    /// How statements reach its node.
+    pub(crate) fn statements(&self) -> &Statements {
+        &self.node.statements
+    }
+}
+
+impl Session for Pooled {
+    type Row = Row;
+    type Prepared = Ready<'static>;
+
+    async fn prepare(
+        &self,
+        sql: &str,
+        params: Params<'_>,
+        block: Block,
+    ) -> Result<Ready<'static>, PgError> {
+        let statements = &self.node.statements;
+        let ready = statements.prepare(&self.object, sql, params, block).await;
+        ready.map(detach)
+    }
+
+    async fn own(&self, sql: &str, types: &[Type]) -> Result<Ready<'static>, PgError> {
+        let ready = self.node.statements.own(&self.object, sql, types).await;
+        ready.map(detach)
+    }
+
+    async fn query<'a>(
+        &'a self,
+        sql: &'a str,
+        statement: &'a Ready<'static>,
+        params: Params<'a>,
+    ) -> Result<Vec<Row>, PgError> {
+        match statement {
+            Ready::Named(_) => statement.query(&self.object, params).await,
+            Ready::Unnamed(_, types) => {
+                let ready = Ready::Unnamed(sql, Arc::clone(types));
+                ready.query(&self.object, params).await
+            }
+        }
+    }
+
+    async fn execute<'a>(
+        &'a self,
+        sql: &'a str,
+        statement: &'a Ready<'static>,
+        params: Params<'a>,
+    ) -> Result<u64, PgError> {
+        match statement {
+            Ready::Named(_) => statement.execute(&self.object, params).await,
+            Ready::Unnamed(_, types) => {
+                let ready = Ready::Unnamed(sql, Arc::clone(types));
+                ready.execute(&self.object, params).await
+            }
+        }
+    }
+
+    async fn query_one<'a>(
+        &'a self,
+        sql: &'a str,
+        statement: &'a Ready<'static>,
+        params: Params<'a>,
+    ) -> Result<Row, PgError> {
+        match statement {
+            Ready::Named(_) => statement.query_one(&self.object, params).await,
+            Ready::Unnamed(_, types) => {
+                let ready = Ready::Unnamed(sql, Arc::clone(types));
+                ready.query_one(&self.object, params).await
+            }
+        }
+    }
+
+    fn batch_execute(&self, sql: &str) -> impl Future<Output = Result<(), PgError>> + Send {
+        self.object.batch_execute(sql)
+    }
+
+    fn forget_statements(&self) {
+        self.object.statement_cache.clear();
+    }
+
+    fn settle(self, hub: &Hub, fate: Fate) {
+        match fate {
+            Fate::Keep => drop(self),
+            Fate::Discard => drop(Object::take(self.object)),
+            Fate::Cancel => {
+                hub.connector
+                    .cancel_in_background(self.object.cancel_token());
+                drop(Object::take(self.object));
+            }
+        }
+    }
+}
+
+/// A statement ready to run, kept without its text: an unnamed statement
+/// is given its text again when it runs (see `Session::Prepared`).
+fn detach(ready: Ready<'_>) -> Ready<'static> {
+    match ready {
+        Ready::Named(statement) => Ready::Named(statement),
+        Ready::Unnamed(_, types) => Ready::Unnamed("", types),
+    }
+}
+
+impl Columns for Row {
+    fn boolean(&self, index: usize) -> Result<bool, PgError> {
+        self.try_get(index)
+    }
+
+    fn int4(&self, index: usize) -> Result<i32, PgError> {
+        self.try_get(index)
+    }
+
+    fn int8(&self, index: usize) -> Result<i64, PgError> {
+        self.try_get(index)
+    }
+
+    fn text(&self, index: usize) -> Result<&str, PgError> {
+        self.try_get(index)
+    }
+
+    fn text_or_null(&self, index: usize) -> Result<Option<&str>, PgError> {
+        self.try_get(index)
+    }
+
+    fn lsn(&self, index: usize) -> Result<Lsn, PgError> {
+        self.try_get(index)
+    }
+}

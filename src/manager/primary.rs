@@ -1,0 +1,71 @@
+//! The write loop: the node that is primary now, held for during a
+//! failover, and tried again with backoff after a failure the retry rules
+//! allow. Single statements and transactions alike run through it.
+
+use std::future::Future;
+
+use tracing::Instrument;
+
+use super::attempt::Deadline;
+use crate::failure::error::Error;
+use crate::failure::retry::Retrier;
+use crate::hub::Hub;
+use crate::observe::spans::{Observer, Reason};
+
+/// Something [`on_primary`] runs: one attempt on the primary at a time.
+pub(crate) trait OnPrimary: Send {
+    /// What a successful attempt gives.
+    type Output: Send;
+    /// Attempt number `number` (1 for the first) on node `index`.
+    fn attempt(
+        &mut self,
+        hub: &Hub,
+        index: usize,
+        number: u32,
+    ) -> impl Future<Output = Result<Self::Output, Error>> + Send;
+}
+
+/// Runs `call` on the node that is primary now, holding for one while none
+/// is known, and again with backoff after a failure the retry rules allow,
+/// until it succeeds, the rules forbid another try, or the deadline is near.
+/// Runs in the observer's span, and tells it each attempt, retry and the end.
+pub(crate) async fn on_primary<C: OnPrimary>(
+    hub: &Hub,
+    deadline: Deadline,
+    idempotent: bool,
+    call: C,
+    mut observer: Observer,
+) -> Result<C::Output, Error> {
+    let span = observer.span().clone();
+    let result = retry_on_primary(hub, deadline, idempotent, call, &mut observer)
+        .instrument(span)
+        .await;
+    observer.finish(hub, &result);
+    result
+}
+
+async fn retry_on_primary<C: OnPrimary>(
+    hub: &Hub,
+    deadline: Deadline,
+    idempotent: bool,
+    mut call: C,
+    observer: &mut Observer,
+) -> Result<C::Output, Error> {
+    hub.ensure_open()?;
+    let mut retrier = Retrier::new(&hub.config.retry, deadline.at, idempotent);
+    loop {
+        let result = match hub.await_primary(deadline.at).await {
+            Ok(index) => {
+                let number = retrier.attempt();
+                observer.attempt(hub, index, number, Reason::WriteTarget);
+                call.attempt(hub, index, number).await
+            }
+            Err(error) => Err(error),
+        };
+        match result {
+            Ok(output) => return Ok(output),
+            Err(error) if retrier.again(&error).await => observer.retry(hub, &error),
+            Err(error) => return Err(error),
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! A transaction whose `COMMIT` answer is lost: resolved as committed (its
+//! value returned), as not committed (run again), or not before the
+//! deadline (an unknown outcome), on the resolution's schedule.
+
+use std::time::Duration;
+
+use super::{two_nodes, Harness};
+use crate::commit::resolve::IDENTITY_SQL;
+use crate::failure::error::Error;
+use crate::manager::fake::{Ask, Fake, FakeRow, Fault, Reply, Step};
+use crate::manager::session::{Count, Session};
+use crate::manager::transaction::Body;
+use crate::manager::watch::{run_watched, Watch};
+use crate::manager::write::Write;
+use crate::observe::events::{CommitOutcome, Event};
+
+const UPDATE: &str = "UPDATE accounts SET balance = balance - 10 WHERE id = 1";
+const XID: i64 = 740;
+const PID: i32 = 3162;
+const POSTMASTER: i64 = 1_000;
+
+/// The transaction's body: one update; gives the rows it affected.
+struct Transfer;
+
+impl<S: Session> Body<S> for Transfer {
+    type Output = u64;
+
+    async fn run<'t>(&'t mut self, session: &'t S, watch: &'t Watch) -> Result<u64, Error> {
+        Ok(run_watched::<Count, S>(session, watch, UPDATE, &[]).await?)
+    }
+}
+
+/// Node 0 runs the transaction as `XID`; the answer to its first `COMMIT`
+/// is lost after 5 ms (the connection breaks); asked about `XID`, it says
+/// `status`.
+fn commit_lost(status: &'static str) -> Fake {
+    Fake::new(move |step: &Step<'_>| match (step.ask, step.sql) {
+        (Ask::QueryOne, IDENTITY_SQL) => {
+            Some(Reply::rows(vec![FakeRow::identity(XID, PID, POSTMASTER)]))
+        }
+        (Ask::Batch, "COMMIT") if step.nth == 0 => Some(Reply::fail(Fault::Lost).after_ms(5)),
+        (Ask::QueryOne, sql) if is_status(sql) => {
+            Some(Reply::rows(vec![FakeRow::status(true, POSTMASTER, status)]))
+        }
+        _ => None,
+    })
+}
+
+fn is_status(sql: &str) -> bool {
+    sql.starts_with("SELECT NOT pg_is_in_recovery()")
+}
+
+/// When node 0 was asked about the transaction, in ms.
+fn asked_about(fake: &Fake) -> Vec<u64> {
+    let log = fake.log();
+    let status = log.iter().filter_map(|entry| match &entry.event {
+        crate::manager::fake::Event::Asked(Ask::QueryOne, sql) if is_status(sql) => Some(entry.ms),
+        _ => None,
+    });
+    status.collect()
+}
+
+async fn transfer(h: &Harness, fake: &Fake) -> Result<u64, Error> {
+    let write = Write::new(&h.hub).deadline(Duration::from_secs(1));
+    let (value, _) = write.run_transaction(fake, false, Transfer).await?;
+    Ok(value)
+}
+
+fn resolved(events: &mut tokio::sync::broadcast::Receiver<Event>) -> Vec<CommitOutcome> {
+    std::iter::from_fn(|| events.try_recv().ok())
+        .filter_map(|event| match event {
+            Event::CommitResolved { outcome, .. } => Some(outcome),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lost_commit_found_committed_returns_the_value() {
+    let h = Harness::healthy(two_nodes()).await;
+    let mut events = h.hub.subscribe();
+    let fake = commit_lost("committed");
+    assert_eq!(transfer(&h, &fake).await.unwrap(), 1);
+    assert_eq!(fake.ms(), 5, "asked as soon as the answer was lost");
+    assert_eq!(asked_about(&fake), [5]);
+    assert_eq!(fake.sent(0, "COMMIT"), [0], "not run again");
+    assert_eq!(fake.sent(0, UPDATE), [0]);
+    assert_eq!(resolved(&mut events), [CommitOutcome::Committed]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lost_commit_found_aborted_runs_the_transaction_again() {
+    let h = Harness::healthy(two_nodes()).await;
+    let mut events = h.hub.subscribe();
+    let fake = commit_lost("aborted");
+    assert_eq!(transfer(&h, &fake).await.unwrap(), 1);
+    assert_eq!(asked_about(&fake), [5]);
+    // Not committed, so safe to run again, after the first backoff delay.
+    assert_eq!(fake.sent(0, "COMMIT"), [0, 305]);
+    assert_eq!(fake.sent(0, UPDATE), [0, 305]);
+    assert_eq!(fake.ms(), 305);
+    assert_eq!(resolved(&mut events), [CommitOutcome::NotCommitted]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lost_commit_still_unresolved_at_the_deadline_is_an_unknown_outcome() {
+    let h = Harness::healthy(two_nodes()).await;
+    let mut events = h.hub.subscribe();
+    // The session that holds the transaction is still running it: asked
+    // again and again (10 ms, doubling, at most 200 ms between rounds),
+    // its session ended after the second answer, until the deadline.
+    let fake = commit_lost("in progress");
+    let error = transfer(&h, &fake).await.unwrap_err();
+    assert!(matches!(error, Error::OutcomeUnknown { .. }), "{error:?}");
+    assert!(error.is_outcome_unknown());
+    assert_eq!(asked_about(&fake), [5, 15, 35, 75, 155, 315, 515, 715, 915]);
+    assert_eq!(
+        fake.sent(0, crate::commit::resolve::TERMINATE_SQL),
+        [15],
+        "the session still holding it is ended once"
+    );
+    assert_eq!(fake.ms(), 915, "the next round would end past the deadline");
+    assert_eq!(fake.sent(0, "COMMIT"), [0], "never run again");
+    assert_eq!(resolved(&mut events), [CommitOutcome::Unknown]);
+}

@@ -1,0 +1,137 @@
+//! Reads: tried once more on another node, within the deadline and the
+//! budget; hedged after the hedge delay, the loser cancelled.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use super::{two_nodes, Harness};
+use crate::config::Config;
+use crate::failure::error::Error;
+use crate::failure::safety::Fate;
+use crate::manager::fake::{Ask, Fake, FakeRow, Fault, Reply};
+use crate::manager::read::Read;
+
+const SQL: &str = "SELECT 1";
+
+/// Reads hedged 10 ms after they start (outlier detection as configured).
+fn hedging() -> Config {
+    let mut config = two_nodes();
+    config.hedging.enabled = true;
+    config.hedging.delay = Some(Duration::from_millis(10));
+    config
+}
+
+/// A read with `deadline` through `fake`: the node that answered, and
+/// which node its row says answered.
+async fn read(h: &Harness, fake: &Fake, deadline: Duration) -> Result<(usize, Vec<usize>), Error> {
+    let read = Read::new(&h.hub).deadline(deadline);
+    let (index, rows) = read.rows(fake, SQL, &[]).await?;
+    Ok((index, rows.iter().map(FakeRow::answered_by).collect()))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_read_refused_by_its_node_runs_on_another_node_at_once() {
+    let h = Harness::healthy(two_nodes()).await;
+    // Node 1 (the local replica) refuses the connection after 3 ms.
+    let fake = Fake::new(|step| {
+        (step.node == 1 && step.ask == Ask::Checkout).then(|| Reply::fail(Fault::Lost).after_ms(3))
+    });
+    let answer = read(&h, &fake, Duration::from_secs(1)).await;
+    assert_eq!(answer.unwrap(), (0, vec![0]));
+    assert_eq!(fake.asked(1, Ask::Checkout), [0]);
+    assert_eq!(
+        fake.sent(0, SQL),
+        [3],
+        "tried on node 0 as soon as node 1 refused"
+    );
+    assert_eq!(fake.ms(), 3);
+    assert!(
+        h.hub.is_suspect(1),
+        "a caller that saw a refusal marks the node"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_read_is_not_tried_elsewhere_with_less_than_5_ms_of_its_deadline_left() {
+    // The deadline is 20 ms: a refusal at 15 ms leaves 5 ms, one at 16 ms 4 ms.
+    for (refused_at, retried) in [(15, true), (16, false)] {
+        let h = Harness::healthy(two_nodes()).await;
+        let fake = Fake::new(move |step| {
+            (step.node == 1 && step.ask == Ask::Checkout)
+                .then(|| Reply::fail(Fault::Lost).after_ms(refused_at))
+        });
+        let answer = read(&h, &fake, Duration::from_millis(20)).await;
+        match retried {
+            true => {
+                assert_eq!(answer.unwrap(), (0, vec![0]));
+                assert_eq!(fake.sent(0, SQL), [refused_at]);
+            }
+            false => {
+                assert!(matches!(answer, Err(Error::Connect { .. })), "{answer:?}");
+                assert_eq!(fake.asked(0, Ask::Checkout), [0u64; 0]);
+            }
+        }
+        assert_eq!(fake.ms(), refused_at);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_read_budget_pays_for_one_retry_and_refuses_the_next() {
+    let mut config = two_nodes();
+    // One token, and nothing earns another.
+    config.hedging.budget_burst = 1;
+    config.hedging.budget_percent = 0;
+    config.hedging.budget_per_second = 0;
+    let h = Harness::healthy(config).await;
+    // Node 1 cancels every read (a recovery conflict, 40001): a retry can
+    // fix it, and the node is not at fault.
+    let fake = Fake::new(|step| {
+        (step.node == 1 && step.ask == Ask::Query).then(|| Reply::fail(Fault::Sqlstate("40001")))
+    });
+    let first = read(&h, &fake, Duration::from_secs(1)).await;
+    assert_eq!(first.unwrap(), (0, vec![0]), "the token pays for the retry");
+    let second = read(&h, &fake, Duration::from_secs(1)).await;
+    let error = second.unwrap_err();
+    assert_eq!(error.code().map(|code| code.code()), Some("40001"));
+    assert_eq!(fake.sent(1, SQL), [0, 0]);
+    assert_eq!(fake.sent(0, SQL), [0], "the second read is not retried");
+    assert_eq!(h.hub.counters.retries_refused.load(Relaxed), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_read_is_hedged_after_the_hedge_delay_and_the_loser_cancelled() {
+    let h = Harness::healthy(hedging()).await;
+    // Node 1 would answer after 50 ms, node 0 answers after 5 ms.
+    let fake = Fake::new(|step| match (step.node, step.ask) {
+        (1, Ask::Query) => Some(Reply::rows(vec![FakeRow::node(1)]).after_ms(50)),
+        (0, Ask::Query) => Some(Reply::rows(vec![FakeRow::node(0)]).after_ms(5)),
+        _ => None,
+    });
+    let answer = read(&h, &fake, Duration::from_secs(1)).await;
+    assert_eq!(answer.unwrap(), (0, vec![0]), "the hedge answered first");
+    assert_eq!(fake.sent(1, SQL), [0]);
+    assert_eq!(fake.sent(0, SQL), [10], "hedged at the hedge delay");
+    assert_eq!(fake.ms(), 15);
+    assert_eq!(
+        fake.settled(1),
+        [(15, Fate::Cancel)],
+        "the loser's statement is cancelled and its connection discarded"
+    );
+    assert_eq!(fake.settled(0), [(15, Fate::Keep)]);
+    assert_eq!(h.hub.counters.sent.load(Relaxed), 1);
+    assert_eq!(h.hub.counters.won.load(Relaxed), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_read_answered_within_the_hedge_delay_is_not_hedged() {
+    let h = Harness::healthy(hedging()).await;
+    let fake = Fake::new(|step| {
+        (step.node == 1 && step.ask == Ask::Query)
+            .then(|| Reply::rows(vec![FakeRow::node(1)]).after_ms(9))
+    });
+    let answer = read(&h, &fake, Duration::from_secs(1)).await;
+    assert_eq!(answer.unwrap(), (1, vec![1]));
+    assert_eq!(fake.sent(0, SQL), [0u64; 0]);
+    assert_eq!(fake.settled(1), [(9, Fate::Keep)]);
+    assert_eq!(h.hub.counters.sent.load(Relaxed), 0);
+}
