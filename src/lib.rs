@@ -21,8 +21,8 @@ mod topology;
 pub use causal::CausalToken;
 pub use config::{Config, ReadStrategy, Role};
 pub use failure::error::Error;
-pub use manager::{DatabaseManager, Read, Tx, TxFuture, Write};
-pub use observe::served::ServedBy;
+pub use manager::{DatabaseManager, ReadBuilder, Tx, TxFuture, WriteBuilder};
+pub use observe::call_info::CallInfo;
 
 pub use deadpool_postgres;
 pub use tokio_postgres;
@@ -31,9 +31,9 @@ pub use tokio_postgres;
 /// snapshot, readiness, topology events and what each node can report.
 pub mod status {
     pub use crate::health::capability::{Capability, MissingCapability};
+    pub use crate::observe::call_info::Server;
     pub use crate::observe::events::{CommitOutcome, Event};
     pub use crate::observe::readiness::{CallCounts, NotReady, Readiness};
-    pub use crate::observe::served::Server;
     pub use crate::observe::status::{HedgeCounts, NodeStatus, PoolStatus, Status};
     pub use crate::topology::{Lag, Orphan};
 }

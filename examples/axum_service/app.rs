@@ -10,9 +10,9 @@ use axum::{Json, Router};
 use pgrouter::causal::CausalLayer;
 use pgrouter::error::RetryHint;
 use pgrouter::tokio_postgres::Row;
+use pgrouter::CallInfo;
 use pgrouter::DatabaseManager;
 use pgrouter::Error;
-use pgrouter::ServedBy;
 use serde::{Deserialize, Serialize};
 
 /// The cookie the causal token also travels in (browsers send it back by
@@ -131,11 +131,11 @@ async fn list_items(
     State(db): State<DatabaseManager>,
     Query(page): Query<Page>,
 ) -> Result<Response, ApiError> {
-    let served = ServedBy::new();
+    let served = CallInfo::new();
     let limit = page.limit.clamp(1, 500);
     let rows = db
         .read()
-        .served_by(&served)
+        .info(&served)
         .query(
             "SELECT id, name, qty FROM items WHERE id > $1 ORDER BY id LIMIT $2",
             &[&page.after, &limit],
@@ -146,17 +146,17 @@ async fn list_items(
 }
 
 /// Creates an item. A lost `COMMIT` answer is resolved
-/// ([`Write::exactly_once`](pgrouter::Write::exactly_once)), so a failover
+/// ([`WriteBuilder::exactly_once`](pgrouter::WriteBuilder::exactly_once)), so a failover
 /// mid-request gives the row once, or a clear error, never a duplicate.
 async fn create_item(
     State(db): State<DatabaseManager>,
     Json(new): Json<NewItem>,
 ) -> Result<Response, ApiError> {
-    let served = ServedBy::new();
+    let served = CallInfo::new();
     let row = db
         .write()
         .exactly_once()
-        .served_by(&served)
+        .info(&served)
         .query_one(
             "INSERT INTO items (name, qty) VALUES ($1, $2) RETURNING id, name, qty",
             &[&new.name, &new.qty],
@@ -172,28 +172,28 @@ async fn get_item(
     State(db): State<DatabaseManager>,
     Path(id): Path<i64>,
 ) -> Result<Response, ApiError> {
-    let served = ServedBy::new();
+    let served = CallInfo::new();
     let row = db
         .read()
-        .served_by(&served)
+        .info(&served)
         .query_opt("SELECT id, name, qty FROM items WHERE id = $1", &[&id])
         .await?;
     Ok(with_server(&served, found(row.as_ref().map(Item::of))))
 }
 
 /// Replaces an item: the same request twice leaves the same row, so it is
-/// [`idempotent`](pgrouter::Write::idempotent) and retried after a lost
+/// [`idempotent`](pgrouter::WriteBuilder::idempotent) and retried after a lost
 /// connection.
 async fn update_item(
     State(db): State<DatabaseManager>,
     Path(id): Path<i64>,
     Json(new): Json<NewItem>,
 ) -> Result<Response, ApiError> {
-    let served = ServedBy::new();
+    let served = CallInfo::new();
     let row = db
         .write()
         .idempotent()
-        .served_by(&served)
+        .info(&served)
         .query_opt(
             "UPDATE items SET name = $2, qty = $3 WHERE id = $1 RETURNING id, name, qty",
             &[&id, &new.name, &new.qty],
@@ -206,11 +206,11 @@ async fn delete_item(
     State(db): State<DatabaseManager>,
     Path(id): Path<i64>,
 ) -> Result<Response, ApiError> {
-    let served = ServedBy::new();
+    let served = CallInfo::new();
     let deleted = db
         .write()
         .idempotent()
-        .served_by(&served)
+        .info(&served)
         .execute("DELETE FROM items WHERE id = $1", &[&id])
         .await?;
     let code = if deleted == 0 {
@@ -229,9 +229,9 @@ fn found(item: Option<Item>) -> Response {
 }
 
 /// The response, with the node that served it in a header and the log.
-fn with_server(served: &ServedBy, response: impl IntoResponse) -> Response {
+fn with_server(served: &CallInfo, response: impl IntoResponse) -> Response {
     let mut response = response.into_response();
-    if let Some(server) = served.get() {
+    if let Some(server) = served.server() {
         tracing::debug!(%server, "served");
         if let Ok(value) = HeaderValue::try_from(server.to_string()) {
             response.headers_mut().insert(SERVED_BY, value);

@@ -103,10 +103,10 @@ impl FromStr for Lsn {
 
 /// A write's position in the primary's WAL, and the timeline it was written
 /// on, handed back by
-/// [`Write::execute_with_token`](crate::Write::execute_with_token) and
-/// [`Write::transaction_with_token`](crate::Write::transaction_with_token).
+/// a write or transaction given a [`CallInfo::with_token`](crate::CallInfo::with_token)
+/// slot.
 ///
-/// Give it to a later read ([`Read::after`](crate::Read::after)) and that
+/// Give it to a later read ([`ReadBuilder::after`](crate::ReadBuilder::after)) and that
 /// read goes only to a node known to have replayed the write: a replica on
 /// the token's timeline (positions on another timeline prove nothing) that
 /// is receiving WAL and whose last probe showed it at or past the token, or

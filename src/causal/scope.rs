@@ -21,11 +21,11 @@ struct Scope {
 /// last response, say) and returns what it returned with the scope's
 /// newest token.
 ///
-/// Inside the scope, every [`Read`](crate::Read) given no
-/// [`after`](crate::Read::after) reads after the scope's token, and every
+/// Inside the scope, every [`ReadBuilder`](crate::ReadBuilder) given no
+/// [`after`](crate::ReadBuilder::after) reads after the scope's token, and every
 /// successful write and transaction asks for its own token (the query
 /// rides behind the statement, see
-/// [`Write::execute_with_token`](crate::Write::execute_with_token)) and
+/// [`CallInfo::with_token`](crate::CallInfo::with_token)) and
 /// advances the scope to it. Hand the returned token back to the client;
 /// its next request, served by any instance, then sees its writes. The
 /// `CausalLayer` (feature `tower`) does this for

@@ -15,7 +15,7 @@ use super::error::ConfigError;
 /// another eligible node; the first answer wins and the other statement is
 /// cancelled on its server. Only a read that may run twice is hedged: one
 /// whose first node is a replica (in recovery, it writes nothing), or one
-/// marked [`idempotent`](crate::Read::idempotent).
+/// marked [`idempotent`](crate::ReadBuilder::idempotent).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]

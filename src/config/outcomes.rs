@@ -17,7 +17,7 @@ const MIN_MARKER_RETENTION: Duration = Duration::from_secs(60);
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct OutcomeSettings {
-    /// Transactions (and [`exactly_once`](crate::Write::exactly_once)
+    /// Transactions (and [`exactly_once`](crate::WriteBuilder::exactly_once)
     /// writes) learn their transaction id in the round trip of `BEGIN`,
     /// and a lost `COMMIT` is resolved by asking the server within the
     /// call's deadline instead of failing with

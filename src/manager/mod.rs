@@ -25,11 +25,11 @@ use tokio::task::JoinHandle;
 use tokio_postgres::Row;
 use tokio_util::sync::CancellationToken;
 
-pub use read::Read;
+pub use read::ReadBuilder;
 use session::Params;
 pub use transaction::TxFuture;
 pub use tx::Tx;
-pub use write::Write;
+pub use write::WriteBuilder;
 
 use crate::config::Config;
 use crate::failure::error::Error;
@@ -135,39 +135,39 @@ impl DatabaseManager {
         self.inner.hub.readiness()
     }
 
-    /// A read with the default options; see [`Read::query`].
+    /// A read with the default options; see [`ReadBuilder::query`].
     pub async fn query(&self, sql: &str, params: Params<'_>) -> Result<Vec<Row>, Error> {
         self.read().query(sql, params).await
     }
 
-    /// A read of exactly one row; see [`Read::query_one`].
+    /// A read of exactly one row; see [`ReadBuilder::query_one`].
     pub async fn query_one(&self, sql: &str, params: Params<'_>) -> Result<Row, Error> {
         self.read().query_one(sql, params).await
     }
 
-    /// A read of at most one row; see [`Read::query_opt`].
+    /// A read of at most one row; see [`ReadBuilder::query_opt`].
     pub async fn query_opt(&self, sql: &str, params: Params<'_>) -> Result<Option<Row>, Error> {
         self.read().query_opt(sql, params).await
     }
 
-    /// A write on the primary, returning rows affected; see [`Write::execute`].
+    /// A write on the primary, returning rows affected; see [`WriteBuilder::execute`].
     pub async fn execute(&self, sql: &str, params: Params<'_>) -> Result<u64, Error> {
         self.write().execute(sql, params).await
     }
 
     /// Starts a read with per-call options: strategy, deadline, staleness
     /// bound, causal token.
-    pub fn read(&self) -> Read<'_> {
-        Read::new(&self.inner.hub)
+    pub fn read(&self) -> ReadBuilder<'_> {
+        ReadBuilder::new(&self.inner.hub)
     }
 
     /// Starts a write or transaction with per-call options: idempotent,
     /// deadline.
-    pub fn write(&self) -> Write<'_> {
-        Write::new(&self.inner.hub)
+    pub fn write(&self) -> WriteBuilder<'_> {
+        WriteBuilder::new(&self.inner.hub)
     }
 
-    /// A transaction with the default options; see [`Write::transaction`].
+    /// A transaction with the default options; see [`WriteBuilder::transaction`].
     pub async fn transaction<T, F>(&self, body: F) -> Result<T, Error>
     where
         F: for<'t> FnMut(&'t Tx<'t>) -> TxFuture<'t, T> + Send,
@@ -261,7 +261,10 @@ mod send_checks {
     }
 
     fn write_with_token(db: DatabaseManager) {
-        spawnable(async move { db.write().execute_with_token("SELECT 1", &[]).await });
+        spawnable(async move {
+            let info = crate::CallInfo::with_token();
+            db.write().info(&info).execute("SELECT 1", &[]).await
+        });
     }
 
     fn exactly_once(db: DatabaseManager) {

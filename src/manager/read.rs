@@ -17,7 +17,7 @@ use crate::failure::error::Error;
 use crate::failure::retry::RetryDecision;
 use crate::hedging::read::{tracked, Route, Settled, Watch};
 use crate::hub::Hub;
-use crate::observe::served::{self, ServedBy};
+use crate::observe::call_info::{self, CallInfo};
 use crate::observe::spans::{Observer, Reason};
 use crate::routing::freshness::Freshness;
 
@@ -41,7 +41,7 @@ const RETRY_FLOOR: Duration = Duration::from_millis(5);
 /// sent is [`Error::OutcomeUnknown`], never a second run, since a "read"
 /// may write (`INSERT … RETURNING`); a replica in recovery writes nothing.
 ///
-/// A read sent to a replica (or marked [`idempotent`](Read::idempotent))
+/// A read sent to a replica (or marked [`idempotent`](ReadBuilder::idempotent))
 /// with no answer within the hedge delay is also sent to another eligible
 /// node; the first answer wins and the other statement is cancelled on its
 /// server (see [`HedgeSettings`](crate::config::HedgeSettings)). Hedges and retries
@@ -49,30 +49,30 @@ const RETRY_FLOOR: Duration = Duration::from_millis(5);
 /// for its first attempt.
 #[derive(Clone)]
 #[must_use = "a read does nothing until query, query_one or query_opt is awaited"]
-pub struct Read<'a> {
+pub struct ReadBuilder<'a> {
     hub: &'a Hub,
     strategy: Option<ReadStrategy>,
     deadline: Option<Duration>,
     max_staleness: Option<Duration>,
     after: Option<CausalToken>,
-    served: Option<&'a ServedBy>,
+    info: Option<&'a CallInfo>,
     idempotent: bool,
 }
 
-impl std::fmt::Debug for Read<'_> {
+impl std::fmt::Debug for ReadBuilder<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Read")
+        f.debug_struct("ReadBuilder")
             .field("strategy", &self.strategy)
             .field("deadline", &self.deadline)
             .field("max_staleness", &self.max_staleness)
             .field("after", &self.after)
-            .field("served", &self.served)
+            .field("info", &self.info)
             .field("idempotent", &self.idempotent)
             .finish_non_exhaustive()
     }
 }
 
-impl<'a> Read<'a> {
+impl<'a> ReadBuilder<'a> {
     pub(crate) fn new(hub: &'a Hub) -> Self {
         Self {
             hub,
@@ -80,7 +80,7 @@ impl<'a> Read<'a> {
             deadline: None,
             max_staleness: None,
             after: None,
-            served: None,
+            info: None,
             idempotent: false,
         }
     }
@@ -117,9 +117,10 @@ impl<'a> Read<'a> {
         self
     }
 
-    /// Records in `slot` which node served the read, if it succeeds.
-    pub fn served_by(mut self, slot: &'a ServedBy) -> Self {
-        self.served = Some(slot);
+    /// Records in `slot` which node served the read, if it succeeds (see
+    /// [`CallInfo`]).
+    pub fn info(mut self, slot: &'a CallInfo) -> Self {
+        self.info = Some(slot);
         self
     }
 
@@ -190,7 +191,7 @@ impl<'a> Read<'a> {
         let failed = result.as_ref().is_err_and(Error::is_unavailable);
         self.hub.read_outcomes.record(failed);
         if let Ok((index, _)) = &result {
-            served::record(self.served, self.hub, *index);
+            call_info::record(self.info, self.hub, *index, None);
         }
         result
     }

@@ -13,7 +13,7 @@ use super::watch::Watch;
 use crate::config::StatementMode;
 
 /// The transaction handed to a closure by
-/// [`Write::transaction`](crate::Write::transaction).
+/// [`WriteBuilder::transaction`](crate::WriteBuilder::transaction).
 ///
 /// Its own methods (`query`, `query_one`, `query_opt`, `execute`,
 /// `batch_execute`, `prepare`, `prepare_cached`) are tokio-postgres's, and

@@ -17,7 +17,7 @@ use crate::causal::lsn::CausalToken;
 use crate::causal::scope as causal;
 use crate::failure::error::Error;
 use crate::hub::Hub;
-use crate::observe::served::{self, ServedBy};
+use crate::observe::call_info::{self, CallInfo};
 use crate::observe::spans::Observer;
 
 /// A write or transaction being set up; see
@@ -37,33 +37,33 @@ use crate::observe::spans::Observer;
 /// also fetches its causal token and advances the scope to it.
 #[derive(Clone)]
 #[must_use = "a write does nothing until execute, a query method or transaction is awaited"]
-pub struct Write<'a> {
+pub struct WriteBuilder<'a> {
     pub(crate) hub: &'a Hub,
     pub(crate) idempotent: bool,
     exactly_once: bool,
     deadline: Option<Duration>,
-    pub(crate) served: Option<&'a ServedBy>,
+    pub(crate) info: Option<&'a CallInfo>,
 }
 
-impl std::fmt::Debug for Write<'_> {
+impl std::fmt::Debug for WriteBuilder<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Write")
+        f.debug_struct("WriteBuilder")
             .field("idempotent", &self.idempotent)
             .field("exactly_once", &self.exactly_once)
             .field("deadline", &self.deadline)
-            .field("served", &self.served)
+            .field("info", &self.info)
             .finish_non_exhaustive()
     }
 }
 
-impl<'a> Write<'a> {
+impl<'a> WriteBuilder<'a> {
     pub(crate) fn new(hub: &'a Hub) -> Self {
         Self {
             hub,
             idempotent: false,
             exactly_once: false,
             deadline: None,
-            served: None,
+            info: None,
         }
     }
 
@@ -77,7 +77,7 @@ impl<'a> Write<'a> {
     }
 
     /// Runs the statement in a transaction whose lost `COMMIT` answer is
-    /// resolved, as [`Write::transaction`] does (also when
+    /// resolved, as [`WriteBuilder::transaction`] does (also when
     /// [`OutcomeSettings::resolve`](crate::config::OutcomeSettings::resolve) is
     /// off): a connection lost after the statement was sent then gives the
     /// statement's result once it is shown to have committed, or runs it
@@ -102,54 +102,33 @@ impl<'a> Write<'a> {
     }
 
     /// Records in `slot` which node served the write (or transaction), if
-    /// it succeeds.
-    pub fn served_by(mut self, slot: &'a ServedBy) -> Self {
-        self.served = Some(slot);
+    /// it succeeds, and its causal token when the slot was made with
+    /// [`CallInfo::with_token`] (the token query then rides behind the
+    /// statement or `COMMIT`, in the same round trip).
+    pub fn info(mut self, slot: &'a CallInfo) -> Self {
+        self.info = Some(slot);
         self
     }
 
     /// Runs the statement and returns the number of rows affected.
     pub async fn execute(self, sql: &str, params: Params<'_>) -> Result<u64, Error> {
-        self.run::<Count, _>(Pools, sql, params, false)
+        self.run::<Count, _>(Pools, sql, params)
             .await
             .map(|served| served.output)
-    }
-
-    /// Like [`Write::execute`], and returns the write's [`CausalToken`] for
-    /// read-your-writes. The token query (prepared once per connection) is
-    /// sent right behind the statement on the same connection, not after its
-    /// answer.
-    pub async fn execute_with_token(
-        self,
-        sql: &str,
-        params: Params<'_>,
-    ) -> Result<(u64, CausalToken), Error> {
-        let served = self.run::<Count, _>(Pools, sql, params, true).await?;
-        Ok((served.output, served.token))
     }
 
     /// Runs the statement (e.g. with `RETURNING`) and returns every row.
     pub async fn query(self, sql: &str, params: Params<'_>) -> Result<Vec<Row>, Error> {
-        self.run::<Rows, _>(Pools, sql, params, false)
+        self.run::<Rows, _>(Pools, sql, params)
             .await
             .map(|served| served.output)
-    }
-
-    /// Like [`Write::query`], and returns the write's [`CausalToken`].
-    pub async fn query_with_token(
-        self,
-        sql: &str,
-        params: Params<'_>,
-    ) -> Result<(Vec<Row>, CausalToken), Error> {
-        let served = self.run::<Rows, _>(Pools, sql, params, true).await?;
-        Ok((served.output, served.token))
     }
 
     /// Runs the statement and returns its only row; any other count is
     /// [`Error::RowCount`].
     pub async fn query_one(self, sql: &str, params: Params<'_>) -> Result<Row, Error> {
         let hub = self.hub;
-        let served = self.run::<Rows, _>(Pools, sql, params, false).await?;
+        let served = self.run::<Rows, _>(Pools, sql, params).await?;
         exactly_one(&hub.context(served.index), served.output)
     }
 
@@ -157,7 +136,7 @@ impl<'a> Write<'a> {
     /// [`Error::RowCount`].
     pub async fn query_opt(self, sql: &str, params: Params<'_>) -> Result<Option<Row>, Error> {
         let hub = self.hub;
-        let served = self.run::<Rows, _>(Pools, sql, params, false).await?;
+        let served = self.run::<Rows, _>(Pools, sql, params).await?;
         at_most_one(&hub.context(served.index), served.output)
     }
 
@@ -181,9 +160,9 @@ impl<'a> Write<'a> {
         connect: C,
         sql: &str,
         params: Params<'_>,
-        token: bool,
     ) -> Result<Served<K::Output<RowOf<C>>>, Error> {
-        let (hub, slot, scoped) = (self.hub, self.served, causal::in_scope());
+        let (hub, slot, scoped) = (self.hub, self.info, causal::in_scope());
+        let token = slot.is_some_and(CallInfo::wants_token);
         let result = self
             .run_statement::<K, C>(connect, sql, params, token || scoped)
             .await;
@@ -193,7 +172,7 @@ impl<'a> Write<'a> {
             hub.write_outcomes.record(failed);
         }
         if let Ok(served) = &result {
-            served::record(slot, hub, served.index);
+            call_info::record(slot, hub, served.index, Some(served.token));
             if scoped {
                 causal::advance(served.token);
             }
@@ -243,7 +222,7 @@ impl<'a> Write<'a> {
     }
 }
 
-impl Write<'_> {
+impl WriteBuilder<'_> {
     /// Runs `body` in a transaction on the primary: commits when it returns
     /// `Ok`, rolls back when it returns `Err`.
     ///
@@ -259,7 +238,7 @@ impl Write<'_> {
     /// the closure's value; if it did not, the closure runs again. Only if
     /// neither can be shown before the deadline is the result
     /// [`Error::OutcomeUnknown`] (or a [`Error::Timeout`] after `COMMIT`),
-    /// unless the write is marked [`idempotent`](Write::idempotent), which
+    /// unless the write is marked [`idempotent`](WriteBuilder::idempotent), which
     /// runs it again then.
     ///
     /// ```no_run
@@ -284,30 +263,17 @@ impl Write<'_> {
         T: Send,
     {
         let body = Closure(body, PhantomData);
-        let (value, _) = self.run_transaction(Pools, false, body).await?;
+        let (value, _) = self.run_transaction(Pools, body).await?;
         Ok(value)
-    }
-
-    /// [`Write::transaction`], also returning the commit's [`CausalToken`]
-    /// for read-your-writes (its query is sent right behind `COMMIT`, in
-    /// the same round trip).
-    pub async fn transaction_with_token<T, F>(self, body: F) -> Result<(T, CausalToken), Error>
-    where
-        F: for<'t> FnMut(&'t Tx<'t>) -> TxFuture<'t, T> + Send,
-        T: Send,
-    {
-        let body = Closure(body, PhantomData);
-        let (value, token) = self.run_transaction(Pools, true, body).await?;
-        Ok((value, token.unwrap_or(CausalToken::PRIMARY)))
     }
 
     /// The transaction `body`, its connections from `connect`.
     pub(crate) async fn run_transaction<C: Connect, B: Body<C::Session>>(
         self,
         connect: C,
-        token: bool,
         body: B,
     ) -> Result<(B::Output, Option<CausalToken>), Error> {
+        let token = self.info.is_some_and(CallInfo::wants_token);
         let observer = Observer::transaction(self.hub);
         let deadline = match self.deadline_from_now() {
             Ok(deadline) => deadline,
@@ -326,7 +292,7 @@ impl Write<'_> {
         let failed = result.as_ref().is_err_and(Error::is_unavailable);
         self.hub.write_outcomes.record(failed);
         let done = result?;
-        served::record(self.served, self.hub, done.index);
+        call_info::record(self.info, self.hub, done.index, done.token);
         if scoped {
             causal::advance(done.token.unwrap_or(CausalToken::PRIMARY));
         }
@@ -334,7 +300,7 @@ impl Write<'_> {
     }
 }
 
-impl Write<'_> {
+impl WriteBuilder<'_> {
     /// The statement as the body of a resolved transaction.
     async fn run_exactly_once<K: Returns, C: Connect>(
         self,

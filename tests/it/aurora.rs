@@ -11,6 +11,7 @@ use pgrouter::config::DiscoverySettings;
 use pgrouter::status::Capability;
 use pgrouter::status::Event;
 use pgrouter::status::Status;
+use pgrouter::CallInfo;
 use pgrouter::CausalToken;
 use pgrouter::DatabaseManager;
 use pgrouter::ReadStrategy;
@@ -76,19 +77,22 @@ async fn aurora_is_detected_and_readers_lag_comes_from_its_replica_status() {
     // No position compares across Aurora instances, and the WAL functions
     // are refused: a write's token is the one that sends reads to the
     // writer, and the write (and its read-your-writes) still works.
-    let (_, token) = db
-        .write()
-        .execute_with_token("INSERT INTO t VALUES (1)", &[])
+    let info = CallInfo::with_token();
+    db.write()
+        .info(&info)
+        .execute("INSERT INTO t VALUES (1)", &[])
         .await
         .expect("a write whose token query is refused");
-    assert_eq!(token, CausalToken::PRIMARY);
-    let (_, token) = db
-        .write()
-        .transaction_with_token(|tx| {
+    assert_eq!(info.token(), Some(CausalToken::PRIMARY));
+    let info = CallInfo::with_token();
+    db.write()
+        .info(&info)
+        .transaction(|tx| {
             Box::pin(async move { Ok(tx.execute("INSERT INTO t VALUES (2)", &[]).await?) })
         })
         .await
         .expect("a transaction whose token query is refused");
+    let token = info.token().expect("the transaction's token");
     assert_eq!(token, CausalToken::PRIMARY);
     let seen = db
         .read()

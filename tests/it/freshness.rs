@@ -6,6 +6,7 @@ use std::time::Duration;
 use crate::support::*;
 use pgrouter::causal::Lsn;
 use pgrouter::status::Event;
+use pgrouter::CallInfo;
 use pgrouter::CausalToken;
 use pgrouter::DatabaseManager;
 use pgrouter::Error;
@@ -137,11 +138,13 @@ async fn a_causal_token_never_reads_before_its_write() {
     if aurora_flavour() {
         // No position compares across Aurora instances: the token is the
         // one that sends reads to the writer, which has the write.
-        let (_, token) = db
-            .write()
-            .execute_with_token("INSERT INTO t VALUES (0)", &[])
+        let info = CallInfo::with_token();
+        db.write()
+            .info(&info)
+            .execute("INSERT INTO t VALUES (0)", &[])
             .await
             .expect("a write whose token query is refused");
+        let token = info.token().expect("the write's token");
         assert_eq!(token, CausalToken::PRIMARY);
         for _ in 0..20 {
             let row = db
@@ -159,12 +162,15 @@ async fn a_causal_token_never_reads_before_its_write() {
 
     let mut primary_reads = 0;
     for id in 0..40i32 {
-        let (written, token) = db
+        let info = CallInfo::with_token();
+        let written = db
             .write()
-            .execute_with_token("INSERT INTO t VALUES ($1)", &[&id])
+            .info(&info)
+            .execute("INSERT INTO t VALUES ($1)", &[&id])
             .await
             .unwrap();
         assert_eq!(written, 1);
+        let token = info.token().unwrap();
         // The token travels as text, as it would in an HTTP header.
         let token: CausalToken = token.to_string().parse().unwrap();
         let row = db
@@ -179,9 +185,11 @@ async fn a_causal_token_never_reads_before_its_write() {
     }
     assert!(primary_reads > 0);
 
-    let (id, token) = db
+    let info = CallInfo::with_token();
+    let id = db
         .write()
-        .transaction_with_token(|tx| {
+        .info(&info)
+        .transaction(|tx| {
             Box::pin(async move {
                 let row = tx
                     .query_one("INSERT INTO t VALUES (1000) RETURNING id", &[])
@@ -191,6 +199,7 @@ async fn a_causal_token_never_reads_before_its_write() {
         })
         .await
         .unwrap();
+    let token = info.token().unwrap();
     let seen = db
         .read()
         .after(token)

@@ -528,7 +528,8 @@ async fn a_resolved_commit_still_gives_a_causal_token_that_reads_the_write() {
     let db = manager(&cluster, &proxies, Resolution::Ids).await;
     let proxy = Arc::clone(&proxies[0]);
     let note = "with token";
-    let transaction = db.write().transaction_with_token(|tx| {
+    let info = pgrouter::CallInfo::with_token();
+    let transaction = db.write().info(&info).transaction(|tx| {
         let proxy = Arc::clone(&proxy);
         Box::pin(async move {
             tx.execute("INSERT INTO ledger (note) VALUES ($1)", &[&note])
@@ -541,7 +542,8 @@ async fn a_resolved_commit_still_gives_a_causal_token_that_reads_the_write() {
         until_committed(&cluster, 0, note).await;
         cut(&proxies[0]).await;
     });
-    let ((), token) = result.expect("resolved as committed");
+    result.expect("resolved as committed");
+    let token = info.token().expect("the resolved commit's token");
     // The cut made node0 suspect; the monitor clears it on its next probe.
     let back = crate::support::wait_until(Duration::from_secs(15), || {
         crate::support::healthy(&db, "node0")

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::support::*;
 use pgrouter::config::StatementMode;
-use pgrouter::CausalToken;
+use pgrouter::CallInfo;
 use pgrouter::Config;
 use pgrouter::DatabaseManager;
 use pgrouter::Error;
@@ -117,9 +117,11 @@ async fn unnamed_mode_serves_reads_writes_transactions_and_causal_reads() {
     // Transactions: statements with parameters, prepare_cached (not kept
     // across transactions in unnamed mode), and a causal token.
     for round in 0..10i32 {
-        let (moved, token): (u64, CausalToken) = db
+        let info = CallInfo::with_token();
+        let moved: u64 = db
             .write()
-            .transaction_with_token(|tx| -> TxFuture<'_, u64> {
+            .info(&info)
+            .transaction(|tx| -> TxFuture<'_, u64> {
                 Box::pin(async move {
                     let update = tx
                         .prepare_cached("UPDATE items SET note = $1 WHERE id = $2")
@@ -134,6 +136,7 @@ async fn unnamed_mode_serves_reads_writes_transactions_and_causal_reads() {
             .await
             .expect("transaction through PgBouncer");
         assert_eq!(moved, 1);
+        let token = info.token().expect("the transaction's token");
         let row = db
             .read()
             .strategy(ReadStrategy::RegionalPreferred)
@@ -145,11 +148,13 @@ async fn unnamed_mode_serves_reads_writes_transactions_and_causal_reads() {
     }
 
     // A write with its token, and an exactly-once write.
-    let (_, token) = db
-        .write()
-        .execute_with_token("UPDATE items SET note = $1 WHERE id = 0", &[&"token"])
+    let info = CallInfo::with_token();
+    db.write()
+        .info(&info)
+        .execute("UPDATE items SET note = $1 WHERE id = 0", &[&"token"])
         .await
         .expect("write with token");
+    let token = info.token().expect("the write's token");
     let note: String = db
         .read()
         .strategy(ReadStrategy::GlobalRandom)

@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use pgrouter::CallInfo;
 use pgrouter::Config;
 
 use pgrouter::DatabaseManager;
@@ -48,11 +49,13 @@ async fn a_lone_primary_in_a_testcontainers_postgres_serves_reads_and_writes_and
     db.execute("CREATE TABLE users (id int PRIMARY KEY, name text)", &[])
         .await
         .unwrap();
-    let (_, token) = db
-        .write()
-        .execute_with_token("INSERT INTO users VALUES (1, 'ada')", &[])
+    let info = CallInfo::with_token();
+    db.write()
+        .info(&info)
+        .execute("INSERT INTO users VALUES (1, 'ada')", &[])
         .await
         .unwrap();
+    let token = info.token().unwrap();
     for strategy in [
         ReadStrategy::RegionalPreferred,
         ReadStrategy::GlobalRandom,

@@ -11,7 +11,7 @@ use crate::manager::fake::{Ask, Fake, FakeRow, Fault, Reply, Step};
 use crate::manager::session::{Count, Session};
 use crate::manager::transaction::Body;
 use crate::manager::watch::{run_watched, Watch};
-use crate::manager::write::Write;
+use crate::manager::write::WriteBuilder;
 use crate::observe::events::{CommitOutcome, Event};
 
 const UPDATE: &str = "UPDATE accounts SET balance = balance - 10 WHERE id = 1";
@@ -61,8 +61,8 @@ fn asked_about(fake: &Fake) -> Vec<u64> {
 }
 
 async fn transfer(h: &Harness, fake: &Fake) -> Result<u64, Error> {
-    let write = Write::new(&h.hub).deadline(Duration::from_secs(1));
-    let (value, _) = write.run_transaction(fake, false, Transfer).await?;
+    let write = WriteBuilder::new(&h.hub).deadline(Duration::from_secs(1));
+    let (value, _) = write.run_transaction(fake, Transfer).await?;
     Ok(value)
 }
 

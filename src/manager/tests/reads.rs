@@ -9,7 +9,7 @@ use crate::config::Config;
 use crate::failure::error::Error;
 use crate::failure::safety::Fate;
 use crate::manager::fake::{Ask, Fake, FakeRow, Fault, Reply};
-use crate::manager::read::Read;
+use crate::manager::read::ReadBuilder;
 
 const SQL: &str = "SELECT 1";
 
@@ -24,7 +24,7 @@ fn hedging() -> Config {
 /// A read with `deadline` through `fake`: the node that answered, and
 /// which node its row says answered.
 async fn read(h: &Harness, fake: &Fake, deadline: Duration) -> Result<(usize, Vec<usize>), Error> {
-    let read = Read::new(&h.hub).deadline(deadline);
+    let read = ReadBuilder::new(&h.hub).deadline(deadline);
     let (index, rows) = read.rows(fake, SQL, &[]).await?;
     Ok((index, rows.iter().map(FakeRow::answered_by).collect()))
 }

@@ -10,7 +10,7 @@ use crate::failure::safety::Fate;
 use crate::health::fake::Answer;
 use crate::manager::fake::{Ask, Fake, Fault, Reply};
 use crate::manager::session::Count;
-use crate::manager::write::Write;
+use crate::manager::write::WriteBuilder;
 
 const SQL: &str = "UPDATE accounts SET balance = 0 WHERE id = 1";
 
@@ -21,11 +21,11 @@ async fn write(
     deadline: Duration,
     idempotent: bool,
 ) -> Result<u64, Error> {
-    let mut write = Write::new(&h.hub).deadline(deadline);
+    let mut write = WriteBuilder::new(&h.hub).deadline(deadline);
     if idempotent {
         write = write.idempotent();
     }
-    let served = write.run::<Count, _>(fake, SQL, &[], false).await?;
+    let served = write.run::<Count, _>(fake, SQL, &[]).await?;
     Ok(served.output)
 }
 
@@ -219,11 +219,15 @@ async fn a_writes_causal_token_is_read_right_behind_it_on_the_same_connection() 
         Ask::QueryOne if step.sql == TOKEN_SQL => Some(Reply::rows(vec![FakeRow::token(0x1_0000)])),
         _ => None,
     });
-    let write = Write::new(&h.hub).deadline(Duration::from_secs(1));
-    let served = write.run::<Count, _>(&fake, SQL, &[], true).await.unwrap();
+    let info = crate::CallInfo::with_token();
+    let write = WriteBuilder::new(&h.hub)
+        .deadline(Duration::from_secs(1))
+        .info(&info);
+    let served = write.run::<Count, _>(&fake, SQL, &[]).await.unwrap();
     assert_eq!(served.output, 1);
-    assert_eq!(served.token.lsn(), Lsn(0x1_0000));
-    assert_eq!(served.token.timeline(), Some(1));
+    let token = info.token().expect("the slot asked for the token");
+    assert_eq!(token.lsn(), Lsn(0x1_0000));
+    assert_eq!(token.timeline(), Some(1));
     // Pipelined: sent at once behind the statement, not after its answer.
     assert_eq!(fake.sent(0, SQL), [0]);
     assert_eq!(fake.sent(0, TOKEN_SQL), [0]);

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use pgrouter::CallInfo;
 use pgrouter::DatabaseManager;
 
 use pgrouter::Error;
@@ -218,9 +219,11 @@ async fn bounded_read(db: &DatabaseManager, record: &Record) {
 
 async fn causal(db: &DatabaseManager, record: &Record, id: i64, client: u64) {
     let started = Instant::now();
+    let info = CallInfo::with_token();
     let result = db
         .write()
-        .execute_with_token(
+        .info(&info)
+        .execute(
             "INSERT INTO items (id, client) VALUES ($1, $2)",
             &[&id, &(client as i32)],
         )
@@ -228,9 +231,10 @@ async fn causal(db: &DatabaseManager, record: &Record, id: i64, client: u64) {
     record.timed("causal write", started);
     record.outcome("causal-write", &result);
     let token = match result {
-        Ok((_, token)) => {
+        Ok(_) => {
             lock(&record.acked).push(id);
-            token
+            info.token()
+                .expect("a successful write asked for its token")
         }
         // Applied, only its token is lost.
         Err(Error::TokenUnavailable { .. }) => return lock(&record.acked).push(id),
