@@ -1,3 +1,18 @@
+// The README is the front page. Its guide links are reference links: on
+// GitHub they resolve through the README's own definitions (docs/*.md);
+// here, the definitions below come first, and the first definition of a
+// label wins, so on docs.rs they resolve to the `guide` modules.
+#![doc = "[guide]: crate::guide"]
+#![doc = "[guide-getting-started]: crate::guide::getting_started"]
+#![doc = "[guide-configuration]: crate::guide::configuration"]
+#![doc = "[guide-reads]: crate::guide::reads"]
+#![doc = "[guide-writes]: crate::guide::writes"]
+#![doc = "[guide-failover]: crate::guide::failover"]
+#![doc = "[guide-serving]: crate::guide::serving"]
+#![doc = "[guide-observability]: crate::guide::observability"]
+#![doc = "[guide-platforms]: crate::guide::platforms"]
+#![doc = "[guide-testing]: crate::guide::testing"]
+#![doc = "[guide-migrating]: crate::guide::migrating"]
 #![doc = include_str!("../README.md")]
 // Lints: the `[workspace.lints]` table in Cargo.toml; no unsafe code at all here.
 #![forbid(unsafe_code)]
@@ -26,6 +41,47 @@ pub use observe::call_info::CallInfo;
 
 pub use deadpool_postgres;
 pub use tokio_postgres;
+
+/// Guides: how pgrouter behaves and how to run it, one page each. They hold
+/// no items; their examples are compiled (and run, where they need no
+/// server) as doctests.
+///
+/// - [Getting started](guide::getting_started): from an empty project to a
+///   routed service.
+/// - [Configuration](guide::configuration): every setting, its default and why.
+/// - [Reads](guide::reads): read strategies, staleness and read-your-writes.
+/// - [Writes](guide::writes): writes, retries and unknown outcomes.
+/// - [Failover](guide::failover): failover, fencing and the write hold.
+/// - [Serving](guide::serving): axum, probes, readiness, errors as HTTP, the
+///   causal-token layer.
+/// - [Observability](guide::observability): logs, spans, metrics, events,
+///   status.
+/// - [Managed platforms](guide::platforms): RDS, Aurora, Aurora Global,
+///   Cloud SQL, poolers and RDS Proxy, IAM tokens, TLS bundles.
+/// - [Testing your service](guide::testing): testcontainers and the test kit.
+/// - [Migrating](guide::migrating) from the Node.js `DatabaseManager`.
+pub mod guide {
+    #[doc = include_str!("../docs/getting_started.md")]
+    pub mod getting_started {}
+    #[doc = include_str!("../docs/configuration.md")]
+    pub mod configuration {}
+    #[doc = include_str!("../docs/reads.md")]
+    pub mod reads {}
+    #[doc = include_str!("../docs/writes.md")]
+    pub mod writes {}
+    #[doc = include_str!("../docs/failover.md")]
+    pub mod failover {}
+    #[doc = include_str!("../docs/serving.md")]
+    pub mod serving {}
+    #[doc = include_str!("../docs/observability.md")]
+    pub mod observability {}
+    #[doc = include_str!("../docs/platforms.md")]
+    pub mod platforms {}
+    #[doc = include_str!("../docs/testing.md")]
+    pub mod testing {}
+    #[doc = include_str!("../docs/migrating.md")]
+    pub mod migrating {}
+}
 
 /// What a [`DatabaseManager`] reports about the deployment: the status
 /// snapshot, readiness, topology events and what each node can report.

@@ -15,7 +15,8 @@ pub(crate) const MAX_NODES_WITH_DISCOVERY: usize = 64;
 /// target's `aurora_replica_status()` but not configured are added at run
 /// time, each with its own pool and probe, and those that vanish from it
 /// are removed, as the AWS JDBC wrapper does with
-/// `clusterInstanceHostPattern`. See the README's Aurora section.
+/// `clusterInstanceHostPattern`. See the
+/// [platforms guide](crate::guide::platforms#topology-discovery-on-aurora).
 ///
 /// ```
 /// use pgrouter::config::DiscoverySettings;

@@ -9,7 +9,7 @@ use super::check;
 use super::error::ConfigError;
 
 /// Hedged reads, and the budget that bounds them and read retries; see the
-/// README's "Hedged reads".
+/// [reads guide](crate::guide::reads#hedged-reads-and-outlier-detection).
 ///
 /// A read with no answer within the hedge delay is sent once more to
 /// another eligible node; the first answer wins and the other statement is

@@ -232,7 +232,9 @@ impl Config {
         node.statement_mode.unwrap_or(self.statement_mode)
     }
 
-    /// Reads the original sketch's environment variables; see the README.
+    /// Reads the Node.js original's environment variables (one primary, at
+    /// most one replica); see the
+    /// [configuration guide](crate::guide::configuration#environment-variables).
     pub fn from_env() -> Result<Self, ConfigError> {
         env::from_env(|name| std::env::var(name).ok())
     }

@@ -128,8 +128,8 @@ impl fmt::Display for Role {
     }
 }
 
-/// How pgrouter sends statements to a node's server; see the README's
-/// "Behind a connection pooler".
+/// How pgrouter sends statements to a node's server; see
+/// [behind a connection pooler](crate::guide::platforms#behind-a-connection-pooler).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 #[non_exhaustive]

@@ -12,7 +12,7 @@ use super::error::ConfigError;
 const MIN_MARKER_RETENTION: Duration = Duration::from_secs(60);
 
 /// How pgrouter finds out whether a transaction whose `COMMIT` answer was
-/// lost committed; see the README's "Unknown outcomes, resolved".
+/// lost committed; see the [writes guide](crate::guide::writes#unknown-outcomes-resolved).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]

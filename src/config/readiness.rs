@@ -9,7 +9,8 @@ use super::check;
 use super::error::ConfigError;
 
 /// What readiness requires, and how recent call failures count. See
-/// [`Readiness`](crate::status::Readiness) and the README's probe table.
+/// [`Readiness`](crate::status::Readiness) and the
+/// [serving guide's probe table](crate::guide::serving#probes).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]

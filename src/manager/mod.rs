@@ -127,7 +127,8 @@ impl DatabaseManager {
     }
 
     /// Whether this instance of the service can serve its traffic now, for
-    /// a readiness probe (see [`Readiness`] and the README's probe table):
+    /// a readiness probe (see [`Readiness`] and the
+    /// [serving guide's probe table](crate::guide::serving#probes)):
     /// it stays ready while writes are held for a new primary within
     /// [`Config::write_hold`], and turns not ready when no node can serve a
     /// read, or when recent calls are failing. Cheap: no I/O.

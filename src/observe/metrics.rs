@@ -7,7 +7,7 @@
 //! series the first time it is used. Install the recorder (an exporter)
 //! before building the [`DatabaseManager`](crate::DatabaseManager).
 //!
-//! Families (the README's table documents each):
+//! Families (the observability guide's table documents each):
 //! - `pgrouter_calls_total{operation, node, role, outcome}`, one per call;
 //! - `pgrouter_retries_total{operation, node, reason}`, one per retry;
 //! - `pgrouter_call_duration_seconds{operation, node, role}`;

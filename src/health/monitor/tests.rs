@@ -128,7 +128,7 @@ async fn fall_failures_take_a_node_down_and_rise_successes_bring_it_back() {
     assert!(h.status().nodes[1].last_error.is_none());
 }
 
-/// The defaults' promise (README, configuration table): a node that
+/// The defaults' promise (the configuration guide): a node that
 /// answers again after a short fault is back in routing within about a
 /// second, whenever in its backoff it comes back.
 #[tokio::test(start_paused = true)]
