@@ -150,7 +150,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "  write target={} ready={} total time {:.1?}",
         status.write_target.as_deref().unwrap_or("none"),
-        status.is_ready(),
+        status.can_write(),
         started.elapsed()
     );
     db.close().await;

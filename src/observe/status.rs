@@ -130,12 +130,11 @@ impl Status {
             .find(|node| node.name == target && node.healthy)
     }
 
-    /// A running monitor and a healthy primary, as the original
-    /// `/health/ready` asked. Not a good readiness probe: it turns false for
-    /// the moments of every promotion (when writes are only held) and stays
-    /// true while reads fail; use
-    /// [`DatabaseManager::readiness`](crate::DatabaseManager::readiness).
-    pub fn is_ready(&self) -> bool {
+    /// Whether writes can be sent now: a running monitor and a healthy
+    /// primary. Not a readiness probe (it turns false for the moments of
+    /// every promotion, when writes are only held, and says nothing of
+    /// reads); use [`DatabaseManager::readiness`](crate::DatabaseManager::readiness).
+    pub fn can_write(&self) -> bool {
         self.monitor_running && self.primary().is_some()
     }
 

@@ -31,7 +31,7 @@ async fn aurora_is_detected_and_readers_lag_comes_from_its_replica_status() {
     let db = DatabaseManager::new(config).await.expect("manager");
     let settled = wait_until(Duration::from_secs(20), || {
         let status = db.status();
-        status.is_ready()
+        status.can_write()
             && status.nodes.iter().all(|node| node.healthy)
             && status.nodes[1..].iter().all(|node| node.lag.is_some())
     })

@@ -203,7 +203,7 @@ async fn readiness_stays_ready_through_a_promotion_and_writes_succeed() {
                 if code != 200 {
                     not_ready.lock().unwrap().push(body["readiness"].clone());
                 }
-                old_signal_red += usize::from(!db.status().is_ready());
+                old_signal_red += usize::from(!db.status().can_write());
                 probes += 1;
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -249,7 +249,7 @@ async fn readiness_stays_ready_through_a_promotion_and_writes_succeed() {
         .count();
     eprintln!(
         "{} writes ({on_node1} on the promoted node1); {probes} readiness probes, \
-         of which status().is_ready() was false at {old_signal_red}",
+         of which status().can_write() was false at {old_signal_red}",
         codes.len()
     );
     assert!(failed.is_empty(), "writes failed: {failed:?}");
@@ -360,7 +360,7 @@ async fn readiness_turns_red_while_reads_fail_on_a_black_holed_local_replica_and
         "{readiness}"
     );
     // The old signal saw nothing wrong: the primary was healthy throughout.
-    assert!(db.status().is_ready());
+    assert!(db.status().can_write());
 
     // Reads go elsewhere now; once the failures leave the window, ready.
     let back = wait_until_async(Duration::from_secs(20), || async {

@@ -254,7 +254,7 @@ async fn exercise(config: Config) {
     let _ = db.read_pool();
     let _ = db.write_pool();
     let status = db.status();
-    let _ = (status.is_ready(), status.can_read(), format!("{db:?}"));
+    let _ = (status.can_write(), status.can_read(), format!("{db:?}"));
     let _ = serde_json::to_string(&status).unwrap();
     let _ = serde_json::to_string(&db.readiness()).unwrap();
     db.close().await;

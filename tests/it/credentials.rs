@@ -94,7 +94,7 @@ impl Vault {
 async fn ready(db: &DatabaseManager) {
     let up = wait_until(Duration::from_secs(20), || {
         let status = db.status();
-        status.is_ready() && status.nodes.iter().all(|node| node.healthy)
+        status.can_write() && status.nodes.iter().all(|node| node.healthy)
     })
     .await;
     assert!(up.is_some(), "{:#?}", db.status());

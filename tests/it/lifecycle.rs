@@ -46,7 +46,7 @@ async fn status_reports_every_node() {
         assert_eq!(node.pool.max_size, 8);
     }
     assert!(status.nodes.iter().map(|n| n.pool.size).sum::<usize>() >= 1);
-    assert!(status.is_ready() && status.can_read());
+    assert!(status.can_write() && status.can_read());
     assert_eq!(status.primary().map(|n| n.name.as_str()), Some("node0"));
 
     // And probed again later: every node's last probe age drops below the

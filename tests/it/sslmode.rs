@@ -40,7 +40,7 @@ fn key_values(cluster: &Cluster, host: &str, extra: &str) -> String {
 /// monitor's last error when the node never became ready.
 async fn encrypted(url: String) -> Result<bool, String> {
     let db = manager(url).await.map_err(|error| error.to_string())?;
-    if !db.status().is_ready() {
+    if !db.status().can_write() {
         let status = db.status();
         db.close().await;
         let node = status.node("node0").expect("node0");

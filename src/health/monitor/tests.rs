@@ -367,7 +367,7 @@ async fn a_dead_monitor_is_reported_and_calls_fail_fast() {
     h.at(1500).await;
     let status = h.status();
     assert!(!status.monitor_running, "{status:?}");
-    assert!(!status.is_ready() && !status.can_read());
+    assert!(!status.can_write() && !status.can_read());
     assert!(matches!(h.hub.ensure_open(), Err(Error::MonitorStopped)));
 }
 
@@ -598,7 +598,7 @@ async fn a_primary_without_positions_leaves_bounded_reads_to_itself() {
     h.at(1500).await;
     let status = h.status();
     assert_eq!(status.write_target.as_deref(), Some("node0"));
-    assert!(status.is_ready());
+    assert!(status.can_write());
     let bounded = bounded_reads(&h.hub, Duration::from_secs(5), 300);
     assert_eq!(bounded, [300, 0, 0], "no replica's lag is known");
 }
