@@ -16,7 +16,6 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use pgrouter::bench::retry_after_server_error;
 use pgrouter::tokio_postgres::error::SqlState;
 use pgrouter::Error;
-use pgrouter::ReadStrategy;
 
 /// Conflicts, topology changes and permanent errors, as a mix.
 const CODES: [&str; 16] = [
@@ -47,17 +46,11 @@ fn sqlstates(c: &mut Criterion) {
 }
 
 fn retry_decisions(c: &mut Criterion) {
-    let no_node = Error::NoHealthyNode {
-        strategy: ReadStrategy::PrimaryOnly,
-    };
+    let config = Error::from(pgrouter::config::ConfigError::NoNodes);
     let aborted = Error::aborted("business rule");
-    let mut group = c.benchmark_group("retry_decision");
-    group.bench_function("no-healthy-node", |b| {
-        b.iter(|| black_box(&no_node).retry_decision(black_box(false)))
-    });
-    group.bench_function("aborted", |b| {
-        b.iter(|| black_box(&aborted).retry_decision(black_box(true)))
-    });
+    let mut group = c.benchmark_group("retry_hint");
+    group.bench_function("config", |b| b.iter(|| black_box(&config).retry_hint()));
+    group.bench_function("aborted", |b| b.iter(|| black_box(&aborted).retry_hint()));
     group.finish();
 }
 

@@ -98,8 +98,7 @@ pub mod status {
 pub mod error {
     pub use crate::config::error::ConfigError;
     pub use crate::failure::advice::RetryHint;
-    pub use crate::failure::error::{Error, NodeContext};
-    pub use crate::failure::retry::RetryDecision;
+    pub use crate::failure::error::{Error, ErrorKind, NodeContext};
 }
 
 /// Passwords from a provider (an IAM token generator, a secret store)

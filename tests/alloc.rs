@@ -131,17 +131,15 @@ fn error_classification_allocates_nothing() {
         .iter()
         .map(|code| SqlState::from_code(code))
         .collect();
-    let no_node = Error::NoHealthyNode {
-        strategy: ReadStrategy::PrimaryOnly,
-    };
+    let no_node = Error::from(pgrouter::config::ConfigError::NoNodes);
     let aborted = Error::aborted("business rule");
     let counted = allocations_in(|| {
         for _ in 0..DECISIONS / codes.len() {
             for code in &codes {
                 black_box(retry_after_server_error(black_box(code)));
             }
-            black_box(black_box(&no_node).retry_decision(false));
-            black_box(black_box(&aborted).retry_decision(true));
+            black_box(black_box(&no_node).retry_hint());
+            black_box(black_box(&aborted).retry_hint());
         }
     });
     assert_eq!(counted, 0, "{counted} allocations while classifying");

@@ -21,7 +21,7 @@ pub struct OutcomeSettings {
     /// writes) learn their transaction id in the round trip of `BEGIN`,
     /// and a lost `COMMIT` is resolved by asking the server within the
     /// call's deadline instead of failing with
-    /// [`Error::OutcomeUnknown`](crate::Error::OutcomeUnknown). Costs one
+    /// [`ErrorKind::OutcomeUnknown`](crate::error::ErrorKind::OutcomeUnknown). Costs one
     /// transaction id per transaction, also for one that writes nothing.
     /// Default: true.
     pub resolve: bool,

@@ -3,7 +3,7 @@
 
 use tokio_postgres::error::SqlState;
 
-use crate::failure::error::Error;
+use crate::failure::error::{Error, ErrorKind};
 use crate::failure::retry::RetryDecision;
 
 /// Whether repeating a failed call (later, or through another instance of
@@ -35,15 +35,15 @@ impl Error {
         if self.is_outcome_unknown() {
             return RetryHint::OutcomeUnknown;
         }
-        match self {
-            Error::NoHealthyNode { .. }
-            | Error::NoPrimary { .. }
-            | Error::SplitBrain { .. }
-            | Error::Timeout { .. }
-            | Error::Closed
-            | Error::MonitorStopped => RetryHint::Retryable,
+        match self.kind() {
+            ErrorKind::NoHealthyNode { .. }
+            | ErrorKind::NoPrimary { .. }
+            | ErrorKind::SplitBrain { .. }
+            | ErrorKind::Timeout { .. }
+            | ErrorKind::Closed
+            | ErrorKind::MonitorStopped => RetryHint::Retryable,
             // The write was applied: never repeat it.
-            Error::TokenUnavailable { .. } => RetryHint::NotRetryable,
+            ErrorKind::TokenUnavailable => RetryHint::NotRetryable,
             // As pgrouter's own loops decide, for a statement that must not
             // run twice.
             _ => match self.retry_decision(false) {
@@ -59,8 +59,8 @@ impl Error {
     /// | status | errors |
     /// |---|---|
     /// | 503 Service Unavailable | no healthy node or no primary (also split brain, a closed manager, a stopped monitor), no connection, a connection lost before anything was applied, a `COMMIT` shown not to have committed, and server answers that say the node is going away or is read-only now (57P0x, 25006), or short of resources (class 53), or a connection failure (class 08) |
-    /// | 504 Gateway Timeout | the call's deadline passed ([`Error::Timeout`]; when it passed after the statement was sent, [`Error::retry_hint`] says the outcome is unknown), or the server cancelled the statement (57014, `statement_timeout`) |
-    /// | 502 Bad Gateway | the connection was lost after a write was sent: its outcome is unknown ([`Error::OutcomeUnknown`]) |
+    /// | 504 Gateway Timeout | the call's deadline passed ([`ErrorKind::Timeout`]; when it passed after the statement was sent, [`Error::retry_hint`] says the outcome is unknown), or the server cancelled the statement (57014, `statement_timeout`) |
+    /// | 502 Bad Gateway | the connection was lost after a write was sent: its outcome is unknown ([`ErrorKind::OutcomeUnknown`]) |
     /// | 409 Conflict | integrity violations (class 23: unique, foreign key, check, not null, exclusion), and serialization failures and deadlocks (40001, 40P01) that outlasted pgrouter's retries: the request conflicts with others, and nothing was applied |
     /// | 400 Bad Request | data exceptions (class 22: a value out of range, invalid text for a type), usually input the service passed through |
     /// | 500 Internal Server Error | everything else: SQL the server rejects (class 42), a wrong row count, parameters tokio-postgres refuses, an invalid option, a transaction the application aborted, a write whose causal token could not be read |
@@ -68,18 +68,18 @@ impl Error {
     /// 5xx statuses with [`RetryHint::Retryable`] are the ones worth a
     /// `Retry-After`.
     pub fn http_status(&self) -> u16 {
-        match self {
-            Error::NoHealthyNode { .. }
-            | Error::NoPrimary { .. }
-            | Error::SplitBrain { .. }
-            | Error::Connect { .. }
-            | Error::ConnectionLost { .. }
-            | Error::NotCommitted { .. }
-            | Error::Closed
-            | Error::MonitorStopped => 503,
-            Error::Timeout { .. } => 504,
-            Error::OutcomeUnknown { .. } => 502,
-            Error::Database { .. } | Error::Postgres(_) | Error::RolledBack { .. } => {
+        match self.kind() {
+            ErrorKind::NoHealthyNode { .. }
+            | ErrorKind::NoPrimary { .. }
+            | ErrorKind::SplitBrain { .. }
+            | ErrorKind::Connect
+            | ErrorKind::ConnectionLost
+            | ErrorKind::NotCommitted
+            | ErrorKind::Closed
+            | ErrorKind::MonitorStopped => 503,
+            ErrorKind::Timeout { .. } => 504,
+            ErrorKind::OutcomeUnknown => 502,
+            ErrorKind::Database | ErrorKind::RolledBack { .. } => {
                 self.code().map_or(500, status_of_code)
             }
             _ => 500,
@@ -132,66 +132,40 @@ mod tests {
     fn statuses_and_hints_of_routing_failures() {
         let cases = [
             (
-                Error::NoHealthyNode {
-                    strategy: ReadStrategy::RegionalPreferred,
-                },
+                Error::no_healthy_node(ReadStrategy::RegionalPreferred),
                 503,
                 RetryHint::Retryable,
             ),
             (
-                Error::NoPrimary {
-                    waited: Duration::from_secs(5),
-                },
+                Error::no_primary(Duration::from_secs(5)),
                 503,
                 RetryHint::Retryable,
             ),
+            (Error::split_brain(vec![]), 503, RetryHint::Retryable),
+            (Error::closed(), 503, RetryHint::Retryable),
+            (Error::monitor_stopped(), 503, RetryHint::Retryable),
             (
-                Error::SplitBrain { claimants: vec![] },
-                503,
-                RetryHint::Retryable,
-            ),
-            (Error::Closed, 503, RetryHint::Retryable),
-            (Error::MonitorStopped, 503, RetryHint::Retryable),
-            (
-                Error::Timeout {
-                    context: context(),
-                    deadline: Duration::from_secs(1),
-                    after_send: false,
-                },
+                Error::timeout(context(), Duration::from_secs(1), false),
                 504,
                 RetryHint::Retryable,
             ),
             (
-                Error::Timeout {
-                    context: context(),
-                    deadline: Duration::from_secs(1),
-                    after_send: true,
-                },
+                Error::timeout(context(), Duration::from_secs(1), true),
                 504,
                 RetryHint::OutcomeUnknown,
             ),
             (
-                Error::TokenUnavailable {
-                    context: context(),
-                    source: None,
-                },
+                Error::token_unavailable(context(), None),
                 500,
                 RetryHint::NotRetryable,
             ),
             (
-                Error::RowCount {
-                    context: context(),
-                    expected: "exactly one row",
-                    actual: 0,
-                },
+                Error::row_count(context(), "exactly one row", 0),
                 500,
                 RetryHint::NotRetryable,
             ),
             (
-                Error::InvalidArgument {
-                    option: "deadline",
-                    reason: "must be greater than zero",
-                },
+                Error::invalid_argument("deadline", "must be greater than zero"),
                 500,
                 RetryHint::NotRetryable,
             ),
@@ -242,10 +216,7 @@ mod tests {
             (SqlState::RAISE_EXCEPTION, 500, RetryHint::NotRetryable),
         ];
         for (code, status, hint) in cases {
-            let error = Error::RolledBack {
-                context: context(),
-                code: code.clone(),
-            };
+            let error = Error::rolled_back(context(), code.clone());
             assert_eq!(error.http_status(), status, "{}", code.code());
             assert_eq!(error.retry_hint(), hint, "{}", code.code());
         }

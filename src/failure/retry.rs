@@ -9,12 +9,11 @@ use tokio::time::Instant;
 
 use crate::config::RetrySettings;
 use crate::failure::error::Error;
-use crate::failure::safety::{classify, code_kind, Action, Cause, Phase};
+use crate::failure::safety::{classify, Action};
 
-/// What a failed attempt allows.
+/// What a failed attempt allows, to pgrouter's own loops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum RetryDecision {
+pub(crate) enum RetryDecision {
     /// Safe to try again (after backoff). When the failure showed that the
     /// topology changed (`57P0x`, `25006`), pgrouter has already asked its
     /// monitor to probe the node.
@@ -24,47 +23,19 @@ pub enum RetryDecision {
 }
 
 impl Error {
-    /// Whether a call that failed with this error may be tried again.
+    /// Whether pgrouter's own loops may try this call again now.
     /// `idempotent` says the caller accepts the statement running twice
-    /// (reads always may).
-    ///
-    /// The same rules as pgrouter's own retry loops: the error's variant
-    /// says how far the call got (nothing sent, sent, `COMMIT` sent), its
-    /// SQLSTATE what the server said.
-    pub fn retry_decision(&self, idempotent: bool) -> RetryDecision {
-        let action = failure_point(self)
+    /// (reads always may). Read from the phase and cause kept in the error
+    /// when it was built (see `safety.rs`).
+    pub(crate) fn retry_decision(&self, idempotent: bool) -> RetryDecision {
+        let action = self
+            .point()
             .map_or(Action::Fail, |(phase, cause)| classify(phase, cause).action);
         if action.allows_retry(idempotent) {
             RetryDecision::Retry
         } else {
             RetryDecision::Fail
         }
-    }
-}
-
-/// How far the failed call got and why, read back from the error's variant
-/// (each variant is built for one kind of phase, see `manager/attempt.rs`);
-/// `None` for failures no retry can help: nothing of the node's, or the
-/// deadline or the write hold already spent.
-fn failure_point(error: &Error) -> Option<(Phase, Cause)> {
-    match error {
-        Error::Connect { source, .. } => Some((Phase::Checkout, Cause::of_pool(source))),
-        Error::ConnectionLost { .. } => Some((Phase::BeforeSend, Cause::Lost)),
-        Error::OutcomeUnknown { .. } => Some((Phase::Sent, Cause::Lost)),
-        // Resolved: as if lost before COMMIT.
-        Error::NotCommitted { .. } => Some((Phase::InTransaction, Cause::Lost)),
-        Error::Database { source, .. } => Some((Phase::Sent, Cause::of_postgres(source))),
-        // Raised by a transaction closure: nothing is committed yet.
-        Error::Postgres(source) => Some((Phase::InTransaction, Cause::of_postgres(source))),
-        Error::Statement { .. } => Some((Phase::BeforeSend, Cause::Local)),
-        Error::RolledBack { code, .. } => Some((
-            Phase::InTransaction,
-            Cause::Server {
-                kind: code_kind(code),
-                closed: false,
-            },
-        )),
-        _ => None,
     }
 }
 
@@ -158,10 +129,7 @@ mod tests {
     fn decisions_for_every_error_variant() {
         use deadpool_postgres::{PoolError, TimeoutType};
         use RetryDecision::{Fail, Retry};
-        let connect = |source| Error::Connect {
-            context: context(),
-            source,
-        };
+        let connect = |source| Error::connect(context(), source);
         // (error, decision when it may not run twice, when it may)
         let table: Vec<(Error, RetryDecision, RetryDecision)> = vec![
             (
@@ -177,119 +145,56 @@ mod tests {
             (connect(PoolError::Timeout(TimeoutType::Wait)), Retry, Retry),
             (connect(PoolError::Closed), Fail, Fail),
             (connect(PoolError::NoRuntimeSpecified), Fail, Fail),
+            (Error::connection_lost(context(), pg_error()), Retry, Retry),
+            (Error::outcome_unknown(context(), pg_error()), Fail, Retry),
+            (Error::not_committed(context(), None), Retry, Retry),
+            (Error::statement(context(), pg_error()), Fail, Fail),
             (
-                Error::ConnectionLost {
-                    context: context(),
-                    source: pg_error(),
-                },
-                Retry,
-                Retry,
-            ),
-            (
-                Error::OutcomeUnknown {
-                    context: context(),
-                    source: pg_error(),
-                },
-                Fail,
-                Retry,
-            ),
-            (
-                Error::NotCommitted {
-                    context: context(),
-                    source: None,
-                },
-                Retry,
-                Retry,
-            ),
-            (
-                Error::Statement {
-                    context: context(),
-                    source: pg_error(),
-                },
-                Fail,
-                Fail,
-            ),
-            (
-                Error::TokenUnavailable {
-                    context: context(),
-                    source: Some(pg_error()),
-                },
+                Error::token_unavailable(context(), Some(pg_error())),
                 Fail,
                 Fail,
             ),
             // A closure's own tokio-postgres error that is not a lost
             // connection: a retry gets the same answer.
-            (Error::Postgres(pg_error()), Fail, Fail),
+            (Error::from(pg_error()), Fail, Fail),
             (
-                Error::Timeout {
-                    context: context(),
-                    deadline: Duration::from_secs(1),
-                    after_send: true,
-                },
+                Error::timeout(context(), Duration::from_secs(1), true),
                 Fail,
                 Fail,
             ),
             (
-                Error::RowCount {
-                    context: context(),
-                    expected: "exactly one row",
-                    actual: 2,
-                },
+                Error::row_count(context(), "exactly one row", 2),
                 Fail,
                 Fail,
             ),
             (
-                Error::NoHealthyNode {
-                    strategy: crate::ReadStrategy::PrimaryOnly,
-                },
+                Error::no_healthy_node(crate::ReadStrategy::PrimaryOnly),
                 Fail,
                 Fail,
             ),
+            (Error::no_primary(Duration::from_secs(5)), Fail, Fail),
+            (Error::split_brain(vec!["a".into(), "b".into()]), Fail, Fail),
             (
-                Error::NoPrimary {
-                    waited: Duration::from_secs(5),
-                },
-                Fail,
-                Fail,
-            ),
-            (
-                Error::SplitBrain {
-                    claimants: vec!["a".into(), "b".into()],
-                },
-                Fail,
-                Fail,
-            ),
-            (
-                Error::InvalidArgument {
-                    option: "deadline",
-                    reason: "must be greater than zero",
-                },
+                Error::invalid_argument("deadline", "must be greater than zero"),
                 Fail,
                 Fail,
             ),
             (Error::aborted("business rule"), Fail, Fail),
             (
-                Error::RolledBack {
-                    context: context(),
-                    code: tokio_postgres::error::SqlState::T_R_SERIALIZATION_FAILURE,
-                },
+                Error::rolled_back(
+                    context(),
+                    tokio_postgres::error::SqlState::T_R_SERIALIZATION_FAILURE,
+                ),
                 Retry,
                 Retry,
             ),
             (
-                Error::RolledBack {
-                    context: context(),
-                    code: tokio_postgres::error::SqlState::UNIQUE_VIOLATION,
-                },
+                Error::rolled_back(context(), tokio_postgres::error::SqlState::UNIQUE_VIOLATION),
                 Fail,
                 Fail,
             ),
-            (Error::Closed, Fail, Fail),
-            (
-                Error::Config(crate::error::ConfigError::NoNodes),
-                Fail,
-                Fail,
-            ),
+            (Error::closed(), Fail, Fail),
+            (Error::from(crate::error::ConfigError::NoNodes), Fail, Fail),
         ];
         for (error, strict, idempotent) in &table {
             assert_eq!(error.retry_decision(false), *strict, "{error:?}");
@@ -332,10 +237,10 @@ mod tests {
 
     /// A failure before anything was sent.
     fn transient() -> Error {
-        Error::Connect {
-            context: context(),
-            source: deadpool_postgres::PoolError::Timeout(deadpool_postgres::TimeoutType::Create),
-        }
+        Error::connect(
+            context(),
+            deadpool_postgres::PoolError::Timeout(deadpool_postgres::TimeoutType::Create),
+        )
     }
 
     #[tokio::test(start_paused = true)]

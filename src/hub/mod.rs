@@ -154,7 +154,7 @@ impl Hub {
         })
     }
 
-    /// Later calls fail with [`Error::Closed`]; writes holding for a
+    /// Later calls fail with [`Error::closed()`]; writes holding for a
     /// primary stop holding and fail with it too.
     pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::Release);
@@ -169,14 +169,14 @@ impl Hub {
         }
     }
 
-    /// [`Error::Closed`] after `close`; [`Error::MonitorStopped`] if the
+    /// [`Error::closed()`] after `close`; [`Error::monitor_stopped()`] if the
     /// monitor died, rather than route on a topology nobody updates.
     pub(crate) fn ensure_open(&self) -> Result<(), Error> {
         if self.closed.load(Ordering::Acquire) {
-            return Err(Error::Closed);
+            return Err(Error::closed());
         }
         if !self.monitor_alive.load(Ordering::Acquire) {
-            return Err(Error::MonitorStopped);
+            return Err(Error::monitor_stopped());
         }
         Ok(())
     }
@@ -345,9 +345,9 @@ impl Hub {
                 .filter(|(_, state)| state.fenced)
                 .map(|(index, _)| self.context(index).node.to_string())
                 .collect();
-            return Error::SplitBrain { claimants };
+            return Error::split_brain(claimants);
         }
-        Error::NoPrimary { waited }
+        Error::no_primary(waited)
     }
 }
 

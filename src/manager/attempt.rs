@@ -18,7 +18,7 @@ use crate::causal::lsn::CausalToken;
 use crate::config::clock;
 use crate::config::StatementMode;
 use crate::connect::statements::{lost_to_a_pooler, Block};
-use crate::failure::error::{Error, NodeContext};
+use crate::failure::error::{Error, ErrorKind, NodeContext};
 use crate::failure::safety::{
     classify, fair_share, Action, Cause, Fate, NodeFault, Phase, Verdict,
 };
@@ -196,7 +196,10 @@ impl<'h, C: Connect> Attempt<'h, C> {
         let client = self.checkout().await?;
         traffic.sent(self.hub.nanos(self.started));
         let result = self.run_on::<K>(client, call).await;
-        if matches!(result, Ok(_) | Err(Error::Database { .. })) {
+        if result
+            .as_ref()
+            .map_or_else(|error| *error.kind() == ErrorKind::Database, |_| true)
+        {
             let now = Instant::now();
             traffic.answered(
                 self.hub.nanos(now),
@@ -334,10 +337,7 @@ impl<'h, C: Connect> Attempt<'h, C> {
     }
 
     pub(crate) fn token_unavailable(&self, source: PgError) -> Error {
-        Error::TokenUnavailable {
-            context: self.context(),
-            source: Some(source),
-        }
+        Error::token_unavailable(self.context(), Some(source))
     }
 
     fn cause(&self, phase: Phase, failure: &Failure) -> Cause {
@@ -367,23 +367,21 @@ impl<'h, C: Connect> Attempt<'h, C> {
     fn error(&self, phase: Phase, failure: Failure, cause: Cause, verdict: Verdict) -> Error {
         let context = self.context();
         match failure {
-            Failure::Pool(deadpool_postgres::PoolError::Closed) => Error::Closed,
-            Failure::Pool(source) => Error::Connect { context, source },
-            Failure::Deadline => Error::Timeout {
-                context,
-                deadline: self.deadline.budget,
-                after_send: phase.may_be_applied(),
-            },
+            Failure::Pool(deadpool_postgres::PoolError::Closed) => Error::closed(),
+            Failure::Pool(source) => Error::connect(context, source),
+            Failure::Deadline => {
+                Error::timeout(context, self.deadline.budget, phase.may_be_applied())
+            }
             Failure::Postgres(source) if self.lost_to_a_pooler(&source) => {
-                Error::StatementMode { context, source }
+                Error::statement_mode(context, source)
             }
             Failure::Postgres(source) => match cause {
-                Cause::Server { .. } => Error::Database { context, source },
+                Cause::Server { .. } => Error::database(context, source),
                 Cause::Lost if verdict.action == Action::Retry => {
-                    Error::ConnectionLost { context, source }
+                    Error::connection_lost(context, source)
                 }
-                Cause::Lost => Error::OutcomeUnknown { context, source },
-                _ => Error::Statement { context, source },
+                Cause::Lost => Error::outcome_unknown(context, source),
+                _ => Error::statement(context, source),
             },
         }
     }
@@ -436,7 +434,7 @@ pub(crate) fn span(hub: &Hub, index: usize, number: u32) -> tracing::Span {
         node = %hub.context(index).node, role = %hub.snapshot().nodes[index].role, attempt = number)
 }
 
-/// The only row, or [`Error::RowCount`].
+/// The only row, or [`ErrorKind::RowCount`](crate::error::ErrorKind::RowCount).
 pub(crate) fn exactly_one<R>(context: &NodeContext, mut rows: Vec<R>) -> Result<R, Error> {
     match (rows.pop(), rows.len()) {
         (Some(row), 0) => Ok(row),
@@ -448,7 +446,7 @@ pub(crate) fn exactly_one<R>(context: &NodeContext, mut rows: Vec<R>) -> Result<
     }
 }
 
-/// The row, if any; more than one is [`Error::RowCount`].
+/// The row, if any; more than one is [`ErrorKind::RowCount`](crate::error::ErrorKind::RowCount).
 pub(crate) fn at_most_one<R>(context: &NodeContext, mut rows: Vec<R>) -> Result<Option<R>, Error> {
     if rows.len() > 1 {
         return Err(row_count(context, "at most one row", rows.len()));
@@ -457,11 +455,7 @@ pub(crate) fn at_most_one<R>(context: &NodeContext, mut rows: Vec<R>) -> Result<
 }
 
 fn row_count(context: &NodeContext, expected: &'static str, actual: usize) -> Error {
-    Error::RowCount {
-        context: context.clone(),
-        expected,
-        actual,
-    }
+    Error::row_count(context.clone(), expected, actual)
 }
 
 #[cfg(test)]

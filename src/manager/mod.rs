@@ -190,8 +190,8 @@ impl DatabaseManager {
                 None,
                 &mut fastrand::Rng::new(),
             )
-            .ok_or(Error::NoHealthyNode { strategy })?;
-        let node = hub.node(index).ok_or(Error::NoHealthyNode { strategy })?;
+            .ok_or(Error::no_healthy_node(strategy))?;
+        let node = hub.node(index).ok_or(Error::no_healthy_node(strategy))?;
         Ok(node.pool.clone())
     }
 
@@ -220,7 +220,7 @@ impl DatabaseManager {
     }
 
     /// Stops the monitor, waits for it, and closes every pool. Later calls
-    /// fail with [`Error::Closed`]. Calling it again does nothing.
+    /// fail with [`ErrorKind::Closed`](crate::error::ErrorKind::Closed). Calling it again does nothing.
     pub async fn close(&self) {
         self.inner.hub.close();
         self.inner.shutdown.cancel();

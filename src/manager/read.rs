@@ -13,7 +13,7 @@ use super::session::{Connect, Params, RowOf};
 use crate::causal::lsn::CausalToken;
 use crate::causal::scope as causal;
 use crate::config::{ReadStrategy, Role};
-use crate::failure::error::Error;
+use crate::failure::error::{Error, ErrorKind};
 use crate::failure::retry::RetryDecision;
 use crate::hedging::read::{tracked, Route, Settled, Watch};
 use crate::hub::Hub;
@@ -38,7 +38,7 @@ const RETRY_FLOOR: Duration = Duration::from_millis(5);
 /// connection) or with a recovery conflict (40001), it is tried once more on
 /// another eligible node. Both attempts share one deadline. The one
 /// exception: a connection to the *primary* lost after the statement was
-/// sent is [`Error::OutcomeUnknown`], never a second run, since a "read"
+/// sent is [`ErrorKind::OutcomeUnknown`](crate::error::ErrorKind::OutcomeUnknown), never a second run, since a "read"
 /// may write (`INSERT … RETURNING`); a replica in recovery writes nothing.
 ///
 /// A read sent to a replica (or marked [`idempotent`](ReadBuilder::idempotent))
@@ -94,7 +94,7 @@ impl<'a> ReadBuilder<'a> {
 
     /// Bounds this call (checkout, statement and retry) by `deadline`
     /// instead of [`Config::deadline`](crate::Config::deadline). Zero is
-    /// [`Error::InvalidArgument`].
+    /// [`ErrorKind::InvalidArgument`](crate::error::ErrorKind::InvalidArgument).
     pub fn deadline(mut self, deadline: Duration) -> Self {
         self.deadline = Some(deadline);
         self
@@ -103,7 +103,7 @@ impl<'a> ReadBuilder<'a> {
     /// Reads only from replicas lagging by at most `bound` (or the
     /// primary), instead of
     /// [`Config::max_staleness`](crate::Config::max_staleness). Zero is
-    /// [`Error::InvalidArgument`].
+    /// [`ErrorKind::InvalidArgument`](crate::error::ErrorKind::InvalidArgument).
     pub fn max_staleness(mut self, bound: Duration) -> Self {
         self.max_staleness = Some(bound);
         self
@@ -139,7 +139,7 @@ impl<'a> ReadBuilder<'a> {
     }
 
     /// Runs the statement and returns its only row; any other count is
-    /// [`Error::RowCount`].
+    /// [`ErrorKind::RowCount`](crate::error::ErrorKind::RowCount).
     pub async fn query_one(self, sql: &str, params: Params<'_>) -> Result<Row, Error> {
         let hub = self.hub;
         let (index, rows) = self.rows(Pools, sql, params).await?;
@@ -147,7 +147,7 @@ impl<'a> ReadBuilder<'a> {
     }
 
     /// Runs the statement and returns its row, if any; more than one row is
-    /// [`Error::RowCount`].
+    /// [`ErrorKind::RowCount`](crate::error::ErrorKind::RowCount).
     pub async fn query_opt(self, sql: &str, params: Params<'_>) -> Result<Option<Row>, Error> {
         let hub = self.hub;
         let (index, rows) = self.rows(Pools, sql, params).await?;
@@ -198,10 +198,7 @@ impl<'a> ReadBuilder<'a> {
 
     /// The deadline and freshness in force, checked.
     fn resolve(&self) -> Result<(Duration, Freshness), Error> {
-        let zero = |option| Error::InvalidArgument {
-            option,
-            reason: "must be greater than zero",
-        };
+        let zero = |option| Error::invalid_argument(option, "must be greater than zero");
         let budget = self.deadline.unwrap_or(self.hub.config.deadline);
         if budget.is_zero() {
             return Err(zero("deadline"));
@@ -238,7 +235,7 @@ async fn route<C: Connect>(
     let mut rng = fastrand::Rng::new();
     let first = hub
         .pick_read(strategy, freshness, None, &mut rng)
-        .ok_or(Error::NoHealthyNode { strategy })?;
+        .ok_or(Error::no_healthy_node(strategy))?;
     observer.attempt(hub, first, 1, Reason::Strategy);
     hub.budget.deposit();
     let may_resend = idempotent || hub.snapshot().nodes[first].role == Role::Replica;
@@ -273,7 +270,7 @@ async fn route<C: Connect>(
     let harmless = idempotent || hub.snapshot().nodes[first].role == Role::Replica;
     // Nothing was sent when no connection could be had: another node may
     // take it even where this one refused for good (a full `max_connections`).
-    let elsewhere = matches!(error, Error::Connect { .. })
+    let elsewhere = *error.kind() == ErrorKind::Connect
         || error.retry_decision(harmless) == RetryDecision::Retry;
     if !elsewhere || !time_for_another_attempt(call) {
         return Err(error);

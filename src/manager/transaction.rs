@@ -22,13 +22,13 @@ use crate::causal::lsn::CausalToken;
 use crate::commit::judge::Identity;
 use crate::commit::resolve::{begin, resolve, BeginError, Resolution};
 use crate::config::clock;
-use crate::failure::error::Error;
+use crate::failure::error::{Error, ErrorKind};
 use crate::failure::safety::{Fate, Phase};
 use crate::hub::Hub;
 
 /// The future a transaction closure returns: box it with `Box::pin(async
 /// move { … })`. `?` on a `tokio_postgres::Error` converts it into
-/// [`Error::Postgres`]; return [`Error::aborted`] for the application's own
+/// [`ErrorKind::Database`](crate::error::ErrorKind::Database); return [`Error::aborted`] for the application's own
 /// reasons to roll back.
 pub type TxFuture<'t, T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Send + 't>>;
 
@@ -126,11 +126,11 @@ impl<C: Connect, B: Body<C::Session>> OnPrimary for TransactionCall<C, B> {
         // definite answer instead (nothing of this attempt was sent).
         let left = self.deadline.at.saturating_duration_since(Instant::now());
         if self.resolve && number > 1 && left < 2 * reserve(&attempt) {
-            return Err(Error::Timeout {
-                context: hub.context(index),
-                deadline: self.deadline.budget,
-                after_send: false,
-            });
+            return Err(Error::timeout(
+                hub.context(index),
+                self.deadline.budget,
+                false,
+            ));
         }
         self.once(attempt, index)
             .instrument(span(hub, index, number))
@@ -188,13 +188,13 @@ impl<C: Connect, B: Body<C::Session>> TransactionCall<C, B> {
                 index,
                 token,
             }),
-            Resolution::NotCommitted => Err(Error::NotCommitted {
-                context: attempt.context(),
-                source: match error {
-                    Error::OutcomeUnknown { source, .. } => Some(source),
+            Resolution::NotCommitted => {
+                let source = match error.kind() {
+                    ErrorKind::OutcomeUnknown => error.into_postgres(),
                     _ => None,
-                },
-            }),
+                };
+                Err(Error::not_committed(attempt.context(), source))
+            }
             Resolution::Unknown => Err(error),
         }
     }
@@ -248,11 +248,11 @@ async fn open<C: Connect>(
             Err((error, close(attempt, client, fate).await))
         }
         Ok(Err(BeginError::Marker(source))) => {
-            let error = Error::MarkerTable {
-                context: attempt.context(),
-                table: hub.config.outcomes.marker_table.clone().unwrap_or_default(),
+            let error = Error::marker_table(
+                attempt.context(),
+                hub.config.outcomes.marker_table.clone().unwrap_or_default(),
                 source,
-            };
+            );
             Err((error, close(attempt, client, Fate::Keep).await))
         }
         Err(_) => Err(attempt.judge(Phase::BeforeSend, Failure::Deadline)),
@@ -388,10 +388,7 @@ async fn ensure_not_aborted<C: Connect>(
                 code = code.code(),
                 "the closure swallowed an error; rolled back"
             );
-            let error = Error::RolledBack {
-                context: attempt.context(),
-                code,
-            };
+            let error = Error::rolled_back(attempt.context(), code);
             Err((error, Fate::Keep))
         }
         Ok(Err(error)) => Err(attempt.judge(Phase::InTransaction, Failure::Postgres(error))),
@@ -406,9 +403,9 @@ async fn roll_back<C: Connect>(
     client: &C::Session,
     error: Error,
 ) -> (Error, Fate) {
-    let (error, fate) = match error {
-        Error::Postgres(source) => attempt.judge(Phase::InTransaction, Failure::Postgres(source)),
-        other => (other, Fate::Keep),
+    let (error, fate) = match error.into_raised() {
+        Ok(source) => attempt.judge(Phase::InTransaction, Failure::Postgres(source)),
+        Err(other) => (other, Fate::Keep),
     };
     (error, close(attempt, client, fate).await)
 }

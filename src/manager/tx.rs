@@ -19,7 +19,7 @@ use crate::config::StatementMode;
 /// `batch_execute`, `prepare`, `prepare_cached`) are tokio-postgres's, and
 /// are watched: if one fails with a server error and the closure returns
 /// `Ok` anyway, the runner finds out whether PostgreSQL rolled the
-/// transaction back, and then returns [`Error::RolledBack`](crate::Error::RolledBack)
+/// transaction back, and then returns [`ErrorKind::RolledBack`](crate::error::ErrorKind::RolledBack)
 /// (or runs the closure again after a serialization failure or a deadlock)
 /// instead of a false `Ok`. Everything else of the pooled connection
 /// (deadpool's [`ClientWrapper`], a tokio-postgres `Client`) is reached

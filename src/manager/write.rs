@@ -15,7 +15,7 @@ use super::transaction::{Body, Closure, Statement, TransactionCall, TxFuture};
 use super::tx::Tx;
 use crate::causal::lsn::CausalToken;
 use crate::causal::scope as causal;
-use crate::failure::error::Error;
+use crate::failure::error::{Error, ErrorKind};
 use crate::hub::Hub;
 use crate::observe::call_info::{self, CallInfo};
 use crate::observe::spans::Observer;
@@ -70,7 +70,7 @@ impl<'a> WriteBuilder<'a> {
     /// Marks the statement (or the transaction) safe to run twice, e.g. an
     /// upsert or a delete by key. Then a connection lost after sending it
     /// (or after sending `COMMIT`) is retried instead of failing with
-    /// [`Error::OutcomeUnknown`].
+    /// [`ErrorKind::OutcomeUnknown`](crate::error::ErrorKind::OutcomeUnknown).
     pub fn idempotent(mut self) -> Self {
         self.idempotent = true;
         self
@@ -82,7 +82,7 @@ impl<'a> WriteBuilder<'a> {
     /// off): a connection lost after the statement was sent then gives the
     /// statement's result once it is shown to have committed, or runs it
     /// again once it is shown not to have, instead of
-    /// [`Error::OutcomeUnknown`]. It costs two more round trips than a plain
+    /// [`ErrorKind::OutcomeUnknown`](crate::error::ErrorKind::OutcomeUnknown). It costs two more round trips than a plain
     /// write (`BEGIN` with the transaction's identity, then the statement,
     /// then `COMMIT`) and a transaction id; BENCHMARKS.md has the measured
     /// cost. Without [`OutcomeSettings::marker_table`](crate::config::OutcomeSettings::marker_table),
@@ -95,7 +95,7 @@ impl<'a> WriteBuilder<'a> {
 
     /// Bounds this call, retries and write hold included, by `deadline`
     /// instead of [`Config::deadline`](crate::Config::deadline). Zero is
-    /// [`Error::InvalidArgument`].
+    /// [`ErrorKind::InvalidArgument`](crate::error::ErrorKind::InvalidArgument).
     pub fn deadline(mut self, deadline: Duration) -> Self {
         self.deadline = Some(deadline);
         self
@@ -125,7 +125,7 @@ impl<'a> WriteBuilder<'a> {
     }
 
     /// Runs the statement and returns its only row; any other count is
-    /// [`Error::RowCount`].
+    /// [`ErrorKind::RowCount`](crate::error::ErrorKind::RowCount).
     pub async fn query_one(self, sql: &str, params: Params<'_>) -> Result<Row, Error> {
         let hub = self.hub;
         let served = self.run::<Rows, _>(Pools, sql, params).await?;
@@ -133,7 +133,7 @@ impl<'a> WriteBuilder<'a> {
     }
 
     /// Runs the statement and returns its row, if any; more than one row is
-    /// [`Error::RowCount`].
+    /// [`ErrorKind::RowCount`](crate::error::ErrorKind::RowCount).
     pub async fn query_opt(self, sql: &str, params: Params<'_>) -> Result<Option<Row>, Error> {
         let hub = self.hub;
         let served = self.run::<Rows, _>(Pools, sql, params).await?;
@@ -143,10 +143,10 @@ impl<'a> WriteBuilder<'a> {
     /// The deadline in force, checked, counted from now.
     pub(crate) fn deadline_from_now(&self) -> Result<Deadline, Error> {
         match self.deadline {
-            Some(deadline) if deadline.is_zero() => Err(Error::InvalidArgument {
-                option: "deadline",
-                reason: "must be greater than zero",
-            }),
+            Some(deadline) if deadline.is_zero() => Err(Error::invalid_argument(
+                "deadline",
+                "must be greater than zero",
+            )),
             Some(deadline) => Ok(Deadline::start(deadline)),
             None => Ok(Deadline::start(self.hub.config.deadline)),
         }
@@ -167,7 +167,8 @@ impl<'a> WriteBuilder<'a> {
             .run_statement::<K, C>(connect, sql, params, token || scoped)
             .await;
         // A call refused before it started (a bad option) is not counted.
-        if !matches!(result, Err(Error::InvalidArgument { .. })) {
+        if !matches!(&result, Err(error) if matches!(error.kind(), ErrorKind::InvalidArgument { .. }))
+        {
             let failed = result.as_ref().is_err_and(Error::is_unavailable);
             hub.write_outcomes.record(failed);
         }
@@ -237,7 +238,7 @@ impl WriteBuilder<'_> {
     /// [`OutcomeSettings`](crate::config::OutcomeSettings)): if it did, this returns
     /// the closure's value; if it did not, the closure runs again. Only if
     /// neither can be shown before the deadline is the result
-    /// [`Error::OutcomeUnknown`] (or a [`Error::Timeout`] after `COMMIT`),
+    /// [`ErrorKind::OutcomeUnknown`](crate::error::ErrorKind::OutcomeUnknown) (or a [`ErrorKind::Timeout`](crate::error::ErrorKind::Timeout) after `COMMIT`),
     /// unless the write is marked [`idempotent`](WriteBuilder::idempotent), which
     /// runs it again then.
     ///

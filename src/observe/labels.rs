@@ -2,7 +2,7 @@
 //! to its node, how it ended, the statement's first keyword, a role's name.
 
 use crate::config::Role;
-use crate::failure::error::Error;
+use crate::failure::error::{Error, ErrorKind};
 use crate::failure::safety::{code_kind, CodeKind};
 
 /// The kind of call, as metrics label it.
@@ -144,23 +144,23 @@ impl Outcome {
 
     /// The class of a failure.
     pub(crate) fn of_error(error: &Error) -> Outcome {
-        match error {
-            Error::OutcomeUnknown { .. } => Outcome::Unknown,
-            Error::NotCommitted { .. } => Outcome::NotCommitted,
-            Error::Timeout { .. } => Outcome::Timeout,
-            Error::Connect { .. } => Outcome::Connect,
-            Error::ConnectionLost { .. } => Outcome::ConnectionLost,
-            Error::Database { source, .. } | Error::Postgres(source) => Self::of_postgres(source),
-            Error::Statement { .. } => Outcome::Client,
-            Error::NoHealthyNode { .. } => Outcome::NoHealthyNode,
-            Error::NoPrimary { .. } => Outcome::NoPrimary,
-            Error::SplitBrain { .. } => Outcome::SplitBrain,
-            Error::InvalidArgument { .. } => Outcome::InvalidArgument,
-            Error::TokenUnavailable { .. } => Outcome::TokenUnavailable,
-            Error::MarkerTable { .. } => Outcome::MarkerTable,
-            Error::RolledBack { .. } => Outcome::RolledBack,
-            Error::Aborted(_) => Outcome::Aborted,
-            Error::Closed | Error::MonitorStopped => Outcome::Closed,
+        match error.kind() {
+            ErrorKind::OutcomeUnknown => Outcome::Unknown,
+            ErrorKind::NotCommitted => Outcome::NotCommitted,
+            ErrorKind::Timeout { .. } => Outcome::Timeout,
+            ErrorKind::Connect => Outcome::Connect,
+            ErrorKind::ConnectionLost => Outcome::ConnectionLost,
+            ErrorKind::Database => error.postgres().map_or(Outcome::Other, Self::of_postgres),
+            ErrorKind::Statement => Outcome::Client,
+            ErrorKind::NoHealthyNode { .. } => Outcome::NoHealthyNode,
+            ErrorKind::NoPrimary { .. } => Outcome::NoPrimary,
+            ErrorKind::SplitBrain { .. } => Outcome::SplitBrain,
+            ErrorKind::InvalidArgument { .. } => Outcome::InvalidArgument,
+            ErrorKind::TokenUnavailable => Outcome::TokenUnavailable,
+            ErrorKind::MarkerTable { .. } => Outcome::MarkerTable,
+            ErrorKind::RolledBack { .. } => Outcome::RolledBack,
+            ErrorKind::Aborted => Outcome::Aborted,
+            ErrorKind::Closed | ErrorKind::MonitorStopped => Outcome::Closed,
             _ => Outcome::Other,
         }
     }
@@ -287,11 +287,9 @@ mod tests {
 
     #[test]
     fn errors_without_a_node_have_their_own_outcomes() {
-        let no_node = Error::NoHealthyNode {
-            strategy: ReadStrategy::PrimaryOnly,
-        };
+        let no_node = Error::no_healthy_node(ReadStrategy::PrimaryOnly);
         assert_eq!(Outcome::of_error(&no_node), Outcome::NoHealthyNode);
-        assert_eq!(Outcome::of_error(&Error::Closed), Outcome::Closed);
+        assert_eq!(Outcome::of_error(&Error::closed()), Outcome::Closed);
         assert_eq!(Outcome::of_error(&Error::aborted("rule")), Outcome::Aborted);
     }
 }

@@ -30,7 +30,7 @@ pub struct Status {
     /// Several nodes claim to be primary and fencing cannot choose.
     pub split_brain: bool,
     /// Whether the health monitor runs. False after `close`, or if it died
-    /// (then every call fails with [`Error::MonitorStopped`](crate::Error::MonitorStopped)).
+    /// (then every call fails with [`Error::monitor_stopped()`](crate::error::ErrorKind::MonitorStopped)).
     pub monitor_running: bool,
     /// Hedged reads and the read budget, counted since the manager started.
     pub hedging: HedgeCounts,

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::support::*;
 use pgrouter::causal::Lsn;
+use pgrouter::error::ErrorKind;
 use pgrouter::status::Event;
 use pgrouter::CallInfo;
 use pgrouter::CausalToken;
@@ -241,9 +242,9 @@ async fn a_causal_token_never_reads_before_its_write() {
 
 /// The option an `InvalidArgument` error names.
 fn rejected_option<T: std::fmt::Debug>(result: Result<T, Error>) -> &'static str {
-    match result {
-        Err(Error::InvalidArgument { option, .. }) => option,
-        other => panic!("expected InvalidArgument, got {other:?}"),
+    match result.as_ref().map_err(Error::kind) {
+        Err(ErrorKind::InvalidArgument { option, .. }) => option,
+        _ => panic!("expected InvalidArgument, got {result:?}"),
     }
 }
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::support::*;
+use pgrouter::error::ErrorKind;
 use pgrouter::tokio_postgres::NoTls;
 use pgrouter::ReadStrategy;
 use pgrouter_testkit::StopMode;
@@ -123,8 +124,8 @@ async fn global_random_with_no_healthy_node_is_a_typed_error() {
     let err = db.query("SELECT 1", &[]).await.unwrap_err();
     assert!(
         matches!(
-            err,
-            pgrouter::Error::NoHealthyNode {
+            err.kind(),
+            ErrorKind::NoHealthyNode {
                 strategy: ReadStrategy::GlobalRandom
             }
         ),

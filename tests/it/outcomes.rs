@@ -10,6 +10,7 @@ use std::time::Duration;
 use crate::support::{
     blocking, fast_config, node_configs, pooler, session, until_running, wait_until_async,
 };
+use pgrouter::error::ErrorKind;
 use pgrouter::status::CommitOutcome;
 use pgrouter::status::Event;
 use pgrouter::tokio_postgres::types::ToSql;
@@ -406,7 +407,7 @@ async fn a_missing_marker_table_is_named_and_old_markers_are_pruned() {
         .await
         .expect_err("the marker table does not exist");
     assert!(
-        matches!(&error, Error::MarkerTable { table, .. } if table == "missing_markers"),
+        matches!(error.kind(), ErrorKind::MarkerTable { table, .. } if table == "missing_markers"),
         "{error:?}"
     );
     assert!(
@@ -487,9 +488,9 @@ async fn a_commit_that_outlasts_the_deadline_is_decided_not_left_unknown() {
             Resolution::Ids => {
                 assert!(
                     matches!(
-                        error,
-                        Error::NotCommitted { .. }
-                            | Error::Timeout {
+                        error.kind(),
+                        ErrorKind::NotCommitted
+                            | ErrorKind::Timeout {
                                 after_send: false,
                                 ..
                             }

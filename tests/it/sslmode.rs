@@ -197,10 +197,8 @@ async fn contradictions_and_bad_files_are_typed_errors_naming_the_parameter() {
         let err = manager(format!("{base} {params}")).await.unwrap_err();
         assert!(
             matches!(
-                err,
-                Error::Config(
-                    ConfigError::InvalidConnectionString { .. } | ConfigError::Tls { .. }
-                )
+                err.as_config_error(),
+                Some(ConfigError::InvalidConnectionString { .. } | ConfigError::Tls { .. })
             ),
             "{params}: {err:?}"
         );

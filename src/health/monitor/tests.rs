@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::Monitor;
 use crate::config::{Config, Role};
 use crate::failure::error::Error;
+use crate::failure::error::ErrorKind;
 use crate::failure::safety::NodeFault;
 use crate::health::fake::{config, Answer, World};
 use crate::hub::Hub;
@@ -288,7 +289,7 @@ async fn a_write_holds_for_a_primary_until_write_hold_or_the_deadline() {
     let held = Instant::now();
     let error = h.hub.await_primary(held + Duration::from_secs(10)).await;
     assert!(
-        matches!(error, Err(Error::NoPrimary { waited }) if waited == Duration::from_secs(2)),
+        matches!(error.as_ref().map_err(Error::kind), Err(ErrorKind::NoPrimary { waited }) if *waited == Duration::from_secs(2)),
         "{error:?}"
     );
     assert_eq!(held.elapsed(), Duration::from_secs(2));
@@ -296,7 +297,7 @@ async fn a_write_holds_for_a_primary_until_write_hold_or_the_deadline() {
     let held = Instant::now();
     let error = h.hub.await_primary(held + Duration::from_millis(300)).await;
     assert!(
-        matches!(error, Err(Error::NoPrimary { waited }) if waited == Duration::from_millis(300)),
+        matches!(error.as_ref().map_err(Error::kind), Err(ErrorKind::NoPrimary { waited }) if *waited == Duration::from_millis(300)),
         "never past the deadline: {error:?}"
     );
 
@@ -324,7 +325,13 @@ async fn durations_that_validate_never_overflow_an_instant() {
     assert_eq!(h.probed_at(0), [0], "the next probe is decades away");
     let held = Instant::now();
     let error = h.hub.await_primary(held + Duration::from_secs(3)).await;
-    assert!(matches!(error, Err(Error::NoPrimary { .. })), "{error:?}");
+    assert!(
+        matches!(
+            error.as_ref().map_err(Error::kind),
+            Err(ErrorKind::NoPrimary { .. })
+        ),
+        "{error:?}"
+    );
     assert_eq!(
         held.elapsed(),
         Duration::from_secs(3),
@@ -355,7 +362,10 @@ async fn close_ends_a_write_hold_at_once() {
     h.at(100).await;
     h.hub.close();
     let result = held.await.expect("the holding task");
-    assert!(matches!(result, Err(Error::Closed)), "{result:?}");
+    assert!(
+        matches!(result.as_ref().map_err(Error::kind), Err(ErrorKind::Closed)),
+        "{result:?}"
+    );
     assert_eq!(h.ms(), 100, "woken by close, not by the hold's end");
 }
 
@@ -368,7 +378,10 @@ async fn a_dead_monitor_is_reported_and_calls_fail_fast() {
     let status = h.status();
     assert!(!status.monitor_running, "{status:?}");
     assert!(!status.can_write() && !status.can_read());
-    assert!(matches!(h.hub.ensure_open(), Err(Error::MonitorStopped)));
+    assert!(matches!(
+        h.hub.ensure_open().as_ref().map_err(Error::kind),
+        Err(ErrorKind::MonitorStopped)
+    ));
 }
 
 #[tokio::test(start_paused = true)]

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use pgrouter::deadpool_postgres::PoolError;
+use pgrouter::error::ErrorKind;
 use pgrouter::DatabaseManager;
 use pgrouter::Error;
 use tokio::task::JoinHandle;
@@ -116,7 +117,10 @@ async fn one_call(db: DatabaseManager, kind: Kind, key: i32, log: Log) {
 
 /// The error's message; after "no node" errors, what `db.status()` says.
 fn detail(db: &DatabaseManager, error: &Error) -> String {
-    if !matches!(error, Error::NoHealthyNode { .. } | Error::NoPrimary { .. }) {
+    if !matches!(
+        error.kind(),
+        ErrorKind::NoHealthyNode { .. } | ErrorKind::NoPrimary { .. }
+    ) {
         return error.to_string();
     }
     let status = db.status();
@@ -144,21 +148,25 @@ pub(crate) fn error_kind(error: &Error) -> String {
 }
 
 fn variant(error: &Error) -> String {
-    match error {
-        Error::Timeout { .. } => "Timeout".to_owned(),
-        Error::NoPrimary { .. } => "NoPrimary".to_owned(),
-        Error::NoHealthyNode { .. } => "NoHealthyNode".to_owned(),
-        Error::SplitBrain { .. } => "SplitBrain".to_owned(),
-        Error::Connect { source, .. } => format!("Connect({})", pool_error_kind(source)),
-        Error::ConnectionLost { .. } => "ConnectionLost".to_owned(),
-        Error::OutcomeUnknown { .. } => "OutcomeUnknown".to_owned(),
-        Error::Database { .. } => {
+    match error.kind() {
+        ErrorKind::Timeout { .. } => "Timeout".to_owned(),
+        ErrorKind::NoPrimary { .. } => "NoPrimary".to_owned(),
+        ErrorKind::NoHealthyNode { .. } => "NoHealthyNode".to_owned(),
+        ErrorKind::SplitBrain { .. } => "SplitBrain".to_owned(),
+        ErrorKind::Connect => {
+            let pool = std::error::Error::source(error)
+                .and_then(|source| source.downcast_ref::<PoolError>());
+            format!("Connect({})", pool.map_or("?".to_owned(), pool_error_kind))
+        }
+        ErrorKind::ConnectionLost => "ConnectionLost".to_owned(),
+        ErrorKind::OutcomeUnknown => "OutcomeUnknown".to_owned(),
+        ErrorKind::Database => {
             let code = error.code().map_or("?", |code| code.code());
             format!("Database({code})")
         }
-        Error::Statement { .. } => "Statement".to_owned(),
-        Error::Closed => "Closed".to_owned(),
-        other => format!("other: {other}"),
+        ErrorKind::Statement => "Statement".to_owned(),
+        ErrorKind::Closed => "Closed".to_owned(),
+        _ => format!("other: {error}"),
     }
 }
 

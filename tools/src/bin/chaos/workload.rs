@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use pgrouter::error::ErrorKind;
 use pgrouter::CallInfo;
 use pgrouter::DatabaseManager;
 
@@ -237,7 +238,9 @@ async fn causal(db: &DatabaseManager, record: &Record, id: i64, client: u64) {
                 .expect("a successful write asked for its token")
         }
         // Applied, only its token is lost.
-        Err(Error::TokenUnavailable { .. }) => return lock(&record.acked).push(id),
+        Err(error) if *error.kind() == ErrorKind::TokenUnavailable => {
+            return lock(&record.acked).push(id)
+        }
         Err(error) if error.is_outcome_unknown() => return,
         Err(_) => return lock(&record.rejected).push(id),
     };
