@@ -16,6 +16,8 @@
 #![doc = include_str!("../README.md")]
 // Lints: the `[workspace.lints]` table in Cargo.toml; no unsafe code at all here.
 #![forbid(unsafe_code)]
+// On docs.rs (`--cfg docsrs`), feature-gated items say which feature.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(feature = "bench")]
 #[doc(hidden)]

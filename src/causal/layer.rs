@@ -16,6 +16,7 @@ use crate::causal::scope::causal_scope;
 
 /// The header [`CausalLayer`] reads the token from and writes it to, unless
 /// told otherwise.
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 pub const CAUSAL_TOKEN_HEADER: &str = "x-causal-token";
 
 /// A tower [`Layer`] that serves each request in a
@@ -41,6 +42,7 @@ pub const CAUSAL_TOKEN_HEADER: &str = "x-causal-token";
 ///
 /// With axum: `Router::new().route(…).layer(CausalLayer::new())`.
 #[derive(Debug, Clone)]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 pub struct CausalLayer {
     header: HeaderName,
     cookie: Option<Arc<str>>,
@@ -129,6 +131,7 @@ impl<S> Layer<S> for CausalLayer {
 
 /// The service [`CausalLayer`] wraps around another.
 #[derive(Debug, Clone)]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 pub struct CausalService<S> {
     inner: S,
     layer: CausalLayer,
