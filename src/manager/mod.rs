@@ -190,8 +190,8 @@ impl DatabaseManager {
                 None,
                 &mut fastrand::Rng::new(),
             )
-            .ok_or(Error::no_healthy_node(strategy))?;
-        let node = hub.node(index).ok_or(Error::no_healthy_node(strategy))?;
+            .ok_or_else(|| Error::no_healthy_node(strategy))?;
+        let node = hub.node(index).ok_or_else(|| Error::no_healthy_node(strategy))?;
         Ok(node.pool.clone())
     }
 

@@ -235,7 +235,7 @@ async fn route<C: Connect>(
     let mut rng = fastrand::Rng::new();
     let first = hub
         .pick_read(strategy, freshness, None, &mut rng)
-        .ok_or(Error::no_healthy_node(strategy))?;
+        .ok_or_else(|| Error::no_healthy_node(strategy))?;
     observer.attempt(hub, first, 1, Reason::Strategy);
     hub.budget.deposit();
     let may_resend = idempotent || hub.snapshot().nodes[first].role == Role::Replica;
