@@ -191,7 +191,9 @@ impl DatabaseManager {
                 &mut fastrand::Rng::new(),
             )
             .ok_or_else(|| Error::no_healthy_node(strategy))?;
-        let node = hub.node(index).ok_or_else(|| Error::no_healthy_node(strategy))?;
+        let node = hub
+            .node(index)
+            .ok_or_else(|| Error::no_healthy_node(strategy))?;
         Ok(node.pool.clone())
     }
 

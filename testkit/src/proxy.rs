@@ -4,7 +4,7 @@ use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::Poll;
 use std::time::Duration;
@@ -64,6 +64,10 @@ pub struct FaultProxy {
     addr: SocketAddr,
     shared: Arc<Shared>,
     faults: watch::Sender<Fault>,
+    /// How many times [`Fault::Reset`] was set: a connection that saw fewer
+    /// when it started is reset even if the fault was lifted again before
+    /// its tasks ran (a watch channel keeps only the latest fault).
+    resets: Arc<AtomicU64>,
     accept_task: JoinHandle<()>,
 }
 
@@ -109,11 +113,18 @@ impl FaultProxy {
             runtime: tokio::runtime::Handle::current(),
         });
         let (faults, rx) = watch::channel(Fault::Pass);
-        let accept_task = tokio::spawn(accept_loop(Arc::clone(&shared), upstream, rx));
+        let resets = Arc::new(AtomicU64::new(0));
+        let accept_task = tokio::spawn(accept_loop(
+            Arc::clone(&shared),
+            upstream,
+            rx,
+            Arc::clone(&resets),
+        ));
         Ok(FaultProxy {
             addr,
             shared,
             faults,
+            resets,
             accept_task,
         })
     }
@@ -140,6 +151,9 @@ impl FaultProxy {
             self.shared.ensure_listening();
         }
         tracing::debug!(addr = %self.addr, ?fault, "fault proxy switched");
+        if fault == Fault::Reset {
+            self.resets.fetch_add(1, Ordering::SeqCst);
+        }
         self.faults.send_replace(fault);
     }
 
@@ -173,10 +187,25 @@ fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.listen(1024)
 }
 
+/// The resets a connection has lived through.
+struct Epoch {
+    resets: Arc<AtomicU64>,
+    /// The count when the connection was accepted.
+    seen: u64,
+}
+
+impl Epoch {
+    /// Whether a reset was set since the connection was accepted.
+    fn passed(&self) -> bool {
+        self.resets.load(Ordering::SeqCst) != self.seen
+    }
+}
+
 async fn accept_loop(
     shared: Arc<Shared>,
     upstream: SocketAddr,
     mut faults: watch::Receiver<Fault>,
+    resets: Arc<AtomicU64>,
 ) {
     let mut tasks = JoinSet::new();
     loop {
@@ -195,7 +224,11 @@ async fn accept_loop(
             accepted = accept => match accepted {
                 Ok((client, _)) => {
                     let guard = ConnGuard::new(&shared);
-                    tasks.spawn(connection(client, upstream, faults.clone(), guard));
+                    let epoch = Epoch {
+                        resets: Arc::clone(&resets),
+                        seen: resets.load(Ordering::SeqCst),
+                    };
+                    tasks.spawn(connection(client, upstream, faults.clone(), epoch, guard));
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "fault proxy accept failed");
@@ -236,6 +269,7 @@ async fn connection(
     mut client: TcpStream,
     upstream: SocketAddr,
     mut faults: watch::Receiver<Fault>,
+    epoch: Epoch,
     _guard: ConnGuard,
 ) {
     // Do not even connect upstream while black-holed: the client just waits.
@@ -268,9 +302,10 @@ async fn connection(
                 client_read,
                 server_write,
                 faults.clone(),
+                &epoch,
                 Direction::Request
             ),
-            pump(server_read, client_write, faults, Direction::Reply),
+            pump(server_read, client_write, faults, &epoch, Direction::Reply),
         )
     };
     if let Err(Stop::Reset) = outcome {
@@ -299,6 +334,7 @@ async fn pump<R, W>(
     mut from: R,
     mut to: W,
     mut faults: watch::Receiver<Fault>,
+    epoch: &Epoch,
     direction: Direction,
 ) -> Result<(), Stop>
 where
@@ -315,6 +351,9 @@ where
     let mut eof = false;
     loop {
         let fault = faults.borrow_and_update().clone();
+        if epoch.passed() {
+            return Err(Stop::Reset);
+        }
         let delay = match fault {
             Fault::Reset => return Err(Stop::Reset),
             Fault::BlackHole => {
