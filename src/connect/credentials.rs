@@ -88,9 +88,8 @@ pub struct CredentialRequest {
 /// Gives the password for a node's new connections. pgrouter calls it when
 /// a node has no cached password, when the cached one expired, and once
 /// more when the server rejects a cached one (SQLSTATE `28P01` or `28000`);
-/// one call at a time per node. Set it with
-/// [`ConfigBuilder::password_provider`](crate::config::ConfigBuilder::password_provider);
-/// it replaces any password in the connection strings.
+/// one call at a time per node. Set it with the config builder's
+/// `password_provider`; it replaces any password in the connection strings.
 ///
 /// Its call is part of opening a connection, so it is bounded by
 /// `pool.create_timeout` (and the probe's by `health.probe_timeout`). A
@@ -130,8 +129,8 @@ where
     }
 }
 
-/// A [`PasswordProvider`] shared by every node; what
-/// [`Config::password_provider`](crate::Config::password_provider) holds.
+/// A [`PasswordProvider`] shared by every node; what the configuration's
+/// `password_provider` holds.
 /// `Debug` shows only that there is one.
 #[derive(Clone)]
 pub struct SharedPasswordProvider(Arc<dyn PasswordProvider>);

@@ -1,9 +1,8 @@
 //! Hedged reads and outlier detection: the read budget (a token bucket, as
 //! Finagle's `RetryBudget` and gRPC's retry throttling), each node's live
 //! read traffic, and the pure decisions over them (the hedge delay, whether
-//! a node is an outlier). The read loop (`manager/read.rs`) applies them.
-
-pub(crate) mod read;
+//! a node is an outlier). The read loop applies them (`manager/read.rs`, the
+//! hedged read in `manager/hedged.rs`).
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;

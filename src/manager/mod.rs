@@ -1,6 +1,7 @@
 //! [`DatabaseManager`]: the public, cheaply cloned handle.
 
 pub(crate) mod attempt;
+mod hedged;
 mod pooled;
 mod primary;
 mod read;

@@ -5,6 +5,7 @@ pub(crate) mod call_info;
 pub(crate) mod events;
 pub(crate) mod labels;
 pub(crate) mod metrics;
+pub(crate) mod micros;
 pub(crate) mod readiness;
 pub(crate) mod spans;
 pub(crate) mod status;

@@ -59,13 +59,13 @@ pub enum NotReady {
     /// staleness bound, for longer than the write hold.
     NoReadNode {
         /// How long none has (as of the monitor's last round).
-        #[serde(serialize_with = "crate::observe::status::micros::serialize")]
+        #[serde(serialize_with = "crate::observe::micros::serialize")]
         missing_for: Duration,
     },
     /// No primary for longer than the write hold: writes fail.
     NoPrimary {
         /// How long it has been missing (as of the monitor's last round).
-        #[serde(serialize_with = "crate::observe::status::micros::serialize")]
+        #[serde(serialize_with = "crate::observe::micros::serialize")]
         missing_for: Duration,
     },
     /// More reads in the window failed than the settings allow.

@@ -86,7 +86,7 @@ pub struct NodeStatus {
     /// A replica's lag behind the primary, once both have been probed.
     pub lag: Option<Lag>,
     /// Smoothed probe round trip.
-    #[serde(serialize_with = "micros::option")]
+    #[serde(serialize_with = "crate::observe::micros::option")]
     pub rtt: Option<Duration>,
     /// Whether routing may use it: the monitor has it up, it is not fenced
     /// (nor an orphan, unless orphans serve reads), and no caller has
@@ -97,7 +97,7 @@ pub struct NodeStatus {
     /// The last probe error, kept until the node is healthy again.
     pub last_error: Option<String>,
     /// Time since the last probe finished; `None` before the first.
-    #[serde(serialize_with = "micros::option")]
+    #[serde(serialize_with = "crate::observe::micros::option")]
     pub last_probe_age: Option<Duration>,
     /// The node's connection pool.
     pub pool: PoolStatus,
@@ -156,31 +156,5 @@ impl Status {
     /// The node with this name.
     pub fn node(&self, name: &str) -> Option<&NodeStatus> {
         self.nodes.iter().find(|node| node.name == name)
-    }
-}
-
-/// Durations in status output: humantime form cut to microseconds
-/// (`"4ms 956us"`), which is all a probe round trip or an age needs.
-pub(crate) mod micros {
-    use std::time::Duration;
-
-    use serde::Serializer;
-
-    fn cut(duration: Duration) -> Duration {
-        Duration::from_micros(u64::try_from(duration.as_micros()).unwrap_or(u64::MAX))
-    }
-
-    pub(crate) fn serialize<S: Serializer>(duration: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&humantime::format_duration(cut(*duration)))
-    }
-
-    pub(crate) fn option<S: Serializer>(
-        duration: &Option<Duration>,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
-        match duration {
-            Some(duration) => serialize(duration, s),
-            None => s.serialize_none(),
-        }
     }
 }

@@ -70,6 +70,7 @@ impl Freshness {
 mod tests {
     use super::*;
     use crate::causal::lsn::Lsn;
+    use crate::config::clock;
     use crate::config::Role;
 
     /// A replica fresh as of `ms_ago` before `now` (or unknown), at `position`.
@@ -96,7 +97,7 @@ mod tests {
 
     #[test]
     fn staleness_bound_table() {
-        let now = Instant::now() + Duration::from_secs(60);
+        let now = clock::after(Instant::now(), Duration::from_secs(60));
         // (fresh as of how long ago, bound, admitted)
         let table = [
             (Some(0), 100, true),
@@ -150,7 +151,7 @@ mod tests {
 
     #[test]
     fn both_constraints_must_hold() {
-        let now = Instant::now() + Duration::from_secs(60);
+        let now = clock::after(Instant::now(), Duration::from_secs(60));
         let both = Freshness {
             max_staleness: Some(Duration::from_millis(100)),
             after: Some(CausalToken::new(Lsn(10))),

@@ -28,7 +28,7 @@ pub struct Lag {
     /// since the primary's last probe). Measured on pgrouter's clock, so
     /// never skewed by the servers' clocks. Reads with a staleness bound
     /// judge the same quantity again when they are routed.
-    #[serde(serialize_with = "crate::observe::status::micros::serialize")]
+    #[serde(serialize_with = "crate::observe::micros::serialize")]
     pub time: Duration,
 }
 

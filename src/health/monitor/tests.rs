@@ -356,8 +356,11 @@ async fn close_ends_a_write_hold_at_once() {
     let h = Harness::start(config(2), &[Answer::Down, REPLICA]).await;
     let hub = Arc::clone(&h.hub);
     let held = tokio::spawn(async move {
-        hub.await_primary(Instant::now() + Duration::from_secs(60))
-            .await
+        hub.await_primary(crate::config::clock::after(
+            Instant::now(),
+            Duration::from_secs(60),
+        ))
+        .await
     });
     h.at(100).await;
     h.hub.close();

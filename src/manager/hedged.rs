@@ -1,5 +1,5 @@
 //! A read's first attempt watched past its hedge delay: the slow path of
-//! [`route`](crate::manager::read). Nothing here runs for a read answered before
+//! `route` in `read.rs`. Nothing here runs for a read answered before
 //! its first check; it is boxed by the caller so the read future stays
 //! small.
 
