@@ -55,16 +55,19 @@ impl From<tokio_postgres::Error> for BeginError {
     }
 }
 
-/// `BEGIN`, with the identity query (and the marker insert) pipelined
-/// behind it: one round trip. `Ok(None)` when resolution is off.
+/// `BEGIN` as `begin_sql` words it (the transaction's options, and any
+/// `SET TRANSACTION` statements held back to run before its first query),
+/// with the identity query (and the marker insert) pipelined behind it:
+/// one round trip. `Ok(None)` when resolution is off.
 pub(crate) async fn begin<S: Session>(
     hub: &Hub,
     client: &S,
     node: usize,
     resolve: bool,
+    begin_sql: &str,
 ) -> Result<Option<Identity>, BeginError> {
     if !resolve {
-        client.batch_execute("BEGIN").await?;
+        client.batch_execute(begin_sql).await?;
         return Ok(None);
     }
     let sql = &hub.outcome_sql;
@@ -101,7 +104,7 @@ pub(crate) async fn begin<S: Session>(
     // Biased: BEGIN is sent first, the rest right behind it.
     let (begun, row, inserted) = tokio::join!(
         biased;
-        client.batch_execute("BEGIN"),
+        client.batch_execute(begin_sql),
         One::run(client, IDENTITY_SQL, &identity, &[]),
         insert_marker,
     );

@@ -375,6 +375,14 @@ impl Error {
             .caused_by(Source::Postgres(source))
     }
 
+    /// A statement of a transaction from `begin()` lost the connection:
+    /// its `COMMIT` cannot be sent, and nothing was committed.
+    pub(crate) fn lost_in_transaction(node: NodeContext) -> Self {
+        Self::new(ErrorKind::ConnectionLost)
+            .on(node)
+            .at(Phase::InTransaction, Cause::Lost)
+    }
+
     /// The connection failed after the statement was sent.
     pub(crate) fn outcome_unknown(node: NodeContext, source: tokio_postgres::Error) -> Self {
         Self::new(ErrorKind::OutcomeUnknown)

@@ -64,7 +64,15 @@ pub(crate) struct Busy<'h, S: Session> {
     hub: &'h Hub,
 }
 
-impl<S: Session> Busy<'_, S> {
+impl<'h, S: Session> Busy<'h, S> {
+    /// `session`, guarded until settled.
+    pub(crate) fn new(hub: &'h Hub, session: S) -> Self {
+        Self {
+            session: Some(session),
+            hub,
+        }
+    }
+
     /// The connection, no longer guarded: the caller settles it.
     pub(crate) fn take(mut self) -> S {
         match self.session.take() {
@@ -160,6 +168,16 @@ impl<'h, C: Connect> Attempt<'h, C> {
         self.hub
     }
 
+    /// The node it runs on.
+    pub(crate) fn index(&self) -> usize {
+        self.index
+    }
+
+    /// Where its connections come from.
+    pub(crate) fn connect(&self) -> C {
+        self.connect
+    }
+
     pub(crate) fn context(&self) -> NodeContext {
         self.hub.context(self.index)
     }
@@ -171,10 +189,7 @@ impl<'h, C: Connect> Attempt<'h, C> {
             .connect
             .checkout(self.hub, self.index, self.deadline.at, self.started);
         match checkout.await {
-            Ok(session) => Ok(Busy {
-                session: Some(session),
-                hub: self.hub,
-            }),
+            Ok(session) => Ok(Busy::new(self.hub, session)),
             Err(failure) => Err(self.judge(Phase::Checkout, failure).0),
         }
     }

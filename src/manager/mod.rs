@@ -1,7 +1,10 @@
 //! [`DatabaseManager`]: the public, cheaply cloned handle.
 
 pub(crate) mod attempt;
+mod begin;
+mod explicit;
 mod hedged;
+mod opening;
 mod pooled;
 mod primary;
 mod read;
@@ -28,8 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use read::ReadBuilder;
 use session::Params;
-pub use transaction::TxFuture;
-pub use tx::Tx;
+pub use tx::{Tx, TxFuture};
 pub use write::WriteBuilder;
 
 use crate::config::Config;
@@ -178,6 +180,12 @@ impl DatabaseManager {
         self.write().transaction(body).await
     }
 
+    /// A transaction with the default options, handed over; see
+    /// [`WriteBuilder::begin`].
+    pub async fn begin(&self) -> Result<Tx<'_>, Error> {
+        self.write().begin().await
+    }
+
     /// The pool of the node the read strategy picks now (the original's
     /// read pool). Calls through it bypass pgrouter's deadlines and retries.
     pub fn read_pool(&self) -> Result<Pool, Error> {
@@ -275,9 +283,17 @@ mod send_checks {
         spawnable(async move { db.write().exactly_once().query("SELECT 1", &[]).await });
     }
 
+    fn explicit(db: DatabaseManager) {
+        spawnable(async move {
+            let tx = db.begin().await?;
+            tx.execute("SELECT 1", &[]).await?;
+            tx.commit().await
+        });
+    }
+
     fn transaction(db: DatabaseManager) {
         spawnable(async move {
-            db.transaction(|tx| Box::pin(async move { Ok(tx.execute("SELECT 1", &[]).await?) }))
+            db.transaction(|tx| Box::pin(async move { tx.execute("SELECT 1", &[]).await }))
                 .await
         });
     }

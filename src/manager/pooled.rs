@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use deadpool_postgres::{Object, PoolError, TimeoutType};
 use tokio::time::{timeout_at, Instant};
@@ -13,6 +14,7 @@ use super::session::{Columns, Connect, Failure, Params, PgError, Session};
 use crate::causal::lsn::Lsn;
 use crate::connect::node::Node;
 use crate::connect::statements::{Block, Ready, Statements};
+use crate::connect::tls::Connector;
 use crate::failure::safety::Fate;
 use crate::hub::Hub;
 
@@ -66,6 +68,28 @@ pub(crate) struct Pooled {
 }
 
 impl Pooled {
+    /// Ends the transaction open on it with `ROLLBACK` in the background
+    /// (from a `Drop`), then returns it to its pool; a `ROLLBACK` not
+    /// answered within `bound` (a statement still running, a silent node)
+    /// has the statement cancelled and the connection closed, which ends
+    /// the transaction too. Outside a runtime, only the latter.
+    pub(crate) fn roll_back_in_background(self, connector: Connector, bound: Duration) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            drop(Object::take(self.object));
+            return;
+        };
+        drop(runtime.spawn(async move {
+            let rollback = self.object.batch_execute("ROLLBACK");
+            match tokio::time::timeout(bound, rollback).await {
+                Ok(Ok(())) => drop(self),
+                _ => {
+                    connector.cancel_in_background(self.object.cancel_token());
+                    drop(Object::take(self.object));
+                }
+            }
+        }));
+    }
+
     /// The connection.
     pub(crate) fn object(&self) -> &Object {
         &self.object

@@ -4,64 +4,36 @@
 
 use std::future::Future;
 use std::marker::PhantomData;
-use std::pin::Pin;
 use std::time::Duration;
 
 use tokio::time::{timeout_at, Instant};
 use tokio_postgres::error::SqlState;
 use tracing::Instrument;
 
-use super::attempt::{span, Attempt, Deadline};
-use super::pooled::Pooled;
+use super::attempt::{span, Attempt, Busy, Deadline};
+use super::opening::{run_watched, Opening};
 use super::primary::OnPrimary;
-use super::session::{Connect, Failure, One, Params, Returns, Session};
+use super::session::{Connect, Failure, One, Params, PgError, Returns, Session};
 use super::token::{position_refused, token_of, TOKEN_SQL};
-use super::tx::Tx;
-use super::watch::{run_watched, Watch};
 use crate::causal::lsn::CausalToken;
-use crate::commit::judge::Identity;
-use crate::commit::resolve::{begin, resolve, BeginError, Resolution};
+use crate::commit::resolve::{resolve, Resolution};
 use crate::config::clock;
 use crate::failure::error::{Error, ErrorKind};
 use crate::failure::safety::{Fate, Phase};
 use crate::hub::Hub;
 
-/// The future a transaction closure returns: box it with `Box::pin(async
-/// move { … })`. `?` on a `tokio_postgres::Error` converts it into
-/// [`ErrorKind::Database`](crate::error::ErrorKind::Database); return [`Error::aborted`] for the application's own
-/// reasons to roll back.
-pub type TxFuture<'t, T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Send + 't>>;
-
-/// What runs inside the transaction on a session `S`, its statements
-/// watched by `watch`: a caller's closure, or one statement.
+/// What runs inside the transaction on a session `S`, which its first
+/// statement opens (`opening`, which also watches every statement): a
+/// caller's closure, or one statement.
 pub(crate) trait Body<S: Session>: Send {
     /// What it gives when it succeeds.
     type Output: Send;
-    /// Runs once inside the open transaction.
+    /// Runs once inside the transaction.
     fn run<'t>(
         &'t mut self,
         session: &'t S,
-        watch: &'t Watch,
+        opening: &'t Opening<'t>,
     ) -> impl Future<Output = Result<Self::Output, Error>> + Send + 't;
-}
-
-/// A caller's closure (the marker ties `T`'s lifetime to the closure's).
-pub(crate) struct Closure<F, T>(pub(crate) F, pub(crate) PhantomData<T>);
-
-impl<T, F> Body<Pooled> for Closure<F, T>
-where
-    F: for<'t> FnMut(&'t Tx<'t>) -> TxFuture<'t, T> + Send,
-    T: Send,
-{
-    type Output = T;
-    fn run<'t>(
-        &'t mut self,
-        session: &'t Pooled,
-        watch: &'t Watch,
-    ) -> impl Future<Output = Result<T, Error>> + Send + 't {
-        let tx = Tx::new(session, watch);
-        async move { (self.0)(&tx).await }
-    }
 }
 
 /// One statement as a transaction's body.
@@ -76,19 +48,22 @@ impl<S: Session, K: Returns> Body<S> for Statement<'_, K> {
     fn run<'t>(
         &'t mut self,
         session: &'t S,
-        watch: &'t Watch,
+        opening: &'t Opening<'t>,
     ) -> impl Future<Output = Result<Self::Output, Error>> + Send + 't {
         let (sql, params) = (self.sql, self.params);
-        async move { Ok(run_watched::<K, S>(session, watch, sql, params).await?) }
+        async move { Ok(run_watched::<K, S>(session, opening, sql, params).await?) }
     }
 }
 
-/// The body, its deadline, whether it wants a causal token, whether a
-/// lost `COMMIT` is resolved, and where its connections come from.
+/// The body, its deadline, its `BEGIN`, whether it wants a causal token,
+/// whether a lost `COMMIT` is resolved, and where its connections come
+/// from.
 pub(crate) struct TransactionCall<C, B> {
     pub(crate) connect: C,
     pub(crate) body: B,
     pub(crate) deadline: Deadline,
+    /// `BEGIN` with the transaction's options.
+    pub(crate) begin: String,
     pub(crate) token: bool,
     pub(crate) resolve: bool,
 }
@@ -152,57 +127,114 @@ impl<C: Connect, B: Body<C::Session>> TransactionCall<C, B> {
                 return Err(error);
             }
         };
-        let identity = match open(&attempt, &*client, index, self.resolve).await {
-            Ok(identity) => identity,
+        let begin = self.begin.clone();
+        let opening = Opening::new(attempt.hub(), index, begin, self.resolve);
+        let value = match run(&attempt, &*client, &mut self.body, &opening).await {
+            Ok(value) => value,
             Err((error, fate)) => {
                 attempt.settle(client.take(), fate);
                 return Err(error);
             }
         };
-        let outcome = run(&attempt, &*client, &mut self.body, &token).await;
-        let (value, error) = match outcome {
-            Ok((value, token)) => {
-                attempt.settle(client.take(), Fate::Keep);
-                return Ok(Committed {
-                    value,
-                    index,
-                    token,
-                });
-            }
-            Err(Stop::Failed(error, fate)) => {
-                attempt.settle(client.take(), fate);
-                return Err(error);
-            }
-            Err(Stop::CommitLost(value, error, fate)) => {
-                attempt.settle(client.take(), fate);
-                (value, error)
-            }
-        };
-        let Some(identity) = identity else {
-            return Err(error);
-        };
-        let hub = attempt.hub();
-        match resolve(hub, self.connect, &identity, self.deadline.at, self.token).await {
-            Resolution::Committed(token) => Ok(Committed {
-                value,
-                index,
-                token,
-            }),
-            Resolution::NotCommitted => {
-                let source = match error.kind() {
-                    ErrorKind::OutcomeUnknown => error.into_postgres(),
-                    _ => None,
-                };
-                Err(Error::not_committed(attempt.context(), source))
-            }
-            Resolution::Unknown => Err(error),
-        }
+        let (value, token) =
+            conclude(&attempt, client, &opening, &token, value, self.token).await?;
+        Ok(Committed {
+            value,
+            index,
+            token,
+        })
     }
+}
+
+/// After the body (a closure's, or the statements of a transaction from
+/// `begin()`): the check for a swallowed error, `COMMIT`, and a lost
+/// answer resolved (with a causal token if `wanted`). The transaction
+/// opens first if the body sent nothing. Settles the connection.
+pub(crate) async fn conclude<C: Connect, T>(
+    attempt: &Attempt<'_, C>,
+    client: Busy<'_, C::Session>,
+    opening: &Opening<'_>,
+    token: &TokenOf<C::Session>,
+    value: T,
+    wanted: bool,
+) -> Result<(T, Option<CausalToken>), Error> {
+    if let Err((error, fate)) = before_commit(attempt, &client, opening).await {
+        let fate = close(attempt, &client, fate).await;
+        attempt.settle(client.take(), fate);
+        return Err(error);
+    }
+    let (value, error) = match commit(attempt, &client, token, value).await {
+        Ok(done) => {
+            attempt.settle(client.take(), Fate::Keep);
+            return Ok(done);
+        }
+        Err(Stop::Failed(error, fate)) => {
+            attempt.settle(client.take(), fate);
+            return Err(error);
+        }
+        Err(Stop::CommitLost(value, error, fate)) => {
+            attempt.settle(client.take(), fate);
+            (value, error)
+        }
+    };
+    let Some(identity) = opening.identity() else {
+        return Err(error);
+    };
+    let hub = attempt.hub();
+    let deadline = attempt.deadline();
+    match resolve(hub, attempt.connect(), &identity, deadline, wanted).await {
+        Resolution::Committed(token) => Ok((value, token)),
+        Resolution::NotCommitted => {
+            let source = match error.kind() {
+                ErrorKind::OutcomeUnknown => error.into_postgres(),
+                _ => None,
+            };
+            Err(Error::not_committed(attempt.context(), source))
+        }
+        Resolution::Unknown => Err(error),
+    }
+}
+
+/// Before `COMMIT`: a statement failed or its answer went unread, so ask
+/// whether the transaction is still good; then open it if the body sent
+/// nothing (its identity must be known before `COMMIT`).
+async fn before_commit<C: Connect>(
+    attempt: &Attempt<'_, C>,
+    client: &C::Session,
+    opening: &Opening<'_>,
+) -> Result<(), (Error, Fate)> {
+    let watch = opening.watch();
+    if watch.doubtful() {
+        ensure_not_aborted(attempt, client, watch.failure()).await?;
+    }
+    match timeout_at(attempt.deadline(), opening.open(client)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => Err(not_opened(attempt, opening, error)),
+        Err(_) => Err(attempt.judge(Phase::BeforeSend, Failure::Deadline)),
+    }
+}
+
+/// The transaction could not be opened (`BEGIN`, a held setting, the
+/// identity query or the marker insert failed): nothing was applied.
+pub(crate) fn not_opened<C: Connect>(
+    attempt: &Attempt<'_, C>,
+    opening: &Opening<'_>,
+    error: PgError,
+) -> (Error, Fate) {
+    if opening.marker_failed() {
+        let hub = attempt.hub();
+        let table = hub.config.outcomes.marker_table.clone().unwrap_or_default();
+        return (
+            Error::marker_table(attempt.context(), table, error),
+            Fate::Keep,
+        );
+    }
+    attempt.judge(Phase::BeforeSend, Failure::Postgres(error))
 }
 
 /// The causal token's query, prepared (and cached) before `BEGIN`: a
 /// platform that refuses it then costs the token, not the transaction.
-enum TokenQuery<R> {
+pub(crate) enum TokenQuery<R> {
     /// No token asked for.
     NotWanted,
     /// The server refuses the WAL functions (a managed platform, a
@@ -213,9 +245,10 @@ enum TokenQuery<R> {
 }
 
 /// A session's token query, ready.
-type TokenOf<S> = TokenQuery<<S as Session>::Prepared>;
+pub(crate) type TokenOf<S> = TokenQuery<<S as Session>::Prepared>;
 
-async fn token_query<C: Connect>(
+/// The token query prepared, when `wanted` (before `BEGIN`).
+pub(crate) async fn token_query<C: Connect>(
     attempt: &Attempt<'_, C>,
     client: &C::Session,
     wanted: bool,
@@ -232,36 +265,13 @@ async fn token_query<C: Connect>(
     }
 }
 
-/// `BEGIN`, and the transaction's identity when it is resolved.
-async fn open<C: Connect>(
-    attempt: &Attempt<'_, C>,
-    client: &C::Session,
-    index: usize,
-    resolve: bool,
-) -> Result<Option<Identity>, (Error, Fate)> {
-    let hub = attempt.hub();
-    let begun = begin(hub, client, index, resolve);
-    match timeout_at(attempt.deadline(), begun).await {
-        Ok(Ok(identity)) => Ok(identity),
-        Ok(Err(BeginError::Postgres(error))) => {
-            let (error, fate) = attempt.judge(Phase::BeforeSend, Failure::Postgres(error));
-            Err((error, close(attempt, client, fate).await))
-        }
-        Ok(Err(BeginError::Marker(source))) => {
-            let error = Error::marker_table(
-                attempt.context(),
-                hub.config.outcomes.marker_table.clone().unwrap_or_default(),
-                source,
-            );
-            Err((error, close(attempt, client, Fate::Keep).await))
-        }
-        Err(_) => Err(attempt.judge(Phase::BeforeSend, Failure::Deadline)),
-    }
-}
-
 /// Ends a transaction that failed before `COMMIT` on a connection that is
 /// to be kept: `ROLLBACK`, or discard the connection if that fails.
-async fn close<C: Connect>(attempt: &Attempt<'_, C>, client: &C::Session, fate: Fate) -> Fate {
+pub(crate) async fn close<C: Connect>(
+    attempt: &Attempt<'_, C>,
+    client: &C::Session,
+    fate: Fate,
+) -> Fate {
     if fate != Fate::Keep {
         return fate;
     }
@@ -271,33 +281,27 @@ async fn close<C: Connect>(attempt: &Attempt<'_, C>, client: &C::Session, fate: 
     }
 }
 
-/// The body, then `COMMIT` (with the token query behind it).
+/// The body, under the deadline; a failure classified, the transaction
+/// rolled back if anything of it was sent.
 async fn run<C: Connect, B: Body<C::Session>>(
     attempt: &Attempt<'_, C>,
     client: &C::Session,
     body: &mut B,
-    token: &TokenOf<C::Session>,
-) -> Result<(B::Output, Option<CausalToken>), Stop<B::Output>> {
-    let deadline = attempt.deadline();
-    let watch = Watch::default();
-    let value = match timeout_at(deadline, body.run(client, &watch)).await {
-        Ok(Ok(value)) => value,
-        Ok(Err(error)) => {
-            let (error, fate) = roll_back(attempt, client, error).await;
-            return Err(Stop::Failed(error, fate));
-        }
+    opening: &Opening<'_>,
+) -> Result<B::Output, (Error, Fate)> {
+    match timeout_at(attempt.deadline(), body.run(client, opening)).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(error)) => Err(roll_back(attempt, client, opening, error).await),
         Err(_) => {
-            let (error, fate) = attempt.judge(Phase::InTransaction, Failure::Deadline);
-            return Err(Stop::Failed(error, fate));
-        }
-    };
-    let swallowed = watch.failure();
-    if let Some(code) = swallowed {
-        if let Err((error, fate)) = ensure_not_aborted(attempt, client, code).await {
-            return Err(Stop::Failed(error, close(attempt, client, fate).await));
+            // Passed while `BEGIN` awaited its answer: nothing of the body
+            // was sent.
+            let phase = match opening.in_flight() {
+                true => Phase::BeforeSend,
+                false => Phase::InTransaction,
+            };
+            Err(attempt.judge(phase, Failure::Deadline))
         }
     }
-    commit(attempt, client, token, value).await
 }
 
 /// `COMMIT`, and the causal token query right behind it. Without a
@@ -372,21 +376,22 @@ fn reserve<C: Connect>(attempt: &Attempt<'_, C>) -> Duration {
     (attempt.budget() / 4).min(attempt.hub().config.health.probe_timeout)
 }
 
-/// A statement failed with `code` and the closure went on as if it had not:
-/// `COMMIT` would silently roll back. Asks the server (`SELECT 1` fails in
-/// an aborted transaction); a closure that recovered with `ROLLBACK TO
-/// SAVEPOINT` commits as usual.
+/// A statement failed with `code` (or its answer went unread) and the
+/// body went on as if it had not: `COMMIT` would silently roll back. Asks
+/// the server (`SELECT 1` fails in an aborted transaction); a body that
+/// recovered with `ROLLBACK TO SAVEPOINT` commits as usual.
 async fn ensure_not_aborted<C: Connect>(
     attempt: &Attempt<'_, C>,
     client: &C::Session,
-    code: SqlState,
+    code: Option<SqlState>,
 ) -> Result<(), (Error, Fate)> {
     match timeout_at(attempt.deadline(), client.batch_execute("SELECT 1")).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(error)) if error.code() == Some(&SqlState::IN_FAILED_SQL_TRANSACTION) => {
+            let code = code.unwrap_or(SqlState::IN_FAILED_SQL_TRANSACTION);
             tracing::debug!(
                 code = code.code(),
-                "the closure swallowed an error; rolled back"
+                "the transaction's body swallowed an error; rolled back"
             );
             let error = Error::rolled_back(attempt.context(), code);
             Err((error, Fate::Keep))
@@ -396,16 +401,25 @@ async fn ensure_not_aborted<C: Connect>(
     }
 }
 
-/// The closure failed: classify its error (nothing is committed yet) and
-/// roll back if the connection is still good.
+/// The body failed: classify its error (nothing is committed yet) and
+/// roll back if anything was sent and the connection is still good. An
+/// error raised from the statement that failed to open the transaction
+/// is that failure's (the marker table's, when its insert failed).
 async fn roll_back<C: Connect>(
     attempt: &Attempt<'_, C>,
     client: &C::Session,
+    opening: &Opening<'_>,
     error: Error,
 ) -> (Error, Fate) {
     let (error, fate) = match error.into_raised() {
+        Ok(source) if !opening.is_open() && opening.marker_failed() => {
+            not_opened(attempt, opening, source)
+        }
         Ok(source) => attempt.judge(Phase::InTransaction, Failure::Postgres(source)),
         Err(other) => (other, Fate::Keep),
     };
+    if !opening.touched() {
+        return (error, fate);
+    }
     (error, close(attempt, client, fate).await)
 }

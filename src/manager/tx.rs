@@ -1,55 +1,232 @@
-//! [`Tx`]: the transaction a closure runs in, with its statements watched
-//! (see `watch.rs` for why).
+//! [`Tx`]: a transaction on the primary, a closure's or one from
+//! `begin()`, with every statement it can send watched (see `watch.rs` for
+//! why) and the transaction opened with its first statement (see
+//! `opening.rs`).
 
-use std::ops::Deref;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::task::Poll;
 
-use deadpool_postgres::ClientWrapper;
-use tokio_postgres::types::ToSql;
-use tokio_postgres::{Row, Statement, ToStatement};
+use bytes::{Buf, Bytes};
+use futures_util::{SinkExt, Stream, StreamExt};
+use tokio::time::{sleep_until, timeout_at};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::{BorrowToSql, ToSql, Type};
+use tokio_postgres::{Row, SimpleQueryMessage, Statement, ToStatement};
 
+use super::explicit::Explicit;
+use super::opening::{simple, Next, Opening};
 use super::pooled::Pooled;
-
-use super::watch::Watch;
+use super::session::PgError;
+use super::transaction::Body;
+use super::watch::Unfinished;
 use crate::config::StatementMode;
+use crate::failure::error::Error;
 
-/// The transaction handed to a closure by
-/// [`WriteBuilder::transaction`](crate::WriteBuilder::transaction).
+/// The future a transaction closure returns: box it with `Box::pin(async
+/// move { … })`. `?` on the [`Tx`]'s errors (and on a `tokio_postgres::Error`,
+/// which converts into
+/// [`ErrorKind::Database`](crate::error::ErrorKind::Database)) works; return
+/// [`Error::aborted`] for the application's own reasons to roll back.
+pub type TxFuture<'t, T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Send + 't>>;
+
+/// A caller's closure (the marker ties `T`'s lifetime to the closure's).
+pub(crate) struct Closure<F, T>(pub(crate) F, pub(crate) PhantomData<T>);
+
+impl<T, F> Body<Pooled> for Closure<F, T>
+where
+    F: for<'t> FnMut(&'t Tx<'t>) -> TxFuture<'t, T> + Send,
+    T: Send,
+{
+    type Output = T;
+    fn run<'t>(
+        &'t mut self,
+        session: &'t Pooled,
+        opening: &'t Opening<'t>,
+    ) -> impl Future<Output = Result<T, Error>> + Send + 't {
+        let tx = Tx::lent(session, opening);
+        async move { (self.0)(&tx).await }
+    }
+}
+
+/// A transaction on the primary: the one a closure runs in
+/// ([`WriteBuilder::transaction`](crate::WriteBuilder::transaction), which
+/// lends it as `&Tx`), or one begun with
+/// [`WriteBuilder::begin`](crate::WriteBuilder::begin) (owned: end it with
+/// [`Tx::commit`] or [`Tx::rollback`]; dropped, it is rolled back).
 ///
-/// Its own methods (`query`, `query_one`, `query_opt`, `execute`,
-/// `batch_execute`, `prepare`, `prepare_cached`) are tokio-postgres's, and
-/// are watched: if one fails with a server error and the closure returns
-/// `Ok` anyway, the runner finds out whether PostgreSQL rolled the
-/// transaction back, and then returns [`ErrorKind::RolledBack`](crate::error::ErrorKind::RolledBack)
-/// (or runs the closure again after a serialization failure or a deadlock)
-/// instead of a false `Ok`. Everything else of the pooled connection
-/// (deadpool's [`ClientWrapper`], a tokio-postgres `Client`) is reached
-/// through `Deref`, unwatched. pgrouter itself sends `BEGIN` and `COMMIT`:
-/// do not send `COMMIT`, `ROLLBACK` or another `BEGIN` through it (use
-/// `SAVEPOINT` and `ROLLBACK TO SAVEPOINT` for partial rollbacks).
+/// Its methods are tokio-postgres's, returning pgrouter's [`Error`] (with
+/// the SQLSTATE at [`Error::code`]; `?` in a closure works as before).
+/// Every statement is watched: if one fails (or its answer is dropped
+/// unread) and the transaction is committed anyway, pgrouter first asks
+/// the server whether PostgreSQL rolled the transaction back, and then
+/// returns [`ErrorKind::RolledBack`](crate::error::ErrorKind::RolledBack)
+/// (a closure runs again after a serialization failure or a deadlock)
+/// instead of a false `Ok`. The connection itself is not reachable: a
+/// statement sent past the watch could end that way.
+///
+/// `BEGIN` goes out with the first statement. `SET TRANSACTION …`
+/// statements sent first (isolation level, read only, deferrable, snapshot)
+/// are sent with it, before pgrouter's own identity query, so they work
+/// as in a plain transaction; their answer is not waited for (an error in
+/// them comes back with the next statement, or the commit). pgrouter sends
+/// `BEGIN` and `COMMIT` itself: do not send `COMMIT`, `ROLLBACK` or another
+/// `BEGIN` through it (use `SAVEPOINT` and `ROLLBACK TO SAVEPOINT` for
+/// partial rollbacks).
 pub struct Tx<'t> {
-    session: &'t Pooled,
-    /// The first server error a watched statement met.
-    watch: &'t Watch,
+    form: Form<'t>,
+}
+
+enum Form<'t> {
+    /// A closure's: the runner holds the connection and ends it.
+    Lent {
+        session: &'t Pooled,
+        opening: &'t Opening<'t>,
+    },
+    /// `begin()`'s: holds its connection.
+    Owned(Box<Explicit<'t>>),
 }
 
 impl std::fmt::Debug for Tx<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (_, opening) = self.parts();
         f.debug_struct("Tx")
-            .field("failure", &self.watch.failure())
+            .field("explicit", &matches!(self.form, Form::Owned(_)))
+            .field("open", &opening.is_open())
+            .field("failure", &opening.watch().failure())
             .finish_non_exhaustive()
     }
 }
 
-impl<'t> Tx<'t> {
-    pub(crate) fn new(session: &'t Pooled, watch: &'t Watch) -> Self {
-        Self { session, watch }
+/// How a statement went.
+enum Sent<T> {
+    /// It ran (or was held back): its answer.
+    Ran(Result<T, PgError>),
+    /// Opening the transaction failed.
+    NotOpen(PgError),
+    /// The deadline of a transaction from `begin()` passed.
+    TimedOut,
+}
+
+mod sealed {
+    use tokio_postgres::Statement;
+
+    /// A statement's text, when it is given as text. Sealed: `str`,
+    /// `String` and tokio-postgres's `Statement`, as for `ToStatement`.
+    #[allow(unreachable_pub)] // Sealed: nameable by no one outside the crate.
+    pub trait StatementText {
+        /// The text, or `None` for a prepared statement.
+        fn text(&self) -> Option<&str>;
     }
 
-    fn watch<T>(
+    impl StatementText for str {
+        fn text(&self) -> Option<&str> {
+            Some(self)
+        }
+    }
+
+    impl StatementText for String {
+        fn text(&self) -> Option<&str> {
+            Some(self)
+        }
+    }
+
+    impl StatementText for Statement {
+        fn text(&self) -> Option<&str> {
+            None
+        }
+    }
+}
+
+use sealed::StatementText;
+
+impl<'t> Tx<'t> {
+    /// A closure's transaction on `session`.
+    pub(crate) fn lent(session: &'t Pooled, opening: &'t Opening<'t>) -> Self {
+        Self {
+            form: Form::Lent { session, opening },
+        }
+    }
+
+    /// A transaction from `begin()`.
+    pub(crate) fn explicit(explicit: Explicit<'t>) -> Self {
+        Self {
+            form: Form::Owned(Box::new(explicit)),
+        }
+    }
+
+    fn parts(&self) -> (&Pooled, &Opening<'t>) {
+        match &self.form {
+            Form::Lent { session, opening } => (session, opening),
+            Form::Owned(explicit) => (explicit.session(), explicit.opening()),
+        }
+    }
+
+    /// Sends `statement` (text `sql` when known; `held`: what it gives if
+    /// it is held back as a setting, when it may be), the transaction
+    /// opened first; watched, and bounded by the deadline of a transaction
+    /// from `begin()`.
+    async fn send<T>(
         &self,
-        result: Result<T, tokio_postgres::Error>,
-    ) -> Result<T, tokio_postgres::Error> {
-        self.watch.watch(result)
+        sql: Option<&str>,
+        held: Option<impl FnOnce() -> T>,
+        statement: impl Future<Output = Result<T, PgError>>,
+    ) -> Result<T, Error> {
+        let (session, opening) = self.parts();
+        if let Form::Owned(explicit) = &self.form {
+            explicit.usable()?;
+        }
+        let unfinished = Unfinished::new(opening.watch());
+        let held = held.filter(|_| sql.is_some());
+        let run = async {
+            let before = opening.before(session, sql.unwrap_or(""), held.is_some());
+            match (before.await, held) {
+                (Ok(Next::Held), Some(held)) => Sent::Ran(Ok(held())),
+                (Ok(_), _) => Sent::Ran(opening.watch().watch(statement.await)),
+                (Err(error), _) => Sent::NotOpen(error),
+            }
+        };
+        let sent = match &self.form {
+            Form::Lent { .. } => run.await,
+            Form::Owned(explicit) => match timeout_at(explicit.deadline(), run).await {
+                Ok(sent) => sent,
+                Err(_) => Sent::TimedOut,
+            },
+        };
+        if !matches!(sent, Sent::TimedOut) {
+            unfinished.finish();
+        }
+        match sent {
+            Sent::Ran(Ok(value)) => Ok(value),
+            Sent::Ran(Err(error)) => Err(self.failed(error)),
+            Sent::NotOpen(error) => Err(self.not_open(error)),
+            Sent::TimedOut => Err(self.timed_out()),
+        }
+    }
+
+    /// A statement's error: as raised in a closure (the runner classifies
+    /// it), or classified on the node now for a transaction from `begin()`.
+    fn failed(&self, error: PgError) -> Error {
+        match &self.form {
+            Form::Lent { .. } => Error::from(error),
+            Form::Owned(explicit) => explicit.failed(error),
+        }
+    }
+
+    fn not_open(&self, error: PgError) -> Error {
+        match &self.form {
+            Form::Lent { .. } => Error::from(error),
+            Form::Owned(explicit) => explicit.not_open(error),
+        }
+    }
+
+    fn timed_out(&self) -> Error {
+        match &self.form {
+            // A closure's deadline ends the closure first.
+            Form::Lent { .. } => Error::aborted("the transaction's deadline passed"),
+            Form::Owned(explicit) => explicit.timed_out(),
+        }
     }
 
     /// tokio-postgres's `query`, watched.
@@ -57,11 +234,14 @@ impl<'t> Tx<'t> {
         &self,
         statement: &T,
         params: &[&(dyn ToSql + Sync)],
-    ) -> Result<Vec<Row>, tokio_postgres::Error>
+    ) -> Result<Vec<Row>, Error>
     where
-        T: ?Sized + ToStatement,
+        T: ?Sized + ToStatement + StatementText,
     {
-        self.watch(self.session.object().query(statement, params).await)
+        let sql = statement.text();
+        let held = sql.is_some_and(|sql| simple(sql, params.len()));
+        let query = self.parts().0.object().query(statement, params);
+        self.send(sql, held.then_some(Vec::new), query).await
     }
 
     /// tokio-postgres's `query_one`, watched.
@@ -69,11 +249,12 @@ impl<'t> Tx<'t> {
         &self,
         statement: &T,
         params: &[&(dyn ToSql + Sync)],
-    ) -> Result<Row, tokio_postgres::Error>
+    ) -> Result<Row, Error>
     where
-        T: ?Sized + ToStatement,
+        T: ?Sized + ToStatement + StatementText,
     {
-        self.watch(self.session.object().query_one(statement, params).await)
+        let query = self.parts().0.object().query_one(statement, params);
+        self.send(statement.text(), never(), query).await
     }
 
     /// tokio-postgres's `query_opt`, watched.
@@ -81,11 +262,14 @@ impl<'t> Tx<'t> {
         &self,
         statement: &T,
         params: &[&(dyn ToSql + Sync)],
-    ) -> Result<Option<Row>, tokio_postgres::Error>
+    ) -> Result<Option<Row>, Error>
     where
-        T: ?Sized + ToStatement,
+        T: ?Sized + ToStatement + StatementText,
     {
-        self.watch(self.session.object().query_opt(statement, params).await)
+        let sql = statement.text();
+        let held = sql.is_some_and(|sql| simple(sql, params.len()));
+        let query = self.parts().0.object().query_opt(statement, params);
+        self.send(sql, held.then_some(|| None), query).await
     }
 
     /// tokio-postgres's `execute`, watched.
@@ -93,21 +277,71 @@ impl<'t> Tx<'t> {
         &self,
         statement: &T,
         params: &[&(dyn ToSql + Sync)],
-    ) -> Result<u64, tokio_postgres::Error>
+    ) -> Result<u64, Error>
     where
-        T: ?Sized + ToStatement,
+        T: ?Sized + ToStatement + StatementText,
     {
-        self.watch(self.session.object().execute(statement, params).await)
+        let sql = statement.text();
+        let held = sql.is_some_and(|sql| simple(sql, params.len()));
+        let execute = self.parts().0.object().execute(statement, params);
+        self.send(sql, held.then_some(|| 0), execute).await
+    }
+
+    /// tokio-postgres's `query_typed` (parameter types given, no prepare
+    /// round trip), watched.
+    pub async fn query_typed(
+        &self,
+        query: &str,
+        params: &[(&(dyn ToSql + Sync), Type)],
+    ) -> Result<Vec<Row>, Error> {
+        let held = simple(query, params.len());
+        let rows = self.parts().0.object().query_typed(query, params);
+        self.send(Some(query), held.then_some(Vec::new), rows).await
+    }
+
+    /// tokio-postgres's `query_raw`: the rows as a stream, each error
+    /// watched. A stream dropped before its end counts as an answer left
+    /// unread (the server is asked before `COMMIT`).
+    pub async fn query_raw<T, P, I>(
+        &self,
+        statement: &T,
+        params: I,
+    ) -> Result<impl Stream<Item = Result<Row, Error>> + Send + '_, Error>
+    where
+        T: ?Sized + ToStatement + StatementText,
+        P: BorrowToSql,
+        I: IntoIterator<Item = P>,
+        I::IntoIter: ExactSizeIterator,
+    {
+        let rows = self.parts().0.object().query_raw(statement, params);
+        let stream = self.send(statement.text(), never(), rows).await?;
+        Ok(self.watched(stream))
+    }
+
+    /// tokio-postgres's `simple_query`, watched.
+    pub async fn simple_query(&self, query: &str) -> Result<Vec<SimpleQueryMessage>, Error> {
+        let held = || vec![SimpleQueryMessage::CommandComplete(0)];
+        let messages = self.parts().0.object().simple_query(query);
+        self.send(Some(query), simple(query, 0).then_some(held), messages)
+            .await
     }
 
     /// tokio-postgres's `batch_execute`, watched.
-    pub async fn batch_execute(&self, query: &str) -> Result<(), tokio_postgres::Error> {
-        self.watch(self.session.object().batch_execute(query).await)
+    pub async fn batch_execute(&self, query: &str) -> Result<(), Error> {
+        let batch = self.parts().0.object().batch_execute(query);
+        self.send(Some(query), Some(|| ()), batch).await
     }
 
     /// tokio-postgres's `prepare`, watched.
-    pub async fn prepare(&self, query: &str) -> Result<Statement, tokio_postgres::Error> {
-        self.watch(self.session.object().prepare(query).await)
+    pub async fn prepare(&self, query: &str) -> Result<Statement, Error> {
+        let prepare = self.parts().0.object().prepare(query);
+        self.send(Some(query), never(), prepare).await
+    }
+
+    /// tokio-postgres's `prepare_typed`, watched.
+    pub async fn prepare_typed(&self, query: &str, types: &[Type]) -> Result<Statement, Error> {
+        let prepare = self.parts().0.object().prepare_typed(query, types);
+        self.send(Some(query), never(), prepare).await
     }
 
     /// deadpool's `prepare_cached`, watched. On a node in
@@ -115,20 +349,168 @@ impl<'t> Tx<'t> {
     /// on the connection would outlive the transaction, and a
     /// transaction-pooling proxy gives the next transaction another
     /// server connection, where it does not exist.
-    pub async fn prepare_cached(&self, query: &str) -> Result<Statement, tokio_postgres::Error> {
-        match self.session.statements().mode() {
+    pub async fn prepare_cached(&self, query: &str) -> Result<Statement, Error> {
+        let session = self.parts().0;
+        match session.statements().mode() {
             StatementMode::Unnamed => self.prepare(query).await,
-            _ => self.watch(self.session.object().prepare_cached(query).await),
+            _ => {
+                let prepare = session.object().prepare_cached(query);
+                self.send(Some(query), never(), prepare).await
+            }
+        }
+    }
+
+    /// `COPY … FROM STDIN` fed from `data`, watched; returns the rows
+    /// copied. An error from `data` aborts the `COPY` (and so the
+    /// transaction) and comes back as
+    /// [`ErrorKind::Aborted`](crate::error::ErrorKind::Aborted).
+    pub async fn copy_in<T, S, B, E>(&self, statement: &T, data: S) -> Result<u64, Error>
+    where
+        T: ?Sized + ToStatement + StatementText,
+        S: Stream<Item = Result<B, E>> + Send,
+        B: Buf + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let (session, opening) = self.parts();
+        let copy = async {
+            let sink = session.object().copy_in::<T, B>(statement).await?;
+            let mut sink = std::pin::pin!(sink);
+            let mut data = std::pin::pin!(data);
+            while let Some(chunk) = data.next().await {
+                match chunk {
+                    Ok(chunk) => sink.send(chunk).await?,
+                    // Dropping the sink unfinished sends `CopyFail`: the
+                    // server fails the COPY and says so to no one.
+                    Err(error) => return Ok(Err(error)),
+                }
+            }
+            sink.as_mut().finish().await.map(Ok)
+        };
+        match self.send(statement.text(), never(), copy).await? {
+            Ok(rows) => Ok(rows),
+            Err(error) => {
+                opening.watch().note(SqlState::QUERY_CANCELED);
+                Err(Error::aborted(error))
+            }
+        }
+    }
+
+    /// `COPY … TO STDOUT`: its data as a stream, each error watched (a
+    /// stream dropped before its end counts as an answer left unread).
+    pub async fn copy_out<T>(
+        &self,
+        statement: &T,
+    ) -> Result<impl Stream<Item = Result<Bytes, Error>> + Send + '_, Error>
+    where
+        T: ?Sized + ToStatement + StatementText,
+    {
+        let copy = self.parts().0.object().copy_out(statement);
+        let stream = self.send(statement.text(), never(), copy).await?;
+        Ok(self.watched(stream))
+    }
+
+    /// A statement's answer as a stream: errors watched, a stream dropped
+    /// before its end noted, the deadline of a transaction from `begin()`
+    /// kept.
+    fn watched<'s, I: 's>(
+        &'s self,
+        stream: impl Stream<Item = Result<I, PgError>> + Send + 's,
+    ) -> impl Stream<Item = Result<I, Error>> + Send + 's {
+        let watch = self.parts().1.watch();
+        let mut unfinished = Some(Unfinished::new(watch));
+        let mut stream = Box::pin(stream);
+        let mut deadline = match &self.form {
+            Form::Lent { .. } => None,
+            Form::Owned(explicit) => Some(Box::pin(sleep_until(explicit.deadline()))),
+        };
+        futures_util::stream::poll_fn(move |cx| {
+            if unfinished.is_none() {
+                return Poll::Ready(None);
+            }
+            let item = match stream.as_mut().poll_next(cx) {
+                Poll::Ready(item) => item,
+                Poll::Pending => {
+                    return match deadline.as_mut().map(|sleep| sleep.as_mut().poll(cx)) {
+                        Some(Poll::Ready(())) => {
+                            // Left unread: the finish guard is dropped armed.
+                            unfinished = None;
+                            Poll::Ready(Some(Err(self.timed_out())))
+                        }
+                        _ => Poll::Pending,
+                    };
+                }
+            };
+            match item {
+                Some(Ok(item)) => Poll::Ready(Some(Ok(item))),
+                Some(Err(error)) => {
+                    if let Some(guard) = unfinished.take() {
+                        guard.finish();
+                    }
+                    if let Some(code) = error.code() {
+                        watch.note(code.clone());
+                    }
+                    Poll::Ready(Some(Err(self.failed(error))))
+                }
+                None => {
+                    if let Some(guard) = unfinished.take() {
+                        guard.finish();
+                    }
+                    Poll::Ready(None)
+                }
+            }
+        })
+    }
+}
+
+/// Ending a transaction from `begin()`.
+impl Tx<'_> {
+    /// Commits a transaction from [`WriteBuilder::begin`](crate::WriteBuilder::begin).
+    ///
+    /// As a closure's commit: if a statement failed (or its answer was
+    /// dropped unread), pgrouter first asks whether the transaction is
+    /// still good and returns
+    /// [`ErrorKind::RolledBack`](crate::error::ErrorKind::RolledBack) if
+    /// PostgreSQL rolled it back; when the answer to `COMMIT` is lost, it
+    /// finds out whether the transaction committed (`Ok`), did not
+    /// ([`ErrorKind::NotCommitted`](crate::error::ErrorKind::NotCommitted)),
+    /// or, only if neither can be shown before the deadline,
+    /// [`ErrorKind::OutcomeUnknown`](crate::error::ErrorKind::OutcomeUnknown).
+    /// Nothing is retried: the caller decides. A closure's transaction
+    /// (lent as `&Tx`) cannot be moved here; it is committed when the
+    /// closure returns `Ok`.
+    pub async fn commit(self) -> Result<(), Error> {
+        match self.form {
+            Form::Owned(explicit) => explicit.commit().await,
+            Form::Lent { .. } => Err(lent("commit")),
+        }
+    }
+
+    /// Rolls back a transaction from [`WriteBuilder::begin`](crate::WriteBuilder::begin).
+    /// A connection that cannot say `ROLLBACK` (lost, or past the deadline)
+    /// is closed instead, which rolls the transaction back too.
+    pub async fn rollback(self) -> Result<(), Error> {
+        match self.form {
+            Form::Owned(explicit) => {
+                explicit.rollback().await;
+                Ok(())
+            }
+            Form::Lent { .. } => Err(lent("rollback")),
         }
     }
 }
 
-impl Deref for Tx<'_> {
-    type Target = ClientWrapper;
+/// No value to give in place of a statement's answer: it is never held
+/// back.
+fn never<T>() -> Option<fn() -> T> {
+    None
+}
 
-    fn deref(&self) -> &ClientWrapper {
-        self.session.object()
-    }
+/// A closure's transaction is ended by the runner.
+fn lent(option: &'static str) -> Error {
+    Error::invalid_argument(
+        option,
+        "a closure's transaction ends when the closure returns",
+    )
 }
 
 const _: () = {

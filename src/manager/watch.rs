@@ -4,51 +4,86 @@
 //! with `ROLLBACK` and no error, and tokio-postgres's `commit()` then
 //! returns `Ok`: a body that swallowed an error would report a commit that
 //! never happened. A [`Watch`] remembers the first server error any
-//! statement of the transaction met; before `COMMIT`, the runner asks the
-//! server (one extra round trip, only then) whether the transaction is
-//! still good, since a body may have recovered with `ROLLBACK TO
-//! SAVEPOINT`.
+//! statement of the transaction met, and whether an answer went unread (a
+//! statement's future, or its row stream, dropped before the end: an error
+//! in it is lost with it); before `COMMIT`, the runner asks the server (one
+//! extra round trip, only then) whether the transaction is still good,
+//! since a body may have recovered with `ROLLBACK TO SAVEPOINT`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use tokio_postgres::error::SqlState;
 
-use super::session::{Params, PgError, Returns, Session};
-use crate::connect::statements::Block;
+use super::session::PgError;
 
-/// The first server error a watched statement met.
+/// The first server error a watched statement met, and whether a
+/// statement's answer went unread (its future or its row stream dropped
+/// before the end: an error it met is lost with it).
 #[derive(Debug, Default)]
-pub(crate) struct Watch(Mutex<Option<SqlState>>);
+pub(crate) struct Watch {
+    failure: Mutex<Option<SqlState>>,
+    unread: AtomicBool,
+}
 
 impl Watch {
     /// Notes `result`'s SQLSTATE, if it is the first; passes it on.
     pub(crate) fn watch<T>(&self, result: Result<T, PgError>) -> Result<T, PgError> {
         if let Err(error) = &result {
             if let Some(code) = error.code() {
-                let mut failure = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-                failure.get_or_insert_with(|| code.clone());
+                self.note(code.clone());
             }
         }
         result
     }
 
+    /// Notes a failure the server reports to no one (a `COPY` pgrouter
+    /// abandoned), if it is the first.
+    pub(crate) fn note(&self, code: SqlState) {
+        let mut failure = self.failure.lock().unwrap_or_else(PoisonError::into_inner);
+        failure.get_or_insert(code);
+    }
+
+    /// Notes that a statement's answer went unread.
+    pub(crate) fn unread(&self) {
+        self.unread.store(true, Ordering::Release);
+    }
+
     /// The SQLSTATE of the first server error a watched statement met.
     pub(crate) fn failure(&self) -> Option<SqlState> {
-        self.0
+        self.failure
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
     }
+
+    /// Whether the server must be asked before `COMMIT` whether the
+    /// transaction is still good: a statement failed, or an answer went
+    /// unread.
+    pub(crate) fn doubtful(&self) -> bool {
+        self.unread.load(Ordering::Acquire) || self.failure().is_some()
+    }
 }
 
-/// A routed statement (a write's body) run inside the transaction on
-/// `session` the node's way, watched.
-pub(crate) async fn run_watched<K: Returns, S: Session>(
-    session: &S,
-    watch: &Watch,
-    sql: &str,
-    params: Params<'_>,
-) -> Result<K::Output<S::Row>, PgError> {
-    let ready = watch.watch(session.prepare(sql, params, Block::Open).await)?;
-    watch.watch(K::run(session, sql, &ready, params).await)
+/// Until [`Unfinished::finish`], a statement whose answer may go unread:
+/// dropped before then, it tells the [`Watch`].
+pub(crate) struct Unfinished<'w>(Option<&'w Watch>);
+
+impl<'w> Unfinished<'w> {
+    pub(crate) fn new(watch: &'w Watch) -> Self {
+        Self(Some(watch))
+    }
+
+    /// The answer was read.
+    pub(crate) fn finish(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        if let Some(watch) = self.0 {
+            watch.unread();
+        }
+    }
 }

@@ -5,14 +5,16 @@
 use std::marker::PhantomData;
 use std::time::Duration;
 
-use tokio_postgres::Row;
+use tokio_postgres::{IsolationLevel, Row};
 
 use super::attempt::{at_most_one, exactly_one, traced, Call, Deadline};
+use super::begin::TxOptions;
+use super::explicit::{Start, Started};
 use super::pooled::Pools;
 use super::primary::{on_primary, OnPrimary};
 use super::session::{Connect, Count, Params, Returns, RowOf, Rows};
-use super::transaction::{Body, Closure, Statement, TransactionCall, TxFuture};
-use super::tx::Tx;
+use super::transaction::{Body, Statement, TransactionCall};
+use super::tx::{Closure, Tx, TxFuture};
 use crate::causal::lsn::CausalToken;
 use crate::causal::scope as causal;
 use crate::failure::error::{Error, ErrorKind};
@@ -43,6 +45,7 @@ pub struct WriteBuilder<'a> {
     exactly_once: bool,
     deadline: Option<Duration>,
     pub(crate) info: Option<&'a CallInfo>,
+    options: TxOptions,
 }
 
 impl std::fmt::Debug for WriteBuilder<'_> {
@@ -52,6 +55,7 @@ impl std::fmt::Debug for WriteBuilder<'_> {
             .field("exactly_once", &self.exactly_once)
             .field("deadline", &self.deadline)
             .field("info", &self.info)
+            .field("options", &self.options)
             .finish_non_exhaustive()
     }
 }
@@ -64,6 +68,7 @@ impl<'a> WriteBuilder<'a> {
             exactly_once: false,
             deadline: None,
             info: None,
+            options: TxOptions::default(),
         }
     }
 
@@ -110,6 +115,44 @@ impl<'a> WriteBuilder<'a> {
         self
     }
 
+    /// Sets the transaction's isolation level (sent with its `BEGIN`),
+    /// as tokio-postgres's `TransactionBuilder::isolation_level` does.
+    /// Default: the server's (`default_transaction_isolation`, normally
+    /// read committed). For [`transaction`](WriteBuilder::transaction),
+    /// [`begin`](WriteBuilder::begin) and
+    /// [`exactly_once`](WriteBuilder::exactly_once) statements; a plain
+    /// statement with it is
+    /// [`ErrorKind::InvalidArgument`](crate::error::ErrorKind::InvalidArgument).
+    /// Under `Serializable`, a serialization failure (40001) runs a
+    /// closure again as a whole.
+    pub fn isolation_level(mut self, level: IsolationLevel) -> Self {
+        self.options.isolation = Some(level);
+        self
+    }
+
+    /// Sets the transaction's access mode: `READ ONLY` (`true`) or `READ
+    /// WRITE` (`false`), sent with its `BEGIN`, as tokio-postgres's
+    /// `TransactionBuilder::read_only` does. A read-only transaction
+    /// writes nothing, so it takes no transaction id and is not resolved
+    /// after a lost `COMMIT` answer: it runs again, as an
+    /// [`idempotent`](WriteBuilder::idempotent) one. Default: the server's.
+    /// For transactions only, as [`isolation_level`](WriteBuilder::isolation_level).
+    pub fn read_only(mut self, read_only: bool) -> Self {
+        self.options.read_only = Some(read_only);
+        self
+    }
+
+    /// Sets whether the transaction is `DEFERRABLE` (sent with its
+    /// `BEGIN`; it matters only for a serializable, read-only transaction,
+    /// which then waits for a snapshot that cannot fail with 40001), as
+    /// tokio-postgres's `TransactionBuilder::deferrable` does. Default: the
+    /// server's. For transactions only, as
+    /// [`isolation_level`](WriteBuilder::isolation_level).
+    pub fn deferrable(mut self, deferrable: bool) -> Self {
+        self.options.deferrable = Some(deferrable);
+        self
+    }
+
     /// Runs the statement and returns the number of rows affected.
     pub async fn execute(self, sql: &str, params: Params<'_>) -> Result<u64, Error> {
         self.run::<Count, _>(Pools, sql, params)
@@ -138,6 +181,22 @@ impl<'a> WriteBuilder<'a> {
         let hub = self.hub;
         let served = self.run::<Rows, _>(Pools, sql, params).await?;
         at_most_one(&hub.context(served.index), served.output)
+    }
+
+    /// `BEGIN` with the transaction's options, checked.
+    fn begin_sql(&self) -> Result<String, Error> {
+        self.options.begin_sql()
+    }
+
+    /// Whether a lost `COMMIT` of the transaction is resolved: not for a
+    /// read-only one, which writes nothing (and may not insert a marker).
+    fn resolved(&self, asked: bool) -> bool {
+        asked && !self.options.is_read_only()
+    }
+
+    /// Whether the transaction may run twice: marked so, or read only.
+    fn rerunnable(&self) -> bool {
+        self.idempotent || self.options.is_read_only()
     }
 
     /// The deadline in force, checked, counted from now.
@@ -193,6 +252,11 @@ impl<'a> WriteBuilder<'a> {
             Ok(deadline) => deadline,
             Err(error) => return Err(observer.rejected(self.hub, error)),
         };
+        if let Some(option) = self.options.first_set().filter(|_| !self.exactly_once) {
+            let reason = "applies to transaction(), begin() and exactly_once() only";
+            let error = Error::invalid_argument(option, reason);
+            return Err(observer.rejected(self.hub, error));
+        }
         if self.exactly_once {
             return self
                 .run_exactly_once::<K, C>(connect, sql, params, deadline, token, observer)
@@ -223,7 +287,7 @@ impl<'a> WriteBuilder<'a> {
     }
 }
 
-impl WriteBuilder<'_> {
+impl<'a> WriteBuilder<'a> {
     /// Runs `body` in a transaction on the primary: commits when it returns
     /// `Ok`, rolls back when it returns `Err`.
     ///
@@ -268,6 +332,57 @@ impl WriteBuilder<'_> {
         Ok(value)
     }
 
+    /// Begins a transaction on the primary and hands it over, for code
+    /// that cannot be written as a retryable closure: send its statements
+    /// through the [`Tx`], then [`Tx::commit`] or [`Tx::rollback`];
+    /// dropped without either, it is rolled back (in the background, or by
+    /// closing its connection, which never returns to the pool inside a
+    /// transaction).
+    ///
+    /// Finding the primary and a connection is retried as for any write
+    /// (the write hold included); `BEGIN` (with the options set here) goes
+    /// out with the first statement. Nothing after that is retried: a
+    /// serialization failure is the caller's to retry (its
+    /// [`Error::retry_hint`] says so). The deadline bounds the whole
+    /// transaction, from `begin()` to the end of `commit()`: a statement
+    /// past it fails with
+    /// [`ErrorKind::Timeout`](crate::error::ErrorKind::Timeout). A lost
+    /// `COMMIT` answer is resolved as a closure's is (see
+    /// [`Tx::commit`]).
+    ///
+    /// ```no_run
+    /// # async fn demo(db: pgrouter::DatabaseManager) -> Result<(), pgrouter::Error> {
+    /// use pgrouter::tokio_postgres::IsolationLevel;
+    ///
+    /// let tx = db.write().isolation_level(IsolationLevel::Serializable).begin().await?;
+    /// tx.execute("UPDATE accounts SET balance = balance - 10 WHERE id = 1", &[]).await?;
+    /// tx.execute("UPDATE accounts SET balance = balance + 10 WHERE id = 2", &[]).await?;
+    /// tx.commit().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn begin(self) -> Result<Tx<'a>, Error> {
+        let hub = self.hub;
+        let observer = Observer::transaction(hub);
+        let checked = self
+            .deadline_from_now()
+            .and_then(|deadline| Ok((deadline, self.begin_sql()?)));
+        let (deadline, begin) = match checked {
+            Ok(checked) => checked,
+            Err(error) => return Err(observer.rejected(hub, error)),
+        };
+        let token = self.info.is_some_and(CallInfo::wants_token) || causal::in_scope();
+        let start = Start { deadline, token };
+        let started = match on_primary(hub, deadline, false, start, observer).await {
+            Ok(started) => Started::new(hub, deadline, started),
+            Err(error) => {
+                hub.write_outcomes.record(error.is_unavailable());
+                return Err(error);
+            }
+        };
+        let resolve = self.resolved(hub.config.outcomes.resolve);
+        Ok(Tx::explicit(started.transaction(begin, resolve, self.info)))
+    }
+
     /// The transaction `body`, its connections from `connect`.
     pub(crate) async fn run_transaction<C: Connect, B: Body<C::Session>>(
         self,
@@ -276,8 +391,11 @@ impl WriteBuilder<'_> {
     ) -> Result<(B::Output, Option<CausalToken>), Error> {
         let token = self.info.is_some_and(CallInfo::wants_token);
         let observer = Observer::transaction(self.hub);
-        let deadline = match self.deadline_from_now() {
-            Ok(deadline) => deadline,
+        let checked = self
+            .deadline_from_now()
+            .and_then(|deadline| Ok((deadline, self.begin_sql()?)));
+        let (deadline, begin) = match checked {
+            Ok(checked) => checked,
             Err(error) => return Err(observer.rejected(self.hub, error)),
         };
         // Inside a causal scope, the commit's token advances the scope.
@@ -286,10 +404,12 @@ impl WriteBuilder<'_> {
             connect,
             body,
             deadline,
+            begin,
             token: token || scoped,
-            resolve: self.hub.config.outcomes.resolve,
+            resolve: self.resolved(self.hub.config.outcomes.resolve),
         };
-        let result = on_primary(self.hub, deadline, self.idempotent, call, observer).await;
+        let rerunnable = self.rerunnable();
+        let result = on_primary(self.hub, deadline, rerunnable, call, observer).await;
         let failed = result.as_ref().is_err_and(Error::is_unavailable);
         self.hub.write_outcomes.record(failed);
         let done = result?;
@@ -312,6 +432,10 @@ impl WriteBuilder<'_> {
         token: bool,
         observer: Observer,
     ) -> Result<Served<K::Output<RowOf<C>>>, Error> {
+        let begin = match self.begin_sql() {
+            Ok(begin) => begin,
+            Err(error) => return Err(observer.rejected(self.hub, error)),
+        };
         let call = TransactionCall {
             connect,
             body: Statement::<K> {
@@ -320,10 +444,12 @@ impl WriteBuilder<'_> {
                 kind: PhantomData,
             },
             deadline,
+            begin,
             token,
-            resolve: true,
+            resolve: self.resolved(true),
         };
-        let done = on_primary(self.hub, deadline, self.idempotent, call, observer).await?;
+        let rerunnable = self.rerunnable();
+        let done = on_primary(self.hub, deadline, rerunnable, call, observer).await?;
         Ok(Served {
             index: done.index,
             output: done.value,

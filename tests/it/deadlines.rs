@@ -117,7 +117,7 @@ async fn a_black_holed_primary_bounds_writes_and_per_call_deadlines() {
         .write()
         .deadline(short_write)
         .transaction(|tx| {
-            Box::pin(async move { Ok(tx.execute("INSERT INTO t VALUES (2)", &[]).await?) })
+            Box::pin(async move { tx.execute("INSERT INTO t VALUES (2)", &[]).await })
         })
         .await
         .unwrap_err();

@@ -28,4 +28,5 @@ mod spans;
 mod sslmode;
 mod testcontainers;
 mod tls;
+mod transactions;
 mod writes;

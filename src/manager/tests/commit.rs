@@ -9,9 +9,9 @@ use crate::commit::resolve::IDENTITY_SQL;
 use crate::failure::error::Error;
 use crate::failure::error::ErrorKind;
 use crate::manager::fake::{Ask, Fake, FakeRow, Fault, Reply, Step};
+use crate::manager::opening::{run_watched, Opening};
 use crate::manager::session::{Count, Session};
 use crate::manager::transaction::Body;
-use crate::manager::watch::{run_watched, Watch};
 use crate::manager::write::WriteBuilder;
 use crate::observe::events::{CommitOutcome, Event};
 
@@ -26,8 +26,8 @@ struct Transfer;
 impl<S: Session> Body<S> for Transfer {
     type Output = u64;
 
-    async fn run<'t>(&'t mut self, session: &'t S, watch: &'t Watch) -> Result<u64, Error> {
-        Ok(run_watched::<Count, S>(session, watch, UPDATE, &[]).await?)
+    async fn run<'t>(&'t mut self, session: &'t S, opening: &'t Opening<'t>) -> Result<u64, Error> {
+        Ok(run_watched::<Count, S>(session, opening, UPDATE, &[]).await?)
     }
 }
 

@@ -7,6 +7,7 @@
 
 mod commit;
 mod reads;
+mod transactions;
 mod writes;
 
 use std::sync::Arc;
