@@ -87,3 +87,27 @@ impl Drop for Unfinished<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio_postgres::error::SqlState;
+
+    use super::{Unfinished, Watch};
+
+    #[test]
+    fn a_failure_or_an_answer_left_unread_makes_the_transaction_doubtful() {
+        let watch = Watch::default();
+        assert!(!watch.doubtful());
+        Unfinished::new(&watch).finish();
+        assert!(!watch.doubtful(), "an answer read to its end");
+        drop(Unfinished::new(&watch));
+        assert!(watch.doubtful(), "an answer dropped unread");
+        assert_eq!(watch.failure(), None);
+
+        let watch = Watch::default();
+        watch.note(SqlState::QUERY_CANCELED);
+        watch.note(SqlState::UNIQUE_VIOLATION);
+        assert!(watch.doubtful());
+        assert_eq!(watch.failure(), Some(SqlState::QUERY_CANCELED), "the first");
+    }
+}

@@ -558,3 +558,180 @@ async fn an_explicit_transaction_is_bounded_by_its_deadline() {
     assert!(stopped.is_some(), "the statement still runs");
     db.close().await;
 }
+
+/// Every kind of statement a `Tx` can send, failing (or, for the last
+/// two, its answer dropped unread while it fails).
+const KINDS: [&str; 16] = [
+    "query",
+    "query_one",
+    "query_opt",
+    "execute",
+    "query_typed",
+    "query_raw",
+    "simple_query",
+    "batch_execute",
+    "prepare",
+    "prepare_typed",
+    "prepare_cached",
+    "copy_in",
+    "copy_in_aborted",
+    "copy_out",
+    "query_raw_unread",
+    "future_dropped",
+];
+
+/// Sends a statement of `kind` that fails, and swallows what it can see of
+/// the failure.
+async fn fail(tx: &Tx<'_>, kind: &str) {
+    use futures_util::StreamExt;
+    use pgrouter::tokio_postgres::types::Type;
+    // Rows 1 and 2 come back before row 3 divides by zero.
+    const STREAMED: &str = "SELECT 1 / (3 - g) FROM generate_series(1, 5) g";
+    let failed = match kind {
+        "query" => tx.query("SELECT 1/0", &[]).await.is_err(),
+        "query_one" => tx.query_one("SELECT 1/0", &[]).await.is_err(),
+        "query_opt" => tx.query_opt("SELECT 1/0", &[]).await.is_err(),
+        "execute" => tx
+            .execute("INSERT INTO nums VALUES (1)", &[])
+            .await
+            .is_err(),
+        "query_typed" => tx
+            .query_typed("SELECT 1 / $1", &[(&0i32, Type::INT4)])
+            .await
+            .is_err(),
+        "query_raw" => {
+            let rows = tx
+                .query_raw(STREAMED, Vec::<i32>::new())
+                .await
+                .expect("started");
+            let items: Vec<_> = rows.collect().await;
+            assert!(items[0].is_ok() && items[1].is_ok(), "{items:?}");
+            items.iter().any(Result::is_err)
+        }
+        "simple_query" => tx.simple_query("SELECT 1/0").await.is_err(),
+        "batch_execute" => tx.batch_execute("SELECT 1/0").await.is_err(),
+        "prepare" => tx.prepare("SELEKT 1").await.is_err(),
+        "prepare_typed" => tx
+            .prepare_typed("SELECT $1::no_such_type", &[])
+            .await
+            .is_err(),
+        "prepare_cached" => tx.prepare_cached("SELEKT 2").await.is_err(),
+        "copy_in" => {
+            let data =
+                futures_util::stream::iter([Ok::<_, std::io::Error>(b"not a number\n".as_slice())]);
+            tx.copy_in("COPY nums FROM STDIN", data).await.is_err()
+        }
+        "copy_in_aborted" => {
+            let data = futures_util::stream::iter([
+                Ok(b"7\n".as_slice()),
+                Err(std::io::Error::other("the source failed")),
+            ]);
+            let error = tx.copy_in("COPY nums FROM STDIN", data).await.unwrap_err();
+            assert_eq!(*error.kind(), ErrorKind::Aborted, "{error:?}");
+            true
+        }
+        "copy_out" => match tx.copy_out("COPY (SELECT 1/0) TO STDOUT").await {
+            Err(_) => true,
+            Ok(data) => data.collect::<Vec<_>>().await.iter().any(Result::is_err),
+        },
+        "query_raw_unread" => {
+            // The first row is read, the error behind it never is.
+            let mut rows = tx
+                .query_raw(STREAMED, Vec::<i32>::new())
+                .await
+                .expect("started");
+            assert!(rows.next().await.expect("a first row").is_ok());
+            return;
+        }
+        "future_dropped" => {
+            // Dropped while the server still runs it; it fails later.
+            let sql = "DO $$ BEGIN PERFORM pg_sleep(0.5); PERFORM 1 / 0; END $$";
+            let slow = tx.execute(sql, &[]);
+            assert!(tokio::time::timeout(Duration::from_millis(50), slow)
+                .await
+                .is_err());
+            return;
+        }
+        other => unreachable!("no kind {other}"),
+    };
+    assert!(failed, "{kind} did not fail");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swallowed_error_from_any_statement_kind_never_ends_as_ok() {
+    let (_cluster, db) = cluster_and_manager(ReadStrategy::RegionalPreferred).await;
+    db.execute("CREATE TABLE nums (n int PRIMARY KEY)", &[])
+        .await
+        .unwrap();
+    db.execute("CREATE TABLE log (note text)", &[])
+        .await
+        .unwrap();
+    db.execute("INSERT INTO nums VALUES (1)", &[])
+        .await
+        .unwrap();
+    let logged = |note: String| {
+        let db = db.clone();
+        async move {
+            db.read()
+                .strategy(ReadStrategy::PrimaryOnly)
+                .query_one("SELECT count(*) FROM log WHERE note = $1", &[&note])
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+        }
+    };
+    for kind in KINDS {
+        let note = format!("closure {kind}");
+        let result = db
+            .transaction(|tx| {
+                let note = note.clone();
+                Box::pin(async move {
+                    tx.execute("INSERT INTO log (note) VALUES ($1)", &[&note])
+                        .await?;
+                    fail(tx, kind).await;
+                    Ok(())
+                })
+            })
+            .await;
+        let error = result.expect_err(&note);
+        assert!(
+            matches!(error.kind(), ErrorKind::RolledBack { .. }),
+            "{note}: {error:?}"
+        );
+        assert_eq!(logged(note.clone()).await, 0, "{note} committed");
+
+        let note = format!("begin {kind}");
+        let tx = db.begin().await.expect("begin");
+        tx.execute("INSERT INTO log (note) VALUES ($1)", &[&note])
+            .await
+            .unwrap();
+        fail(&tx, kind).await;
+        let error = tx.commit().await.expect_err(&note);
+        assert!(
+            matches!(error.kind(), ErrorKind::RolledBack { .. }),
+            "{note}: {error:?}"
+        );
+        assert_eq!(logged(note.clone()).await, 0, "{note} committed");
+    }
+
+    // The check costs nothing where nothing failed: a stream read to its
+    // end, or dropped early with nothing wrong, still commits.
+    db.transaction(|tx| {
+        Box::pin(async move {
+            use futures_util::StreamExt;
+            let sql = "SELECT g FROM generate_series(1, 3) g";
+            let all: Vec<_> = tx.query_raw(sql, Vec::<i32>::new()).await?.collect().await;
+            assert_eq!(all.len(), 3);
+            let mut some = tx.query_raw(sql, Vec::<i32>::new()).await?;
+            assert!(some.next().await.is_some());
+            drop(some);
+            tx.execute("INSERT INTO log (note) VALUES ('streams')", &[])
+                .await?;
+            Ok(())
+        })
+    })
+    .await
+    .expect("nothing failed");
+    assert_eq!(logged("streams".to_owned()).await, 1);
+    db.close().await;
+}
