@@ -38,7 +38,7 @@ mod topology;
 pub use causal::CausalToken;
 pub use config::{Config, ReadStrategy, Role};
 pub use failure::error::Error;
-pub use manager::{DatabaseManager, ReadBuilder, Tx, TxFuture, WriteBuilder};
+pub use manager::{DatabaseManager, Queries, ReadBuilder, Tx, TxFuture, WriteBuilder};
 pub use observe::call_info::CallInfo;
 
 pub use deadpool_postgres;

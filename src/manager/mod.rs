@@ -7,6 +7,7 @@ mod hedged;
 mod opening;
 mod pooled;
 mod primary;
+mod queries;
 mod read;
 pub(crate) mod session;
 pub(crate) mod token;
@@ -29,6 +30,7 @@ use tokio::task::JoinHandle;
 use tokio_postgres::Row;
 use tokio_util::sync::CancellationToken;
 
+pub use queries::Queries;
 pub use read::ReadBuilder;
 use session::Params;
 pub use tx::{Tx, TxFuture};
@@ -281,6 +283,23 @@ mod send_checks {
 
     fn exactly_once(db: DatabaseManager) {
         spawnable(async move { db.write().exactly_once().query("SELECT 1", &[]).await });
+    }
+
+    async fn load(db: &impl crate::Queries) -> Result<Option<tokio_postgres::Row>, crate::Error> {
+        db.query_opt("SELECT 1", &[]).await
+    }
+
+    fn repository_code(db: DatabaseManager) {
+        spawnable(async move {
+            load(&db).await?;
+            load(&db.read()).await?;
+            load(&db.write()).await?;
+            let tx = db.begin().await?;
+            load(&tx).await?;
+            tx.commit().await?;
+            db.transaction(|tx| Box::pin(async move { load(tx).await }))
+                .await
+        });
     }
 
     fn explicit(db: DatabaseManager) {

@@ -23,6 +23,7 @@ mod hedging;
 mod lifecycle;
 mod outcomes;
 mod pgbouncer;
+mod repository;
 mod routing;
 mod spans;
 mod sslmode;
