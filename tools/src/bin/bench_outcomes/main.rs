@@ -59,7 +59,7 @@ async fn call(kind: Kind, db: &DatabaseManager, aid: i32) -> Result<u64, Error> 
                 .transaction(|tx| {
                     Box::pin(async move {
                         let update = tx.prepare_cached(UPDATE).await?;
-                        Ok(tx.execute(&update, &[&aid]).await?)
+                        tx.execute(&update, &[&aid]).await
                     })
                 })
                 .await

@@ -94,7 +94,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 async fn write(db: &DatabaseManager, id: i64) -> Result<u64, Error> {
     if id % 2 == 0 {
         db.write()
-            .transaction(|tx| Box::pin(async move { Ok(tx.execute(INSERT, &[&id]).await?) }))
+            .transaction(|tx| Box::pin(async move { tx.execute(INSERT, &[&id]).await }))
             .await
     } else {
         db.write().exactly_once().execute(INSERT, &[&id]).await
