@@ -306,6 +306,13 @@ impl<'a> WriteBuilder<'a> {
     /// unless the write is marked [`idempotent`](WriteBuilder::idempotent), which
     /// runs it again then.
     ///
+    /// `BEGIN` carries the options set with
+    /// [`isolation_level`](WriteBuilder::isolation_level),
+    /// [`read_only`](WriteBuilder::read_only) and
+    /// [`deferrable`](WriteBuilder::deferrable), and goes out with the
+    /// closure's first statement: `SET TRANSACTION …` sent first works as
+    /// in a plain transaction (see [`Tx`]).
+    ///
     /// ```no_run
     /// # use std::time::Duration;
     /// # async fn demo(db: pgrouter::DatabaseManager) -> Result<(), pgrouter::Error> {
