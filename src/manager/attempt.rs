@@ -7,6 +7,7 @@
 //! connection kept, discarded or cancelled on the server, the typed error
 //! built.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::time::{timeout_at, Instant};
@@ -105,6 +106,9 @@ enum Stage<T, R> {
     PrepareTimedOut,
     /// The statement ran (or the deadline passed while it did).
     Ran(RunResult<T, R>),
+    /// The statement succeeded (a write in autocommit: committed), and the
+    /// deadline passed while its causal token query ran.
+    TokenTimedOut,
 }
 
 /// The server no longer accepts a cached prepared statement: the schema
@@ -233,6 +237,11 @@ impl<'h, C: Connect> Attempt<'h, C> {
                     fresh_plan = true;
                 }
                 Stage::Ran(result) => return self.finish(client.take(), result),
+                Stage::TokenTimedOut => {
+                    // The token query still runs on the connection.
+                    self.settle(client.take(), Fate::Discard);
+                    return Err(self.token_unavailable(None));
+                }
             }
         }
     }
@@ -275,10 +284,20 @@ impl<'h, C: Connect> Attempt<'h, C> {
         // it. Both futures are made inside the join, not moved into it: a
         // future captured and then awaited is stored twice in the read's
         // future, which is copied while polled.
+        let succeeded = AtomicBool::new(false);
         let both = async {
-            tokio::join!(biased; K::run(client, call.sql, &statement, call.params), token())
+            let run = async {
+                let result = K::run(client, call.sql, &statement, call.params).await;
+                succeeded.store(result.is_ok(), Ordering::Relaxed);
+                result
+            };
+            tokio::join!(biased; run, token())
         };
-        Stage::Ran(timeout_at(self.deadline.at, both).await)
+        match timeout_at(self.deadline.at, both).await {
+            // Done, only the token is lost: never an unknown outcome.
+            Err(_) if succeeded.load(Ordering::Relaxed) => Stage::TokenTimedOut,
+            result => Stage::Ran(result),
+        }
     }
 
     /// The statement's outcome, its connection settled.
@@ -292,7 +311,7 @@ impl<'h, C: Connect> Attempt<'h, C> {
                 self.settle(client, Fate::Keep);
                 match row.map(|row| token_of(&row)).transpose() {
                     Ok(token) => Ok((output, token)),
-                    Err(error) => Err(self.token_unavailable(error)),
+                    Err(error) => Err(self.token_unavailable(Some(error))),
                 }
             }
             Ok((Ok(output), Err(error))) if position_refused(&error) => {
@@ -301,7 +320,7 @@ impl<'h, C: Connect> Attempt<'h, C> {
             }
             Ok((Ok(_), Err(error))) => {
                 self.settle(client, Fate::Keep);
-                Err(self.token_unavailable(error))
+                Err(self.token_unavailable(Some(error)))
             }
             Ok((Err(error), _)) => Err(self.fail(Phase::Sent, client, Failure::Postgres(error))),
             Err(_) => Err(self.fail(Phase::Sent, client, Failure::Deadline)),
@@ -336,8 +355,8 @@ impl<'h, C: Connect> Attempt<'h, C> {
         client.settle(self.hub, fate);
     }
 
-    pub(crate) fn token_unavailable(&self, source: PgError) -> Error {
-        Error::token_unavailable(self.context(), Some(source))
+    pub(crate) fn token_unavailable(&self, source: Option<PgError>) -> Error {
+        Error::token_unavailable(self.context(), source)
     }
 
     fn cause(&self, phase: Phase, failure: &Failure) -> Cause {

@@ -127,3 +127,32 @@ async fn a_lost_commit_still_unresolved_at_the_deadline_is_an_unknown_outcome() 
     assert_eq!(fake.sent(0, "COMMIT"), [0], "never run again");
     assert_eq!(resolved(&mut events), [CommitOutcome::Unknown]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_token_that_does_not_come_after_commit_is_unavailable_not_unknown() {
+    use crate::manager::token::TOKEN_SQL;
+    let h = Harness::healthy(two_nodes()).await;
+    let mut events = h.hub.subscribe();
+    // COMMIT is answered at once; the token query behind it never is.
+    let fake = Fake::new(move |step: &Step<'_>| match (step.ask, step.sql) {
+        (Ask::QueryOne, IDENTITY_SQL) => {
+            Some(Reply::rows(vec![FakeRow::identity(XID, PID, POSTMASTER)]))
+        }
+        (Ask::QueryOne, TOKEN_SQL) => Some(Reply::never()),
+        _ => None,
+    });
+    let info = crate::CallInfo::with_token();
+    let write = WriteBuilder::new(&h.hub)
+        .deadline(Duration::from_secs(1))
+        .info(&info);
+    let error = write.run_transaction(&fake, Transfer).await.unwrap_err();
+    assert!(
+        matches!(error.kind(), ErrorKind::TokenUnavailable),
+        "{error:?}"
+    );
+    assert!(!error.is_outcome_unknown(), "COMMIT was answered");
+    assert_eq!(fake.ms(), 1000, "the token waited for until the deadline");
+    assert_eq!(fake.sent(0, "COMMIT"), [0], "never run again");
+    assert!(asked_about(&fake).is_empty(), "nothing to resolve");
+    assert!(resolved(&mut events).is_empty());
+}
