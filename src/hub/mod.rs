@@ -310,6 +310,11 @@ impl Hub {
         pick_primary(&self.view(suspects, &snapshot, Freshness::default()))
     }
 
+    /// Changes with every snapshot published.
+    pub(crate) fn on_publish(&self) -> watch::Receiver<u64> {
+        self.published.subscribe()
+    }
+
     /// The write target, waiting up to `write_hold` (never past `deadline`)
     /// while none is known, e.g. during a failover.
     pub(crate) async fn await_primary(&self, deadline: Instant) -> Result<usize, Error> {

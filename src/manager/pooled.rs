@@ -163,6 +163,13 @@ impl Session for Pooled {
     }
 }
 
+impl Pooled {
+    /// The deadpool connection, for the caller to use and drop.
+    pub(crate) fn into_object(self) -> Object {
+        self.object
+    }
+}
+
 /// A statement ready to run, kept without its text: an unnamed statement
 /// is given its text again when it runs (see `Session::Prepared`).
 fn detach(ready: Ready<'_>) -> Ready<'static> {
