@@ -63,9 +63,20 @@ pub(crate) struct Call<'a> {
 pub(crate) struct Busy<'h, S: Session> {
     session: Option<S>,
     hub: &'h Hub,
+    /// What a drop mid-flight does: `Cancel`, or `Drain` for a single
+    /// statement outside a transaction (see [`Busy::single_statement`]).
+    dropped: Fate,
 }
 
 impl<S: Session> Busy<'_, S> {
+    /// For one statement outside a transaction: dropped mid-flight, its
+    /// connection waits for the statement to end and goes back to the pool
+    /// (nothing is left open on it), as a losing hedge's does.
+    pub(crate) fn single_statement(mut self) -> Self {
+        self.dropped = Fate::Drain;
+        self
+    }
+
     /// The connection, no longer guarded: the caller settles it.
     pub(crate) fn take(mut self) -> S {
         match self.session.take() {
@@ -88,8 +99,8 @@ impl<S: Session> std::ops::Deref for Busy<'_, S> {
 impl<S: Session> Drop for Busy<'_, S> {
     fn drop(&mut self) {
         if let Some(session) = self.session.take() {
-            tracing::debug!("call dropped mid-flight; cancelling its statement");
-            session.settle(self.hub, Fate::Cancel);
+            tracing::debug!(fate = ?self.dropped, "call dropped mid-flight");
+            session.settle(self.hub, self.dropped);
         }
     }
 }
@@ -178,6 +189,7 @@ impl<'h, C: Connect> Attempt<'h, C> {
             Ok(session) => Ok(Busy {
                 session: Some(session),
                 hub: self.hub,
+                dropped: Fate::Cancel,
             }),
             Err(failure) => Err(self.judge(Phase::Checkout, failure).0),
         }
@@ -190,14 +202,14 @@ impl<'h, C: Connect> Attempt<'h, C> {
         call: &Call<'_>,
     ) -> Result<(K::Output<RowOf<C>>, Option<CausalToken>), Error> {
         if !call.tracked {
-            let client = self.checkout().await?;
+            let client = self.checkout().await?.single_statement();
             return self.run_on::<K>(client, call).await;
         }
         // In flight on the node from here until it ends (answered, failed,
         // or dropped), its answer timed.
         let traffic = self.hub.traffic(self.index);
         let _in_flight = traffic.begin();
-        let client = self.checkout().await?;
+        let client = self.checkout().await?.single_statement();
         traffic.sent(self.hub.nanos(self.started));
         let result = self.run_on::<K>(client, call).await;
         if result
