@@ -564,14 +564,28 @@ async fn a_resolved_commit_still_gives_a_causal_token_that_reads_the_write() {
     db.close().await;
 }
 
-/// Waits until node `index` accepts connections again (after a crash).
-async fn until_accepting(cluster: &Cluster, index: usize) {
-    let config = cluster.node(index).pg_config();
+/// When node `index`'s shared statistics were last reset, as text.
+async fn stats_reset(cluster: &Cluster, index: usize) -> Option<String> {
+    let (client, connection) = cluster.node(index).pg_config().connect(NoTls).await.ok()?;
+    let driver = tokio::spawn(connection);
+    let sql = "SELECT pg_stat_get_bgwriter_stat_reset_time()::text";
+    let reset = client.query_one(sql, &[]).await.ok()?.get(0);
+    drop(client);
+    let _ = driver.await;
+    Some(reset)
+}
+
+/// Waits until node `index` accepts connections in a life after the one
+/// whose statistics reset time was `before` (a crash restart resets them;
+/// right after the kill, the old life may still answer for a moment).
+async fn until_restarted(cluster: &Cluster, index: usize, before: &str) {
     let back = wait_until_async(Duration::from_secs(30), || async {
-        config.connect(NoTls).await.is_ok()
+        stats_reset(cluster, index)
+            .await
+            .is_some_and(|reset| reset != before)
     })
     .await;
-    assert!(back.is_some(), "node {index} never came back");
+    assert!(back.is_some(), "node {index} never came back in a new life");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -616,6 +630,9 @@ async fn a_crash_restart_under_the_same_postmaster_is_a_new_life() {
         until_running(&cluster, 0, "COMMIT").await;
         let sql = "SELECT pid FROM pg_stat_activity WHERE query = 'COMMIT' AND state = 'active'";
         let pid: i32 = row_on(&cluster, 0, sql, &[]).await.get(0);
+        let before = stats_reset(&cluster, 0)
+            .await
+            .expect("the old life's reset time");
         // Questions find no server until X is handed out again.
         proxy.set(Fault::Reset);
         let killed = blocking(|| {
@@ -624,7 +641,7 @@ async fn a_crash_restart_under_the_same_postmaster_is_a_new_life() {
                 .status()
         });
         assert!(killed.expect("kill").success());
-        until_accepting(&cluster, 0).await;
+        until_restarted(&cluster, 0, &before).await;
         let ours = ours.load(Ordering::SeqCst);
         let (client, driver) = session(&cluster, 0).await;
         let take = "SELECT pg_current_xact_id()::text::bigint";
