@@ -103,6 +103,12 @@ pub mod error {
     pub use crate::failure::error::{Error, ErrorKind, NodeContext};
 }
 
+/// `LISTEN` / `NOTIFY` that follows the primary through a failover:
+/// [`DatabaseManager::listen`].
+pub mod listen {
+    pub use crate::manager::listen::{Listener, Notice};
+}
+
 /// Passwords from a provider (an IAM token generator, a secret store)
 /// instead of the connection strings.
 pub mod auth {

@@ -2,66 +2,29 @@
 //!
 //! A transaction run by pgrouter learns its identity in the round trip of
 //! its `BEGIN` ([`Identity`]): its transaction id, the backend serving it,
-//! and the postmaster that assigned the id (its start time). When the
+//! and the life of the server that assigned the id. When the
 //! answer to `COMMIT` is lost, the caller asks nodes about that identity
 //! ([`Answer`]) and [`judge`] says what an answer proves.
 //!
-//! Transaction ids are only unique within one postmaster's lifetime: a
-//! promoted replica, or a server restarted after a crash, hands out again
-//! the ids the old postmaster assigned after the last record it replayed.
-//! So "committed" is believed only from the postmaster that assigned the
-//! id, or from a marker row the transaction wrote (a client-generated id in
+//! Transaction ids are only unique within one life of a server: a
+//! promoted replica, a server restarted, or one reinitialised after a
+//! backend crashed (under the same postmaster), hands out again the ids
+//! assigned after the last record it replayed. So "committed" is believed
+//! only from the life that assigned the id ([`Life`]), or from a marker row the transaction wrote (a client-generated id in
 //! an opt-in table, replicated with the transaction itself). "Not
 //! committed" is believed from the node that is primary now whatever its
-//! postmaster: if our commit were in its history, the id would be marked
+//! life: if our commit were in its history, the id would be marked
 //! committed there (a reused id that is aborted, in progress or not yet
 //! handed out proves our commit is not in that history either).
 
-/// Asked of a node about transaction `$1`: whether it is out of recovery,
-/// which life of the server answers, and the transaction's status (`future`
-/// when the id is not handed out yet there). Only core functions, no WAL
-/// position function (which managed platforms may refuse): the causal
-/// token of a commit found is asked for separately. A snapshot's `xmax` is
-/// the latest *completed* id + 1, so an id at or past it is either not
-/// handed out (`pg_xact_status` would raise) or still running: its lock on
-/// itself (`pg_locks`, readable by any role) tells which.
-const STATUS_SQL: &str = "SELECT NOT pg_is_in_recovery(), \
-    (extract(epoch FROM pg_postmaster_start_time()) * 1000000)::bigint, \
-    CASE WHEN pg_is_in_recovery() THEN NULL \
-        WHEN $1::bigint::text::xid8 >= pg_snapshot_xmax(pg_current_snapshot()) THEN \
-            CASE WHEN EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'transactionid' \
-                AND transactionid = xid($1::bigint::text::xid8)) \
-            THEN 'in progress' ELSE 'future' END \
-        ELSE pg_xact_status($1::bigint::text::xid8) END";
-
-/// The SQL a resolved transaction runs, fixed by the configuration.
-#[derive(Debug)]
-pub(crate) struct OutcomeSql {
-    /// Inserts marker `$1` into the marker table.
-    pub(crate) insert_marker: Option<String>,
-    /// [`STATUS_SQL`], plus whether marker `$2` is there.
-    pub(crate) status: String,
-    /// Deletes markers older than `$1` seconds.
-    pub(crate) prune: Option<String>,
-}
-
-impl OutcomeSql {
-    pub(crate) fn new(marker_table: Option<&str>) -> Self {
-        match marker_table {
-            Some(table) => Self {
-                insert_marker: Some(format!("INSERT INTO {table} (id) VALUES ($1)")),
-                status: format!("{STATUS_SQL}, EXISTS (SELECT 1 FROM {table} WHERE id = $2::text)"),
-                prune: Some(format!(
-                    "DELETE FROM {table} WHERE written < now() - make_interval(secs => $1)"
-                )),
-            },
-            None => Self {
-                insert_marker: None,
-                status: STATUS_SQL.to_owned(),
-                prune: None,
-            },
-        }
-    }
+/// Which life of a server assigned or answers about an id: its
+/// postmaster's start, and the last reset of its shared statistics (a crash
+/// restart under the same postmaster resets them), each in microseconds
+/// since the Unix epoch (see `commit/dialect.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Life {
+    pub(crate) postmaster: i64,
+    pub(crate) stats_reset: i64,
 }
 
 /// What a transaction learned about itself in its `BEGIN` round trip.
@@ -73,9 +36,8 @@ pub(crate) struct Identity {
     pub(crate) xid: i64,
     /// `pg_backend_pid()` of the session that ran it.
     pub(crate) pid: i32,
-    /// `pg_postmaster_start_time()` in microseconds since the Unix epoch:
-    /// which life of the server assigned `xid`.
-    pub(crate) postmaster: i64,
+    /// Which life of the server assigned `xid`.
+    pub(crate) life: Life,
     /// The marker row's id, when a marker table is configured.
     pub(crate) marker: Option<u128>,
 }
@@ -116,8 +78,8 @@ impl XactStatus {
 pub(crate) struct Answer {
     /// The node asked.
     pub(crate) node: usize,
-    /// Its postmaster's start time, as in [`Identity::postmaster`].
-    pub(crate) postmaster: i64,
+    /// Which life of the server answers.
+    pub(crate) life: Life,
     /// The node is out of recovery (it says so itself).
     pub(crate) writable: bool,
     /// pgrouter's view elects this node primary now (not fenced).
@@ -136,7 +98,7 @@ pub(crate) enum Outcome {
     /// It did not commit, and never will: running it again is safe.
     NotCommitted,
     /// Its session is still running it (or still finishing `COMMIT`) on
-    /// the postmaster that assigned it: ask again, or end that session.
+    /// the life that assigned it: ask again, or end that session.
     Pending,
     /// This answer proves nothing; ask again or elsewhere.
     Inconclusive,
@@ -144,9 +106,10 @@ pub(crate) enum Outcome {
 
 /// What `answer` proves about the transaction `identity`.
 pub(crate) fn judge(identity: &Identity, answer: &Answer) -> Outcome {
-    let same_postmaster = answer.node == identity.node && answer.postmaster == identity.postmaster;
-    if same_postmaster {
-        // No restart since the id was assigned: it is ours alone here.
+    let same_life = answer.node == identity.node && answer.life == identity.life;
+    if same_life {
+        // No restart (nor crash) since the id was assigned: it is ours
+        // alone here.
         return match answer.status {
             XactStatus::Committed => Outcome::Committed,
             XactStatus::Aborted => Outcome::NotCommitted,
@@ -156,7 +119,7 @@ pub(crate) fn judge(identity: &Identity, answer: &Answer) -> Outcome {
             XactStatus::Future | XactStatus::Unknown => Outcome::Inconclusive,
         };
     }
-    // Another postmaster speaks only for the history that survives: the
+    // Another life speaks only for the history that survives: the
     // primary pgrouter elects, out of recovery.
     if !(answer.writable && answer.elected) {
         return Outcome::Inconclusive;
@@ -195,16 +158,23 @@ mod tests {
             node: 0,
             xid: 740,
             pid: 3162,
-            postmaster: 1_000,
+            life: life(1_000, 900),
             marker: marker.then_some(7),
         }
     }
 
-    /// An answer from node 0's same postmaster.
+    fn life(postmaster: i64, stats_reset: i64) -> Life {
+        Life {
+            postmaster,
+            stats_reset,
+        }
+    }
+
+    /// An answer from node 0's same life.
     fn same(status: XactStatus) -> Answer {
         Answer {
             node: 0,
-            postmaster: 1_000,
+            life: life(1_000, 900),
             writable: true,
             elected: true,
             status,
@@ -213,7 +183,7 @@ mod tests {
     }
 
     #[test]
-    fn the_assigning_postmaster_is_believed_on_every_status() {
+    fn the_assigning_life_is_believed_on_every_status() {
         use Outcome::*;
         let expected = [Committed, NotCommitted, Pending, Inconclusive, Inconclusive];
         for (status, outcome) in ALL_STATUSES.into_iter().zip(expected) {
@@ -222,7 +192,7 @@ mod tests {
                 outcome,
                 "{status:?}"
             );
-            // A marker adds nothing the assigning postmaster does not know,
+            // A marker adds nothing the assigning life does not know,
             // and its absence there means "not yet committed", not "never".
             let with_marker = Answer {
                 marker: Some(false),
@@ -233,13 +203,20 @@ mod tests {
     }
 
     #[test]
-    fn another_postmaster_never_proves_a_commit_by_transaction_id_alone() {
-        // The same node after a restart, and a promoted replica.
-        for (node, postmaster) in [(0, 2_000), (1, 1_000), (1, 5_000)] {
+    fn another_life_never_proves_a_commit_by_transaction_id_alone() {
+        // The same node after a restart, the same postmaster after a crash
+        // (its statistics reset), and a promoted replica.
+        let lives = [
+            (0, life(2_000, 900)),
+            (0, life(1_000, 1_500)),
+            (1, life(1_000, 900)),
+            (1, life(5_000, 5_000)),
+        ];
+        for (node, life) in lives {
             for status in ALL_STATUSES {
                 let answer = Answer {
                     node,
-                    postmaster,
+                    life,
                     ..same(status)
                 };
                 let outcome = judge(&identity(false), &answer);
@@ -260,7 +237,7 @@ mod tests {
             for (found, outcome) in [(true, Outcome::Committed), (false, Outcome::NotCommitted)] {
                 let answer = Answer {
                     node: 1,
-                    postmaster: 5_000,
+                    life: life(5_000, 5_000),
                     marker: Some(found),
                     ..same(status)
                 };
@@ -276,7 +253,7 @@ mod tests {
                 for marker in [None, Some(true), Some(false)] {
                     let answer = Answer {
                         node: 1,
-                        postmaster: 5_000,
+                        life: life(5_000, 5_000),
                         writable,
                         elected,
                         status,

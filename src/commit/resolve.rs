@@ -10,7 +10,7 @@ use tokio_postgres::types::Type;
 use tokio_util::sync::CancellationToken;
 
 use crate::causal::lsn::CausalToken;
-use crate::commit::judge::{judge, Answer, Identity, Outcome, XactStatus};
+use crate::commit::judge::{judge, Answer, Identity, Life, Outcome, XactStatus};
 use crate::config::clock;
 use crate::connect::statements::Params;
 use crate::failure::safety::{code_kind, CodeKind, Fate};
@@ -19,17 +19,11 @@ use crate::manager::session::{Columns, Connect, Count, One, PgError, Returns, Ro
 use crate::manager::token::{token_of, TOKEN_SQL};
 use crate::observe::events::{CommitOutcome, Event};
 
-/// Sent right behind `BEGIN`: the transaction id (assigned now), the
-/// session's backend, and which life of the server this is.
-pub(crate) const IDENTITY_SQL: &str =
-    "SELECT pg_current_xact_id()::text::bigint, pg_backend_pid(), \
-    (extract(epoch FROM pg_postmaster_start_time()) * 1000000)::bigint";
-
 /// Ends the session still running transaction `$2` (backend `$1`), so that
 /// its fate is decided; matching the transaction id makes sure the backend
 /// is still ours.
 pub(crate) const TERMINATE_SQL: &str = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-    WHERE pid = $1 AND backend_xid = xid($2::bigint::text::xid8)";
+    WHERE pid = $1 AND backend_xid::text::bigint = $2::bigint % 4294967296";
 
 /// The first and the largest pause between rounds of questions.
 const FIRST_PAUSE: Duration = Duration::from_millis(10);
@@ -58,7 +52,10 @@ impl From<tokio_postgres::Error> for BeginError {
 /// `BEGIN` as `begin_sql` words it (the transaction's options, and any
 /// `SET TRANSACTION` statements held back to run before its first query),
 /// with the identity query (and the marker insert) pipelined behind it:
-/// one round trip. `Ok(None)` when resolution is off.
+/// one round trip. `Ok(None)` when resolution is off, in the
+/// configuration or on this node (see `commit/dialect.rs`): a node that
+/// refuses the identity query's functions steps down to older ones, or to
+/// none, and the transaction begins again.
 pub(crate) async fn begin<S: Session>(
     hub: &Hub,
     client: &S,
@@ -66,10 +63,35 @@ pub(crate) async fn begin<S: Session>(
     resolve: bool,
     begin_sql: &str,
 ) -> Result<Option<Identity>, BeginError> {
-    if !resolve {
-        client.batch_execute(begin_sql).await?;
-        return Ok(None);
+    let sql = &hub.outcome_sql;
+    loop {
+        let dialect = sql.dialect(node);
+        let identity_sql = match sql.identity(dialect) {
+            Some(text) if resolve => text,
+            _ => {
+                client.batch_execute(begin_sql).await?;
+                return Ok(None);
+            }
+        };
+        match begin_with(hub, client, node, begin_sql, identity_sql).await {
+            Err(BeginError::Postgres(error)) if sql.refused(node, dialect, &error) => {
+                // Refused when prepared (nothing began) or run (the
+                // transaction is aborted): end it, begin in the new dialect.
+                client.batch_execute("ROLLBACK").await?;
+            }
+            result => return result,
+        }
     }
+}
+
+/// [`begin`] with `identity_sql`.
+async fn begin_with<S: Session>(
+    hub: &Hub,
+    client: &S,
+    node: usize,
+    begin_sql: &str,
+    identity_sql: &str,
+) -> Result<Option<Identity>, BeginError> {
     let sql = &hub.outcome_sql;
     // The table's own failures (missing, not permitted) are the setting's;
     // a shutdown or a lost connection is the node's, retried as usual.
@@ -80,7 +102,7 @@ pub(crate) async fn begin<S: Session>(
         _ => BeginError::Postgres(error),
     };
     let (identity, insert) =
-        futures_util::future::try_join(async { Ok(client.own(IDENTITY_SQL, &[]).await?) }, async {
+        futures_util::future::try_join(async { Ok(client.own(identity_sql, &[]).await?) }, async {
             match &sql.insert_marker {
                 Some(insert) => client
                     .own(insert, &[Type::TEXT])
@@ -105,7 +127,7 @@ pub(crate) async fn begin<S: Session>(
     let (begun, row, inserted) = tokio::join!(
         biased;
         client.batch_execute(begin_sql),
-        One::run(client, IDENTITY_SQL, &identity, &[]),
+        One::run(client, identity_sql, &identity, &[]),
         insert_marker,
     );
     begun?;
@@ -115,7 +137,10 @@ pub(crate) async fn begin<S: Session>(
         node,
         xid: row.int8(0)?,
         pid: row.int4(1)?,
-        postmaster: row.int8(2)?,
+        life: Life {
+            postmaster: row.int8(2)?,
+            stats_reset: row.int8(3)?,
+        },
         marker,
     }))
 }
@@ -223,10 +248,12 @@ async fn ask<C: Connect>(
         hub.config.health.probe_timeout,
     ));
     let marker = identity.marker.map(marker_text);
+    let dialect = hub.outcome_sql.dialect(node);
+    // A node without the status functions cannot be asked.
+    let sql = hub.outcome_sql.status(dialect)?;
     let question = async {
         let client = connect.get(hub, node).await?;
         let status = async {
-            let sql = &hub.outcome_sql.status;
             match &marker {
                 Some(marker) => {
                     let types = [Type::INT8, Type::TEXT];
@@ -253,7 +280,9 @@ async fn ask<C: Connect>(
         match status {
             Ok(row) => Some((row, position)),
             Err(error) => {
-                tracing::debug!(%error, "asking about a transaction's outcome failed");
+                // Refused: the next round asks in the node's next dialect.
+                let refused = hub.outcome_sql.refused(node, dialect, &error);
+                tracing::debug!(%error, refused, "asking about a transaction's outcome failed");
                 client.settle(hub, Fate::Discard);
                 None
             }
@@ -281,11 +310,14 @@ fn answer_of(
     Ok(Answer {
         node,
         writable: row.boolean(0)?,
-        postmaster: row.int8(1)?,
+        life: Life {
+            postmaster: row.int8(1)?,
+            stats_reset: row.int8(2)?,
+        },
         elected,
-        status: XactStatus::parse(row.text_or_null(2)?),
+        status: XactStatus::parse(row.text_or_null(3)?),
         marker: match marker {
-            true => Some(row.boolean(3)?),
+            true => Some(row.boolean(4)?),
             false => None,
         },
     })

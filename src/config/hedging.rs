@@ -22,10 +22,12 @@ use super::error::ConfigError;
 // Not `Copy`: settings may gain fields that are not (a list, a name).
 #[allow(missing_copy_implementations)]
 pub struct HedgeSettings {
-    /// Hedge reads. Default: false: hedging as built discards the losing
-    /// hedge's connection, and on a saturated service that cost outweighs
-    /// what it saves (BENCHMARKS.md, "Hedged reads"); outlier detection,
-    /// which is on by default, still takes a silent node out of routing.
+    /// Hedge reads. Default: false: a hedge doubles a slow read's work,
+    /// and on a saturated service that cost outweighed what it saved
+    /// (BENCHMARKS.md, "Hedged reads"; measured when a losing hedge also
+    /// discarded its connection, which it no longer does); it stays off
+    /// until a service-level load test shows it never hurts. Outlier
+    /// detection, on by default, still takes a silent node out of routing.
     pub enabled: bool,
     /// A fixed hedge delay, greater than zero. Default: none: the first node's recent 99th
     /// percentile read latency (estimated from every read it answered), at

@@ -98,6 +98,8 @@ pub struct Config {
     /// that carry no staleness bound and no causal token. They never serve
     /// those that do. Default: false (after a failover, a replica left
     /// following the old primary would answer with old data for ever).
+    /// While no primary is elected, no replica is an orphan: they all serve
+    /// reads within the call's staleness bound, whatever this says.
     #[serde(default)]
     pub allow_orphaned_reads: bool,
     /// How long a write waits for a primary while none is known (during a

@@ -221,6 +221,10 @@ pub(crate) enum Fate {
     /// A statement may still be running: cancel it on the server, then
     /// discard the connection.
     Cancel,
+    /// A single statement (outside a transaction) whose call was dropped
+    /// mid-flight, a losing hedge among them: let it end (bounded), then
+    /// back to the pool; if it does not end in time, as `Cancel`.
+    Drain,
 }
 
 /// The decision for one failure.

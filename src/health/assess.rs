@@ -94,9 +94,22 @@ impl Assessor {
         next.split_brain = election.split_brain;
     }
 
-    /// Replicas that follow no live primary on the write target's timeline.
+    /// Replicas that do not follow the write target, on its timeline.
+    ///
+    /// An orphan is judged against a primary that exists: while none is
+    /// elected (the primary died, or cannot be told apart from another),
+    /// every replica has stopped receiving and none is the odd one out, so
+    /// they all serve reads within whatever staleness bound a call sets
+    /// (their lag keeps growing from the last primary's history).
     fn find_orphans(&self, next: &mut Snapshot) {
-        let primary_timeline = next.primary.and_then(|p| next.nodes[p].timeline);
+        next.serve_orphans = self.serve_orphans;
+        let Some(primary) = next.primary else {
+            for node in next.nodes.iter_mut() {
+                node.orphaned = None;
+            }
+            return;
+        };
+        let primary_timeline = next.nodes[primary].timeline;
         for node in next.nodes.iter_mut() {
             node.orphaned = match (node.role, node.timeline, primary_timeline) {
                 (Role::Primary, ..) => None,
@@ -110,7 +123,6 @@ impl Assessor {
                 _ => None,
             };
         }
-        next.serve_orphans = self.serve_orphans;
     }
 
     fn measure_lag(&self, next: &mut Snapshot, now: Instant) {
@@ -262,5 +274,39 @@ mod tests {
         lenient.assess(&mut next, &[0, 1, 2], Instant::now(), Instant::now());
         assert!(next.nodes[2].orphaned.is_some());
         assert_eq!(next.routable, 0b111);
+    }
+
+    #[test]
+    fn without_a_primary_no_replica_is_an_orphan_and_their_lag_keeps_growing() {
+        let t = Instant::now();
+        let mut assessor = Assessor::default();
+        let mut next = snapshot(&[(0, 1, 100)], 100);
+        assessor.assess(&mut next, &[0, 1, 2], t, t);
+        assert_eq!(next.routable, 0b111);
+
+        // The primary dies: both replicas stop receiving.
+        let later = t + Duration::from_secs(3);
+        let mut next = snapshot(&[], 100);
+        next.nodes[0].up = false;
+        for node in &mut next.nodes[1..] {
+            node.receiving = false;
+        }
+        assessor.assess(&mut next, &[0, 1, 2], later, later);
+        assert_eq!(next.primary, None);
+        assert!(next.nodes.iter().all(|node| node.orphaned.is_none()));
+        assert_eq!(next.routable, 0b110, "the replicas serve reads");
+        let lag = next.nodes[1]
+            .lag
+            .expect("measured from the last primary's history");
+        assert_eq!(lag.time, Duration::from_secs(3), "a bounded read sees it");
+
+        // A new primary is elected: the replica still not receiving from
+        // it is an orphan again.
+        let mut next = snapshot(&[(2, 2, 200)], 100);
+        next.nodes[0].up = false;
+        next.nodes[1].receiving = false;
+        assessor.assess(&mut next, &[0, 1, 2], later, later);
+        assert_eq!(next.nodes[1].orphaned, Some(Orphan::NotReceiving));
+        assert_eq!(next.routable, 0b100);
     }
 }

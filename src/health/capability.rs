@@ -61,11 +61,18 @@ pub enum Capability {
     /// Missing: a secondary-region reader has no lag figure (no bounded
     /// reads there).
     GlobalLag,
+    /// A primary's transaction ids and their fate (`pg_current_xact_id()`
+    /// and `pg_xact_status()`, or the older `txid_current()` and
+    /// `txid_status()` where those are refused), asked by the transactions
+    /// themselves, not the probe. Missing: a transaction on this node whose
+    /// `COMMIT` answer is lost is not resolved; it ends as an unknown
+    /// outcome.
+    CommitStatus,
 }
 
 impl Capability {
     /// Every capability, in the order status lists them.
-    pub const ALL: [Capability; 7] = [
+    pub const ALL: [Capability; 8] = [
         Capability::Positions,
         Capability::Timeline,
         Capability::Receiver,
@@ -73,10 +80,12 @@ impl Capability {
         Capability::SystemId,
         Capability::PlatformLag,
         Capability::GlobalLag,
+        Capability::CommitStatus,
     ];
 
     /// A short name: `positions`, `timeline`, `receiver`,
-    /// `replay-timestamp`, `system-id`, `platform-lag`, `global-lag`.
+    /// `replay-timestamp`, `system-id`, `platform-lag`, `global-lag`,
+    /// `commit-status`.
     pub fn name(self) -> &'static str {
         match self {
             Capability::Positions => "positions",
@@ -86,6 +95,7 @@ impl Capability {
             Capability::SystemId => "system-id",
             Capability::PlatformLag => "platform-lag",
             Capability::GlobalLag => "global-lag",
+            Capability::CommitStatus => "commit-status",
         }
     }
 
@@ -115,6 +125,10 @@ impl Capability {
             Capability::GlobalLag => {
                 "no global status: secondary-region readers have no lag figure (no bounded \
                  reads there)"
+            }
+            Capability::CommitStatus => {
+                "no transaction status functions: a lost COMMIT on this node is not resolved \
+                 (an unknown outcome)"
             }
         }
     }

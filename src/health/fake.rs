@@ -180,6 +180,8 @@ fn without(mut report: ProbeReport, capability: Capability) -> ProbeReport {
         Capability::ReplayTimestamp => report.replayed_at = None,
         Capability::SystemId => report.system = None,
         Capability::PlatformLag | Capability::GlobalLag => report.platform_fresh_as_of = None,
+        // Not the probe's: transactions learn it.
+        Capability::CommitStatus => {}
     }
     let role = if report.in_recovery {
         Role::Replica

@@ -1,7 +1,11 @@
-//! The monitor task: wait for the next due probe (or a caller's report),
-//! probe, update each node's tracker, publish a new snapshot through the hub.
+//! The monitor task: each node is probed on its own schedule (its tracker's,
+//! a caller's report, the failover watch), every probe in flight on its
+//! own, and each answer published as it lands. A node that does not answer
+//! delays only its own verdict: the others are probed again while its probe
+//! waits out its timeout.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::time::Instant;
@@ -26,8 +30,12 @@ const RTT_ALPHA: f64 = 0.3;
 #[derive(Debug)]
 pub(crate) struct Monitor<P = ProbeConnection> {
     hub: Arc<Hub>,
-    /// One per node; `None` for an empty discovery slot.
+    /// One per node; `None` for an empty discovery slot, or while the
+    /// node's probe is in flight (it owns the probe until it lands).
     probes: Vec<Option<P>>,
+    /// Per node, bumped when discovery fills or empties the slot: a probe
+    /// that lands after its slot changed is dropped.
+    generations: Vec<u64>,
     judge: Judge,
     /// Topology discovery, when configured (`discovery.rs`).
     discovery: Option<Discovery<P>>,
@@ -67,6 +75,10 @@ impl Watch {
                     for_at_most = ?settings.failover_watch,
                     "no primary elected: probing every node fast until one is");
                 self.until = Some(clock::after(now, settings.failover_watch));
+                // The first watched round one watch interval on: the other
+                // nodes' answers of this moment (a promotion among them)
+                // are still landing.
+                self.last_round = Some(now);
             }
             _ => {}
         }
@@ -93,6 +105,21 @@ struct Judge {
     /// What each node's last probe said of its Aurora cluster (`None`
     /// off Aurora, or after a failed probe).
     aurora: Vec<Option<AuroraView>>,
+}
+
+/// A probe on its way: the node, the probe, and the slot's generation.
+struct Launch<P> {
+    index: usize,
+    probe: P,
+    generation: u64,
+    suspected: bool,
+}
+
+/// A probe that landed: the probe (back to its slot) and what it found.
+struct Landed<P> {
+    probe: P,
+    generation: u64,
+    outcome: Outcome,
 }
 
 /// One probe's result for one node.
@@ -149,6 +176,7 @@ impl<P: Probe> Monitor<P> {
         Self {
             hub,
             probes,
+            generations: vec![0; count],
             judge: Judge {
                 trackers: vec![Tracker::new(now); count],
                 assessor: Assessor::new(serve_orphans),
@@ -159,9 +187,18 @@ impl<P: Probe> Monitor<P> {
         }
     }
 
-    /// Probes every node once (all are due at start) and publishes the result.
+    /// Probes every node once (all are due at start) and publishes each
+    /// answer; returns when every probe has landed.
     pub(crate) async fn first_round(&mut self) {
-        self.round().await;
+        let timeout = self.hub.config.health.probe_timeout;
+        let mut flights: FuturesUnordered<_> = self
+            .due(Instant::now())
+            .into_iter()
+            .map(|launch| fly(launch, timeout))
+            .collect();
+        while let Some(landed) = flights.next().await {
+            self.land(landed);
+        }
         self.discover();
     }
 
@@ -172,27 +209,32 @@ impl<P: Probe> Monitor<P> {
             hub: Arc::clone(&self.hub),
             asked: false,
         };
+        let timeout = self.hub.config.health.probe_timeout;
+        let mut flights = FuturesUnordered::new();
         loop {
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
+                Some(landed) = flights.next(), if !flights.is_empty() => {
+                    self.land(landed);
+                    self.discover();
+                    let elected = self.hub.primary_index().is_some();
+                    self.watch
+                        .update(elected, Instant::now(), &self.hub.config.health);
+                }
                 () = self.hub.reported() => {}
                 () = tokio::time::sleep_until(self.next_due()) => {}
             }
-            tokio::select! {
-                biased;
-                () = shutdown.cancelled() => break,
-                () = self.round() => {}
-            }
-            self.discover();
-            let elected = self.hub.primary_index().is_some();
-            self.watch
-                .update(elected, Instant::now(), &self.hub.config.health);
+            // Every due probe whose node has none in flight.
+            let due = self.due(Instant::now());
+            flights.extend(due.into_iter().map(|launch| fly(launch, timeout)));
         }
         alive.asked = true;
         tracing::debug!("health monitor stopped");
     }
 
+    /// When the next probe is due: the earliest tracker of a node whose
+    /// probe is not in flight, or the failover watch's next round.
     fn next_due(&self) -> Instant {
         let watched = self
             .watch
@@ -209,64 +251,83 @@ impl<P: Probe> Monitor<P> {
         watched.map_or(scheduled, |watched| watched.min(scheduled))
     }
 
-    /// Probes the due nodes concurrently and publishes each result as it
-    /// arrives, so a silent node's probe never holds back the others.
-    async fn round(&mut self) {
-        let now = Instant::now();
-        let suspected = self.collect_reports(now);
-        if self.watch.active(now) {
+    /// Takes out the probes due at `now` (reports and the failover watch
+    /// make nodes due at once); nodes with a probe in flight wait for it.
+    fn due(&mut self, now: Instant) -> Vec<Launch<P>> {
+        let health = &self.hub.config.health;
+        if self
+            .watch
+            .next_round(now, health)
+            .is_some_and(|at| at <= now)
+        {
             // A failover is under way: every node is a candidate now.
             self.watch.last_round = Some(now);
             for tracker in &mut self.judge.trackers {
                 tracker.probe_now(now);
             }
         }
-        let hub = &self.hub;
-        let timeout = hub.config.health.probe_timeout;
-        let judge = &mut self.judge;
-        let mut probes: FuturesUnordered<_> = self
-            .probes
-            .iter_mut()
-            .enumerate()
-            .filter_map(|(index, probe)| Some((index, probe.as_mut()?)))
-            .filter(|(index, _)| judge.trackers[*index].is_due(now))
-            .map(|(index, probe)| (index, probe, suspected[index]))
-            .map(|(index, probe, suspected)| async move {
-                // A caller could not use the node: prove a new connection
-                // works, not only the probe's old one.
-                if suspected {
-                    probe.reconnect();
-                }
-                let sent = Instant::now();
-                let result = match tokio::time::timeout(timeout, probe.probe()).await {
-                    Ok(result) => result,
-                    Err(_) => Err(format!("probe timed out after {timeout:?}")),
-                };
-                Outcome {
-                    index,
-                    suspected,
-                    sent,
-                    result,
-                }
-            })
-            .collect();
-        while let Some(outcome) = probes.next().await {
-            judge.publish(hub, &outcome);
-        }
-    }
-
-    /// Nodes that callers reported (suspect or a topology hint) are due now.
-    fn collect_reports(&mut self, now: Instant) -> Vec<bool> {
-        let hub = &self.hub;
-        let mut suspected = Vec::with_capacity(hub.len());
-        for (index, tracker) in self.judge.trackers.iter_mut().enumerate() {
-            let suspect = hub.is_suspect(index);
-            if suspect | hub.take_probe_request(index) {
+        let mut due = Vec::new();
+        for (index, slot) in self.probes.iter_mut().enumerate() {
+            if slot.is_none() {
+                // Empty, or in flight: a report waits for the landing.
+                continue;
+            }
+            let tracker = &mut self.judge.trackers[index];
+            let suspected = self.hub.is_suspect(index);
+            if suspected | self.hub.take_probe_request(index) {
                 tracker.probe_now(now);
             }
-            suspected.push(suspect);
+            if let Some(probe) = slot.take_if(|_| tracker.is_due(now)) {
+                due.push(Launch {
+                    index,
+                    probe,
+                    generation: self.generations[index],
+                    suspected,
+                });
+            }
         }
-        suspected
+        due
+    }
+
+    /// Puts a landed probe back in its slot and publishes what it found,
+    /// unless discovery changed the slot meanwhile.
+    fn land(&mut self, landed: Landed<P>) {
+        let index = landed.outcome.index;
+        if self.generations[index] != landed.generation {
+            return;
+        }
+        self.probes[index] = Some(landed.probe);
+        self.judge.publish(&self.hub, &landed.outcome);
+    }
+}
+
+/// Runs one probe, bounded by `timeout`. A caller could not use a
+/// suspected node: its probe proves a new connection works, not only the
+/// probe's old one.
+async fn fly<P: Probe>(launch: Launch<P>, timeout: Duration) -> Landed<P> {
+    let Launch {
+        index,
+        mut probe,
+        generation,
+        suspected,
+    } = launch;
+    if suspected {
+        probe.reconnect();
+    }
+    let sent = Instant::now();
+    let result = match tokio::time::timeout(timeout, probe.probe()).await {
+        Ok(result) => result,
+        Err(_) => Err(format!("probe timed out after {timeout:?}")),
+    };
+    Landed {
+        probe,
+        generation,
+        outcome: Outcome {
+            index,
+            suspected,
+            sent,
+            result,
+        },
     }
 }
 

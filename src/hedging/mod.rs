@@ -285,6 +285,18 @@ pub(crate) struct Counters {
     pub(crate) refused: AtomicU64,
     pub(crate) retries_refused: AtomicU64,
     pub(crate) outliers: AtomicU64,
+    /// Shared with the tasks draining dropped statements' connections.
+    pub(crate) drained: std::sync::Arc<Drained>,
+}
+
+/// Connections of statements whose call was dropped mid-flight (losing
+/// hedges, callers' own timeouts).
+#[derive(Debug, Default)]
+pub(crate) struct Drained {
+    /// The statement ended in time: back to the pool.
+    pub(crate) kept: AtomicU64,
+    /// It did not: cancelled, and the connection discarded.
+    pub(crate) discarded: AtomicU64,
 }
 
 #[cfg(test)]

@@ -58,6 +58,8 @@ impl Hub {
             refused: counters.refused.load(Relaxed),
             retries_refused: counters.retries_refused.load(Relaxed),
             outliers: counters.outliers.load(Relaxed),
+            connections_kept: counters.drained.kept.load(Relaxed),
+            connections_discarded: counters.drained.discarded.load(Relaxed),
         }
     }
 

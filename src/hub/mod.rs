@@ -19,7 +19,7 @@ use arc_swap::{ArcSwap, ArcSwapOption, Guard};
 use tokio::sync::{broadcast, watch, Notify};
 use tokio::time::Instant;
 
-use crate::commit::judge::OutcomeSql;
+use crate::commit::dialect::OutcomeSql;
 use crate::config::clock;
 use crate::config::{Config, NodeConfig, ReadStrategy};
 use crate::connect::node::Node;
@@ -135,7 +135,7 @@ impl Hub {
             budget: Budget::new(&config.hedging, epoch),
             counters: Counters::default(),
             snapshot: ArcSwap::from_pointee(snapshot),
-            outcome_sql: OutcomeSql::new(config.outcomes.marker_table.as_deref()),
+            outcome_sql: OutcomeSql::new(config.outcomes.marker_table.as_deref(), count),
             config,
             connector: Connector::for_cancels(),
             nodes,
@@ -308,6 +308,11 @@ impl Hub {
         let suspects = self.suspects.load();
         let snapshot = self.snapshot.load();
         pick_primary(&self.view(suspects, &snapshot, Freshness::default()))
+    }
+
+    /// Changes with every snapshot published.
+    pub(crate) fn on_publish(&self) -> watch::Receiver<u64> {
+        self.published.subscribe()
     }
 
     /// The write target, waiting up to `write_hold` (never past `deadline`)

@@ -22,7 +22,12 @@ impl Status {
                     fenced: state.fenced,
                     orphaned: state.orphaned,
                     timeline: state.timeline,
-                    missing_capabilities: state.missing.to_vec(),
+                    missing_capabilities: state
+                        .missing
+                        .iter()
+                        .cloned()
+                        .chain(hub.outcome_sql.missing(index))
+                        .collect(),
                     last_replay: state.replayed_at,
                     wal_position: state.position,
                     lag: state.lag,

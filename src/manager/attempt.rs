@@ -7,6 +7,7 @@
 //! connection kept, discarded or cancelled on the server, the typed error
 //! built.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::time::{timeout_at, Instant};
@@ -62,15 +63,27 @@ pub(crate) struct Call<'a> {
 pub(crate) struct Busy<'h, S: Session> {
     session: Option<S>,
     hub: &'h Hub,
+    /// What a drop mid-flight does: `Cancel`, or `Drain` for a single
+    /// statement outside a transaction (see [`Busy::single_statement`]).
+    dropped: Fate,
 }
 
 impl<'h, S: Session> Busy<'h, S> {
-    /// `session`, guarded until settled.
+    /// `session`, guarded until settled (dropped mid-flight: cancelled).
     pub(crate) fn new(hub: &'h Hub, session: S) -> Self {
         Self {
             session: Some(session),
             hub,
+            dropped: Fate::Cancel,
         }
+    }
+
+    /// For one statement outside a transaction: dropped mid-flight, its
+    /// connection waits for the statement to end and goes back to the pool
+    /// (nothing is left open on it), as a losing hedge's does.
+    pub(crate) fn single_statement(mut self) -> Self {
+        self.dropped = Fate::Drain;
+        self
     }
 
     /// The connection, no longer guarded: the caller settles it.
@@ -95,8 +108,8 @@ impl<S: Session> std::ops::Deref for Busy<'_, S> {
 impl<S: Session> Drop for Busy<'_, S> {
     fn drop(&mut self) {
         if let Some(session) = self.session.take() {
-            tracing::debug!("call dropped mid-flight; cancelling its statement");
-            session.settle(self.hub, Fate::Cancel);
+            tracing::debug!(fate = ?self.dropped, "call dropped mid-flight");
+            session.settle(self.hub, self.dropped);
         }
     }
 }
@@ -113,6 +126,9 @@ enum Stage<T, R> {
     PrepareTimedOut,
     /// The statement ran (or the deadline passed while it did).
     Ran(RunResult<T, R>),
+    /// The statement succeeded (a write in autocommit: committed), and the
+    /// deadline passed while its causal token query ran.
+    TokenTimedOut,
 }
 
 /// The server no longer accepts a cached prepared statement: the schema
@@ -201,14 +217,14 @@ impl<'h, C: Connect> Attempt<'h, C> {
         call: &Call<'_>,
     ) -> Result<(K::Output<RowOf<C>>, Option<CausalToken>), Error> {
         if !call.tracked {
-            let client = self.checkout().await?;
+            let client = self.checkout().await?.single_statement();
             return self.run_on::<K>(client, call).await;
         }
         // In flight on the node from here until it ends (answered, failed,
         // or dropped), its answer timed.
         let traffic = self.hub.traffic(self.index);
         let _in_flight = traffic.begin();
-        let client = self.checkout().await?;
+        let client = self.checkout().await?.single_statement();
         traffic.sent(self.hub.nanos(self.started));
         let result = self.run_on::<K>(client, call).await;
         if result
@@ -248,6 +264,11 @@ impl<'h, C: Connect> Attempt<'h, C> {
                     fresh_plan = true;
                 }
                 Stage::Ran(result) => return self.finish(client.take(), result),
+                Stage::TokenTimedOut => {
+                    // The token query still runs on the connection.
+                    self.settle(client.take(), Fate::Discard);
+                    return Err(self.token_unavailable(None));
+                }
             }
         }
     }
@@ -290,10 +311,20 @@ impl<'h, C: Connect> Attempt<'h, C> {
         // it. Both futures are made inside the join, not moved into it: a
         // future captured and then awaited is stored twice in the read's
         // future, which is copied while polled.
+        let succeeded = AtomicBool::new(false);
         let both = async {
-            tokio::join!(biased; K::run(client, call.sql, &statement, call.params), token())
+            let run = async {
+                let result = K::run(client, call.sql, &statement, call.params).await;
+                succeeded.store(result.is_ok(), Ordering::Relaxed);
+                result
+            };
+            tokio::join!(biased; run, token())
         };
-        Stage::Ran(timeout_at(self.deadline.at, both).await)
+        match timeout_at(self.deadline.at, both).await {
+            // Done, only the token is lost: never an unknown outcome.
+            Err(_) if succeeded.load(Ordering::Relaxed) => Stage::TokenTimedOut,
+            result => Stage::Ran(result),
+        }
     }
 
     /// The statement's outcome, its connection settled.
@@ -307,7 +338,7 @@ impl<'h, C: Connect> Attempt<'h, C> {
                 self.settle(client, Fate::Keep);
                 match row.map(|row| token_of(&row)).transpose() {
                     Ok(token) => Ok((output, token)),
-                    Err(error) => Err(self.token_unavailable(error)),
+                    Err(error) => Err(self.token_unavailable(Some(error))),
                 }
             }
             Ok((Ok(output), Err(error))) if position_refused(&error) => {
@@ -316,7 +347,7 @@ impl<'h, C: Connect> Attempt<'h, C> {
             }
             Ok((Ok(_), Err(error))) => {
                 self.settle(client, Fate::Keep);
-                Err(self.token_unavailable(error))
+                Err(self.token_unavailable(Some(error)))
             }
             Ok((Err(error), _)) => Err(self.fail(Phase::Sent, client, Failure::Postgres(error))),
             Err(_) => Err(self.fail(Phase::Sent, client, Failure::Deadline)),
@@ -351,8 +382,8 @@ impl<'h, C: Connect> Attempt<'h, C> {
         client.settle(self.hub, fate);
     }
 
-    pub(crate) fn token_unavailable(&self, source: PgError) -> Error {
-        Error::token_unavailable(self.context(), Some(source))
+    pub(crate) fn token_unavailable(&self, source: Option<PgError>) -> Error {
+        Error::token_unavailable(self.context(), source)
     }
 
     fn cause(&self, phase: Phase, failure: &Failure) -> Cause {

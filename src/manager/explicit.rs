@@ -178,17 +178,19 @@ impl Drop for Explicit<'_> {
     }
 }
 
-/// The more drastic of two fates.
+/// The more drastic of two fates for a connection inside a transaction,
+/// where nothing is drained back into the pool (it would come back with
+/// the transaction open): draining counts as cancelling.
 fn worse(a: Fate, b: Fate) -> Fate {
     let rank = |fate| match fate {
         Fate::Keep => 0,
         Fate::Discard => 1,
-        Fate::Cancel => 2,
+        Fate::Cancel | Fate::Drain => 2,
     };
-    if rank(b) > rank(a) {
-        b
-    } else {
-        a
+    let worst = if rank(b) > rank(a) { b } else { a };
+    match worst {
+        Fate::Drain => Fate::Cancel,
+        fate => fate,
     }
 }
 

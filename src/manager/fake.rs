@@ -121,6 +121,9 @@ impl Reply {
     }
 }
 
+/// When the scripted servers' statistics were last reset.
+pub(crate) const STATS_RESET: i64 = 900;
+
 /// A column value.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Value {
@@ -158,15 +161,18 @@ impl FakeRow {
             Value::Int8(xid),
             Value::Int4(pid),
             Value::Int8(postmaster),
+            Value::Int8(STATS_RESET),
         ])
     }
 
     /// A status row (without a marker table): out of recovery or not, the
-    /// postmaster's start, `pg_xact_status`.
+    /// server's life (the postmaster's start, statistics reset at
+    /// [`STATS_RESET`]), `pg_xact_status`.
     pub(crate) fn status(writable: bool, postmaster: i64, status: &str) -> Self {
         Self(vec![
             Value::Bool(writable),
             Value::Int8(postmaster),
+            Value::Int8(STATS_RESET),
             Value::Text(Some(status.to_owned())),
         ])
     }

@@ -2,8 +2,10 @@
 
 pub(crate) mod attempt;
 mod begin;
+mod dedicated;
 mod explicit;
 mod hedged;
+pub(crate) mod listen;
 mod opening;
 mod pooled;
 mod primary;
@@ -230,6 +232,33 @@ impl DatabaseManager {
             .filter(|(index, _)| !snapshot.nodes[*index].vacant)
             .find(|(_, n)| n.name() == node)
             .map(|(_, n)| n.pool.clone())
+    }
+
+    /// Listens for `NOTIFY` on `channel`, on the node that is primary now
+    /// (waiting for one up to the write hold, within the deadline), on a
+    /// connection of its own. After a failover, or when that connection is
+    /// lost, the listener listens again on the node that is primary then
+    /// and hands over a [`Notice::Gap`](crate::listen::Notice::Gap) first:
+    /// notifications sent in between may be lost, as PostgreSQL delivers
+    /// only to sessions listening when the notifying transaction commits.
+    ///
+    /// ```no_run
+    /// # async fn run(db: pgrouter::DatabaseManager) -> Result<(), pgrouter::Error> {
+    /// use pgrouter::listen::Notice;
+    ///
+    /// let mut listener = db.listen("orders").await?;
+    /// while let Some(notice) = listener.recv().await {
+    ///     match notice {
+    ///         Notice::Notification(n) => println!("order {}", n.payload()),
+    ///         Notice::Gap { node } => println!("listening on {node}: reconcile"),
+    ///         _ => {}
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn listen(&self, channel: &str) -> Result<listen::Listener, Error> {
+        let shutdown = self.inner.shutdown.child_token();
+        listen::listen(&self.inner.hub, channel, shutdown).await
     }
 
     /// Stops the monitor, waits for it, and closes every pool. Later calls

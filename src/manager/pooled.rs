@@ -2,6 +2,7 @@
 //! connection checked out of it ([`Pooled`]).
 
 use std::future::Future;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -183,7 +184,51 @@ impl Session for Pooled {
                     .cancel_in_background(self.object.cancel_token());
                 drop(Object::take(self.object));
             }
+            Fate::Drain => drain(hub, self.object),
         }
+    }
+}
+
+/// Lets the statement still running on `object` end, in the background,
+/// then returns the connection to its pool: the server answers requests
+/// in order, so an empty query's answer comes after the statement's. No
+/// cancel is sent first (a cancel that arrives after the statement ended
+/// could hit the next caller's), and behind a transaction pooler, which
+/// drops cancels, waiting is all there is. A statement that outlasts
+/// `pool.recycle_timeout` is cancelled and its connection discarded.
+fn drain(hub: &Hub, object: Object) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        // Outside a runtime: nothing can wait; the session ends with it.
+        drop(Object::take(object));
+        return;
+    };
+    let bound = hub.config.pool.recycle_timeout;
+    let connector = hub.connector.clone();
+    let drained = Arc::clone(&hub.counters.drained);
+    runtime.spawn(async move {
+        let ended = tokio::time::timeout(bound, object.batch_execute("")).await;
+        match ended {
+            Ok(Ok(())) => {
+                drained.kept.fetch_add(1, Ordering::Relaxed);
+                drop(object);
+            }
+            _ => {
+                tracing::debug!(
+                    ?bound,
+                    "a dropped statement did not end in time; cancelling it"
+                );
+                drained.discarded.fetch_add(1, Ordering::Relaxed);
+                connector.cancel_in_background(object.cancel_token());
+                drop(Object::take(object));
+            }
+        }
+    });
+}
+
+impl Pooled {
+    /// The deadpool connection, for the caller to use and drop.
+    pub(crate) fn into_object(self) -> Object {
+        self.object
     }
 }
 

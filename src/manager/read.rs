@@ -215,6 +215,29 @@ impl<'a> ReadBuilder<'a> {
     }
 }
 
+impl ReadBuilder<'_> {
+    /// A pooled connection of the node this read would go to (strategy,
+    /// staleness bound, causal token), for what one statement cannot do:
+    /// `COPY … TO`, a streaming `query_raw`, portals, statements prepared
+    /// by hand. If its node cannot give one, another eligible node's. The
+    /// deadline bounds the checkout only; what runs on the connection is
+    /// not retried, hedged or bounded by pgrouter. Dropping it returns it
+    /// to its pool. The node chosen is recorded in [`info`](Self::info).
+    ///
+    /// ```no_run
+    /// # async fn run(db: pgrouter::DatabaseManager) -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// let client = db.read().max_staleness(Duration::from_secs(1)).client().await?;
+    /// let rows = client.query("SELECT id FROM orders", &[]).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn client(self) -> Result<deadpool_postgres::Client, Error> {
+        let strategy = self.strategy.unwrap_or(self.hub.config.read_strategy);
+        let (budget, freshness) = self.resolve()?;
+        super::dedicated::for_read(self.hub, strategy, budget, freshness, self.info).await
+    }
+}
+
 /// Picks a node, runs the call, and on a retryable failure runs it once
 /// more on another node. A "read" may write (`INSERT … RETURNING` through
 /// `query`): a statement sent to the primary follows the rules of a write

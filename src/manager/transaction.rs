@@ -306,7 +306,9 @@ async fn run<C: Connect, B: Body<C::Session>>(
 
 /// `COMMIT`, and the causal token query right behind it. Without a
 /// resolution to follow, `COMMIT` may use the whole deadline; with one,
-/// part of it is kept for asking.
+/// part of it is kept for asking. Once `COMMIT` is answered the write is
+/// known committed: a token that does not come by the deadline is
+/// [`ErrorKind::TokenUnavailable`], never an unknown outcome.
 async fn commit<C: Connect, T>(
     attempt: &Attempt<'_, C>,
     client: &C::Session,
@@ -321,38 +323,59 @@ async fn commit<C: Connect, T>(
             TokenQuery::NotWanted | TokenQuery::Refused => Ok(None),
         }
     };
-    // Biased: COMMIT is sent first, the token query right behind it.
-    let both = async { tokio::join!(biased; client.batch_execute("COMMIT"), token_query) };
-    match timeout_at(commit_deadline(attempt), both).await {
-        Ok((Ok(()), Ok(row))) => match row.map(|row| token_of(&row)).transpose() {
+    let committing = timeout_at(commit_deadline(attempt), client.batch_execute("COMMIT"));
+    let token_query = timeout_at(attempt.deadline(), token_query);
+    tokio::pin!(committing, token_query);
+    // Biased: COMMIT is sent first, the token query right behind it; the
+    // token's answer (which comes after COMMIT's) is kept if it is early.
+    let mut early = None;
+    let committed = loop {
+        tokio::select! {
+            biased;
+            committed = &mut committing => break committed,
+            row = &mut token_query, if early.is_none() => early = Some(row),
+        }
+    };
+    match committed {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => {
+            let (error, fate) = attempt.judge(Phase::CommitSent, Failure::Postgres(error));
+            return match error.is_outcome_unknown() {
+                true => Err(Stop::CommitLost(value, error, fate)),
+                false => Err(Stop::Failed(error, fate)),
+            };
+        }
+        Err(_) => {
+            let (error, fate) = attempt.judge(Phase::CommitSent, Failure::Deadline);
+            return Err(Stop::CommitLost(value, error, fate));
+        }
+    }
+    // Committed: from here on only the token can be lost.
+    let row = match early {
+        Some(row) => row,
+        None => token_query.await,
+    };
+    match row {
+        Ok(Ok(row)) => match row.map(|row| token_of(&row)).transpose() {
             Ok(None) if matches!(token, TokenQuery::Refused) => {
                 Ok((value, Some(CausalToken::PRIMARY)))
             }
             Ok(position) => Ok((value, position)),
-            Err(error) => Err(Stop::Failed(attempt.token_unavailable(error), Fate::Keep)),
+            Err(error) => Err(Stop::Failed(
+                attempt.token_unavailable(Some(error)),
+                Fate::Keep,
+            )),
         },
-        Ok((Ok(()), Err(error))) if position_refused(&error) => {
-            Ok((value, Some(CausalToken::PRIMARY)))
-        }
-        Ok((Ok(()), Err(error))) => {
-            // Committed: only the token is lost.
+        Ok(Err(error)) if position_refused(&error) => Ok((value, Some(CausalToken::PRIMARY))),
+        Ok(Err(error)) => {
             let fate = match error.code() {
                 Some(_) if !error.is_closed() => Fate::Keep,
                 _ => Fate::Discard,
             };
-            Err(Stop::Failed(attempt.token_unavailable(error), fate))
+            Err(Stop::Failed(attempt.token_unavailable(Some(error)), fate))
         }
-        Ok((Err(error), _)) => {
-            let (error, fate) = attempt.judge(Phase::CommitSent, Failure::Postgres(error));
-            match error.is_outcome_unknown() {
-                true => Err(Stop::CommitLost(value, error, fate)),
-                false => Err(Stop::Failed(error, fate)),
-            }
-        }
-        Err(_) => {
-            let (error, fate) = attempt.judge(Phase::CommitSent, Failure::Deadline);
-            Err(Stop::CommitLost(value, error, fate))
-        }
+        // The token query is still running on the connection: not kept.
+        Err(_) => Err(Stop::Failed(attempt.token_unavailable(None), Fate::Discard)),
     }
 }
 

@@ -200,6 +200,24 @@ impl<'a> WriteBuilder<'a> {
     }
 
     /// The deadline in force, checked, counted from now.
+    /// A pooled connection of the node that is primary now (held for
+    /// during a failover, as writes are), for what one statement cannot
+    /// do: `COPY … FROM`, a streaming `query_raw`, portals, a transaction
+    /// driven by hand. The deadline bounds finding the primary and the
+    /// checkout only; what runs on the connection is not retried, resolved
+    /// or bounded by pgrouter. Dropping it returns it to its pool.
+    ///
+    /// ```no_run
+    /// # async fn run(db: pgrouter::DatabaseManager) -> Result<(), Box<dyn std::error::Error>> {
+    /// let client = db.write().client().await?;
+    /// client.batch_execute("COPY orders FROM '/dev/null'").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn client(self) -> Result<deadpool_postgres::Client, Error> {
+        let deadline = self.deadline_from_now()?;
+        super::dedicated::for_write(self.hub, deadline, self.info).await
+    }
+
     pub(crate) fn deadline_from_now(&self) -> Result<Deadline, Error> {
         match self.deadline {
             Some(deadline) if deadline.is_zero() => Err(Error::invalid_argument(

@@ -99,6 +99,13 @@ impl Observer {
         Self::start(hub, span, Operation::Transaction, None)
     }
 
+    /// A connection of the primary handed to the caller (counted with the
+    /// writes: it waits for a primary as they do).
+    pub(crate) fn checkout(hub: &impl Deployment) -> Self {
+        let span = call_span!("pgrouter.checkout", None::<&'static str>,);
+        Self::start(hub, span, Operation::Write, None)
+    }
+
     fn start(hub: &impl Deployment, span: Span, operation: Operation, sql: Option<&str>) -> Self {
         if hub.record_query_text() {
             if let Some(sql) = sql {

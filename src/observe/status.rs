@@ -51,6 +51,14 @@ pub struct HedgeCounts {
     pub retries_refused: u64,
     /// Times a node was found an outlier and marked suspect.
     pub outliers: u64,
+    /// Connections of statements whose call was dropped mid-flight (a
+    /// losing hedge, a caller's own timeout) returned to their pool once
+    /// the statement ended.
+    pub connections_kept: u64,
+    /// Such connections discarded instead: the statement outlasted
+    /// [`PoolSettings::recycle_timeout`](crate::config::PoolSettings::recycle_timeout)
+    /// and was cancelled on the server (each costs a reconnect).
+    pub connections_discarded: u64,
 }
 
 /// One node's state.

@@ -458,9 +458,15 @@ async fn liveness_readiness_json_and_errors_as_http() {
     let read = http.get(pod.url("/items/1")).send().await.unwrap();
     assert_eq!(read.status(), 503);
     assert_eq!(read.headers()["retry-after"], "1");
-    // Not ready once no node could serve a read for the write hold.
+    // Not ready once no node could serve a read for the write hold (the
+    // replicas served reads until they stopped: no primary is no orphan
+    // rule, so that reason comes a little after the primary's).
     let red = wait_until_async(Duration::from_secs(20), || async {
-        ready(&http, &pod).await.0 == 503
+        let (status, body) = ready(&http, &pod).await;
+        status == 503
+            && body["readiness"]["reasons"]
+                .to_string()
+                .contains("no-read-node")
     })
     .await;
     assert!(red.is_some(), "{:?}", ready(&http, &pod).await);

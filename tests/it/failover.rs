@@ -147,6 +147,57 @@ async fn writes_follow_a_promoted_replica_and_never_reach_the_old_primary() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_keep_working_while_no_primary_exists() {
+    // The primary dies and nothing is promoted: both replicas stop
+    // receiving, and neither is an orphan (there is no primary to follow),
+    // so reads without a bound go on; a bounded read fails once the
+    // replicas' lag, measured from the last primary, passes its bound.
+    let (cluster, db) = cluster_and_manager(ReadStrategy::RegionalPreferred).await;
+    db.execute("CREATE TABLE t (id int)", &[]).await.unwrap();
+    db.execute("INSERT INTO t VALUES (1)", &[]).await.unwrap();
+    blocking(|| cluster.wait_for_replicas(Duration::from_secs(10))).unwrap();
+    blocking(|| cluster.stop(0, StopMode::Immediate)).unwrap();
+    let gone = wait_until(Duration::from_secs(10), || {
+        db.status().write_target.is_none()
+    })
+    .await;
+    assert!(gone.is_some(), "{:?}", db.status());
+
+    // Three seconds of reads, through every replica's receiver stopping.
+    let bound = Duration::from_secs(1);
+    let started = Instant::now();
+    let (mut served, mut failed, mut bounded_failed) = (0, Vec::new(), 0);
+    while started.elapsed() < Duration::from_secs(3) {
+        match db.query_one("SELECT count(*) FROM t", &[]).await {
+            Ok(row) => {
+                assert_eq!(row.get::<_, i64>(0), 1);
+                served += 1;
+            }
+            Err(error) => failed.push(error),
+        }
+        if started.elapsed() > bound * 2 {
+            let bounded = db.read().max_staleness(bound).query_one("SELECT 1", &[]);
+            bounded_failed += usize::from(bounded.await.is_err());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    eprintln!(
+        "{served} reads served, {} failed, while no primary exists",
+        failed.len()
+    );
+    assert!(failed.is_empty(), "{failed:?}");
+    assert!(served > 0);
+    assert!(bounded_failed > 0, "the replicas' lag keeps growing");
+    let status = db.status();
+    assert_eq!(status.write_target, None);
+    for name in ["node1", "node2"] {
+        let node = status.node(name).unwrap();
+        assert!(node.healthy && node.orphaned.is_none(), "{node:?}");
+    }
+    db.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_hold_for_a_primary_then_fail_typed() {
     let cluster = start_cluster();
     let ports: Vec<u16> = cluster.nodes().iter().map(|n| n.client_port()).collect();

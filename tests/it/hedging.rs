@@ -1,8 +1,9 @@
 //! Hedged reads and outlier detection on a real cluster: a replica
 //! black-holed by the fault proxy under concurrent reads with a 1 s
 //! deadline fails no read with hedging on, and fails the reads in flight
-//! with hedging off; a hedge that wins cancels the losing statement on its
-//! server.
+//! with hedging off; a hedge that wins lets the losing statement end and
+//! keeps its connection, or cancels it on its server once it outlasts
+//! `pool.recycle_timeout`.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -130,7 +131,7 @@ async fn without_hedging_the_reads_in_flight_wait_out_their_deadline() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_losing_statement_is_cancelled_on_its_server() {
+async fn a_losing_statement_that_outlasts_the_bound_is_cancelled_on_its_server() {
     let (cluster, _proxies, db) = proxied_with(|config| {
         config.read_strategy = ReadStrategy::RegionalPreferred;
         config.hedging.enabled = true;
@@ -165,6 +166,12 @@ async fn the_losing_statement_is_cancelled_on_its_server() {
     assert!(gone.is_some(), "the losing statement still runs on node1");
     drop(client);
     let _ = driver.await;
+    let counts = db.status().hedging;
+    assert_eq!(
+        (counts.connections_kept, counts.connections_discarded),
+        (0, 1),
+        "{counts:?}"
+    );
 
     // node1 still serves reads: its pool holds no connection left busy.
     for _ in 0..20 {
@@ -175,5 +182,43 @@ async fn the_losing_statement_is_cancelled_on_its_server() {
             .unwrap();
         assert_eq!(row.get::<_, String>(0), "node1");
     }
+    db.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_losing_hedge_keeps_its_connection() {
+    let (_cluster, _proxies, db) = proxied_with(|config| {
+        config.read_strategy = ReadStrategy::RegionalPreferred;
+        config.hedging.enabled = true;
+        config.hedging.delay = Some(Duration::from_millis(50));
+        config.outliers.enabled = false;
+        config.pool.recycle_timeout = Duration::from_secs(5);
+    })
+    .await;
+    // node1's one pooled session, which the loser will hold.
+    let pid_sql = "SELECT pg_backend_pid(), current_setting('cluster_name')";
+    let row = db.read().query_one(pid_sql, &[]).await.unwrap();
+    assert_eq!(row.get::<_, String>(1), "node1");
+    let before: i32 = row.get(0);
+    // node1 answers after 300 ms: hedged at 50 ms, the hedge wins.
+    let sql = "SELECT pg_sleep(CASE current_setting('cluster_name') \
+               WHEN 'node1' THEN 0.3 ELSE 0 END)::text, current_setting('cluster_name')";
+    let row = db.read().query_one(sql, &[]).await.unwrap();
+    assert_ne!(row.get::<_, String>(1), "node1", "the hedge answered");
+    // The loser's statement ends by itself; its connection goes back.
+    let kept = wait_until(Duration::from_secs(10), || {
+        db.status().hedging.connections_kept == 1
+    })
+    .await;
+    let counts = db.status().hedging;
+    assert!(kept.is_some(), "{counts:?}");
+    assert_eq!(
+        (counts.sent, counts.won, counts.connections_discarded),
+        (1, 1, 0)
+    );
+    // No reconnect: node1's next read runs on the session the loser held.
+    let row = db.read().query_one(pid_sql, &[]).await.unwrap();
+    assert_eq!(row.get::<_, String>(1), "node1");
+    assert_eq!(row.get::<_, i32>(0), before, "the same session");
     db.close().await;
 }

@@ -11,10 +11,11 @@ use crate::support::{
     blocking, fast_config, node_configs, pooler, session, until_running, wait_until_async,
 };
 use pgrouter::error::ErrorKind;
+use pgrouter::status::Capability;
 use pgrouter::status::CommitOutcome;
 use pgrouter::status::Event;
 use pgrouter::tokio_postgres::types::ToSql;
-use pgrouter::tokio_postgres::Row;
+use pgrouter::tokio_postgres::{NoTls, Row};
 use pgrouter::Config;
 use pgrouter::DatabaseManager;
 use pgrouter::Error;
@@ -559,5 +560,175 @@ async fn a_resolved_commit_still_gives_a_causal_token_that_reads_the_write() {
         .await
         .expect("a causal read");
     assert_eq!(row.get::<_, i64>(0), 1);
+    db.close().await;
+}
+
+/// When node `index`'s shared statistics were last reset, as text.
+async fn stats_reset(cluster: &Cluster, index: usize) -> Option<String> {
+    let (client, connection) = cluster.node(index).pg_config().connect(NoTls).await.ok()?;
+    let driver = tokio::spawn(connection);
+    let sql = "SELECT pg_stat_get_bgwriter_stat_reset_time()::text";
+    let reset = client.query_one(sql, &[]).await.ok()?.get(0);
+    drop(client);
+    let _ = driver.await;
+    Some(reset)
+}
+
+/// Waits until node `index` accepts connections in a life after the one
+/// whose statistics reset time was `before` (a crash restart resets them;
+/// right after the kill, the old life may still answer for a moment).
+async fn until_restarted(cluster: &Cluster, index: usize, before: &str) {
+    let back = wait_until_async(Duration::from_secs(30), || async {
+        stats_reset(cluster, index)
+            .await
+            .is_some_and(|reset| reset != before)
+    })
+    .await;
+    assert!(back.is_some(), "node {index} never came back in a new life");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_restart_under_the_same_postmaster_is_a_new_life() {
+    // Our transaction (id X) sends COMMIT and runs a 30 s deferred trigger;
+    // a backend is killed with SIGKILL, so the postmaster reinitialises the
+    // server and runs crash recovery, under the same postmaster. X wrote
+    // nothing to the WAL (an unlogged table), so it is handed out again;
+    // a transaction that commits takes it. Only then may resolution ask.
+    let (cluster, proxies) = proxied_cluster(0).await;
+    let proxy = &proxies[0];
+    create_schema(&cluster).await;
+    blocking(|| {
+        cluster.psql(
+            0,
+            "CREATE UNLOGGED TABLE scratch (note text NOT NULL);
+             CREATE CONSTRAINT TRIGGER slow AFTER INSERT ON scratch
+               DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
+               WHEN (NEW.note LIKE 'slow%') EXECUTE FUNCTION slow_commit();",
+        )
+    })
+    .expect("scratch table");
+    let mut settings = config(&cluster, &proxies, Resolution::Ids);
+    settings.deadline = Duration::from_secs(12);
+    let db = DatabaseManager::new(settings).await.expect("manager");
+    let ours = Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let runs = Arc::new(AtomicU32::new(0));
+    let transaction = db.write().transaction(|tx| {
+        let (ours, runs) = (Arc::clone(&ours), Arc::clone(&runs));
+        Box::pin(async move {
+            runs.fetch_add(1, Ordering::SeqCst);
+            tx.execute("INSERT INTO scratch VALUES ('slowest crash')", &[])
+                .await?;
+            let row = tx
+                .query_one("SELECT pg_current_xact_id()::text::bigint", &[])
+                .await?;
+            ours.store(row.get(0), Ordering::SeqCst);
+            Ok(())
+        })
+    });
+    let crash = async {
+        until_running(&cluster, 0, "COMMIT").await;
+        let sql = "SELECT pid FROM pg_stat_activity WHERE query = 'COMMIT' AND state = 'active'";
+        let pid: i32 = row_on(&cluster, 0, sql, &[]).await.get(0);
+        let before = stats_reset(&cluster, 0)
+            .await
+            .expect("the old life's reset time");
+        // Questions find no server until X is handed out again.
+        proxy.set(Fault::Reset);
+        let killed = blocking(|| {
+            std::process::Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status()
+        });
+        assert!(killed.expect("kill").success());
+        until_restarted(&cluster, 0, &before).await;
+        let ours = ours.load(Ordering::SeqCst);
+        let (client, driver) = session(&cluster, 0).await;
+        let take = "SELECT pg_current_xact_id()::text::bigint";
+        let mut handed_out: i64 = client.query_one(take, &[]).await.expect("id").get(0);
+        assert!(
+            handed_out <= ours,
+            "X is handed out again: {handed_out} > {ours}"
+        );
+        while handed_out < ours {
+            handed_out = client.query_one(take, &[]).await.expect("id").get(0);
+        }
+        let status: Option<String> = client
+            .query_one("SELECT pg_xact_status($1::bigint::text::xid8)", &[&ours])
+            .await
+            .expect("status")
+            .get(0);
+        assert_eq!(
+            status.as_deref(),
+            Some("committed"),
+            "X reused and committed"
+        );
+        drop(client);
+        let _ = driver.await;
+        proxy.set(Fault::Pass);
+    };
+    let (result, ()) = tokio::join!(transaction, crash);
+    // The same postmaster answers "committed" about X: another
+    // transaction's commit, in the server's next life. Never our Ok.
+    let error = result.expect_err("a crash-reused id must not read as our commit");
+    assert!(error.is_outcome_unknown(), "{error:?}");
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    db.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resolution_steps_down_to_txid_functions_then_off_and_says_so() {
+    let (cluster, proxies) = proxied_cluster(0).await;
+    let proxy = &proxies[0];
+    blocking(|| cluster.create_least_privilege_role("resolver")).expect("role");
+    create_schema(&cluster).await;
+    let revoke = |function: &'static str| {
+        let sql = format!("REVOKE EXECUTE ON FUNCTION {function} FROM PUBLIC");
+        blocking(|| cluster.psql(0, &sql)).expect("revoke");
+    };
+    let mut settings = config(&cluster, &proxies, Resolution::Ids);
+    for node in &mut settings.nodes {
+        let url = node.url.expose().replace(
+            &format!("user={}", cluster.node(0).client_user()),
+            "user=resolver",
+        );
+        node.url = url.into();
+    }
+    let commit_status_missing = |db: &DatabaseManager| {
+        db.status().node("node0").map(|node| {
+            node.missing_capabilities
+                .iter()
+                .any(|missing| missing.capability == Capability::CommitStatus)
+        })
+    };
+
+    // PostgreSQL 12's names only: a lost COMMIT is still resolved.
+    revoke("pg_current_xact_id()");
+    let db = DatabaseManager::new(settings.clone())
+        .await
+        .expect("manager");
+    let (result, runs) = insert_then_fault(&db, proxy, Fault::HoldReplies, "older", async {
+        until_committed(&cluster, 0, "older").await;
+        cut(proxy).await;
+    })
+    .await;
+    assert_eq!(result.expect("resolved with txid_status"), 1);
+    assert_eq!((runs, rows(&cluster, 0, "older").await), (1, 1));
+    assert_eq!(commit_status_missing(&db), Some(false));
+
+    // Neither: transactions run without resolution, and status says so.
+    revoke("txid_current()");
+    let (result, runs) = insert_then_fault(&db, proxy, Fault::HoldReplies, "none", async {
+        until_committed(&cluster, 0, "none").await;
+        cut(proxy).await;
+    })
+    .await;
+    let error = result.expect_err("unresolved: the outcome is unknown");
+    assert!(error.is_outcome_unknown(), "{error:?}");
+    assert_eq!((runs, rows(&cluster, 0, "none").await), (1, 1));
+    assert_eq!(commit_status_missing(&db), Some(true));
+    let ran = db
+        .transaction(|tx| Box::pin(async move { tx.execute("SELECT 1", &[]).await }))
+        .await;
+    assert_eq!(ran.expect("transactions still run"), 1);
     db.close().await;
 }

@@ -103,20 +103,38 @@ impl Connector {
         &self,
         pg: &tokio_postgres::Config,
     ) -> Result<Connected, tokio_postgres::Error> {
+        self.connect_with(pg, None).await
+    }
+
+    /// [`Connector::connect`], the notifications (`NOTIFY`) the server
+    /// sends on it handed to `notices` (a pool's connections drop them).
+    pub(crate) async fn connect_listening(
+        &self,
+        pg: &tokio_postgres::Config,
+        notices: Notices,
+    ) -> Result<Connected, tokio_postgres::Error> {
+        self.connect_with(pg, Some(notices)).await
+    }
+
+    async fn connect_with(
+        &self,
+        pg: &tokio_postgres::Config,
+        notices: Option<Notices>,
+    ) -> Result<Connected, tokio_postgres::Error> {
         let Some(cache) = &self.credentials else {
-            return self.connect_as(pg).await;
+            return self.connect_as(pg, notices).await;
         };
         let lease = match cache.current().await {
             Ok(lease) => lease,
             Err(error) => return credentials::failed_connection(error).await,
         };
-        match self.connect_as(&lease.apply(pg)).await {
+        match self.connect_as(&lease.apply(pg), notices.clone()).await {
             Err(error) if lease.cached && credentials::rejected(&error) => {
                 let fresh = match cache.refresh(lease.generation).await {
                     Ok(fresh) => fresh,
                     Err(error) => return credentials::failed_connection(error).await,
                 };
-                self.connect_as(&fresh.apply(pg)).await
+                self.connect_as(&fresh.apply(pg), notices).await
             }
             other => other,
         }
@@ -128,19 +146,20 @@ impl Connector {
     async fn connect_as(
         &self,
         pg: &tokio_postgres::Config,
+        notices: Option<Notices>,
     ) -> Result<Connected, tokio_postgres::Error> {
         match (&self.tls, self.mode) {
-            (Some(tls), SslMode::Allow) => match plain(pg).await {
+            (Some(tls), SslMode::Allow) => match plain(pg, notices.clone()).await {
                 // The server refused plain text (pg_hba.conf `hostssl`).
                 Err(error) if error.as_db_error().is_some() => {
                     let mut pg = pg.clone();
                     pg.ssl_mode(WireMode::Require);
-                    encrypted(&pg, tls).await
+                    encrypted(&pg, tls, notices).await
                 }
                 other => other,
             },
-            (Some(tls), _) => encrypted(pg, tls).await,
-            (None, _) => plain(pg).await,
+            (Some(tls), _) => encrypted(pg, tls, notices).await,
+            (None, _) => plain(pg, notices).await,
         }
     }
 
@@ -175,16 +194,47 @@ impl Connect for Connector {
     }
 }
 
-async fn plain(pg: &tokio_postgres::Config) -> Result<Connected, tokio_postgres::Error> {
-    // A failed driver shows up in the client as a closed connection.
+async fn plain(
+    pg: &tokio_postgres::Config,
+    notices: Option<Notices>,
+) -> Result<Connected, tokio_postgres::Error> {
     let (client, connection) = pg.connect(NoTls).await?;
-    Ok((client, tokio::spawn(async move { drop(connection.await) })))
+    Ok((client, drive(connection, notices)))
 }
 
 async fn encrypted(
     pg: &tokio_postgres::Config,
     tls: &MakeRustlsConnect,
+    notices: Option<Notices>,
 ) -> Result<Connected, tokio_postgres::Error> {
     let (client, connection) = pg.connect(tls.clone()).await?;
-    Ok((client, tokio::spawn(async move { drop(connection.await) })))
+    Ok((client, drive(connection, notices)))
+}
+
+/// Where a listening connection's notifications go.
+pub(crate) type Notices = tokio::sync::mpsc::UnboundedSender<tokio_postgres::Notification>;
+
+/// Spawns the task driving `connection`; its notifications go to
+/// `notices`, if given, else nowhere. A failed driver shows up in the
+/// client as a closed connection.
+fn drive<S, T>(
+    mut connection: tokio_postgres::Connection<S, T>,
+    notices: Option<Notices>,
+) -> JoinHandle<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        let Some(notices) = notices else {
+            drop(connection.await);
+            return;
+        };
+        while let Some(Ok(message)) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            if let tokio_postgres::AsyncMessage::Notification(notification) = message {
+                // The listener gone: nothing left to hand it to.
+                let _ = notices.send(notification);
+            }
+        }
+    })
 }

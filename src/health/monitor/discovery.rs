@@ -185,6 +185,7 @@ impl<P: Probe> Monitor<P> {
             last_seen: now,
         });
         self.probes[index] = Some((discovery.make_probe)(index, &node));
+        self.generations[index] += 1;
         self.judge.trackers[index] = Tracker::new(now);
         self.judge.aurora[index] = None;
         hub.fill(index, Arc::clone(&node));
@@ -209,6 +210,7 @@ impl<P: Probe> Monitor<P> {
             return;
         };
         self.probes[index] = None;
+        self.generations[index] += 1;
         self.judge.aurora[index] = None;
         let reason = match why {
             Removal::Vanished => "no longer listed by aurora_replica_status()",

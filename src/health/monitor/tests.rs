@@ -688,6 +688,46 @@ async fn without_a_primary_every_node_is_probed_fast_until_a_promotion_is_seen()
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_silent_old_primary_does_not_slow_the_failover_watch() {
+    let mut config = config(3);
+    config.health.interval = Duration::from_secs(5);
+    config.health.probe_timeout = Duration::from_secs(2);
+    let h = Harness::start(config, &[PRIMARY, REPLICA, REPLICA]).await;
+    // The primary is cut off (a black hole, not a refusal): its probe at
+    // 5 s times out at 7 s, and every later one takes the full 2 s.
+    h.world.set(0, Answer::Silent);
+    h.at(7_001).await;
+    tokio::task::yield_now().await;
+    assert_eq!(h.hub.primary_index(), None);
+    // Node1 is promoted while node0's watched probes hang: seen within a
+    // watch interval, not when the silent probe gives up (9 s and later).
+    h.at(7_300).await;
+    h.world.set(
+        1,
+        Answer::Primary {
+            timeline: 2,
+            position: 200,
+        },
+    );
+    h.at(7_340).await;
+    tokio::task::yield_now().await;
+    assert_eq!(h.hub.primary_index(), Some(1), "at {} ms", h.ms());
+    let watched: Vec<u64> = h
+        .probed_at(2)
+        .into_iter()
+        .filter(|&at| (7_001..7_300).contains(&at))
+        .collect();
+    assert!(watched.len() >= 10, "node2 probed fast: {watched:?}");
+    // Node0 has one probe in flight at a time: sent again only when the
+    // last one timed out.
+    let node0 = h.probed_at(0);
+    assert!(
+        node0.windows(2).all(|pair| pair[1] - pair[0] >= 2_000),
+        "{node0:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn the_failover_watch_ends_after_its_limit_and_can_be_turned_off() {
     for (watch, fast) in [(Duration::from_secs(1), true), (Duration::ZERO, false)] {
         let mut config = config(2);

@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use super::{two_nodes, Harness};
-use crate::commit::resolve::IDENTITY_SQL;
 use crate::failure::error::Error;
 use crate::failure::error::ErrorKind;
 use crate::manager::fake::{Ask, Fake, FakeRow, Fault, Reply, Step};
@@ -36,7 +35,7 @@ impl<S: Session> Body<S> for Transfer {
 /// `status`.
 fn commit_lost(status: &'static str) -> Fake {
     Fake::new(move |step: &Step<'_>| match (step.ask, step.sql) {
-        (Ask::QueryOne, IDENTITY_SQL) => {
+        (Ask::QueryOne, sql) if is_identity(sql) => {
             Some(Reply::rows(vec![FakeRow::identity(XID, PID, POSTMASTER)]))
         }
         (Ask::Batch, "COMMIT") if step.nth == 0 => Some(Reply::fail(Fault::Lost).after_ms(5)),
@@ -45,6 +44,10 @@ fn commit_lost(status: &'static str) -> Fake {
         }
         _ => None,
     })
+}
+
+fn is_identity(sql: &str) -> bool {
+    sql.starts_with("SELECT pg_current_xact_id()")
 }
 
 fn is_status(sql: &str) -> bool {
@@ -126,4 +129,64 @@ async fn a_lost_commit_still_unresolved_at_the_deadline_is_an_unknown_outcome() 
     assert_eq!(fake.ms(), 915, "the next round would end past the deadline");
     assert_eq!(fake.sent(0, "COMMIT"), [0], "never run again");
     assert_eq!(resolved(&mut events), [CommitOutcome::Unknown]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_token_that_does_not_come_after_commit_is_unavailable_not_unknown() {
+    use crate::manager::token::TOKEN_SQL;
+    let h = Harness::healthy(two_nodes()).await;
+    let mut events = h.hub.subscribe();
+    // COMMIT is answered at once; the token query behind it never is.
+    let fake = Fake::new(move |step: &Step<'_>| match (step.ask, step.sql) {
+        (Ask::QueryOne, sql) if is_identity(sql) => {
+            Some(Reply::rows(vec![FakeRow::identity(XID, PID, POSTMASTER)]))
+        }
+        (Ask::QueryOne, TOKEN_SQL) => Some(Reply::never()),
+        _ => None,
+    });
+    let info = crate::CallInfo::with_token();
+    let write = WriteBuilder::new(&h.hub)
+        .deadline(Duration::from_secs(1))
+        .info(&info);
+    let error = write.run_transaction(&fake, Transfer).await.unwrap_err();
+    assert!(
+        matches!(error.kind(), ErrorKind::TokenUnavailable),
+        "{error:?}"
+    );
+    assert!(!error.is_outcome_unknown(), "COMMIT was answered");
+    assert_eq!(fake.ms(), 1000, "the token waited for until the deadline");
+    assert_eq!(fake.sent(0, "COMMIT"), [0], "never run again");
+    assert!(asked_about(&fake).is_empty(), "nothing to resolve");
+    assert!(resolved(&mut events).is_empty());
+}
+
+/// How a node that refuses the transaction id functions steps down.
+#[tokio::test]
+async fn a_node_steps_down_once_per_refusal_and_says_why_when_off() {
+    use crate::commit::dialect::{Dialect, OutcomeSql};
+    use crate::health::capability::Capability;
+    use crate::manager::fake::pg_error;
+    let sql = OutcomeSql::new(None, 2);
+    assert_eq!(sql.dialect(1), Dialect::Xact);
+    // Not a refusal: the node is unwell, nothing learnt.
+    assert!(!sql.refused(1, Dialect::Xact, &pg_error(Fault::Sqlstate("57P01")).await));
+    assert!(!sql.refused(1, Dialect::Xact, &pg_error(Fault::Lost).await));
+    assert_eq!(sql.dialect(1), Dialect::Xact);
+
+    let undefined = pg_error(Fault::Sqlstate("42883")).await;
+    assert!(sql.refused(1, Dialect::Xact, &undefined));
+    assert_eq!(sql.dialect(1), Dialect::Txid);
+    assert_eq!(sql.missing(1), None, "resolution still runs");
+    // Another call that saw the same refusal steps down no further.
+    assert!(sql.refused(1, Dialect::Xact, &undefined));
+    assert_eq!(sql.dialect(1), Dialect::Txid);
+
+    let denied = pg_error(Fault::Sqlstate("42501")).await;
+    assert!(sql.refused(1, Dialect::Txid, &denied));
+    assert_eq!(sql.dialect(1), Dialect::Off);
+    let missing = sql.missing(1).expect("said in status");
+    assert_eq!(missing.capability, Capability::CommitStatus);
+    assert_eq!(missing.code, "42501");
+    assert_eq!((sql.dialect(0), sql.missing(0)), (Dialect::Xact, None));
+    assert_eq!(sql.dialect(9), Dialect::Off, "no such node");
 }

@@ -243,3 +243,31 @@ async fn a_writes_causal_token_is_read_right_behind_it_on_the_same_connection() 
     assert_eq!(fake.sent(0, TOKEN_SQL), [0]);
     assert_eq!(fake.settled(0), [(7, Fate::Keep)]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_token_that_does_not_come_after_the_write_succeeded_is_unavailable_not_unknown() {
+    use crate::manager::fake::FakeRow;
+    use crate::manager::token::TOKEN_SQL;
+    let h = Harness::healthy(two_nodes()).await;
+    // The write is answered at 7 ms; its token query never is.
+    let fake = Fake::new(|step| match step.ask {
+        Ask::Execute => Some(Reply::rows(vec![FakeRow::node(0)]).after_ms(7)),
+        Ask::QueryOne if step.sql == TOKEN_SQL => Some(Reply::never()),
+        _ => None,
+    });
+    let info = crate::CallInfo::with_token();
+    let write = WriteBuilder::new(&h.hub)
+        .deadline(Duration::from_secs(1))
+        .info(&info);
+    let Err(error) = write.run::<Count, _>(&fake, SQL, &[]).await else {
+        panic!("the token cannot have come");
+    };
+    assert!(
+        matches!(error.kind(), ErrorKind::TokenUnavailable),
+        "{error:?}"
+    );
+    assert!(!error.is_outcome_unknown(), "the write is known done");
+    assert_eq!(fake.ms(), 1000, "waited for the token until the deadline");
+    assert_eq!(fake.sent(0, SQL), [0], "never run again");
+    assert_eq!(fake.settled(0), [(1000, Fate::Discard)]);
+}

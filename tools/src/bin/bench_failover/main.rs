@@ -17,7 +17,11 @@
 //! region: every read goes to node1, the node the first two events hit.
 //! `BENCH_FAILURES=1` lists every failed call. `BENCH_HEALTH_INTERVAL=5s`
 //! (humantime) probes at another interval: the failover watch makes the
-//! first write after a promotion independent of it.
+//! first write after a promotion independent of it. `BENCH_PROBE_TIMEOUT=2s`
+//! sets the probe timeout (500 ms here; 2 s is the default).
+//! `BENCH_OLD_PRIMARY=silent` cuts the old primary off in (3) instead of
+//! stopping it (its proxy black-holes everything, as a partition does: it
+//! neither answers nor refuses), so its probes hang for the whole timeout.
 
 // Shared with bench_throughput, which uses all of it.
 #[allow(dead_code)]
@@ -109,7 +113,7 @@ async fn run(hedging: bool) -> Result<Vec<report::Summary>, Box<dyn std::error::
     let mut phases = vec![baseline(&db).await];
     phases.push(replica_stopped(&cluster, &db).await?);
     phases.push(black_hole(&proxies[LOCAL], &db).await);
-    phases.push(failover(&cluster, &db).await?);
+    phases.push(failover(&cluster, &proxies[0], &db).await?);
 
     stop.cancel();
     for generator in generators {
@@ -161,7 +165,7 @@ fn config(cluster: &Cluster, proxies: &[FaultProxy]) -> Config {
     config.health = {
         let mut settings = HealthSettings::default();
         settings.interval = health_interval();
-        settings.probe_timeout = Duration::from_millis(500);
+        settings.probe_timeout = duration_from_env("BENCH_PROBE_TIMEOUT", 500);
         settings.recovery_initial = Duration::from_millis(250);
         settings.recovery_max = Duration::from_secs(1);
         settings.fall = 1;
@@ -173,10 +177,15 @@ fn config(cluster: &Cluster, proxies: &[FaultProxy]) -> Config {
 
 /// `BENCH_HEALTH_INTERVAL`, or 250 ms.
 fn health_interval() -> Duration {
-    match std::env::var("BENCH_HEALTH_INTERVAL") {
+    duration_from_env("BENCH_HEALTH_INTERVAL", 250)
+}
+
+/// The humantime duration in `variable`, or `default_ms`.
+fn duration_from_env(variable: &str, default_ms: u64) -> Duration {
+    match std::env::var(variable) {
         Ok(text) => humantime::parse_duration(&text)
-            .unwrap_or_else(|error| panic!("BENCH_HEALTH_INTERVAL={text:?}: {error}")),
-        Err(_) => Duration::from_millis(250),
+            .unwrap_or_else(|error| panic!("{variable}={text:?}: {error}")),
+        Err(_) => Duration::from_millis(default_ms),
     }
 }
 
@@ -284,20 +293,26 @@ async fn black_hole(proxy: &FaultProxy, db: &DatabaseManager) -> Phase {
     phase
 }
 
-/// (3) The primary stopped (immediate); once pgrouter has marked it down,
-/// the local replica is promoted, as an orchestrator would.
+/// (3) The primary stopped (immediate), or with `BENCH_OLD_PRIMARY=silent`
+/// cut off; once pgrouter has marked it down, the local replica is
+/// promoted, as an orchestrator would.
 async fn failover(
     cluster: &Cluster,
+    proxy: &FaultProxy,
     db: &DatabaseManager,
 ) -> Result<Phase, Box<dyn std::error::Error>> {
     let primary = cluster.node(0).name().to_owned();
-    let mut phase = Phase::new(
-        "primary stopped, replica promoted",
-        Some(primary.clone()),
-        db,
-    );
+    let silent = std::env::var("BENCH_OLD_PRIMARY").is_ok_and(|mode| mode == "silent");
+    let what = match silent {
+        true => "primary cut off (silent), replica promoted",
+        false => "primary stopped, replica promoted",
+    };
+    let mut phase = Phase::new(what, Some(primary.clone()), db);
     let detection = watch_for_down(db, &primary);
-    cluster.stop(0, StopMode::Immediate)?;
+    match silent {
+        true => proxy.set(Fault::BlackHole),
+        false => cluster.stop(0, StopMode::Immediate)?,
+    }
     phase.detected = detection.await?;
     phase.promoting = Some(Instant::now());
     cluster.promote(LOCAL)?;

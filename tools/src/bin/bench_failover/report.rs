@@ -77,6 +77,16 @@ impl Phase {
         )
     }
 
+    /// Connections of losing hedges (and other dropped statements) kept and
+    /// discarded (a reconnect each) in this phase.
+    fn losers(&self) -> (u64, u64) {
+        let (start, end) = self.hedges;
+        (
+            end.connections_kept - start.connections_kept,
+            end.connections_discarded - start.connections_discarded,
+        )
+    }
+
     fn contains(&self, record: &Record) -> bool {
         record.end() >= self.start && record.end() < self.end
     }
@@ -287,7 +297,11 @@ fn print_phase(number: usize, phase: &Phase, records: &[Record], events: &[(Inst
         println!("  first successful write after promotion: {}", after(first));
     }
     let (sent, won, refused) = phase.hedges();
-    println!("  hedges: {sent} sent, {won} won, {refused} refused by the budget");
+    let (kept, discarded) = phase.losers();
+    println!(
+        "  hedges: {sent} sent, {won} won, {refused} refused by the budget; \
+         losers' connections {kept} kept, {discarded} discarded (reconnects)"
+    );
     let inside: Vec<&Record> = records.iter().filter(|r| phase.contains(r)).collect();
     for kind in [Kind::Read, Kind::Write] {
         print_calls(kind, &inside, phase.start, phase.detected);
