@@ -199,7 +199,6 @@ impl<'a> WriteBuilder<'a> {
         self.idempotent || self.options.is_read_only()
     }
 
-    /// The deadline in force, checked, counted from now.
     /// A pooled connection of the node that is primary now (held for
     /// during a failover, as writes are), for what one statement cannot
     /// do: `COPY … FROM`, a streaming `query_raw`, portals, a transaction
@@ -215,9 +214,14 @@ impl<'a> WriteBuilder<'a> {
     /// ```
     pub async fn client(self) -> Result<deadpool_postgres::Client, Error> {
         let deadline = self.deadline_from_now()?;
+        if let Some(option) = self.options.first_set() {
+            let reason = "applies to transaction(), begin() and exactly_once() only";
+            return Err(Error::invalid_argument(option, reason));
+        }
         super::dedicated::for_write(self.hub, deadline, self.info).await
     }
 
+    /// The deadline in force, checked, counted from now.
     pub(crate) fn deadline_from_now(&self) -> Result<Deadline, Error> {
         match self.deadline {
             Some(deadline) if deadline.is_zero() => Err(Error::invalid_argument(

@@ -197,6 +197,17 @@ async fn isolation_read_only_and_deferrable_through_options_and_set_transaction(
         ),
         "{plain:?}"
     );
+    let client = db.write().read_only(true).client().await;
+    assert!(
+        matches!(
+            client.as_ref().map_err(Error::kind),
+            Err(ErrorKind::InvalidArgument {
+                option: "read_only",
+                ..
+            })
+        ),
+        "options on a dedicated connection"
+    );
     let once = db
         .write()
         .isolation_level(IsolationLevel::Serializable)
