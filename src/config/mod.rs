@@ -3,7 +3,7 @@
 //! [`Config`] holds the nodes and one settings struct per capability, each
 //! in a file of its own beside its validation: [`PoolSettings`],
 //! [`HealthSettings`], [`RetrySettings`], [`HedgeSettings`] and
-//! [`OutlierSettings`], [`OutcomeSettings`], [`NearestSettings`],
+//! [`OutlierSettings`], [`OutcomeSettings`], [`NearestSettings`], [`CausalSettings`],
 //! [`TlsSettings`], [`ReadinessSettings`] and [`DiscoverySettings`]. Every
 //! default is written in the field's documentation, and every settings
 //! struct is `#[non_exhaustive]`: start from its `Default` and set the
@@ -27,6 +27,7 @@
 //! ```
 
 pub(crate) mod builder;
+pub(crate) mod causal;
 pub(crate) mod check;
 pub(crate) mod clock;
 pub(crate) mod discovery;
@@ -47,6 +48,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use builder::ConfigBuilder;
+pub use causal::{CausalSettings, ReadYourWrites};
 pub use discovery::DiscoverySettings;
 pub use error::ConfigError;
 pub use health::HealthSettings;
@@ -109,6 +111,12 @@ pub struct Config {
     /// Settings of [`ReadStrategy::Nearest`]. Default: each field's default.
     #[serde(default)]
     pub nearest: NearestSettings,
+    /// How reads in a causal scope see the scope's writes: positions, or
+    /// the primary for a window after each write. Default: each field's
+    /// default (positions where the primary reports them, else 2 s on the
+    /// primary).
+    #[serde(default)]
+    pub causal: CausalSettings,
     /// Connection pool settings, the same for every node. Default: each
     /// field's default.
     #[serde(default)]
@@ -172,6 +180,7 @@ impl Config {
             allow_orphaned_reads: false,
             write_hold: Duration::from_secs(5),
             nearest: NearestSettings::default(),
+            causal: CausalSettings::default(),
             pool: PoolSettings::default(),
             tls: TlsSettings::default(),
             health: HealthSettings::default(),
@@ -204,6 +213,7 @@ impl Config {
             ));
         }
         self.nearest.validate()?;
+        self.causal.validate()?;
         self.pool.validate()?;
         self.tls.validate()?;
         self.health.validate()?;

@@ -111,7 +111,10 @@ impl<'a> ReadBuilder<'a> {
 
     /// Reads only from a node known to have replayed the write that gave
     /// `token` (read-your-writes). Without it, a read made inside a
-    /// [`causal_scope`](crate::causal::causal_scope) uses the scope's token.
+    /// [`causal_scope`](crate::causal::causal_scope) uses the scope's token;
+    /// with or without it, a read in a scope whose
+    /// [window on the primary](crate::config::CausalSettings::primary_window)
+    /// is open goes to the primary.
     pub fn after(mut self, token: CausalToken) -> Self {
         self.after = Some(token);
         self
@@ -209,7 +212,7 @@ impl<'a> ReadBuilder<'a> {
         }
         let freshness = Freshness {
             max_staleness,
-            after: self.after.or_else(causal::current),
+            after: causal::read_after(self.after),
         };
         Ok((budget, freshness))
     }

@@ -5,6 +5,7 @@
 //! lost-`COMMIT` resolution. Each test pins its rule to the millisecond,
 //! in microseconds of real time.
 
+mod causal;
 mod commit;
 mod reads;
 mod writes;
