@@ -112,6 +112,12 @@ impl ConfigBuilder {
         self
     }
 
+    /// Sets [`Config::close_timeout`].
+    pub fn close_timeout(mut self, timeout: Duration) -> Self {
+        self.config.close_timeout = timeout;
+        self
+    }
+
     /// Sets [`Config::nearest`].
     pub fn nearest(mut self, nearest: NearestSettings) -> Self {
         self.config.nearest = nearest;

@@ -108,6 +108,14 @@ pub struct Config {
     /// failover), never past its deadline. Zero: fail at once. Default: 5 s.
     #[serde(default = "default_write_hold", with = "humantime_serde")]
     pub write_hold: Duration,
+    /// How long [`DatabaseManager::close`](crate::DatabaseManager::close)
+    /// lets the calls in flight finish before it stops them (with
+    /// [`ErrorKind::Closed`](crate::error::ErrorKind::Closed)); new calls are
+    /// refused at once. Keep the readiness grace, the HTTP drain and this
+    /// within the pod's `terminationGracePeriodSeconds` (30 s by default).
+    /// Zero: stop them at once. Default: 5 s.
+    #[serde(default = "default_close_timeout", with = "humantime_serde")]
+    pub close_timeout: Duration,
     /// Settings of [`ReadStrategy::Nearest`]. Default: each field's default.
     #[serde(default)]
     pub nearest: NearestSettings,
@@ -179,6 +187,7 @@ impl Config {
             max_staleness: None,
             allow_orphaned_reads: false,
             write_hold: Duration::from_secs(5),
+            close_timeout: Duration::from_secs(5),
             nearest: NearestSettings::default(),
             causal: CausalSettings::default(),
             pool: PoolSettings::default(),
@@ -266,6 +275,11 @@ fn default_deadline() -> Duration {
 /// Serde's default for a missing `write_hold`: [`Config::new`]'s.
 fn default_write_hold() -> Duration {
     Config::new(Vec::new()).write_hold
+}
+
+/// Serde's default for a missing `close_timeout`: [`Config::new`]'s.
+fn default_close_timeout() -> Duration {
+    Config::new(Vec::new()).close_timeout
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use crate::causal::scope as causal;
 use crate::config::{ReadStrategy, Role};
 use crate::failure::error::{Error, ErrorKind};
 use crate::failure::retry::RetryDecision;
-use crate::hub::Hub;
+use crate::hub::{Hub, Work};
 use crate::manager::hedged::{tracked, Route, Settled, Watch};
 use crate::observe::call_info::{self, CallInfo};
 use crate::observe::spans::{Observer, Reason};
@@ -179,17 +179,19 @@ impl<'a> ReadBuilder<'a> {
             tracked: true,
         };
         let span = observer.span().clone();
-        let result = route(
-            self.hub,
-            connect,
-            strategy,
-            freshness,
-            &call,
-            self.idempotent,
-            &mut observer,
-        )
-        .instrument(span)
-        .await;
+        let result = {
+            let routed = pin!(route(
+                self.hub,
+                connect,
+                strategy,
+                freshness,
+                &call,
+                self.idempotent,
+                &mut observer,
+            )
+            .instrument(span));
+            self.hub.in_flight(Work::Read, routed).await
+        };
         observer.finish(self.hub, &result);
         let failed = result.as_ref().is_err_and(Error::is_unavailable);
         self.hub.read_outcomes.record(failed);

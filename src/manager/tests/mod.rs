@@ -6,6 +6,7 @@
 //! in microseconds of real time.
 
 mod causal;
+mod close;
 mod commit;
 mod reads;
 mod writes;
