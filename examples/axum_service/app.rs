@@ -2,11 +2,14 @@
 //! Kubernetes calls. `main.rs` serves it; `tests/it/axum_service.rs` includes
 //! this file and serves it on a test listener.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use pgrouter::causal::CausalLayer;
 use pgrouter::error::RetryHint;
 use pgrouter::tokio_postgres::Row;
@@ -23,10 +26,29 @@ pub(crate) const TOKEN_COOKIE: &str = "pgrouter_token";
 /// database call.
 pub(crate) const SERVED_BY: &str = "x-served-by";
 
+/// Set when the pod is told to stop (SIGTERM): readiness answers 503 from
+/// then on, so Kubernetes takes the pod out of its Service's endpoints
+/// while it still serves what is in flight.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Draining(Arc<AtomicBool>);
+
+impl Draining {
+    /// From now on, not ready.
+    pub(crate) fn start(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    /// Whether [`Draining::start`] was called.
+    pub(crate) fn started(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
 /// The routes. `read_your_writes`: serve every request in a causal scope
 /// ([`CausalLayer`]), so a client that sends back the token it was given
-/// sees its own writes through any instance.
-pub(crate) fn router(db: DatabaseManager, read_your_writes: bool) -> Router {
+/// sees its own writes through any instance. Readiness turns not ready once
+/// `draining` starts.
+pub(crate) fn router(db: DatabaseManager, read_your_writes: bool, draining: Draining) -> Router {
     let routes = Router::new()
         .route("/health", get(liveness))
         .route("/health/ready", get(readiness))
@@ -35,12 +57,47 @@ pub(crate) fn router(db: DatabaseManager, read_your_writes: bool) -> Router {
             "/items/{id}",
             get(get_item).put(update_item).delete(delete_item),
         )
+        .layer(Extension(draining))
         .with_state(db);
     if read_your_writes {
         routes.layer(CausalLayer::new().cookie(TOKEN_COOKIE))
     } else {
         routes
     }
+}
+
+/// Serves on `listener` until `stop` resolves, then stops as Kubernetes
+/// expects of a pod it sends SIGTERM: readiness turns not ready at once
+/// (the pod leaves its Service's endpoints), requests are still served for
+/// the delay `stop` gave (load balancers and kube-proxy take a few seconds
+/// to stop sending), then the listener stops accepting and the requests in
+/// flight finish (axum's graceful shutdown), and last `db.close()` lets the
+/// database calls still in flight finish within
+/// [`Config::close_timeout`](pgrouter::Config::close_timeout) and closes
+/// the pools.
+pub(crate) async fn serve_until<F>(
+    listener: tokio::net::TcpListener,
+    db: DatabaseManager,
+    read_your_writes: bool,
+    stop: F,
+) -> std::io::Result<()>
+where
+    F: std::future::Future<Output = std::time::Duration> + Send + 'static,
+{
+    let draining = Draining::default();
+    let routes = router(db.clone(), read_your_writes, draining.clone());
+    axum::serve(listener, routes)
+        .with_graceful_shutdown(async move {
+            let delay = stop.await;
+            draining.start();
+            tracing::info!(?delay, "stopping: not ready; serving on for the delay");
+            tokio::time::sleep(delay).await;
+            tracing::info!("no longer accepting; finishing the requests in flight");
+        })
+        .await?;
+    tracing::info!("requests done; closing the database manager");
+    db.close().await;
+    Ok(())
 }
 
 /// Creates the schema (and the outcome marker table, if configured).
@@ -70,15 +127,24 @@ async fn liveness(State(db): State<DatabaseManager>) -> StatusCode {
 }
 
 /// Readiness: pgrouter's judgement of whether this instance can serve its
-/// traffic, and the status behind it (no secrets in either).
-async fn readiness(State(db): State<DatabaseManager>) -> Response {
+/// traffic, and the status behind it (no secrets in either); not ready
+/// either once the pod is draining.
+async fn readiness(
+    State(db): State<DatabaseManager>,
+    Extension(draining): Extension<Draining>,
+) -> Response {
     let readiness = db.readiness();
-    let code = if readiness.ready {
+    let draining = draining.started();
+    let code = if readiness.ready && !draining {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let body = serde_json::json!({ "readiness": readiness, "status": db.status() });
+    let body = serde_json::json!({
+        "readiness": readiness,
+        "draining": draining,
+        "status": db.status(),
+    });
     (code, Json(body)).into_response()
 }
 

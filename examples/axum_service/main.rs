@@ -17,10 +17,19 @@
 //! `PRIMARY_DATABASE_URL` it starts a local primary and two replicas
 //! (pgrouter-testkit; needs the PostgreSQL server binaries) and stops them
 //! on exit.
+//!
+//! Stops as Kubernetes expects: on SIGTERM, readiness turns not ready at
+//! once, requests are still served for `SHUTDOWN_DELAY_SECONDS` (default 5)
+//! while the pod leaves its Service's endpoints, then the listener stops
+//! accepting, the requests in flight finish (axum's graceful shutdown), and
+//! `db.close()` lets any database call still in flight finish within
+//! `Config::close_timeout` before it closes the pools. Ctrl-C does the same
+//! without the delay.
 
 mod app;
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use pgrouter::Config;
 
@@ -46,15 +55,47 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or_else(|_| "127.0.0.1:3000".to_owned())
         .parse()?;
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "serving; ctrl-c stops");
-    axum::serve(listener, app::router(db.clone(), true))
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await?;
-    db.close().await;
+    tracing::info!(%addr, "serving; SIGTERM or ctrl-c stops");
+    app::serve_until(listener, db, true, stop_signal(shutdown_delay()?)).await?;
     drop(cluster);
     Ok(())
+}
+
+/// `SHUTDOWN_DELAY_SECONDS`: how long a pod told to stop keeps serving
+/// while not ready (default 5 s: Kubernetes removes a terminating pod from
+/// its Service's endpoints at the same time as it sends SIGTERM, and load
+/// balancers and kube-proxy take a few seconds to stop sending to it).
+fn shutdown_delay() -> Result<Duration, Box<dyn std::error::Error>> {
+    match std::env::var("SHUTDOWN_DELAY_SECONDS") {
+        Ok(seconds) => Ok(Duration::from_secs(seconds.trim().parse().map_err(
+            |error| format!("SHUTDOWN_DELAY_SECONDS={seconds:?}: {error}"),
+        )?)),
+        Err(_) => Ok(Duration::from_secs(5)),
+    }
+}
+
+/// Resolves when the pod is told to stop, with how long to keep serving
+/// while not ready: `delay` after SIGTERM (what Kubernetes sends), none
+/// after ctrl-c.
+async fn stop_signal(delay: Duration) -> Duration {
+    let terminated = async {
+        #[cfg(unix)]
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut sigterm) => {
+                sigterm.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM; ctrl-c only");
+                std::future::pending::<()>().await;
+            }
+        }
+        #[cfg(not(unix))]
+        std::future::pending::<()>().await;
+    };
+    tokio::select! {
+        () = terminated => delay,
+        _ = tokio::signal::ctrl_c() => Duration::ZERO,
+    }
 }
 
 /// The environment's nodes ([`Config::from_env`]), or a local cluster's.

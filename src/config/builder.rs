@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use super::error::ConfigError;
 use super::{
-    Config, DiscoverySettings, HealthSettings, HedgeSettings, NearestSettings, NodeConfig,
-    OutcomeSettings, OutlierSettings, PoolSettings, ReadStrategy, ReadinessSettings, RetrySettings,
-    Role, StatementMode, TlsSettings,
+    CausalSettings, Config, DiscoverySettings, HealthSettings, HedgeSettings, NearestSettings,
+    NodeConfig, OutcomeSettings, OutlierSettings, PoolSettings, ReadStrategy, ReadinessSettings,
+    RetrySettings, Role, StatementMode, TlsSettings,
 };
 use crate::connect::connstr::ConnectionString;
 use crate::connect::credentials::{PasswordProvider, SharedPasswordProvider};
@@ -112,9 +112,21 @@ impl ConfigBuilder {
         self
     }
 
+    /// Sets [`Config::close_timeout`].
+    pub fn close_timeout(mut self, timeout: Duration) -> Self {
+        self.config.close_timeout = timeout;
+        self
+    }
+
     /// Sets [`Config::nearest`].
     pub fn nearest(mut self, nearest: NearestSettings) -> Self {
         self.config.nearest = nearest;
+        self
+    }
+
+    /// Sets [`Config::causal`].
+    pub fn causal(mut self, causal: CausalSettings) -> Self {
+        self.config.causal = causal;
         self
     }
 

@@ -3,7 +3,7 @@
 //! [`Config`] holds the nodes and one settings struct per capability, each
 //! in a file of its own beside its validation: [`PoolSettings`],
 //! [`HealthSettings`], [`RetrySettings`], [`HedgeSettings`] and
-//! [`OutlierSettings`], [`OutcomeSettings`], [`NearestSettings`],
+//! [`OutlierSettings`], [`OutcomeSettings`], [`NearestSettings`], [`CausalSettings`],
 //! [`TlsSettings`], [`ReadinessSettings`] and [`DiscoverySettings`]. Every
 //! default is written in the field's documentation, and every settings
 //! struct is `#[non_exhaustive]`: start from its `Default` and set the
@@ -27,6 +27,7 @@
 //! ```
 
 pub(crate) mod builder;
+pub(crate) mod causal;
 pub(crate) mod check;
 pub(crate) mod clock;
 pub(crate) mod discovery;
@@ -47,6 +48,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use builder::ConfigBuilder;
+pub use causal::{CausalSettings, ReadYourWrites};
 pub use discovery::DiscoverySettings;
 pub use error::ConfigError;
 pub use health::HealthSettings;
@@ -106,9 +108,23 @@ pub struct Config {
     /// failover), never past its deadline. Zero: fail at once. Default: 5 s.
     #[serde(default = "default_write_hold", with = "humantime_serde")]
     pub write_hold: Duration,
+    /// How long [`DatabaseManager::close`](crate::DatabaseManager::close)
+    /// lets the calls in flight finish before it stops them (with
+    /// [`ErrorKind::Closed`](crate::error::ErrorKind::Closed)); new calls are
+    /// refused at once. Keep the readiness grace, the HTTP drain and this
+    /// within the pod's `terminationGracePeriodSeconds` (30 s by default).
+    /// Zero: stop them at once. Default: 5 s.
+    #[serde(default = "default_close_timeout", with = "humantime_serde")]
+    pub close_timeout: Duration,
     /// Settings of [`ReadStrategy::Nearest`]. Default: each field's default.
     #[serde(default)]
     pub nearest: NearestSettings,
+    /// How reads in a causal scope see the scope's writes: positions, or
+    /// the primary for a window after each write. Default: each field's
+    /// default (positions where the primary reports them, else 2 s on the
+    /// primary).
+    #[serde(default)]
+    pub causal: CausalSettings,
     /// Connection pool settings, the same for every node. Default: each
     /// field's default.
     #[serde(default)]
@@ -171,7 +187,9 @@ impl Config {
             max_staleness: None,
             allow_orphaned_reads: false,
             write_hold: Duration::from_secs(5),
+            close_timeout: Duration::from_secs(5),
             nearest: NearestSettings::default(),
+            causal: CausalSettings::default(),
             pool: PoolSettings::default(),
             tls: TlsSettings::default(),
             health: HealthSettings::default(),
@@ -204,6 +222,7 @@ impl Config {
             ));
         }
         self.nearest.validate()?;
+        self.causal.validate()?;
         self.pool.validate()?;
         self.tls.validate()?;
         self.health.validate()?;
@@ -256,6 +275,11 @@ fn default_deadline() -> Duration {
 /// Serde's default for a missing `write_hold`: [`Config::new`]'s.
 fn default_write_hold() -> Duration {
     Config::new(Vec::new()).write_hold
+}
+
+/// Serde's default for a missing `close_timeout`: [`Config::new`]'s.
+fn default_close_timeout() -> Duration {
+    Config::new(Vec::new()).close_timeout
 }
 
 #[cfg(test)]

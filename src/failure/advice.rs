@@ -58,7 +58,7 @@ impl Error {
     ///
     /// | status | errors |
     /// |---|---|
-    /// | 503 Service Unavailable | no healthy node or no primary (also split brain, a closed manager, a stopped monitor), no connection, a connection lost before anything was applied, a `COMMIT` shown not to have committed, and server answers that say the node is going away or is read-only now (57P0x, 25006), or short of resources (class 53), or a connection failure (class 08) |
+    /// | 503 Service Unavailable | no healthy node or no primary (also split brain, a closed manager, a stopped monitor; a write `close` stopped in flight says [`RetryHint::OutcomeUnknown`]), no connection, a connection lost before anything was applied, a `COMMIT` shown not to have committed, and server answers that say the node is going away or is read-only now (57P0x, 25006), or short of resources (class 53), or a connection failure (class 08) |
     /// | 504 Gateway Timeout | the call's deadline passed ([`ErrorKind::Timeout`]; when it passed after the statement was sent, [`Error::retry_hint`] says the outcome is unknown), or the server cancelled the statement (57014, `statement_timeout`) |
     /// | 502 Bad Gateway | the connection was lost after a write was sent: its outcome is unknown ([`ErrorKind::OutcomeUnknown`]) |
     /// | 409 Conflict | integrity violations (class 23: unique, foreign key, check, not null, exclusion), and serialization failures and deadlocks (40001, 40P01) that outlasted pgrouter's retries: the request conflicts with others, and nothing was applied |
@@ -143,6 +143,12 @@ mod tests {
             ),
             (Error::split_brain(vec![]), 503, RetryHint::Retryable),
             (Error::closed(), 503, RetryHint::Retryable),
+            (Error::stopped_by_close(false), 503, RetryHint::Retryable),
+            (
+                Error::stopped_by_close(true),
+                503,
+                RetryHint::OutcomeUnknown,
+            ),
             (Error::monitor_stopped(), 503, RetryHint::Retryable),
             (
                 Error::timeout(context(), Duration::from_secs(1), false),

@@ -157,7 +157,13 @@ pub enum ErrorKind {
     /// A transaction closure gave up with its own error (the source); the
     /// transaction was rolled back and not retried.
     Aborted,
-    /// [`DatabaseManager::close`](crate::DatabaseManager::close) was called.
+    /// [`DatabaseManager::close`](crate::DatabaseManager::close) was called:
+    /// the call came after it and was refused before anything was sent, or
+    /// it was still in flight when
+    /// [`Config::close_timeout`](crate::Config::close_timeout) ran out and
+    /// was stopped (its statement cancelled). A write or transaction stopped
+    /// that way may have been applied: [`Error::is_outcome_unknown`] says
+    /// so.
     Closed,
     /// The health monitor task ended (it panicked, or its Tokio runtime shut
     /// down): no call is routed on a topology nobody updates any more.
@@ -250,14 +256,18 @@ impl Error {
     /// or `COMMIT` was sent. [`Error::retry_hint`] then says
     /// [`RetryHint::OutcomeUnknown`](crate::error::RetryHint::OutcomeUnknown).
     pub fn is_outcome_unknown(&self) -> bool {
-        matches!(
-            self.0.kind,
+        match self.0.kind {
             ErrorKind::OutcomeUnknown
-                | ErrorKind::Timeout {
-                    after_send: true,
-                    ..
-                }
-        )
+            | ErrorKind::Timeout {
+                after_send: true, ..
+            } => true,
+            // A write stopped by `close` past its timeout.
+            ErrorKind::Closed => self
+                .0
+                .point
+                .is_some_and(|(phase, _)| phase.may_be_applied()),
+            _ => false,
+        }
     }
 
     /// True for a deadline that passed.
@@ -323,6 +333,14 @@ impl Error {
 
     pub(crate) fn closed() -> Self {
         Self::new(ErrorKind::Closed)
+    }
+
+    /// A call still in flight when `close`'s timeout ran out, stopped:
+    /// `write` for a write or transaction, which may have been applied (its
+    /// statement or `COMMIT` may have been sent).
+    pub(crate) fn stopped_by_close(write: bool) -> Self {
+        let phase = if write { Phase::Sent } else { Phase::Checkout };
+        Self::new(ErrorKind::Closed).at(phase, Cause::PoolClosed)
     }
 
     pub(crate) fn monitor_stopped() -> Self {
@@ -557,7 +575,14 @@ impl fmt::Display for Error {
                 Some(Source::Other(error)) => write!(f, "transaction aborted: {error}"),
                 _ => f.write_str("transaction aborted"),
             },
-            ErrorKind::Closed => f.write_str("the database manager is closed"),
+            ErrorKind::Closed => match self.0.point {
+                None => f.write_str("the database manager is closed"),
+                Some(_) if self.is_outcome_unknown() => f.write_str(
+                    "the database manager closed while the write was in flight: \
+                     it may or may not have been applied",
+                ),
+                Some(_) => f.write_str("the database manager closed while the call was in flight"),
+            },
             ErrorKind::MonitorStopped => {
                 f.write_str("the health monitor stopped; the topology is no longer known")
             }

@@ -6,6 +6,7 @@
 //! with its events, and answers the reports. Neither knows the other: both
 //! hold the hub, and the hub knows neither.
 
+mod drain;
 mod hedging;
 mod observe;
 mod readiness;
@@ -35,6 +36,8 @@ use crate::routing::node_set::{Members, NodeSet};
 use crate::routing::strategy::{pick_primary, pick_read};
 use crate::routing::view::LiveView;
 use crate::topology::Snapshot;
+
+pub(crate) use drain::Work;
 
 /// Events kept for a subscriber that falls behind.
 const EVENT_BUFFER: usize = 1024;
@@ -69,7 +72,8 @@ pub(crate) struct Hub {
     published: watch::Sender<u64>,
     /// Topology events for subscribers.
     events: broadcast::Sender<Event>,
-    closed: AtomicBool,
+    /// Calls in flight, and `close` waiting for them.
+    drain: drain::Drain,
     /// Every node's live reads, by index (outlier detection, hedge delays).
     pub(crate) traffic: Box<[Traffic]>,
     /// When the hub was built: `traffic`'s times count from it.
@@ -145,7 +149,7 @@ impl Hub {
             wake: Notify::new(),
             published: watch::Sender::new(0),
             events: broadcast::Sender::new(EVENT_BUFFER),
-            closed: AtomicBool::new(false),
+            drain: drain::Drain::default(),
             monitor_alive: AtomicBool::new(true),
             read_outcomes: CallWindow::new(window),
             write_outcomes: CallWindow::new(window),
@@ -155,9 +159,10 @@ impl Hub {
     }
 
     /// Later calls fail with [`Error::closed()`]; writes holding for a
-    /// primary stop holding and fail with it too.
+    /// primary stop holding and fail with it too. Calls in flight go on
+    /// (see [`Hub::finish_calls`]).
     pub(crate) fn close(&self) {
-        self.closed.store(true, Ordering::Release);
+        self.drain.close();
         self.published.send_modify(|generation| *generation += 1);
     }
 
@@ -172,7 +177,7 @@ impl Hub {
     /// [`Error::closed()`] after `close`; [`Error::monitor_stopped()`] if the
     /// monitor died, rather than route on a topology nobody updates.
     pub(crate) fn ensure_open(&self) -> Result<(), Error> {
-        if self.closed.load(Ordering::Acquire) {
+        if self.drain.is_closing() {
             return Err(Error::closed());
         }
         if !self.monitor_alive.load(Ordering::Acquire) {
@@ -183,7 +188,7 @@ impl Hub {
 
     /// Whether `close` was called.
     pub(crate) fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Acquire)
+        self.drain.is_closing()
     }
 
     /// Whether the monitor is still running (or was stopped by `close`).

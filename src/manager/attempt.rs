@@ -108,8 +108,13 @@ impl<S: Session> std::ops::Deref for Busy<'_, S> {
 impl<S: Session> Drop for Busy<'_, S> {
     fn drop(&mut self) {
         if let Some(session) = self.session.take() {
-            tracing::debug!(fate = ?self.dropped, "call dropped mid-flight");
-            session.settle(self.hub, self.dropped);
+            // Stopped by `close()`: the pools are closing, nothing waits.
+            let fate = match self.hub.is_closed() {
+                true => Fate::Cancel,
+                false => self.dropped,
+            };
+            tracing::debug!(?fate, "call dropped mid-flight");
+            session.settle(self.hub, fate);
         }
     }
 }

@@ -106,7 +106,7 @@ impl<'t> Explicit<'t> {
 
     /// `COMMIT`, as a closure's is made; the outcome counted for
     /// readiness, the server (and token) recorded, the causal scope
-    /// advanced.
+    /// advanced (or its window opened).
     pub(crate) async fn commit(mut self: Box<Self>) -> Result<(), Error> {
         let Some(session) = self.session.take() else {
             return Ok(());
@@ -118,9 +118,7 @@ impl<'t> Explicit<'t> {
         hub.write_outcomes.record(failed);
         let token = result?;
         call_info::record(self.info, hub, self.opening.index(), token);
-        if causal::in_scope() {
-            causal::advance(token.unwrap_or(CausalToken::PRIMARY));
-        }
+        causal::wrote(token.unwrap_or(CausalToken::PRIMARY), &hub.config.causal);
         Ok(())
     }
 

@@ -261,10 +261,22 @@ impl DatabaseManager {
         listen::listen(&self.inner.hub, channel, shutdown).await
     }
 
-    /// Stops the monitor, waits for it, and closes every pool. Later calls
-    /// fail with [`ErrorKind::Closed`](crate::error::ErrorKind::Closed). Calling it again does nothing.
+    /// Closes gracefully: refuses new calls at once (they fail with
+    /// [`ErrorKind::Closed`](crate::error::ErrorKind::Closed), nothing sent),
+    /// lets the calls in flight finish for up to
+    /// [`Config::close_timeout`], stops the ones still running then (their
+    /// statements cancelled; they fail with `ErrorKind::Closed`, a write
+    /// with [`Error::is_outcome_unknown`]), then stops the monitor, waits
+    /// for it, and closes every pool. Returns as soon as the last call in
+    /// flight ended, and never much later than the timeout. Readiness is
+    /// not ready from the start. Writes holding for a primary (none known)
+    /// fail at once. Connections taken straight from
+    /// [`read_pool`](Self::read_pool) or [`write_pool`](Self::write_pool)
+    /// are not waited for. Calling it again waits for the same drain.
     pub async fn close(&self) {
-        self.inner.hub.close();
+        let hub = &self.inner.hub;
+        hub.close();
+        hub.finish_calls(hub.config.close_timeout).await;
         self.inner.shutdown.cancel();
         let task = self
             .inner

@@ -3,13 +3,14 @@
 //! allow. Single statements and transactions alike run through it.
 
 use std::future::Future;
+use std::pin::pin;
 
 use tracing::Instrument;
 
 use super::attempt::Deadline;
 use crate::failure::error::Error;
 use crate::failure::retry::Retrier;
-use crate::hub::Hub;
+use crate::hub::{Hub, Work};
 use crate::observe::spans::{Observer, Reason};
 
 /// Something [`on_primary`] runs: one attempt on the primary at a time.
@@ -28,7 +29,8 @@ pub(crate) trait OnPrimary: Send {
 /// Runs `call` on the node that is primary now, holding for one while none
 /// is known, and again with backoff after a failure the retry rules allow,
 /// until it succeeds, the rules forbid another try, or the deadline is near.
-/// Runs in the observer's span, and tells it each attempt, retry and the end.
+/// Runs in the observer's span, and tells it each attempt, retry and the end;
+/// counted as a call in flight for `close` (which may stop it).
 pub(crate) async fn on_primary<C: OnPrimary>(
     hub: &Hub,
     deadline: Deadline,
@@ -37,9 +39,11 @@ pub(crate) async fn on_primary<C: OnPrimary>(
     mut observer: Observer,
 ) -> Result<C::Output, Error> {
     let span = observer.span().clone();
-    let result = retry_on_primary(hub, deadline, idempotent, call, &mut observer)
-        .instrument(span)
-        .await;
+    let result = {
+        let attempts = retry_on_primary(hub, deadline, idempotent, call, &mut observer);
+        let attempts = pin!(attempts.instrument(span));
+        hub.in_flight(Work::Write, attempts).await
+    };
     observer.finish(hub, &result);
     result
 }

@@ -15,7 +15,7 @@ use crate::causal::scope as causal;
 use crate::config::{ReadStrategy, Role};
 use crate::failure::error::{Error, ErrorKind};
 use crate::failure::retry::RetryDecision;
-use crate::hub::Hub;
+use crate::hub::{Hub, Work};
 use crate::manager::hedged::{tracked, Route, Settled, Watch};
 use crate::observe::call_info::{self, CallInfo};
 use crate::observe::spans::{Observer, Reason};
@@ -111,7 +111,10 @@ impl<'a> ReadBuilder<'a> {
 
     /// Reads only from a node known to have replayed the write that gave
     /// `token` (read-your-writes). Without it, a read made inside a
-    /// [`causal_scope`](crate::causal::causal_scope) uses the scope's token.
+    /// [`causal_scope`](crate::causal::causal_scope) uses the scope's token;
+    /// with or without it, a read in a scope whose
+    /// [window on the primary](crate::config::CausalSettings::primary_window)
+    /// is open goes to the primary.
     pub fn after(mut self, token: CausalToken) -> Self {
         self.after = Some(token);
         self
@@ -176,17 +179,19 @@ impl<'a> ReadBuilder<'a> {
             tracked: true,
         };
         let span = observer.span().clone();
-        let result = route(
-            self.hub,
-            connect,
-            strategy,
-            freshness,
-            &call,
-            self.idempotent,
-            &mut observer,
-        )
-        .instrument(span)
-        .await;
+        let result = {
+            let routed = pin!(route(
+                self.hub,
+                connect,
+                strategy,
+                freshness,
+                &call,
+                self.idempotent,
+                &mut observer,
+            )
+            .instrument(span));
+            self.hub.in_flight(Work::Read, routed).await
+        };
         observer.finish(self.hub, &result);
         let failed = result.as_ref().is_err_and(Error::is_unavailable);
         self.hub.read_outcomes.record(failed);
@@ -209,7 +214,7 @@ impl<'a> ReadBuilder<'a> {
         }
         let freshness = Freshness {
             max_staleness,
-            after: self.after.or_else(causal::current),
+            after: causal::read_after(self.after),
         };
         Ok((budget, freshness))
     }

@@ -36,7 +36,10 @@ use crate::observe::spans::Observer;
 /// permission (42), data (22) and every other server error return at once.
 ///
 /// Inside a [`causal_scope`](crate::causal::causal_scope) a write (or transaction)
-/// also fetches its causal token and advances the scope to it.
+/// also fetches its causal token and advances the scope to it, or, without a
+/// position (or with [`ReadYourWrites::Window`](crate::config::ReadYourWrites::Window)),
+/// sends the scope's reads to the primary for
+/// [`CausalSettings::primary_window`](crate::config::CausalSettings::primary_window).
 #[derive(Clone)]
 #[must_use = "a write does nothing until execute, a query method or transaction is awaited"]
 pub struct WriteBuilder<'a> {
@@ -234,7 +237,8 @@ impl<'a> WriteBuilder<'a> {
     }
 
     /// Runs the statement; inside a [`causal_scope`](crate::causal::causal_scope)
-    /// it also asks for the token and advances the scope to it. Counts the
+    /// it also asks for the token (unless the window is chosen) and advances
+    /// the scope to it, or opens the scope's window. Counts the
     /// outcome for readiness, and records the server if asked.
     pub(crate) async fn run<K: Returns, C: Connect>(
         self,
@@ -242,8 +246,9 @@ impl<'a> WriteBuilder<'a> {
         sql: &str,
         params: Params<'_>,
     ) -> Result<Served<K::Output<RowOf<C>>>, Error> {
-        let (hub, slot, scoped) = (self.hub, self.info, causal::in_scope());
+        let (hub, slot) = (self.hub, self.info);
         let token = slot.is_some_and(CallInfo::wants_token);
+        let scoped = causal::wants_position(&hub.config.causal);
         let result = self
             .run_statement::<K, C>(connect, sql, params, token || scoped)
             .await;
@@ -255,9 +260,7 @@ impl<'a> WriteBuilder<'a> {
         }
         if let Ok(served) = &result {
             call_info::record(slot, hub, served.index, Some(served.token));
-            if scoped {
-                causal::advance(served.token);
-            }
+            causal::wrote(served.token, &hub.config.causal);
         }
         result
     }
@@ -399,7 +402,8 @@ impl<'a> WriteBuilder<'a> {
             Ok(checked) => checked,
             Err(error) => return Err(observer.rejected(hub, error)),
         };
-        let token = self.info.is_some_and(CallInfo::wants_token) || causal::in_scope();
+        let token = self.info.is_some_and(CallInfo::wants_token)
+            || causal::wants_position(&hub.config.causal);
         let start = Start { deadline, token };
         let started = match on_primary(hub, deadline, false, start, observer).await {
             Ok(started) => Started::new(hub, deadline, started),
@@ -428,7 +432,7 @@ impl<'a> WriteBuilder<'a> {
             Err(error) => return Err(observer.rejected(self.hub, error)),
         };
         // Inside a causal scope, the commit's token advances the scope.
-        let scoped = causal::in_scope();
+        let scoped = causal::wants_position(&self.hub.config.causal);
         let call = TransactionCall {
             connect,
             body,
@@ -443,9 +447,8 @@ impl<'a> WriteBuilder<'a> {
         self.hub.write_outcomes.record(failed);
         let done = result?;
         call_info::record(self.info, self.hub, done.index, done.token);
-        if scoped {
-            causal::advance(done.token.unwrap_or(CausalToken::PRIMARY));
-        }
+        let token = done.token.unwrap_or(CausalToken::PRIMARY);
+        causal::wrote(token, &self.hub.config.causal);
         Ok((done.value, done.token))
     }
 }

@@ -274,3 +274,90 @@ async fn readers_are_discovered_removed_when_gone_and_added_again() {
     );
     db.close().await;
 }
+
+/// The node that served a read made now (in the caller's causal scope, if
+/// any), and the count of `t` it saw.
+async fn served_read(db: &DatabaseManager) -> (String, i64) {
+    let info = CallInfo::new();
+    let row = db
+        .read()
+        .info(&info)
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .expect("read");
+    let server = info.server().expect("a successful read records its node");
+    (server.node, row.get(0))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_write_a_causal_scope_reads_the_writer_for_the_window_then_the_local_reader() {
+    use pgrouter::causal::causal_scope;
+    let cluster = aurora_cluster();
+    let ports: Vec<u16> = cluster.nodes().iter().map(|n| n.port()).collect();
+    let mut config = fast_config(node_configs(&cluster, &ports));
+    // node1 is the reader in the service's region; the default read
+    // strategy (regional-preferred) sends reads there.
+    config.read_strategy = ReadStrategy::RegionalPreferred;
+    // Long enough that a loaded machine still routes the first read within
+    // it; the rule to the millisecond is manager/tests/causal.rs's.
+    let window = Duration::from_secs(3);
+    config.causal.primary_window = window;
+    let db = DatabaseManager::new(config).await.expect("manager");
+    let ready = wait_until(Duration::from_secs(20), || {
+        let status = db.status();
+        status.can_write() && status.nodes.iter().all(|node| node.healthy)
+    })
+    .await;
+    assert!(ready.is_some(), "{:#?}", db.status());
+    db.execute("CREATE TABLE t (n int)", &[])
+        .await
+        .expect("create");
+    blocking(|| cluster.wait_for_replicas(Duration::from_secs(10))).expect("caught up");
+    assert_eq!(
+        served_read(&db).await.0,
+        "node1",
+        "no write yet: the reader"
+    );
+
+    let ((), newest) = causal_scope(None, async {
+        assert_eq!(served_read(&db).await.0, "node1", "no write in the scope");
+        db.execute("INSERT INTO t VALUES (1)", &[])
+            .await
+            .expect("a write whose token query is refused");
+        let written = std::time::Instant::now();
+        let (node, count) = served_read(&db).await;
+        assert!(
+            written.elapsed() < window,
+            "the read was not within the window"
+        );
+        assert_eq!((node.as_str(), count), ("node0", 1), "within the window");
+        // A transaction opens it again, as its COMMIT's answer comes back.
+        db.transaction(|tx| {
+            Box::pin(async move { tx.execute("INSERT INTO t VALUES (2)", &[]).await })
+        })
+        .await
+        .expect("transaction");
+        let committed = std::time::Instant::now();
+        let (node, count) = served_read(&db).await;
+        assert!(committed.elapsed() < window);
+        assert_eq!((node.as_str(), count), ("node0", 2));
+        // Outside the scope (a task of its own), the same moment reads the
+        // reader.
+        let outside = tokio::spawn({
+            let db = db.clone();
+            async move { served_read(&db).await.0 }
+        });
+        assert_eq!(outside.await.expect("task"), "node1");
+
+        tokio::time::sleep(window.saturating_sub(committed.elapsed())).await;
+        let (node, count) = served_read(&db).await;
+        assert_eq!(node, "node1", "after the window, the local reader");
+        assert_eq!(count, 2, "the reader has replayed both writes by then");
+    })
+    .await;
+    assert_eq!(
+        newest, None,
+        "no CausalToken::PRIMARY handed back to pin the client's next request"
+    );
+    db.close().await;
+}

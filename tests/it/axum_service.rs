@@ -30,7 +30,7 @@ impl Pod {
     async fn serve(db: DatabaseManager, read_your_writes: bool) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
-        let router = app::router(db.clone(), read_your_writes);
+        let router = app::router(db.clone(), read_your_writes, app::Draining::default());
         let server = tokio::spawn(async move {
             axum::serve(listener, router).await.unwrap();
         });
@@ -459,23 +459,15 @@ async fn liveness_readiness_json_and_errors_as_http() {
     assert_eq!(read.status(), 503);
     assert_eq!(read.headers()["retry-after"], "1");
     // Not ready once no node could serve a read for the write hold (the
-    // replicas served reads until they stopped: no primary is no orphan
-    // rule, so that reason comes a little after the primary's).
+    // replicas, stopped after the primary, serve reads until they stop
+    // themselves: no primary is missed first).
     let red = wait_until_async(Duration::from_secs(20), || async {
-        let (status, body) = ready(&http, &pod).await;
-        status == 503
-            && body["readiness"]["reasons"]
-                .to_string()
-                .contains("no-read-node")
+        let (code, body) = ready(&http, &pod).await;
+        let reasons = body["readiness"]["reasons"].to_string();
+        code == 503 && reasons.contains("no-read-node") && reasons.contains("no-primary")
     })
     .await;
     assert!(red.is_some(), "{:?}", ready(&http, &pod).await);
-    let (_, body) = ready(&http, &pod).await;
-    let reasons = body["readiness"]["reasons"].to_string();
-    assert!(
-        reasons.contains("no-read-node") && reasons.contains("no-primary"),
-        "{reasons}"
-    );
     assert_eq!(
         http.get(pod.url("/health")).send().await.unwrap().status(),
         200
@@ -487,4 +479,67 @@ async fn liveness_readiness_json_and_errors_as_http() {
         http.get(pod.url("/health")).send().await.unwrap().status(),
         503
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn told_to_stop_a_pod_turns_not_ready_serves_on_for_the_delay_then_drains_and_closes() {
+    let (_cluster, db) = cluster_and_manager(pgrouter::ReadStrategy::RegionalPreferred).await;
+    app::migrate(&db).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let url = |path: &str| format!("{base}{path}");
+    let (sigterm, told) = tokio::sync::oneshot::channel::<()>();
+    let delay = Duration::from_secs(2);
+    let serving = tokio::spawn(app::serve_until(listener, db.clone(), true, async move {
+        let _ = told.await;
+        delay
+    }));
+    let http = client();
+    let ready = |http: reqwest::Client, url: String| async move {
+        let response = http.get(url).send().await?;
+        let code = response.status().as_u16();
+        let body: Value = response.json().await?;
+        Ok::<_, reqwest::Error>((code, body))
+    };
+    let (code, body) = ready(http.clone(), url("/health/ready")).await.unwrap();
+    assert_eq!(
+        (code, &body["draining"]),
+        (200, &Value::Bool(false)),
+        "{body}"
+    );
+
+    sigterm.send(()).unwrap();
+    let told_at = std::time::Instant::now();
+    let red = wait_until_async(Duration::from_secs(2), || async {
+        ready(http.clone(), url("/health/ready"))
+            .await
+            .is_ok_and(|(code, body)| code == 503 && body["draining"] == true)
+    })
+    .await;
+    assert!(red.is_some(), "readiness did not turn not ready");
+    // Still serving meanwhile (the pod is leaving the endpoints).
+    let item = app::NewItem {
+        name: "during-the-delay".into(),
+        qty: 1,
+    };
+    let created = http.post(url("/items")).json(&item).send().await.unwrap();
+    assert_eq!(created.status(), 201);
+    assert!(
+        told_at.elapsed() < delay,
+        "the delay passed before the checks"
+    );
+
+    // Then the listener closes, the requests end, and the manager closes.
+    tokio::time::timeout(delay + Duration::from_secs(10), serving)
+        .await
+        .expect("the server stopped after the delay")
+        .unwrap()
+        .unwrap();
+    assert!(told_at.elapsed() >= delay);
+    assert!(
+        http.get(url("/health")).send().await.is_err(),
+        "no longer accepting"
+    );
+    let after = db.query("SELECT 1", &[]).await.unwrap_err();
+    assert_eq!(*after.kind(), pgrouter::error::ErrorKind::Closed);
 }

@@ -347,3 +347,50 @@ async fn a_replica_already_behind_when_the_manager_starts_serves_no_bounded_read
     assert!(caught_up.is_some(), "{:?}", db.status());
     db.close().await;
 }
+
+/// The node that served a read of `t`'s rows made now, and their count.
+async fn served_count(db: &DatabaseManager) -> (String, i64) {
+    let info = CallInfo::new();
+    let row = db
+        .read()
+        .info(&info)
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .unwrap();
+    (info.server().expect("served").node, row.get(0))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chosen_window_reads_the_primary_after_a_write_whatever_positions_say() {
+    use pgrouter::causal::causal_scope;
+    use pgrouter::config::ReadYourWrites;
+    let cluster = start_cluster();
+    let window = Duration::from_secs(3);
+    let db = manager_with(&cluster, |c| {
+        c.read_strategy = ReadStrategy::RegionalPreferred;
+        c.causal.read_your_writes = ReadYourWrites::Window;
+        c.causal.primary_window = window;
+    })
+    .await;
+    db.execute("CREATE TABLE t (id int)", &[]).await.unwrap();
+    blocking(|| cluster.wait_for_replicas(Duration::from_secs(10))).unwrap();
+    let ((), newest) = causal_scope(None, async {
+        db.execute("INSERT INTO t VALUES (1)", &[]).await.unwrap();
+        let written = std::time::Instant::now();
+        let (node, count) = served_count(&db).await;
+        assert!(
+            written.elapsed() < window,
+            "the read was not within the window"
+        );
+        assert_eq!((node.as_str(), count), ("node0", 1), "within the window");
+        tokio::time::sleep(window.saturating_sub(written.elapsed())).await;
+        let (node, _) = served_count(&db).await;
+        assert_eq!(node, "node1", "after it: the local replica");
+    })
+    .await;
+    assert_eq!(
+        newest, None,
+        "the window sends no token query, keeps no token"
+    );
+    db.close().await;
+}

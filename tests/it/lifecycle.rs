@@ -96,6 +96,126 @@ async fn close_stops_the_monitor_and_later_calls_fail() {
     clone.close().await;
 }
 
+/// Statements containing `marker` running now on node `index`.
+async fn running(cluster: &pgrouter_testkit::Cluster, index: usize, marker: &str) -> i64 {
+    let (client, driver) = session(cluster, index).await;
+    let sql = "SELECT count(*) FROM pg_stat_activity \
+               WHERE state = 'active' AND pid <> pg_backend_pid() \
+               AND strpos(query, $1) > 0";
+    let count = client.query_one(sql, &[&marker]).await.unwrap().get(0);
+    drop(client);
+    let _ = driver.await;
+    count
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_lets_calls_in_flight_finish_stops_the_rest_at_its_timeout_and_refuses_new_ones() {
+    let close_timeout = Duration::from_secs(3);
+    let (cluster, db) = cluster_and_manager_with(|config| {
+        config.read_strategy = ReadStrategy::RegionalPreferred;
+        config.close_timeout = close_timeout;
+        config.deadline = Duration::from_secs(120);
+        config.pool.max_size = 32;
+        config.pool.wait_timeout = Duration::from_secs(10);
+    })
+    .await;
+    db.execute("CREATE TABLE t (kind text)", &[]).await.unwrap();
+    blocking(|| cluster.wait_for_replicas(Duration::from_secs(10))).unwrap();
+    // 32 calls: on the local replica (node1) 24 reads, on the primary 8
+    // writes; in each half the short ones (1 s) end within the close
+    // timeout, the long ones (60 s) do not.
+    let mut calls = Vec::new();
+    for n in 0..32 {
+        let db = db.clone();
+        let (write, seconds) = (n < 8, if n % 2 == 0 { 1 } else { 60 });
+        calls.push(tokio::spawn(async move {
+            let result = if write {
+                let sql =
+                    format!("INSERT INTO t SELECT 'close-test {seconds}' FROM pg_sleep({seconds})");
+                db.execute(&sql, &[]).await.map(drop)
+            } else {
+                let sql = format!("SELECT 'close-test', pg_sleep({seconds})");
+                db.query(&sql, &[]).await.map(drop)
+            };
+            (write, seconds, result, Instant::now())
+        }));
+    }
+    let all_running = wait_until_async(Duration::from_secs(20), || async {
+        running(&cluster, 0, "close-test").await == 8
+            && running(&cluster, 1, "close-test").await == 24
+    })
+    .await;
+    assert!(all_running.is_some(), "the 32 calls never ran together");
+
+    let start = Instant::now();
+    let closing = tokio::spawn({
+        let db = db.clone();
+        async move {
+            db.close().await;
+            Instant::now()
+        }
+    });
+    let not_ready = wait_until(Duration::from_secs(2), || {
+        db.readiness()
+            .reasons
+            .contains(&pgrouter::status::NotReady::Closed)
+    })
+    .await;
+    assert!(not_ready.is_some(), "{:?}", db.readiness());
+    // A call made now is refused at once, nothing sent.
+    let refused_at = Instant::now();
+    let refused = db.query("SELECT 1", &[]).await.unwrap_err();
+    assert_eq!(*refused.kind(), ErrorKind::Closed);
+    assert!(!refused.is_outcome_unknown());
+    assert!(refused_at.elapsed() < SLACK, "{:?}", refused_at.elapsed());
+
+    let closed_at = closing.await.unwrap();
+    let close_took = closed_at - start;
+    assert!(
+        close_took >= close_timeout - Duration::from_millis(100)
+            && close_took < close_timeout + SLACK,
+        "close took {close_took:?}, its timeout is {close_timeout:?}"
+    );
+    for call in calls {
+        let (write, seconds, result, ended) = call.await.unwrap();
+        let took = ended.saturating_duration_since(start);
+        assert!(
+            took < close_timeout + SLACK,
+            "a call ended {took:?} after close"
+        );
+        match (seconds, result) {
+            (1, Ok(())) => {}
+            (60, Err(error)) => {
+                assert_eq!(*error.kind(), ErrorKind::Closed, "{error}");
+                assert_eq!(error.is_outcome_unknown(), write, "{error}");
+                assert_eq!(error.http_status(), 503);
+            }
+            (seconds, result) => panic!("a {seconds} s call ended {result:?}"),
+        }
+    }
+    // Stopped calls had their statements cancelled: nothing sleeps on, and
+    // none of the long writes committed.
+    let cancelled = wait_until_async(Duration::from_secs(10), || async {
+        running(&cluster, 0, "close-test").await + running(&cluster, 1, "close-test").await == 0
+    })
+    .await;
+    assert!(cancelled.is_some(), "statements of stopped calls still run");
+    let rows = blocking(|| {
+        cluster.psql(
+            0,
+            "SELECT count(*) FILTER (WHERE kind = 'close-test 1') || '/' || count(*) FROM t",
+        )
+    })
+    .unwrap();
+    assert_eq!(
+        rows.trim(),
+        "4/4",
+        "the short writes committed, the long ones did not"
+    );
+    let after = db.execute("SELECT 1", &[]).await.unwrap_err();
+    assert_eq!(*after.kind(), ErrorKind::Closed);
+}
+
 /// Collects everything the fmt subscriber writes.
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);

@@ -5,6 +5,8 @@
 //! lost-`COMMIT` resolution. Each test pins its rule to the millisecond,
 //! in microseconds of real time.
 
+mod causal;
+mod close;
 mod commit;
 mod reads;
 mod transactions;
