@@ -115,6 +115,19 @@ impl Drain {
         F: Future<Output = Result<T, Error>>,
     {
         let _in_flight = self.enter()?;
+        self.stoppable(work, call).await
+    }
+
+    /// Whether the close timeout ran out: calls still in flight stop.
+    fn stopped(&self) -> bool {
+        self.stopped.load(Ordering::SeqCst)
+    }
+
+    /// Runs `call`, stopped when the close timeout runs out before it ends.
+    async fn stoppable<F, T>(&self, work: Work, call: Pin<&mut F>) -> Result<T, Error>
+    where
+        F: Future<Output = Result<T, Error>>,
+    {
         let mut stop = Stop {
             drain: self,
             notified: pin!(self.stop.notified()),
@@ -131,6 +144,30 @@ impl Drain {
             }
         })
         .await
+    }
+}
+
+/// A call of several steps in flight (a transaction from `begin()`, from
+/// `begin` to its end): counted until dropped, so `close` waits for it as
+/// for any call; each step is stopped, as a call is, when the close timeout
+/// runs out, and none starts after that.
+#[derive(Debug)]
+pub(crate) struct Held<'d> {
+    drain: &'d Drain,
+    _in_flight: InFlight<'d>,
+}
+
+impl Held<'_> {
+    /// Runs one step (`work`: whether it may apply a write), or refuses it
+    /// once the close timeout ran out.
+    pub(crate) async fn step<F, T>(&self, work: Work, call: Pin<&mut F>) -> Result<T, Error>
+    where
+        F: Future<Output = Result<T, Error>>,
+    {
+        if self.drain.stopped() {
+            return Err(Error::stopped_by_close(false));
+        }
+        self.drain.stoppable(work, call).await
     }
 }
 
@@ -171,6 +208,15 @@ impl Hub {
         F: Future<Output = Result<T, Error>>,
     {
         self.drain.run(work, call).await
+    }
+
+    /// Counts a call of several steps in flight until the guard drops (see
+    /// [`Held`]); refused once closing started.
+    pub(crate) fn hold_call(&self) -> Result<Held<'_>, Error> {
+        Ok(Held {
+            drain: &self.drain,
+            _in_flight: self.drain.enter()?,
+        })
     }
 
     /// After [`Hub::close`]: waits up to `within` for the calls in flight
@@ -228,6 +274,36 @@ mod tests {
             "done as soon as the last call ended"
         );
         assert_eq!(running.await.unwrap().unwrap(), 7);
+        assert_eq!(drain.in_flight(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_held_call_is_waited_for_between_its_steps_then_stopped() {
+        let drain = Drain::default();
+        let held = Held {
+            drain: &drain,
+            _in_flight: drain.enter().unwrap(),
+        };
+        assert_eq!(held.step(Work::Read, pin!(call(ms(10)))).await.unwrap(), 7);
+        let start = Instant::now();
+        drain.close();
+        // Between its steps it is still in flight: close waits for it, and
+        // its next step runs.
+        let finish = drain.finish(start + ms(1000));
+        let step = async {
+            tokio::time::sleep(ms(100)).await;
+            held.step(Work::Read, pin!(call(ms(100)))).await
+        };
+        let (stopped, stepped) = tokio::join!(finish, step);
+        assert_eq!(stepped.unwrap(), 7, "a step while closing runs");
+        assert_eq!(stopped, 1, "still held at the timeout");
+        assert_eq!(start.elapsed(), ms(1000));
+        // After the timeout no step starts; a commit would be refused
+        // before it is sent.
+        let refused = held.step(Work::Write, pin!(call(ms(1)))).await.unwrap_err();
+        assert_eq!(*refused.kind(), ErrorKind::Closed);
+        assert!(!refused.is_outcome_unknown());
+        drop(held);
         assert_eq!(drain.in_flight(), 0);
     }
 

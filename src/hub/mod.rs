@@ -37,7 +37,7 @@ use crate::routing::strategy::{pick_primary, pick_read};
 use crate::routing::view::LiveView;
 use crate::topology::Snapshot;
 
-pub(crate) use drain::Work;
+pub(crate) use drain::{Held, Work};
 
 /// Events kept for a subscriber that falls behind.
 const EVENT_BUFFER: usize = 1024;

@@ -4,10 +4,13 @@
 //! through `Tx`, and `commit()` ending it the way a
 //! closure's commit does (the same [`conclude`], lost answer resolved).
 //! Nothing is retried once the connection is handed out; every wait is
-//! bounded by the call's deadline, counted from `begin()`. Dropped without
+//! bounded by the call's deadline, counted from `begin()`. From `begin()`
+//! to its end it is one call in flight for `close`, which waits for it up
+//! to the close timeout and then stops its statements. Dropped without
 //! `commit()` or `rollback()`, it is rolled back in the background; the
 //! connection never returns to its pool inside a transaction.
 
+use std::pin::{pin, Pin};
 use std::sync::{Mutex, PoisonError};
 
 use tokio::time::Instant;
@@ -20,9 +23,9 @@ use super::session::{Failure, PgError, Session};
 use super::transaction::{close, conclude, not_opened, token_query, TokenOf, TokenQuery};
 use crate::causal::lsn::CausalToken;
 use crate::causal::scope as causal;
-use crate::failure::error::Error;
+use crate::failure::error::{Error, ErrorKind};
 use crate::failure::safety::{Fate, Phase};
-use crate::hub::Hub;
+use crate::hub::{Held, Hub, Work};
 use crate::observe::call_info::{self, CallInfo};
 
 /// A transaction from `begin()`: its connection and what its commit needs.
@@ -36,6 +39,8 @@ pub(crate) struct Explicit<'t> {
     info: Option<&'t CallInfo>,
     /// What the connection's failures so far say to do with it.
     fate: Mutex<Fate>,
+    /// In flight for `close`, from `begin()` to the end.
+    held: Held<'t>,
 }
 
 impl<'t> Explicit<'t> {
@@ -95,6 +100,24 @@ impl<'t> Explicit<'t> {
         error
     }
 
+    /// Runs one step (a statement: `Work::Read`, nothing of it can be
+    /// applied before `COMMIT`; the commit: `Work::Write`) as part of the
+    /// call in flight; stopped by `close` once its timeout ran out, the
+    /// connection then cancelled.
+    pub(crate) async fn step<F, T>(&self, work: Work, step: Pin<&mut F>) -> Result<T, Error>
+    where
+        F: std::future::Future<Output = Result<T, Error>>,
+    {
+        let result = self.held.step(work, step).await;
+        if result
+            .as_ref()
+            .is_err_and(|error| *error.kind() == ErrorKind::Closed)
+        {
+            self.worsen(Fate::Cancel);
+        }
+        result
+    }
+
     fn worsen(&self, fate: Fate) {
         let mut worst = self.fate.lock().unwrap_or_else(PoisonError::into_inner);
         *worst = worse(*worst, fate);
@@ -113,7 +136,7 @@ impl<'t> Explicit<'t> {
         };
         let hub = self.attempt.hub();
         let client = Busy::new(hub, session);
-        let result = self.conclude(client).await;
+        let result = self.step(Work::Write, pin!(self.conclude(client))).await;
         let failed = result.as_ref().is_err_and(Error::is_unavailable);
         hub.write_outcomes.record(failed);
         let token = result?;
@@ -246,12 +269,14 @@ impl<'t> Started<'t> {
         }
     }
 
-    /// The transaction, to open with `begin` (resolved if `resolve`).
+    /// The transaction, to open with `begin` (resolved if `resolve`),
+    /// counted in flight for `close` by `held`.
     pub(crate) fn transaction(
         self,
         begin: String,
         resolve: bool,
         info: Option<&'t CallInfo>,
+        held: Held<'t>,
     ) -> Explicit<'t> {
         let hub = self.attempt.hub();
         let index = self.attempt.index();
@@ -262,6 +287,7 @@ impl<'t> Started<'t> {
             token: self.token,
             info,
             fate: Mutex::new(Fate::Keep),
+            held,
         }
     }
 }

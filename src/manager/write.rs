@@ -412,8 +412,13 @@ impl<'a> WriteBuilder<'a> {
                 return Err(error);
             }
         };
+        // In flight for `close` until it ends; nothing was sent yet if
+        // closing already started.
+        let held = hub.hold_call()?;
         let resolve = self.resolved(hub.config.outcomes.resolve);
-        Ok(Tx::explicit(started.transaction(begin, resolve, self.info)))
+        Ok(Tx::explicit(
+            started.transaction(begin, resolve, self.info, held),
+        ))
     }
 
     /// The transaction `body`, its connections from `connect`.

@@ -746,3 +746,83 @@ async fn a_swallowed_error_from_any_statement_kind_never_ends_as_ok() {
     assert_eq!(logged("streams".to_owned()).await, 1);
     db.close().await;
 }
+
+/// Rows of `items` on node 0, asked directly (the manager may be closed).
+async fn items_on_primary(cluster: &Cluster) -> Vec<i32> {
+    let (client, driver) = session(cluster, 0).await;
+    let rows = client
+        .query("SELECT id FROM items ORDER BY id", &[])
+        .await
+        .expect("items");
+    drop(client);
+    let _ = driver.await;
+    rows.iter().map(|row| row.get(0)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_waits_for_an_explicit_transaction_then_stops_it() {
+    let timeout = Duration::from_secs(2);
+    let (cluster, db) = cluster_and_manager_with(|config| config.close_timeout = timeout).await;
+    db.execute("CREATE TABLE items (id int PRIMARY KEY)", &[])
+        .await
+        .unwrap();
+
+    // Open when close starts, ended within the close timeout: it commits,
+    // and close waits for it.
+    let tx = db.begin().await.expect("begin");
+    tx.execute("INSERT INTO items VALUES (1)", &[])
+        .await
+        .unwrap();
+    let closing = tokio::spawn({
+        let db = db.clone();
+        async move { db.close().await }
+    });
+    let refused = wait_until_async(Duration::from_secs(5), || async {
+        matches!(db.begin().await.map(drop), Err(e) if *e.kind() == ErrorKind::Closed)
+    })
+    .await;
+    assert!(refused.is_some(), "close never started");
+    tx.execute("INSERT INTO items VALUES (2)", &[])
+        .await
+        .expect("a transaction in flight goes on while closing");
+    assert!(
+        !closing.is_finished(),
+        "close did not wait for the transaction"
+    );
+    tx.commit().await.expect("commit while closing");
+    tokio::time::timeout(timeout + SLACK, closing)
+        .await
+        .expect("close ends once the transaction did")
+        .unwrap();
+    assert_eq!(items_on_primary(&cluster).await, [1, 2]);
+
+    // Still open when the close timeout runs out: stopped, never committed.
+    let ports: Vec<u16> = cluster.nodes().iter().map(|n| n.client_port()).collect();
+    let mut config = fast_config(node_configs(&cluster, &ports));
+    config.close_timeout = Duration::from_millis(500);
+    let db = DatabaseManager::new(config).await.expect("manager");
+    let tx = db.begin().await.expect("begin");
+    tx.execute("INSERT INTO items VALUES (3)", &[])
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    db.close().await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "close waited for the transaction"
+    );
+    let stopped = tx
+        .execute("INSERT INTO items VALUES (4)", &[])
+        .await
+        .expect_err("stopped by close");
+    assert_eq!(*stopped.kind(), ErrorKind::Closed, "{stopped:?}");
+    let commit = tx.commit().await.expect_err("stopped by close");
+    assert_eq!(*commit.kind(), ErrorKind::Closed, "{commit:?}");
+    assert!(!commit.is_outcome_unknown(), "COMMIT was never sent");
+    let gone = wait_until_async(Duration::from_secs(10), || async {
+        idle_in_transaction(&cluster).await == 0
+    })
+    .await;
+    assert!(gone.is_some(), "the stopped transaction's session lingers");
+    assert_eq!(items_on_primary(&cluster).await, [1, 2]);
+}

@@ -7,7 +7,7 @@ mod streams;
 
 use std::future::Future;
 use std::marker::PhantomData;
-use std::pin::Pin;
+use std::pin::{pin, Pin};
 
 use tokio::time::timeout_at;
 use tokio_postgres::types::{ToSql, Type};
@@ -21,6 +21,7 @@ use super::transaction::Body;
 use super::watch::Unfinished;
 use crate::config::StatementMode;
 use crate::failure::error::Error;
+use crate::hub::Work;
 
 /// The future a transaction closure returns: box it with `Box::pin(async
 /// move { … })`. `?` on the [`Tx`]'s errors (and on a `tokio_postgres::Error`,
@@ -187,10 +188,16 @@ impl<'t> Tx<'t> {
         };
         let sent = match &self.form {
             Form::Lent { .. } => run.await,
-            Form::Owned(explicit) => match timeout_at(explicit.deadline(), run).await {
-                Ok(sent) => sent,
-                Err(_) => Sent::TimedOut,
-            },
+            Form::Owned(explicit) => {
+                let bounded = async {
+                    match timeout_at(explicit.deadline(), run).await {
+                        Ok(sent) => Ok(sent),
+                        Err(_) => Ok(Sent::TimedOut),
+                    }
+                };
+                // Nothing of a statement is applied before `COMMIT`.
+                explicit.step(Work::Read, pin!(bounded)).await?
+            }
         };
         if !matches!(sent, Sent::TimedOut) {
             unfinished.finish();
