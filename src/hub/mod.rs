@@ -11,7 +11,7 @@ mod observe;
 mod readiness;
 mod status;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -90,6 +90,8 @@ pub(crate) struct Hub {
     /// Deployment-wide metric handles (nothing without the `metrics`
     /// feature).
     pub(crate) metrics: HubMetrics,
+    /// Statements sent as reads that could write, run as writes instead.
+    writes_through_reads: AtomicU64,
 }
 
 /// Building, and the lifecycle.
@@ -151,6 +153,7 @@ impl Hub {
             write_outcomes: CallWindow::new(window),
             missing: Mutex::new(Missing::default()),
             metrics: HubMetrics::new(),
+            writes_through_reads: AtomicU64::new(0),
         })
     }
 

@@ -51,6 +51,7 @@ impl Status {
             split_brain: snapshot.split_brain,
             monitor_running: hub.monitor_running(),
             hedging: hub.hedge_counts(),
+            writes_through_reads: hub.writes_through_reads(),
         }
     }
 }

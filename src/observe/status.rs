@@ -34,6 +34,14 @@ pub struct Status {
     pub monitor_running: bool,
     /// Hedged reads and the read budget, counted since the manager started.
     pub hedging: HedgeCounts,
+    /// Statements sent through the read path (`query`, `query_one`,
+    /// `query_opt`, [`read()`](crate::DatabaseManager::read)) that can write
+    /// or lock (`INSERT … RETURNING`, `SELECT … FOR UPDATE`, `nextval`, …),
+    /// which therefore ran on the primary under the write rules, counted
+    /// since the manager started. Not zero: some code calls a read method
+    /// for a write; [`write()`](crate::DatabaseManager::write) says what it
+    /// means (see the [reads guide](crate::guide::reads#statements-that-write)).
+    pub writes_through_reads: u64,
 }
 
 /// Hedged reads and the read budget, counted since the manager started

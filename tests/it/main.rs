@@ -29,3 +29,4 @@ mod sslmode;
 mod testcontainers;
 mod tls;
 mod writes;
+mod written_reads;

@@ -8,6 +8,7 @@
 mod commit;
 mod reads;
 mod writes;
+mod written_reads;
 
 use std::sync::Arc;
 
