@@ -27,7 +27,7 @@
 //!   `pgrouter_outliers_total{node}` (live traffic took `node` out);
 //! - `pgrouter_writes_through_reads_total{keyword}`: statements sent as
 //!   reads that can write or lock, run on the primary as writes (`keyword`
-//!   is the word that showed it: `INSERT`, `FOR SHARE`, `nextval`, …).
+//!   is the word that showed it: `INSERT`, `SHARE`, `nextval`, …).
 
 /// What happened to a read beyond its first attempt, as hedging counts it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -130,10 +130,10 @@ impl Scan {
     fn inner(&mut self, word: &[u8]) -> Option<&'static str> {
         let after_lock_word = std::mem::take(&mut self.lock_clause);
         match pack(word) {
-            FROM if self.copy && self.depth == 0 => return Some("COPY FROM"),
+            FROM if self.copy && self.depth == 0 => return Some("COPY"),
             TO if self.copy && self.depth == 0 => self.copy = false,
             FOR | KEY => self.lock_clause = true,
-            SHARE if after_lock_word => return Some("FOR SHARE"),
+            SHARE if after_lock_word => return Some("SHARE"),
             INTO => return Some("INTO"),
             MERGE => return Some("MERGE"),
             INSERT => return Some("INSERT"),
