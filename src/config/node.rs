@@ -28,7 +28,9 @@ pub struct NodeConfig {
     /// A unique name, used in logs, errors and
     /// [`Status`](crate::status::Status). Required, not empty.
     pub name: String,
-    /// The region the node runs in (e.g. `us-east-1`). Required, not empty.
+    /// The region the node runs in (e.g. `us-east-1`). Required, not empty;
+    /// `unknown` says it is not known, and such a node is never local
+    /// (`Config::from_env` gives it to a node whose region it cannot tell).
     pub region: String,
     /// How to connect; the password never reaches logs or `Debug`.
     /// Required.
@@ -77,6 +79,16 @@ impl NodeConfig {
             .parse_tls(format!("nodes[{index}].url"), &self.name, tls)?;
         Ok(())
     }
+}
+
+/// The region of a node whose region is not known: never the service's
+/// own, whatever [`Config::local_region`](super::Config::local_region) says.
+pub(crate) const UNKNOWN_REGION: &str = "unknown";
+
+/// Whether a node in `region` is local to a service in `local_region`: only
+/// when both are known and equal.
+pub(crate) fn is_local(region: &str, local_region: &str) -> bool {
+    !local_region.is_empty() && region != UNKNOWN_REGION && region == local_region
 }
 
 /// Checks the node set: at least one node, each valid, no name twice, and

@@ -6,6 +6,7 @@ use std::time::Duration;
 use deadpool_postgres::{Hook, HookError, ManagerConfig, Metrics, Pool, RecyclingMethod, Runtime};
 
 use crate::config::error::ConfigError;
+use crate::config::node::is_local;
 use crate::config::{NodeConfig, PoolSettings, Role, TlsSettings};
 use crate::connect::credentials::{request_for, CredentialCache, SharedPasswordProvider};
 use crate::connect::sslmode::NodeTls;
@@ -134,7 +135,7 @@ impl Node {
                 region: Arc::from(config.region.as_str()),
             },
             role: config.role,
-            is_local: !local_region.is_empty() && config.region == local_region,
+            is_local: is_local(&config.region, local_region),
             region_rank: preferred_regions.iter().position(|r| *r == config.region),
             pool,
             address: Address::of(&pg_config),

@@ -16,6 +16,7 @@ mod config_extremes;
 mod containers;
 mod credentials;
 mod deadlines;
+mod env_regions;
 mod failover;
 mod freshness;
 mod health;
