@@ -8,6 +8,7 @@
 
 mod hedging;
 mod observe;
+mod pools;
 mod readiness;
 mod status;
 
@@ -18,6 +19,8 @@ use std::time::Duration;
 use arc_swap::{ArcSwap, ArcSwapOption, Guard};
 use tokio::sync::{broadcast, watch, Notify};
 use tokio::time::Instant;
+
+pub(crate) use pools::sweep_pools;
 
 use crate::commit::judge::OutcomeSql;
 use crate::config::clock;

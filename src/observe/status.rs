@@ -127,6 +127,24 @@ pub struct PoolStatus {
     pub available: usize,
     /// Callers waiting for a connection.
     pub waiting: usize,
+    /// Connections not handed out for this long are closed
+    /// ([`PoolSettings::idle_timeout`](crate::config::PoolSettings::idle_timeout));
+    /// `None`: never.
+    #[serde(serialize_with = "crate::observe::micros::option")]
+    pub idle_timeout: Option<Duration>,
+    /// No connection is handed out past this age
+    /// ([`PoolSettings::max_lifetime`](crate::config::PoolSettings::max_lifetime),
+    /// each connection's own limit up to
+    /// [`max_lifetime_jitter`](crate::config::PoolSettings::max_lifetime_jitter)
+    /// earlier); `None`: no limit.
+    #[serde(serialize_with = "crate::observe::micros::option")]
+    pub max_lifetime: Option<Duration>,
+    /// Connections closed for idling past `idle_timeout`, since the
+    /// manager started.
+    pub closed_idle: u64,
+    /// Connections closed for reaching their lifetime, since the manager
+    /// started.
+    pub closed_expired: u64,
 }
 
 impl Status {

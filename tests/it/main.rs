@@ -24,6 +24,7 @@ mod hedging;
 mod lifecycle;
 mod outcomes;
 mod pgbouncer;
+mod pool_lifetimes;
 mod routing;
 mod spans;
 mod sslmode;
