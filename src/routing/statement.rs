@@ -97,17 +97,17 @@ impl Scan {
                 self.depth = self.depth.saturating_sub(1);
             }
             Token::End => *self = Scan::default(),
-            Token::Quoted(name) => return writing_function(name, false),
+            Token::Quoted(name) => return named_function(name, false),
             Token::Other => self.lock_clause = false,
         }
         None
     }
 
     /// The statement's first word (or the explained statement's).
-    fn lead(&mut self, word: &[u8]) -> Option<&'static str> {
+    fn lead(&mut self, word: Word<'_>) -> Option<&'static str> {
         let explaining = std::mem::take(&mut self.explain);
         self.inside = true;
-        match pack(word) {
+        match word.packed {
             SELECT | VALUES | TABLE | SHOW | WITH => None,
             ANALYZE | ANALYSE | VERBOSE if explaining => {
                 self.explain = true;
@@ -121,15 +121,15 @@ impl Scan {
                 self.copy = true;
                 None
             }
-            _ => Some(leading_name(word)),
+            _ => Some(leading_name(word.text)),
         }
     }
 
     /// A word inside a statement that reads so far.
     #[inline]
-    fn inner(&mut self, word: &[u8]) -> Option<&'static str> {
+    fn inner(&mut self, word: Word<'_>) -> Option<&'static str> {
         let after_lock_word = std::mem::take(&mut self.lock_clause);
-        match pack(word) {
+        match word.packed {
             FROM if self.copy && self.depth == 0 => return Some("COPY"),
             TO if self.copy && self.depth == 0 => self.copy = false,
             FOR | KEY => self.lock_clause = true,
@@ -139,10 +139,23 @@ impl Scan {
             INSERT => return Some("INSERT"),
             UPDATE => return Some("UPDATE"),
             DELETE => return Some("DELETE"),
-            _ => return writing_function(word, true),
+            NEXTVAL => return Some("nextval"),
+            SETVAL => return Some("setval"),
+            LO_CREAT => return Some("lo_creat"),
+            LO_PUT => return Some("lo_put"),
+            // Longer than eight bytes: maybe one of the longer names.
+            0 => return long_function(word.text),
+            _ => {}
         }
         None
     }
+}
+
+/// A word and its [`pack`]ed form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Word<'a> {
+    text: &'a [u8],
+    packed: u64,
 }
 
 /// Up to eight bytes of a word, ASCII letters folded to lower case, in one
@@ -183,6 +196,27 @@ const MERGE: u64 = pack(b"MERGE");
 const INSERT: u64 = pack(b"INSERT");
 const UPDATE: u64 = pack(b"UPDATE");
 const DELETE: u64 = pack(b"DELETE");
+const NEXTVAL: u64 = pack(b"nextval");
+const SETVAL: u64 = pack(b"setval");
+const LO_CREAT: u64 = pack(b"lo_creat");
+const LO_PUT: u64 = pack(b"lo_put");
+
+/// [`pack`] of the `len` bytes at `start` of `sql`, with one load when
+/// eight bytes are there to read.
+#[inline]
+fn pack_at(sql: &[u8], start: usize, len: usize) -> u64 {
+    if len > 8 {
+        return 0;
+    }
+    match sql.get(start..start + 8) {
+        Some(&[a, b, c, d, e, f, g, h]) => {
+            let raw = u64::from_le_bytes([a, b, c, d, e, f, g, h]);
+            let mask = u64::MAX >> (64 - 8 * len);
+            (raw | 0x2020_2020_2020_2020) & mask
+        }
+        _ => pack(sql.get(start..start + len).unwrap_or_default()),
+    }
+}
 
 /// A leading keyword that is not a read, named for logs and metrics (a
 /// fixed set, so a metric label stays bounded).
@@ -216,23 +250,19 @@ const WRITING_FUNCTIONS: [&str; 11] = [
     "lo_from_bytea",
 ];
 
-/// The name of a writing built-in `word` is, if it is one. Bare words match
-/// in any case; a quoted identifier only exactly (`"nextval"` is the
-/// function, `"NEXTVAL"` is not).
+/// A bare word longer than eight bytes that names a writing built-in.
 #[inline]
-fn writing_function(word: &[u8], bare: bool) -> Option<&'static str> {
-    // Every name below starts with one of these letters and has at least
-    // six bytes: most words stop here.
+fn long_function(word: &[u8]) -> Option<&'static str> {
+    // Every longer name starts with one of these: most words stop here.
     match word.first() {
-        Some(b'n' | b's' | b'p' | b't' | b'l' | b'N' | b'S' | b'P' | b'T' | b'L')
-            if word.len() >= 6 =>
-        {
-            named_function(word, bare)
-        }
+        Some(b'p' | b't' | b'l' | b'P' | b'T' | b'L') => named_function(word, true),
         _ => None,
     }
 }
 
+/// The name of a writing built-in `word` is, if it is one. Bare words match
+/// in any case; a quoted identifier only exactly (`"nextval"` is the
+/// function, `"NEXTVAL"` is not).
 #[cold]
 fn named_function(word: &[u8], bare: bool) -> Option<&'static str> {
     let same = |name: &[u8]| match bare {
@@ -258,7 +288,7 @@ fn named_function(word: &[u8], bare: bool) -> Option<&'static str> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Token<'a> {
     /// An unquoted identifier or keyword.
-    Word(&'a [u8]),
+    Word(Word<'a>),
     /// A quoted identifier's text (doubled quotes left as they are).
     Quoted(&'a [u8]),
     Open,
@@ -380,14 +410,23 @@ impl<'a> Lexer<'a> {
     #[inline]
     fn word(&mut self) -> Token<'a> {
         let start = self.at - 1;
-        self.skip_while(continues_word);
-        let word = &self.sql[start..self.at];
-        if word.len() == 1 && word[0] | 0x20 == b'e' && self.sql.get(self.at) == Some(&b'\'') {
+        while self
+            .sql
+            .get(self.at)
+            .is_some_and(|&b| WORD_BYTES[usize::from(b)])
+        {
+            self.at += 1;
+        }
+        let len = self.at - start;
+        if len == 1 && self.sql[start] | 0x20 == b'e' && self.sql.get(self.at) == Some(&b'\'') {
             self.at += 1;
             self.string(true);
             return Token::Other;
         }
-        Token::Word(word)
+        Token::Word(Word {
+            text: &self.sql[start..self.at],
+            packed: pack_at(self.sql, start, len),
+        })
     }
 
     /// Past `--` to the end of the line.
@@ -476,10 +515,21 @@ impl<'a> Lexer<'a> {
     }
 }
 
-/// A byte that continues an unquoted word (`$` too, inside a word).
+/// The bytes that continue an unquoted word (`$` too, inside a word).
+const WORD_BYTES: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        table[byte] = matches!(CLASSES[byte], Class::Letter | Class::Digit | Class::Dollar);
+        byte += 1;
+    }
+    table
+};
+
+/// A byte that continues an unquoted word.
 #[inline]
 fn continues_word(b: u8) -> bool {
-    matches!(class(b), Class::Letter | Class::Digit | Class::Dollar)
+    WORD_BYTES[usize::from(b)]
 }
 
 #[cfg(test)]

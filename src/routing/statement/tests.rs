@@ -1,7 +1,7 @@
 //! The statement scanner, as tables: what reads, what writes and why,
 //! and what the lexer skips.
 
-use super::{intent, Intent, Lexer, Token};
+use super::{intent, pack, pack_at, Intent, Lexer, Token, Word};
 
 fn why(sql: &str) -> Option<&'static str> {
     match intent(sql) {
@@ -239,18 +239,21 @@ fn unterminated_text_ends_the_scan_without_panicking() {
 
 #[test]
 fn the_lexer_splits_words_and_skips_the_rest() {
-    let tokens: Vec<Token<'_>> = Lexer {
-        sql: b"Select \"Q\"(a$1, $2) -- c\n/* d */; 'e' E'f' $$g$$",
-        at: 0,
-    }
-    .collect();
+    let sql = b"Select \"Q\"(a$1, $2) -- c\n/* d */; 'e' E'f' $$g$$";
+    let tokens: Vec<Token<'_>> = Lexer { sql, at: 0 }.collect();
+    let word = |text: &'static [u8]| {
+        Token::Word(Word {
+            text,
+            packed: pack(text),
+        })
+    };
     assert_eq!(
         tokens,
         [
-            Token::Word(b"Select"),
+            word(b"Select"),
             Token::Quoted(b"Q"),
             Token::Open,
-            Token::Word(b"a$1"),
+            word(b"a$1"),
             Token::Other,
             Token::Other,
             Token::Close,
@@ -283,5 +286,32 @@ fn any_text_is_scanned_without_panicking() {
             .collect();
         let sql = String::from_utf8(bytes).expect("ASCII");
         let _ = intent(&sql);
+    }
+}
+
+#[test]
+fn a_word_packs_the_same_from_one_load_or_byte_by_byte() {
+    let sql = b"select NextVal lo_put xy a_b$9 longerthan8 SELECT";
+    let mut at = 0;
+    for word in sql.split(|b| *b == b' ') {
+        let expected = match word.len() {
+            0..=8 => pack(word),
+            _ => 0,
+        };
+        assert_eq!(
+            pack_at(sql, at, word.len()),
+            expected,
+            "{:?}",
+            std::str::from_utf8(word)
+        );
+        at += word.len() + 1;
+    }
+    assert_eq!(pack(b"select"), pack(b"SELECT"));
+    assert_ne!(pack(b"select"), pack(b"selects"));
+    // Digits, `_` and `$` never fold into a letter.
+    for other in b"0123456789_$" {
+        for letter in (b'a'..=b'z').chain(b'A'..=b'Z') {
+            assert_ne!(pack(&[b'x', *other]), pack(&[b'x', letter]));
+        }
     }
 }
