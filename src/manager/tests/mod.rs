@@ -10,6 +10,7 @@ mod close;
 mod commit;
 mod reads;
 mod writes;
+mod written_reads;
 
 use std::sync::Arc;
 
