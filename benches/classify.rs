@@ -1,6 +1,7 @@
 //! Error classification: a server error on a sent statement, classified as
 //! an attempt classifies it, and `Error::retry_decision`, as the retry loops
-//! consult it (no server needed).
+//! consult it; and the scan that tells a statement sent as a read that can
+//! write (no server needed).
 //!
 //! ```text
 //! cargo bench --bench classify
@@ -13,7 +14,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use pgrouter::bench::retry_after_server_error;
+use pgrouter::bench::{retry_after_server_error, statement_writes};
 use pgrouter::tokio_postgres::error::SqlState;
 use pgrouter::Error;
 
@@ -54,6 +55,28 @@ fn retry_decisions(c: &mut Criterion) {
     group.finish();
 }
 
+fn statements(c: &mut Criterion) {
+    let statements = [
+        ("select-1", "SELECT 1"),
+        (
+            "select-by-id",
+            "SELECT id, name, email FROM users WHERE id = $1",
+        ),
+        (
+            "select-join",
+            "SELECT o.id, o.total, c.name FROM orders o JOIN customers c ON c.id = o.customer_id \
+             WHERE o.created_at > $1 AND c.region = 'eu' ORDER BY o.created_at DESC LIMIT 50",
+        ),
+        ("insert-returning", "INSERT INTO t VALUES (1) RETURNING id"),
+    ];
+    let mut group = c.benchmark_group("statement_writes");
+    for (name, sql) in statements {
+        group.throughput(Throughput::Bytes(sql.len() as u64));
+        group.bench_function(name, |b| b.iter(|| statement_writes(black_box(sql))));
+    }
+    group.finish();
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .warm_up_time(Duration::from_secs(1))
@@ -63,6 +86,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = sqlstates, retry_decisions
+    targets = sqlstates, retry_decisions, statements
 }
 criterion_main!(benches);

@@ -95,3 +95,12 @@ pub fn retry_after_server_error(code: &SqlState) -> bool {
     };
     classify(Phase::Sent, cause).action.allows_retry(false)
 }
+
+/// Whether a statement sent as a read can write or lock, as the read path
+/// asks before routing it (the scan of `routing/statement.rs`).
+pub fn statement_writes(sql: &str) -> bool {
+    matches!(
+        crate::routing::statement::intent(sql),
+        crate::routing::statement::Intent::Write(_)
+    )
+}

@@ -173,7 +173,15 @@ async fn scrape_until(addr: SocketAddr, ready: impl Fn(&Scrape) -> bool) -> Scra
 
 /// Label keys and values pgrouter may use: nothing else, ever.
 fn check_labels_are_bounded(scrape: &Scrape, nodes: &[&str]) {
-    let keys = ["operation", "node", "role", "outcome", "reason", "le"];
+    let keys = [
+        "operation",
+        "node",
+        "role",
+        "outcome",
+        "reason",
+        "keyword",
+        "le",
+    ];
     for sample in scrape
         .samples
         .iter()
@@ -185,6 +193,13 @@ fn check_labels_are_bounded(scrape: &Scrape, nodes: &[&str]) {
                 "node" => nodes.contains(&value.as_str()) || value.is_empty(),
                 "role" => ["primary", "replica", ""].contains(&value.as_str()),
                 "operation" => ["read", "write", "transaction"].contains(&value.as_str()),
+                // A SQL keyword or a built-in's name from a fixed set.
+                "keyword" => {
+                    value.len() < 32
+                        && value
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                }
                 _ => value.len() < 32 && !value.contains(' '),
             };
             assert!(allowed, "label {key}={value:?} on {sample:?}");
@@ -250,6 +265,10 @@ async fn a_prometheus_scrape_shows_every_family_with_bounded_labels() {
             .await
             .expect("read");
     }
+    // A write sent as a read: on the primary, as a write, counted.
+    db.query_one("INSERT INTO items VALUES (3, 'y') RETURNING id", &[])
+        .await
+        .expect("insert through a read");
     // Refused before any node: counted with empty node and role.
     let zero = db
         .read()
@@ -287,7 +306,18 @@ async fn a_prometheus_scrape_shows_every_family_with_bounded_labels() {
     };
     assert_eq!(calls("read", n1, "replica", "ok"), 5.0);
     assert_eq!(calls("read", n0, "primary", "ok"), 3.0);
-    assert_eq!(calls("write", n0, "primary", "ok"), 2.0);
+    assert_eq!(
+        calls("write", n0, "primary", "ok"),
+        3.0,
+        "with the INSERT sent as a read"
+    );
+    assert_eq!(
+        scrape.expect(
+            "pgrouter_writes_through_reads_total",
+            &[("keyword", "INSERT")]
+        ),
+        1.0
+    );
     assert_eq!(calls("write", n0, "primary", "integrity"), 1.0);
     assert_eq!(calls("write", n0, "primary", "retried"), 1.0);
     assert_eq!(calls("transaction", n0, "primary", "ok"), 1.0);
@@ -365,6 +395,7 @@ async fn a_prometheus_scrape_shows_every_family_with_bounded_labels() {
         ("pgrouter_fencings_total", "counter"),
         ("pgrouter_hedges_total", "counter"),
         ("pgrouter_outliers_total", "counter"),
+        ("pgrouter_writes_through_reads_total", "counter"),
         ("pgrouter_node_up", "gauge"),
         ("pgrouter_pool_connections", "gauge"),
         ("pgrouter_replica_lag_seconds", "gauge"),

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::check;
 use super::error::ConfigError;
+use super::pool::MAX_POOL_SIZE;
 use super::tls::TlsSettings;
 use crate::connect::connstr::ConnectionString;
 
@@ -28,7 +29,9 @@ pub struct NodeConfig {
     /// A unique name, used in logs, errors and
     /// [`Status`](crate::status::Status). Required, not empty.
     pub name: String,
-    /// The region the node runs in (e.g. `us-east-1`). Required, not empty.
+    /// The region the node runs in (e.g. `us-east-1`). Required, not empty;
+    /// `unknown` says it is not known, and such a node is never local
+    /// (`Config::from_env` gives it to a node whose region it cannot tell).
     pub region: String,
     /// How to connect; the password never reaches logs or `Debug`.
     /// Required.
@@ -42,6 +45,13 @@ pub struct NodeConfig {
     /// config's [`Config::statement_mode`](super::Config::statement_mode)).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub statement_mode: Option<StatementMode>,
+    /// The most connections this node's pool opens, 1 to 10000, instead of
+    /// [`PoolSettings::max_size`](super::PoolSettings::max_size): e.g. more
+    /// for the local replica that takes most reads, fewer for a far
+    /// region's node that serves only when the local ones cannot. Default:
+    /// none (`pool.max_size`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_size: Option<usize>,
 }
 
 impl NodeConfig {
@@ -58,6 +68,7 @@ impl NodeConfig {
             url: url.into(),
             role,
             statement_mode: None,
+            pool_size: None,
         }
     }
 
@@ -68,15 +79,41 @@ impl NodeConfig {
         self
     }
 
-    /// Checks this node, the `index`th of `nodes`: a name, a region, and a
-    /// connection string that parses and agrees with `tls`.
+    /// This node with its own pool size (see [`NodeConfig::pool_size`]).
+    pub fn with_pool_size(mut self, size: usize) -> Self {
+        self.pool_size = Some(size);
+        self
+    }
+
+    /// Checks this node, the `index`th of `nodes`: a name, a region, a pool
+    /// size deadpool can take, and a connection string that parses and
+    /// agrees with `tls`.
     pub(crate) fn validate(&self, index: usize, tls: &TlsSettings) -> Result<(), ConfigError> {
         check::non_empty(format!("nodes[{index}].name"), &self.name)?;
         check::non_empty(format!("nodes[{index}].region"), &self.region)?;
+        if let Some(size) = self.pool_size {
+            if !(1..=MAX_POOL_SIZE).contains(&size) {
+                return Err(ConfigError::InvalidValue {
+                    field: format!("nodes[{index}].pool_size"),
+                    value: size.to_string(),
+                    reason: "must be from 1 to 10000",
+                });
+            }
+        }
         self.url
             .parse_tls(format!("nodes[{index}].url"), &self.name, tls)?;
         Ok(())
     }
+}
+
+/// The region of a node whose region is not known: never the service's
+/// own, whatever [`Config::local_region`](super::Config::local_region) says.
+pub(crate) const UNKNOWN_REGION: &str = "unknown";
+
+/// Whether a node in `region` is local to a service in `local_region`: only
+/// when both are known and equal.
+pub(crate) fn is_local(region: &str, local_region: &str) -> bool {
+    !local_region.is_empty() && region != UNKNOWN_REGION && region == local_region
 }
 
 /// Checks the node set: at least one node, each valid, no name twice, and
@@ -220,6 +257,21 @@ mod tests {
         assert!(matches!(&empty, ConfigError::EmptyField { field } if field == "nodes[1].region"));
         let empty = error_of(|n| n[0].name = String::new());
         assert!(matches!(&empty, ConfigError::EmptyField { field } if field == "nodes[0].name"));
+        for size in [0, 10_001] {
+            let bad = error_of(|n| n[1].pool_size = Some(size));
+            assert!(
+                matches!(&bad, ConfigError::InvalidValue { field, value, .. }
+                    if field == "nodes[1].pool_size" && *value == size.to_string()),
+                "{bad:?}"
+            );
+        }
+        let mut nodes = vec![
+            node("a", Role::Primary),
+            node("b", Role::Replica).with_pool_size(64),
+        ];
+        validate_nodes(&nodes, &TlsSettings::default()).unwrap();
+        nodes[0].pool_size = Some(10_000);
+        validate_nodes(&nodes, &TlsSettings::default()).unwrap();
     }
 
     #[test]

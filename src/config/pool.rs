@@ -13,7 +13,7 @@ const MAX_KEEPALIVE_IDLE: Duration = Duration::from_secs(32_767);
 /// The largest `TCP_USER_TIMEOUT` Linux accepts (`i32::MAX` ms).
 const MAX_TCP_USER_TIMEOUT: Duration = Duration::from_millis(i32::MAX as u64);
 /// Connections per node: deadpool sets aside a slot for each up front.
-const MAX_POOL_SIZE: usize = 10_000;
+pub(crate) const MAX_POOL_SIZE: usize = 10_000;
 
 /// Connection pool settings (one deadpool-postgres pool per node).
 ///
@@ -63,6 +63,32 @@ pub struct PoolSettings {
     /// connection; at most 2147483647 ms (the kernel's range). Default: 10 s.
     #[serde(with = "humantime_serde")]
     pub tcp_user_timeout: Duration,
+    /// A connection not handed out for this long is closed, so a burst's
+    /// connections go back to the server's `max_connections` budget. It is
+    /// closed at the next checkout that finds it, or by a sweep that runs
+    /// every quarter of the shortest of these limits (at most every 30 s,
+    /// at least every 100 ms). Zero: never. Default: 10 min (long enough
+    /// that a service with a request every few minutes keeps its
+    /// connections warm: a new one costs a TCP, TLS and authentication
+    /// handshake, several round trips; the Node.js original used 30 s).
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// A connection older than this is closed instead of being handed out
+    /// (and by the sweep, when idle), so connections follow a rotated
+    /// password or IAM token, a DNS endpoint that now points elsewhere,
+    /// and replicas added behind one. Each connection's own limit is drawn
+    /// between `max_lifetime - max_lifetime_jitter` and `max_lifetime`, so
+    /// connections opened together do not all close together; none lives
+    /// past `max_lifetime` plus a sweep interval. Zero: never. Default:
+    /// 30 min.
+    #[serde(with = "humantime_serde")]
+    pub max_lifetime: Duration,
+    /// How much earlier than `max_lifetime` a connection may be closed,
+    /// spread uniformly over the connections; less than `max_lifetime`
+    /// (unless that is zero).
+    /// Default: 3 min (a tenth of the default lifetime).
+    #[serde(with = "humantime_serde")]
+    pub max_lifetime_jitter: Duration,
 }
 
 impl Default for PoolSettings {
@@ -76,6 +102,9 @@ impl Default for PoolSettings {
             connect_timeout: Duration::from_secs(3),
             keepalive_idle: Duration::from_secs(30),
             tcp_user_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(600),
+            max_lifetime: Duration::from_secs(1800),
+            max_lifetime_jitter: Duration::from_secs(180),
         }
     }
 }
@@ -94,7 +123,22 @@ impl PoolSettings {
             check::positive(field, value)?;
         }
         self.validate_kernel_limits()?;
+        self.validate_lifetimes()?;
         self.validate_max_size()
+    }
+
+    /// The jitter is shorter than a set lifetime (a connection must be
+    /// allowed to live).
+    fn validate_lifetimes(&self) -> Result<(), ConfigError> {
+        let lifetime = self.max_lifetime;
+        if !lifetime.is_zero() && self.max_lifetime_jitter >= lifetime {
+            return Err(check::invalid(
+                "pool.max_lifetime_jitter",
+                self.max_lifetime_jitter,
+                "must be less than pool.max_lifetime",
+            ));
+        }
+        Ok(())
     }
 
     /// The kernel's own limits: outside them every connection fails (EINVAL).
@@ -155,6 +199,49 @@ mod tests {
         for (name, edit) in cases {
             assert_eq!(field_of(edit), name);
         }
+    }
+
+    #[test]
+    fn the_jitter_is_shorter_than_the_lifetime() {
+        type Edit = fn(&mut PoolSettings);
+        let cases: [(&str, Edit); 2] = [
+            ("pool.max_lifetime_jitter", |p| {
+                p.max_lifetime = Duration::from_secs(60);
+                p.max_lifetime_jitter = Duration::from_secs(60);
+            }),
+            ("pool.max_lifetime_jitter", |p| {
+                p.max_lifetime_jitter = Duration::from_secs(3600)
+            }),
+        ];
+        for (name, edit) in cases {
+            assert_eq!(field_of(edit), name);
+        }
+        let unlimited = PoolSettings {
+            idle_timeout: Duration::ZERO,
+            max_lifetime: Duration::ZERO,
+            // Unused without a lifetime.
+            max_lifetime_jitter: Duration::from_secs(3600),
+            ..PoolSettings::default()
+        };
+        unlimited.validate().unwrap();
+        PoolSettings::default().validate().unwrap();
+    }
+
+    #[test]
+    fn lifetimes_read_from_a_file_in_humantime() {
+        let pool: PoolSettings = serde_json::from_str(
+            r#"{"idle_timeout": "30s", "max_lifetime": "1h", "max_lifetime_jitter": "5m"}"#,
+        )
+        .unwrap();
+        assert_eq!(pool.idle_timeout, Duration::from_secs(30));
+        assert_eq!(pool.max_lifetime, Duration::from_secs(3600));
+        assert_eq!(pool.max_lifetime_jitter, Duration::from_secs(300));
+        let never: PoolSettings =
+            serde_json::from_str(r#"{"idle_timeout": "0s", "max_lifetime": "0s"}"#).unwrap();
+        assert!(never.idle_timeout.is_zero() && never.max_lifetime.is_zero());
+        never.validate().unwrap();
+        let defaults: PoolSettings = serde_json::from_str("{}").unwrap();
+        assert_eq!(defaults, PoolSettings::default());
     }
 
     #[test]

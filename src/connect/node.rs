@@ -6,8 +6,10 @@ use std::time::Duration;
 use deadpool_postgres::{Hook, HookError, ManagerConfig, Metrics, Pool, RecyclingMethod, Runtime};
 
 use crate::config::error::ConfigError;
+use crate::config::node::is_local;
 use crate::config::{NodeConfig, PoolSettings, Role, TlsSettings};
 use crate::connect::credentials::{request_for, CredentialCache, SharedPasswordProvider};
+use crate::connect::lifetime::{Closed, Lifetimes};
 use crate::connect::sslmode::NodeTls;
 use crate::connect::statements::Statements;
 use crate::connect::tls::Connector;
@@ -34,6 +36,10 @@ pub(crate) struct Node {
     pub(crate) metrics: NodeMetrics,
     /// How statements reach the server, and what unnamed mode learnt.
     pub(crate) statements: Statements,
+    /// How long its connections may idle and live.
+    pub(crate) lifetimes: Lifetimes,
+    /// Connections its pool closed for those limits.
+    pub(crate) closed: Arc<Closed>,
 }
 
 /// A node's database, host and port, as the call span records them
@@ -127,14 +133,27 @@ impl Node {
             connector = connector.with_credentials(cache);
         }
         connector.configure(&mut pg_config);
-        let pool = build_pool(&connector, pg_config.clone(), settings, &config.name)?;
+        let lifetimes = Lifetimes::new(settings);
+        let closed = Arc::new(Closed::default());
+        let limits = PoolLimits {
+            max_size: config.pool_size.unwrap_or(settings.max_size),
+            lifetimes,
+            closed: Arc::clone(&closed),
+        };
+        let pool = build_pool(
+            &connector,
+            pg_config.clone(),
+            settings,
+            limits,
+            &config.name,
+        )?;
         Ok(Self {
             context: NodeContext {
                 node: Arc::from(config.name.as_str()),
                 region: Arc::from(config.region.as_str()),
             },
             role: config.role,
-            is_local: !local_region.is_empty() && config.region == local_region,
+            is_local: is_local(&config.region, local_region),
             region_rank: preferred_regions.iter().position(|r| *r == config.region),
             pool,
             address: Address::of(&pg_config),
@@ -142,6 +161,8 @@ impl Node {
             probe_config: pg_config,
             connector,
             statements: Statements::new(config.statement_mode.unwrap_or_default()),
+            lifetimes,
+            closed,
         })
     }
 
@@ -153,6 +174,28 @@ impl Node {
     /// recycle timeout once per dead connection.
     pub(crate) fn discard_idle(&self) -> usize {
         self.pool.retain(|_, _| false).removed.len()
+    }
+
+    /// Closes the idle connections past a limit of
+    /// [`Lifetimes`]; returns how many.
+    pub(crate) fn close_expired(&self) -> usize {
+        let now = std::time::Instant::now();
+        let lifetimes = self.lifetimes;
+        let removed = self.pool.retain(|_, metrics| {
+            let used = metrics.recycled.unwrap_or(metrics.created);
+            match lifetimes.expired_at(metrics.created, used, now) {
+                Some(expiry) => {
+                    self.closed.count(expiry);
+                    false
+                }
+                None => true,
+            }
+        });
+        let closed = removed.removed.len();
+        if closed > 0 {
+            tracing::debug!(node = %self.context.node, closed, "closed idle connections past their limits");
+        }
+        closed
     }
 }
 
@@ -221,14 +264,24 @@ fn rehost(pg: &tokio_postgres::Config, host: &str) -> tokio_postgres::Config {
     out
 }
 
+/// What a node's pool takes beyond the shared settings.
+struct PoolLimits {
+    /// The node's own size, else `pool.max_size`.
+    max_size: usize,
+    lifetimes: Lifetimes,
+    closed: Arc<Closed>,
+}
+
 fn build_pool(
     connector: &Connector,
     pg_config: tokio_postgres::Config,
     settings: &PoolSettings,
+    limits: PoolLimits,
     name: &str,
 ) -> Result<Pool, ConfigError> {
     // Fast recycling drops closed connections without I/O; the hook adds a
-    // round trip only for connections idle long enough to have gone silent.
+    // round trip only for connections idle long enough to have gone silent,
+    // and closes those past their limits.
     let manager_config = ManagerConfig {
         recycling_method: RecyclingMethod::Fast,
     };
@@ -237,8 +290,10 @@ fn build_pool(
         .pre_recycle(verify_idle(
             settings.verify_idle_after,
             settings.recycle_timeout,
+            limits.lifetimes,
+            limits.closed,
         ))
-        .max_size(settings.max_size)
+        .max_size(limits.max_size)
         .wait_timeout(Some(settings.wait_timeout))
         .create_timeout(Some(settings.create_timeout))
         .recycle_timeout(Some(settings.recycle_timeout))
@@ -251,12 +306,30 @@ fn build_pool(
         })
 }
 
-/// Checks, with one bounded round trip, a connection not handed out for
-/// `idle_after`; an error discards it and deadpool takes the next one.
-fn verify_idle(idle_after: Duration, bound: Duration) -> Hook {
+/// Closes a connection past its limits (`lifetimes`, counted in
+/// `closed`), and checks, with one bounded round trip, one not handed out
+/// for `idle_after`; an error discards it and deadpool takes the next one.
+fn verify_idle(
+    idle_after: Duration,
+    bound: Duration,
+    lifetimes: Lifetimes,
+    closed: Arc<Closed>,
+) -> Hook {
     Hook::async_fn(move |client, metrics: &Metrics| {
+        // One clock read for both questions (deadpool's `age()` and
+        // `last_used()` would read it twice).
+        let now = std::time::Instant::now();
+        let used = metrics.recycled.unwrap_or(metrics.created);
+        let expired = lifetimes.expired_at(metrics.created, used, now);
+        if let Some(expiry) = expired {
+            closed.count(expiry);
+        }
+        let idle = now.saturating_duration_since(used);
         Box::pin(async move {
-            if metrics.last_used() < idle_after {
+            if let Some(expiry) = expired {
+                return Err(HookError::message(expiry.as_str()));
+            }
+            if idle < idle_after {
                 return Ok(());
             }
             match tokio::time::timeout(bound, client.simple_query("")).await {

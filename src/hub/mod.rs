@@ -9,16 +9,19 @@
 mod drain;
 mod hedging;
 mod observe;
+mod pools;
 mod readiness;
 mod status;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption, Guard};
 use tokio::sync::{broadcast, watch, Notify};
 use tokio::time::Instant;
+
+pub(crate) use pools::sweep_pools;
 
 use crate::commit::dialect::OutcomeSql;
 use crate::config::clock;
@@ -94,6 +97,8 @@ pub(crate) struct Hub {
     /// Deployment-wide metric handles (nothing without the `metrics`
     /// feature).
     pub(crate) metrics: HubMetrics,
+    /// Statements sent as reads that could write, run as writes instead.
+    writes_through_reads: AtomicU64,
 }
 
 /// Building, and the lifecycle.
@@ -155,6 +160,7 @@ impl Hub {
             write_outcomes: CallWindow::new(window),
             missing: Mutex::new(Missing::default()),
             metrics: HubMetrics::new(),
+            writes_through_reads: AtomicU64::new(0),
         })
     }
 

@@ -14,6 +14,8 @@ impl Status {
             .map(|(index, node)| {
                 let state = &snapshot.nodes[index];
                 let pool = node.pool.status();
+                let (closed_idle, closed_expired) = node.closed.counts();
+                let limit = |limit: std::time::Duration| (!limit.is_zero()).then_some(limit);
                 let suspect = hub.is_suspect(index);
                 NodeStatus {
                     name: node.context.node.to_string(),
@@ -41,6 +43,10 @@ impl Status {
                         size: pool.size,
                         available: pool.available,
                         waiting: pool.waiting,
+                        idle_timeout: limit(node.lifetimes.idle_timeout),
+                        max_lifetime: limit(node.lifetimes.max_lifetime),
+                        closed_idle,
+                        closed_expired,
                     },
                     discovered: index >= hub.configured(),
                 }
@@ -56,6 +62,7 @@ impl Status {
             split_brain: snapshot.split_brain,
             monitor_running: hub.monitor_running(),
             hedging: hub.hedge_counts(),
+            writes_through_reads: hub.writes_through_reads(),
         }
     }
 }

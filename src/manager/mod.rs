@@ -96,6 +96,10 @@ impl DatabaseManager {
         monitor.first_round().await;
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(monitor.run(shutdown.clone()));
+        if let Some(every) = hub.sweep_every() {
+            let sweep = crate::hub::sweep_pools(Arc::clone(&hub), every, shutdown.clone());
+            drop(tokio::spawn(sweep));
+        }
         if hub.config.outcomes.marker_table.is_some() {
             drop(tokio::spawn(crate::commit::resolve::prune_markers(
                 Arc::clone(&hub),

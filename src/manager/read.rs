@@ -9,7 +9,8 @@ use tracing::Instrument;
 
 use super::attempt::{at_most_one, exactly_one, Call, Deadline};
 use super::pooled::Pools;
-use super::session::{Connect, Params, RowOf};
+use super::session::{Connect, Params, RowOf, Rows};
+use super::write::WriteBuilder;
 use crate::causal::lsn::CausalToken;
 use crate::causal::scope as causal;
 use crate::config::{ReadStrategy, Role};
@@ -20,12 +21,20 @@ use crate::manager::hedged::{tracked, Route, Settled, Watch};
 use crate::observe::call_info::{self, CallInfo};
 use crate::observe::spans::{Observer, Reason};
 use crate::routing::freshness::Freshness;
+use crate::routing::statement::{intent, Intent};
 
 /// Less than this left of the deadline, a read is not tried elsewhere.
 const RETRY_FLOOR: Duration = Duration::from_millis(5);
 
 /// A read being set up; see [`DatabaseManager::read`](crate::DatabaseManager::read).
 /// Options left unset use the configuration's values.
+///
+/// A statement that can write or lock (`INSERT … RETURNING`, `SELECT … FOR
+/// UPDATE`, `nextval(…)`, a data-modifying CTE, DDL, …) is not a read: it
+/// runs on the primary as a [`write()`](crate::DatabaseManager::write) with
+/// the same deadline, slot and idempotent mark (see the
+/// [reads guide](crate::guide::reads#statements-that-write); a function of
+/// your own that writes is yours to send with `write()`).
 ///
 /// A read is tried on the node the strategy picks among the eligible ones:
 /// healthy, not fenced, and, for a replica, within the staleness bound (lag
@@ -39,7 +48,8 @@ const RETRY_FLOOR: Duration = Duration::from_millis(5);
 /// another eligible node. Both attempts share one deadline. The one
 /// exception: a connection to the *primary* lost after the statement was
 /// sent is [`ErrorKind::OutcomeUnknown`](crate::error::ErrorKind::OutcomeUnknown), never a second run, since a "read"
-/// may write (`INSERT … RETURNING`); a replica in recovery writes nothing.
+/// may write through a function pgrouter cannot see; a replica in recovery
+/// writes nothing.
 ///
 /// A read sent to a replica (or marked [`idempotent`](ReadBuilder::idempotent))
 /// with no answer within the hedge delay is also sent to another eligible
@@ -158,13 +168,17 @@ impl<'a> ReadBuilder<'a> {
     }
 
     /// The read, its connections from `connect`: the node that answered,
-    /// and its rows.
+    /// and its rows. A statement that can write or lock runs as a write.
     pub(crate) async fn rows<C: Connect>(
         self,
         connect: C,
         sql: &str,
         params: Params<'_>,
     ) -> Result<(usize, Vec<RowOf<C>>), Error> {
+        if let Intent::Write(why) = intent(sql) {
+            // Boxed: the read future grows by a pointer, not by a write's.
+            return Box::pin(self.on_primary(connect, sql, params, why)).await;
+        }
         let strategy = self.strategy.unwrap_or(self.hub.config.read_strategy);
         let mut observer = Observer::read(self.hub, strategy, sql);
         let (budget, freshness) = match self.resolve() {
@@ -199,6 +213,34 @@ impl<'a> ReadBuilder<'a> {
             call_info::record(self.info, self.hub, *index, None);
         }
         result
+    }
+
+    /// A statement that can write or lock (`why` says which word showed
+    /// it), on the primary under the write rules: held for a primary during
+    /// a failover, never sent twice unless marked idempotent, retried only
+    /// where a write may be. The read's deadline, slot and idempotent mark
+    /// carry over; strategy, staleness bound and causal token do not apply
+    /// (the primary satisfies every one).
+    async fn on_primary<C: Connect>(
+        self,
+        connect: C,
+        sql: &str,
+        params: Params<'_>,
+        why: &'static str,
+    ) -> Result<(usize, Vec<RowOf<C>>), Error> {
+        self.hub.write_through_read(why);
+        let mut write = WriteBuilder::new(self.hub);
+        if let Err(error) = self.resolve() {
+            let observer = Observer::write(self.hub, sql, false);
+            return Err(observer.rejected(self.hub, error));
+        }
+        if let Some(deadline) = self.deadline {
+            write = write.deadline(deadline);
+        }
+        write.idempotent = self.idempotent;
+        write.info = self.info;
+        let served = write.run::<Rows, C>(connect, sql, params).await?;
+        Ok((served.index, served.output))
     }
 
     /// The deadline and freshness in force, checked.
@@ -244,8 +286,8 @@ impl ReadBuilder<'_> {
 }
 
 /// Picks a node, runs the call, and on a retryable failure runs it once
-/// more on another node. A "read" may write (`INSERT … RETURNING` through
-/// `query`): a statement sent to the primary follows the rules of a write
+/// more on another node. A "read" may write through a function the
+/// statement scanner cannot see: a statement sent to the primary follows the rules of a write
 /// that is not idempotent, and is never sent again once it was sent (unless
 /// the caller marked it idempotent); one sent to a replica (in recovery at
 /// its last probe, so it can have written nothing) may be, as a hedge after

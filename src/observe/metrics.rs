@@ -24,7 +24,10 @@
 //!   the read budget refused a hedge of a read on `node`),
 //!   `pgrouter_read_retries_refused_total{node}` (the budget refused to try
 //!   a read that failed on `node` elsewhere) and
-//!   `pgrouter_outliers_total{node}` (live traffic took `node` out).
+//!   `pgrouter_outliers_total{node}` (live traffic took `node` out);
+//! - `pgrouter_writes_through_reads_total{keyword}`: statements sent as
+//!   reads that can write or lock, run on the primary as writes (`keyword`
+//!   is the word that showed it: `INSERT`, `SHARE`, `nextval`, …).
 
 /// What happened to a read beyond its first attempt, as hedging counts it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +96,9 @@ mod disabled {
         pub(crate) fn elected(&self, _primary: Option<usize>) -> Option<usize> {
             None
         }
+
+        #[inline(always)]
+        pub(crate) fn write_through_read(&self, _why: &'static str) {}
     }
 
     impl NodeMetrics {
@@ -318,6 +324,12 @@ mod enabled {
                     "operation" => operation.as_str(), "node" => "", "role" => "",
                     "outcome" => outcome.as_str())
             })
+        }
+
+        /// A statement sent as a read ran as a write; `why` is the word
+        /// that showed it could write (a fixed set: a bounded label).
+        pub(crate) fn write_through_read(&self, why: &'static str) {
+            counter!("pgrouter_writes_through_reads_total", "keyword" => why).increment(1);
         }
 
         /// The primary of a snapshot about to be published: the node to

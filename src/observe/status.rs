@@ -34,6 +34,14 @@ pub struct Status {
     pub monitor_running: bool,
     /// Hedged reads and the read budget, counted since the manager started.
     pub hedging: HedgeCounts,
+    /// Statements sent through the read path (`query`, `query_one`,
+    /// `query_opt`, [`read()`](crate::DatabaseManager::read)) that can write
+    /// or lock (`INSERT … RETURNING`, `SELECT … FOR UPDATE`, `nextval`, …),
+    /// which therefore ran on the primary under the write rules, counted
+    /// since the manager started. Not zero: some code calls a read method
+    /// for a write; [`write()`](crate::DatabaseManager::write) says what it
+    /// means (see the [reads guide](crate::guide::reads#statements-that-write)).
+    pub writes_through_reads: u64,
 }
 
 /// Hedged reads and the read budget, counted since the manager started
@@ -127,6 +135,24 @@ pub struct PoolStatus {
     pub available: usize,
     /// Callers waiting for a connection.
     pub waiting: usize,
+    /// Connections not handed out for this long are closed
+    /// ([`PoolSettings::idle_timeout`](crate::config::PoolSettings::idle_timeout));
+    /// `None`: never.
+    #[serde(serialize_with = "crate::observe::micros::option")]
+    pub idle_timeout: Option<Duration>,
+    /// No connection is handed out past this age
+    /// ([`PoolSettings::max_lifetime`](crate::config::PoolSettings::max_lifetime),
+    /// each connection's own limit up to
+    /// [`max_lifetime_jitter`](crate::config::PoolSettings::max_lifetime_jitter)
+    /// earlier); `None`: no limit.
+    #[serde(serialize_with = "crate::observe::micros::option")]
+    pub max_lifetime: Option<Duration>,
+    /// Connections closed for idling past `idle_timeout`, since the
+    /// manager started.
+    pub closed_idle: u64,
+    /// Connections closed for reaching their lifetime, since the manager
+    /// started.
+    pub closed_expired: u64,
 }
 
 impl Status {

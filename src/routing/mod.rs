@@ -1,7 +1,10 @@
 //! Where a read goes: the read strategies, the freshness (staleness and
-//! causal token) rule, the live view a decision reads, and the suspect set.
+//! causal token) rule, the live view a decision reads, the suspect set, and
+//! whether a statement sent as a read can write (then the primary takes it,
+//! as a write).
 
 pub(crate) mod freshness;
 pub(crate) mod node_set;
+pub(crate) mod statement;
 pub(crate) mod strategy;
 pub(crate) mod view;

@@ -141,6 +141,12 @@ pub(crate) struct Snapshot {
     pub(crate) by_rtt: [u8; 64],
     /// Entry `k`, bit `i`: node `i` is in the `k`-th preferred region.
     pub(crate) levels: Box<[u64]>,
+    /// What `fresh_ns` counts from: the snapshot's first creation.
+    pub(crate) epoch: Instant,
+    /// Node `i`'s `fresh_as_of` as nanoseconds after `epoch`, plus one; 0
+    /// when unknown, or for an orphan (nodes 0 to 63): a staleness bound
+    /// is checked against these densely, one comparison a node.
+    pub(crate) fresh_ns: [u64; 64],
 }
 
 impl NodeState {
@@ -210,6 +216,8 @@ impl Snapshot {
             rtt_ns: [u64::MAX; 64],
             by_rtt: [0; 64],
             levels: Box::from([]),
+            epoch: Instant::now(),
+            fresh_ns: [0; 64],
         };
         snapshot.derive_masks();
         snapshot
@@ -219,6 +227,19 @@ impl Snapshot {
     pub(crate) fn derive_masks(&mut self) {
         let routable = mask_of((0..self.nodes.len()).map(|i| self.is_routable(i)));
         self.routable = routable;
+        for (slot, node) in self.fresh_ns.iter_mut().zip(self.nodes.iter()) {
+            *slot = match (node.fresh_as_of, node.orphaned) {
+                (Some(as_of), None) => match as_of.checked_duration_since(self.epoch) {
+                    Some(after) => {
+                        u64::try_from(after.as_nanos()).map_or(u64::MAX, |ns| ns.saturating_add(1))
+                    }
+                    // Before the epoch: older than any cutoff asked about
+                    // through `fresh_mask`.
+                    None => 0,
+                },
+                _ => 0,
+            };
+        }
         self.local = mask_of(self.nodes.iter().map(|node| node.is_local && !node.vacant));
         for (slot, node) in self.rtt_ns.iter_mut().zip(self.nodes.iter()) {
             *slot = node.rtt.map_or(u64::MAX, |rtt| {
@@ -247,6 +268,23 @@ impl Snapshot {
                     .map(|node| !node.vacant && node.region_rank == Some(level)),
             );
         }
+    }
+
+    /// Bit `i`: node `i` was fresh as of `cutoff` or later (nodes 0 to
+    /// 63); `None` when `cutoff` is before the epoch (the caller then asks
+    /// each node).
+    pub(crate) fn fresh_mask(&self, cutoff: Instant) -> Option<u64> {
+        let since = cutoff.checked_duration_since(self.epoch)?;
+        let cutoff_ns = u64::try_from(since.as_nanos()).ok()?.saturating_add(1);
+        let len = self.nodes.len().min(64);
+        Some(
+            self.fresh_ns[..len]
+                .iter()
+                .enumerate()
+                .fold(0, |mask, (index, &ns)| {
+                    mask | (u64::from(ns >= cutoff_ns) << index)
+                }),
+        )
     }
 
     /// Filled, up, not fenced, and not an orphan (unless orphans serve

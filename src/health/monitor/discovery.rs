@@ -160,6 +160,7 @@ impl<P: Probe> Monitor<P> {
             url: discovery.seed.url.clone(),
             role: Role::Replica,
             statement_mode: Some(hub.config.statement_mode_of(&discovery.seed)),
+            pool_size: discovery.seed.pool_size,
         };
         let built = Node::build_at(
             &config,

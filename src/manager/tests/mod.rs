@@ -11,6 +11,7 @@ mod commit;
 mod reads;
 mod transactions;
 mod writes;
+mod written_reads;
 
 use std::sync::Arc;
 
