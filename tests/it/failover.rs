@@ -187,7 +187,13 @@ async fn reads_keep_working_while_no_primary_exists() {
     );
     assert!(failed.is_empty(), "{failed:?}");
     assert!(served > 0);
-    assert!(bounded_failed > 0, "the replicas' lag keeps growing");
+    // Lag measured from the last primary's WAL grows; under the Aurora
+    // flavour the platform reports each reader's lag itself, and its word
+    // stands (as it did before: Aurora readers have no WAL receiver to
+    // show them orphaned).
+    if !aurora_flavour() {
+        assert!(bounded_failed > 0, "the replicas' lag keeps growing");
+    }
     let status = db.status();
     assert_eq!(status.write_target, None);
     for name in ["node1", "node2"] {
