@@ -19,7 +19,7 @@ use pgrouter::tokio_postgres::{NoTls, Row};
 use pgrouter::Config;
 use pgrouter::DatabaseManager;
 use pgrouter::Error;
-use pgrouter_testkit::{Cluster, Fault, FaultProxy, Pooler, StopMode};
+use pgrouter_testkit::{Cluster, Fault, FaultProxy, Pooler, StopMode, APP_USER};
 
 const MARKERS: &str = "pgrouter_outcomes";
 
@@ -679,7 +679,10 @@ async fn a_crash_restart_under_the_same_postmaster_is_a_new_life() {
 async fn resolution_steps_down_to_txid_functions_then_off_and_says_so() {
     let (cluster, proxies) = proxied_cluster(0).await;
     let proxy = &proxies[0];
-    blocking(|| cluster.create_least_privilege_role("resolver")).expect("role");
+    // The test kit's least-privilege role (PgBouncer knows it too).
+    if cluster.node(0).client_user() != APP_USER {
+        blocking(|| cluster.create_least_privilege_role(APP_USER)).expect("role");
+    }
     create_schema(&cluster).await;
     let revoke = |function: &'static str| {
         let sql = format!("REVOKE EXECUTE ON FUNCTION {function} FROM PUBLIC");
@@ -689,7 +692,7 @@ async fn resolution_steps_down_to_txid_functions_then_off_and_says_so() {
     for node in &mut settings.nodes {
         let url = node.url.expose().replace(
             &format!("user={}", cluster.node(0).client_user()),
-            "user=resolver",
+            &format!("user={APP_USER}"),
         );
         node.url = url.into();
     }
