@@ -135,10 +135,17 @@ impl Drop for InFlight<'_> {
 }
 
 impl Traffic {
-    /// A read starts (it may still wait for a connection).
-    pub(crate) fn begin(&self) -> InFlight<'_> {
-        self.in_flight.fetch_add(1, Relaxed);
-        InFlight(self)
+    /// A read starts (it may still wait for a connection); also whether
+    /// the node had none in flight (the outlier watch, idle while no read
+    /// is, then wakes).
+    pub(crate) fn begin(&self) -> (InFlight<'_>, bool) {
+        let before = self.in_flight.fetch_add(1, Relaxed);
+        (InFlight(self), before == 0)
+    }
+
+    /// Whether the node has reads in flight.
+    pub(crate) fn busy(&self) -> bool {
+        self.in_flight.load(Relaxed) > 0
     }
 
     /// A read that started `at` nanoseconds after the epoch got a
@@ -287,6 +294,9 @@ pub(crate) struct Counters {
     pub(crate) outliers: AtomicU64,
     /// Shared with the tasks draining dropped statements' connections.
     pub(crate) drained: std::sync::Arc<Drained>,
+    /// Wakes the outlier watch when a node gets a read in flight while it
+    /// had none (the watch sleeps while no read is in flight).
+    pub(crate) reads_started: tokio::sync::Notify,
 }
 
 /// Connections of statements whose call was dropped mid-flight (losing
@@ -480,9 +490,9 @@ mod tests {
     fn traffic_tracks_in_flight_silence_and_a_p99() {
         let traffic = Traffic::default();
         let ms = |ms: u64| ms * 1_000_000;
-        let first = traffic.begin();
+        let (first, _) = traffic.begin();
         traffic.sent(ms(10));
-        let second = traffic.begin();
+        let (second, _) = traffic.begin();
         traffic.sent(ms(20));
         let seen = traffic.observe(ms(100));
         assert_eq!(seen.in_flight, 2);
@@ -500,7 +510,7 @@ mod tests {
         assert_eq!(seen.answer_age, Some(Duration::from_millis(30)));
         drop(second);
         // A read abandoned unanswered (a hedge won) still counts as silence.
-        let abandoned = traffic.begin();
+        let (abandoned, _) = traffic.begin();
         traffic.sent(ms(200));
         drop(abandoned);
         let seen = traffic.observe(ms(260));
@@ -510,7 +520,7 @@ mod tests {
         );
         assert_eq!(seen.quiet_after, Some(Duration::from_millis(100)));
         // One waiting for a connection is no evidence; a probe's word clears it.
-        let waiting = traffic.begin();
+        let (waiting, _) = traffic.begin();
         assert_eq!(traffic.observe(ms(300)).in_flight, 1);
         traffic.forgive();
         assert_eq!(traffic.observe(ms(300)).silent_for, Duration::ZERO);

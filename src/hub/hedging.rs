@@ -2,12 +2,15 @@
 //! (the state and the pure decisions are in `hedging/`).
 
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::Hub;
 use crate::failure::safety::NodeFault;
-use crate::hedging::{nanos_since, Observed, Peers, Traffic};
+use crate::hedging::{is_outlier, nanos_since, Observed, Peers, Traffic};
 use crate::observe::events::Event;
 use crate::observe::metrics::Hedge;
 use crate::observe::status::HedgeCounts;
@@ -118,6 +121,20 @@ impl Hub {
         });
     }
 
+    /// Every node with reads in flight, not yet suspect, checked against
+    /// the outlier rule at `now`; an outlier is marked suspect.
+    fn find_outliers(&self, now: Instant) {
+        for index in 0..self.len() {
+            if !self.traffic[index].busy() || self.is_suspect(index) {
+                continue;
+            }
+            let (observed, peers) = self.observe(index, now);
+            if is_outlier(&self.config.outliers, observed, peers) {
+                self.outlier_found(index, observed);
+            }
+        }
+    }
+
     /// Counts a hedging event on node `index` (with the `metrics` feature).
     fn count_hedge(&self, index: usize, event: Hedge) {
         if !cfg!(feature = "metrics") {
@@ -126,5 +143,27 @@ impl Hub {
         if let Some(node) = self.node(index) {
             node.metrics.hedge(event);
         }
+    }
+}
+
+/// The outlier watch: while any node has reads in flight, the outlier rule
+/// is checked every quarter of `outliers.silence` (at least 1 ms), one
+/// task for every read instead of a timer in each; idle otherwise, until a
+/// read starts on a node that had none. Runs until `shutdown`.
+pub(crate) async fn watch_outliers(hub: Arc<Hub>, shutdown: CancellationToken) {
+    let every = (hub.config.outliers.silence / 4).max(Duration::from_millis(1));
+    loop {
+        let busy = (0..hub.len()).any(|index| hub.traffic[index].busy());
+        if !busy {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = hub.counters.reads_started.notified() => {}
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        hub.find_outliers(Instant::now());
     }
 }

@@ -21,6 +21,7 @@ use arc_swap::{ArcSwap, ArcSwapOption, Guard};
 use tokio::sync::{broadcast, watch, Notify};
 use tokio::time::Instant;
 
+pub(crate) use hedging::watch_outliers;
 pub(crate) use pools::sweep_pools;
 
 use crate::commit::dialect::OutcomeSql;

@@ -228,7 +228,10 @@ impl<'h, C: Connect> Attempt<'h, C> {
         // In flight on the node from here until it ends (answered, failed,
         // or dropped), its answer timed.
         let traffic = self.hub.traffic(self.index);
-        let _in_flight = traffic.begin();
+        let (_in_flight, first) = traffic.begin();
+        if first {
+            self.hub.counters.reads_started.notify_one();
+        }
         let client = self.checkout().await?.single_statement();
         traffic.sent(self.hub.nanos(self.started));
         let result = self.run_on::<K>(client, call).await;

@@ -12,19 +12,21 @@ use tokio::time::{sleep_until, Instant};
 use crate::config::clock;
 use crate::config::ReadStrategy;
 use crate::failure::error::Error;
-use crate::hedging::{hedge_delay, is_outlier, outlier_limit};
+use crate::hedging::{hedge_delay, outlier_limit};
 use crate::hub::Hub;
 use crate::manager::attempt::{traced, Call};
 use crate::manager::session::{Connect, RowOf, Rows};
 use crate::routing::freshness::Freshness;
 
-/// When a read's first attempt is looked at again: to hedge it, and to
-/// find its node an outlier. Times count from the attempt's start.
+/// When a read's first attempt is looked at again, to hedge it. Times
+/// count from the attempt's start. Outliers are found by the hub's outlier
+/// watch (one task for every read, see `hub/hedging.rs`), not here.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Watch {
-    /// When to hedge; `None`: not (hedging off, or the read may not run twice).
-    hedge_after: Option<Duration>,
-    /// How often to look for an outlier; `None`: not (detection off).
+    /// When to hedge.
+    hedge_after: Duration,
+    /// Once the budget refused the hedge: how often to look whether the
+    /// node left routing (a free hedge then); `None`: never (detection off).
     recheck: Option<Duration>,
     /// The first look.
     pub(crate) first_look: Duration,
@@ -50,35 +52,29 @@ pub(crate) struct Route {
 
 impl Watch {
     /// The plan for a read on `first`; `may_resend`: the read may run
-    /// twice. `None`: nothing to watch for.
+    /// twice. `None`: nothing to watch for (hedging off, or the read may not
+    /// run twice): no timer beside the deadline's.
     pub(crate) fn plan(hub: &Hub, first: usize, may_resend: bool) -> Option<Self> {
         let (hedging, outliers) = (&hub.config.hedging, &hub.config.outliers);
-        let hedges = hedging.enabled && may_resend;
-        if !hedges && !outliers.enabled {
+        if !(hedging.enabled && may_resend) {
             return None;
         }
         let p99 = hub.traffic(first).p99();
-        let hedge_after = hedges.then(|| hedge_delay(hedging, p99));
+        let hedge_after = hedge_delay(hedging, p99);
         let recheck = outliers
             .enabled
             .then(|| (outlier_limit(outliers, p99) / 4).max(Duration::from_millis(1)));
-        let first_look = match (hedge_after, recheck) {
-            (Some(after), Some(every)) => after.min(every),
-            (Some(after), None) => after,
-            (None, Some(every)) => every,
-            (None, None) => return None,
-        };
         Some(Self {
             hedge_after,
             recheck,
-            first_look,
+            first_look: hedge_after,
         })
     }
 
-    /// From the first look on: finds the node an outlier (and marks it
-    /// suspect), hedges once, waits for the first attempt otherwise.
+    /// From the first look on: hedges once (free of the budget if the
+    /// node left routing meanwhile), waits for the first attempt otherwise.
     pub(crate) async fn run<C: Connect, F>(
-        mut self,
+        self,
         hub: &Hub,
         connect: C,
         route: Route,
@@ -92,15 +88,9 @@ impl Watch {
         // Called at the first look.
         let now = Instant::now();
         let started = now.checked_sub(self.first_look).unwrap_or(now);
-        let mut hedge = match self.hedge_after {
-            Some(after) => Hedge::Due(clock::after(started, after)),
-            None => Hedge::Never,
-        };
+        let mut hedge = Hedge::Due(clock::after(started, self.hedge_after));
         loop {
             let now = Instant::now();
-            if self.recheck.is_some() && self.outlier_found(hub, route.first, now) {
-                self.recheck = None;
-            }
             // A read moved off a node that left routing needs no token: it
             // adds no load (that node gets no new reads, and it had at most
             // a pool's worth in flight).
@@ -121,10 +111,9 @@ impl Watch {
                 }
             }
             let next = match (hedge, self.recheck) {
-                (Hedge::Due(at), Some(every)) => at.min(clock::after(now, every)),
-                (Hedge::Due(at), None) => at,
-                (_, Some(every)) => clock::after(now, every),
-                (_, None) => return Settled::First(attempt.await),
+                (Hedge::Due(at), _) => at,
+                (Hedge::Refused, Some(every)) => clock::after(now, every),
+                _ => return Settled::First(attempt.await),
             };
             tokio::select! {
                 biased;
@@ -132,19 +121,6 @@ impl Watch {
                 () = sleep_until(next) => {}
             }
         }
-    }
-
-    /// Whether the node is (now, or already) out of routing as an outlier.
-    fn outlier_found(&self, hub: &Hub, node: usize, now: Instant) -> bool {
-        if hub.is_suspect(node) {
-            return true;
-        }
-        let (observed, peers) = hub.observe(node, now);
-        let outlier = is_outlier(&hub.config.outliers, observed, peers);
-        if outlier {
-            hub.outlier_found(node, observed);
-        }
-        outlier
     }
 
     /// Another eligible node, and a token from the budget for it unless

@@ -96,6 +96,10 @@ impl DatabaseManager {
         monitor.first_round().await;
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(monitor.run(shutdown.clone()));
+        if hub.config.outliers.enabled {
+            let watch = crate::hub::watch_outliers(Arc::clone(&hub), shutdown.clone());
+            drop(tokio::spawn(watch));
+        }
         if let Some(every) = hub.sweep_every() {
             let sweep = crate::hub::sweep_pools(Arc::clone(&hub), every, shutdown.clone());
             drop(tokio::spawn(sweep));

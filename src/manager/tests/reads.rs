@@ -142,3 +142,48 @@ async fn a_read_answered_within_the_hedge_delay_is_not_hedged() {
     assert_eq!(fake.settled(1), [(9, Fate::Keep)]);
     assert_eq!(h.hub.counters.sent.load(Relaxed), 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_node_that_goes_silent_under_reads_is_found_an_outlier_without_a_timer_per_read() {
+    // Hedging off (the default): a read sets no timer but its deadline's;
+    // the hub's outlier watch looks at every node's live reads instead.
+    let h = Harness::healthy(two_nodes()).await;
+    assert!(!h.hub.config.hedging.enabled && h.hub.config.outliers.enabled);
+    // Node 1 (the local replica) answers its first three reads in 1 ms,
+    // then nothing.
+    let fake = Fake::new(|step| match (step.node, step.ask) {
+        (1, Ask::Query) if step.nth < 3 => Some(Reply::rows(vec![FakeRow::node(1)]).after_ms(1)),
+        (1, Ask::Query) => Some(Reply::never()),
+        _ => None,
+    });
+    for _ in 0..3 {
+        assert_eq!(read(&h, &fake, Duration::from_secs(1)).await.unwrap().0, 1);
+    }
+    // Its probes go unanswered too (else the probe sent when it is marked
+    // suspect would clear it at once).
+    h.nodes.set(1, crate::health::fake::Answer::Silent);
+    let started = tokio::time::Instant::now();
+    let silent = read(&h, &fake, Duration::from_secs(1));
+    let watch = async {
+        // 100 ms of silence (outliers.silence) while node 0 answers (a
+        // read at 50 ms: the fault is node 1's, not this client's), then at
+        // most one look (every 25 ms) later.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let primary = ReadBuilder::new(&h.hub).strategy(crate::config::ReadStrategy::PrimaryOnly);
+        assert_eq!(primary.rows(&fake, SQL, &[]).await.unwrap().0, 0);
+        tokio::time::sleep(Duration::from_millis(49)).await;
+        assert!(!h.hub.is_suspect(1), "not before the silence");
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert!(h.hub.is_suspect(1), "found an outlier and marked suspect");
+        assert_eq!(h.hub.counters.outliers.load(Relaxed), 1);
+        started.elapsed()
+    };
+    let (result, found) = tokio::join!(silent, watch);
+    assert!(found < Duration::from_millis(130), "{found:?}");
+    // With hedging off the read in flight still waits for its deadline.
+    let error = result.unwrap_err();
+    assert!(
+        matches!(error.kind(), ErrorKind::Timeout { .. }),
+        "{error:?}"
+    );
+}
