@@ -81,7 +81,8 @@ pub struct OutlierSettings {
     /// How long a node with reads in flight may go without answering any,
     /// greater than zero; never less than four times its recent 99th
     /// percentile read latency, so slow queries alone do not make a node an
-    /// outlier. Default: 100 ms.
+    /// outlier. One task looks every quarter of it while any read is in
+    /// flight (no timer in each read). Default: 100 ms.
     #[serde(with = "humantime_serde")]
     pub silence: Duration,
 }
