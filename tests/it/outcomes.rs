@@ -347,27 +347,7 @@ async fn commit_lost_and_its_id_reused(
         blocking(|| cluster.stop(0, StopMode::Immediate)).expect("crash the primary");
         blocking(|| cluster.start_node(1)).expect("start the replica");
         blocking(|| cluster.promote(1)).expect("promote the replica");
-        let (client, driver) = session(&cluster, 1).await;
-        let mut handed_out = 0;
-        while handed_out < ours {
-            let row = client
-                .query_one("SELECT pg_current_xact_id()::text::bigint", &[])
-                .await
-                .expect("take a transaction id");
-            handed_out = row.get(0);
-        }
-        let status: Option<String> = client
-            .query_one("SELECT pg_xact_status($1::bigint::text::xid8)", &[&ours])
-            .await
-            .expect("status")
-            .get(0);
-        assert_eq!(
-            status.as_deref(),
-            Some("committed"),
-            "the id is reused and committed on node1"
-        );
-        drop(client);
-        let _ = driver.await;
+        hand_out_again(&cluster, 1, ours).await;
         cut(&proxies[0]).await;
     })
     .await;
@@ -563,6 +543,32 @@ async fn a_resolved_commit_still_gives_a_causal_token_that_reads_the_write() {
     db.close().await;
 }
 
+/// Takes transaction ids on node `index` (committing each) until `ours` is
+/// handed out, and checks that `ours` then reads as committed there: the
+/// id reused by another transaction. Returns the first id taken.
+async fn hand_out_again(cluster: &Cluster, index: usize, ours: i64) -> i64 {
+    let (client, driver) = session(cluster, index).await;
+    let take = "SELECT pg_current_xact_id()::text::bigint";
+    let first: i64 = client.query_one(take, &[]).await.expect("id").get(0);
+    let mut handed_out = first;
+    while handed_out < ours {
+        handed_out = client.query_one(take, &[]).await.expect("id").get(0);
+    }
+    let status: Option<String> = client
+        .query_one("SELECT pg_xact_status($1::bigint::text::xid8)", &[&ours])
+        .await
+        .expect("status")
+        .get(0);
+    assert_eq!(
+        status.as_deref(),
+        Some("committed"),
+        "the id is reused and committed on node {index}"
+    );
+    drop(client);
+    let _ = driver.await;
+    first
+}
+
 /// When node `index`'s shared statistics were last reset, as text.
 async fn stats_reset(cluster: &Cluster, index: usize) -> Option<String> {
     let (client, connection) = cluster.node(index).pg_config().connect(NoTls).await.ok()?;
@@ -642,28 +648,8 @@ async fn a_crash_restart_under_the_same_postmaster_is_a_new_life() {
         assert!(killed.expect("kill").success());
         until_restarted(&cluster, 0, &before).await;
         let ours = ours.load(Ordering::SeqCst);
-        let (client, driver) = session(&cluster, 0).await;
-        let take = "SELECT pg_current_xact_id()::text::bigint";
-        let mut handed_out: i64 = client.query_one(take, &[]).await.expect("id").get(0);
-        assert!(
-            handed_out <= ours,
-            "X is handed out again: {handed_out} > {ours}"
-        );
-        while handed_out < ours {
-            handed_out = client.query_one(take, &[]).await.expect("id").get(0);
-        }
-        let status: Option<String> = client
-            .query_one("SELECT pg_xact_status($1::bigint::text::xid8)", &[&ours])
-            .await
-            .expect("status")
-            .get(0);
-        assert_eq!(
-            status.as_deref(),
-            Some("committed"),
-            "X reused and committed"
-        );
-        drop(client);
-        let _ = driver.await;
+        let first = hand_out_again(&cluster, 0, ours).await;
+        assert!(first <= ours, "X is handed out again: {first} > {ours}");
         proxy.set(Fault::Pass);
     };
     let (result, ()) = tokio::join!(transaction, crash);
