@@ -296,7 +296,10 @@ fn build_pool(
         .max_size(limits.max_size)
         .wait_timeout(Some(settings.wait_timeout))
         .create_timeout(Some(settings.create_timeout))
-        .recycle_timeout(Some(settings.recycle_timeout))
+        // None: recycling is `Fast` (no I/O), and the idle check above
+        // bounds its own round trip; a timer here would be set on every
+        // checkout for nothing.
+        .recycle_timeout(None)
         .runtime(Runtime::Tokio1)
         .build()
         .map_err(|error| ConfigError::InvalidValue {
@@ -304,6 +307,22 @@ fn build_pool(
             value: error.to_string(),
             reason: "deadpool refused the pool settings",
         })
+}
+
+/// The idle check's answer for a connection used recently: a future with
+/// no state, so boxing it (deadpool's hooks return a boxed future)
+/// allocates nothing at the checkouts that reuse a busy connection.
+struct Fresh;
+
+impl std::future::Future for Fresh {
+    type Output = Result<(), HookError>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::task::Poll::Ready(Ok(()))
+    }
 }
 
 /// Closes a connection past its limits (`lifetimes`, counted in
@@ -320,18 +339,14 @@ fn verify_idle(
         // `last_used()` would read it twice).
         let now = std::time::Instant::now();
         let used = metrics.recycled.unwrap_or(metrics.created);
-        let expired = lifetimes.expired_at(metrics.created, used, now);
-        if let Some(expiry) = expired {
+        if let Some(expiry) = lifetimes.expired_at(metrics.created, used, now) {
             closed.count(expiry);
+            return Box::pin(std::future::ready(Err(HookError::message(expiry.as_str()))));
         }
-        let idle = now.saturating_duration_since(used);
+        if now.saturating_duration_since(used) < idle_after {
+            return Box::pin(Fresh);
+        }
         Box::pin(async move {
-            if let Some(expiry) = expired {
-                return Err(HookError::message(expiry.as_str()));
-            }
-            if idle < idle_after {
-                return Ok(());
-            }
             match tokio::time::timeout(bound, client.simple_query("")).await {
                 Ok(Ok(_)) => Ok(()),
                 Ok(Err(error)) => Err(HookError::Backend(error)),

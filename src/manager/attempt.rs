@@ -7,9 +7,13 @@
 //! connection kept, discarded or cancelled on the server, the typed error
 //! built.
 
+use std::future::{poll_fn, Future};
+use std::pin::pin;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
+use tokio::time::error::Elapsed;
 use tokio::time::{timeout_at, Instant};
 use tracing::Instrument;
 
@@ -120,8 +124,7 @@ impl<S: Session> Drop for Busy<'_, S> {
 }
 
 /// The statement's result and the token query's, or the deadline.
-type RunResult<T, R> =
-    Result<(Result<T, PgError>, Result<Option<R>, PgError>), tokio::time::error::Elapsed>;
+type RunResult<T, R> = Result<(Result<T, PgError>, Result<Option<R>, PgError>), Elapsed>;
 
 /// Where [`Attempt::prepare_and_run`] stopped.
 enum Stage<T, R> {
@@ -304,16 +307,15 @@ impl<'h, C: Connect> Attempt<'h, C> {
             };
             Ok((statement, token))
         };
-        let (statement, token_statement) = match timeout_at(self.deadline.at, prepare).await {
+        let (statement, token_statement) = match before(self.deadline.at, prepare).await {
             Ok(Ok(prepared)) => prepared,
             Ok(Err(error)) => return Stage::PrepareFailed(error),
             Err(_) => return Stage::PrepareTimedOut,
         };
-        let token = || async {
-            match &token_statement {
-                Some(statement) => One::run(client, TOKEN_SQL, statement, &[]).await.map(Some),
-                None => Ok(None),
-            }
+        let Some(token_statement) = &token_statement else {
+            let run = K::run(client, call.sql, &statement, call.params);
+            let ran = timeout_at(self.deadline.at, run).await;
+            return Stage::Ran(ran.map(|result| (result, Ok(None))));
         };
         // Biased: the statement is sent first, the token query right behind
         // it. Both futures are made inside the join, not moved into it: a
@@ -326,7 +328,12 @@ impl<'h, C: Connect> Attempt<'h, C> {
                 succeeded.store(result.is_ok(), Ordering::Relaxed);
                 result
             };
-            tokio::join!(biased; run, token())
+            let token = async {
+                One::run(client, TOKEN_SQL, token_statement, &[])
+                    .await
+                    .map(Some)
+            };
+            tokio::join!(biased; run, token)
         };
         match timeout_at(self.deadline.at, both).await {
             // Done, only the token is lost: never an unknown outcome.
@@ -466,7 +473,8 @@ impl<'h, C: Connect> Attempt<'h, C> {
 }
 
 /// One statement attempt inside a span naming the node, its role and the
-/// attempt's number.
+/// attempt's number (when tracing wants that span: a disabled span is not
+/// entered at every poll).
 pub(crate) async fn traced<K: Returns, C: Connect>(
     hub: &Hub,
     connect: C,
@@ -475,10 +483,23 @@ pub(crate) async fn traced<K: Returns, C: Connect>(
     call: &Call<'_>,
 ) -> Result<(K::Output<RowOf<C>>, Option<CausalToken>), Error> {
     let attempt = Attempt::start(hub, connect, index, call.deadline);
-    attempt
-        .run::<K>(call)
-        .instrument(span(hub, index, number))
-        .await
+    let span = span(hub, index, number);
+    if span.is_disabled() {
+        attempt.run::<K>(call).await
+    } else {
+        attempt.run::<K>(call).instrument(span).await
+    }
+}
+
+/// `future`'s output, or `Elapsed` once `deadline` passes. A future that is
+/// ready at its first poll (a statement found in the cache, an idle
+/// connection) sets no timer.
+pub(crate) async fn before<F: Future>(deadline: Instant, future: F) -> Result<F::Output, Elapsed> {
+    let mut future = pin!(future);
+    if let Poll::Ready(output) = poll_fn(|cx| Poll::Ready(future.as_mut().poll(cx))).await {
+        return Ok(output);
+    }
+    timeout_at(deadline, future).await
 }
 
 /// The span of one attempt. Field values are only evaluated when the span

@@ -6,11 +6,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_postgres::{Object, PoolError, TimeoutType};
+use deadpool_postgres::{Object, Pool, PoolError, TimeoutType, Timeouts};
 use tokio::time::{timeout_at, Instant};
 use tokio_postgres::types::Type;
 use tokio_postgres::Row;
 
+use super::attempt::before;
 use super::session::{Columns, Connect, Failure, Params, PgError, Session};
 use crate::causal::lsn::Lsn;
 use crate::connect::node::Node;
@@ -39,13 +40,9 @@ impl Connect for Pools {
             // elsewhere).
             return Err(Failure::Pool(PoolError::Timeout(TimeoutType::Create)));
         };
-        let checkout = timeout_at(deadline, node.pool.get()).await;
+        let checkout = get_before(&node.pool, deadline).await;
         node.metrics.pool_wait(started);
-        match checkout {
-            Ok(Ok(object)) => Ok(Pooled { object, node }),
-            Ok(Err(source)) => Err(Failure::Pool(source)),
-            Err(_) => Err(Failure::Deadline),
-        }
+        checkout.map(|object| Pooled { object, node })
     }
 
     async fn get(self, hub: &Hub, index: usize) -> Option<Pooled> {
@@ -59,6 +56,33 @@ impl Connect for Pools {
             let status = node.pool.status();
             status.size >= status.max_size && status.available == 0
         })
+    }
+}
+
+/// A connection of `pool`, before `deadline`.
+///
+/// The usual checkout (an idle connection, reused at once) completes on its
+/// first poll: it is tried once without a timer, and without deadpool's
+/// wait timer (a free slot is taken at once or not at all). Only a checkout
+/// that has to wait (a connection being created, an idle one being
+/// checked, or every slot taken) is put under the deadline, and in the last
+/// case under the pool's wait timeout as well (`pool.get()`).
+async fn get_before(pool: &Pool, deadline: Instant) -> Result<Object, Failure> {
+    let at_once = Timeouts {
+        wait: Some(Duration::ZERO),
+        ..pool.timeouts()
+    };
+    let bounded = match before(deadline, pool.timeout_get(&at_once)).await {
+        Ok(Err(PoolError::Timeout(TimeoutType::Wait))) => {
+            // Every slot taken: wait for one.
+            timeout_at(deadline, pool.get()).await
+        }
+        checked_out => checked_out,
+    };
+    match bounded {
+        Ok(Ok(object)) => Ok(object),
+        Ok(Err(source)) => Err(Failure::Pool(source)),
+        Err(_) => Err(Failure::Deadline),
     }
 }
 

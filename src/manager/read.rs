@@ -192,19 +192,32 @@ impl<'a> ReadBuilder<'a> {
             token: false,
             tracked: true,
         };
+        // The call's span is entered at every poll only if tracing wants it.
         let span = observer.span().clone();
-        let result = {
-            let routed = pin!(route(
-                self.hub,
+        let (hub, idempotent) = (self.hub, self.idempotent);
+        let result = if span.is_disabled() {
+            let routed = route(
+                hub,
                 connect,
                 strategy,
                 freshness,
                 &call,
-                self.idempotent,
+                idempotent,
                 &mut observer,
-            )
-            .instrument(span));
-            self.hub.in_flight(Work::Read, routed).await
+            );
+            hub.in_flight(Work::Read, pin!(routed)).await
+        } else {
+            let routed = route(
+                hub,
+                connect,
+                strategy,
+                freshness,
+                &call,
+                idempotent,
+                &mut observer,
+            );
+            hub.in_flight(Work::Read, pin!(routed.instrument(span)))
+                .await
         };
         observer.finish(self.hub, &result);
         let failed = result.as_ref().is_err_and(Error::is_unavailable);
