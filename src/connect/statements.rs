@@ -9,6 +9,7 @@ use std::future::Future;
 use std::sync::{Arc, PoisonError, RwLock};
 
 use deadpool_postgres::ClientWrapper;
+use futures_util::TryStreamExt;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, Row, Statement};
@@ -211,6 +212,28 @@ impl Ready<'_> {
                 }
             }
         }
+    }
+
+    /// The first row and the number of rows, streamed: the rows after the
+    /// first are counted as they arrive, not kept.
+    pub(crate) async fn query_counted(
+        &self,
+        client: &Client,
+        params: Params<'_>,
+    ) -> Result<(Option<Row>, usize), tokio_postgres::Error> {
+        let rows = match self {
+            Ready::Named(statement) => client.query_raw(statement, params.iter().copied()).await?,
+            Ready::Unnamed(sql, types) => client.query_typed_raw(sql, typed(params, types)).await?,
+        };
+        let mut rows = std::pin::pin!(rows);
+        let Some(first) = rows.try_next().await? else {
+            return Ok((None, 0));
+        };
+        let mut count = 1;
+        while rows.try_next().await?.is_some() {
+            count += 1;
+        }
+        Ok((Some(first), count))
     }
 
     /// Exactly one row (tokio-postgres's `query_one`).

@@ -17,7 +17,7 @@ use tokio::time::error::Elapsed;
 use tokio::time::{timeout_at, Instant};
 use tracing::Instrument;
 
-use super::session::{Connect, Failure, One, Params, PgError, Returns, RowOf, Session};
+use super::session::{Connect, Counted, Failure, One, Params, PgError, Returns, RowOf, Session};
 use super::token::{position_refused, token_of, TOKEN_SQL};
 use crate::causal::lsn::CausalToken;
 use crate::config::clock;
@@ -34,14 +34,19 @@ use crate::hub::Hub;
 pub(crate) struct Deadline {
     pub(crate) at: Instant,
     pub(crate) budget: Duration,
+    /// When the call started (its first attempt starts then too: one
+    /// clock read for both).
+    pub(crate) started: Instant,
 }
 
 impl Deadline {
     /// `budget` from now.
     pub(crate) fn start(budget: Duration) -> Self {
+        let started = Instant::now();
         Self {
-            at: clock::after(Instant::now(), budget),
+            at: clock::after(started, budget),
             budget,
+            started,
         }
     }
 }
@@ -170,12 +175,23 @@ pub(crate) struct Attempt<'h, C> {
 impl<'h, C: Connect> Attempt<'h, C> {
     /// An attempt on node `index` starting now, its connection from `connect`.
     pub(crate) fn start(hub: &'h Hub, connect: C, index: usize, deadline: Deadline) -> Self {
+        Self::started_at(hub, connect, index, deadline, Instant::now())
+    }
+
+    /// An attempt on node `index` that started at `started`.
+    pub(crate) fn started_at(
+        hub: &'h Hub,
+        connect: C,
+        index: usize,
+        deadline: Deadline,
+        started: Instant,
+    ) -> Self {
         Self {
             hub,
             connect,
             index,
             deadline,
-            started: Instant::now(),
+            started,
         }
     }
 
@@ -236,17 +252,16 @@ impl<'h, C: Connect> Attempt<'h, C> {
             self.hub.counters.reads_started.notify_one();
         }
         let client = self.checkout().await?.single_statement();
-        traffic.sent(self.hub.nanos(self.started));
+        let started = self.hub.nanos(self.started);
+        traffic.sent(started);
         let result = self.run_on::<K>(client, call).await;
         if result
             .as_ref()
             .map_or_else(|error| *error.kind() == ErrorKind::Database, |_| true)
         {
-            let now = Instant::now();
-            traffic.answered(
-                self.hub.nanos(now),
-                now.saturating_duration_since(self.started),
-            );
+            let now = self.hub.nanos(Instant::now());
+            let latency = Duration::from_nanos(now.saturating_sub(started));
+            traffic.answered(now, latency);
         }
         result
     }
@@ -472,8 +487,8 @@ impl<'h, C: Connect> Attempt<'h, C> {
     }
 }
 
-/// One statement attempt inside a span naming the node, its role and the
-/// attempt's number (when tracing wants that span: a disabled span is not
+/// One statement attempt, started at `started`, inside a span naming the
+/// node, its role and the attempt's number (when tracing wants that span: a disabled span is not
 /// entered at every poll).
 pub(crate) async fn traced<K: Returns, C: Connect>(
     hub: &Hub,
@@ -481,8 +496,9 @@ pub(crate) async fn traced<K: Returns, C: Connect>(
     index: usize,
     number: u32,
     call: &Call<'_>,
+    started: Instant,
 ) -> Result<(K::Output<RowOf<C>>, Option<CausalToken>), Error> {
-    let attempt = Attempt::start(hub, connect, index, call.deadline);
+    let attempt = Attempt::started_at(hub, connect, index, call.deadline, started);
     let span = span(hub, index, number);
     if span.is_disabled() {
         attempt.run::<K>(call).await
@@ -510,23 +526,25 @@ pub(crate) fn span(hub: &Hub, index: usize, number: u32) -> tracing::Span {
 }
 
 /// The only row, or [`ErrorKind::RowCount`](crate::error::ErrorKind::RowCount).
-pub(crate) fn exactly_one<R>(context: &NodeContext, mut rows: Vec<R>) -> Result<R, Error> {
-    match (rows.pop(), rows.len()) {
-        (Some(row), 0) => Ok(row),
-        (last, before) => Err(row_count(
-            context,
-            "exactly one row",
-            before + usize::from(last.is_some()),
-        )),
+pub(crate) fn exactly_one<R>(context: &NodeContext, answer: Counted<R>) -> Result<R, Error> {
+    match answer {
+        Counted {
+            first: Some(row),
+            rows: 1,
+        } => Ok(row),
+        Counted { rows, .. } => Err(row_count(context, "exactly one row", rows)),
     }
 }
 
 /// The row, if any; more than one is [`ErrorKind::RowCount`](crate::error::ErrorKind::RowCount).
-pub(crate) fn at_most_one<R>(context: &NodeContext, mut rows: Vec<R>) -> Result<Option<R>, Error> {
-    if rows.len() > 1 {
-        return Err(row_count(context, "at most one row", rows.len()));
+pub(crate) fn at_most_one<R>(
+    context: &NodeContext,
+    answer: Counted<R>,
+) -> Result<Option<R>, Error> {
+    if answer.rows > 1 {
+        return Err(row_count(context, "at most one row", answer.rows));
     }
-    Ok(rows.pop())
+    Ok(answer.first)
 }
 
 fn row_count(context: &NodeContext, expected: &'static str, actual: usize) -> Error {

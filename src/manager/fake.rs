@@ -16,7 +16,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::time::{sleep, timeout_at, Instant};
 use tokio_postgres::types::Type;
 
-use super::session::{Columns, Connect, Failure, Params, PgError, Session};
+use super::session::{Columns, Connect, Counted, Failure, Params, PgError, Session};
 use crate::causal::lsn::Lsn;
 use crate::connect::statements::Block;
 use crate::failure::safety::Fate;
@@ -443,6 +443,15 @@ impl<'f> Session for FakeSession<'f> {
         _params: Params<'a>,
     ) -> Result<Vec<FakeRow>, PgError> {
         self.answer(Ask::Query, sql).await
+    }
+
+    async fn query_counted<'a>(
+        &'a self,
+        sql: &'a str,
+        _statement: &'a (),
+        _params: Params<'a>,
+    ) -> Result<Counted<FakeRow>, PgError> {
+        self.answer(Ask::Query, sql).await.map(Counted::of)
     }
 
     async fn execute<'a>(

@@ -15,7 +15,7 @@ use crate::failure::error::Error;
 use crate::hedging::{hedge_delay, outlier_limit};
 use crate::hub::Hub;
 use crate::manager::attempt::{traced, Call};
-use crate::manager::session::{Connect, RowOf, Rows};
+use crate::manager::session::{Connect, Returns, RowOf};
 use crate::routing::freshness::Freshness;
 
 /// When a read's first attempt is looked at again, to hedge it. Times
@@ -32,13 +32,13 @@ pub(crate) struct Watch {
     pub(crate) first_look: Duration,
 }
 
-/// How a watched read ended, its rows `R`.
-pub(crate) enum Settled<R> {
+/// How a watched read ended, its answer `T`.
+pub(crate) enum Settled<T> {
     /// The first attempt's own result (no hedge was sent).
-    First(Result<Vec<R>, Error>),
+    First(Result<T, Error>),
     /// A hedge was sent: the first answer and its node, or the first
     /// attempt's error if neither answered.
-    Hedged(Result<(usize, Vec<R>), Error>),
+    Hedged(Result<(usize, T), Error>),
 }
 
 /// Where a hedge may go.
@@ -73,7 +73,7 @@ impl Watch {
 
     /// From the first look on: hedges once (free of the budget if the
     /// node left routing meanwhile), waits for the first attempt otherwise.
-    pub(crate) async fn run<C: Connect, F>(
+    pub(crate) async fn run<K: Returns, C: Connect, F>(
         self,
         hub: &Hub,
         connect: C,
@@ -81,9 +81,9 @@ impl Watch {
         mut attempt: Pin<&mut F>,
         call: &Call<'_>,
         rng: &mut fastrand::Rng,
-    ) -> Settled<RowOf<C>>
+    ) -> Settled<K::Output<RowOf<C>>>
     where
-        F: Future<Output = Result<Vec<RowOf<C>>, Error>>,
+        F: Future<Output = Result<K::Output<RowOf<C>>, Error>>,
     {
         // Called at the first look.
         let now = Instant::now();
@@ -103,7 +103,8 @@ impl Watch {
             if try_now {
                 match self.hedge_target(hub, route, rng, now, suspect) {
                     Target::Node(second) => {
-                        let result = race(hub, connect, route.first, attempt, second, call).await;
+                        let result =
+                            race::<K, C, F>(hub, connect, route.first, attempt, second, call).await;
                         return Settled::Hedged(result);
                     }
                     Target::Refused => hedge = Hedge::Refused,
@@ -167,18 +168,18 @@ enum Target {
 /// The first attempt against a hedge on `second`: the first answer wins,
 /// and the other is dropped, which cancels its statement on its server and
 /// discards its connection (see `Busy`).
-async fn race<C: Connect, F>(
+async fn race<K: Returns, C: Connect, F>(
     hub: &Hub,
     connect: C,
     first: usize,
     mut attempt: Pin<&mut F>,
     second: usize,
     call: &Call<'_>,
-) -> Result<(usize, Vec<RowOf<C>>), Error>
+) -> Result<(usize, K::Output<RowOf<C>>), Error>
 where
-    F: Future<Output = Result<Vec<RowOf<C>>, Error>>,
+    F: Future<Output = Result<K::Output<RowOf<C>>, Error>>,
 {
-    let mut hedge = Box::pin(tracked(hub, connect, second, 2, call));
+    let mut hedge = Box::pin(tracked::<K, C>(hub, connect, second, 2, call));
     tokio::select! {
         biased;
         result = attempt.as_mut() => match result {
@@ -203,14 +204,19 @@ where
 
 /// One read attempt on node `index` (counted in its live traffic: see
 /// `Call::tracked`).
-pub(crate) async fn tracked<C: Connect>(
+pub(crate) async fn tracked<K: Returns, C: Connect>(
     hub: &Hub,
     connect: C,
     index: usize,
     number: u32,
     call: &Call<'_>,
-) -> Result<Vec<RowOf<C>>, Error> {
-    traced::<Rows, C>(hub, connect, index, number, call)
+) -> Result<K::Output<RowOf<C>>, Error> {
+    // The first attempt starts with the call.
+    let started = match number {
+        1 => call.deadline.started,
+        _ => Instant::now(),
+    };
+    traced::<K, C>(hub, connect, index, number, call, started)
         .await
         .map(|(rows, _)| rows)
 }

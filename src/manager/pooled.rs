@@ -12,7 +12,7 @@ use tokio_postgres::types::Type;
 use tokio_postgres::Row;
 
 use super::attempt::before;
-use super::session::{Columns, Connect, Failure, Params, PgError, Session};
+use super::session::{Columns, Connect, Counted, Failure, Params, PgError, Session};
 use crate::causal::lsn::Lsn;
 use crate::connect::node::Node;
 use crate::connect::statements::{Block, Ready, Statements};
@@ -159,6 +159,22 @@ impl Session for Pooled {
                 ready.query(&self.object, params).await
             }
         }
+    }
+
+    async fn query_counted<'a>(
+        &'a self,
+        sql: &'a str,
+        statement: &'a Ready<'static>,
+        params: Params<'a>,
+    ) -> Result<Counted<Row>, PgError> {
+        let (first, rows) = match statement {
+            Ready::Named(_) => statement.query_counted(&self.object, params).await?,
+            Ready::Unnamed(_, types) => {
+                let ready = Ready::Unnamed(sql, Arc::clone(types));
+                ready.query_counted(&self.object, params).await?
+            }
+        };
+        Ok(Counted { first, rows })
     }
 
     async fn execute<'a>(

@@ -9,7 +9,7 @@ use tracing::Instrument;
 
 use super::attempt::{at_most_one, exactly_one, Call, Deadline};
 use super::pooled::Pools;
-use super::session::{Connect, Params, RowOf, Rows};
+use super::session::{Connect, FirstRow, Params, Returns, RowOf, Rows};
 use super::write::WriteBuilder;
 use crate::causal::lsn::CausalToken;
 use crate::causal::scope as causal;
@@ -148,14 +148,15 @@ impl<'a> ReadBuilder<'a> {
 
     /// Runs the statement and returns every row.
     pub async fn query(self, sql: &str, params: Params<'_>) -> Result<Vec<Row>, Error> {
-        self.rows(Pools, sql, params).await.map(|(_, rows)| rows)
+        let read = self.routed::<Rows, _>(Pools, sql, params);
+        read.await.map(|(_, rows)| rows)
     }
 
     /// Runs the statement and returns its only row; any other count is
     /// [`ErrorKind::RowCount`](crate::error::ErrorKind::RowCount).
     pub async fn query_one(self, sql: &str, params: Params<'_>) -> Result<Row, Error> {
         let hub = self.hub;
-        let (index, rows) = self.rows(Pools, sql, params).await?;
+        let (index, rows) = self.routed::<FirstRow, _>(Pools, sql, params).await?;
         exactly_one(&hub.context(index), rows)
     }
 
@@ -163,21 +164,34 @@ impl<'a> ReadBuilder<'a> {
     /// [`ErrorKind::RowCount`](crate::error::ErrorKind::RowCount).
     pub async fn query_opt(self, sql: &str, params: Params<'_>) -> Result<Option<Row>, Error> {
         let hub = self.hub;
-        let (index, rows) = self.rows(Pools, sql, params).await?;
+        let (index, rows) = self.routed::<FirstRow, _>(Pools, sql, params).await?;
         at_most_one(&hub.context(index), rows)
     }
 
     /// The read, its connections from `connect`: the node that answered,
-    /// and its rows. A statement that can write or lock runs as a write.
+    /// and every row.
+    #[cfg(test)]
     pub(crate) async fn rows<C: Connect>(
         self,
         connect: C,
         sql: &str,
         params: Params<'_>,
     ) -> Result<(usize, Vec<RowOf<C>>), Error> {
+        self.routed::<Rows, C>(connect, sql, params).await
+    }
+
+    /// The read, its connections from `connect`: the node that answered,
+    /// and its answer as `K` returns it. A statement that can write or lock
+    /// runs as a write.
+    pub(crate) async fn routed<K: Returns, C: Connect>(
+        self,
+        connect: C,
+        sql: &str,
+        params: Params<'_>,
+    ) -> Result<(usize, K::Output<RowOf<C>>), Error> {
         if let Intent::Write(why) = intent(sql) {
             // Boxed: the read future grows by a pointer, not by a write's.
-            return Box::pin(self.on_primary(connect, sql, params, why)).await;
+            return Box::pin(self.on_primary::<K, C>(connect, sql, params, why)).await;
         }
         let strategy = self.strategy.unwrap_or(self.hub.config.read_strategy);
         let mut observer = Observer::read(self.hub, strategy, sql);
@@ -196,7 +210,7 @@ impl<'a> ReadBuilder<'a> {
         let span = observer.span().clone();
         let (hub, idempotent) = (self.hub, self.idempotent);
         let result = if span.is_disabled() {
-            let routed = route(
+            let routed = route::<K, C>(
                 hub,
                 connect,
                 strategy,
@@ -207,7 +221,7 @@ impl<'a> ReadBuilder<'a> {
             );
             hub.in_flight(Work::Read, pin!(routed)).await
         } else {
-            let routed = route(
+            let routed = route::<K, C>(
                 hub,
                 connect,
                 strategy,
@@ -234,13 +248,13 @@ impl<'a> ReadBuilder<'a> {
     /// where a write may be. The read's deadline, slot and idempotent mark
     /// carry over; strategy, staleness bound and causal token do not apply
     /// (the primary satisfies every one).
-    async fn on_primary<C: Connect>(
+    async fn on_primary<K: Returns, C: Connect>(
         self,
         connect: C,
         sql: &str,
         params: Params<'_>,
         why: &'static str,
-    ) -> Result<(usize, Vec<RowOf<C>>), Error> {
+    ) -> Result<(usize, K::Output<RowOf<C>>), Error> {
         self.hub.write_through_read(why);
         let mut write = WriteBuilder::new(self.hub);
         if let Err(error) = self.resolve() {
@@ -252,7 +266,7 @@ impl<'a> ReadBuilder<'a> {
         }
         write.idempotent = self.idempotent;
         write.info = self.info;
-        let served = write.run::<Rows, C>(connect, sql, params).await?;
+        let served = write.run::<K, C>(connect, sql, params).await?;
         Ok((served.index, served.output))
     }
 
@@ -305,7 +319,7 @@ impl ReadBuilder<'_> {
 /// the caller marked it idempotent); one sent to a replica (in recovery at
 /// its last probe, so it can have written nothing) may be, as a hedge after
 /// the hedge delay or as a retry after a failure, each within the budget.
-async fn route<C: Connect>(
+async fn route<K: Returns, C: Connect>(
     hub: &Hub,
     connect: C,
     strategy: ReadStrategy,
@@ -313,7 +327,7 @@ async fn route<C: Connect>(
     call: &Call<'_>,
     idempotent: bool,
     observer: &mut Observer,
-) -> Result<(usize, Vec<RowOf<C>>), Error> {
+) -> Result<(usize, K::Output<RowOf<C>>), Error> {
     hub.ensure_open()?;
     let mut rng = fastrand::Rng::new();
     let first = hub
@@ -322,7 +336,7 @@ async fn route<C: Connect>(
     observer.attempt(hub, first, 1, Reason::Strategy);
     hub.budget.deposit();
     let may_resend = idempotent || hub.snapshot().nodes[first].role == Role::Replica;
-    let mut attempt = pin!(tracked(hub, connect, first, 1, call));
+    let mut attempt = pin!(tracked::<K, C>(hub, connect, first, 1, call));
     let settled = match Watch::plan(hub, first, may_resend) {
         None => Settled::First(attempt.await),
         Some(watch) => tokio::select! {
@@ -331,7 +345,8 @@ async fn route<C: Connect>(
             () = tokio::time::sleep(watch.first_look) => {
                 let route = Route { strategy, freshness, first };
                 // Boxed: the slow path adds nothing to the read future.
-                Box::pin(watch.run(hub, connect, route, attempt.as_mut(), call, &mut rng)).await
+                let watched = watch.run::<K, C, _>(hub, connect, route, attempt.as_mut(), call, &mut rng);
+                Box::pin(watched).await
             }
         },
     };
@@ -369,7 +384,7 @@ async fn route<C: Connect>(
         %error, "retrying read on another node");
     observer.retry(hub, &error);
     observer.attempt(hub, second, 2, Reason::RetryElsewhere);
-    let rows = tracked(hub, connect, second, 2, call).await?;
+    let rows = tracked::<K, C>(hub, connect, second, 2, call).await?;
     Ok((second, rows))
 }
 

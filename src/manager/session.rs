@@ -74,7 +74,7 @@ pub(crate) trait Connect: Copy + Send + Sync {
 ///
 /// A statement is prepared into a [`Session::Prepared`] that borrows
 /// nothing, and its text is given again to run it. Running goes through a
-/// [`Returns`] kind (`Rows::run`, `Count::run`, `One::run`). Both keep the
+/// [`Returns`] kind (`Rows::run`, `Count::run`, `One::run`, `FirstRow::run`). Both keep the
 /// futures of the generic loops free of lifetimes that must outlive one
 /// another, which the compiler cannot prove once such a future is spawned
 /// (rust-lang/rust#100013: "lifetime bound not satisfied", caught by
@@ -124,6 +124,15 @@ pub(crate) trait Session: Send + Sync + Sized {
         statement: &'a Self::Prepared,
         params: Params<'a>,
     ) -> impl Future<Output = Result<Self::Row, PgError>> + Send + 'a;
+
+    /// The first row of `sql`, prepared as `statement`, and how many rows
+    /// it returned in all; the rows after the first are counted, not kept.
+    fn query_counted<'a>(
+        &'a self,
+        sql: &'a str,
+        statement: &'a Self::Prepared,
+        params: Params<'a>,
+    ) -> impl Future<Output = Result<Counted<Self::Row>, PgError>> + Send + 'a;
 
     /// A simple query (`BEGIN`, `COMMIT`, `ROLLBACK`, `SELECT 1`).
     fn batch_execute(&self, sql: &str) -> impl Future<Output = Result<(), PgError>> + Send;
@@ -215,5 +224,44 @@ impl Returns for One {
         params: Params<'a>,
     ) -> impl Future<Output = Result<S::Row, PgError>> + Send + 'a {
         session.query_one(sql, statement, params)
+    }
+}
+
+/// A statement's first row and its number of rows, for `query_one` and
+/// `query_opt`: no `Vec` is built for an answer that is one row.
+#[derive(Debug)]
+pub(crate) struct Counted<R> {
+    /// The first row, if any.
+    pub(crate) first: Option<R>,
+    /// Every row the statement returned, the first included.
+    pub(crate) rows: usize,
+}
+
+#[cfg(test)]
+impl<R> Counted<R> {
+    /// Counts `rows` (what a session that has them all in hand answers).
+    pub(crate) fn of(rows: Vec<R>) -> Self {
+        let count = rows.len();
+        Self {
+            first: rows.into_iter().next(),
+            rows: count,
+        }
+    }
+}
+
+/// The first row and the number of rows (`query_one`, `query_opt`).
+#[derive(Debug)]
+pub(crate) struct FirstRow;
+
+impl Returns for FirstRow {
+    type Output<R: Send> = Counted<R>;
+
+    fn run<'a, S: Session>(
+        session: &'a S,
+        sql: &'a str,
+        statement: &'a S::Prepared,
+        params: Params<'a>,
+    ) -> impl Future<Output = Result<Counted<S::Row>, PgError>> + Send + 'a {
+        session.query_counted(sql, statement, params)
     }
 }

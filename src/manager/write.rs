@@ -12,7 +12,7 @@ use super::begin::TxOptions;
 use super::explicit::{Start, Started};
 use super::pooled::Pools;
 use super::primary::{on_primary, OnPrimary};
-use super::session::{Connect, Count, Params, Returns, RowOf, Rows};
+use super::session::{Connect, Count, FirstRow, Params, Returns, RowOf, Rows};
 use super::transaction::{Body, Statement, TransactionCall};
 use super::tx::{Closure, Tx, TxFuture};
 use crate::causal::lsn::CausalToken;
@@ -174,7 +174,7 @@ impl<'a> WriteBuilder<'a> {
     /// [`ErrorKind::RowCount`](crate::error::ErrorKind::RowCount).
     pub async fn query_one(self, sql: &str, params: Params<'_>) -> Result<Row, Error> {
         let hub = self.hub;
-        let served = self.run::<Rows, _>(Pools, sql, params).await?;
+        let served = self.run::<FirstRow, _>(Pools, sql, params).await?;
         exactly_one(&hub.context(served.index), served.output)
     }
 
@@ -182,7 +182,7 @@ impl<'a> WriteBuilder<'a> {
     /// [`ErrorKind::RowCount`](crate::error::ErrorKind::RowCount).
     pub async fn query_opt(self, sql: &str, params: Params<'_>) -> Result<Option<Row>, Error> {
         let hub = self.hub;
-        let served = self.run::<Rows, _>(Pools, sql, params).await?;
+        let served = self.run::<FirstRow, _>(Pools, sql, params).await?;
         at_most_one(&hub.context(served.index), served.output)
     }
 
@@ -519,7 +519,15 @@ impl<K: Returns, C: Connect> OnPrimary for SingleStatement<'_, K, C> {
         index: usize,
         number: u32,
     ) -> Result<Self::Output, Error> {
-        let (output, token) = traced::<K, C>(hub, self.connect, index, number, self.call).await?;
+        let (output, token) = traced::<K, C>(
+            hub,
+            self.connect,
+            index,
+            number,
+            self.call,
+            tokio::time::Instant::now(),
+        )
+        .await?;
         Ok(Served {
             index,
             output,

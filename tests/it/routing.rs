@@ -88,6 +88,33 @@ async fn writes_go_to_the_primary_and_replicate() {
         "{err:?}"
     );
 
+    // More rows than asked for: the exact count (the rows past the first
+    // are counted as they stream in, not kept), and the connection serves
+    // the next call.
+    let three = "SELECT g FROM generate_series(1, 3) g";
+    let errors = [
+        db.query_one(three, &[]).await.map(drop).unwrap_err(),
+        db.query_opt(three, &[]).await.map(drop).unwrap_err(),
+        db.write()
+            .query_one(three, &[])
+            .await
+            .map(drop)
+            .unwrap_err(),
+        db.write()
+            .query_opt(three, &[])
+            .await
+            .map(drop)
+            .unwrap_err(),
+    ];
+    for err in errors {
+        assert!(
+            matches!(err.kind(), ErrorKind::RowCount { actual: 3, .. }),
+            "{err:?}"
+        );
+    }
+    let one: i32 = db.query_one("SELECT 7", &[]).await.unwrap().get(0);
+    assert_eq!(one, 7);
+
     let err = db
         .query("SELECT * FROM no_such_table", &[])
         .await
