@@ -7,6 +7,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use tokio::time::{sleep_until, Instant};
 
 use crate::config::clock;
@@ -204,19 +205,20 @@ where
 
 /// One read attempt on node `index` (counted in its live traffic: see
 /// `Call::tracked`).
-pub(crate) async fn tracked<K: Returns, C: Connect>(
-    hub: &Hub,
+pub(crate) fn tracked<'a, K: Returns, C: Connect + 'a>(
+    hub: &'a Hub,
     connect: C,
     index: usize,
     number: u32,
-    call: &Call<'_>,
-) -> Result<K::Output<RowOf<C>>, Error> {
+    call: &'a Call<'a>,
+) -> impl Future<Output = Result<K::Output<RowOf<C>>, Error>> + Send + 'a {
     // The first attempt starts with the call.
     let started = match number {
         1 => call.deadline.started,
         _ => Instant::now(),
     };
+    // A combinator, not an `async` block: one future layer less on every
+    // read.
     traced::<K, C>(hub, connect, index, number, call, started)
-        .await
-        .map(|(rows, _)| rows)
+        .map(|result| result.map(|(rows, _)| rows))
 }

@@ -1,17 +1,18 @@
 //! The real side of the seam: each node's deadpool pool ([`Pools`]) and a
 //! connection checked out of it ([`Pooled`]).
 
-use std::future::Future;
+use std::future::{poll_fn, Future};
+use std::pin::pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
-use deadpool_postgres::{Object, Pool, PoolError, TimeoutType, Timeouts};
+use deadpool_postgres::{Object, PoolError, TimeoutType, Timeouts};
 use tokio::time::{timeout_at, Instant};
 use tokio_postgres::types::Type;
 use tokio_postgres::Row;
 
-use super::attempt::before;
 use super::session::{Columns, Connect, Counted, Failure, Params, PgError, Session};
 use crate::causal::lsn::Lsn;
 use crate::connect::node::Node;
@@ -40,9 +41,36 @@ impl Connect for Pools {
             // elsewhere).
             return Err(Failure::Pool(PoolError::Timeout(TimeoutType::Create)));
         };
-        let checkout = get_before(&node.pool, deadline).await;
+        // The usual checkout (an idle connection, reused at once) completes
+        // on its first poll: it is tried once without a timer, and without
+        // deadpool's wait timer (a free slot is taken at once or not at
+        // all). Only a checkout that has to wait (a connection being
+        // created, an idle one being checked, or every slot taken) is put
+        // under the deadline, and in the last case under the pool's wait
+        // timeout as well (`pool.get()`).
+        let at_once = Timeouts {
+            wait: Some(Duration::ZERO),
+            ..node.pool.timeouts()
+        };
+        // Pinned here and polled once by hand rather than through a helper:
+        // deadpool's checkout future is large, and each layer would move it.
+        let bounded = {
+            let mut get = pin!(node.pool.timeout_get(&at_once));
+            match poll_fn(|cx| Poll::Ready(get.as_mut().poll(cx))).await {
+                Poll::Ready(Err(PoolError::Timeout(TimeoutType::Wait))) => {
+                    // Every slot taken: wait for one.
+                    timeout_at(deadline, node.pool.get()).await
+                }
+                Poll::Ready(done) => Ok(done),
+                Poll::Pending => timeout_at(deadline, get).await,
+            }
+        };
         node.metrics.pool_wait(started);
-        checkout.map(|object| Pooled { object, node })
+        match bounded {
+            Ok(Ok(object)) => Ok(Pooled { object, node }),
+            Ok(Err(source)) => Err(Failure::Pool(source)),
+            Err(_) => Err(Failure::Deadline),
+        }
     }
 
     async fn get(self, hub: &Hub, index: usize) -> Option<Pooled> {
@@ -56,33 +84,6 @@ impl Connect for Pools {
             let status = node.pool.status();
             status.size >= status.max_size && status.available == 0
         })
-    }
-}
-
-/// A connection of `pool`, before `deadline`.
-///
-/// The usual checkout (an idle connection, reused at once) completes on its
-/// first poll: it is tried once without a timer, and without deadpool's
-/// wait timer (a free slot is taken at once or not at all). Only a checkout
-/// that has to wait (a connection being created, an idle one being
-/// checked, or every slot taken) is put under the deadline, and in the last
-/// case under the pool's wait timeout as well (`pool.get()`).
-async fn get_before(pool: &Pool, deadline: Instant) -> Result<Object, Failure> {
-    let at_once = Timeouts {
-        wait: Some(Duration::ZERO),
-        ..pool.timeouts()
-    };
-    let bounded = match before(deadline, pool.timeout_get(&at_once)).await {
-        Ok(Err(PoolError::Timeout(TimeoutType::Wait))) => {
-            // Every slot taken: wait for one.
-            timeout_at(deadline, pool.get()).await
-        }
-        checked_out => checked_out,
-    };
-    match bounded {
-        Ok(Ok(object)) => Ok(object),
-        Ok(Err(source)) => Err(Failure::Pool(source)),
-        Err(_) => Err(Failure::Deadline),
     }
 }
 
