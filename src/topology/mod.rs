@@ -141,12 +141,18 @@ pub(crate) struct Snapshot {
     pub(crate) by_rtt: [u8; 64],
     /// Entry `k`, bit `i`: node `i` is in the `k`-th preferred region.
     pub(crate) levels: Box<[u64]>,
-    /// What `fresh_ns` counts from: the snapshot's first creation.
+    /// What `fresh_ns` counts from: a day before the snapshot's first creation.
     pub(crate) epoch: Instant,
     /// Node `i`'s `fresh_as_of` as nanoseconds after `epoch`, plus one; 0
     /// when unknown, or for an orphan (nodes 0 to 63): a staleness bound
     /// is checked against these densely, one comparison a node.
     pub(crate) fresh_ns: [u64; 64],
+    /// The same stamps, freshest first (nodes 0 to 63).
+    pub(crate) fresh_sorted: [u64; 64],
+    /// Entry `k`: the nodes of the `k` freshest stamps, as a mask; the nodes
+    /// fresh as of a cutoff are the prefix whose stamps reach it, found by a
+    /// binary search instead of a comparison a node.
+    pub(crate) fresh_prefix: [u64; 65],
 }
 
 impl NodeState {
@@ -216,8 +222,10 @@ impl Snapshot {
             rtt_ns: [u64::MAX; 64],
             by_rtt: [0; 64],
             levels: Box::from([]),
-            epoch: Instant::now(),
+            epoch: freshness_epoch(Instant::now()),
             fresh_ns: [0; 64],
+            fresh_sorted: [0; 64],
+            fresh_prefix: [0; 65],
         };
         snapshot.derive_masks();
         snapshot
@@ -240,13 +248,23 @@ impl Snapshot {
                 _ => 0,
             };
         }
+        let dense = self.nodes.len().min(64);
+        let mut by_fresh: [u8; 64] = std::array::from_fn(|i| u8::try_from(i).unwrap_or(u8::MAX));
+        let stamps = self.fresh_ns;
+        by_fresh[..dense]
+            .sort_unstable_by_key(|&index| std::cmp::Reverse(stamps[usize::from(index)]));
+        let mut mask = 0;
+        for (k, &index) in by_fresh[..dense].iter().enumerate() {
+            self.fresh_sorted[k] = stamps[usize::from(index)];
+            mask |= 1u64 << index;
+            self.fresh_prefix[k + 1] = mask;
+        }
         self.local = mask_of(self.nodes.iter().map(|node| node.is_local && !node.vacant));
         for (slot, node) in self.rtt_ns.iter_mut().zip(self.nodes.iter()) {
             *slot = node.rtt.map_or(u64::MAX, |rtt| {
                 u64::try_from(rtt.as_nanos()).unwrap_or(u64::MAX - 1)
             });
         }
-        let dense = self.nodes.len().min(64);
         for (position, slot) in self.by_rtt.iter_mut().enumerate() {
             *slot = u8::try_from(position).unwrap_or(u8::MAX);
         }
@@ -277,14 +295,8 @@ impl Snapshot {
         let since = cutoff.checked_duration_since(self.epoch)?;
         let cutoff_ns = u64::try_from(since.as_nanos()).ok()?.saturating_add(1);
         let len = self.nodes.len().min(64);
-        Some(
-            self.fresh_ns[..len]
-                .iter()
-                .enumerate()
-                .fold(0, |mask, (index, &ns)| {
-                    mask | (u64::from(ns >= cutoff_ns) << index)
-                }),
-        )
+        let fresh = self.fresh_sorted[..len].partition_point(|&ns| ns >= cutoff_ns);
+        Some(self.fresh_prefix[fresh])
     }
 
     /// Filled, up, not fenced, and not an orphan (unless orphans serve
@@ -293,6 +305,13 @@ impl Snapshot {
         let node = &self.nodes[index];
         !node.vacant && node.up && !node.fenced && (node.orphaned.is_none() || self.serve_orphans)
     }
+}
+
+/// What the freshness stamps of a snapshot created at `now` count from: a
+/// day before it, so that a staleness bound asked about in the first hours
+/// (a cutoff before `now`) is still answered by the stamps.
+fn freshness_epoch(now: Instant) -> Instant {
+    now.checked_sub(Duration::from_secs(86_400)).unwrap_or(now)
 }
 
 /// Bit `i` set when the `i`-th flag is (only the first 64 count).
