@@ -236,7 +236,8 @@ pub(crate) struct Observed {
     /// still unanswered was sent: short when it went quiet in the middle of
     /// its traffic, long (or `None`) when it was idle, or cold, before.
     pub(crate) quiet_after: Option<Duration>,
-    /// Its recent 99th percentile read latency.
+    /// Its recent 99th percentile read latency (the hub never lets it be
+    /// below the node's probe round trip: see `Hub::read_p99`).
     pub(crate) p99: Duration,
 }
 

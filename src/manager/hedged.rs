@@ -60,7 +60,7 @@ impl Watch {
         if !(hedging.enabled && may_resend) {
             return None;
         }
-        let p99 = hub.traffic(first).p99();
+        let p99 = hub.read_p99(first);
         let hedge_after = hedge_delay(hedging, p99);
         let recheck = outliers
             .enabled

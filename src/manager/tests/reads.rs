@@ -187,3 +187,41 @@ async fn a_node_that_goes_silent_under_reads_is_found_an_outlier_without_a_timer
         "{error:?}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_far_node_answering_in_its_round_trip_is_not_an_outlier_while_its_estimate_warms_up() {
+    // Node 1 is 150 ms away: every read takes 150 ms, as its probes do. Its
+    // reads' p99 estimate starts at zero; the outlier limit must not be the
+    // 100 ms silence floor meanwhile (that ejected healthy remote nodes).
+    let mut config = two_nodes();
+    // No probe in the test's time to replace the round trip set below.
+    config.health.interval = Duration::from_secs(60);
+    let h = Harness::healthy(config).await;
+    let mut far = (**h.hub.snapshot()).clone();
+    far.nodes[1].rtt = Some(Duration::from_millis(150));
+    h.hub.publish(far, Vec::new(), None);
+    let fake = Fake::new(|step| match (step.node, step.ask) {
+        (1, Ask::Query) => Some(Reply::rows(vec![FakeRow::node(1)]).after_ms(150)),
+        _ => None,
+    });
+    let far_reads = async {
+        for _ in 0..12 {
+            assert_eq!(read(&h, &fake, Duration::from_secs(1)).await.unwrap().0, 1);
+        }
+    };
+    // The primary answers all along (a peer's answer is what makes a
+    // silent node an outlier).
+    let primary_reads = async {
+        for _ in 0..90 {
+            let primary =
+                ReadBuilder::new(&h.hub).strategy(crate::config::ReadStrategy::PrimaryOnly);
+            assert_eq!(primary.rows(&fake, SQL, &[]).await.unwrap().0, 0);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::join!(far_reads, primary_reads);
+    assert_eq!(h.hub.counters.outliers.load(Relaxed), 0);
+    assert!(!h.hub.is_suspect(1));
+    // The hedge delay starts from the round trip too, not the 5 ms floor.
+    assert!(h.hub.read_p99(1) >= Duration::from_millis(150));
+}
