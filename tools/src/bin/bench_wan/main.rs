@@ -17,8 +17,11 @@
 //!    (`causal.read_your_writes = window`), primary-only reads, and no
 //!    read-your-writes at all (how many reads missed the write), the read
 //!    right after the write and one second later;
-//! 3. write latency: an autocommit `UPDATE`, a short transaction, and the
-//!    same two on a bare tokio-postgres connection through the same proxy;
+//! 3. write latency: an autocommit `UPDATE`, a short transaction (`UPDATE`,
+//!    `SELECT`) with its statements given as text (tokio-postgres prepares
+//!    each, a round trip more) and prepared with `tx.prepare_cached`, and
+//!    the same on a bare tokio-postgres connection (prepared statements)
+//!    through the same proxy;
 //! 4. the local replica turned slow (200 ms one way) and black-holed:
 //!    pgrouter with hedging off (as shipped) and on, and "the seed": what a
 //!    service did before pgrouter, two plain deadpool-postgres pools, a read
@@ -710,6 +713,30 @@ async fn writes(
             }
         }
     };
+    let cached_transaction = {
+        let db = db.clone();
+        move |key: i32| {
+            let db = db.clone();
+            async move {
+                let start = Instant::now();
+                let result = db
+                    .transaction(move |tx| {
+                        Box::pin(async move {
+                            let write = tx.prepare_cached(WRITE).await?;
+                            let read = tx.prepare_cached(READ).await?;
+                            tx.execute(&write, &[&key]).await?;
+                            tx.query_one(&read, &[&key]).await?;
+                            Ok(())
+                        })
+                    })
+                    .await;
+                match result {
+                    Ok(()) => Outcome::new(start),
+                    Err(error) => Outcome::failed(start, kind(&error)),
+                }
+            }
+        }
+    };
     let bare = |transactions: bool, run_for: Duration| {
         tokio::spawn(bare_writes(primary_port, transactions, run_for, WORKERS))
     };
@@ -717,18 +744,29 @@ async fn writes(
         (
             tokio::spawn(closed_loop(WORKERS, run_for, autocommit.clone())),
             tokio::spawn(closed_loop(WORKERS, run_for, transaction.clone())),
+            tokio::spawn(closed_loop(WORKERS, run_for, cached_transaction.clone())),
             bare(false, run_for),
             bare(true, run_for),
         )
     };
     let warm = run(WARM_UP);
-    let _ = (warm.0.await, warm.1.await, warm.2.await, warm.3.await);
-    let (a, t, bare_a, bare_t) = run(window);
+    let _ = (
+        warm.0.await,
+        warm.1.await,
+        warm.2.await,
+        warm.3.await,
+        warm.4.await,
+    );
+    let (a, t, cached, bare_a, bare_t) = run(window);
     let rows = [
         ("pgrouter autocommit UPDATE", a.await.unwrap_or_default()),
         (
-            "pgrouter transaction (UPDATE, SELECT)",
+            "pgrouter transaction (UPDATE, SELECT), statements as text",
             t.await.unwrap_or_default(),
+        ),
+        (
+            "pgrouter transaction (UPDATE, SELECT), `tx.prepare_cached`",
+            cached.await.unwrap_or_default(),
         ),
         ("bare autocommit UPDATE", bare_a.await??),
         (
@@ -1030,15 +1068,27 @@ async fn failover(db: &DatabaseManager, cluster: &Cluster, rate: u32) -> Result<
 
     let primary = cluster.node(0).name().to_owned();
     let new_primary = cluster.node(LOCAL).name().to_owned();
+    // Watched from tasks of their own, from before the stop: the cluster's
+    // calls block their task for the whole `pg_ctl` run.
+    let detection = {
+        let (db, primary) = (db.clone(), primary.clone());
+        tokio::spawn(async move {
+            wait_until(|| db.status().node(&primary).is_some_and(|node| !node.healthy)).await
+        })
+    };
+    let following = {
+        let (db, new_primary) = (db.clone(), new_primary.clone());
+        tokio::spawn(async move {
+            wait_until(|| db.status().write_target.as_deref() == Some(new_primary.as_str())).await
+        })
+    };
     let stopped = Instant::now();
     tokio::task::block_in_place(|| cluster.stop(0, StopMode::Immediate))?;
-    let detected =
-        wait_until(|| db.status().node(&primary).is_some_and(|node| !node.healthy)).await;
+    let detected = detection.await?;
     let promoting = Instant::now();
     tokio::task::block_in_place(|| cluster.promote(LOCAL))?;
     let promoted = Instant::now();
-    let followed =
-        wait_until(|| db.status().write_target.as_deref() == Some(new_primary.as_str())).await;
+    let followed = following.await?;
     tokio::time::sleep(AFTER_PROMOTION).await;
     *stop.lock().unwrap_or_else(PoisonError::into_inner) = true;
     let (reads, writes) = (reads.await?, writes.await?);
@@ -1063,7 +1113,7 @@ async fn failover(db: &DatabaseManager, cluster: &Cluster, rate: u32) -> Result<
     };
     let (reads, writes) = (during(&reads), during(&writes));
     println!("\n5. failover (pgrouter as shipped): the primary stopped (immediate), node1 promoted once marked down; reads {rate}/s, writes {}/s, open loop; times from the stop:", (rate / 2).max(1));
-    println!("| primary marked down | promote issued | promote returned | writes follow node1 | first write served by node1 | reads from the stop | reads failed | reads p99 ms | writes from the stop | writes failed | writes p99 ms |");
+    println!("| primary marked down | promote issued | promote returned | write target node1 | first write served by node1 | reads from the stop | reads failed | reads p99 ms | writes from the stop | writes failed | writes p99 ms |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     println!(
         "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
