@@ -57,7 +57,9 @@ use std::time::{Duration, Instant};
 use common::{millis, node_configs, Latencies, LOCAL_REGION};
 use pgrouter::causal::causal_scope;
 use pgrouter::config::{CausalSettings, ReadYourWrites};
-use pgrouter::deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use pgrouter::deadpool_postgres::{
+    Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime,
+};
 use pgrouter::error::ErrorKind;
 use pgrouter::{CallInfo, Config, DatabaseManager, ReadStrategy};
 use pgrouter_testkit::{Cluster, Fault, FaultProxy, StopMode};
@@ -310,17 +312,27 @@ impl Outcome {
     }
 }
 
-/// The variant of a pgrouter error, e.g. `Timeout`.
+/// The variant of a pgrouter error and its node, e.g. `Timeout @node1`;
+/// for a failed checkout, what the pool said (`Connect(Wait timeout)`).
 fn kind(error: &pgrouter::Error) -> String {
     let debug = format!("{:?}", error.kind());
-    let name = debug
-        .split([' ', '(', '{'])
-        .next()
-        .unwrap_or("?")
-        .to_owned();
-    match error.kind() {
+    let name = debug.split([' ', '(', '{']).next().unwrap_or("?");
+    let name = match error.kind() {
         ErrorKind::Database => format!("{name}({})", error.code().map_or("?", |c| c.code())),
-        _ => name,
+        ErrorKind::Connect => {
+            let pool = std::error::Error::source(error).and_then(|source| source.downcast_ref());
+            match pool {
+                Some(PoolError::Timeout(kind)) => format!("{name}({kind:?} timeout)"),
+                Some(PoolError::Backend(_)) => format!("{name}(backend)"),
+                Some(_) => format!("{name}(pool)"),
+                None => name.to_owned(),
+            }
+        }
+        _ => name.to_owned(),
+    };
+    match error.node() {
+        Some(node) => format!("{name} @{node}"),
+        None => name,
     }
 }
 
@@ -902,7 +914,7 @@ impl Seed {
 
     async fn query(pool: &Pool, key: i32) -> Result<(), String> {
         let client = pool.get().await.map_err(|error| match error {
-            pgrouter::deadpool_postgres::PoolError::Timeout(_) => "pool timeout".to_owned(),
+            PoolError::Timeout(_) => "pool timeout".to_owned(),
             _ => "connect".to_owned(),
         })?;
         let statement = client
