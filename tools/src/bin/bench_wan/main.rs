@@ -970,7 +970,7 @@ async fn slow_local_replica(
     for (label, fault) in faults {
         proxies[LOCAL].set(fault);
         let hedges_before = hedged.status().hedging;
-        let outliers_before = db.status().hedging.outliers;
+        let off_before = db.status().hedging;
         let (off, on, seed) = run(window);
         // The fault is lifted once the window's last call has been issued;
         // calls still held (a black hole) then finish.
@@ -980,7 +980,11 @@ async fn slow_local_replica(
         };
         let ((off, on, seed), ()) = tokio::join!(async { (off.await, on.await, seed.await) }, lift);
         let hedges = hedged.status().hedging;
-        let outliers_off = db.status().hedging.outliers - outliers_before;
+        let off_after = db.status().hedging;
+        let off_counts = (
+            off_after.outliers - off_before.outliers,
+            off_after.retries_refused - off_before.retries_refused,
+        );
         rows.push((
             label,
             [
@@ -991,7 +995,8 @@ async fn slow_local_replica(
             hedges.sent - hedges_before.sent,
             hedges.won - hedges_before.won,
             hedges.outliers - hedges_before.outliers,
-            outliers_off,
+            hedges.retries_refused - hedges_before.retries_refused,
+            off_counts,
         ));
         let back = wait_until(|| {
             [db, &hedged]
@@ -1007,10 +1012,18 @@ async fn slow_local_replica(
     println!("\n4. regional-preferred reads (open loop, {rate}/s per client, all clients at once) while the local replica turns slow or silent:");
     println!("| fault | client | reads | p50 ms | p99 ms | failed | served by node1 (local) |");
     println!("|---|---|---|---|---|---|---|");
-    for (label, summaries, sent, won, outliers, outliers_off) in &rows {
+    for (label, summaries, sent, won, outliers, retries_refused, (outliers_off, refused_off)) in
+        &rows
+    {
         let clients = [
-            format!("pgrouter, hedging off (as shipped; {outliers_off} outliers)"),
-            format!("pgrouter, hedging on ({sent} hedges, {won} won; {outliers} outliers)"),
+            format!(
+                "pgrouter, hedging off (as shipped; {outliers_off} outliers; \
+                 {refused_off} retries refused)"
+            ),
+            format!(
+                "pgrouter, hedging on ({sent} hedges, {won} won; {outliers} outliers; \
+                 {retries_refused} retries refused)"
+            ),
             "seed: regional pool, fall back to the other, 3 retries 300-3000 ms".to_owned(),
         ];
         for (client, summary) in clients.iter().zip(summaries) {
