@@ -33,6 +33,19 @@ pub enum Fault {
     /// already held back is timed by the current fault, so switching back to
     /// [`Fault::Pass`] releases it at once.
     Latency(Duration),
+    /// Like [`Fault::Latency`], with jitter: each chunk is held back by
+    /// `delay` plus or minus up to `jitter` (a uniform draw per chunk, made
+    /// when it is read), in each direction, but never released before the
+    /// chunk read before it: its release time is the later of that chunk's
+    /// and its own draw, so byte order is kept (as TCP keeps it on a link
+    /// whose packets are delayed unevenly). A `jitter` above `delay` holds
+    /// some chunks back for no time.
+    Jittered {
+        /// The mean one-way delay.
+        delay: Duration,
+        /// The largest deviation from `delay`, either way.
+        jitter: Duration,
+    },
     /// Keep new and existing connections open but forward nothing in either
     /// direction, like a silent peer or dropped packets. Held data flows again
     /// once the fault is lifted.
@@ -345,16 +358,17 @@ where
     // Chunks read but not yet written, with the time they were read: each is
     // due that long after it was read as the *current* fault says, so lifting
     // a latency also releases what is already held back.
-    let mut queue: VecDeque<(Instant, Vec<u8>)> = VecDeque::new();
-    // The chunk being written: when it was read, its bytes, and how many are sent.
-    let mut current: Option<(Instant, Vec<u8>, usize)> = None;
+    let mut queue: VecDeque<Held> = VecDeque::new();
+    // The chunk being written and how many of its bytes are sent.
+    let mut current: Option<(Held, usize)> = None;
+    let mut rng = fastrand::Rng::new();
     let mut eof = false;
     loop {
         let fault = faults.borrow_and_update().clone();
         if epoch.passed() {
             return Err(Stop::Reset);
         }
-        let delay = match fault {
+        let timing = match fault {
             Fault::Reset => return Err(Stop::Reset),
             Fault::BlackHole => {
                 faults.changed().await.map_err(|_| Stop::Closed)?;
@@ -364,14 +378,17 @@ where
                 faults.changed().await.map_err(|_| Stop::Closed)?;
                 continue;
             }
-            Fault::Latency(delay) => delay,
-            _ => Duration::ZERO,
+            Fault::Latency(delay) => Timing::Fixed(delay),
+            Fault::Jittered { delay, jitter } => Timing::Jittered { delay, jitter },
+            _ => Timing::Now,
         };
         if current.is_none() {
-            current = queue
-                .pop_front()
-                .map(|(read_at, bytes)| (read_at, bytes, 0));
+            current = queue.pop_front().map(|held| (held, 0));
         }
+        // Chunks are written in the order they were read, each once the
+        // one before it is written: one due earlier (a smaller jitter draw)
+        // waits for it, so byte order is kept.
+        let due = current.as_ref().and_then(|(held, _)| timing.due(held));
         if eof && current.is_none() {
             let _ = to.shutdown().await;
             return Ok(());
@@ -384,14 +401,18 @@ where
             changed = faults.changed() => changed.map_err(|_| Stop::Closed)?,
             read = from.read(&mut buf), if can_read => match read {
                 Ok(0) => eof = true,
-                Ok(n) => queue.push_back((Instant::now(), buf[..n].to_vec())),
+                Ok(n) => queue.push_back(Held {
+                    read_at: Instant::now(),
+                    draw: rng.f64() * 2.0 - 1.0,
+                    bytes: buf[..n].to_vec(),
+                }),
                 Err(_) => return Err(Stop::Reset),
             },
-            written = write_due(&mut to, current.as_ref(), delay), if current.is_some() => match written {
+            written = write_due(&mut to, current.as_ref(), due), if current.is_some() => match written {
                 Ok(n) => {
-                    if let Some((_, bytes, sent)) = current.as_mut() {
+                    if let Some((held, sent)) = current.as_mut() {
                         *sent += n;
-                        if *sent >= bytes.len() {
+                        if *sent >= held.bytes.len() {
                             current = None;
                         }
                     }
@@ -402,22 +423,111 @@ where
     }
 }
 
-/// Waits until `chunk` is `delay` old, then writes some of its remaining bytes.
+/// A chunk read but not yet written.
+struct Held {
+    /// When it was read.
+    read_at: Instant,
+    /// Its jitter draw, from -1 to 1 (a share of [`Fault::Jittered`]'s
+    /// `jitter`, subtracted when negative).
+    draw: f64,
+    bytes: Vec<u8>,
+}
+
+/// When chunks are due under the current fault.
+#[derive(Debug, Clone, Copy)]
+enum Timing {
+    /// At once.
+    Now,
+    /// This long after they were read.
+    Fixed(Duration),
+    /// `delay` plus the chunk's draw of `jitter` after it was read.
+    Jittered { delay: Duration, jitter: Duration },
+}
+
+impl Timing {
+    /// When `held` is due (`None`: at once); it is written no earlier than
+    /// the chunk before it, whatever this says.
+    fn due(self, held: &Held) -> Option<Instant> {
+        match self {
+            Timing::Now => None,
+            Timing::Fixed(delay) => Some(held.read_at + delay),
+            Timing::Jittered { delay, jitter } => {
+                Some(jittered_due(held.read_at, delay, jitter, held.draw))
+            }
+        }
+    }
+}
+
+/// When a chunk read at `read_at` is due under [`Fault::Jittered`]:
+/// `read_at + delay ± |draw| × jitter` (`draw` from -1 to 1, its sign the
+/// direction), never before `read_at`. [`pump`] writes it no earlier than
+/// the chunk before it, so its release time is the later of the two.
+fn jittered_due(read_at: Instant, delay: Duration, jitter: Duration, draw: f64) -> Instant {
+    let deviation = jitter.mul_f64(draw.abs().min(1.0));
+    let held_for = if draw < 0.0 {
+        delay.saturating_sub(deviation)
+    } else {
+        delay + deviation
+    };
+    read_at + held_for
+}
+
+/// Waits until `due` (at once when `None`), then writes some of the
+/// chunk's remaining bytes.
 async fn write_due<W: AsyncWrite + Unpin>(
     to: &mut W,
-    chunk: Option<&(Instant, Vec<u8>, usize)>,
-    delay: Duration,
+    chunk: Option<&(Held, usize)>,
+    due: Option<Instant>,
 ) -> io::Result<usize> {
-    let Some((read_at, bytes, sent)) = chunk else {
+    let Some((held, sent)) = chunk else {
         return std::future::pending().await;
     };
     // Without a delay, write at once: a zero-length sleep still waits for
     // the next timer tick (about a millisecond).
-    if !delay.is_zero() {
-        tokio::time::sleep_until(*read_at + delay).await;
+    if let Some(due) = due {
+        tokio::time::sleep_until(due).await;
     }
-    match to.write(&bytes[*sent..]).await? {
+    match to.write(&held.bytes[*sent..]).await? {
         0 => Err(io::ErrorKind::WriteZero.into()),
         n => Ok(n),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jittered_chunks_are_due_within_the_bounds_on_both_sides() {
+        let read_at = Instant::now();
+        let delay = Duration::from_millis(40);
+        let jitter = Duration::from_millis(4);
+        let mut rng = fastrand::Rng::with_seed(7);
+        let (mut below, mut above) = (false, false);
+        for i in 0..10_000 {
+            let due = jittered_due(read_at, delay, jitter, rng.f64() * 2.0 - 1.0);
+            assert!(due >= read_at + delay - jitter, "{i}");
+            assert!(due <= read_at + delay + jitter, "{i}");
+            below |= due < read_at + delay - jitter / 2;
+            above |= due > read_at + delay + jitter / 2;
+        }
+        assert!(below && above, "draws spread over both sides");
+        assert_eq!(jittered_due(read_at, delay, jitter, 0.0), read_at + delay);
+        assert_eq!(
+            jittered_due(read_at, delay, jitter, -1.0),
+            read_at + delay - jitter
+        );
+    }
+
+    #[test]
+    fn jitter_above_the_delay_never_makes_a_chunk_due_before_it_was_read() {
+        let read_at = Instant::now();
+        let delay = Duration::from_millis(1);
+        let jitter = Duration::from_millis(5);
+        assert_eq!(jittered_due(read_at, delay, jitter, -1.0), read_at);
+        assert_eq!(
+            jittered_due(read_at, delay, jitter, 1.0),
+            read_at + Duration::from_millis(6)
+        );
     }
 }

@@ -162,3 +162,43 @@ async fn hold_replies_lets_statements_run_but_keeps_their_answers() {
     proxy.set(Fault::Pass);
     assert_eq!(select_one(&client).await.unwrap(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jitter_delays_each_direction_and_keeps_byte_order() {
+    let (cluster, proxy) = setup().await;
+    let client = connect(&cluster, &proxy).await.unwrap();
+    let delay = Duration::from_millis(30);
+    let jitter = Duration::from_millis(20);
+    proxy.set(Fault::Jittered { delay, jitter });
+
+    // A lower bound only: a chunk is never released before `delay -
+    // jitter` each way, however slow the machine.
+    let started = Instant::now();
+    assert_eq!(select_one(&client).await.unwrap(), 1);
+    assert!(
+        started.elapsed() >= 2 * (delay - jitter),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // Statements sent 1 ms apart, far closer than the jitter's 40 ms spread,
+    // are pipelined on one connection (each in chunks of its own): were a
+    // later chunk released before an earlier one, the protocol stream would
+    // break or answers would swap.
+    let client = std::sync::Arc::new(client);
+    let mut calls = Vec::new();
+    for i in 0..50i32 {
+        let client = std::sync::Arc::clone(&client);
+        calls.push(tokio::spawn(async move {
+            let row = client.query_one("SELECT $1::int", &[&i]).await?;
+            Ok::<i32, tokio_postgres::Error>(row.get(0))
+        }));
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    for (i, call) in calls.into_iter().enumerate() {
+        assert_eq!(call.await.unwrap().unwrap(), i32::try_from(i).unwrap());
+    }
+
+    proxy.set(Fault::Pass);
+    assert_eq!(select_one(&client).await.unwrap(), 1);
+}
