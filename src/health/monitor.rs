@@ -288,8 +288,7 @@ impl<P: Probe> Monitor<P> {
     /// make nodes due at once); nodes with a probe in flight wait for it.
     fn due(&mut self, now: Instant) -> Vec<Launch<P>> {
         let health = &self.hub.config.health;
-        if self.watch.next_round(now).is_some_and(|at| at <= now)
-        {
+        if self.watch.next_round(now).is_some_and(|at| at <= now) {
             // A failover is under way: every node is a candidate now.
             self.watch.round(now, health);
             for tracker in &mut self.judge.trackers {

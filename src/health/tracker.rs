@@ -129,8 +129,7 @@ pub(crate) fn jittered(gap: Duration, jitter: f64, draw: f64) -> Duration {
         return gap;
     }
     let factor = 1.0 - (jitter * draw).clamp(0.0, 1.0);
-    Duration::try_from_secs_f64(gap.as_secs_f64() * factor)
-        .map_or(gap, |shorter| shorter.min(gap))
+    Duration::try_from_secs_f64(gap.as_secs_f64() * factor).map_or(gap, |shorter| shorter.min(gap))
 }
 
 /// `recovery_initial * 2^attempt`, capped at `recovery_max`: backon's

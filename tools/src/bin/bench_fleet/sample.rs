@@ -67,6 +67,7 @@ impl Sampler {
         let stop = Arc::new(AtomicBool::new(false));
         let (sink, stopped) = (Arc::clone(&samples), Arc::clone(&stop));
         let thread = std::thread::spawn(move || {
+            raise_priority();
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -90,6 +91,23 @@ impl Sampler {
     }
 }
 
+/// Renices this thread (its own id, from `/proc/thread-self`) to -10, so a
+/// box the fleet keeps busy still takes the samples on time; as root only,
+/// silently skipped otherwise.
+fn raise_priority() {
+    let Ok(link) = std::fs::read_link("/proc/thread-self") else {
+        return;
+    };
+    let Some(tid) = link.file_name().and_then(|name| name.to_str()) else {
+        return;
+    };
+    let _ = std::process::Command::new("renice")
+        .args(["-n", "-10", "-p", tid])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+}
+
 async fn run(targets: Vec<Target>, sink: Arc<Mutex<Vec<Vec<Sample>>>>, stop: Arc<AtomicBool>) {
     let mut clients: Vec<Option<Client>> = targets.iter().map(|_| None).collect();
     let mut next = tokio::time::Instant::now();
@@ -101,15 +119,16 @@ async fn run(targets: Vec<Target>, sink: Arc<Mutex<Vec<Vec<Sample>>>>, stop: Arc
             let Some(client) = &clients[index] else {
                 continue;
             };
-            let row = match tokio::time::timeout(Duration::from_secs(1), client.query_one(QUERY, &[]))
-                .await
-            {
-                Ok(Ok(row)) => row,
-                _ => {
-                    clients[index] = None;
-                    continue;
-                }
-            };
+            let row =
+                match tokio::time::timeout(Duration::from_secs(1), client.query_one(QUERY, &[]))
+                    .await
+                {
+                    Ok(Ok(row)) => row,
+                    _ => {
+                        clients[index] = None;
+                        continue;
+                    }
+                };
             let sample = Sample {
                 at: Instant::now(),
                 sessions: row.get(0),
@@ -159,7 +178,11 @@ fn cpu_ticks(pid_file: &std::path::Path) -> Option<u64> {
     let own = stat_fields(postmaster)?;
     let mut total = own.utime + own.stime + own.cutime + own.cstime;
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
             continue;
         };
         if let Some(child) = stat_fields(pid).filter(|s| s.ppid == postmaster) {
