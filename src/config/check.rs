@@ -46,6 +46,24 @@ pub(crate) fn ordered(low: (&str, Duration), high: (&str, Duration)) -> Result<(
     Ok(())
 }
 
+/// A share between 0 and `max`, both included (never NaN); `reason` says
+/// so in words.
+pub(crate) fn share(
+    field: &str,
+    value: f64,
+    max: f64,
+    reason: &'static str,
+) -> Result<(), ConfigError> {
+    if !(0.0..=max).contains(&value) {
+        return Err(ConfigError::InvalidValue {
+            field: field.to_owned(),
+            value: value.to_string(),
+            reason,
+        });
+    }
+    Ok(())
+}
+
 /// A duration out of range, shown as `Debug` shows it (`250ms`).
 pub(crate) fn invalid(field: &str, value: Duration, reason: &'static str) -> ConfigError {
     ConfigError::InvalidValue {

@@ -222,6 +222,8 @@ pub(crate) fn config(count: usize) -> Config {
         recovery_max: Duration::from_secs(30),
         fall: 1,
         rise: 2,
+        // Exact gaps, so tests can name the instant of each probe.
+        probe_jitter: 0.0,
         ..HealthSettings::default()
     };
     config

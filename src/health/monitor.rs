@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::assess::Assessor;
 use super::probe::{AuroraView, Probe, ProbeConnection, ProbeReport};
-use super::tracker::{Tracker, Transition};
+use super::tracker::{jittered, Tracker, Transition};
 use crate::config::clock;
 use crate::config::{HealthSettings, Role};
 use crate::connect::node::Node;
@@ -46,14 +46,21 @@ pub(crate) struct Monitor<P = ProbeConnection> {
 
 /// While no primary is elected, probe every node at a short interval, for
 /// at most `health.failover_watch`, so a promoted replica takes writes
-/// within about that interval of its promotion.
+/// within about that interval of its promotion. The gap backs off as the
+/// watch ages (see [`watch_gap`]), so a fleet's long failover is no storm.
 #[derive(Debug, Default)]
 struct Watch {
     /// When the watch ends (stays set, expired, until a primary is elected
     /// again, so one failover gets one watch).
     until: Option<Instant>,
+    /// When the watch started.
+    started: Option<Instant>,
     /// When the last watched round started.
     last_round: Option<Instant>,
+    /// The gap from the last round to the next.
+    gap: Duration,
+    /// Draws for the jitter of the gaps.
+    rng: fastrand::Rng,
 }
 
 impl Watch {
@@ -68,32 +75,59 @@ impl Watch {
         match (elected, self.until) {
             (true, Some(_)) => {
                 tracing::debug!("failover watch over: a primary is elected");
-                *self = Watch::default();
+                self.until = None;
+                self.started = None;
+                self.last_round = None;
             }
             (false, None) if !settings.failover_watch.is_zero() => {
                 tracing::info!(every = ?settings.failover_probe_interval,
                     for_at_most = ?settings.failover_watch,
                     "no primary elected: probing every node fast until one is");
                 self.until = Some(clock::after(now, settings.failover_watch));
+                self.started = Some(now);
                 // The first watched round one watch interval on: the other
                 // nodes' answers of this moment (a promotion among them)
                 // are still landing.
                 self.last_round = Some(now);
+                self.gap = watch_gap(Duration::ZERO, settings, self.rng.f64());
             }
             _ => {}
         }
     }
 
     /// The next watched round, if the watch is on.
-    fn next_round(&self, now: Instant, settings: &HealthSettings) -> Option<Instant> {
+    fn next_round(&self, now: Instant) -> Option<Instant> {
         if !self.active(now) {
             return None;
         }
         Some(match self.last_round {
-            Some(last) => clock::after(last, settings.failover_probe_interval),
+            Some(last) => clock::after(last, self.gap),
             None => now,
         })
     }
+
+    /// Starts a watched round at `now`: the next one is due after a gap
+    /// for the watch's age.
+    fn round(&mut self, now: Instant, settings: &HealthSettings) {
+        self.last_round = Some(now);
+        let age = self.started.map_or(Duration::ZERO, |at| now - at);
+        self.gap = watch_gap(age, settings, self.rng.f64());
+    }
+}
+
+/// The failover watch's gap between rounds at `age` into the watch:
+/// `failover_probe_interval` while that is longer than `failover_backoff`
+/// of `age`, then that share of `age`, never longer than `interval` (nor
+/// shorter than `failover_probe_interval`); jittered by `probe_jitter`
+/// with the uniform `draw`. A promotion at any moment of the watch is seen
+/// within one such gap.
+fn watch_gap(age: Duration, settings: &HealthSettings, draw: f64) -> Duration {
+    let grown = Duration::try_from_secs_f64(age.as_secs_f64() * settings.failover_backoff)
+        .unwrap_or(Duration::MAX);
+    let gap = grown
+        .min(settings.interval)
+        .max(settings.failover_probe_interval);
+    jittered(gap, settings.probe_jitter, draw)
 }
 
 /// Per-node state machines and the topology judge: what `publish` updates
@@ -178,7 +212,8 @@ impl<P: Probe> Monitor<P> {
             probes,
             generations: vec![0; count],
             judge: Judge {
-                trackers: vec![Tracker::new(now); count],
+                // Each its own, not clones: each draws its own jitter.
+                trackers: (0..count).map(|_| Tracker::new(now)).collect(),
                 assessor: Assessor::new(serve_orphans),
                 aurora: vec![None; count],
             },
@@ -236,9 +271,7 @@ impl<P: Probe> Monitor<P> {
     /// When the next probe is due: the earliest tracker of a node whose
     /// probe is not in flight, or the failover watch's next round.
     fn next_due(&self) -> Instant {
-        let watched = self
-            .watch
-            .next_round(Instant::now(), &self.hub.config.health);
+        let watched = self.watch.next_round(Instant::now());
         let scheduled = self
             .judge
             .trackers
@@ -255,13 +288,9 @@ impl<P: Probe> Monitor<P> {
     /// make nodes due at once); nodes with a probe in flight wait for it.
     fn due(&mut self, now: Instant) -> Vec<Launch<P>> {
         let health = &self.hub.config.health;
-        if self
-            .watch
-            .next_round(now, health)
-            .is_some_and(|at| at <= now)
-        {
+        if self.watch.next_round(now).is_some_and(|at| at <= now) {
             // A failover is under way: every node is a candidate now.
-            self.watch.last_round = Some(now);
+            self.watch.round(now, health);
             for tracker in &mut self.judge.trackers {
                 tracker.probe_now(now);
             }

@@ -26,6 +26,9 @@ pub(crate) enum Transition {
 ///   `recovery_initial` (or `interval`, if shorter), and `rise` consecutive
 ///   successes bring it back (so a node that answers again is back within
 ///   about `recovery_max + (rise - 1) * recovery_initial`).
+///
+/// Every gap is shortened by a random share of up to `probe_jitter` (see
+/// [`jittered`]), so the pods of a fleet do not probe in step.
 #[derive(Debug, Clone)]
 pub(crate) struct Tracker {
     up: bool,
@@ -33,6 +36,8 @@ pub(crate) struct Tracker {
     successes: u32,
     recovery_attempt: u32,
     next_probe: Instant,
+    /// This node's draws for the jitter (seeded apart per tracker).
+    rng: fastrand::Rng,
 }
 
 impl Tracker {
@@ -43,7 +48,14 @@ impl Tracker {
             successes: 0,
             recovery_attempt: 0,
             next_probe: now,
+            rng: fastrand::Rng::new(),
         }
+    }
+
+    /// Schedules the next probe `gap` (jittered) after `now`.
+    fn next_after(&mut self, now: Instant, gap: Duration, settings: &HealthSettings) {
+        let gap = jittered(gap, settings.probe_jitter, self.rng.f64());
+        self.next_probe = clock::after(now, gap);
     }
 
     pub(crate) fn is_up(&self) -> bool {
@@ -71,16 +83,16 @@ impl Tracker {
         self.failures = 0;
         self.successes = self.successes.saturating_add(1);
         if self.up {
-            self.next_probe = clock::after(now, settings.interval);
+            self.next_after(now, settings.interval, settings);
             return None;
         }
         if self.successes < settings.rise {
             // Confirming a recovery: soon, never later than a whole interval.
             let gap = settings.recovery_initial.min(settings.interval);
-            self.next_probe = clock::after(now, gap);
+            self.next_after(now, gap, settings);
             return None;
         }
-        self.next_probe = clock::after(now, settings.interval);
+        self.next_after(now, settings.interval, settings);
         self.up = true;
         self.recovery_attempt = 0;
         Some(Transition::CameUp)
@@ -95,10 +107,11 @@ impl Tracker {
         self.successes = 0;
         self.failures = self.failures.saturating_add(1);
         if self.up && !suspected && self.failures < settings.fall {
-            self.next_probe = clock::after(now, settings.interval);
+            self.next_after(now, settings.interval, settings);
             return None;
         }
-        self.next_probe = clock::after(now, recovery_delay(self.recovery_attempt, settings));
+        let delay = recovery_delay(self.recovery_attempt, settings);
+        self.next_after(now, delay, settings);
         self.recovery_attempt = self.recovery_attempt.saturating_add(1);
         if !self.up {
             return None;
@@ -108,9 +121,20 @@ impl Tracker {
     }
 }
 
+/// `gap` shortened by `jitter * draw` of itself (`draw` in `[0, 1)`, a
+/// uniform draw; `jitter` at most 0.5, as validated): never longer than
+/// `gap`, so a bound that holds for exact gaps holds for jittered ones.
+pub(crate) fn jittered(gap: Duration, jitter: f64, draw: f64) -> Duration {
+    if jitter <= 0.0 {
+        return gap;
+    }
+    let factor = 1.0 - (jitter * draw).clamp(0.0, 1.0);
+    Duration::try_from_secs_f64(gap.as_secs_f64() * factor).map_or(gap, |shorter| shorter.min(gap))
+}
+
 /// `recovery_initial * 2^attempt`, capped at `recovery_max`: backon's
-/// exponential schedule without jitter (the monitor's probes are one per
-/// node, nothing to spread) or an end. Its arithmetic is in `f32` seconds,
+/// exponential schedule without its jitter (the tracker jitters every gap
+/// its own way, see [`jittered`]) or an end. Its arithmetic is in `f32` seconds,
 /// so a delay that is not a power-of-two multiple of a second may be off by
 /// nanoseconds.
 pub(crate) fn recovery_delay(attempt: u32, settings: &HealthSettings) -> Duration {
@@ -137,8 +161,47 @@ mod tests {
             interval: Duration::from_secs(1),
             fall: 2,
             rise: 2,
+            probe_jitter: 0.0,
             ..HealthSettings::default()
         }
+    }
+
+    #[test]
+    fn jitter_only_shortens_a_gap_by_up_to_its_share() {
+        let gap = Duration::from_secs(1);
+        assert_eq!(jittered(gap, 0.0, 0.99), gap, "no jitter, no draw used");
+        assert_eq!(jittered(gap, 0.2, 0.0), gap);
+        assert_eq!(jittered(gap, 0.2, 0.5), Duration::from_millis(900));
+        let shortest = jittered(gap, 0.2, 0.999_999);
+        assert!(shortest > Duration::from_millis(800) && shortest < gap);
+        assert_eq!(jittered(Duration::MAX, 0.2, 0.0), Duration::MAX);
+        assert!(jittered(Duration::MAX, 0.5, 0.9) < Duration::MAX);
+        assert_eq!(jittered(Duration::ZERO, 0.5, 0.9), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_jittered_tracker_probes_within_its_share_and_not_in_step() {
+        let s = HealthSettings {
+            probe_jitter: 0.2,
+            ..settings()
+        };
+        let t0 = Instant::now();
+        let gaps: Vec<Duration> = (0..50)
+            .map(|_| {
+                let mut tracker = Tracker::new(t0);
+                tracker.on_success(t0, &s);
+                tracker.next_probe() - t0
+            })
+            .collect();
+        assert!(
+            gaps.iter()
+                .all(|gap| *gap > Duration::from_millis(800) && *gap <= s.interval),
+            "{gaps:?}"
+        );
+        assert!(
+            gaps.iter().any(|gap| *gap != gaps[0]),
+            "trackers draw apart: {gaps:?}"
+        );
     }
 
     #[test]

@@ -658,9 +658,9 @@ async fn without_a_primary_every_node_is_probed_fast_until_a_promotion_is_seen()
     h.at(5_000).await;
     tokio::task::yield_now().await;
     assert_eq!(h.hub.primary_index(), None);
-    // Node1 is promoted 1.3 s later: seen within a watch interval (20 ms),
-    // not at the next regular probe (10 s).
-    h.at(6_300).await;
+    // Node1 is promoted 300 ms later: seen within a watch interval (20 ms,
+    // the watch is young), not at the next regular probe (10 s).
+    h.at(5_300).await;
     let promoted_at = h.ms();
     h.world.set(
         1,
@@ -669,7 +669,7 @@ async fn without_a_primary_every_node_is_probed_fast_until_a_promotion_is_seen()
             position: 200,
         },
     );
-    h.at(6_340).await;
+    h.at(5_340).await;
     tokio::task::yield_now().await;
     assert_eq!(h.hub.primary_index(), Some(1), "at {} ms", h.ms());
     let watched: Vec<u64> = h
@@ -678,7 +678,7 @@ async fn without_a_primary_every_node_is_probed_fast_until_a_promotion_is_seen()
         .filter(|&at| (5_000..promoted_at).contains(&at))
         .collect();
     assert!(
-        watched.len() >= 50,
+        watched.len() >= 14,
         "node2 probed fast during the watch: {watched:?}"
     );
     // Once a primary is elected, probes go back to every 5 s.
@@ -725,6 +725,89 @@ async fn a_silent_old_primary_does_not_slow_the_failover_watch() {
         node0.windows(2).all(|pair| pair[1] - pair[0] >= 2_000),
         "{node0:?}"
     );
+}
+
+#[test]
+fn the_watch_gap_backs_off_with_the_watch_age_within_its_bounds() {
+    use super::watch_gap;
+    use crate::config::HealthSettings;
+    let exact = HealthSettings {
+        probe_jitter: 0.0,
+        ..HealthSettings::default()
+    };
+    let gap = |age_ms: u64, settings: &HealthSettings, draw: f64| {
+        watch_gap(Duration::from_millis(age_ms), settings, draw).as_millis()
+    };
+    // 20 ms while young, then 5 % of the watch's age, capped at 1 s.
+    let gaps: Vec<u128> = [0, 400, 1_000, 10_000, 20_000, 30_000]
+        .map(|age| gap(age, &exact, 0.9))
+        .to_vec();
+    assert_eq!(gaps, [20, 20, 50, 500, 1_000, 1_000]);
+    // Without backoff, every gap is the fast one.
+    let fixed = HealthSettings {
+        failover_backoff: 0.0,
+        ..exact.clone()
+    };
+    assert_eq!(gap(30_000, &fixed, 0.9), 20);
+    // Jitter only shortens: up to 20 % by default.
+    let jittered = HealthSettings::default();
+    assert_eq!(gap(10_000, &jittered, 0.0), 500);
+    assert_eq!(gap(10_000, &jittered, 0.5), 450);
+    assert!((16..=20).contains(&gap(0, &jittered, 0.99)));
+    // A fast gap longer than the interval wins (nothing is probed faster
+    // than asked, nor slower than the fast gap).
+    let slow = HealthSettings {
+        interval: Duration::from_millis(10),
+        ..exact
+    };
+    assert_eq!(gap(30_000, &slow, 0.0), 20);
+}
+
+/// A fleet's pods wait out a long failover (an orchestrator that promotes
+/// after its TTL) without probing every node every 20 ms throughout: the
+/// watch backs off, and a late promotion is still seen within the watch's
+/// gap at that age (5 % of it).
+#[tokio::test(start_paused = true)]
+async fn a_long_failover_watch_backs_off_and_a_late_promotion_is_seen_within_its_share() {
+    let h = Harness::start(config(3), &[PRIMARY, REPLICA, REPLICA]).await;
+    h.at(500).await;
+    h.world.set(0, Answer::Down);
+    // The probe at 1 s finds the primary gone: the watch starts.
+    h.at(1_000).await;
+    tokio::task::yield_now().await;
+    assert_eq!(h.hub.primary_index(), None);
+    let count = |from: u64, to: u64| {
+        h.probed_at(2)
+            .into_iter()
+            .filter(|&at| (from..to).contains(&at))
+            .count()
+    };
+    h.at(1_400).await;
+    let young = count(1_001, 1_400);
+    assert!(young >= 18, "fast while young: {:?}", h.probed_at(2));
+    // 10 s in: about 20 + 20 ln(10 s / 0.4 s) = 84 watched rounds, where
+    // 20 ms rounds would have made 500.
+    h.at(11_000).await;
+    let watched = count(1_001, 11_000);
+    assert!(
+        (70..=100).contains(&watched),
+        "{watched} rounds: {:?}",
+        h.probed_at(2)
+    );
+    // The gap is now about 500 ms: a promotion is seen within it.
+    h.world.set(
+        1,
+        Answer::Primary {
+            timeline: 2,
+            position: 200,
+        },
+    );
+    h.at(11_530).await;
+    tokio::task::yield_now().await;
+    assert_eq!(h.hub.primary_index(), Some(1), "at {} ms", h.ms());
+    // The watch is over: back to one probe a second.
+    h.at(15_000).await;
+    assert!(count(12_000, 15_000) <= 4, "{:?}", h.probed_at(2));
 }
 
 #[tokio::test(start_paused = true)]
