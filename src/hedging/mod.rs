@@ -253,6 +253,22 @@ pub(crate) fn outlier_limit(settings: &OutlierSettings, p99: Duration) -> Durati
     settings.silence.max(p99.saturating_mul(OUTLIER_P99S))
 }
 
+/// Whether a hedge from a slow first attempt would answer load rather than
+/// one slow node, and so only add to it: the first node's pool has every
+/// connection in use (the read is queueing in this client, not slow on its
+/// server), the candidate's pool does too, or the candidate is as slow
+/// itself (reads in flight there unanswered for longer than its own 99th
+/// percentile, `candidate_p99`).
+pub(crate) fn hedge_adds_load(
+    first_saturated: bool,
+    candidate_saturated: bool,
+    candidate: Observed,
+    candidate_p99: Duration,
+) -> bool {
+    let candidate_slow = candidate.in_flight > 0 && candidate.silent_for > candidate_p99;
+    first_saturated || candidate_saturated || candidate_slow
+}
+
 /// What a node's peers look like, as [`is_outlier`] takes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) struct Peers {
@@ -325,6 +341,35 @@ mod tests {
 
     fn drain(budget: &Budget, now: Instant) -> usize {
         (0..10_000).take_while(|_| budget.withdraw(now)).count()
+    }
+
+    #[test]
+    fn a_hedge_is_withheld_when_the_slowness_is_load() {
+        let ms = Duration::from_millis;
+        let node = |in_flight, silent_ms| Observed {
+            in_flight,
+            silent_for: ms(silent_ms),
+            answer_age: Some(ms(1)),
+            quiet_after: Some(ms(1)),
+            p99: ms(10),
+        };
+        // (first saturated, candidate saturated, candidate, adds load)
+        let table = [
+            (false, false, node(0, 0), false),
+            (false, false, node(3, 5), false),
+            (false, false, node(3, 10), false),
+            (false, false, node(3, 11), true),
+            (true, false, node(0, 0), true),
+            (false, true, node(0, 0), true),
+            (false, false, node(0, 50), false),
+        ];
+        for (first, candidate_full, candidate, adds) in table {
+            assert_eq!(
+                hedge_adds_load(first, candidate_full, candidate, ms(10)),
+                adds,
+                "{first} {candidate_full} {candidate:?}"
+            );
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -262,6 +262,8 @@ pub(crate) struct Fake {
     script: Script,
     start: Instant,
     log: Mutex<Vec<Entry>>,
+    /// Bit `i`: node `i`'s pool has every connection in use.
+    saturated: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Fake {
@@ -280,7 +282,14 @@ impl Fake {
             script: Box::new(script),
             start: Instant::now(),
             log: Mutex::new(Vec::new()),
+            saturated: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// From now on, node `index`'s pool reports every connection in use.
+    pub(crate) fn saturate(&self, index: usize) {
+        self.saturated
+            .fetch_or(1 << index, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn lock(&self) -> MutexGuard<'_, Vec<Entry>> {
@@ -392,8 +401,8 @@ impl<'f> Connect for &'f Fake {
         }
     }
 
-    fn saturated(self, _hub: &Hub, _index: usize) -> bool {
-        false
+    fn saturated(self, _hub: &Hub, index: usize) -> bool {
+        self.saturated.load(std::sync::atomic::Ordering::Relaxed) >> index & 1 == 1
     }
 }
 

@@ -13,7 +13,7 @@ use tokio::time::{sleep_until, Instant};
 use crate::config::clock;
 use crate::config::ReadStrategy;
 use crate::failure::error::Error;
-use crate::hedging::{hedge_delay, outlier_limit};
+use crate::hedging::{hedge_adds_load, hedge_delay, outlier_limit};
 use crate::hub::Hub;
 use crate::manager::attempt::{traced, Call};
 use crate::manager::session::{Connect, Returns, RowOf};
@@ -102,7 +102,7 @@ impl Watch {
                 Hedge::Never => false,
             };
             if try_now {
-                match self.hedge_target(hub, route, rng, now, suspect) {
+                match self.hedge_target(hub, connect, route, rng, now, suspect) {
                     Target::Node(second) => {
                         let result =
                             race::<K, C, F>(hub, connect, route.first, attempt, second, call).await;
@@ -126,10 +126,12 @@ impl Watch {
     }
 
     /// Another eligible node, and a token from the budget for it unless
-    /// `free`.
-    fn hedge_target(
+    /// `free`. None while the slowness looks like load (see
+    /// `hedge_adds_load`), unless the first node left routing.
+    fn hedge_target<C: Connect>(
         &self,
         hub: &Hub,
+        connect: C,
         route: Route,
         rng: &mut fastrand::Rng,
         now: Instant,
@@ -139,6 +141,23 @@ impl Watch {
         else {
             return Target::Nowhere;
         };
+        if !free {
+            let (candidate, _) = hub.observe(second, now);
+            let load = hedge_adds_load(
+                connect.saturated(hub, route.first),
+                connect.saturated(hub, second),
+                candidate,
+                candidate.p99,
+            );
+            if load {
+                tracing::debug!(
+                    first = route.first,
+                    candidate = second,
+                    "hedge withheld: the slowness looks like load, not one slow node"
+                );
+                return Target::Refused;
+            }
+        }
         if !free && !hub.budget.withdraw(now) {
             hub.extra_read_refused(route.first, false);
             return Target::Refused;
@@ -153,7 +172,8 @@ impl Watch {
 enum Hedge {
     /// To be hedged at this instant (or as soon as its node leaves routing).
     Due(Instant),
-    /// The budget refused: hedged only if its node leaves routing.
+    /// The budget refused, or the slowness looked like load: hedged only
+    /// if its node leaves routing.
     Refused,
     /// Not hedged (off, may not run twice, or no other node).
     Never,

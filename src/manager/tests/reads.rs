@@ -225,3 +225,49 @@ async fn a_far_node_answering_in_its_round_trip_is_not_an_outlier_while_its_esti
     // The hedge delay starts from the round trip too, not the 5 ms floor.
     assert!(h.hub.read_p99(1) >= Duration::from_millis(150));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_read_queueing_for_a_full_pool_is_not_hedged() {
+    // Node 1's reads take 50 ms, past the 10 ms hedge delay, but its pool
+    // has every connection in use: the slowness is load in this client,
+    // and a hedge would only add a read.
+    let h = Harness::healthy(hedging()).await;
+    let fake = Fake::new(|step| {
+        (step.node == 1 && step.ask == Ask::Query)
+            .then(|| Reply::rows(vec![FakeRow::node(1)]).after_ms(50))
+    });
+    fake.saturate(1);
+    let answer = read(&h, &fake, Duration::from_secs(1)).await;
+    assert_eq!(answer.unwrap(), (1, vec![1]));
+    assert_eq!(fake.sent(0, SQL), [0u64; 0], "no hedge to node 0");
+    assert_eq!(h.hub.counters.sent.load(Relaxed), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_read_is_not_hedged_to_a_node_as_slow_as_its_own() {
+    // Node 0, the candidate, has a read in flight unanswered for longer
+    // than its own p99: every node is slow, and a hedge would add load.
+    let h = Harness::healthy(hedging()).await;
+    let fake = Fake::new(|step| match (step.node, step.ask) {
+        (0, Ask::Query) => Some(Reply::rows(vec![FakeRow::node(0)]).after_ms(500)),
+        (1, Ask::Query) => Some(Reply::rows(vec![FakeRow::node(1)]).after_ms(50)),
+        _ => None,
+    });
+    let stuck = async {
+        let primary = ReadBuilder::new(&h.hub).strategy(crate::config::ReadStrategy::PrimaryOnly);
+        primary.rows(&fake, SQL, &[]).await.unwrap().0
+    };
+    let slow = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        read(&h, &fake, Duration::from_secs(1)).await
+    };
+    let (stuck, slow) = tokio::join!(stuck, slow);
+    assert_eq!(stuck, 0);
+    assert_eq!(slow.unwrap(), (1, vec![1]));
+    assert_eq!(
+        fake.sent(0, SQL).len(),
+        1,
+        "only the primary-only read went to node 0"
+    );
+    assert_eq!(h.hub.counters.sent.load(Relaxed), 0);
+}
