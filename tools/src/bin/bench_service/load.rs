@@ -1,6 +1,6 @@
 //! The closed loop: `clients` HTTP/1.1 connections, each sending its next
-//! request when the last is answered, 80 % `GET /items/{id}` and 20 %
-//! `POST /items`; every answer recorded into the current window.
+//! request when the last is answered, `GET /items/{id}` (80 % by default)
+//! or `POST /items`; every answer recorded into the current window.
 //!
 //! The client is hyper's own low-level HTTP/1.1 connection (already in the
 //! workspace through axum and reqwest): one kept-alive connection per
@@ -23,8 +23,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::common::Latencies;
 
-/// The share of requests that are point reads, in percent.
-const READ_PERCENT: u32 = 80;
 /// Distinct error messages kept per window.
 const ERROR_SAMPLES: usize = 3;
 
@@ -41,12 +39,20 @@ pub(crate) struct Window {
     pub(crate) samples: Vec<String>,
     /// How long the window lasted.
     pub(crate) elapsed: Duration,
+    /// The CPU time the service process used in it, if known.
+    pub(crate) service_cpu: Option<Duration>,
 }
 
 impl Window {
     /// Every answer, successful or not.
     pub(crate) fn requests(&self) -> u64 {
         self.ok + self.errors
+    }
+
+    /// The service's CPU time per answer, in microseconds.
+    pub(crate) fn cpu_per_request(&self) -> Option<f64> {
+        let cpu = self.service_cpu?;
+        (self.requests() > 0).then(|| cpu.as_secs_f64() * 1e6 / self.requests() as f64)
     }
 
     fn error(&mut self, message: String) {
@@ -65,8 +71,9 @@ pub(crate) struct Load {
 }
 
 impl Load {
-    /// Starts `clients` clients against `addr`, reading ids `1..=items`.
-    pub(crate) fn start(addr: SocketAddr, clients: usize, items: i64) -> Load {
+    /// Starts `clients` clients against `addr`, `read_percent` % of their
+    /// requests reads of ids `1..=items`, the others inserts.
+    pub(crate) fn start(addr: SocketAddr, clients: usize, read_percent: u32, items: i64) -> Load {
         let current = Arc::new(Mutex::new((Instant::now(), Window::default())));
         let stop = CancellationToken::new();
         let mut set = JoinSet::new();
@@ -74,7 +81,8 @@ impl Load {
             let (current, stop) = (current.clone(), stop.clone());
             set.spawn(async move {
                 let seed = 0x5eed_0000 + u64::try_from(client).unwrap_or(0);
-                run_client(addr, items, fastrand::Rng::with_seed(seed), current, stop).await;
+                let rng = fastrand::Rng::with_seed(seed);
+                run_client(addr, read_percent, items, rng, current, stop).await;
             });
         }
         Load {
@@ -109,6 +117,7 @@ impl Load {
 /// back to back until stopped.
 async fn run_client(
     addr: SocketAddr,
+    read_percent: u32,
     items: i64,
     mut rng: fastrand::Rng,
     current: Arc<Mutex<(Instant, Window)>>,
@@ -116,7 +125,7 @@ async fn run_client(
 ) {
     let mut sender: Option<SendRequest<Full<Bytes>>> = None;
     while !stop.is_cancelled() {
-        let read = rng.u32(0..100) < READ_PERCENT;
+        let read = rng.u32(0..100) < read_percent;
         let request = if read {
             Request::get(format!("/items/{}", rng.i64(1..=items))).body(Full::new(Bytes::new()))
         } else {

@@ -22,6 +22,12 @@
 //!    down for `BENCH_FAULT_HELD`, started again; the window starts once
 //!    `pg_ctl start -w` returns.
 //!
+//! `BENCH_READ_PERCENT` (80) sets the mix. The service process's CPU time
+//! per request (user and system, from `/proc/PID/stat`) is printed beside
+//! each window: on a shared, oversubscribed box the service gets about a
+//! fixed share of the CPUs, so its cost per request moves its throughput
+//! more directly than any latency does.
+//!
 //! The load runs through the faults too (their errors are printed per
 //! run). After `BENCH_ROUNDS` (5) rounds it prints, per service and window,
 //! the medians over the rounds, and the ratios asked for with `--compare`
@@ -105,6 +111,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (services, compares) = report::parse_args(std::env::args().skip(1))?;
     let rounds = env_number("BENCH_ROUNDS", 5)?;
     let clients = env_number("BENCH_CLIENTS", 32)?;
+    let read_percent = u32::try_from(env_number("BENCH_READ_PERCENT", 80)?.min(100))?;
     let window = env_duration("BENCH_WINDOW", Duration::from_secs(10))?;
     let held = env_duration("BENCH_FAULT_HELD", Duration::from_secs(3))?;
     let started = Instant::now();
@@ -116,9 +123,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let nodes = service_nodes(&cluster, &proxies);
     println!(
-        "{clients} closed-loop clients, 80 % GET /items/{{id}} (ids 1..={ITEMS}), 20 % POST /items; \
+        "{clients} closed-loop clients, {read_percent} % GET /items/{{id}} (ids 1..={ITEMS}), \
+         {} % POST /items; \
          windows of {window:?}; faults held {held:?}; {rounds} rounds; local region \
          {LOCAL_REGION} (node{LOCAL}); load average at start {}",
+        100 - read_percent,
         load_average()
     );
     let mut runs: Vec<Run> = Vec::new();
@@ -126,9 +135,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         for offset in 0..services.len() {
             let index = (round + offset) % services.len();
             let service = &services[index];
-            let run = run_service(&cluster, &proxies, &nodes, service, clients, window, held)
-                .await
-                .map_err(|error| format!("{} (round {}): {error}", service.name, round + 1))?;
+            let run = run_service(
+                &cluster,
+                &proxies,
+                &nodes,
+                service,
+                (clients, read_percent),
+                window,
+                held,
+            )
+            .await
+            .map_err(|error| format!("{} (round {}): {error}", service.name, round + 1))?;
             report::print_run(round + 1, service, &run);
             runs.push(run.with(index, round));
         }
@@ -185,7 +202,7 @@ async fn run_service(
     proxies: &[FaultProxy],
     nodes: &str,
     service: &Service,
-    clients: usize,
+    (clients, read_percent): (usize, u32),
     window: Duration,
     held: Duration,
 ) -> Result<Run, Box<dyn std::error::Error>> {
@@ -214,26 +231,33 @@ async fn run_service(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    let load = Load::start(addr, clients, ITEMS);
+    let load = Load::start(addr, clients, read_percent, ITEMS);
+    let pid = child.0.id();
+    let mut cpu = CpuMeter::start(pid);
+    let take = |cpu: &mut CpuMeter| {
+        let mut window = load.take();
+        window.service_cpu = cpu.lap();
+        window
+    };
     tokio::time::sleep(WARM_UP).await;
-    load.take();
+    take(&mut cpu);
     tokio::time::sleep(window).await;
-    let no_fault = load.take();
+    let no_fault = take(&mut cpu);
 
     proxies[LOCAL].set(Fault::BlackHole);
     tokio::time::sleep(held).await;
     proxies[LOCAL].set(Fault::Pass);
-    let during_black_hole = load.take();
+    let during_black_hole = take(&mut cpu);
     tokio::time::sleep(window).await;
-    let after_black_hole = load.take();
+    let after_black_hole = take(&mut cpu);
 
     let down = Instant::now();
     blocking(|| cluster.stop(LOCAL, StopMode::Fast)).await?;
     tokio::time::sleep_until((down + held).into()).await;
     blocking(|| cluster.start_node(LOCAL)).await?;
-    let during_restart = load.take();
+    let during_restart = take(&mut cpu);
     tokio::time::sleep(window).await;
-    let after_restart = load.take();
+    let after_restart = take(&mut cpu);
 
     load.stop().await;
     drop(child);
@@ -244,6 +268,42 @@ async fn run_service(
         windows: [no_fault, after_black_hole, after_restart],
         during: [during_black_hole, during_restart],
     })
+}
+
+/// The service process's CPU time (user and system, all its threads) from
+/// `/proc/PID/stat`, in clock ticks of 10 ms (`CLK_TCK` is 100 on Linux).
+struct CpuMeter {
+    pid: u32,
+    last: Option<u64>,
+}
+
+impl CpuMeter {
+    fn start(pid: u32) -> CpuMeter {
+        CpuMeter {
+            pid,
+            last: cpu_ticks(pid),
+        }
+    }
+
+    /// The CPU time used since the last call.
+    fn lap(&mut self) -> Option<Duration> {
+        let now = cpu_ticks(self.pid);
+        let used = now
+            .zip(self.last)
+            .map(|(now, last)| now.saturating_sub(last));
+        self.last = now;
+        used.map(|ticks| Duration::from_millis(ticks * 10))
+    }
+}
+
+/// utime + stime of `pid` in clock ticks.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces), from field 3.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
 }
 
 /// Kills the service when dropped (also on an early return).

@@ -112,8 +112,11 @@ pub(crate) fn parse_args(
 /// Requests, rate, p50, p99 and errors of one window.
 fn cell(window: &Window) -> String {
     let rate = window.requests() as f64 / window.elapsed.as_secs_f64().max(1e-9);
+    let cpu = window
+        .cpu_per_request()
+        .map_or_else(|| "?".to_owned(), |micros| format!("{micros:.0}"));
     format!(
-        "{} ({:.0}/s), p50 {} ms, p99 {} ms, {} err",
+        "{} ({:.0}/s), p50 {} ms, p99 {} ms, {} err, service CPU {cpu} µs/request",
         window.requests(),
         rate,
         millis(window.latencies.quantile(0.5)),
@@ -150,8 +153,8 @@ pub(crate) fn print_run(round: usize, service: &Service, run: &Run) {
 }
 
 /// Medians over the rounds of one service's window `w`: requests, p50 and
-/// p99 in ms; and the errors summed.
-fn medians(runs: &[&Run], w: usize) -> (f64, f64, f64, u64) {
+/// p99 in ms, the service's CPU µs per request; and the errors summed.
+fn medians(runs: &[&Run], w: usize) -> (f64, f64, f64, f64, u64) {
     let pick = |f: &dyn Fn(&Window) -> f64| {
         let mut values: Vec<f64> = runs.iter().map(|run| f(&run.windows[w])).collect();
         median(&mut values)
@@ -160,6 +163,7 @@ fn medians(runs: &[&Run], w: usize) -> (f64, f64, f64, u64) {
         pick(&|window| window.requests() as f64),
         pick(&|window| ms(window.latencies.quantile(0.5))),
         pick(&|window| ms(window.latencies.quantile(0.99))),
+        pick(&|window| window.cpu_per_request().unwrap_or(f64::NAN)),
         runs.iter().map(|run| run.windows[w].errors).sum(),
     )
 }
@@ -174,15 +178,18 @@ pub(crate) fn print_summary(services: &[Service], compares: &[Compare], runs: &[
         runs.iter().filter(|run| run.service == service).collect()
     };
     let rounds = runs.iter().map(|run| run.round + 1).max().unwrap_or(0);
-    println!("\n## Medians of {rounds} rounds (requests per window, p50, p99; errors summed over the rounds)\n");
+    println!(
+        "\n## Medians of {rounds} rounds (requests per window, p50 / p99, the service's CPU \
+         time per request; errors summed over the rounds)\n"
+    );
     println!("| service | {} |", WINDOWS.join(" | "));
     println!("|---|---|---|---|");
     for (index, service) in services.iter().enumerate() {
         let own = of(index);
         let cells: Vec<String> = (0..WINDOWS.len())
             .map(|w| {
-                let (requests, p50, p99, errors) = medians(&own, w);
-                format!("{requests:.0}, {p50:.2} / {p99:.2} ms, {errors} err")
+                let (requests, p50, p99, cpu, errors) = medians(&own, w);
+                format!("{requests:.0}, {p50:.2} / {p99:.2} ms, {cpu:.0} µs, {errors} err")
             })
             .collect();
         println!("| {} | {} |", service.name, cells.join(" | "));
@@ -194,8 +201,8 @@ pub(crate) fn print_summary(services: &[Service], compares: &[Compare], runs: &[
         let (a, b) = (of(compare.numerator), of(compare.denominator));
         let cells: Vec<String> = (0..WINDOWS.len())
             .map(|w| {
-                let (ra, _, pa, _) = medians(&a, w);
-                let (rb, _, pb, _) = medians(&b, w);
+                let (ra, _, pa, ca, _) = medians(&a, w);
+                let (rb, _, pb, cb, _) = medians(&b, w);
                 let paired = |f: &dyn Fn(&Window) -> f64| {
                     let ratios: Vec<f64> = a
                         .iter()
@@ -209,11 +216,13 @@ pub(crate) fn print_summary(services: &[Service], compares: &[Compare], runs: &[
                     format!("{low:.2}–{high:.2}")
                 };
                 format!(
-                    "throughput {:.2}× [{}], p99 {:.2}× [{}]",
+                    "throughput {:.2}× [{}], p99 {:.2}× [{}], CPU/request {:.2}× [{}]",
                     ra / rb,
                     paired(&|window| window.requests() as f64),
                     pa / pb,
                     paired(&|window| ms(window.latencies.quantile(0.99))),
+                    ca / cb,
+                    paired(&|window| window.cpu_per_request().unwrap_or(f64::NAN)),
                 )
             })
             .collect();
