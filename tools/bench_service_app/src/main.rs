@@ -13,9 +13,9 @@
 //! build): `LISTEN_ADDR` (`127.0.0.1:3000`), `SERVICE_NODES`
 //! (`name|region|primary-or-replica|connection string`, entries separated
 //! by `;`), `SERVICE_LOCAL_REGION`, and, to override the library's
-//! defaults, `SERVICE_HEDGING` and `SERVICE_OUTLIERS` (`on` or `off`; only
-//! libraries that have the setting accept it). Everything else is the
-//! library's default, as shipped. The table `items (id bigserial PRIMARY
+//! defaults, `SERVICE_HEDGING` and `SERVICE_OUTLIERS` (`on` or `off`) and
+//! `SERVICE_SET` (`field.path=value …`, any setting; HEAD's build only).
+//! Everything else is the library's default, as shipped. The table `items (id bigserial PRIMARY
 //! KEY, name text NOT NULL)` must exist.
 //!
 //! The library API differs between builds in two places only (where
@@ -54,6 +54,10 @@ pub(crate) struct Settings {
     pub(crate) hedging: Option<bool>,
     /// `SERVICE_OUTLIERS`: `None` leaves the library's default.
     pub(crate) outliers: Option<bool>,
+    /// `SERVICE_SET`: `field.path=value` pairs, separated by spaces, set on
+    /// the configuration through its serde form (HEAD's build only), to
+    /// find which setting a cost comes from.
+    pub(crate) set: Vec<(String, String)>,
 }
 
 #[derive(Serialize)]
@@ -161,6 +165,15 @@ fn settings() -> Result<Settings, String> {
         local_region: std::env::var("SERVICE_LOCAL_REGION").unwrap_or_default(),
         hedging: flag("SERVICE_HEDGING")?,
         outliers: flag("SERVICE_OUTLIERS")?,
+        set: std::env::var("SERVICE_SET")
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(|pair| {
+                pair.split_once('=')
+                    .map(|(path, value)| (path.to_owned(), value.to_owned()))
+                    .ok_or_else(|| format!("SERVICE_SET: {pair:?} is not field.path=value"))
+            })
+            .collect::<Result<_, _>>()?,
     })
 }
 

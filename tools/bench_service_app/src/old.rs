@@ -7,10 +7,8 @@ use crate::Settings;
 
 /// The manager for these settings; every other setting at its default.
 pub(crate) async fn connect(settings: &Settings) -> Result<DatabaseManager, String> {
-    if settings.hedging.is_some() || settings.outliers.is_some() {
-        return Err(
-            "SERVICE_HEDGING and SERVICE_OUTLIERS: this library has neither setting".to_owned(),
-        );
+    if settings.hedging.is_some() || settings.outliers.is_some() || !settings.set.is_empty() {
+        return Err("SERVICE_HEDGING, SERVICE_OUTLIERS, SERVICE_SET: HEAD's build only".to_owned());
     }
     let nodes = settings
         .nodes
