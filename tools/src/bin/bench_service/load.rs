@@ -41,6 +41,10 @@ pub(crate) struct Window {
     pub(crate) elapsed: Duration,
     /// The CPU time the service process used in it, if known.
     pub(crate) service_cpu: Option<Duration>,
+    /// Sessions opened on the servers in it, if known.
+    pub(crate) sessions: Option<i64>,
+    /// Transactions committed on each node in it, if known.
+    pub(crate) commits: Option<Vec<i64>>,
 }
 
 impl Window {

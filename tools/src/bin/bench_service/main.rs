@@ -28,6 +28,11 @@
 //! fixed share of the CPUs, so its cost per request moves its throughput
 //! more directly than any latency does.
 //!
+//! So are the sessions opened on the servers in the window
+//! (`pg_stat_database.sessions`, all three nodes: new pool connections)
+//! and the share of transactions each node committed (`xact_commit`: a
+//! read is one, so node1's share is where the reads went).
+//!
 //! The load runs through the faults too (their errors are printed per
 //! run). After `BENCH_ROUNDS` (5) rounds it prints, per service and window,
 //! the medians over the rounds, and the ratios asked for with `--compare`
@@ -232,32 +237,29 @@ async fn run_service(
     }
 
     let load = Load::start(addr, clients, read_percent, ITEMS);
-    let pid = child.0.id();
-    let mut cpu = CpuMeter::start(pid);
-    let take = |cpu: &mut CpuMeter| {
-        let mut window = load.take();
-        window.service_cpu = cpu.lap();
-        window
+    let mut meter = Meter {
+        cpu: CpuMeter::start(child.0.id()),
+        stats: node_stats(cluster).await,
     };
     tokio::time::sleep(WARM_UP).await;
-    take(&mut cpu);
+    meter.lap(&load, cluster).await;
     tokio::time::sleep(window).await;
-    let no_fault = take(&mut cpu);
+    let no_fault = meter.lap(&load, cluster).await;
 
     proxies[LOCAL].set(Fault::BlackHole);
     tokio::time::sleep(held).await;
     proxies[LOCAL].set(Fault::Pass);
-    let during_black_hole = take(&mut cpu);
+    let during_black_hole = meter.lap(&load, cluster).await;
     tokio::time::sleep(window).await;
-    let after_black_hole = take(&mut cpu);
+    let after_black_hole = meter.lap(&load, cluster).await;
 
     let down = Instant::now();
     blocking(|| cluster.stop(LOCAL, StopMode::Fast)).await?;
     tokio::time::sleep_until((down + held).into()).await;
     blocking(|| cluster.start_node(LOCAL)).await?;
-    let during_restart = take(&mut cpu);
+    let during_restart = meter.lap(&load, cluster).await;
     tokio::time::sleep(window).await;
-    let after_restart = take(&mut cpu);
+    let after_restart = meter.lap(&load, cluster).await;
 
     load.stop().await;
     drop(child);
@@ -268,6 +270,60 @@ async fn run_service(
         windows: [no_fault, after_black_hole, after_restart],
         during: [during_black_hole, during_restart],
     })
+}
+
+/// What each window records beside the load's own figures.
+struct Meter {
+    cpu: CpuMeter,
+    /// Sessions opened and transactions committed on each node so far.
+    stats: Option<Vec<(i64, i64)>>,
+}
+
+impl Meter {
+    /// Ends the load's window, with the CPU time and sessions since the
+    /// last call.
+    async fn lap(&mut self, load: &Load, cluster: &Cluster) -> load::Window {
+        let mut window = load.take();
+        window.service_cpu = self.cpu.lap();
+        let now = node_stats(cluster).await;
+        if let (Some(now), Some(last)) = (&now, &self.stats) {
+            // Less this count's own session and transaction the time
+            // before, one a node.
+            let deltas = now
+                .iter()
+                .zip(last)
+                .map(|(n, l)| (n.0 - l.0 - 1, n.1 - l.1 - 1));
+            let (sessions, commits): (Vec<i64>, Vec<i64>) = deltas.unzip();
+            window.sessions = Some(sessions.iter().sum());
+            window.commits = Some(commits);
+        }
+        self.stats = now;
+        window
+    }
+}
+
+/// Per node, sessions ever opened on its database and transactions
+/// committed there (`pg_stat_database.sessions`, `xact_commit`, which
+/// PostgreSQL publishes within about a second); `None` when a node does not
+/// answer (the restarting one).
+async fn node_stats(cluster: &Cluster) -> Option<Vec<(i64, i64)>> {
+    let mut stats = Vec::new();
+    for node in cluster.nodes() {
+        let (client, connection) = node.pg_config().connect(tokio_postgres::NoTls).await.ok()?;
+        let driver = tokio::spawn(connection);
+        let row = client
+            .query_one(
+                "SELECT sessions, xact_commit FROM pg_stat_database \
+                 WHERE datname = current_database()",
+                &[],
+            )
+            .await;
+        drop(client);
+        let _ = driver.await;
+        let row = row.ok()?;
+        stats.push((row.try_get(0).ok()?, row.try_get(1).ok()?));
+    }
+    Some(stats)
 }
 
 /// The service process's CPU time (user and system, all its threads) from

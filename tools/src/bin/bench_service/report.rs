@@ -115,8 +115,23 @@ fn cell(window: &Window) -> String {
     let cpu = window
         .cpu_per_request()
         .map_or_else(|| "?".to_owned(), |micros| format!("{micros:.0}"));
+    let sessions = window
+        .sessions
+        .map_or_else(|| "?".to_owned(), |count| count.to_string());
+    let commits = window.commits.as_ref().map_or_else(
+        || "?".to_owned(),
+        |commits| {
+            let total: i64 = commits.iter().sum();
+            let shares: Vec<String> = commits
+                .iter()
+                .map(|count| format!("{:.0}", *count as f64 * 100.0 / total.max(1) as f64))
+                .collect();
+            shares.join("/")
+        },
+    );
     format!(
-        "{} ({:.0}/s), p50 {} ms, p99 {} ms, {} err, service CPU {cpu} µs/request",
+        "{} ({:.0}/s), p50 {} ms, p99 {} ms, {} err, service CPU {cpu} µs/request, \
+         {sessions} new sessions, commits by node {commits} %",
         window.requests(),
         rate,
         millis(window.latencies.quantile(0.5)),
@@ -139,10 +154,13 @@ pub(crate) fn print_run(round: usize, service: &Service, run: &Run) {
         .zip(&run.during)
     {
         println!(
-            "  {name:<50} {} requests in {:.1?}, {} err",
+            "  {name:<50} {} requests in {:.1?}, {} err, {} new sessions",
             window.requests(),
             window.elapsed,
-            window.errors
+            window.errors,
+            window
+                .sessions
+                .map_or_else(|| "?".to_owned(), |count| count.to_string())
         );
     }
     for window in run.windows.iter().chain(&run.during) {
@@ -153,8 +171,9 @@ pub(crate) fn print_run(round: usize, service: &Service, run: &Run) {
 }
 
 /// Medians over the rounds of one service's window `w`: requests, p50 and
-/// p99 in ms, the service's CPU µs per request; and the errors summed.
-fn medians(runs: &[&Run], w: usize) -> (f64, f64, f64, f64, u64) {
+/// p99 in ms, the service's CPU µs per request, new sessions; and the
+/// errors summed.
+fn medians(runs: &[&Run], w: usize) -> (f64, f64, f64, f64, f64, u64) {
     let pick = |f: &dyn Fn(&Window) -> f64| {
         let mut values: Vec<f64> = runs.iter().map(|run| f(&run.windows[w])).collect();
         median(&mut values)
@@ -164,6 +183,7 @@ fn medians(runs: &[&Run], w: usize) -> (f64, f64, f64, f64, u64) {
         pick(&|window| ms(window.latencies.quantile(0.5))),
         pick(&|window| ms(window.latencies.quantile(0.99))),
         pick(&|window| window.cpu_per_request().unwrap_or(f64::NAN)),
+        pick(&|window| window.sessions.map_or(f64::NAN, |count| count as f64)),
         runs.iter().map(|run| run.windows[w].errors).sum(),
     )
 }
@@ -180,7 +200,7 @@ pub(crate) fn print_summary(services: &[Service], compares: &[Compare], runs: &[
     let rounds = runs.iter().map(|run| run.round + 1).max().unwrap_or(0);
     println!(
         "\n## Medians of {rounds} rounds (requests per window, p50 / p99, the service's CPU \
-         time per request; errors summed over the rounds)\n"
+         time per request, sessions opened; errors summed over the rounds)\n"
     );
     println!("| service | {} |", WINDOWS.join(" | "));
     println!("|---|---|---|---|");
@@ -188,8 +208,11 @@ pub(crate) fn print_summary(services: &[Service], compares: &[Compare], runs: &[
         let own = of(index);
         let cells: Vec<String> = (0..WINDOWS.len())
             .map(|w| {
-                let (requests, p50, p99, cpu, errors) = medians(&own, w);
-                format!("{requests:.0}, {p50:.2} / {p99:.2} ms, {cpu:.0} µs, {errors} err")
+                let (requests, p50, p99, cpu, sessions, errors) = medians(&own, w);
+                format!(
+                    "{requests:.0}, {p50:.2} / {p99:.2} ms, {cpu:.0} µs, {sessions:.0} sess, \
+                     {errors} err"
+                )
             })
             .collect();
         println!("| {} | {} |", service.name, cells.join(" | "));
@@ -201,8 +224,8 @@ pub(crate) fn print_summary(services: &[Service], compares: &[Compare], runs: &[
         let (a, b) = (of(compare.numerator), of(compare.denominator));
         let cells: Vec<String> = (0..WINDOWS.len())
             .map(|w| {
-                let (ra, _, pa, ca, _) = medians(&a, w);
-                let (rb, _, pb, cb, _) = medians(&b, w);
+                let (ra, _, pa, ca, _, _) = medians(&a, w);
+                let (rb, _, pb, cb, _, _) = medians(&b, w);
                 let paired = |f: &dyn Fn(&Window) -> f64| {
                     let ratios: Vec<f64> = a
                         .iter()
