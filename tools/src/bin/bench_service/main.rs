@@ -45,8 +45,9 @@
 //! ```
 //!
 //! `VAR=VALUE` pairs go to that service's environment, e.g.
-//! `SERVICE_HEDGING=on` or `SERVICE_OUTLIERS=off` (HEAD's build only; see
-//! tools/bench_service_app/src/main.rs). Without them every setting is the
+//! `SERVICE_HEDGING=on`, `SERVICE_OUTLIERS=off` or
+//! `SERVICE_SET=outliers.silence=1s` (any setting, through the config's
+//! serde form; HEAD's build only; see tools/bench_service_app/src/main.rs). Without them every setting is the
 //! library's default, as shipped.
 //!
 //! # Building the two services and running the comparison (issue #22)
@@ -57,7 +58,7 @@
 //! ```text
 //! # The service against this checkout's pgrouter (HEAD).
 //! cargo build --release --manifest-path tools/bench_service_app/Cargo.toml
-//! cp target/release/bench-service-app /tmp/bench-service-head
+//! cp tools/bench_service_app/target/release/bench-service-app /tmp/bench-service-head
 //!
 //! # The same source against 37aa5ce, whose API differs (`--features old`).
 //! git worktree add ../old-37aa5ce 37aa5ce
@@ -74,7 +75,8 @@
 //!     --compare head/old --compare head-hedging/head
 //! ```
 //!
-//! (With `CARGO_TARGET_DIR` set, the binaries are under it instead.) The
+//! (With `CARGO_TARGET_DIR` set, both builds put the binary at the same
+//! path under it: copy each away before the next build.) The
 //! service crate is a workspace of its own (`[workspace]` in its
 //! Cargo.toml) with its own Cargo.lock, the same dependency versions for
 //! both builds; its path dependency `../..` is the checkout it sits in.
