@@ -47,8 +47,8 @@
 //! `VAR=VALUE` pairs go to that service's environment, e.g.
 //! `SERVICE_HEDGING=on`, `SERVICE_OUTLIERS=off` or
 //! `SERVICE_SET=outliers.silence=1s` (any setting, through the config's
-//! serde form; HEAD's build only; see tools/bench_service_app/src/main.rs). Without them every setting is the
-//! library's default, as shipped.
+//! serde form; HEAD's build only; see tools/bench_service_app/src/main.rs).
+//! Without them every setting is the library's default, as shipped.
 //!
 //! # Building the two services and running the comparison (issue #22)
 //!
