@@ -109,9 +109,15 @@ pub(crate) fn parse_args(
     Ok((services, compares))
 }
 
+/// Answers per second in `window` (windows differ by a few percent in
+/// length: each ends when the counts of the one before are read).
+fn rate(window: &Window) -> f64 {
+    window.requests() as f64 / window.elapsed.as_secs_f64().max(1e-9)
+}
+
 /// Requests, rate, p50, p99 and errors of one window.
 fn cell(window: &Window) -> String {
-    let rate = window.requests() as f64 / window.elapsed.as_secs_f64().max(1e-9);
+    let rate = rate(window);
     let cpu = window
         .cpu_per_request()
         .map_or_else(|| "?".to_owned(), |micros| format!("{micros:.0}"));
@@ -170,7 +176,7 @@ pub(crate) fn print_run(round: usize, service: &Service, run: &Run) {
     }
 }
 
-/// Medians over the rounds of one service's window `w`: requests, p50 and
+/// Medians over the rounds of one service's window `w`: requests a second, p50 and
 /// p99 in ms, the service's CPU µs per request, new sessions; and the
 /// errors summed.
 fn medians(runs: &[&Run], w: usize) -> (f64, f64, f64, f64, f64, u64) {
@@ -179,7 +185,7 @@ fn medians(runs: &[&Run], w: usize) -> (f64, f64, f64, f64, f64, u64) {
         median(&mut values)
     };
     (
-        pick(&|window| window.requests() as f64),
+        pick(&rate),
         pick(&|window| ms(window.latencies.quantile(0.5))),
         pick(&|window| ms(window.latencies.quantile(0.99))),
         pick(&|window| window.cpu_per_request().unwrap_or(f64::NAN)),
@@ -199,7 +205,7 @@ pub(crate) fn print_summary(services: &[Service], compares: &[Compare], runs: &[
     };
     let rounds = runs.iter().map(|run| run.round + 1).max().unwrap_or(0);
     println!(
-        "\n## Medians of {rounds} rounds (requests per window, p50 / p99, the service's CPU \
+        "\n## Medians of {rounds} rounds (requests a second, p50 / p99, the service's CPU \
          time per request, sessions opened; errors summed over the rounds)\n"
     );
     println!("| service | {} |", WINDOWS.join(" | "));
@@ -210,7 +216,7 @@ pub(crate) fn print_summary(services: &[Service], compares: &[Compare], runs: &[
             .map(|w| {
                 let (requests, p50, p99, cpu, sessions, errors) = medians(&own, w);
                 format!(
-                    "{requests:.0}, {p50:.2} / {p99:.2} ms, {cpu:.0} µs, {sessions:.0} sess, \
+                    "{requests:.0}/s, {p50:.2} / {p99:.2} ms, {cpu:.0} µs, {sessions:.0} sess, \
                      {errors} err"
                 )
             })
@@ -241,7 +247,7 @@ pub(crate) fn print_summary(services: &[Service], compares: &[Compare], runs: &[
                 format!(
                     "throughput {:.2}× [{}], p99 {:.2}× [{}], CPU/request {:.2}× [{}]",
                     ra / rb,
-                    paired(&|window| window.requests() as f64),
+                    paired(&rate),
                     pa / pb,
                     paired(&|window| ms(window.latencies.quantile(0.99))),
                     ca / cb,
