@@ -258,14 +258,13 @@ pub(crate) fn outlier_limit(settings: &OutlierSettings, p99: Duration) -> Durati
 /// connection in use (the read is queueing in this client, not slow on its
 /// server), the candidate's pool does too, or the candidate is as slow
 /// itself (reads in flight there unanswered for longer than its own 99th
-/// percentile, `candidate_p99`).
+/// percentile).
 pub(crate) fn hedge_adds_load(
     first_saturated: bool,
     candidate_saturated: bool,
     candidate: Observed,
-    candidate_p99: Duration,
 ) -> bool {
-    let candidate_slow = candidate.in_flight > 0 && candidate.silent_for > candidate_p99;
+    let candidate_slow = candidate.in_flight > 0 && candidate.silent_for > candidate.p99;
     first_saturated || candidate_saturated || candidate_slow
 }
 
@@ -365,7 +364,7 @@ mod tests {
         ];
         for (first, candidate_full, candidate, adds) in table {
             assert_eq!(
-                hedge_adds_load(first, candidate_full, candidate, ms(10)),
+                hedge_adds_load(first, candidate_full, candidate),
                 adds,
                 "{first} {candidate_full} {candidate:?}"
             );

@@ -33,14 +33,27 @@ impl Hub {
     /// until then a hedge delay or an outlier limit taken from it alone
     /// would hedge, or eject, a healthy node 150 ms away.
     pub(crate) fn read_p99(&self, index: usize) -> Duration {
+        self.floored(index, self.traffic[index].p99())
+    }
+
+    /// `estimate`, never below node `index`'s probe round trip.
+    fn floored(&self, index: usize, estimate: Duration) -> Duration {
         let rtt = self.snapshot().nodes.get(index).and_then(|node| node.rtt);
-        self.traffic[index].p99().max(rtt.unwrap_or_default())
+        estimate.max(rtt.unwrap_or_default())
+    }
+
+    /// Node `index`'s live reads at `at` (nanoseconds since the epoch),
+    /// its p99 as [`Hub::read_p99`] gives it.
+    pub(crate) fn traffic_of(&self, index: usize, at: u64) -> Observed {
+        let mut node = self.traffic[index].observe(at);
+        node.p99 = self.floored(index, node.p99);
+        node
     }
 
     /// Node `index`, and what its peers look like, at `now`.
     pub(crate) fn observe(&self, index: usize, now: Instant) -> (Observed, Peers) {
         let at = self.nanos(now);
-        let mut node = self.traffic[index].observe(at);
+        let node = self.traffic_of(index, at);
         let reads = self
             .traffic
             .iter()
@@ -48,9 +61,6 @@ impl Hub {
             .filter(|(peer, _)| *peer != index)
             .filter_map(|(_, traffic)| traffic.observe(at).answer_age);
         let snapshot = self.snapshot();
-        if let Some(rtt) = snapshot.nodes.get(index).and_then(|state| state.rtt) {
-            node.p99 = node.p99.max(rtt);
-        }
         let others = || (0..snapshot.nodes.len()).filter(|peer| *peer != index);
         let probes = others()
             .map(|peer| &snapshot.nodes[peer])

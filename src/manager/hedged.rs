@@ -142,12 +142,12 @@ impl Watch {
             return Target::Nowhere;
         };
         if !free {
-            let (candidate, _) = hub.observe(second, now);
+            // The candidate's own reads only: no scan of its peers here.
+            let candidate = hub.traffic_of(second, hub.nanos(now));
             let load = hedge_adds_load(
                 connect.saturated(hub, route.first),
                 connect.saturated(hub, second),
                 candidate,
-                candidate.p99,
             );
             if load {
                 tracing::debug!(
