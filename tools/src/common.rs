@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
+use pgrouter_testkit::{Cluster, TestkitError};
 
 // The node configurations the integration tests use, shared rather than copied.
 #[path = "../../tests/it/support.rs"]
@@ -65,4 +66,20 @@ pub(crate) fn median(values: &mut [f64]) -> f64 {
 /// A duration in milliseconds with two decimals, e.g. `0.23`.
 pub(crate) fn millis(duration: Duration) -> String {
     format!("{:.2}", duration.as_secs_f64() * 1000.0)
+}
+
+/// A primary and two streaming replicas with `keys` rows of
+/// `kv (id, v)` on all three (bench_failover's and bench_wan's cluster).
+#[allow(dead_code)] // not every binary that includes this file starts one
+pub(crate) fn kv_cluster(keys: i32) -> Result<Cluster, TestkitError> {
+    let cluster = Cluster::start(2)?;
+    cluster.psql(
+        0,
+        &format!(
+            "CREATE TABLE kv (id int PRIMARY KEY, v int NOT NULL);
+             INSERT INTO kv SELECT g, 0 FROM generate_series(1, {keys}) g;"
+        ),
+    )?;
+    cluster.wait_for_replicas(Duration::from_secs(30))?;
+    Ok(cluster)
 }

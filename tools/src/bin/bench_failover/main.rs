@@ -86,7 +86,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 /// One whole run on a fresh cluster; each fault's summary.
 async fn run(hedging: bool) -> Result<Vec<report::Summary>, Box<dyn std::error::Error>> {
-    let cluster = start_cluster()?;
+    let cluster = common::kv_cluster(KEYS)?;
     let mut proxies = Vec::new();
     for node in cluster.nodes() {
         proxies.push(FaultProxy::start(node.addr()).await?);
@@ -127,20 +127,6 @@ async fn run(hedging: bool) -> Result<Vec<report::Summary>, Box<dyn std::error::
     db.close().await;
     drop(proxies);
     Ok(report::summarize(&phases, &records))
-}
-
-/// A primary and two streaming replicas, with the `kv` table on all three.
-fn start_cluster() -> Result<Cluster, Box<dyn std::error::Error>> {
-    let cluster = Cluster::start(2)?;
-    cluster.psql(
-        0,
-        &format!(
-            "CREATE TABLE kv (id int PRIMARY KEY, v int NOT NULL);
-             INSERT INTO kv SELECT g, 0 FROM generate_series(1, {KEYS}) g;"
-        ),
-    )?;
-    cluster.wait_for_replicas(Duration::from_secs(30))?;
-    Ok(cluster)
 }
 
 /// 250 ms probes, 500 ms probe timeout, 1 s deadline; pools of 16 with

@@ -109,7 +109,7 @@ async fn main() -> Result<(), BoxError> {
             .unwrap_or_else(|e| panic!("BENCH_READ_RATE={text:?}: {e}"))
     });
 
-    let cluster = start_cluster()?;
+    let cluster = common::kv_cluster(KEYS)?;
     let mut proxies = Vec::new();
     for node in cluster.nodes() {
         proxies.push(FaultProxy::start(node.addr()).await?);
@@ -177,20 +177,6 @@ fn wan(delay: Duration) -> Fault {
         delay,
         jitter: delay / 10,
     }
-}
-
-/// A primary and two streaming replicas, with the `kv` table on all three.
-fn start_cluster() -> Result<Cluster, BoxError> {
-    let cluster = Cluster::start(2)?;
-    cluster.psql(
-        0,
-        &format!(
-            "CREATE TABLE kv (id int PRIMARY KEY, v int NOT NULL);
-             INSERT INTO kv SELECT g, 0 FROM generate_series(1, {KEYS}) g;"
-        ),
-    )?;
-    cluster.wait_for_replicas(Duration::from_secs(30))?;
-    Ok(cluster)
 }
 
 /// A manager on `config`, once every node is healthy.
