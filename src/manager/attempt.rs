@@ -517,7 +517,7 @@ pub(crate) async fn traced<K: Returns, C: Connect>(
 /// `future`'s output, or `Elapsed` once `deadline` passes. A future that is
 /// ready at its first poll (a statement found in the cache, an idle
 /// connection) sets no timer.
-pub(crate) async fn before<F: Future>(deadline: Instant, future: F) -> Result<F::Output, Elapsed> {
+async fn before<F: Future>(deadline: Instant, future: F) -> Result<F::Output, Elapsed> {
     let mut future = pin!(future);
     if let Poll::Ready(output) = poll_fn(|cx| Poll::Ready(future.as_mut().poll(cx))).await {
         return Ok(output);
