@@ -73,6 +73,26 @@ impl Lifetimes {
         self.expired(age, idle, || seed_of(created))
     }
 
+    /// [`Lifetimes::expired_at`], and if not expired, how long the
+    /// connection has idled (the pre-recycle hook asks both; two clock
+    /// subtractions, not three).
+    pub(crate) fn idle_or_expired(
+        &self,
+        created: Instant,
+        used: Instant,
+        now: Instant,
+    ) -> Result<Duration, Expiry> {
+        let idle = now.saturating_duration_since(used);
+        let age = match self.max_lifetime.is_zero() {
+            true => idle,
+            false => now.saturating_duration_since(created),
+        };
+        match self.expired(age, idle, || seed_of(created)) {
+            Some(expiry) => Err(expiry),
+            None => Ok(idle),
+        }
+    }
+
     /// Whether a connection `age` old, last handed out `idle` ago, must be
     /// closed. `seed` stands for the connection (the same at every check),
     /// asked only when its age falls within the jitter.
@@ -167,6 +187,28 @@ mod tests {
         assert_eq!(limits.expired(s(99), s(0), never), None);
         // Past both: its age is what it is closed for.
         assert_eq!(limits.expired(s(200), s(50), || 7), Some(Expiry::Lifetime));
+    }
+
+    #[test]
+    fn the_hooks_question_answers_as_the_sweeps() {
+        let start = Instant::now();
+        for limits in [
+            limits(10, 100, 0),
+            limits(0, 0, 0),
+            limits(10, 0, 0),
+            limits(0, 100, 20),
+        ] {
+            for (age, idle) in [(5, 3), (50, 9), (50, 10), (99, 0), (100, 0), (200, 150)] {
+                let now = start + s(age);
+                let used = now - s(idle);
+                let sweep = limits.expired_at(start, used, now);
+                let hook = limits.idle_or_expired(start, used, now);
+                assert_eq!(hook.err(), sweep, "{limits:?} age {age} idle {idle}");
+                if sweep.is_none() {
+                    assert_eq!(hook, Ok(s(idle)));
+                }
+            }
+        }
     }
 
     #[test]

@@ -339,11 +339,14 @@ fn verify_idle(
         // `last_used()` would read it twice).
         let now = std::time::Instant::now();
         let used = metrics.recycled.unwrap_or(metrics.created);
-        if let Some(expiry) = lifetimes.expired_at(metrics.created, used, now) {
-            closed.count(expiry);
-            return Box::pin(std::future::ready(Err(HookError::message(expiry.as_str()))));
-        }
-        if now.saturating_duration_since(used) < idle_after {
+        let idle = match lifetimes.idle_or_expired(metrics.created, used, now) {
+            Ok(idle) => idle,
+            Err(expiry) => {
+                closed.count(expiry);
+                return Box::pin(std::future::ready(Err(HookError::message(expiry.as_str()))));
+            }
+        };
+        if idle < idle_after {
             return Box::pin(Fresh);
         }
         Box::pin(async move {

@@ -26,7 +26,7 @@ pub(crate) use pools::sweep_pools;
 
 use crate::commit::dialect::OutcomeSql;
 use crate::config::clock;
-use crate::config::{Config, NodeConfig, ReadStrategy};
+use crate::config::{Config, NodeConfig, ReadStrategy, Role};
 use crate::connect::node::Node;
 use crate::connect::tls::Connector;
 use crate::failure::error::{Error, NodeContext};
@@ -58,7 +58,7 @@ pub(crate) struct Hub {
     /// finds none at checkout: unreachable, nothing sent (see
     /// `Attempt::checkout`). Calls already holding it keep it until they
     /// end; its pool is dropped with the last of them.
-    nodes: Box<[ArcSwapOption<Node>]>,
+    nodes: Box<[Slot]>,
     /// How many of `nodes` are configured.
     configured: usize,
     /// The statements that resolve a lost `COMMIT`, fixed by the config.
@@ -135,8 +135,8 @@ impl Hub {
         let nodes = nodes
             .into_vec()
             .into_iter()
-            .map(ArcSwapOption::from_pointee)
-            .chain((0..slots).map(|_| ArcSwapOption::empty()))
+            .map(|node| Slot::Configured(Arc::new(node)))
+            .chain((0..slots).map(|_| Slot::Discovered(ArcSwapOption::empty())))
             .collect();
         let epoch = Instant::now();
         Ok(Self {
@@ -176,7 +176,7 @@ impl Hub {
     /// Closes every node's pool: idle connections are dropped, and calls
     /// waiting for one fail.
     pub(crate) fn close_pools(&self) {
-        for node in self.nodes.iter().filter_map(ArcSwapOption::load_full) {
+        for node in self.nodes.iter().filter_map(Slot::load) {
             node.pool.close();
         }
     }
@@ -226,12 +226,29 @@ impl Hub {
     }
 }
 
+/// Where a node lives: a configured node never changes (reached with no
+/// atomic swap), a discovery slot is filled and emptied by the monitor.
+#[derive(Debug)]
+enum Slot {
+    Configured(Arc<Node>),
+    Discovered(ArcSwapOption<Node>),
+}
+
+impl Slot {
+    fn load(&self) -> Option<Arc<Node>> {
+        match self {
+            Slot::Configured(node) => Some(Arc::clone(node)),
+            Slot::Discovered(slot) => slot.load_full(),
+        }
+    }
+}
+
 /// The nodes: configured, and discovered.
 impl Hub {
     /// Node `index`: `None` for an empty discovery slot (never filled, or
     /// its node removed; routing picks neither).
     pub(crate) fn node(&self, index: usize) -> Option<Arc<Node>> {
-        self.nodes.get(index)?.load_full()
+        self.nodes.get(index)?.load()
     }
 
     /// Every node and discovery slot.
@@ -258,7 +275,10 @@ impl Hub {
         self.suspects.remove(index);
         self.probe_requests.remove(index);
         self.traffic[index].reset();
-        self.nodes[index].store(Some(node));
+        match &self.nodes[index] {
+            Slot::Discovered(slot) => slot.store(Some(node)),
+            Slot::Configured(_) => debug_assert!(false, "configured nodes never change"),
+        }
     }
 
     /// Empties discovery slot `index` (the monitor, after it published the
@@ -267,7 +287,10 @@ impl Hub {
     /// every connection. Returns the node.
     pub(crate) fn vacate(&self, index: usize) -> Option<Arc<Node>> {
         debug_assert!(index >= self.configured, "configured nodes never change");
-        let node = self.nodes[index].swap(None)?;
+        let Slot::Discovered(slot) = &self.nodes[index] else {
+            return None;
+        };
+        let node = slot.swap(None)?;
         node.discard_idle();
         Some(node)
     }
@@ -313,6 +336,21 @@ impl Hub {
         let snapshot = self.snapshot.load();
         let view = self.view(suspects, &snapshot, freshness);
         pick_read(strategy, &view, exclude, rng)
+    }
+
+    /// [`Hub::pick_read`] of a call's first node, and that node's role in
+    /// the same snapshot (one load for both).
+    pub(crate) fn pick_first_read(
+        &self,
+        strategy: ReadStrategy,
+        freshness: Freshness,
+        rng: &mut fastrand::Rng,
+    ) -> Option<(usize, Role)> {
+        let suspects = self.suspects.load();
+        let snapshot = self.snapshot.load();
+        let view = self.view(suspects, &snapshot, freshness);
+        let index = pick_read(strategy, &view, None, rng)?;
+        Some((index, snapshot.nodes[index].role))
     }
 
     /// The write target now, if it is healthy.

@@ -330,12 +330,14 @@ async fn route<K: Returns, C: Connect>(
 ) -> Result<(usize, K::Output<RowOf<C>>), Error> {
     hub.ensure_open()?;
     let mut rng = fastrand::Rng::new();
-    let first = hub
-        .pick_read(strategy, freshness, None, &mut rng)
+    let (first, role) = hub
+        .pick_first_read(strategy, freshness, &mut rng)
         .ok_or_else(|| Error::no_healthy_node(strategy))?;
     observer.attempt(hub, first, 1, Reason::Strategy);
     hub.budget.deposit();
-    let may_resend = idempotent || hub.snapshot().nodes[first].role == Role::Replica;
+    // A server in recovery applies no write: a statement sent to a replica
+    // may run again elsewhere. One sent to the primary may have written.
+    let may_resend = idempotent || role == Role::Replica;
     let mut attempt = pin!(tracked::<K, C>(hub, connect, first, 1, call));
     let settled = match Watch::plan(hub, first, may_resend) {
         None => Settled::First(attempt.await),
@@ -363,9 +365,7 @@ async fn route<K: Returns, C: Connect>(
         }
         Settled::First(Err(error)) => error,
     };
-    // A server in recovery applies no write: a statement sent to a replica
-    // may run again elsewhere. One sent to the primary may have written.
-    let harmless = idempotent || hub.snapshot().nodes[first].role == Role::Replica;
+    let harmless = may_resend;
     // Nothing was sent when no connection could be had: another node may
     // take it even where this one refused for good (a full `max_connections`).
     let elsewhere = *error.kind() == ErrorKind::Connect
