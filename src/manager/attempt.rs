@@ -95,6 +95,21 @@ impl<'h, S: Session> Busy<'h, S> {
         self
     }
 
+    /// Settles the connection where it lies (returned to its pool,
+    /// discarded, or cancelled first): a kept connection is not moved on
+    /// its way back. Guards nothing afterwards.
+    pub(crate) fn settle(&mut self, fate: Fate) {
+        match fate {
+            // Dropped in place: deadpool's own drop returns it to the pool.
+            Fate::Keep => self.session = None,
+            fate => {
+                if let Some(session) = self.session.take() {
+                    session.settle(self.hub, fate);
+                }
+            }
+        }
+    }
+
     /// The connection, no longer guarded: the caller settles it.
     pub(crate) fn take(mut self) -> S {
         match self.session.take() {
@@ -241,8 +256,8 @@ impl<'h, C: Connect> Attempt<'h, C> {
         call: &Call<'_>,
     ) -> Result<(K::Output<RowOf<C>>, Option<CausalToken>), Error> {
         if !call.tracked {
-            let client = self.checkout().await?.single_statement();
-            return self.run_on::<K>(client, call).await;
+            let mut client = self.checkout().await?.single_statement();
+            return self.run_on::<K>(&mut client, call).await;
         }
         // In flight on the node from here until it ends (answered, failed,
         // or dropped), its answer timed.
@@ -255,13 +270,17 @@ impl<'h, C: Connect> Attempt<'h, C> {
         let checkout = self
             .connect
             .checkout(self.hub, self.index, self.deadline.at, self.started);
-        let client = match checkout.await {
-            Ok(session) => Busy::new(self.hub, session).single_statement(),
+        let mut client = match checkout.await {
+            Ok(session) => Busy {
+                session: Some(session),
+                hub: self.hub,
+                dropped: Fate::Drain,
+            },
             Err(failure) => return Err(self.judge(Phase::Checkout, failure).0),
         };
         let started = self.hub.nanos(self.started);
         traffic.sent(started);
-        let result = self.run_on::<K>(client, call).await;
+        let result = self.run_on::<K>(&mut client, call).await;
         if result
             .as_ref()
             .map_or_else(|error| *error.kind() == ErrorKind::Database, |_| true)
@@ -273,37 +292,46 @@ impl<'h, C: Connect> Attempt<'h, C> {
         result
     }
 
-    /// [`Attempt::run`] on a connection already checked out.
+    /// [`Attempt::run`] on a connection already checked out, settled here
+    /// (in place: it is not moved on the way).
     async fn run_on<K: Returns>(
         &self,
-        client: Busy<'h, C::Session>,
+        client: &mut Busy<'h, C::Session>,
         call: &Call<'_>,
     ) -> Result<(K::Output<RowOf<C>>, Option<CausalToken>), Error> {
         // A cached statement the server no longer accepts (the schema
         // changed under it) ran nothing: prepare afresh and run once more.
         let mut fresh_plan = false;
         loop {
-            match self.prepare_and_run::<K>(&client, call).await {
+            match self.prepare_and_run::<K>(client, call).await {
                 Stage::PrepareFailed(error) => {
                     let error = Failure::Postgres(error);
-                    return Err(self.fail(Phase::BeforeSend, client.take(), error));
+                    return Err(self.fail(Phase::BeforeSend, client, error));
                 }
                 Stage::PrepareTimedOut => {
-                    return Err(self.fail(Phase::BeforeSend, client.take(), Failure::Deadline))
+                    return Err(self.fail(Phase::BeforeSend, client, Failure::Deadline))
                 }
                 Stage::Ran(Ok((Err(error), _))) if !fresh_plan && is_stale_statement(&error) => {
                     tracing::debug!(%error, "cached statement rejected; preparing it again");
                     client.forget_statements();
                     fresh_plan = true;
                 }
-                Stage::Ran(result) => return self.finish(client.take(), result),
+                Stage::Ran(result) => return self.finish(client, result),
                 Stage::TokenTimedOut => {
                     // The token query still runs on the connection.
-                    self.settle(client.take(), Fate::Discard);
+                    client.settle(Fate::Discard);
                     return Err(self.token_unavailable(None));
                 }
             }
         }
+    }
+
+    /// [`Attempt::judge`], then settles the connection (in place) as the
+    /// verdict says.
+    fn fail(&self, phase: Phase, client: &mut Busy<'h, C::Session>, failure: Failure) -> Error {
+        let (error, fate) = self.judge(phase, failure);
+        client.settle(fate);
+        error
     }
 
     /// Prepares (cached) and runs the statement, the token query right
@@ -367,35 +395,28 @@ impl<'h, C: Connect> Attempt<'h, C> {
     /// The statement's outcome, its connection settled.
     fn finish<T>(
         &self,
-        client: C::Session,
+        client: &mut Busy<'h, C::Session>,
         result: RunResult<T, RowOf<C>>,
     ) -> Result<(T, Option<CausalToken>), Error> {
         match result {
             Ok((Ok(output), Ok(row))) => {
-                self.settle(client, Fate::Keep);
+                client.settle(Fate::Keep);
                 match row.map(|row| token_of(&row)).transpose() {
                     Ok(token) => Ok((output, token)),
                     Err(error) => Err(self.token_unavailable(Some(error))),
                 }
             }
             Ok((Ok(output), Err(error))) if position_refused(&error) => {
-                self.settle(client, Fate::Keep);
+                client.settle(Fate::Keep);
                 Ok((output, Some(CausalToken::PRIMARY)))
             }
             Ok((Ok(_), Err(error))) => {
-                self.settle(client, Fate::Keep);
+                client.settle(Fate::Keep);
                 Err(self.token_unavailable(Some(error)))
             }
             Ok((Err(error), _)) => Err(self.fail(Phase::Sent, client, Failure::Postgres(error))),
             Err(_) => Err(self.fail(Phase::Sent, client, Failure::Deadline)),
         }
-    }
-
-    /// [`Attempt::judge`], then settles the connection as the verdict says.
-    pub(crate) fn fail(&self, phase: Phase, client: C::Session, failure: Failure) -> Error {
-        let (error, fate) = self.judge(phase, failure);
-        self.settle(client, fate);
-        error
     }
 
     /// Classifies a failure in `phase`, applies what it says about the node,
