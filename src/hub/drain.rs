@@ -110,40 +110,21 @@ impl Drain {
     /// stopped (dropped: its statement is cancelled) when the close timeout
     /// runs out before it ends. Takes the call pinned where it is, so the
     /// call's (large) future is not moved.
-    pub(crate) async fn run<F, T>(&self, work: Work, call: Pin<&mut F>) -> Result<T, Error>
-    where
-        F: Future<Output = Result<T, Error>>,
-    {
-        let _in_flight = self.enter()?;
-        self.stoppable(work, call).await
+    pub(crate) fn run<'d, 'c, F>(
+        &'d self,
+        work: Work,
+        call: Pin<&'c mut F>,
+    ) -> Stoppable<'d, 'c, F> {
+        let (in_flight, refused) = match self.enter() {
+            Ok(in_flight) => (Some(in_flight), None),
+            Err(error) => (None, Some(error)),
+        };
+        Stoppable::new(self, work, call, in_flight, refused)
     }
 
     /// Whether the close timeout ran out: calls still in flight stop.
     fn stopped(&self) -> bool {
         self.stopped.load(Ordering::SeqCst)
-    }
-
-    /// Runs `call`, stopped when the close timeout runs out before it ends.
-    async fn stoppable<F, T>(&self, work: Work, call: Pin<&mut F>) -> Result<T, Error>
-    where
-        F: Future<Output = Result<T, Error>>,
-    {
-        let mut stop = Stop {
-            drain: self,
-            notified: pin!(self.stop.notified()),
-            registered: None,
-        };
-        let mut call = call;
-        std::future::poll_fn(|cx| {
-            if let Poll::Ready(result) = call.as_mut().poll(cx) {
-                return Poll::Ready(result);
-            }
-            match stop.poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Err(Error::stopped_by_close(work == Work::Write))),
-                Poll::Pending => Poll::Pending,
-            }
-        })
-        .await
     }
 }
 
@@ -157,45 +138,86 @@ pub(crate) struct Held<'d> {
     _in_flight: InFlight<'d>,
 }
 
-impl Held<'_> {
+impl<'d> Held<'d> {
     /// Runs one step (`work`: whether it may apply a write), or refuses it
     /// once the close timeout ran out.
-    pub(crate) async fn step<F, T>(&self, work: Work, call: Pin<&mut F>) -> Result<T, Error>
-    where
-        F: Future<Output = Result<T, Error>>,
-    {
-        if self.drain.stopped() {
-            return Err(Error::stopped_by_close(false));
-        }
-        self.drain.stoppable(work, call).await
+    pub(crate) fn step<'c, F>(&self, work: Work, call: Pin<&'c mut F>) -> Stoppable<'d, 'c, F> {
+        let refused = self.drain.stopped().then(|| Error::stopped_by_close(false));
+        Stoppable::new(self.drain, work, call, None, refused)
     }
 }
 
-/// Whether the calls in flight must stop. Registers the task's waker with
-/// `Notify` on its first poll and again only if the waker changes, so a
-/// call polled many times takes the `Notify`'s lock once.
-struct Stop<'d, 'n> {
-    drain: &'d Drain,
-    notified: Pin<&'n mut Notified<'d>>,
-    registered: Option<Waker>,
+pin_project_lite::pin_project! {
+    /// A call that is stopped when the close timeout runs out before it
+    /// ends. Registers the task's waker with the drain's `Notify` on its
+    /// first pending poll and again only if the waker changes, so a call
+    /// polled many times takes the `Notify`'s lock once. One hand-written
+    /// future, not `async` layers: every call is polled through it.
+    #[must_use = "futures do nothing unless polled"]
+    pub(crate) struct Stoppable<'d, 'c, F> {
+        call: Pin<&'c mut F>,
+        drain: &'d Drain,
+        work: Work,
+        #[pin]
+        notified: Notified<'d>,
+        registered: Option<Waker>,
+        // Counted in flight until dropped (`None` for a step of a held call,
+        // which is counted by its `Held`).
+        in_flight: Option<InFlight<'d>>,
+        // Refused before it started (closing, or the timeout ran out).
+        refused: Option<Error>,
+    }
 }
 
-impl Stop<'_, '_> {
-    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.drain.stopped.load(Ordering::SeqCst) {
-            return Poll::Ready(());
+impl<'d, 'c, F> Stoppable<'d, 'c, F> {
+    fn new(
+        drain: &'d Drain,
+        work: Work,
+        call: Pin<&'c mut F>,
+        in_flight: Option<InFlight<'d>>,
+        refused: Option<Error>,
+    ) -> Self {
+        Self {
+            call,
+            drain,
+            work,
+            notified: drain.stop.notified(),
+            registered: None,
+            in_flight,
+            refused,
         }
-        if self
+    }
+}
+
+impl<F, T> Future for Stoppable<'_, '_, F>
+where
+    F: Future<Output = Result<T, Error>>,
+{
+    type Output = Result<T, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Some(error) = this.refused.take() {
+            return Poll::Ready(Err(error));
+        }
+        if let Poll::Ready(result) = this.call.as_mut().poll(cx) {
+            return Poll::Ready(result);
+        }
+        let stopped = || Poll::Ready(Err(Error::stopped_by_close(*this.work == Work::Write)));
+        if this.drain.stopped() {
+            return stopped();
+        }
+        if this
             .registered
             .as_ref()
             .is_some_and(|waker| waker.will_wake(cx.waker()))
         {
             return Poll::Pending;
         }
-        if self.notified.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(());
+        if this.notified.poll(cx).is_ready() {
+            return stopped();
         }
-        self.registered = Some(cx.waker().clone());
+        *this.registered = Some(cx.waker().clone());
         Poll::Pending
     }
 }
@@ -203,11 +225,12 @@ impl Stop<'_, '_> {
 /// Closing: the drain.
 impl Hub {
     /// Runs `call` as one call in flight (see [`Drain::run`]).
-    pub(crate) async fn in_flight<F, T>(&self, work: Work, call: Pin<&mut F>) -> Result<T, Error>
-    where
-        F: Future<Output = Result<T, Error>>,
-    {
-        self.drain.run(work, call).await
+    pub(crate) fn in_flight<'c, F>(
+        &self,
+        work: Work,
+        call: Pin<&'c mut F>,
+    ) -> Stoppable<'_, 'c, F> {
+        self.drain.run(work, call)
     }
 
     /// Counts a call of several steps in flight until the guard drops (see
