@@ -363,7 +363,10 @@ impl<'h, C: Connect> Attempt<'h, C> {
             Err(_) => return Stage::PrepareTimedOut,
         };
         let Some(token_statement) = &token_statement else {
-            let run = K::run(client, call.sql, &statement, call.params);
+            // Pinned where it is made, and timed through a reference: the
+            // statement's future (over a kilobyte) is not copied into the
+            // timeout and again into this one.
+            let run = pin!(K::run(client, call.sql, &statement, call.params));
             let ran = timeout_at(self.deadline.at, run).await;
             return Stage::Ran(ran.map(|result| (result, Ok(None))));
         };
