@@ -201,6 +201,12 @@ impl Traffic {
         self.p99_micros.store(0, Relaxed);
     }
 
+    /// When the node last answered a read (nanoseconds since the epoch),
+    /// if it has.
+    pub(crate) fn last_answer(&self) -> Option<u64> {
+        self.answered.load(Relaxed).checked_sub(1)
+    }
+
     /// What this node looks like at `now` (nanoseconds since the epoch).
     pub(crate) fn observe(&self, now: u64) -> Observed {
         let since = |at: u64| Duration::from_nanos(now.saturating_sub(at));

@@ -234,10 +234,19 @@ impl<'a> ReadBuilder<'a> {
                 .await
         };
         observer.finish(self.hub, &result);
-        let failed = result.as_ref().is_err_and(Error::is_unavailable);
-        self.hub.read_outcomes.record(failed);
-        if let Ok((index, _)) = &result {
-            call_info::record(self.info, self.hub, *index, None);
+        match &result {
+            Ok((index, _)) => {
+                // Ended at its node's last answer (its own, or a later one):
+                // the readiness window's one-second buckets need no clock
+                // read of their own.
+                let hub = self.hub;
+                match hub.traffic(*index).last_answer() {
+                    Some(at) => hub.read_outcomes.record_at(at, false),
+                    None => hub.read_outcomes.record(false),
+                }
+                call_info::record(self.info, hub, *index, None);
+            }
+            Err(error) => self.hub.read_outcomes.record(error.is_unavailable()),
         }
         result
     }

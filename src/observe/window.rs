@@ -37,12 +37,18 @@ pub(crate) struct CallWindow {
 
 impl CallWindow {
     /// A window of `length` (at least one nanosecond per bucket).
+    #[cfg(test)]
     pub(crate) fn new(length: Duration) -> Self {
+        Self::since(length, Instant::now())
+    }
+
+    /// A window of `length` whose times count from `base`.
+    pub(crate) fn since(length: Duration, base: Instant) -> Self {
         let bucket_ns = u64::try_from(length.as_nanos() / BUCKETS as u128)
             .unwrap_or(u64::MAX)
             .max(1);
         Self {
-            base: Instant::now(),
+            base,
             bucket_ns,
             stamps: std::array::from_fn(|_| AtomicU64::new(u64::MAX)),
             counts: std::array::from_fn(|_| AtomicU64::new(0)),
@@ -51,7 +57,16 @@ impl CallWindow {
 
     /// Counts one call that ended now; `failed` if it failed.
     pub(crate) fn record(&self, failed: bool) {
-        let bucket = self.bucket_at(Instant::now());
+        self.record_in(self.bucket_at(Instant::now()), failed);
+    }
+
+    /// Counts one call that ended `at` nanoseconds after the window's base
+    /// (a clock read the caller already made).
+    pub(crate) fn record_at(&self, at: u64, failed: bool) {
+        self.record_in(at / self.bucket_ns, failed);
+    }
+
+    fn record_in(&self, bucket: u64, failed: bool) {
         let slot = (bucket % BUCKETS as u64) as usize;
         let stamp = self.stamps[slot].load(Ordering::Acquire);
         if stamp != bucket
@@ -84,7 +99,8 @@ impl CallWindow {
 
     fn bucket_at(&self, at: Instant) -> u64 {
         let since = at.saturating_duration_since(self.base).as_nanos();
-        u64::try_from(since / u128::from(self.bucket_ns)).unwrap_or(u64::MAX - 1)
+        // Past 584 years in: the last bucket but one (`u64::MAX` is unused).
+        u64::try_from(since).map_or(u64::MAX - 1, |since| since / self.bucket_ns)
     }
 }
 
@@ -136,6 +152,26 @@ mod tests {
                 failed: 0
             }
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_recorded_at_a_stamp_counts_where_a_clock_read_would() {
+        let base = Instant::now();
+        let window = CallWindow::since(Duration::from_secs(10), base);
+        tokio::time::advance(Duration::from_secs(4)).await;
+        window.record(false);
+        let stamp = u64::try_from(Instant::now().duration_since(base).as_nanos()).unwrap();
+        window.record_at(stamp, true);
+        assert_eq!(
+            window.tally(Instant::now()),
+            Tally {
+                calls: 2,
+                failed: 1
+            }
+        );
+        // Both age out together.
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(window.tally(Instant::now()), Tally::default());
     }
 
     #[tokio::test(start_paused = true)]
