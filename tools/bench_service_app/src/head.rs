@@ -73,3 +73,18 @@ pub(crate) fn describe(db: &DatabaseManager) -> String {
         config.pool.max_size
     )
 }
+
+/// The hedging counters so far, for the log (every 5 s while the service
+/// runs: the hedges a window sent are the difference of two lines).
+pub(crate) fn counters(db: &DatabaseManager) -> Option<String> {
+    let hedging = db.status().hedging;
+    Some(format!(
+        "hedges sent {} won {} refused {}; outliers {}; connections kept {} discarded {}",
+        hedging.sent,
+        hedging.won,
+        hedging.refused,
+        hedging.outliers,
+        hedging.connections_kept,
+        hedging.connections_discarded
+    ))
+}

@@ -85,6 +85,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map_err(|error| format!("LISTEN_ADDR: {error}"))?;
     let db = api::connect(&settings).await?;
     eprintln!("bench-service-app: {}", api::describe(&db));
+    if api::counters(&db).is_some() {
+        let db = db.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+            loop {
+                every.tick().await;
+                if let Some(line) = api::counters(&db) {
+                    eprintln!("bench-service-app: {line}");
+                }
+            }
+        });
+    }
     let app = Router::new()
         .route("/health", get(|| async { StatusCode::OK }))
         .route("/items/{id}", get(get_item))

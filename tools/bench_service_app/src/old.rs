@@ -37,3 +37,8 @@ pub(crate) fn describe(db: &DatabaseManager) -> String {
         config.read_strategy, config.local_region, config.pool.max_size
     )
 }
+
+/// `37aa5ce` counts no hedges.
+pub(crate) fn counters(_db: &DatabaseManager) -> Option<String> {
+    None
+}
