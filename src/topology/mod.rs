@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use crate::causal::lsn::Lsn;
 use crate::config::Role;
 use crate::health::capability::MissingCapability;
+use crate::routing::candidates::{ReadSets, Topology};
 
 /// How far a replica is behind the primary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
@@ -153,6 +154,18 @@ pub(crate) struct Snapshot {
     /// fresh as of a cutoff are the prefix whose stamps reach it, found by a
     /// binary search instead of a comparison a node.
     pub(crate) fresh_prefix: [u64; 65],
+    /// The oldest `fresh_as_of` of the routable nodes other than the
+    /// write target (nodes 0 to 63); `None` when one of them has none or
+    /// is an orphan, or when there are none. A staleness bound whose
+    /// cutoff is at or before it finds every routable node fresh with one
+    /// comparison.
+    pub(crate) stalest: Option<Instant>,
+    /// The nearest strategy's window, once the hub has said it (`reads`
+    /// then has the nearest strategy's sets).
+    pub(crate) nearest_window: Option<Duration>,
+    /// Each read strategy's candidates (nodes 0 to 63), derived with the
+    /// masks above.
+    pub(crate) reads: ReadSets,
 }
 
 impl NodeState {
@@ -226,12 +239,25 @@ impl Snapshot {
             fresh_ns: [0; 64],
             fresh_sorted: [0; 64],
             fresh_prefix: [0; 65],
+            stalest: None,
+            nearest_window: None,
+            reads: ReadSets::default(),
         };
         snapshot.derive_masks();
         snapshot
     }
 
-    /// Recomputes `routable` and `local` after node states changed.
+    /// This snapshot with the nearest strategy's `window`, so that its sets
+    /// are worked out at every publish.
+    pub(crate) fn with_nearest_window(mut self, window: Duration) -> Self {
+        self.nearest_window = Some(window);
+        self.derive_masks();
+        self
+    }
+
+    /// Recomputes what is derived from the node states after they changed:
+    /// the masks, the dense freshness stamps and round trips, and each
+    /// read strategy's candidates.
     pub(crate) fn derive_masks(&mut self) {
         let routable = mask_of((0..self.nodes.len()).map(|i| self.is_routable(i)));
         self.routable = routable;
@@ -286,17 +312,48 @@ impl Snapshot {
                     .map(|node| !node.vacant && node.region_rank == Some(level)),
             );
         }
+        let target = self
+            .primary
+            .filter(|&index| index < 64)
+            .map_or(0, |index| 1u64 << index);
+        self.stalest = self.oldest_freshness(routable & !target);
+        self.reads = ReadSets::build(Topology {
+            routable,
+            local: self.local,
+            primary: self.primary,
+            levels: &self.levels,
+            rtt_ns: &self.rtt_ns[..dense],
+            by_rtt: &self.by_rtt[..dense],
+            window: self.nearest_window,
+        });
     }
 
-    /// Bit `i`: node `i` was fresh as of `cutoff` or later (nodes 0 to
-    /// 63); `None` when `cutoff` is before the epoch (the caller then asks
-    /// each node).
-    pub(crate) fn fresh_mask(&self, cutoff: Instant) -> Option<u64> {
-        let since = cutoff.checked_duration_since(self.epoch)?;
-        let cutoff_ns = u64::try_from(since.as_nanos()).ok()?.saturating_add(1);
+    /// The oldest `fresh_as_of` of the nodes of `mask` (0 to 63); `None`
+    /// when one of them has none or is an orphan, or when `mask` is empty.
+    fn oldest_freshness(&self, mask: u64) -> Option<Instant> {
+        let mut oldest: Option<Instant> = None;
+        for (index, node) in self.nodes.iter().enumerate().take(64) {
+            if mask >> index & 1 == 1 {
+                let as_of = node.fresh_as_of.filter(|_| node.orphaned.is_none())?;
+                oldest = Some(oldest.map_or(as_of, |oldest| oldest.min(as_of)));
+            }
+        }
+        oldest
+    }
+
+    /// `instant` on the freshness stamps' scale: nanoseconds after the
+    /// epoch, plus one; `None` before the epoch (or 584 years after it).
+    pub(crate) fn stamp(&self, instant: Instant) -> Option<u64> {
+        let since = instant.checked_duration_since(self.epoch)?;
+        nanos(since)?.checked_add(1)
+    }
+
+    /// Bit `i`: node `i` was fresh as of the instant whose [`Snapshot::stamp`]
+    /// is `cutoff` or later (nodes 0 to 63).
+    pub(crate) fn fresh_mask(&self, cutoff: u64) -> u64 {
         let len = self.nodes.len().min(64);
-        let fresh = self.fresh_sorted[..len].partition_point(|&ns| ns >= cutoff_ns);
-        Some(self.fresh_prefix[fresh])
+        let fresh = self.fresh_sorted[..len].partition_point(|&ns| ns >= cutoff);
+        self.fresh_prefix[fresh]
     }
 
     /// Filled, up, not fenced, and not an orphan (unless orphans serve
@@ -312,6 +369,14 @@ impl Snapshot {
 /// (a cutoff before `now`) is still answered by the stamps.
 fn freshness_epoch(now: Instant) -> Instant {
     now.checked_sub(Duration::from_secs(86_400)).unwrap_or(now)
+}
+
+/// `duration` in nanoseconds, `None` beyond `u64` (584 years): no `u128`.
+fn nanos(duration: Duration) -> Option<u64> {
+    duration
+        .as_secs()
+        .checked_mul(1_000_000_000)?
+        .checked_add(u64::from(duration.subsec_nanos()))
 }
 
 /// Bit `i` set when the `i`-th flag is (only the first 64 count).
