@@ -33,13 +33,13 @@ enum Cutoff {
     /// write target fresh as of this cutoff or later (the snapshot's
     /// `stalest`), as while nothing lags: nothing to judge per node.
     AllFresh(Instant),
-    /// On the snapshot's freshness stamps (see [`Snapshot::stamp`]): a
-    /// bound alone, at most 64 nodes, and a cutoff at or after the
-    /// stamps' epoch. The fresh nodes are then a binary search away.
-    Stamp(u64),
-    /// As an instant (`None` without a bound, or when it reaches back
-    /// further than an `Instant` can), judged node by node by
-    /// [`Freshness::admits`].
+    /// A bound alone, at most 64 nodes, some routable node possibly not
+    /// fresh enough: the fresh nodes are a binary search away (see
+    /// [`Snapshot::fresh_mask`]).
+    Search(Instant),
+    /// `None` without a bound, or when it reaches back further than an
+    /// `Instant` can; or with a causal token beside the bound, or beyond
+    /// 64 nodes: judged node by node by [`Freshness::admits`].
     At(Option<Instant>),
 }
 
@@ -72,8 +72,8 @@ impl<'a> LiveView<'a> {
     }
 
     /// The bound's cutoff at `now`: one subtraction from the clock's
-    /// reading, then one comparison with the stalest routable node when
-    /// the bound is alone.
+    /// reading, then, for a bound alone, one comparison with the stalest
+    /// routable node.
     #[inline]
     fn cutoff(snapshot: &Snapshot, freshness: &Freshness, now: Instant) -> Cutoff {
         let cutoff = freshness.cutoff(now);
@@ -83,11 +83,10 @@ impl<'a> LiveView<'a> {
         if snapshot.nodes.len() > 64 {
             return Cutoff::At(cutoff);
         }
-        if snapshot.stalest.is_some_and(|stalest| at <= stalest) {
-            return Cutoff::AllFresh(at);
+        match snapshot.stalest.is_some_and(|stalest| at <= stalest) {
+            true => Cutoff::AllFresh(at),
+            false => Cutoff::Search(at),
         }
-        // Before the stamps' epoch: asked node by node.
-        snapshot.stamp(at).map_or(Cutoff::At(cutoff), Cutoff::Stamp)
     }
 
     /// The nodes of `mask` the freshness rule admits, node by node.
@@ -108,17 +107,7 @@ impl<'a> LiveView<'a> {
     fn is_fresh(&self, index: usize) -> bool {
         let is_write_target = self.snapshot.primary == Some(index);
         match self.cutoff {
-            // Stamps are 0 for orphans and unknown freshness, as the
-            // rule wants for a bound alone.
-            Cutoff::Stamp(cutoff) => {
-                is_write_target
-                    || self
-                        .snapshot
-                        .fresh_ns
-                        .get(index)
-                        .is_some_and(|&stamp| stamp >= cutoff)
-            }
-            Cutoff::AllFresh(at) => {
+            Cutoff::AllFresh(at) | Cutoff::Search(at) => {
                 self.freshness
                     .admits(&self.snapshot.nodes[index], is_write_target, Some(at))
             }
@@ -152,10 +141,10 @@ impl NodeView for LiveView<'_> {
         match self.cutoff {
             // A staleness bound alone, every routable node fresh enough.
             Cutoff::AllFresh(_) => {}
-            // A bound alone: a binary search over the sorted stamps. The
-            // write target is always fresh.
-            Cutoff::Stamp(cutoff) => {
-                usable &= self.snapshot.fresh_mask(cutoff) | self.snapshot.reads.primary;
+            // A bound alone: a binary search over the sorted freshness.
+            // The write target is always fresh.
+            Cutoff::Search(at) => {
+                usable &= self.snapshot.fresh_mask(at) | self.snapshot.reads.primary;
             }
             Cutoff::At(_) if self.freshness.is_constrained() => usable = self.fresh_of(usable),
             Cutoff::At(_) => {}
@@ -220,37 +209,32 @@ mod tests {
     use crate::topology::{NodeState, Orphan};
 
     /// The dense staleness mask says what the freshness rule says, node by
-    /// node, for states before, at and after the epoch, unknown and
-    /// orphaned, and cutoffs all around them.
+    /// node, for unknown and orphaned nodes and cutoffs all around them.
     #[test]
     fn the_dense_mask_agrees_with_the_rule() {
         let mut rng = fastrand::Rng::with_seed(7);
         let states = (0..40).map(|_| NodeState::new(Role::Replica));
         let mut snapshot = Snapshot::initial(states, 0);
-        let epoch = snapshot.epoch;
+        let base = clock::after(Instant::now(), Duration::from_secs(60));
         let at = |ms: i64| match ms {
-            ..0 => epoch.checked_sub(Duration::from_millis(ms.unsigned_abs())),
-            _ => Some(clock::after(
-                epoch,
-                Duration::from_millis(ms.unsigned_abs()),
-            )),
+            ..0 => base - Duration::from_millis(ms.unsigned_abs()),
+            _ => base + Duration::from_millis(ms.unsigned_abs()),
         };
         for round in 0..200 {
             for node in snapshot.nodes.iter_mut() {
                 node.fresh_as_of = match rng.u8(..8) {
                     0 => None,
-                    _ => at(rng.i64(-50..50)),
+                    _ => Some(at(rng.i64(-50..50))),
                 };
                 node.orphaned = (rng.u8(..6) == 0).then_some(Orphan::NotReceiving);
             }
             snapshot.derive_masks();
-            let cutoff = at(rng.i64(0..50)).unwrap_or(epoch);
+            let cutoff = at(rng.i64(-60..60));
             let bound = Freshness {
                 max_staleness: Some(Duration::from_millis(1)),
                 after: None,
             };
-            let stamp = snapshot.stamp(cutoff).expect("at or after the epoch");
-            let mask = snapshot.fresh_mask(stamp);
+            let mask = snapshot.fresh_mask(cutoff);
             for (index, node) in snapshot.nodes.iter().enumerate() {
                 let admitted = bound.admits(node, false, Some(cutoff));
                 assert_eq!(
@@ -259,10 +243,6 @@ mod tests {
                     "round {round}, node {index}"
                 );
             }
-        }
-        let before = epoch.checked_sub(Duration::from_millis(1));
-        if let Some(before) = before {
-            assert_eq!(snapshot.stamp(before), None, "the rule is asked instead");
         }
     }
 
@@ -303,14 +283,14 @@ mod tests {
     }
 
     /// The view's usable nodes agree with the freshness rule node by node,
-    /// for bounds judged on the stamps (with and without the shortcut for
-    /// "every routable node fresh") and for those judged per node.
+    /// for bounds alone (with and without the shortcut for "every routable
+    /// node fresh").
     #[test]
     fn usable_nodes_agree_with_the_rule() {
         let mut rng = fastrand::Rng::with_seed(17);
         let now = clock::after(Instant::now(), Duration::from_secs(3_600));
         let nearest = NearestSettings::default();
-        let (mut all_fresh, mut stamps) = (0, 0);
+        let (mut all_fresh, mut searches) = (0, 0);
         for round in 0..2_000 {
             let len = rng.usize(1..=40);
             let snapshot = random_snapshot(&mut rng, len, now);
@@ -332,7 +312,7 @@ mod tests {
             );
             match view.cutoff {
                 Cutoff::AllFresh(_) => all_fresh += 1,
-                Cutoff::Stamp(_) => stamps += 1,
+                Cutoff::Search(_) => searches += 1,
                 Cutoff::At(_) => assert!(freshness.max_staleness.is_none()),
             }
             let usable = view.usable_mask().expect("at most 64 nodes");
@@ -349,7 +329,7 @@ mod tests {
                 assert_eq!(view.is_up(index), expected, "round {round}, node {index}");
             }
         }
-        assert!(all_fresh > 100 && stamps > 100, "{all_fresh} {stamps}");
+        assert!(all_fresh > 100 && searches > 100, "{all_fresh} {searches}");
     }
 
     /// A bound alone finds every routable node fresh with one comparison
@@ -380,7 +360,7 @@ mod tests {
         // One replica a millisecond too stale: the search.
         snapshot.nodes[3].fresh_as_of = Some(now - Duration::from_millis(1_001));
         snapshot.derive_masks();
-        assert!(matches!(cutoff(&snapshot), Cutoff::Stamp(_)));
+        assert!(matches!(cutoff(&snapshot), Cutoff::Search(_)));
         // ... unless it is not routable.
         snapshot.nodes[3].up = false;
         snapshot.derive_masks();
@@ -390,19 +370,19 @@ mod tests {
         snapshot.serve_orphans = true;
         snapshot.derive_masks();
         assert_eq!(snapshot.stalest, None);
-        assert!(matches!(cutoff(&snapshot), Cutoff::Stamp(_)));
+        assert!(matches!(cutoff(&snapshot), Cutoff::Search(_)));
         snapshot.nodes[2].orphaned = None;
         snapshot.nodes[1].fresh_as_of = None;
         snapshot.derive_masks();
-        assert!(matches!(cutoff(&snapshot), Cutoff::Stamp(_)));
+        assert!(matches!(cutoff(&snapshot), Cutoff::Search(_)));
         // The primary's freshness does not count: it is always fresh.
         snapshot.nodes[1].fresh_as_of = Some(now);
         snapshot.derive_masks();
         assert!(matches!(cutoff(&snapshot), Cutoff::AllFresh(_)));
     }
 
-    /// A bound that reaches back before the stamps' epoch, or a causal
-    /// token beside it, is judged node by node.
+    /// A bound that reaches back further than an `Instant` can, or a causal
+    /// token beside it, is judged node by node; a bound alone is searched.
     #[test]
     fn other_bounds_are_judged_per_node() {
         let now = Instant::now();
@@ -421,14 +401,15 @@ mod tests {
             max_staleness: Some(bound),
             after: None,
         };
-        assert_eq!(view(bounded(long)), Cutoff::At(now.checked_sub(long)));
+        assert_eq!(view(bounded(long)), Cutoff::Search(now - long));
+        assert_eq!(view(bounded(Duration::MAX)), Cutoff::At(None));
         let token = Freshness {
             after: Some(CausalToken::new(Lsn(1))),
             ..bounded(Duration::from_secs(1))
         };
         assert!(matches!(view(token), Cutoff::At(Some(_))));
         assert_eq!(view(Freshness::default()), Cutoff::At(None));
-        assert!(matches!(view(bounded(Duration::ZERO)), Cutoff::Stamp(_)));
+        assert_eq!(view(bounded(Duration::ZERO)), Cutoff::Search(now));
     }
 
     /// The same view without its candidate sets: the decision works them
