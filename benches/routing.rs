@@ -7,7 +7,8 @@
 //!
 //! Each iteration is one decision exactly as a read makes it: an `arc-swap`
 //! snapshot load, the live view (health, suspect flag, freshness) and the
-//! strategy function. `tests/alloc.rs` checks that it allocates nothing.
+//! strategy function. Every node is caught up, but in the last case, where
+//! the last replica lags beyond the bound. `tests/alloc.rs` checks that it allocates nothing.
 
 // criterion's macros generate public functions without docs.
 #![allow(missing_docs)]
@@ -49,6 +50,20 @@ fn routing(c: &mut Criterion) {
                 b.iter(|| bench.pick(black_box(strategy), black_box(max_staleness), &mut rng))
             });
         }
+        // The bound when a replica lags beyond it: the fresh nodes are
+        // searched for.
+        let stale = RoutingBench::with_a_stale_replica(size).expect("a valid synthetic topology");
+        let mut rng = fastrand::Rng::with_seed(7);
+        let name = "regional-preferred+max_staleness+stale-replica";
+        group.bench_function(BenchmarkId::from_parameter(name), |b| {
+            b.iter(|| {
+                stale.pick(
+                    black_box(ReadStrategy::RegionalPreferred),
+                    black_box(Some(MAX_STALENESS)),
+                    &mut rng,
+                )
+            })
+        });
         group.finish();
     }
 }

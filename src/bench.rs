@@ -26,6 +26,18 @@ impl RoutingBench {
     /// `count` nodes in three regions ("local" first); node 0 is the
     /// primary; every node healthy, measured and caught up.
     pub fn new(count: usize) -> Result<Self, Error> {
+        Self::build(count, false)
+    }
+
+    /// As [`RoutingBench::new`], but the last node (a replica, when
+    /// `count` > 1) was last fresh an hour before: a read with a staleness
+    /// bound of less finds not every node fresh and searches for those that
+    /// are.
+    pub fn with_a_stale_replica(count: usize) -> Result<Self, Error> {
+        Self::build(count, true)
+    }
+
+    fn build(count: usize, stale: bool) -> Result<Self, Error> {
         let regions = ["local", "far-1", "far-2"];
         let nodes = (0..count)
             .map(|index| {
@@ -50,8 +62,12 @@ impl RoutingBench {
             state.rtt = Some(Duration::from_millis(1 + (index as u64 % 7) * 10));
             state.lag = (index > 0).then_some(Lag::default());
             // Fresh as of a moment after the bench ends: caught up throughout.
-            let until = clock::after(tokio::time::Instant::now(), Duration::from_secs(86_400));
+            let now = tokio::time::Instant::now();
+            let until = clock::after(now, Duration::from_secs(86_400));
             state.fresh_as_of = (index > 0).then_some(until);
+            if stale && index > 0 && index + 1 == count {
+                state.fresh_as_of = now.checked_sub(Duration::from_secs(3_600));
+            }
         }
         hub.publish(snapshot, Vec::new(), None);
         Ok(Self { hub })

@@ -101,8 +101,15 @@ fn the_allocator_counts_this_threads_allocations() {
 fn routing_decisions_allocate_nothing() {
     for size in [3, 30] {
         let bench = RoutingBench::new(size).expect("a valid synthetic topology");
+        // A replica beyond the bound: the bounded decision searches.
+        let stale = RoutingBench::with_a_stale_replica(size).expect("a valid synthetic topology");
+        let bounded = (
+            ReadStrategy::RegionalPreferred,
+            Some(Duration::from_secs(1)),
+        );
         let mut rng = fastrand::Rng::with_seed(11);
-        for (strategy, max_staleness) in cases() {
+        let cases = cases().into_iter().map(|case| (&bench, case));
+        for (bench, (strategy, max_staleness)) in cases.chain([(&stale, bounded)]) {
             // Warm-up: arc-swap registers this thread on its first load.
             assert!(bench.pick(strategy, max_staleness, &mut rng).is_some());
             let mut chosen = 0usize;

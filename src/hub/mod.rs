@@ -130,7 +130,8 @@ impl Hub {
         let configured = nodes.len();
         let slots = config.discovery.as_ref().map_or(0, |d| d.max_nodes);
         let count = configured + slots;
-        let snapshot = Snapshot::initial(nodes.iter().map(Node::initial_state), slots);
+        let snapshot = Snapshot::initial(nodes.iter().map(Node::initial_state), slots)
+            .with_nearest_window(config.nearest.window);
         let window = config.readiness.window;
         let nodes = nodes
             .into_vec()
@@ -304,6 +305,7 @@ impl Hub {
     }
 
     /// `snapshot` with `suspects` and the call's freshness constraints.
+    #[inline]
     fn view<'a>(
         &'a self,
         suspects: Members,
@@ -311,16 +313,8 @@ impl Hub {
         freshness: Freshness,
     ) -> LiveView<'a> {
         // The clock is read only when a bound needs it, once per decision.
-        let cutoff = freshness
-            .max_staleness
-            .and_then(|_| freshness.cutoff(Instant::now()));
-        LiveView {
-            snapshot,
-            suspects,
-            freshness,
-            nearest: &self.config.nearest,
-            cutoff,
-        }
+        let now = freshness.max_staleness.map(|_| Instant::now());
+        LiveView::new(snapshot, suspects, freshness, &self.config.nearest, now)
     }
 
     /// The node a read goes to, skipping `exclude` (a node that just failed).

@@ -1,13 +1,16 @@
 //! Read strategies as pure functions over a view of the nodes.
 //!
 //! Nothing here waits, locks or allocates. Up to 64 nodes a view hands over a
-//! bitmask of the usable nodes and a decision is a few bit operations; larger
-//! views (and the tests' plain views) are walked node by node. Either way one
-//! eligible node is picked uniformly with the caller's random number generator.
+//! bitmask of the usable nodes and a decision is a few bit operations, over
+//! candidate sets worked out when the snapshot was published (see
+//! `candidates.rs`) where the view has them; larger views (and the tests'
+//! plain views) are walked node by node. Either way one eligible node is
+//! picked uniformly with the caller's random number generator.
 
 use std::time::Duration;
 
 use crate::config::ReadStrategy;
+use crate::routing::candidates::{bits, choose_bit, near_sorted, ReadSets};
 
 /// What a routing decision may know about the nodes.
 pub(crate) trait NodeView {
@@ -55,10 +58,17 @@ pub(crate) trait NodeView {
             .filter(|&index| self.region_rank(index) == Some(level))
             .fold(0, |mask, index| mask | (1 << index))
     }
+    /// Each strategy's candidates while every node is usable, for views
+    /// that keep them (with [`NodeView::usable_mask`], whose nodes must all
+    /// be among `routable`); `None` to work them out per decision.
+    fn read_sets(&self) -> Option<&ReadSets> {
+        None
+    }
 }
 
 /// Chooses the node for a read, skipping `exclude` (a node that just failed).
 /// `None` when no node is eligible.
+#[inline(always)]
 pub(crate) fn pick_read(
     strategy: ReadStrategy,
     view: &impl NodeView,
@@ -69,8 +79,23 @@ pub(crate) fn pick_read(
         let excluded = exclude
             .filter(|&index| index < 64)
             .map_or(0, |index| 1 << index);
-        return pick_read_masked(strategy, view, mask & !excluded, rng);
+        let usable = mask & !excluded;
+        return match view.read_sets() {
+            Some(sets) => pick_from_sets(strategy, view, sets, usable, rng),
+            None => pick_read_masked(strategy, view, usable, rng),
+        };
     }
+    pick_read_walked(strategy, view, exclude, rng)
+}
+
+/// [`pick_read`] node by node, for views without a bitmask.
+#[inline(never)]
+fn pick_read_walked(
+    strategy: ReadStrategy,
+    view: &impl NodeView,
+    exclude: Option<usize>,
+    rng: &mut fastrand::Rng,
+) -> Option<usize> {
     let usable = |index: usize| view.is_up(index) && Some(index) != exclude;
     match strategy {
         ReadStrategy::RegionalPreferred => pick_uniform(view.len(), rng, |index| {
@@ -83,8 +108,52 @@ pub(crate) fn pick_read(
     }
 }
 
+/// [`pick_read`] over the view's candidate sets: each strategy's set
+/// intersected with the usable nodes, then one draw. What
+/// [`pick_read_masked`] chooses, draw for draw, without working out per
+/// decision what the snapshot already knows.
+#[inline(always)]
+fn pick_from_sets(
+    strategy: ReadStrategy,
+    view: &impl NodeView,
+    sets: &ReadSets,
+    usable: u64,
+    rng: &mut fastrand::Rng,
+) -> Option<usize> {
+    match strategy {
+        ReadStrategy::RegionalPreferred => sets
+            .local
+            .choose(usable, rng)
+            .or_else(|| sets.routable.choose(usable, rng)),
+        ReadStrategy::GlobalRandom => sets.routable.choose(usable, rng),
+        ReadStrategy::PrimaryOnly => {
+            (usable & sets.primary != 0).then(|| sets.primary.trailing_zeros() as usize)
+        }
+        ReadStrategy::Nearest if sets.window != Some(view.window()) => {
+            pick_read_masked(strategy, view, usable, rng)
+        }
+        ReadStrategy::Nearest => {
+            let preferred = sets.levels.iter().take(view.preferred_levels());
+            preferred
+                .chain(std::iter::once(&sets.everywhere))
+                .find_map(|level| {
+                    let in_level = usable & level.members;
+                    if in_level & level.fastest != 0 {
+                        // The level's fastest is usable: its near nodes
+                        // are the set's, less those not usable now.
+                        return level.near.choose(in_level, rng);
+                    }
+                    // It is not (or no node of the level is): walk.
+                    let window = u64::try_from(view.window().as_nanos()).unwrap_or(u64::MAX);
+                    choose_bit(near_of(view, in_level, window)?, rng)
+                })
+        }
+    }
+}
+
 /// [`pick_read`] over a bitmask of usable nodes: a few instructions instead
 /// of a walk over every node.
+#[inline(never)]
 fn pick_read_masked(
     strategy: ReadStrategy,
     view: &impl NodeView,
@@ -107,39 +176,21 @@ fn pick_read_masked(
                     true => usable,
                     false => view.level_mask(level, usable),
                 };
-                let near = match view.sorted_rtts() {
-                    Some((rtts, order)) => near_sorted(rtts, order, in_level, window)?,
-                    None => near_by_node(view, in_level, window)?,
-                };
-                choose_bit(near, rng)
+                choose_bit(near_of(view, in_level, window)?, rng)
             })
         }
     }
 }
 
-/// The nodes of `in_level` within `window` (ns) of its fastest; every one
-/// when none is measured (`u64::MAX`), as in `is_near`; `None` when
-/// `in_level` is empty. Walks the nodes fastest first and stops at the
-/// window's edge, so it reads only the near nodes and the one after.
-fn near_sorted(rtts: &[u64], order: &[u8], in_level: u64, window: u64) -> Option<u64> {
-    let mut members = order
-        .iter()
-        .map(|&index| usize::from(index))
-        .filter(|&index| index < 64 && (in_level >> index) & 1 == 1);
-    let first = members.next()?;
-    let fastest = *rtts.get(first)?;
-    if fastest == u64::MAX {
-        return Some(in_level);
+/// The nodes of `in_level` within `window` (ns) of its fastest (see
+/// `near_sorted`), from the view's sorted round trips if it keeps them;
+/// `None` when `in_level` is empty.
+#[inline(never)]
+fn near_of(view: &impl NodeView, in_level: u64, window: u64) -> Option<u64> {
+    match view.sorted_rtts() {
+        Some((rtts, order)) => near_sorted(rtts, order, in_level, window),
+        None => near_by_node(view, in_level, window),
     }
-    let limit = fastest.saturating_add(window).min(u64::MAX - 1);
-    let mut near = 1u64 << first;
-    for index in members {
-        if rtts.get(index).is_none_or(|&rtt| rtt > limit) {
-            break;
-        }
-        near |= 1 << index;
-    }
-    Some(near)
 }
 
 /// [`near_sorted`], asking the view node by node.
@@ -153,48 +204,6 @@ fn near_by_node(view: &impl NodeView, in_level: u64, window: u64) -> Option<u64>
                 .filter(|&i| view.rtt_ns(i) <= limit)
                 .fold(0u64, |mask, index| mask | (1 << index))
         }
-    })
-}
-
-/// A uniformly chosen set bit of `mask`: the `n`-th set bit, found by
-/// clearing the lowest bits when `n` is small, else a byte at a time (at
-/// most 8 + 8 steps for 64 nodes).
-fn choose_bit(mask: u64, rng: &mut fastrand::Rng) -> Option<usize> {
-    let count = mask.count_ones();
-    if count == 0 {
-        return None;
-    }
-    let mut n = rng.u32(..count);
-    if n < 8 {
-        // Few bits to skip: clear the lowest `n`.
-        let mut rest = mask;
-        for _ in 0..n {
-            rest &= rest - 1;
-        }
-        return Some(rest.trailing_zeros() as usize);
-    }
-    let mut base = 0;
-    let mut byte = mask & 0xff;
-    while byte.count_ones() <= n {
-        n -= byte.count_ones();
-        base += 8;
-        byte = (mask >> base) & 0xff;
-    }
-    for _ in 0..n {
-        byte &= byte - 1;
-    }
-    Some(base + byte.trailing_zeros() as usize)
-}
-
-/// The indexes of the set bits of `mask`, lowest first.
-fn bits(mask: u64) -> impl Iterator<Item = usize> {
-    let mut rest = mask;
-    std::iter::from_fn(move || {
-        (rest != 0).then(|| {
-            let index = rest.trailing_zeros() as usize;
-            rest &= rest - 1;
-            index
-        })
     })
 }
 
@@ -312,8 +321,33 @@ pub(crate) mod tests {
         )
     }
 
-    /// The same view, answering with bitmasks: the fast path.
-    struct Masked<'a>(&'a FixedView);
+    /// The same view, answering with bitmasks: the fast path; with
+    /// candidate sets worked out as a snapshot's are, the fastest.
+    struct Masked<'a>(&'a FixedView, Option<ReadSets>);
+
+    impl<'a> Masked<'a> {
+        /// With sets over `routable`: the up nodes, or every node (then
+        /// the down ones are left out per decision).
+        fn planned(view: &'a FixedView, routable: u64) -> Self {
+            let len = view.len();
+            let rtt_ns: Vec<u64> = (0..len).map(|i| view.rtt_ns(i)).collect();
+            let mut by_rtt: Vec<u8> = (0..len as u8).collect();
+            by_rtt.sort_by_key(|&i| rtt_ns[usize::from(i)]);
+            let levels: Vec<u64> = (0..view.preferred_levels())
+                .map(|level| mask(len, |i| view.region_rank(i) == Some(level)))
+                .collect();
+            let sets = ReadSets::build(crate::routing::candidates::Topology {
+                routable,
+                local: mask(len, |i| view.is_local(i)),
+                primary: (0..len).find(|&i| view.is_primary(i)),
+                levels: &levels,
+                rtt_ns: &rtt_ns,
+                by_rtt: &by_rtt,
+                window: Some(view.window()),
+            });
+            Self(view, Some(sets))
+        }
+    }
 
     impl NodeView for Masked<'_> {
         fn len(&self) -> usize {
@@ -346,6 +380,9 @@ pub(crate) mod tests {
         fn local_mask(&self) -> u64 {
             mask(self.len(), |i| self.is_local(i))
         }
+        fn read_sets(&self) -> Option<&ReadSets> {
+            self.1.as_ref()
+        }
     }
 
     fn mask(len: usize, flag: impl Fn(usize) -> bool) -> u64 {
@@ -364,10 +401,17 @@ pub(crate) mod tests {
     }
 
     /// Choices node by node; every test also checks that the bitmask path
-    /// chooses among the same nodes with about the same frequencies.
+    /// chooses among the same nodes with about the same frequencies, and
+    /// that the candidate sets choose exactly what the bitmasks do.
     fn picks(strategy: ReadStrategy, view: &FixedView, exclude: Option<usize>) -> Vec<usize> {
         let walked = counts(strategy, view, exclude);
-        let masked = counts(strategy, &Masked(view), exclude);
+        let masked = counts(strategy, &Masked(view, None), exclude);
+        let up = mask(view.len(), |i| view.is_up(i));
+        let every = mask(view.len(), |_| true);
+        for routable in [up, every] {
+            let planned = counts(strategy, &Masked::planned(view, routable), exclude);
+            assert_eq!(planned, masked, "{strategy}, routable {routable:b}");
+        }
         for (w, m) in walked.iter().zip(&masked) {
             assert_eq!(
                 *w == 0,
@@ -617,28 +661,6 @@ pub(crate) mod tests {
                     assert_eq!(near >> i & 1 == 1, expected, "node {i}");
                 }
             }
-        }
-    }
-
-    #[test]
-    fn choose_bit_picks_the_drawn_set_bit() {
-        let mut masks = fastrand::Rng::with_seed(3);
-        for round in 0..20_000u64 {
-            let mask = match round {
-                0 => u64::MAX,
-                1 => 1 << 63,
-                _ => masks.u64(..) >> masks.u32(..64),
-            };
-            let (mut a, mut b) = (
-                fastrand::Rng::with_seed(round),
-                fastrand::Rng::with_seed(round),
-            );
-            let chosen = choose_bit(mask, &mut a);
-            let expected = match mask.count_ones() {
-                0 => None,
-                count => bits(mask).nth(b.u32(..count) as usize),
-            };
-            assert_eq!(chosen, expected, "{mask:b}");
         }
     }
 }

@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use crate::causal::lsn::Lsn;
 use crate::config::Role;
 use crate::health::capability::MissingCapability;
+use crate::routing::candidates::{ReadSets, Topology};
 
 /// How far a replica is behind the primary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
@@ -141,18 +142,28 @@ pub(crate) struct Snapshot {
     pub(crate) by_rtt: [u8; 64],
     /// Entry `k`, bit `i`: node `i` is in the `k`-th preferred region.
     pub(crate) levels: Box<[u64]>,
-    /// What `fresh_ns` counts from: a day before the snapshot's first creation.
-    pub(crate) epoch: Instant,
-    /// Node `i`'s `fresh_as_of` as nanoseconds after `epoch`, plus one; 0
-    /// when unknown, or for an orphan (nodes 0 to 63): a staleness bound
-    /// is checked against these densely, one comparison a node.
-    pub(crate) fresh_ns: [u64; 64],
-    /// The same stamps, freshest first (nodes 0 to 63).
-    pub(crate) fresh_sorted: [u64; 64],
-    /// Entry `k`: the nodes of the `k` freshest stamps, as a mask; the nodes
-    /// fresh as of a cutoff are the prefix whose stamps reach it, found by a
-    /// binary search instead of a comparison a node.
+    /// The `fresh_as_of` of nodes 0 to 63 that count for a staleness bound
+    /// (`None` when unknown, or for an orphan), freshest first, `None`
+    /// last.
+    pub(crate) fresh_sorted: [Option<Instant>; 64],
+    /// How many entries of `fresh_sorted` are known (not `None`).
+    pub(crate) fresh_known: usize,
+    /// Entry `k`: the nodes of the `k` freshest entries of `fresh_sorted`,
+    /// as a mask; the nodes fresh as of a cutoff are the prefix that
+    /// reaches it (see [`Snapshot::fresh_mask`]).
     pub(crate) fresh_prefix: [u64; 65],
+    /// The oldest `fresh_as_of` of the routable nodes other than the
+    /// write target (nodes 0 to 63); `None` when one of them has none or
+    /// is an orphan, or when there are none. A staleness bound whose
+    /// cutoff is at or before it finds every routable node fresh with one
+    /// comparison.
+    pub(crate) stalest: Option<Instant>,
+    /// The nearest strategy's window, once the hub has said it (`reads`
+    /// then has the nearest strategy's sets).
+    pub(crate) nearest_window: Option<Duration>,
+    /// Each read strategy's candidates (nodes 0 to 63), derived with the
+    /// masks above.
+    pub(crate) reads: ReadSets,
 }
 
 impl NodeState {
@@ -222,40 +233,44 @@ impl Snapshot {
             rtt_ns: [u64::MAX; 64],
             by_rtt: [0; 64],
             levels: Box::from([]),
-            epoch: freshness_epoch(Instant::now()),
-            fresh_ns: [0; 64],
-            fresh_sorted: [0; 64],
+            fresh_sorted: [None; 64],
+            fresh_known: 0,
             fresh_prefix: [0; 65],
+            stalest: None,
+            nearest_window: None,
+            reads: ReadSets::default(),
         };
         snapshot.derive_masks();
         snapshot
     }
 
-    /// Recomputes `routable` and `local` after node states changed.
+    /// This snapshot with the nearest strategy's `window`, so that its sets
+    /// are worked out at every publish.
+    pub(crate) fn with_nearest_window(mut self, window: Duration) -> Self {
+        self.nearest_window = Some(window);
+        self.derive_masks();
+        self
+    }
+
+    /// Recomputes what is derived from the node states after they changed:
+    /// the masks, the dense freshness stamps and round trips, and each
+    /// read strategy's candidates.
     pub(crate) fn derive_masks(&mut self) {
         let routable = mask_of((0..self.nodes.len()).map(|i| self.is_routable(i)));
         self.routable = routable;
-        for (slot, node) in self.fresh_ns.iter_mut().zip(self.nodes.iter()) {
-            *slot = match (node.fresh_as_of, node.orphaned) {
-                (Some(as_of), None) => match as_of.checked_duration_since(self.epoch) {
-                    Some(after) => {
-                        u64::try_from(after.as_nanos()).map_or(u64::MAX, |ns| ns.saturating_add(1))
-                    }
-                    // Before the epoch: older than any cutoff asked about
-                    // through `fresh_mask`.
-                    None => 0,
-                },
-                _ => 0,
-            };
-        }
+        // An orphan shows nothing about the primary's writes.
+        let fresh: [Option<Instant>; 64] = std::array::from_fn(|index| {
+            let node = self.nodes.get(index)?;
+            node.fresh_as_of.filter(|_| node.orphaned.is_none())
+        });
         let dense = self.nodes.len().min(64);
         let mut by_fresh: [u8; 64] = std::array::from_fn(|i| u8::try_from(i).unwrap_or(u8::MAX));
-        let stamps = self.fresh_ns;
         by_fresh[..dense]
-            .sort_unstable_by_key(|&index| std::cmp::Reverse(stamps[usize::from(index)]));
+            .sort_unstable_by_key(|&index| std::cmp::Reverse(fresh[usize::from(index)]));
+        self.fresh_known = fresh[..dense].iter().flatten().count();
         let mut mask = 0;
         for (k, &index) in by_fresh[..dense].iter().enumerate() {
-            self.fresh_sorted[k] = stamps[usize::from(index)];
+            self.fresh_sorted[k] = fresh[usize::from(index)];
             mask |= 1u64 << index;
             self.fresh_prefix[k + 1] = mask;
         }
@@ -286,17 +301,53 @@ impl Snapshot {
                     .map(|node| !node.vacant && node.region_rank == Some(level)),
             );
         }
+        let target = self
+            .primary
+            .filter(|&index| index < 64)
+            .map_or(0, |index| 1u64 << index);
+        self.stalest = self.oldest_freshness(routable & !target);
+        self.reads = ReadSets::build(Topology {
+            routable,
+            local: self.local,
+            primary: self.primary,
+            levels: &self.levels,
+            rtt_ns: &self.rtt_ns[..dense],
+            by_rtt: &self.by_rtt[..dense],
+            window: self.nearest_window,
+        });
     }
 
-    /// Bit `i`: node `i` was fresh as of `cutoff` or later (nodes 0 to
-    /// 63); `None` when `cutoff` is before the epoch (the caller then asks
-    /// each node).
-    pub(crate) fn fresh_mask(&self, cutoff: Instant) -> Option<u64> {
-        let since = cutoff.checked_duration_since(self.epoch)?;
-        let cutoff_ns = u64::try_from(since.as_nanos()).ok()?.saturating_add(1);
-        let len = self.nodes.len().min(64);
-        let fresh = self.fresh_sorted[..len].partition_point(|&ns| ns >= cutoff_ns);
-        Some(self.fresh_prefix[fresh])
+    /// The oldest `fresh_as_of` of the nodes of `mask` (0 to 63); `None`
+    /// when one of them has none or is an orphan, or when `mask` is empty.
+    fn oldest_freshness(&self, mask: u64) -> Option<Instant> {
+        let mut oldest: Option<Instant> = None;
+        for (index, node) in self.nodes.iter().enumerate().take(64) {
+            if mask >> index & 1 == 1 {
+                let as_of = node.fresh_as_of.filter(|_| node.orphaned.is_none())?;
+                oldest = Some(oldest.map_or(as_of, |oldest| oldest.min(as_of)));
+            }
+        }
+        oldest
+    }
+
+    /// Bit `i`: node `i` was fresh as of `cutoff` or later, and is not an
+    /// orphan (nodes 0 to 63). The stalest few known entries one by one (a
+    /// replica or two lagging: as many comparisons), the rest by a binary
+    /// search.
+    #[inline]
+    pub(crate) fn fresh_mask(&self, cutoff: Instant) -> u64 {
+        let sorted = &self.fresh_sorted[..self.fresh_known.min(64)];
+        let is_fresh = |as_of: &Option<Instant>| *as_of >= Some(cutoff);
+        // Every entry from `stale` on is stale.
+        let mut stale = sorted.len();
+        for as_of in sorted.iter().rev().take(4) {
+            if is_fresh(as_of) {
+                return self.fresh_prefix[stale];
+            }
+            stale -= 1;
+        }
+        let fresh = sorted[..stale].partition_point(is_fresh);
+        self.fresh_prefix[fresh]
     }
 
     /// Filled, up, not fenced, and not an orphan (unless orphans serve
@@ -305,13 +356,6 @@ impl Snapshot {
         let node = &self.nodes[index];
         !node.vacant && node.up && !node.fenced && (node.orphaned.is_none() || self.serve_orphans)
     }
-}
-
-/// What the freshness stamps of a snapshot created at `now` count from: a
-/// day before it, so that a staleness bound asked about in the first hours
-/// (a cutoff before `now`) is still answered by the stamps.
-fn freshness_epoch(now: Instant) -> Instant {
-    now.checked_sub(Duration::from_secs(86_400)).unwrap_or(now)
 }
 
 /// Bit `i` set when the `i`-th flag is (only the first 64 count).

@@ -21,7 +21,13 @@
 //! every row once (a fixed number of queries, the row order rotated per
 //! round) after one shorter warm-up round; the table shows the medians of
 //! the rounds and each row's ratio to the bare deadpool row of the same
-//! workload and concurrency. `BENCH_QUERIES` and `BENCH_ROUNDS` override the
+//! workload and concurrency (one pool on node1, or the primary for
+//! writes), and to its matching bare baseline: bare deadpool making the
+//! strategy's choice by hand over the same servers, with the same pool
+//! size per server (primary-only: the pool on node0; global-random and
+//! nearest: one of three pools, one per node, drawn at random per query;
+//! nearest spreads over all three on loopback, which the closing "where
+//! reads went" lines show). `BENCH_QUERIES` and `BENCH_ROUNDS` override the
 //! query count per read row and the number of rounds; `BENCH_VERBOSE=1`
 //! prints every run of every row.
 
@@ -97,6 +103,9 @@ impl Workload {
 enum Client {
     /// A deadpool pool used directly (against a node, or against pgpool).
     Pool(Pool),
+    /// Bare deadpool pools, one per node: each query takes one drawn at
+    /// random (as global-random does, by hand).
+    Spread(Vec<Pool>),
     /// pgrouter reads with this strategy.
     Read(DatabaseManager, ReadStrategy),
     /// pgrouter writes (always the primary).
@@ -108,6 +117,9 @@ enum Client {
 struct Row {
     label: String,
     client: Client,
+    /// The label of the bare deadpool row that makes this row's choice of
+    /// server by hand (its fair baseline), if any.
+    baseline: Option<String>,
     /// Per measured round: queries per second, p50, p99.
     rounds: Vec<(f64, Duration, Duration)>,
     errors: usize,
@@ -119,9 +131,18 @@ impl Row {
         Self {
             label: label.into(),
             client,
+            baseline: None,
             rounds: Vec::new(),
             errors: 0,
             first_error: None,
+        }
+    }
+
+    /// This row with its fair baseline.
+    fn against(self, baseline: &str) -> Self {
+        Self {
+            baseline: Some(baseline.to_owned()),
+            ..self
         }
     }
 }
@@ -175,6 +196,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     run_round(&mut blocks, queries / 4, 0, false).await;
+    // Nearest's baseline assumes it spreads over all three: shown here and
+    // again at the end.
+    print_spread(&db).await;
     for round in 1..=rounds {
         let round_start = Instant::now();
         run_round(&mut blocks, queries, round, true).await;
@@ -184,6 +208,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     print_table(&blocks);
+    print_matched(&blocks);
     print_modes(&blocks);
     print_spread(&db).await;
 
@@ -367,6 +392,9 @@ struct Pools {
     reads: [Pool; 2],
     /// Against the primary, for writes.
     writes: [Pool; 2],
+    /// `Fast` pools against node0, node1 and node2 (the first two are
+    /// `writes[0]` and `reads[0]`): the spreading strategies' baseline.
+    spread: Vec<Pool>,
     /// Against pgpool-II, when it runs.
     pgpool: Option<Pool>,
 }
@@ -380,9 +408,13 @@ impl Pools {
                 bare_pool(config, RecyclingMethod::Verified),
             ]
         };
+        let reads = pair(1);
+        let writes = pair(0);
+        let third = bare_pool(cluster.node(2).pg_config(), RecyclingMethod::Fast);
         Self {
-            reads: pair(1),
-            writes: pair(0),
+            spread: vec![writes[0].clone(), reads[0].clone(), third],
+            reads,
+            writes,
             pgpool: pgpool.map(|p| bare_pool(p.pg_config(), RecyclingMethod::Fast)),
         }
     }
@@ -411,8 +443,15 @@ fn blocks(
     blocks
 }
 
+/// The fair baselines' labels: bare deadpool making a strategy's choice by
+/// hand.
+const BARE_PRIMARY: &str = "deadpool Fast, node0";
+const BARE_SPREAD: &str = "deadpool Fast, random of 3";
+
 /// Row 0 is the reference: bare deadpool (default `Fast` recycling) against
 /// the node regional-preferred reads use (node1), or the primary for writes.
+/// Read blocks also have the bare rows that primary-only, global-random and
+/// nearest are matched against.
 fn rows(
     cluster: &Cluster,
     db: &DatabaseManager,
@@ -432,24 +471,44 @@ fn rows(
             Client::Pool(verified.clone()),
         ),
     ];
+    // Row 0, the baseline of the rows that use its node.
+    let own = &rows[0].label.clone();
     if workload == Workload::Update {
-        rows.push(Row::new("pgrouter write", Client::Write(db.clone())));
+        rows.push(Row::new("pgrouter write", Client::Write(db.clone())).against(own));
     } else {
+        rows.push(Row::new(
+            BARE_PRIMARY,
+            Client::Pool(pools.writes[0].clone()),
+        ));
+        rows.push(Row::new(BARE_SPREAD, Client::Spread(pools.spread.clone())));
         for strategy in ReadStrategy::ALL {
-            rows.push(Row::new(
-                format!("pgrouter {strategy}"),
-                Client::Read(db.clone(), strategy),
-            ));
+            let baseline = match strategy {
+                ReadStrategy::PrimaryOnly => BARE_PRIMARY,
+                ReadStrategy::GlobalRandom | ReadStrategy::Nearest => BARE_SPREAD,
+                _ => own,
+            };
+            rows.push(
+                Row::new(
+                    format!("pgrouter {strategy}"),
+                    Client::Read(db.clone(), strategy),
+                )
+                .against(baseline),
+            );
         }
     }
     if let Some(metered) = metered {
-        rows.push(match workload {
-            Workload::Update => Row::new("pgrouter write, metrics", Client::Write(metered.clone())),
-            _ => Row::new(
-                "pgrouter regional-preferred, metrics",
-                Client::Read(metered.clone(), ReadStrategy::RegionalPreferred),
-            ),
-        });
+        rows.push(
+            match workload {
+                Workload::Update => {
+                    Row::new("pgrouter write, metrics", Client::Write(metered.clone()))
+                }
+                _ => Row::new(
+                    "pgrouter regional-preferred, metrics",
+                    Client::Read(metered.clone(), ReadStrategy::RegionalPreferred),
+                ),
+            }
+            .against(own),
+        );
     }
     if let Some(pool) = &pools.pgpool {
         rows.push(Row::new(
@@ -533,7 +592,7 @@ async fn run(client: &Client, workload: Workload, tasks: usize, total: usize) ->
                 while next.fetch_add(1, Ordering::Relaxed) < total {
                     let aid = rng.i32(1..=ACCOUNTS);
                     let begun = Instant::now();
-                    match call(&client, workload, aid).await {
+                    match call(&client, workload, aid, &mut rng).await {
                         Ok(()) => sample.latencies.record(begun.elapsed()),
                         Err(error) => {
                             sample.errors += 1;
@@ -558,8 +617,14 @@ async fn run(client: &Client, workload: Workload, tasks: usize, total: usize) ->
     merged
 }
 
-/// One query. Bare pools use a cached prepared statement, as pgrouter does.
-async fn call(client: &Client, workload: Workload, aid: i32) -> Result<(), String> {
+/// One query. Bare pools use a cached prepared statement, as pgrouter does;
+/// `rng` draws the pool of a spread row.
+async fn call(
+    client: &Client,
+    workload: Workload,
+    aid: i32,
+    rng: &mut fastrand::Rng,
+) -> Result<(), String> {
     let sql = workload.sql();
     let with_key: [&(dyn ToSql + Sync); 1] = [&aid];
     let params: &[&(dyn ToSql + Sync)] = match workload {
@@ -567,14 +632,9 @@ async fn call(client: &Client, workload: Workload, aid: i32) -> Result<(), Strin
         Workload::PointSelect | Workload::Update => &with_key,
     };
     match client {
-        Client::Pool(pool) => {
-            let conn = pool.get().await.map_err(|e| e.to_string())?;
-            let statement = conn.prepare_cached(sql).await.map_err(|e| e.to_string())?;
-            match workload {
-                Workload::Update => conn.execute(&statement, params).await.map(drop),
-                _ => conn.query_one(&statement, params).await.map(drop),
-            }
-            .map_err(|e| e.to_string())
+        Client::Pool(pool) => bare_call(pool, workload, params).await,
+        Client::Spread(pools) => {
+            bare_call(&pools[rng.usize(..pools.len())], workload, params).await
         }
         Client::Read(db, strategy) => db
             .read()
@@ -591,11 +651,29 @@ async fn call(client: &Client, workload: Workload, aid: i32) -> Result<(), Strin
     }
 }
 
+/// One query on a bare pool, with a cached prepared statement.
+async fn bare_call(
+    pool: &Pool,
+    workload: Workload,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<(), String> {
+    let conn = pool.get().await.map_err(|e| e.to_string())?;
+    let statement = conn
+        .prepare_cached(workload.sql())
+        .await
+        .map_err(|e| e.to_string())?;
+    match workload {
+        Workload::Update => conn.execute(&statement, params).await.map(drop),
+        _ => conn.query_one(&statement, params).await.map(drop),
+    }
+    .map_err(|e| e.to_string())
+}
+
 /// One line per row: median q/s (and the rounds' range), median p50 and
 /// p99, and the ratio of median rates to the two bare rows of its block.
 fn print_table(blocks: &[Block]) {
     println!(
-        "\n{:<13} {:>5}  {:<28} {:>7} {:>13} {:>6} {:>6} {:>6} {:>6} {:>6}",
+        "\n{:<13} {:>5}  {:<28} {:>7} {:>13} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6}",
         "workload",
         "tasks",
         "client",
@@ -605,6 +683,7 @@ fn print_table(blocks: &[Block]) {
         "p99ms",
         "×Fast",
         "×Verif",
+        "×match",
         "errors"
     );
     for block in blocks {
@@ -619,8 +698,10 @@ fn print_table(blocks: &[Block]) {
                 .fold((f64::MAX, 0.0f64), |(lo, hi), q| (lo.min(q), hi.max(q)));
             let p50 = Duration::from_secs_f64(median_of(row, |r| r.1.as_secs_f64()));
             let p99 = Duration::from_secs_f64(median_of(row, |r| r.2.as_secs_f64()));
+            let matched = baseline_rate(block, row)
+                .map_or_else(|| "".to_owned(), |base| format!("{:.2}", rate / base));
             println!(
-                "{:<13} {:>5}  {:<28} {:>7.0} {:>13} {:>6} {:>6} {:>6.2} {:>6.2} {:>6}",
+                "{:<13} {:>5}  {:<28} {:>7.0} {:>13} {:>6} {:>6} {:>6.2} {:>6.2} {:>6} {:>6}",
                 block.workload.label(),
                 block.tasks,
                 row.label,
@@ -630,6 +711,7 @@ fn print_table(blocks: &[Block]) {
                 millis(p99),
                 rate / fast,
                 rate / verified,
+                matched,
                 row.errors
             );
             if let Some(error) = &row.first_error {
@@ -638,6 +720,50 @@ fn print_table(blocks: &[Block]) {
         }
         println!();
     }
+}
+
+/// The median rate of `row`'s fair baseline in `block`.
+fn baseline_rate(block: &Block, row: &Row) -> Option<f64> {
+    let label = row.baseline.as_deref()?;
+    let baseline = block.rows.iter().find(|other| other.label == label)?;
+    Some(median_of(baseline, |r| r.0))
+}
+
+/// Per read block: each strategy's median rate against its fair baseline
+/// and against the single bare pool (row 0), and each baseline against
+/// row 0.
+fn print_matched(blocks: &[Block]) {
+    println!("strategies against bare deadpool Fast (ratios of median q/s):");
+    println!(
+        "  {:<13} {:<4} {:<20} {:>10} {:>10}  matching baseline (×node1)",
+        "workload", "", "strategy", "×matching", "×node1"
+    );
+    for block in blocks.iter().filter(|b| b.workload != Workload::Update) {
+        let single = median_of(&block.rows[0], |r| r.0);
+        for row in &block.rows {
+            let Client::Read(_, strategy) = &row.client else {
+                continue;
+            };
+            if row.label != format!("pgrouter {strategy}") {
+                continue;
+            }
+            let (Some(label), Some(base)) = (&row.baseline, baseline_rate(block, row)) else {
+                continue;
+            };
+            let rate = median_of(row, |r| r.0);
+            println!(
+                "  {:<13} x{:<3} {:<20} {:>10.2} {:>10.2}  {} ({:.2})",
+                block.workload.label(),
+                block.tasks,
+                strategy.as_str(),
+                rate / base,
+                rate / single,
+                label,
+                base / single
+            );
+        }
+    }
+    println!();
 }
 
 /// Per block: unnamed against prepared (both direct), and unnamed through
@@ -680,6 +806,13 @@ fn median_of(row: &Row, field: impl Fn(&(f64, Duration, Duration)) -> f64) -> f6
 /// which rows hit one node and which spread.
 async fn print_spread(db: &DatabaseManager) {
     println!("where 100 reads of each strategy went (local region {LOCAL_REGION}):");
+    let status = db.status();
+    let rtts: Vec<String> = status
+        .nodes
+        .iter()
+        .map(|node| format!("{}={:?}", node.name, node.rtt))
+        .collect();
+    println!("  probe round trips: {}", rtts.join(" "));
     for strategy in ReadStrategy::ALL {
         let mut counts = std::collections::BTreeMap::<String, usize>::new();
         for _ in 0..100 {
