@@ -26,14 +26,13 @@
 //! Requires `valgrind` on `PATH`; without it the allocation rows are still
 //! printed.
 
-// A global allocator is an `unsafe` trait; each call forwards to `System`.
+// The shared harness's global allocator is an `unsafe` trait; each call
+// forwards to `System`.
 #![allow(unsafe_code)]
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::collections::HashMap;
-use std::path::Path;
-use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+#[path = "support/callgrind.rs"]
+mod callgrind;
+
 use std::time::Duration;
 
 use pgrouter::deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
@@ -42,56 +41,7 @@ use pgrouter::Config;
 use pgrouter::DatabaseManager;
 use pgrouter_testkit::Cluster;
 
-/// Default query counts of the two runs whose difference is measured.
-const DEFAULT_QUERIES: (u64, u64) = (2_000, 12_000);
-/// Rows of the per-function breakdown.
-const BREAKDOWN_ROWS: usize = 30;
-/// Reads before the measured part of every run.
-const WARM_UP: u64 = 200;
-
-/// The system allocator, counting allocations while `COUNTING` is set.
-/// The worker is single-threaded (a current-thread runtime), so a global
-/// flag counts exactly the measured loop.
-struct CountingAllocator;
-
-static COUNTING: AtomicBool = AtomicBool::new(false);
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-fn note_allocation() {
-    if COUNTING.load(Ordering::Relaxed) {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-// SAFETY: every call is forwarded unchanged to `System`; counting touches
-// only atomics, which never allocate.
-unsafe impl GlobalAlloc for CountingAllocator {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note_allocation();
-        // SAFETY: same contract as the caller's.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        note_allocation();
-        // SAFETY: same contract as the caller's.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note_allocation();
-        // SAFETY: same contract as the caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: CountingAllocator = CountingAllocator;
+use callgrind::{breakdown, client_cost, measure, queries, valgrind_available};
 
 /// The two clients compared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,21 +112,8 @@ fn driver() {
     let reads = (large - small) as f64;
     let mut results = Vec::new();
     for client in Client::ALL {
-        let allocations = per_query(small, large, |queries| {
-            let output = run(Command::new(&exe).args(worker_args(client, queries, &url)));
-            field(&output, "allocations")
-        });
-        // The whole run's instructions a read, and each function's own.
-        let profiles = valgrind.then(|| {
-            let at_small = callgrind(&exe, client, small, &url);
-            let at_large = callgrind(&exe, client, large, &url);
-            let instructions = (at_large.total as f64 - at_small.total as f64) / reads;
-            let mut functions = at_large.functions;
-            for (name, count) in functions.iter_mut() {
-                let before = at_small.functions.get(name).copied().unwrap_or(0);
-                *count = count.saturating_sub(before);
-            }
-            (instructions, functions)
+        let (profiles, allocations) = client_cost(&exe, (small, large), valgrind, |queries| {
+            worker_args(client, queries, &url)
         });
         println!(
             "{:<24} {:>18} {:>18.2}",
@@ -203,55 +140,6 @@ fn driver() {
     drop(cluster);
 }
 
-/// The functions whose own instructions a read differ most between the two
-/// clients: where pgrouter's extra goes.
-fn breakdown(bare: &HashMap<String, u64>, routed: &HashMap<String, u64>, reads: f64) {
-    let mut names: Vec<&String> = bare.keys().chain(routed.keys()).collect();
-    names.sort();
-    names.dedup();
-    let per_read = |map: &HashMap<String, u64>, name: &String| {
-        map.get(name).copied().unwrap_or(0) as f64 / reads
-    };
-    let mut rows: Vec<(f64, f64, f64, &String)> = names
-        .into_iter()
-        .map(|name| {
-            let (b, r) = (per_read(bare, name), per_read(routed, name));
-            (r - b, b, r, name)
-        })
-        .filter(|(difference, ..)| difference.abs() >= 40.0)
-        .collect();
-    rows.sort_by(|a, b| b.0.abs().total_cmp(&a.0.abs()));
-    println!("\nwhere the difference goes (own instructions a read, |difference| >= 40):");
-    println!("{:>8} {:>8} {:>8}  function", "diff", "bare", "pgrouter");
-    for (difference, b, r, name) in rows.iter().take(BREAKDOWN_ROWS) {
-        let name: String = name.chars().take(110).collect();
-        println!("{difference:>+8.0} {b:>8.0} {r:>8.0}  {name}");
-    }
-    let shown: f64 = rows.iter().take(BREAKDOWN_ROWS).map(|row| row.0).sum();
-    println!("{shown:>+8.0}                    (sum of the rows shown)");
-}
-
-fn queries() -> (u64, u64) {
-    let Ok(value) = std::env::var("BENCH_QUERIES") else {
-        return DEFAULT_QUERIES;
-    };
-    let parsed: Vec<u64> = value
-        .split(',')
-        .filter_map(|part| part.trim().parse().ok())
-        .collect();
-    match parsed[..] {
-        [small, large] if small < large => (small, large),
-        _ => panic!("BENCH_QUERIES must be two increasing counts, e.g. 2000,12000"),
-    }
-}
-
-/// The per-query cost from whole-run totals at two query counts.
-fn per_query(small: u64, large: u64, mut total: impl FnMut(u64) -> u64) -> f64 {
-    let at_small = total(small);
-    let at_large = total(large);
-    (at_large as f64 - at_small as f64) / (large - small) as f64
-}
-
 fn worker_args(client: Client, queries: u64, url: &str) -> Vec<String> {
     vec![
         "--worker".to_owned(),
@@ -259,97 +147,6 @@ fn worker_args(client: Client, queries: u64, url: &str) -> Vec<String> {
         queries.to_string(),
         url.to_owned(),
     ]
-}
-
-fn valgrind_available() -> bool {
-    Command::new("valgrind")
-        .arg("--version")
-        .output()
-        .is_ok_and(|output| output.status.success())
-}
-
-/// A callgrind run: the whole-process instruction count, and each
-/// function's own (exclusive) count.
-struct Profile {
-    total: u64,
-    functions: HashMap<String, u64>,
-}
-
-/// The worker's whole-process instruction count under callgrind.
-fn callgrind(exe: &Path, client: Client, queries: u64, url: &str) -> Profile {
-    let out = tempfile::NamedTempFile::new().expect("a temporary file");
-    let mut command = Command::new("valgrind");
-    command
-        .arg("--tool=callgrind")
-        .arg(format!("--callgrind-out-file={}", out.path().display()))
-        .arg(exe)
-        .args(worker_args(client, queries, url));
-    let _ = run(&mut command);
-    let profile = std::fs::read_to_string(out.path()).expect("callgrind's output file");
-    let total = profile
-        .lines()
-        .find_map(|line| {
-            line.strip_prefix("summary:")
-                .or_else(|| line.strip_prefix("totals:"))
-        })
-        .and_then(|value| value.split_whitespace().next()?.parse().ok())
-        .expect("a summary line in callgrind's output");
-    let annotated = run(Command::new("callgrind_annotate")
-        .arg("--threshold=100")
-        .arg(out.path()));
-    Profile {
-        total,
-        functions: functions(&annotated),
-    }
-}
-
-/// Per-function exclusive counts from `callgrind_annotate`'s table: lines
-/// such as `1,234 ( 0.5%)  ???:name [object]`.
-fn functions(annotated: &str) -> HashMap<String, u64> {
-    let mut functions = HashMap::new();
-    for line in annotated.lines() {
-        let Some((count, rest)) = line.trim_start().split_once(" (") else {
-            continue;
-        };
-        let Ok(count) = count.replace(',', "").parse::<u64>() else {
-            continue;
-        };
-        let Some((_, name)) = rest.split_once(")  ") else {
-            continue;
-        };
-        if name.contains("PROGRAM TOTALS") {
-            continue;
-        }
-        // `file:function [object]`: keep the function.
-        let name = name.rsplit_once(" [").map_or(name, |(name, _)| name);
-        let name = name.split_once(':').map_or(name, |(_, name)| name);
-        *functions.entry(name.trim().to_owned()).or_insert(0) += count;
-    }
-    functions
-}
-
-fn run(command: &mut Command) -> String {
-    let output = command.output().expect("the worker starts");
-    assert!(
-        output.status.success(),
-        "worker failed: {}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).expect("the worker prints UTF-8")
-}
-
-fn field(output: &str, name: &str) -> u64 {
-    output
-        .lines()
-        .find_map(|line| {
-            line.strip_prefix(name)?
-                .strip_prefix('=')?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or_else(|| panic!("no {name}= line in the worker's output: {output}"))
 }
 
 /// One run: connect, warm up, then `queries` reads counted by the
@@ -384,25 +181,6 @@ fn worker(client: Client, queries: u64, url: &str) {
         }
     });
     println!("allocations={allocations}");
-}
-
-/// Warms up, then runs `queries` reads one after another, counting
-/// allocations.
-async fn measure<F, Fut>(queries: u64, read: F) -> u64
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    for _ in 0..WARM_UP {
-        read().await;
-    }
-    ALLOCATIONS.store(0, Ordering::Relaxed);
-    COUNTING.store(true, Ordering::Relaxed);
-    for _ in 0..queries {
-        read().await;
-    }
-    COUNTING.store(false, Ordering::Relaxed);
-    ALLOCATIONS.load(Ordering::Relaxed)
 }
 
 fn bare_pool(url: &str) -> Pool {
