@@ -3,7 +3,9 @@
 //! deadpool-postgres making the same choice of server by hand: one pool on
 //! node1 (what regional-preferred reads use), or one pool per node with a
 //! pool drawn at random per read (what global-random and nearest do on
-//! loopback, where every node is within nearest's window).
+//! loopback, where every node is within nearest's window). One more row
+//! reads regional-preferred with hedged reads on: what the hedge watch (its
+//! timer, the delay's inputs) costs a read that is answered in time.
 //!
 //! ```text
 //! cargo bench --bench spread_instructions
@@ -45,15 +47,17 @@ enum Client {
     Regional,
     Global,
     Nearest,
+    RegionalHedging,
 }
 
 impl Client {
-    const ALL: [Client; 5] = [
+    const ALL: [Client; 6] = [
         Client::Deadpool,
         Client::DeadpoolSpread,
         Client::Regional,
         Client::Global,
         Client::Nearest,
+        Client::RegionalHedging,
     ];
 
     fn arg(self) -> &'static str {
@@ -63,6 +67,7 @@ impl Client {
             Client::Regional => "regional-preferred",
             Client::Global => "global-random",
             Client::Nearest => "nearest",
+            Client::RegionalHedging => "regional-preferred-hedging",
         }
     }
 
@@ -73,6 +78,7 @@ impl Client {
             Client::Regional => "pgrouter regional-preferred",
             Client::Global => "pgrouter global-random",
             Client::Nearest => "pgrouter nearest",
+            Client::RegionalHedging => "pgrouter regional, hedging on",
         }
     }
 
@@ -80,7 +86,7 @@ impl Client {
     fn baseline(self) -> Option<Client> {
         match self {
             Client::Deadpool | Client::DeadpoolSpread => None,
-            Client::Regional => Some(Client::Deadpool),
+            Client::Regional | Client::RegionalHedging => Some(Client::Deadpool),
             Client::Global | Client::Nearest => Some(Client::DeadpoolSpread),
         }
     }
@@ -212,12 +218,15 @@ fn worker(client: Client, queries: u64, url: &str) {
                 measure(queries, read).await
             }
             strategy => {
+                let hedging = strategy == Client::RegionalHedging;
                 let strategy = match strategy {
-                    Client::Regional => pgrouter::ReadStrategy::RegionalPreferred,
+                    Client::Regional | Client::RegionalHedging => {
+                        pgrouter::ReadStrategy::RegionalPreferred
+                    }
                     Client::Global => pgrouter::ReadStrategy::GlobalRandom,
                     _ => pgrouter::ReadStrategy::Nearest,
                 };
-                let db = router(url).await;
+                let db = router(url, hedging).await;
                 let read = || async {
                     let row = db
                         .read()
@@ -252,7 +261,9 @@ fn bare_pool(url: &str) -> Pool {
         .expect("a pool with a runtime")
 }
 
-async fn router(url: &str) -> DatabaseManager {
+/// pgrouter over the three nodes (node1 local), its defaults but for the
+/// pools, the probe interval and, with `hedging`, hedged reads on.
+async fn router(url: &str, hedging: bool) -> DatabaseManager {
     let urls: Vec<&str> = url.split('|').collect();
     let mut config = Config::builder()
         .primary("node0", "us-east-1", urls[0])
@@ -263,6 +274,7 @@ async fn router(url: &str) -> DatabaseManager {
         .expect("a valid configuration");
     config.pool.max_size = 1;
     config.health.interval = Duration::from_secs(600);
+    config.hedging.enabled = hedging;
     DatabaseManager::new(config)
         .await
         .expect("the router starts")
