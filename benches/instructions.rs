@@ -41,7 +41,7 @@ use pgrouter::Config;
 use pgrouter::DatabaseManager;
 use pgrouter_testkit::Cluster;
 
-use callgrind::{breakdown, client_cost, measure, queries, valgrind_available};
+use callgrind::{breakdown, client_cost, dispatch, measure, queries, valgrind_available};
 
 /// The two clients compared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,23 +73,7 @@ impl Client {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if let Some(position) = args.iter().position(|arg| arg == "--worker") {
-        let client = args.get(position + 1).and_then(|arg| Client::parse(arg));
-        let queries = args.get(position + 2).and_then(|arg| arg.parse().ok());
-        let url = args.get(position + 3);
-        match (client, queries, url) {
-            (Some(client), Some(queries), Some(url)) => worker(client, queries, url),
-            _ => panic!("usage: --worker deadpool|pgrouter QUERIES CONNECTION_STRING"),
-        }
-        return;
-    }
-    // `cargo test --benches` runs bench binaries with `--test`: nothing to
-    // measure then.
-    if args.iter().any(|arg| arg == "--test") {
-        return;
-    }
-    driver();
+    dispatch(Client::parse, worker, driver);
 }
 
 /// Starts the cluster, runs the workers, prints the table.

@@ -102,6 +102,31 @@ pub(crate) fn queries() -> (u64, u64) {
     }
 }
 
+/// The bench's `main`: with `--worker CLIENT QUERIES URL`, one worker run
+/// (`worker`, the client parsed by `parse`); with `--test` (as `cargo test
+/// --benches` runs bench binaries), nothing; otherwise the `driver`.
+pub(crate) fn dispatch<C>(
+    parse: impl Fn(&str) -> Option<C>,
+    worker: impl FnOnce(C, u64, &str),
+    driver: impl FnOnce(),
+) {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(position) = args.iter().position(|arg| arg == "--worker") {
+        let client = args.get(position + 1).and_then(|arg| parse(arg));
+        let queries = args.get(position + 2).and_then(|arg| arg.parse().ok());
+        let url = args.get(position + 3);
+        match (client, queries, url) {
+            (Some(client), Some(queries), Some(url)) => worker(client, queries, url),
+            _ => panic!("usage: --worker CLIENT QUERIES CONNECTION_STRING"),
+        }
+        return;
+    }
+    if args.iter().any(|arg| arg == "--test") {
+        return;
+    }
+    driver();
+}
+
 /// Instructions a read, and each function's own instructions a read (summed
 /// over the measured reads).
 pub(crate) type Cost = (f64, HashMap<String, u64>);
