@@ -325,11 +325,8 @@ impl Hub {
         exclude: Option<usize>,
         rng: &mut fastrand::Rng,
     ) -> Option<usize> {
-        // The flags before the snapshot (see `publish`), each loaded once.
-        let suspects = self.suspects.load();
-        let snapshot = self.snapshot.load();
-        let view = self.view(suspects, &snapshot, freshness);
-        pick_read(strategy, &view, exclude, rng)
+        self.pick_read_with_role(strategy, freshness, exclude, rng)
+            .map(|(index, _)| index)
     }
 
     /// [`Hub::pick_read`] of a call's first node, and that node's role in
@@ -340,10 +337,24 @@ impl Hub {
         freshness: Freshness,
         rng: &mut fastrand::Rng,
     ) -> Option<(usize, Role)> {
+        self.pick_read_with_role(strategy, freshness, None, rng)
+    }
+
+    /// The one decision behind both picks, over one load of the flags and
+    /// the snapshot.
+    #[inline]
+    fn pick_read_with_role(
+        &self,
+        strategy: ReadStrategy,
+        freshness: Freshness,
+        exclude: Option<usize>,
+        rng: &mut fastrand::Rng,
+    ) -> Option<(usize, Role)> {
+        // The flags before the snapshot (see `publish`), each loaded once.
         let suspects = self.suspects.load();
         let snapshot = self.snapshot.load();
         let view = self.view(suspects, &snapshot, freshness);
-        let index = pick_read(strategy, &view, None, rng)?;
+        let index = pick_read(strategy, &view, exclude, rng)?;
         Some((index, snapshot.nodes[index].role))
     }
 
