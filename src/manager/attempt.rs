@@ -59,9 +59,6 @@ pub(crate) struct Call<'a> {
     pub(crate) deadline: Deadline,
     /// Also return the write's causal token.
     pub(crate) token: bool,
-    /// Count the statement in its node's live traffic (outlier detection,
-    /// the hedge delay).
-    pub(crate) tracked: bool,
 }
 
 /// A pooled connection a statement may be running on. If the call's future
@@ -255,41 +252,96 @@ impl<'h, C: Connect> Attempt<'h, C> {
         &self,
         call: &Call<'_>,
     ) -> Result<(K::Output<RowOf<C>>, Option<CausalToken>), Error> {
-        if !call.tracked {
-            let mut client = self.checkout().await?.single_statement();
-            return self.run_on::<K>(&mut client, call).await;
-        }
         // In flight on the node from here until it ends (answered, failed,
-        // or dropped), its answer timed.
+        // or dropped), its answer timed. Writes count too: the primary's
+        // answers are evidence for outlier detection on the nodes that
+        // serve reads.
         let traffic = self.hub.traffic(self.index);
         let (_in_flight, first) = traffic.begin();
         if first {
             self.hub.counters.reads_started.notify_one();
         }
-        // `checkout()`, inline: one future layer less on every read.
+        // `checkout()`, inline: one future layer less on every call.
         let checkout = self
             .connect
             .checkout(self.hub, self.index, self.deadline.at, self.started);
         let mut client = match checkout.await {
-            Ok(session) => Busy {
-                session: Some(session),
-                hub: self.hub,
-                dropped: Fate::Drain,
-            },
+            Ok(session) => Busy::new(self.hub, session).single_statement(),
             Err(failure) => return Err(self.judge(Phase::Checkout, failure).0),
         };
         let started = self.hub.nanos(self.started);
         traffic.sent(started);
         let result = self.run_on::<K>(&mut client, call).await;
-        if result
-            .as_ref()
-            .map_or_else(|error| *error.kind() == ErrorKind::Database, |_| true)
-        {
+        self.answered(started, result.as_ref().err());
+        result
+    }
+
+    /// A read: [`Attempt::run`] without a causal token, checkout, prepare,
+    /// run and settle in one future (every read is polled through it).
+    pub(crate) async fn read<K: Returns>(
+        self,
+        call: &Call<'_>,
+    ) -> Result<K::Output<RowOf<C>>, Error> {
+        let traffic = self.hub.traffic(self.index);
+        let (_in_flight, first) = traffic.begin();
+        if first {
+            self.hub.counters.reads_started.notify_one();
+        }
+        let checkout = self
+            .connect
+            .checkout(self.hub, self.index, self.deadline.at, self.started);
+        let mut client = match checkout.await {
+            Ok(session) => Busy::new(self.hub, session).single_statement(),
+            Err(failure) => return Err(self.judge(Phase::Checkout, failure).0),
+        };
+        let started = self.hub.nanos(self.started);
+        traffic.sent(started);
+        // A cached statement the server no longer accepts (the schema
+        // changed under it) ran nothing: prepare afresh and run once more.
+        let mut fresh_plan = false;
+        let result = loop {
+            let prepare = client.prepare(call.sql, call.params, Block::None);
+            let statement = match before(self.deadline.at, prepare).await {
+                Ok(Ok(statement)) => statement,
+                Ok(Err(error)) => {
+                    let failure = Failure::Postgres(error);
+                    break Err(self.fail(Phase::BeforeSend, &mut client, failure));
+                }
+                Err(_) => break Err(self.fail(Phase::BeforeSend, &mut client, Failure::Deadline)),
+            };
+            let ran = {
+                // Pinned where it is made, and timed through a reference.
+                let run = pin!(K::run(&*client, call.sql, &statement, call.params));
+                timeout_at(self.deadline.at, run).await
+            };
+            match ran {
+                Ok(Ok(output)) => {
+                    client.settle(Fate::Keep);
+                    break Ok(output);
+                }
+                Ok(Err(error)) if !fresh_plan && is_stale_statement(&error) => {
+                    tracing::debug!(%error, "cached statement rejected; preparing it again");
+                    client.forget_statements();
+                    fresh_plan = true;
+                }
+                Ok(Err(error)) => {
+                    break Err(self.fail(Phase::Sent, &mut client, Failure::Postgres(error)))
+                }
+                Err(_) => break Err(self.fail(Phase::Sent, &mut client, Failure::Deadline)),
+            }
+        };
+        self.answered(started, result.as_ref().err());
+        result
+    }
+
+    /// An answer (a result, or the server's own error) came from the node:
+    /// its live traffic is told, with the attempt's latency.
+    fn answered(&self, started: u64, error: Option<&Error>) {
+        if error.is_none_or(|error| *error.kind() == ErrorKind::Database) {
             let now = self.hub.nanos(Instant::now());
             let latency = Duration::from_nanos(now.saturating_sub(started));
-            traffic.answered(now, latency);
+            self.hub.traffic(self.index).answered(now, latency);
         }
-        result
     }
 
     /// [`Attempt::run`] on a connection already checked out, settled here

@@ -7,15 +7,16 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use futures_util::FutureExt;
+use futures_util::future::Either;
 use tokio::time::{sleep_until, Instant};
+use tracing::Instrument;
 
 use crate::config::clock;
 use crate::config::ReadStrategy;
 use crate::failure::error::Error;
 use crate::hedging::{hedge_adds_load, hedge_delay, outlier_limit};
 use crate::hub::Hub;
-use crate::manager::attempt::{traced, Call};
+use crate::manager::attempt::{span, Attempt, Call};
 use crate::manager::session::{Connect, Returns, RowOf};
 use crate::routing::freshness::Freshness;
 
@@ -223,8 +224,9 @@ where
     }
 }
 
-/// One read attempt on node `index` (counted in its live traffic: see
-/// `Call::tracked`).
+/// One read attempt on node `index`, counted in its live traffic, inside
+/// a span naming the node, its role and the attempt's number when tracing
+/// wants that span (a disabled span is not entered at every poll).
 pub(crate) fn tracked<'a, K: Returns, C: Connect + 'a>(
     hub: &'a Hub,
     connect: C,
@@ -237,8 +239,11 @@ pub(crate) fn tracked<'a, K: Returns, C: Connect + 'a>(
         1 => call.deadline.started,
         _ => Instant::now(),
     };
-    // A combinator, not an `async` block: one future layer less on every
-    // read.
-    traced::<K, C>(hub, connect, index, number, call, started)
-        .map(|result| result.map(|(rows, _)| rows))
+    let attempt = Attempt::started_at(hub, connect, index, call.deadline, started);
+    // No `async` block: one future layer less on every read.
+    let span = span(hub, index, number);
+    match span.is_disabled() {
+        true => Either::Left(attempt.read::<K>(call)),
+        false => Either::Right(attempt.read::<K>(call).instrument(span)),
+    }
 }

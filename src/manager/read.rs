@@ -204,7 +204,6 @@ impl<'a> ReadBuilder<'a> {
             params,
             deadline: Deadline::start(budget),
             token: false,
-            tracked: true,
         };
         // The call's span is entered at every poll only if tracing wants it.
         let span = observer.span().clone();

@@ -292,9 +292,6 @@ impl<'a> WriteBuilder<'a> {
             params,
             deadline,
             token,
-            // Writes count too: the primary's answers are evidence for
-            // outlier detection on the nodes that serve reads.
-            tracked: true,
         };
         let statement = SingleStatement::<K, C> {
             connect,
