@@ -43,6 +43,16 @@ pub(crate) struct Statements {
     learnt: RwLock<HashMap<Box<str>, Arc<[Type]>>>,
 }
 
+/// A statement's first row and its number of rows, for `query_one` and
+/// `query_opt`: no `Vec` is built for an answer that is one row.
+#[derive(Debug)]
+pub(crate) struct Counted<R> {
+    /// The first row, if any.
+    pub(crate) first: Option<R>,
+    /// Every row the statement returned, the first included.
+    pub(crate) rows: usize,
+}
+
 /// A statement ready to run on one connection.
 #[derive(Debug)]
 pub(crate) enum Ready<'s> {
@@ -215,25 +225,33 @@ impl Ready<'_> {
     }
 
     /// The first row and the number of rows, streamed: the rows after the
-    /// first are counted as they arrive, not kept.
+    /// first are counted as they arrive, not kept. An unnamed statement is
+    /// sent as `sql` (a statement kept without its text is given it again).
     pub(crate) async fn query_counted(
         &self,
         client: &Client,
+        sql: &str,
         params: Params<'_>,
-    ) -> Result<(Option<Row>, usize), tokio_postgres::Error> {
+    ) -> Result<Counted<Row>, tokio_postgres::Error> {
         let rows = match self {
             Ready::Named(statement) => client.query_raw(statement, params.iter().copied()).await?,
-            Ready::Unnamed(sql, types) => client.query_typed_raw(sql, typed(params, types)).await?,
+            Ready::Unnamed(_, types) => client.query_typed_raw(sql, typed(params, types)).await?,
         };
         let mut rows = std::pin::pin!(rows);
         let Some(first) = rows.try_next().await? else {
-            return Ok((None, 0));
+            return Ok(Counted {
+                first: None,
+                rows: 0,
+            });
         };
         let mut count = 1;
         while rows.try_next().await?.is_some() {
             count += 1;
         }
-        Ok((Some(first), count))
+        Ok(Counted {
+            first: Some(first),
+            rows: count,
+        })
     }
 
     /// Exactly one row (tokio-postgres's `query_one`).

@@ -15,6 +15,7 @@ use tokio_postgres::Row;
 
 use super::session::{Columns, Connect, Counted, Failure, Params, PgError, Session};
 use crate::causal::lsn::Lsn;
+use crate::config::StatementMode;
 use crate::connect::node::Node;
 use crate::connect::statements::{Block, Ready, Statements};
 use crate::connect::tls::Connector;
@@ -138,6 +139,11 @@ impl Session for Pooled {
         block: Block,
     ) -> Result<Ready<'static>, PgError> {
         let statements = &self.node.statements;
+        // The usual case awaited here, not through `Statements::prepare`:
+        // one future layer less on every statement.
+        if statements.mode() == StatementMode::Prepared {
+            return self.object.prepare_cached(sql).await.map(Ready::Named);
+        }
         let ready = statements.prepare(&self.object, sql, params, block).await;
         ready.map(detach)
     }
@@ -162,20 +168,14 @@ impl Session for Pooled {
         }
     }
 
-    async fn query_counted<'a>(
+    fn query_counted<'a>(
         &'a self,
         sql: &'a str,
         statement: &'a Ready<'static>,
         params: Params<'a>,
-    ) -> Result<Counted<Row>, PgError> {
-        let (first, rows) = match statement {
-            Ready::Named(_) => statement.query_counted(&self.object, params).await?,
-            Ready::Unnamed(_, types) => {
-                let ready = Ready::Unnamed(sql, Arc::clone(types));
-                ready.query_counted(&self.object, params).await?
-            }
-        };
-        Ok(Counted { first, rows })
+    ) -> impl Future<Output = Result<Counted<Row>, PgError>> + Send + 'a {
+        // No `async` wrapper: the statement's own future, one layer less.
+        statement.query_counted(&self.object, sql, params)
     }
 
     async fn execute<'a>(

@@ -23,7 +23,7 @@ use tokio_postgres::types::Type;
 
 use crate::causal::lsn::Lsn;
 use crate::connect::statements::Block;
-pub(crate) use crate::connect::statements::Params;
+pub(crate) use crate::connect::statements::{Counted, Params};
 use crate::failure::safety::Fate;
 use crate::hub::Hub;
 
@@ -225,16 +225,6 @@ impl Returns for One {
     ) -> impl Future<Output = Result<S::Row, PgError>> + Send + 'a {
         session.query_one(sql, statement, params)
     }
-}
-
-/// A statement's first row and its number of rows, for `query_one` and
-/// `query_opt`: no `Vec` is built for an answer that is one row.
-#[derive(Debug)]
-pub(crate) struct Counted<R> {
-    /// The first row, if any.
-    pub(crate) first: Option<R>,
-    /// Every row the statement returned, the first included.
-    pub(crate) rows: usize,
 }
 
 #[cfg(test)]
