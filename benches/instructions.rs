@@ -20,7 +20,11 @@
 //! Both clients use a pool of one connection per node, `prepare_cached`, and
 //! `query_one`: the bare client is what a service without pgrouter would
 //! write; pgrouter's is `db.read().query_one("SELECT 1", &[])` with its
-//! defaults (one node, the primary, so every read goes there). The health
+//! defaults (one node, the primary, so every read goes there). A third row
+//! runs the bare client with one timer pending in its runtime, as a
+//! service's runtime has (an HTTP server's timeouts, pgrouter's own
+//! monitor): tokio then parks every wake-up with a timeout, which costs
+//! each read whoever set the timer. The health
 //! monitor probes at start-up and then every 10 minutes, so no probe falls
 //! inside a run. `BENCH_QUERIES=A,B` overrides the two query counts.
 //! Requires `valgrind` on `PATH`; without it the allocation rows are still
@@ -43,19 +47,24 @@ use pgrouter_testkit::Cluster;
 
 use callgrind::{breakdown, client_cost, dispatch, measure, queries, valgrind_available};
 
-/// The two clients compared.
+/// The clients compared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Client {
     Deadpool,
+    /// The bare pool in a runtime with one timer pending, as any service's
+    /// runtime has (an HTTP server's timeouts; pgrouter's health monitor):
+    /// the runtime then parks with a timeout, which costs every wake-up.
+    DeadpoolTimer,
     Pgrouter,
 }
 
 impl Client {
-    const ALL: [Client; 2] = [Client::Deadpool, Client::Pgrouter];
+    const ALL: [Client; 3] = [Client::Deadpool, Client::DeadpoolTimer, Client::Pgrouter];
 
     fn arg(self) -> &'static str {
         match self {
             Client::Deadpool => "deadpool",
+            Client::DeadpoolTimer => "deadpool-timer",
             Client::Pgrouter => "pgrouter",
         }
     }
@@ -63,6 +72,7 @@ impl Client {
     fn label(self) -> &'static str {
         match self {
             Client::Deadpool => "bare deadpool pool",
+            Client::DeadpoolTimer => "bare, a timer pending",
             Client::Pgrouter => "pgrouter read (routed)",
         }
     }
@@ -109,7 +119,7 @@ fn driver() {
         );
         results.push((profiles, allocations));
     }
-    if let [(Some((bare, bare_functions)), bare_allocations), (Some((routed, routed_functions)), routed_allocations)] =
+    if let [(Some((bare, bare_functions)), bare_allocations), (Some((timer, _)), _), (Some((routed, routed_functions)), routed_allocations)] =
         &results[..]
     {
         println!(
@@ -118,6 +128,11 @@ fn driver() {
             routed / bare,
             (routed / bare - 1.0) * 100.0,
             routed_allocations - bare_allocations,
+        );
+        println!(
+            "a pending timer costs the bare pool {:+.0} instructions a read; pgrouter is {:.3}× that",
+            timer - bare,
+            routed / timer,
         );
         breakdown(bare_functions, routed_functions, reads);
     }
@@ -142,7 +157,10 @@ fn worker(client: Client, queries: u64, url: &str) {
         .expect("a current-thread runtime");
     let allocations = runtime.block_on(async {
         match client {
-            Client::Deadpool => {
+            Client::Deadpool | Client::DeadpoolTimer => {
+                if client == Client::DeadpoolTimer {
+                    drop(tokio::spawn(tokio::time::sleep(Duration::from_secs(3600))));
+                }
                 let pool = bare_pool(url);
                 let read = || async {
                     let client = pool.get().await.expect("a connection");
