@@ -6,6 +6,7 @@
 //! with its events, and answers the reports. Neither knows the other: both
 //! hold the hub, and the hub knows neither.
 
+mod deadlines;
 mod drain;
 mod hedging;
 mod observe;
@@ -41,6 +42,7 @@ use crate::routing::strategy::{pick_primary, pick_read};
 use crate::routing::view::LiveView;
 use crate::topology::Snapshot;
 
+pub(crate) use deadlines::{keep_deadlines, Expired};
 pub(crate) use drain::{Held, Work};
 
 /// Events kept for a subscriber that falls behind.
@@ -78,6 +80,9 @@ pub(crate) struct Hub {
     events: broadcast::Sender<Event>,
     /// Calls in flight, and `close` waiting for them.
     drain: drain::Drain,
+    /// Every statement's deadline, kept by one task (`keep_deadlines`)
+    /// instead of a timer per statement.
+    pub(crate) deadlines: Arc<deadlines::Deadlines>,
     /// Every node's live reads, by index (outlier detection, hedge delays).
     pub(crate) traffic: Box<[Traffic]>,
     /// When the hub was built: `traffic`'s times count from it.
@@ -103,6 +108,13 @@ pub(crate) struct Hub {
 }
 
 /// Building, and the lifecycle.
+impl Drop for Hub {
+    fn drop(&mut self) {
+        // Its deadline keeper ends now, not at its next alarm.
+        self.deadlines.release_keeper();
+    }
+}
+
 impl Hub {
     /// Validates the configuration and builds every node's pool (no I/O).
     pub(crate) fn new(config: Config) -> Result<Self, Error> {
@@ -157,6 +169,7 @@ impl Hub {
             published: watch::Sender::new(0),
             events: broadcast::Sender::new(EVENT_BUFFER),
             drain: drain::Drain::default(),
+            deadlines: Arc::default(),
             monitor_alive: AtomicBool::new(true),
             read_outcomes: CallWindow::since(window, epoch),
             write_outcomes: CallWindow::since(window, epoch),

@@ -27,7 +27,7 @@ use crate::failure::error::{Error, ErrorKind, NodeContext};
 use crate::failure::safety::{
     classify, fair_share, Action, Cause, Fate, NodeFault, Phase, Verdict,
 };
-use crate::hub::Hub;
+use crate::hub::{Expired, Hub};
 
 /// A call's deadline, and the budget it was computed from (for errors).
 #[derive(Debug, Clone, Copy)]
@@ -141,7 +141,7 @@ impl<S: Session> Drop for Busy<'_, S> {
 }
 
 /// The statement's result and the token query's, or the deadline.
-type RunResult<T, R> = Result<(Result<T, PgError>, Result<Option<R>, PgError>), Elapsed>;
+type RunResult<T, R> = Result<(Result<T, PgError>, Result<Option<R>, PgError>), Expired>;
 
 /// Where [`Attempt::prepare_and_run`] stopped.
 enum Stage<T, R> {
@@ -310,9 +310,10 @@ impl<'h, C: Connect> Attempt<'h, C> {
                 Err(_) => break Err(self.fail(Phase::BeforeSend, &mut client, Failure::Deadline)),
             };
             let ran = {
-                // Pinned where it is made, and timed through a reference.
+                // Pinned where it is made, and bounded through a reference,
+                // by the hub's deadline registry (no timer of its own).
                 let run = pin!(K::run(&*client, call.sql, &statement, call.params));
-                timeout_at(self.deadline.at, run).await
+                self.hub.deadlines.bound(self.deadline.at, run).await
             };
             match ran {
                 Ok(Ok(output)) => {
@@ -419,7 +420,7 @@ impl<'h, C: Connect> Attempt<'h, C> {
             // statement's future (over a kilobyte) is not copied into the
             // timeout and again into this one.
             let run = pin!(K::run(client, call.sql, &statement, call.params));
-            let ran = timeout_at(self.deadline.at, run).await;
+            let ran = self.hub.deadlines.bound(self.deadline.at, run).await;
             return Stage::Ran(ran.map(|result| (result, Ok(None))));
         };
         // Biased: the statement is sent first, the token query right behind
@@ -440,7 +441,7 @@ impl<'h, C: Connect> Attempt<'h, C> {
             };
             tokio::join!(biased; run, token)
         };
-        match timeout_at(self.deadline.at, both).await {
+        match self.hub.deadlines.bound(self.deadline.at, both).await {
             // Done, only the token is lost: never an unknown outcome.
             Err(_) if succeeded.load(Ordering::Relaxed) => Stage::TokenTimedOut,
             result => Stage::Ran(result),

@@ -55,7 +55,7 @@ pub(crate) struct Route {
 impl Watch {
     /// The plan for a read on `first`; `may_resend`: the read may run
     /// twice. `None`: nothing to watch for (hedging off, or the read may not
-    /// run twice): no timer beside the deadline's.
+    /// run twice): no timer (the deadline is kept in the hub's registry).
     pub(crate) fn plan(hub: &Hub, first: usize, may_resend: bool) -> Option<Self> {
         let (hedging, outliers) = (&hub.config.hedging, &hub.config.outliers);
         if !(hedging.enabled && may_resend) {

@@ -96,6 +96,8 @@ impl DatabaseManager {
         monitor.first_round().await;
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(monitor.run(shutdown.clone()));
+        let keeper = crate::hub::keep_deadlines(Arc::clone(&hub.deadlines), hub.config.deadline);
+        drop(tokio::spawn(keeper));
         if hub.config.outliers.enabled {
             let watch = crate::hub::watch_outliers(Arc::clone(&hub), shutdown.clone());
             drop(tokio::spawn(watch));

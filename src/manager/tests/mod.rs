@@ -66,6 +66,10 @@ impl Harness {
         monitor.first_round().await;
         let shutdown = CancellationToken::new();
         tokio::spawn(monitor.run(shutdown.clone()));
+        tokio::spawn(crate::hub::keep_deadlines(
+            Arc::clone(&hub.deadlines),
+            hub.config.deadline,
+        ));
         if hub.config.outliers.enabled {
             let watch = crate::hub::watch_outliers(Arc::clone(&hub), shutdown.clone());
             tokio::spawn(watch);

@@ -145,8 +145,9 @@ async fn a_read_answered_within_the_hedge_delay_is_not_hedged() {
 
 #[tokio::test(start_paused = true)]
 async fn a_node_that_goes_silent_under_reads_is_found_an_outlier_without_a_timer_per_read() {
-    // Hedging off (the default): a read sets no timer but its deadline's;
-    // the hub's outlier watch looks at every node's live reads instead.
+    // Hedging off (the default): a read sets no timer (its deadline is
+    // kept in the hub's registry); the hub's outlier watch looks at every
+    // node's live reads instead.
     let h = Harness::healthy(two_nodes()).await;
     assert!(!h.hub.config.hedging.enabled && h.hub.config.outliers.enabled);
     // Node 1 (the local replica) answers its first three reads in 1 ms,
