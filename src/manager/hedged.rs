@@ -87,9 +87,8 @@ impl Watch {
     where
         F: Future<Output = Result<K::Output<RowOf<C>>, Error>>,
     {
-        // Called at the first look.
-        let now = Instant::now();
-        let started = now.checked_sub(self.first_look).unwrap_or(now);
+        // Called at the first look, which counts from the call's start.
+        let started = call.deadline.started;
         let mut hedge = Hedge::Due(clock::after(started, self.hedge_after));
         loop {
             let now = Instant::now();

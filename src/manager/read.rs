@@ -13,10 +13,11 @@ use super::session::{Connect, FirstRow, Params, Returns, RowOf, Rows};
 use super::write::WriteBuilder;
 use crate::causal::lsn::CausalToken;
 use crate::causal::scope as causal;
+use crate::config::clock;
 use crate::config::{ReadStrategy, Role};
 use crate::failure::error::{Error, ErrorKind};
 use crate::failure::retry::RetryDecision;
-use crate::hub::{Hub, Work};
+use crate::hub::{Expired, Hub, Work};
 use crate::manager::hedged::{tracked, Route, Settled, Watch};
 use crate::observe::call_info::{self, CallInfo};
 use crate::observe::spans::{Observer, Reason};
@@ -349,16 +350,25 @@ async fn route<K: Returns, C: Connect>(
     let mut attempt = pin!(tracked::<K, C>(hub, connect, first, 1, call));
     let settled = match Watch::plan(hub, first, may_resend) {
         None => Settled::First(attempt.await),
-        Some(watch) => tokio::select! {
-            biased;
-            result = attempt.as_mut() => Settled::First(result),
-            () = tokio::time::sleep(watch.first_look) => {
-                let route = Route { strategy, freshness, first };
-                // Boxed: the slow path adds nothing to the read future.
-                let watched = watch.run::<K, C, _>(hub, connect, route, attempt.as_mut(), call, &mut rng);
-                Box::pin(watched).await
+        Some(watch) => {
+            // The first look is kept in the hub's deadline registry, as the
+            // deadline is: no timer of the read's own.
+            let look = clock::after(call.deadline.started, watch.first_look);
+            match hub.deadlines.bound(look, attempt.as_mut()).await {
+                Ok(result) => Settled::First(result),
+                Err(Expired) => {
+                    let route = Route {
+                        strategy,
+                        freshness,
+                        first,
+                    };
+                    // Boxed: the slow path adds nothing to the read future.
+                    let watched =
+                        watch.run::<K, C, _>(hub, connect, route, attempt.as_mut(), call, &mut rng);
+                    Box::pin(watched).await
+                }
             }
-        },
+        }
     };
     let error = match settled {
         Settled::First(Ok(rows)) => return Ok((first, rows)),
