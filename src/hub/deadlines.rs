@@ -16,6 +16,7 @@
 //! Without a keeper (none started, or its runtime shut down), a statement
 //! keeps its deadline with a timer of its own, as it did before.
 
+use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -27,6 +28,26 @@ use tokio::sync::Notify;
 use tokio::time::{sleep_until, Instant, Sleep};
 
 use crate::config::clock;
+
+std::thread_local! {
+    /// Set when a [`Bounded`] polled on this thread returned pending with
+    /// its deadline registered (the keeper can wake its task), cleared when
+    /// one ends or is dropped: read by the drain's `Stoppable` right after
+    /// it polls a call, so that a call waiting on a registered statement
+    /// needs no registration of the drain's own (see [`Deadlines::wake_all`]).
+    static WAITING_REGISTERED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Clears the mark before a call is polled.
+pub(crate) fn clear_waiting_mark() {
+    WAITING_REGISTERED.set(false);
+}
+
+/// Whether the call just polled waits on a registered statement (the last
+/// registry event of the poll was a pending statement still registered).
+pub(crate) fn waiting_registered() -> bool {
+    WAITING_REGISTERED.get()
+}
 
 /// The statements' deadlines, and the keeper's alarm.
 #[derive(Debug, Default)]
@@ -119,6 +140,7 @@ impl Deadlines {
     }
 
     fn remove(&self, key: usize) {
+        WAITING_REGISTERED.set(false);
         self.lock().entries.try_remove(key);
     }
 
@@ -126,6 +148,20 @@ impl Deadlines {
     #[cfg(test)]
     fn registered(&self) -> usize {
         self.lock().entries.len()
+    }
+
+    /// Wakes every statement registered (the drain's stop: their calls,
+    /// polled again, find the close timeout run out).
+    pub(crate) fn wake_all(&self) {
+        let wakers: Vec<Waker> = {
+            let registry = self.lock();
+            registry
+                .entries
+                .iter()
+                .map(|(_, e)| e.waker.clone())
+                .collect()
+        };
+        wakers.into_iter().for_each(Waker::wake);
     }
 
     /// The hub is being dropped: the keeper ends at once.
@@ -248,7 +284,11 @@ impl<F: Future> Future for Bounded<'_, F> {
             State::Done => Check::Expired,
         };
         match check {
-            Check::Waiting => Poll::Pending,
+            Check::Waiting => {
+                let registered = matches!(this.state, State::Registered(_));
+                WAITING_REGISTERED.set(registered);
+                Poll::Pending
+            }
             Check::Expired => {
                 if let State::Registered(key) = std::mem::replace(this.state, State::Done) {
                     this.deadlines.remove(key);
@@ -256,6 +296,7 @@ impl<F: Future> Future for Bounded<'_, F> {
                 Poll::Ready(Err(Expired))
             }
             Check::Unkept => {
+                WAITING_REGISTERED.set(false);
                 let mut sleep = Box::pin(sleep_until(*this.at));
                 let passed = sleep.as_mut().poll(cx).is_ready();
                 *this.state = match passed {

@@ -2,8 +2,10 @@
 //! in flight get up to `close_timeout` to finish, and the ones still
 //! running then are stopped with [`ErrorKind::Closed`](crate::error::ErrorKind::Closed).
 //!
-//! A call in flight costs two atomic counts and, while it waits, one
-//! registration with a `Notify` (taken once, not at every poll).
+//! A call in flight costs two atomic counts and, while it waits anywhere
+//! but on a statement whose deadline the hub's registry keeps, one
+//! registration with a `Notify` (taken once, not at every poll); a call
+//! waiting on such a statement is woken at the stop through the registry.
 
 use std::future::Future;
 use std::pin::{pin, Pin};
@@ -15,7 +17,7 @@ use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::Hub;
+use super::{deadlines, Hub};
 use crate::config::clock;
 use crate::failure::error::Error;
 
@@ -200,12 +202,19 @@ where
         if let Some(error) = this.refused.take() {
             return Poll::Ready(Err(error));
         }
+        deadlines::clear_waiting_mark();
         if let Poll::Ready(result) = this.call.as_mut().poll(cx) {
             return Poll::Ready(result);
         }
         let stopped = || Poll::Ready(Err(Error::stopped_by_close(*this.work == Work::Write)));
         if this.drain.stopped() {
             return stopped();
+        }
+        // Waiting on a statement whose deadline is registered: the stop
+        // wakes it through the registry (`Deadlines::wake_all`), so no
+        // registration with the drain's `Notify` is needed.
+        if deadlines::waiting_registered() {
+            return Poll::Pending;
         }
         if this
             .registered
@@ -247,6 +256,11 @@ impl Hub {
     pub(crate) async fn finish_calls(&self, within: Duration) -> usize {
         let until = clock::after(Instant::now(), within);
         let stopped = self.drain.finish(until).await;
+        if self.drain.stopped() {
+            // The calls waiting on a registered statement, not on the
+            // drain's `Notify` (see `Stoppable`).
+            self.deadlines.wake_all();
+        }
         if stopped > 0 {
             tracing::warn!(calls = stopped, timeout = ?within,
                 "close: calls still in flight after the close timeout were stopped");
@@ -259,6 +273,42 @@ impl Hub {
 mod tests {
     use super::*;
     use crate::failure::error::ErrorKind;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_waiting_on_a_registered_statement_is_stopped_at_the_timeout() {
+        // Such a call does not register with the drain's `Notify`: the stop
+        // reaches it through the deadline registry.
+        let hub = std::sync::Arc::new(Hub::new(crate::health::fake::config(1)).unwrap());
+        let keeper = deadlines::keep_deadlines(
+            std::sync::Arc::clone(&hub.deadlines),
+            Duration::from_secs(10),
+        );
+        tokio::spawn(keeper);
+        tokio::task::yield_now().await;
+        let running = tokio::spawn({
+            let hub = std::sync::Arc::clone(&hub);
+            async move {
+                let far = clock::after(Instant::now(), Duration::from_secs(60));
+                let statement = hub.deadlines.bound(far, std::future::pending::<()>());
+                let call = async { statement.await.map_err(|_| Error::closed()) };
+                hub.in_flight(Work::Write, pin!(call)).await
+            }
+        });
+        tokio::task::yield_now().await;
+        assert_eq!(hub.drain.in_flight(), 1);
+        let start = Instant::now();
+        hub.close();
+        assert_eq!(hub.finish_calls(ms(500)).await, 1);
+        let stopped = running.await.unwrap().unwrap_err();
+        assert_eq!(*stopped.kind(), ErrorKind::Closed);
+        assert!(stopped.is_outcome_unknown(), "a write stopped mid-flight");
+        assert_eq!(
+            start.elapsed(),
+            ms(500),
+            "at the close timeout, not at its deadline"
+        );
+        assert_eq!(hub.drain.in_flight(), 0);
+    }
 
     fn ms(ms: u64) -> Duration {
         Duration::from_millis(ms)
