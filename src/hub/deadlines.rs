@@ -211,16 +211,8 @@ struct Keeper<'d>(&'d Deadlines);
 
 impl Drop for Keeper<'_> {
     fn drop(&mut self) {
-        let wakers: Vec<Waker> = {
-            let mut registry = self.0.lock();
-            registry.alarm = None;
-            registry
-                .entries
-                .iter()
-                .map(|(_, e)| e.waker.clone())
-                .collect()
-        };
-        wakers.into_iter().for_each(Waker::wake);
+        self.0.lock().alarm = None;
+        self.0.wake_all();
     }
 }
 

@@ -27,6 +27,7 @@ use crate::failure::error::{Error, ErrorKind, NodeContext};
 use crate::failure::safety::{
     classify, fair_share, Action, Cause, Fate, NodeFault, Phase, Verdict,
 };
+use crate::hedging::InFlight as TrafficInFlight;
 use crate::hub::{Expired, Hub};
 
 /// A call's deadline, and the budget it was computed from (for errors).
@@ -252,25 +253,15 @@ impl<'h, C: Connect> Attempt<'h, C> {
         &self,
         call: &Call<'_>,
     ) -> Result<(K::Output<RowOf<C>>, Option<CausalToken>), Error> {
-        // In flight on the node from here until it ends (answered, failed,
-        // or dropped), its answer timed. Writes count too: the primary's
-        // answers are evidence for outlier detection on the nodes that
-        // serve reads.
-        let traffic = self.hub.traffic(self.index);
-        let (_in_flight, first) = traffic.begin();
-        if first {
-            self.hub.counters.reads_started.notify_one();
-        }
+        // Writes count in the live traffic too: the primary's answers are
+        // evidence for outlier detection on the nodes that serve reads.
+        let _in_flight = self.begin();
         // `checkout()`, inline: one future layer less on every call.
         let checkout = self
             .connect
             .checkout(self.hub, self.index, self.deadline.at, self.started);
-        let mut client = match checkout.await {
-            Ok(session) => Busy::new(self.hub, session).single_statement(),
-            Err(failure) => return Err(self.judge(Phase::Checkout, failure).0),
-        };
-        let started = self.hub.nanos(self.started);
-        traffic.sent(started);
+        let mut client = self.checked_out(checkout.await)?;
+        let started = self.sent();
         let result = self.run_on::<K>(&mut client, call).await;
         self.answered(started, result.as_ref().err());
         result
@@ -282,20 +273,12 @@ impl<'h, C: Connect> Attempt<'h, C> {
         self,
         call: &Call<'_>,
     ) -> Result<K::Output<RowOf<C>>, Error> {
-        let traffic = self.hub.traffic(self.index);
-        let (_in_flight, first) = traffic.begin();
-        if first {
-            self.hub.counters.reads_started.notify_one();
-        }
+        let _in_flight = self.begin();
         let checkout = self
             .connect
             .checkout(self.hub, self.index, self.deadline.at, self.started);
-        let mut client = match checkout.await {
-            Ok(session) => Busy::new(self.hub, session).single_statement(),
-            Err(failure) => return Err(self.judge(Phase::Checkout, failure).0),
-        };
-        let started = self.hub.nanos(self.started);
-        traffic.sent(started);
+        let mut client = self.checked_out(checkout.await)?;
+        let started = self.sent();
         // A cached statement the server no longer accepts (the schema
         // changed under it) ran nothing: prepare afresh and run once more.
         let mut fresh_plan = false;
@@ -333,6 +316,39 @@ impl<'h, C: Connect> Attempt<'h, C> {
         };
         self.answered(started, result.as_ref().err());
         result
+    }
+
+    /// Counts the attempt in flight on its node (live traffic) until the
+    /// guard drops: answered, failed, or dropped.
+    #[inline]
+    fn begin(&self) -> TrafficInFlight<'h> {
+        let (in_flight, first) = self.hub.traffic(self.index).begin();
+        if first {
+            self.hub.counters.reads_started.notify_one();
+        }
+        in_flight
+    }
+
+    /// The connection checked out, guarded until settled (dropped
+    /// mid-flight: left to drain), or the checkout's error.
+    #[inline]
+    fn checked_out(
+        &self,
+        checkout: Result<C::Session, Failure>,
+    ) -> Result<Busy<'h, C::Session>, Error> {
+        match checkout {
+            Ok(session) => Ok(Busy::new(self.hub, session).single_statement()),
+            Err(failure) => Err(self.judge(Phase::Checkout, failure).0),
+        }
+    }
+
+    /// The node has the statement now: its live traffic is told; returns
+    /// the attempt's start stamp for [`Attempt::answered`].
+    #[inline]
+    fn sent(&self) -> u64 {
+        let started = self.hub.nanos(self.started);
+        self.hub.traffic(self.index).sent(started);
+        started
     }
 
     /// An answer (a result, or the server's own error) came from the node:
