@@ -85,7 +85,11 @@ impl Drop for Inner {
 
 impl DatabaseManager {
     /// Validates the configuration, builds one pool per node, probes every
-    /// node once (bounded by the probe timeout) and starts the monitor.
+    /// node once (bounded by the probe timeout) and starts the monitor and
+    /// the task that keeps every statement's deadline (one for the manager,
+    /// instead of a timer per statement; it ends when the manager is
+    /// dropped, after `close`, so calls still draining keep their
+    /// deadlines).
     ///
     /// Nodes that are down do not make this fail: they start unhealthy and
     /// the monitor brings them in when they answer. Must be called inside a
