@@ -9,7 +9,8 @@ use std::future::Future;
 use std::sync::{Arc, PoisonError, RwLock};
 
 use deadpool_postgres::ClientWrapper;
-use futures_util::TryStreamExt;
+use futures_util::future::Either;
+use futures_util::{TryFutureExt, TryStreamExt};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, Row, Statement};
@@ -78,16 +79,21 @@ impl Statements {
     /// prepared mode; in unnamed mode, its parameter types, learnt from
     /// the server the first time (see [`describe`]), unless the text has
     /// no `$` and no parameters are given.
-    pub(crate) async fn prepare<'s>(
-        &self,
-        client: &ClientWrapper,
+    ///
+    /// No `async` layer of its own: the prepared-mode path is deadpool's
+    /// cache lookup itself, on every statement.
+    pub(crate) fn prepare<'a, 's: 'a>(
+        &'a self,
+        client: &'a ClientWrapper,
         sql: &'s str,
-        params: Params<'_>,
+        params: Params<'a>,
         block: Block,
-    ) -> Result<Ready<'s>, tokio_postgres::Error> {
+    ) -> impl Future<Output = Result<Ready<'s>, tokio_postgres::Error>> + Send + 'a {
         match self.mode {
-            StatementMode::Prepared => client.prepare_cached(sql).await.map(Ready::Named),
-            StatementMode::Unnamed => self.types(client, sql, params, block).await,
+            StatementMode::Prepared => {
+                Either::Left(client.prepare_cached(sql).map_ok(Ready::Named))
+            }
+            StatementMode::Unnamed => Either::Right(self.types(client, sql, params, block)),
         }
     }
 

@@ -25,13 +25,11 @@ use crate::routing::freshness::Freshness;
 /// watch (one task for every read, see `hub/hedging.rs`), not here.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Watch {
-    /// When to hedge.
-    hedge_after: Duration,
+    /// When to hedge, counted from the call's start: also the first look.
+    pub(crate) hedge_after: Duration,
     /// Once the budget refused the hedge: how often to look whether the
     /// node left routing (a free hedge then); `None`: never (detection off).
     recheck: Option<Duration>,
-    /// The first look.
-    pub(crate) first_look: Duration,
 }
 
 /// How a watched read ended, its answer `T`.
@@ -69,7 +67,6 @@ impl Watch {
         Some(Self {
             hedge_after,
             recheck,
-            first_look: hedge_after,
         })
     }
 

@@ -15,7 +15,6 @@ use tokio_postgres::Row;
 
 use super::session::{Columns, Connect, Counted, Failure, Params, PgError, Session};
 use crate::causal::lsn::Lsn;
-use crate::config::StatementMode;
 use crate::connect::node::Node;
 use crate::connect::statements::{Block, Ready, Statements};
 use crate::connect::tls::Connector;
@@ -139,11 +138,6 @@ impl Session for Pooled {
         block: Block,
     ) -> Result<Ready<'static>, PgError> {
         let statements = &self.node.statements;
-        // The usual case awaited here, not through `Statements::prepare`:
-        // one future layer less on every statement.
-        if statements.mode() == StatementMode::Prepared {
-            return self.object.prepare_cached(sql).await.map(Ready::Named);
-        }
         let ready = statements.prepare(&self.object, sql, params, block).await;
         ready.map(detach)
     }

@@ -353,7 +353,7 @@ async fn route<K: Returns, C: Connect>(
         Some(watch) => {
             // The first look is kept in the hub's deadline registry, as the
             // deadline is: no timer of the read's own.
-            let look = clock::after(call.deadline.started, watch.first_look);
+            let look = clock::after(call.deadline.started, watch.hedge_after);
             match hub.deadlines.bound(look, attempt.as_mut()).await {
                 Ok(result) => Settled::First(result),
                 Err(Expired) => {
@@ -383,11 +383,10 @@ async fn route<K: Returns, C: Connect>(
         }
         Settled::First(Err(error)) => error,
     };
-    let harmless = may_resend;
     // Nothing was sent when no connection could be had: another node may
     // take it even where this one refused for good (a full `max_connections`).
     let elsewhere = *error.kind() == ErrorKind::Connect
-        || error.retry_decision(harmless) == RetryDecision::Retry;
+        || error.retry_decision(may_resend) == RetryDecision::Retry;
     if !elsewhere || !time_for_another_attempt(call) {
         return Err(error);
     }
