@@ -1,7 +1,7 @@
 //! Every statement's deadline in one registry, kept by one task, instead of
 //! a timer per statement.
 //!
-//! A tokio timer costs each read ~670 instructions (its entry registered in
+//! A tokio timer costs each read ~650 instructions (its entry registered in
 //! the runtime's wheel and removed again, the runtime handle cloned;
 //! BENCHMARKS (g)). Here a statement still waiting after its first poll
 //! registers its deadline and waker under one lock, and takes them out
