@@ -217,7 +217,10 @@ fn clusters_abandoned_by_a_dead_process_are_reaped() {
     // Gone, or a zombie left for its parent to reap: stopped either way.
     let stat = std::fs::read_to_string(format!("/proc/{postmaster}/stat"));
     let running = stat.is_ok_and(|stat| {
-        let state = stat.rsplit(')').next().and_then(|rest| rest.trim().chars().next());
+        let state = stat
+            .rsplit(')')
+            .next()
+            .and_then(|rest| rest.trim().chars().next());
         state != Some('Z')
     });
     assert!(!running, "its server (pid {postmaster}) should be stopped");
