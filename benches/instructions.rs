@@ -28,7 +28,10 @@
 //! monitor probes at start-up and then every 10 minutes, so no probe falls
 //! inside a run. `BENCH_QUERIES=A,B` overrides the two query counts.
 //! Requires `valgrind` on `PATH`; without it the allocation rows are still
-//! printed.
+//! printed. Last, the sizes of the futures a caller holds (a read, a write,
+//! a transaction, a statement in one): this bench awaits each where it is
+//! made, but a service moves them (a web framework boxes each handler's
+//! future, whole), and every move copies all of it.
 
 // The shared harness's global allocator is an `unsafe` trait; each call
 // forwards to `System`.
@@ -136,7 +139,37 @@ fn driver() {
         );
         breakdown(bare_functions, routed_functions, reads);
     }
+    future_sizes(&url);
     drop(cluster);
+}
+
+/// The size of the futures a caller holds: each is copied whole when it is
+/// moved (into a `Box::pin`, as a web framework does with a handler's
+/// future, or into a spawned task), before its first poll.
+fn future_sizes(url: &str) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a current-thread runtime");
+    runtime.block_on(async {
+        let db = router(url).await;
+        let read = size_of_val(&db.read().query_one("SELECT 1", &[]));
+        let write = size_of_val(&db.write().execute("SELECT 1", &[]));
+        let transaction = size_of_val(&db.transaction(|tx| {
+            Box::pin(async move { tx.execute("SELECT 1", &[]).await.map(drop) })
+        }));
+        let statement = db
+            .transaction(|tx| {
+                Box::pin(async move { Ok(size_of_val(&tx.execute("SELECT 1", &[]))) })
+            })
+            .await
+            .expect("a transaction");
+        println!(
+            "\nfuture sizes (bytes): read {read}, write {write}, transaction {transaction}, \
+             a statement in a transaction {statement}"
+        );
+        db.close().await;
+    });
 }
 
 fn worker_args(client: Client, queries: u64, url: &str) -> Vec<String> {

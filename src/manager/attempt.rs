@@ -7,14 +7,11 @@
 //! connection kept, discarded or cancelled on the server, the typed error
 //! built.
 
-use std::future::{poll_fn, Future};
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::Poll;
 use std::time::Duration;
 
-use tokio::time::error::Elapsed;
-use tokio::time::{timeout_at, Instant};
+use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::session::{Connect, Counted, Failure, One, Params, PgError, Returns, RowOf, Session};
@@ -283,8 +280,11 @@ impl<'h, C: Connect> Attempt<'h, C> {
         // changed under it) ran nothing: prepare afresh and run once more.
         let mut fresh_plan = false;
         let result = loop {
+            // Bounded by the registry, which sets nothing for a statement
+            // found in the cache (ready at once).
             let prepare = client.prepare(call.sql, call.params, Block::None);
-            let statement = match before(self.deadline.at, prepare).await {
+            let prepared = self.hub.deadlines.bound(self.deadline.at, prepare).await;
+            let statement = match prepared {
                 Ok(Ok(statement)) => statement,
                 Ok(Err(error)) => {
                     let failure = Failure::Postgres(error);
@@ -426,7 +426,8 @@ impl<'h, C: Connect> Attempt<'h, C> {
             };
             Ok((statement, token))
         };
-        let (statement, token_statement) = match before(self.deadline.at, prepare).await {
+        let prepared = self.hub.deadlines.bound(self.deadline.at, prepare).await;
+        let (statement, token_statement) = match prepared {
             Ok(Ok(prepared)) => prepared,
             Ok(Err(error)) => return Stage::PrepareFailed(error),
             Err(_) => return Stage::PrepareTimedOut,
@@ -605,17 +606,6 @@ pub(crate) async fn traced<K: Returns, C: Connect>(
     } else {
         attempt.run::<K>(call).instrument(span).await
     }
-}
-
-/// `future`'s output, or `Elapsed` once `deadline` passes. A future that is
-/// ready at its first poll (a statement found in the cache, an idle
-/// connection) sets no timer.
-async fn before<F: Future>(deadline: Instant, future: F) -> Result<F::Output, Elapsed> {
-    let mut future = pin!(future);
-    if let Poll::Ready(output) = poll_fn(|cx| Poll::Ready(future.as_mut().poll(cx))).await {
-        return Ok(output);
-    }
-    timeout_at(deadline, future).await
 }
 
 /// The span of one attempt. Field values are only evaluated when the span

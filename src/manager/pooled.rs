@@ -58,8 +58,9 @@ impl Connect for Pools {
             let mut get = pin!(node.pool.timeout_get(&at_once));
             match poll_fn(|cx| Poll::Ready(get.as_mut().poll(cx))).await {
                 Poll::Ready(Err(PoolError::Timeout(TimeoutType::Wait))) => {
-                    // Every slot taken: wait for one.
-                    timeout_at(deadline, node.pool.get()).await
+                    // Every slot taken: wait for one. Boxed: the slow
+                    // path adds nothing to every read's future.
+                    Box::pin(timeout_at(deadline, node.pool.get())).await
                 }
                 Poll::Ready(done) => Ok(done),
                 Poll::Pending => timeout_at(deadline, get).await,

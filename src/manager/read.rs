@@ -401,7 +401,8 @@ async fn route<K: Returns, C: Connect>(
         %error, "retrying read on another node");
     observer.retry(hub, &error);
     observer.attempt(hub, second, 2, Reason::RetryElsewhere);
-    let rows = tracked::<K, C>(hub, connect, second, 2, call).await?;
+    // Boxed: the slow path adds nothing to the read future.
+    let rows = Box::pin(tracked::<K, C>(hub, connect, second, 2, call)).await?;
     Ok((second, rows))
 }
 

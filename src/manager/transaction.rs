@@ -182,7 +182,9 @@ pub(crate) async fn conclude<C: Connect, T>(
     };
     let hub = attempt.hub();
     let deadline = attempt.deadline();
-    match resolve(hub, attempt.connect(), &identity, deadline, wanted).await {
+    // Boxed: the slow path adds nothing to every transaction's future.
+    let resolved = Box::pin(resolve(hub, attempt.connect(), &identity, deadline, wanted));
+    match resolved.await {
         Resolution::Committed(token) => Ok((value, token)),
         Resolution::NotCommitted => {
             let source = match error.kind() {
@@ -207,7 +209,13 @@ async fn before_commit<C: Connect>(
     if watch.doubtful() {
         ensure_not_aborted(attempt, client, watch.failure()).await?;
     }
-    match timeout_at(attempt.deadline(), opening.open(client)).await {
+    if opening.is_open() {
+        return Ok(());
+    }
+    // The body sent nothing (or only settings): opened now. Boxed: the
+    // rare path adds nothing to every transaction's future.
+    let open = Box::pin(timeout_at(attempt.deadline(), opening.open(client)));
+    match open.await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(error)) => Err(not_opened(attempt, opening, error)),
         Err(_) => Err(attempt.judge(Phase::BeforeSend, Failure::Deadline)),

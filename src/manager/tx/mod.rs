@@ -9,6 +9,7 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::{pin, Pin};
 
+use futures_util::FutureExt;
 use tokio::time::timeout_at;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Row, SimpleQueryMessage, Statement, ToStatement};
@@ -166,11 +167,15 @@ impl<'t> Tx<'t> {
     /// it is held back as a setting, when it may be), the transaction
     /// opened first; watched, and bounded by the deadline of a transaction
     /// from `begin()`.
-    async fn send<T>(
+    ///
+    /// The statement comes pinned by the caller: taken by value, it would
+    /// be kept twice in this future (as an argument, and where it is
+    /// awaited), and moved in.
+    async fn send<T, S: Future<Output = Result<T, PgError>>>(
         &self,
         sql: Option<&str>,
         held: Option<impl FnOnce() -> T>,
-        statement: impl Future<Output = Result<T, PgError>>,
+        statement: Pin<&mut S>,
     ) -> Result<T, Error> {
         let (session, opening) = self.parts();
         if let Form::Owned(explicit) = &self.form {
@@ -179,8 +184,14 @@ impl<'t> Tx<'t> {
         let unfinished = Unfinished::new(opening.watch());
         let held = held.filter(|_| sql.is_some());
         let run = async {
-            let before = opening.before(session, sql.unwrap_or(""), held.is_some());
-            match (before.await, held) {
+            // Open already (every statement after the first): nothing to
+            // wait for. Else boxed: the opening adds nothing to every
+            // statement's future.
+            let before = match opening.is_open() {
+                true => Ok(Next::Send),
+                false => Box::pin(opening.before(session, sql.unwrap_or(""), held.is_some())).await,
+            };
+            match (before, held) {
                 (Ok(Next::Held), Some(held)) => Sent::Ran(Ok(held())),
                 (Ok(_), _) => Sent::Ran(opening.watch().watch(statement.await)),
                 (Err(error), _) => Sent::NotOpen(error),
@@ -189,12 +200,10 @@ impl<'t> Tx<'t> {
         let sent = match &self.form {
             Form::Lent { .. } => run.await,
             Form::Owned(explicit) => {
-                let bounded = async {
-                    match timeout_at(explicit.deadline(), run).await {
-                        Ok(sent) => Ok(sent),
-                        Err(_) => Ok(Sent::TimedOut),
-                    }
-                };
+                // A combinator, not an `async` block: the block would keep
+                // `run` twice (captured, and inside the timeout).
+                let bounded = timeout_at(explicit.deadline(), run)
+                    .map(|sent| Ok(sent.unwrap_or(Sent::TimedOut)));
                 // Nothing of a statement is applied before `COMMIT`.
                 explicit.step(Work::Read, pin!(bounded)).await?
             }
@@ -246,7 +255,7 @@ impl<'t> Tx<'t> {
         let sql = statement.text();
         let held = sql.is_some_and(|sql| simple(sql, params.len()));
         let query = self.parts().0.object().query(statement, params);
-        self.send(sql, held.then_some(Vec::new), query).await
+        self.send(sql, held.then_some(Vec::new), pin!(query)).await
     }
 
     /// tokio-postgres's `query_one`, watched.
@@ -259,7 +268,7 @@ impl<'t> Tx<'t> {
         T: ?Sized + ToStatement + StatementText,
     {
         let query = self.parts().0.object().query_one(statement, params);
-        self.send(statement.text(), never(), query).await
+        self.send(statement.text(), never(), pin!(query)).await
     }
 
     /// tokio-postgres's `query_opt`, watched.
@@ -274,7 +283,7 @@ impl<'t> Tx<'t> {
         let sql = statement.text();
         let held = sql.is_some_and(|sql| simple(sql, params.len()));
         let query = self.parts().0.object().query_opt(statement, params);
-        self.send(sql, held.then_some(|| None), query).await
+        self.send(sql, held.then_some(|| None), pin!(query)).await
     }
 
     /// tokio-postgres's `execute`, watched.
@@ -289,7 +298,7 @@ impl<'t> Tx<'t> {
         let sql = statement.text();
         let held = sql.is_some_and(|sql| simple(sql, params.len()));
         let execute = self.parts().0.object().execute(statement, params);
-        self.send(sql, held.then_some(|| 0), execute).await
+        self.send(sql, held.then_some(|| 0), pin!(execute)).await
     }
 
     /// tokio-postgres's `query_typed` (parameter types given, no prepare
@@ -301,33 +310,38 @@ impl<'t> Tx<'t> {
     ) -> Result<Vec<Row>, Error> {
         let held = simple(query, params.len());
         let rows = self.parts().0.object().query_typed(query, params);
-        self.send(Some(query), held.then_some(Vec::new), rows).await
+        self.send(Some(query), held.then_some(Vec::new), pin!(rows))
+            .await
     }
 
     /// tokio-postgres's `simple_query`, watched.
     pub async fn simple_query(&self, query: &str) -> Result<Vec<SimpleQueryMessage>, Error> {
         let held = || vec![SimpleQueryMessage::CommandComplete(0)];
         let messages = self.parts().0.object().simple_query(query);
-        self.send(Some(query), simple(query, 0).then_some(held), messages)
-            .await
+        self.send(
+            Some(query),
+            simple(query, 0).then_some(held),
+            pin!(messages),
+        )
+        .await
     }
 
     /// tokio-postgres's `batch_execute`, watched.
     pub async fn batch_execute(&self, query: &str) -> Result<(), Error> {
         let batch = self.parts().0.object().batch_execute(query);
-        self.send(Some(query), Some(|| ()), batch).await
+        self.send(Some(query), Some(|| ()), pin!(batch)).await
     }
 
     /// tokio-postgres's `prepare`, watched.
     pub async fn prepare(&self, query: &str) -> Result<Statement, Error> {
         let prepare = self.parts().0.object().prepare(query);
-        self.send(Some(query), never(), prepare).await
+        self.send(Some(query), never(), pin!(prepare)).await
     }
 
     /// tokio-postgres's `prepare_typed`, watched.
     pub async fn prepare_typed(&self, query: &str, types: &[Type]) -> Result<Statement, Error> {
         let prepare = self.parts().0.object().prepare_typed(query, types);
-        self.send(Some(query), never(), prepare).await
+        self.send(Some(query), never(), pin!(prepare)).await
     }
 
     /// deadpool's `prepare_cached`, watched. On a node in
@@ -341,7 +355,7 @@ impl<'t> Tx<'t> {
             StatementMode::Unnamed => self.prepare(query).await,
             _ => {
                 let prepare = session.object().prepare_cached(query);
-                self.send(Some(query), never(), prepare).await
+                self.send(Some(query), never(), pin!(prepare)).await
             }
         }
     }

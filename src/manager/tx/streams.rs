@@ -4,6 +4,7 @@
 //! and a transaction from `begin()` keeps its deadline while streaming.
 
 use std::future::Future;
+use std::pin::pin;
 use std::task::Poll;
 
 use bytes::{Buf, Bytes};
@@ -34,7 +35,7 @@ impl Tx<'_> {
         I::IntoIter: ExactSizeIterator,
     {
         let rows = self.parts().0.object().query_raw(statement, params);
-        let stream = self.send(statement.text(), never(), rows).await?;
+        let stream = self.send(statement.text(), never(), pin!(rows)).await?;
         Ok(self.watched(stream))
     }
 
@@ -64,7 +65,7 @@ impl Tx<'_> {
             }
             sink.as_mut().finish().await.map(Ok)
         };
-        match self.send(statement.text(), never(), copy).await? {
+        match self.send(statement.text(), never(), pin!(copy)).await? {
             Ok(rows) => Ok(rows),
             Err(error) => {
                 opening.watch().note(SqlState::QUERY_CANCELED);
@@ -83,7 +84,7 @@ impl Tx<'_> {
         T: ?Sized + ToStatement + StatementText,
     {
         let copy = self.parts().0.object().copy_out(statement);
-        let stream = self.send(statement.text(), never(), copy).await?;
+        let stream = self.send(statement.text(), never(), pin!(copy)).await?;
         Ok(self.watched(stream))
     }
 
