@@ -1,12 +1,62 @@
 //! The statement scanner, as tables: what reads, what writes and why,
 //! and what the lexer skips.
 
-use super::{intent, pack, pack_at, Intent, Lexer, Token, Word};
+use super::{intent, pack, pack_at, scan, Intent, Lexer, Seen, Token, Word, REMEMBERED_LEN};
 
+/// Why `sql` writes: the scan's answer, which the thread's memory gives
+/// back the same the first time and every time after.
 fn why(sql: &str) -> Option<&'static str> {
-    match intent(sql) {
+    let scanned = scan(sql.as_bytes());
+    assert_eq!(intent(sql), scanned, "{sql:?} seen for the first time");
+    assert_eq!(intent(sql), scanned, "{sql:?} remembered");
+    match scanned {
         Intent::Read => None,
         Intent::Write(why) => Some(why),
+    }
+}
+
+#[test]
+fn texts_sharing_a_slot_are_told_apart_by_their_text() {
+    let mut seen = Seen::EMPTY;
+    // One hash for all three: only the text can tell them apart.
+    let read = b"SELECT 1";
+    let write = b"INSERT INTO t VALUES (1)";
+    assert_eq!(seen.intent(read, 7), Intent::Read);
+    assert_eq!(seen.intent(write, 7), Intent::Write("INSERT"));
+    assert_eq!(seen.intent(read, 7), Intent::Read);
+    // Same length, same hash, one byte apart.
+    assert_eq!(
+        seen.intent(b"SELECT 1 FOR UPDATE", 7),
+        Intent::Write("UPDATE")
+    );
+    assert_eq!(seen.intent(b"SELECT 1 FOR UPDATf", 7), Intent::Read);
+}
+
+#[test]
+fn long_statements_are_scanned_every_time() {
+    let padding = " ".repeat(REMEMBERED_LEN);
+    let read = format!("SELECT 1{padding}");
+    let write = format!("SELECT 1{padding} FOR UPDATE");
+    for _ in 0..2 {
+        assert_eq!(intent(&read), Intent::Read);
+        assert_eq!(intent(&write), Intent::Write("UPDATE"));
+    }
+}
+
+#[test]
+fn every_thread_remembers_its_own() {
+    let statements = ["SELECT 1", "UPDATE t SET a = 1", "SELECT nextval('s')"];
+    let answers: Vec<Intent> = statements.iter().map(|sql| intent(sql)).collect();
+    let elsewhere = std::thread::spawn(move || {
+        statements
+            .iter()
+            .map(|sql| (intent(sql), intent(sql)))
+            .collect::<Vec<_>>()
+    })
+    .join()
+    .expect("the other thread");
+    for (answer, (first, again)) in answers.into_iter().zip(elsewhere) {
+        assert_eq!((first, again), (answer, answer));
     }
 }
 
