@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::pin::pin;
 
+use futures_util::future::BoxFuture;
 use tracing::Instrument;
 
 use super::attempt::Deadline;
@@ -62,7 +63,18 @@ async fn retry_on_primary<C: OnPrimary>(
             Ok(index) => {
                 let number = retrier.attempt();
                 observer.attempt(hub, index, number, Reason::WriteTarget);
-                call.attempt(hub, index, number).await
+                // Boxed, as a `dyn` future: a write's attempt (checkout,
+                // statement, token; a transaction's body and COMMIT) nests
+                // its types ~35 levels deep, and inline it took a caller's
+                // future past the compiler's layout depth limit (128) with
+                // two `async` layers of the caller's own around a write
+                // (`causal_scope`'s example did not compile). Behind the
+                // box it is laid out once, here, not in every caller's
+                // future; the write's own future shrinks with it. One
+                // allocation an attempt, on a path that waits a round trip.
+                let attempt: BoxFuture<'_, Result<C::Output, Error>> =
+                    Box::pin(call.attempt(hub, index, number));
+                attempt.await
             }
             Err(error) => Err(error),
         };

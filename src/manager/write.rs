@@ -283,10 +283,9 @@ impl<'a> WriteBuilder<'a> {
             return Err(observer.rejected(self.hub, error));
         }
         if self.exactly_once {
-            // Boxed: a transaction's future is not every write's.
-            let resolved =
-                self.run_exactly_once::<K, C>(connect, sql, params, deadline, token, observer);
-            return Box::pin(resolved).await;
+            return self
+                .run_exactly_once::<K, C>(connect, sql, params, deadline, token, observer)
+                .await;
         }
         let call = Call {
             sql,
