@@ -1,11 +1,13 @@
 //! Building a cluster: `initdb`, configuration, base backups, start-up.
 
+use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::fs::OpenOptions;
 use std::io::Write as _;
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::binaries::{self, file_len, PgBin};
@@ -436,28 +438,49 @@ fn reap_abandoned(base: &Path, bin: &PgBin) {
     }
 }
 
-/// A port that was free on 127.0.0.1 a moment ago.
+/// Ports [`free_port`] handed out in this process.
+static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+
+/// A port that was free on 127.0.0.1 a moment ago, and that this process
+/// never handed out before.
 ///
 /// It is picked at random below the kernel's ephemeral port range when there
 /// is room, so that the local ends of outgoing connections (which take
-/// ephemeral ports) cannot occupy the port of a stopped node.
+/// ephemeral ports) cannot occupy the port of a stopped node. And never
+/// twice in one process: the tests of one binary run side by side, and a
+/// node one test stopped keeps its port from the nodes other tests start
+/// meanwhile (the stopped node's manager, still probing that port, would
+/// otherwise reach another test's cluster).
 pub(crate) fn free_port() -> Result<u16, TestkitError> {
     let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
         .unwrap_or(32768);
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(PoisonError::into_inner);
     if ephemeral_low > MIN_PORT + 1000 {
         let span = u64::from(ephemeral_low - MIN_PORT);
-        for _ in 0..20 {
+        for _ in 0..40 {
             let offset = u16::try_from(random() % span).unwrap_or(0);
             let port = MIN_PORT + offset;
-            if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            if !handed_out.contains(&port) && TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok()
+            {
+                handed_out.insert(port);
                 return Ok(port);
             }
         }
     }
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
-    Ok(listener.local_addr()?.port())
+    for _ in 0..40 {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+        let port = listener.local_addr()?.port();
+        if handed_out.insert(port) {
+            return Ok(port);
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AddrInUse,
+        "no port left that this process has not handed out",
+    )
+    .into())
 }
 
 /// A random number from the standard library's randomly seeded hasher.
@@ -477,4 +500,22 @@ fn append(path: &Path, text: &str) -> Result<(), TestkitError> {
     let mut file = OpenOptions::new().append(true).open(path)?;
     file.write_all(text.as_bytes())?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::free_port;
+
+    #[test]
+    fn a_port_is_handed_out_once_a_process() {
+        // Drawn at random from ~22,000 ports, 300 draws would repeat one
+        // more than eight times in ten without the record.
+        let ports: Vec<u16> = (0..300)
+            .map(|_| free_port().expect("a free port"))
+            .collect();
+        let distinct: BTreeSet<u16> = ports.iter().copied().collect();
+        assert_eq!(distinct.len(), ports.len());
+    }
 }
