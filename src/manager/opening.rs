@@ -10,9 +10,11 @@
 //! next statement (or the commit). The identity is thus known before any
 //! statement of the body runs, and so before `COMMIT`.
 
+use std::future::{ready, Future};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
+use futures_util::future::Either;
 use tokio::sync::Mutex;
 
 use super::begin::{is_single_statement, may_set_read_only, sets_transaction, with_held};
@@ -120,15 +122,29 @@ impl<'h> Opening<'h> {
     /// before the first query and nothing else was sent yet (`simple`: it
     /// can travel in a simple query, with no parameters), else open the
     /// transaction if it is not open yet. A failure to open is watched.
-    pub(crate) async fn before<S: Session>(
+    ///
+    /// Open already (every statement after the first): ready at once. Else
+    /// boxed: the opening's future (`BEGIN` and the identity query in one
+    /// round trip, ~3 KB) is not carried in every statement's future, which
+    /// a caller's future holds and moves.
+    pub(crate) fn before<'a, S: Session>(
+        &'a self,
+        session: &'a S,
+        sql: &'a str,
+        simple: bool,
+    ) -> impl Future<Output = Result<Next, PgError>> + 'a {
+        match self.is_open() {
+            true => Either::Left(ready(Ok(Next::Send))),
+            false => Either::Right(Box::pin(self.hold_or_open(session, sql, simple))),
+        }
+    }
+
+    async fn hold_or_open<S: Session>(
         &self,
         session: &S,
         sql: &str,
         simple: bool,
     ) -> Result<Next, PgError> {
-        if self.is_open() {
-            return Ok(Next::Send);
-        }
         let mut held = self.held.lock().await;
         if self.is_open() {
             return Ok(Next::Send);
@@ -143,11 +159,19 @@ impl<'h> Opening<'h> {
     }
 
     /// Opens the transaction if it is not open yet (before `COMMIT`: a
-    /// body that sent nothing, or only settings).
-    pub(crate) async fn open<S: Session>(&self, session: &S) -> Result<(), PgError> {
-        if self.is_open() {
-            return Ok(());
+    /// body that sent nothing, or only settings). Ready at once when open;
+    /// else boxed, as [`Opening::before`] is.
+    pub(crate) fn open<'a, S: Session>(
+        &'a self,
+        session: &'a S,
+    ) -> impl Future<Output = Result<(), PgError>> + 'a {
+        match self.is_open() {
+            true => Either::Left(ready(Ok(()))),
+            false => Either::Right(Box::pin(self.open_now(session))),
         }
+    }
+
+    async fn open_now<S: Session>(&self, session: &S) -> Result<(), PgError> {
         let mut held = self.held.lock().await;
         if self.is_open() {
             return Ok(());

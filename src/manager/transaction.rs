@@ -209,13 +209,15 @@ async fn before_commit<C: Connect>(
     if watch.doubtful() {
         ensure_not_aborted(attempt, client, watch.failure()).await?;
     }
-    if opening.is_open() {
-        return Ok(());
-    }
-    // The body sent nothing (or only settings): opened now. Boxed: the
-    // rare path adds nothing to every transaction's future.
-    let open = Box::pin(timeout_at(attempt.deadline(), opening.open(client)));
-    match open.await {
+    // Ready at once when the body opened it (no timer then: the registry
+    // sets nothing for a future ready at its first poll).
+    let open = opening.open(client);
+    match attempt
+        .hub()
+        .deadlines
+        .bound(attempt.deadline(), open)
+        .await
+    {
         Ok(Ok(())) => Ok(()),
         Ok(Err(error)) => Err(not_opened(attempt, opening, error)),
         Err(_) => Err(attempt.judge(Phase::BeforeSend, Failure::Deadline)),

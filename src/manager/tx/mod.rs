@@ -184,14 +184,8 @@ impl<'t> Tx<'t> {
         let unfinished = Unfinished::new(opening.watch());
         let held = held.filter(|_| sql.is_some());
         let run = async {
-            // Open already (every statement after the first): nothing to
-            // wait for. Else boxed: the opening adds nothing to every
-            // statement's future.
-            let before = match opening.is_open() {
-                true => Ok(Next::Send),
-                false => Box::pin(opening.before(session, sql.unwrap_or(""), held.is_some())).await,
-            };
-            match (before, held) {
+            let before = opening.before(session, sql.unwrap_or(""), held.is_some());
+            match (before.await, held) {
                 (Ok(Next::Held), Some(held)) => Sent::Ran(Ok(held())),
                 (Ok(_), _) => Sent::Ran(opening.watch().watch(statement.await)),
                 (Err(error), _) => Sent::NotOpen(error),
