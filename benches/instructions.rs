@@ -24,7 +24,12 @@
 //! runs the bare client with one timer pending in its runtime, as a
 //! service's runtime has (an HTTP server's timeouts, pgrouter's own
 //! monitor): tokio then parks every wake-up with a timeout, which costs
-//! each read whoever set the timer. The health
+//! each read whoever set the timer. Two more rows run the bare client and
+//! pgrouter's read with four tasks at once on the one connection, as a
+//! service under load has more requests than connections: three of every
+//! four reads wait for a free slot (bounded by the call's deadline and the
+//! pool's wait timeout in pgrouter's; deadpool's default, no timeout, in
+//! the bare one). The health
 //! monitor probes at start-up and then every 10 minutes, so no probe falls
 //! inside a run. `BENCH_QUERIES=A,B` overrides the two query counts.
 //! Requires `valgrind` on `PATH`; without it the allocation rows are still
@@ -48,7 +53,9 @@ use pgrouter::Config;
 use pgrouter::DatabaseManager;
 use pgrouter_testkit::Cluster;
 
-use callgrind::{breakdown, client_cost, dispatch, measure, queries, valgrind_available};
+use callgrind::{
+    breakdown, client_cost, counted, dispatch, measure, queries, valgrind_available, WARM_UP,
+};
 
 /// The clients compared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,16 +66,31 @@ enum Client {
     /// the runtime then parks with a timeout, which costs every wake-up.
     DeadpoolTimer,
     Pgrouter,
+    /// The bare pool, [`TASKS`] tasks reading at once on its connection.
+    DeadpoolBusy,
+    /// pgrouter's read, [`TASKS`] tasks at once on its one connection.
+    PgrouterBusy,
 }
 
+/// Tasks reading at once in the busy rows, on one connection.
+const TASKS: u64 = 4;
+
 impl Client {
-    const ALL: [Client; 3] = [Client::Deadpool, Client::DeadpoolTimer, Client::Pgrouter];
+    const ALL: [Client; 5] = [
+        Client::Deadpool,
+        Client::DeadpoolTimer,
+        Client::Pgrouter,
+        Client::DeadpoolBusy,
+        Client::PgrouterBusy,
+    ];
 
     fn arg(self) -> &'static str {
         match self {
             Client::Deadpool => "deadpool",
             Client::DeadpoolTimer => "deadpool-timer",
             Client::Pgrouter => "pgrouter",
+            Client::DeadpoolBusy => "deadpool-busy",
+            Client::PgrouterBusy => "pgrouter-busy",
         }
     }
 
@@ -77,6 +99,8 @@ impl Client {
             Client::Deadpool => "bare deadpool pool",
             Client::DeadpoolTimer => "bare, a timer pending",
             Client::Pgrouter => "pgrouter read (routed)",
+            Client::DeadpoolBusy => "bare, 4 tasks 1 conn",
+            Client::PgrouterBusy => "pgrouter, 4 tasks 1 conn",
         }
     }
 
@@ -122,9 +146,22 @@ fn driver() {
         );
         results.push((profiles, allocations));
     }
-    if let [(Some((bare, bare_functions)), bare_allocations), (Some((timer, _)), _), (Some((routed, routed_functions)), routed_allocations)] =
-        &results[..]
-    {
+    let instructions = |client: Client| {
+        let row = Client::ALL.iter().position(|each| *each == client);
+        let (profile, allocations) = &results[row.expect("every client has a row")];
+        profile
+            .as_ref()
+            .map(|(count, functions)| (*count, functions, *allocations))
+    };
+    if let (
+        Some((bare, bare_functions, bare_allocations)),
+        Some((timer, _, _)),
+        Some((routed, routed_functions, routed_allocations)),
+    ) = (
+        instructions(Client::Deadpool),
+        instructions(Client::DeadpoolTimer),
+        instructions(Client::Pgrouter),
+    ) {
         println!(
             "\npgrouter: {:+.0} instructions a read ({:.3}× bare deadpool, {:+.1}%), {:+.2} allocations a read",
             routed - bare,
@@ -137,6 +174,20 @@ fn driver() {
             timer - bare,
             routed / timer,
         );
+        if let (
+            Some((bare_busy, _, bare_busy_allocations)),
+            Some((routed_busy, _, routed_busy_allocations)),
+        ) = (
+            instructions(Client::DeadpoolBusy),
+            instructions(Client::PgrouterBusy),
+        ) {
+            println!(
+                "{TASKS} tasks on one connection: pgrouter {:+.0} instructions a read ({:.3}× bare), {:+.2} allocations a read",
+                routed_busy - bare_busy,
+                routed_busy / bare_busy,
+                routed_busy_allocations - bare_busy_allocations,
+            );
+        }
         breakdown(bare_functions, routed_functions, reads);
     }
     future_sizes(&url);
@@ -195,27 +246,75 @@ fn worker(client: Client, queries: u64, url: &str) {
                     drop(tokio::spawn(tokio::time::sleep(Duration::from_secs(3600))));
                 }
                 let pool = bare_pool(url);
-                let read = || async {
-                    let client = pool.get().await.expect("a connection");
-                    let statement = client.prepare_cached("SELECT 1").await.expect("prepared");
-                    let row = client.query_one(&statement, &[]).await.expect("a row");
-                    assert_eq!(row.get::<_, i32>(0), 1);
-                };
-                measure(queries, read).await
+                measure(queries, || bare_read(&pool)).await
             }
             Client::Pgrouter => {
                 let db = router(url).await;
-                let read = || async {
-                    let row = db.read().query_one("SELECT 1", &[]).await.expect("a row");
-                    assert_eq!(row.get::<_, i32>(0), 1);
-                };
-                let allocations = measure(queries, read).await;
+                let allocations = measure(queries, || routed_read(&db)).await;
+                db.close().await;
+                allocations
+            }
+            Client::DeadpoolBusy | Client::PgrouterBusy if !queries.is_multiple_of(TASKS) => {
+                panic!("the busy rows need query counts that are multiples of {TASKS}")
+            }
+            Client::DeadpoolBusy => {
+                let pool: &'static Pool = Box::leak(Box::new(bare_pool(url)));
+                busy(queries, || bare_read(pool)).await
+            }
+            Client::PgrouterBusy => {
+                let db: &'static DatabaseManager = Box::leak(Box::new(router(url).await));
+                let allocations = busy(queries, || routed_read(db)).await;
                 db.close().await;
                 allocations
             }
         }
     });
     println!("allocations={allocations}");
+}
+
+/// The bare client's read.
+async fn bare_read(pool: &Pool) {
+    let client = pool.get().await.expect("a connection");
+    let statement = client.prepare_cached("SELECT 1").await.expect("prepared");
+    let row = client.query_one(&statement, &[]).await.expect("a row");
+    assert_eq!(row.get::<_, i32>(0), 1);
+}
+
+/// pgrouter's read.
+async fn routed_read(db: &DatabaseManager) {
+    let row = db.read().query_one("SELECT 1", &[]).await.expect("a row");
+    assert_eq!(row.get::<_, i32>(0), 1);
+}
+
+/// Warms up, then runs `queries` reads in [`TASKS`] tasks at once, each
+/// its share one after another, counting allocations.
+async fn busy<F, Fut>(queries: u64, read: F) -> u64
+where
+    F: Fn() -> Fut + Copy + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    in_tasks(WARM_UP, read).await;
+    counted(in_tasks(queries, read)).await
+}
+
+/// `queries` reads in [`TASKS`] tasks at once.
+async fn in_tasks<F, Fut>(queries: u64, read: F)
+where
+    F: Fn() -> Fut + Copy + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|_| {
+            tokio::spawn(async move {
+                for _ in 0..queries / TASKS {
+                    read().await;
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("a reader task");
+    }
 }
 
 fn bare_pool(url: &str) -> Pool {

@@ -269,11 +269,20 @@ where
     for _ in 0..WARM_UP {
         read().await;
     }
+    counted(async {
+        for _ in 0..queries {
+            read().await;
+        }
+    })
+    .await
+}
+
+/// The allocations made while `work` runs (on this thread: tasks it
+/// spawns on a current-thread runtime included).
+pub(crate) async fn counted(work: impl std::future::Future<Output = ()>) -> u64 {
     ALLOCATIONS.store(0, Ordering::Relaxed);
     COUNTING.store(true, Ordering::Relaxed);
-    for _ in 0..queries {
-        read().await;
-    }
+    work.await;
     COUNTING.store(false, Ordering::Relaxed);
     ALLOCATIONS.load(Ordering::Relaxed)
 }
