@@ -9,7 +9,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use deadpool_postgres::{Object, PoolError, TimeoutType, Timeouts};
-use tokio::time::{timeout_at, Instant};
+use tokio::time::Instant;
 use tokio_postgres::types::Type;
 use tokio_postgres::Row;
 
@@ -19,7 +19,8 @@ use crate::connect::node::Node;
 use crate::connect::statements::{Block, Ready, Statements};
 use crate::connect::tls::Connector;
 use crate::failure::safety::Fate;
-use crate::hub::Hub;
+use crate::config::clock;
+use crate::hub::{Expired, Hub};
 
 /// Every node's pool, as the hub holds them.
 #[derive(Debug, Clone, Copy)]
@@ -47,10 +48,12 @@ impl Connect for Pools {
         // all). Only a checkout that has to wait (a connection being
         // created, an idle one being checked, or every slot taken) is put
         // under the deadline, and in the last case under the pool's wait
-        // timeout as well (`pool.get()`).
+        // timeout as well; both are kept by the hub's deadline registry, not
+        // by a timer of the checkout's own.
+        let timeouts = node.pool.timeouts();
         let at_once = Timeouts {
             wait: Some(Duration::ZERO),
-            ..node.pool.timeouts()
+            ..timeouts
         };
         // Pinned here and polled once by hand rather than through a helper:
         // deadpool's checkout future is large, and each layer would move it.
@@ -60,17 +63,17 @@ impl Connect for Pools {
                 Poll::Ready(Err(PoolError::Timeout(TimeoutType::Wait))) => {
                     // Every slot taken: wait for one. Boxed: the slow
                     // path adds nothing to every read's future.
-                    Box::pin(timeout_at(deadline, node.pool.get())).await
+                    Box::pin(wait_for_slot(hub, &node, timeouts, deadline, started)).await
                 }
                 Poll::Ready(done) => Ok(done),
-                Poll::Pending => timeout_at(deadline, get).await,
+                Poll::Pending => hub.deadlines.bound(deadline, get).await,
             }
         };
         node.metrics.pool_wait(started);
         match bounded {
             Ok(Ok(object)) => Ok(Pooled { object, node }),
             Ok(Err(source)) => Err(Failure::Pool(source)),
-            Err(_) => Err(Failure::Deadline),
+            Err(Expired) => Err(Failure::Deadline),
         }
     }
 
@@ -85,6 +88,33 @@ impl Connect for Pools {
             let status = node.pool.status();
             status.size >= status.max_size && status.available == 0
         })
+    }
+}
+
+/// A checkout that found every slot taken, waiting for one until the
+/// call's `deadline` or the pool's wait timeout (from `started`), whichever
+/// comes first, both kept by the hub's deadline registry: deadpool's own
+/// wait timer is not set. The wait timeout running out first is deadpool's
+/// `Timeout(Wait)`, as deadpool's timer would have made it.
+async fn wait_for_slot(
+    hub: &Hub,
+    node: &Node,
+    timeouts: Timeouts,
+    deadline: Instant,
+    started: Instant,
+) -> Result<Result<Object, PoolError>, Expired> {
+    let waited = timeouts
+        .wait
+        .map(|wait| clock::after(started, wait))
+        .filter(|waited| *waited < deadline);
+    let untimed = Timeouts {
+        wait: None,
+        ..timeouts
+    };
+    let get = node.pool.timeout_get(&untimed);
+    match hub.deadlines.bound(waited.unwrap_or(deadline), get).await {
+        Err(Expired) if waited.is_some() => Ok(Err(PoolError::Timeout(TimeoutType::Wait))),
+        done => done,
     }
 }
 

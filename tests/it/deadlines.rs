@@ -302,3 +302,60 @@ async fn a_lock_wait_past_the_deadline_does_not_blame_the_node() {
         .unwrap();
     db.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_pool_is_waited_on_for_its_wait_timeout_not_the_whole_deadline() {
+    let wait = Duration::from_millis(300);
+    let (_cluster, db) = cluster_and_manager_with(|c| {
+        c.pool.max_size = 1;
+        c.pool.wait_timeout = wait;
+    })
+    .await;
+    db.read()
+        .strategy(ReadStrategy::PrimaryOnly)
+        .query_one("SELECT 1", &[])
+        .await
+        .unwrap();
+    let deadline = db.config().deadline;
+    assert!(deadline >= wait * 10, "the deadline {deadline:?} must be far");
+
+    // The primary's only connection is taken: the read waits for it, for
+    // the pool's wait timeout, and has no other node to try.
+    let held = db.write_pool().unwrap().get().await.unwrap();
+    let start = Instant::now();
+    let err = db
+        .read()
+        .strategy(ReadStrategy::PrimaryOnly)
+        .query_one("SELECT 1", &[])
+        .await
+        .unwrap_err();
+    let waited = start.elapsed();
+    eprintln!("waited {waited:?} for a slot ({wait:?} allowed, deadline {deadline:?})");
+    assert_eq!(*err.kind(), ErrorKind::Connect, "{err:?}");
+    assert!(!err.is_outcome_unknown(), "{err:?}");
+    assert!(waited >= wait, "gave up after {waited:?}, before {wait:?}");
+    assert!(
+        waited < wait + SLACK && waited < deadline,
+        "waited {waited:?}: the wait timeout was not kept"
+    );
+    let node0 = db.status().node("node0").cloned().unwrap();
+    assert!(
+        !node0.suspect && node0.healthy,
+        "a full pool marked its node suspect: {node0:?}"
+    );
+
+    // A slot freed while a read waits is taken at once.
+    let read = tokio::spawn({
+        let db = db.clone();
+        async move {
+            db.read()
+                .strategy(ReadStrategy::PrimaryOnly)
+                .query_one("SELECT 1", &[])
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    drop(held);
+    read.await.unwrap().unwrap();
+    db.close().await;
+}
