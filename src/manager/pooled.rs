@@ -15,11 +15,11 @@ use tokio_postgres::Row;
 
 use super::session::{Columns, Connect, Counted, Failure, Params, PgError, Session};
 use crate::causal::lsn::Lsn;
+use crate::config::clock;
 use crate::connect::node::Node;
 use crate::connect::statements::{Block, Ready, Statements};
 use crate::connect::tls::Connector;
 use crate::failure::safety::Fate;
-use crate::config::clock;
 use crate::hub::{Expired, Hub};
 
 /// Every node's pool, as the hub holds them.

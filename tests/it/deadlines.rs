@@ -317,7 +317,10 @@ async fn a_full_pool_is_waited_on_for_its_wait_timeout_not_the_whole_deadline() 
         .await
         .unwrap();
     let deadline = db.config().deadline;
-    assert!(deadline >= wait * 10, "the deadline {deadline:?} must be far");
+    assert!(
+        deadline >= wait * 10,
+        "the deadline {deadline:?} must be far"
+    );
 
     // The primary's only connection is taken: the read waits for it, for
     // the pool's wait timeout, and has no other node to try.
