@@ -55,18 +55,38 @@ impl Connect for Pools {
             wait: Some(Duration::ZERO),
             ..timeouts
         };
+        let untimed = Timeouts {
+            wait: None,
+            ..timeouts
+        };
         // Pinned here and polled once by hand rather than through a helper:
         // deadpool's checkout future is large, and each layer would move it.
         let bounded = {
             let mut get = pin!(node.pool.timeout_get(&at_once));
-            match poll_fn(|cx| Poll::Ready(get.as_mut().poll(cx))).await {
+            let (done, wait_ends) = match poll_fn(|cx| Poll::Ready(get.as_mut().poll(cx))).await {
                 Poll::Ready(Err(PoolError::Timeout(TimeoutType::Wait))) => {
-                    // Every slot taken: wait for one. Boxed: the slow
-                    // path adds nothing to every read's future.
-                    Box::pin(wait_for_slot(hub, &node, timeouts, deadline, started)).await
+                    // Every slot taken: wait for one, in the same place (no
+                    // box, no second future), without deadpool's wait timer.
+                    get.set(node.pool.timeout_get(&untimed));
+                    (None, wait_ends(timeouts, started, deadline))
                 }
-                Poll::Ready(done) => Ok(done),
-                Poll::Pending => hub.deadlines.bound(deadline, get).await,
+                Poll::Ready(done) => (Some(done), None),
+                Poll::Pending => (None, None),
+            };
+            match done {
+                Some(done) => Ok(done),
+                None => match hub
+                    .deadlines
+                    .bound(wait_ends.unwrap_or(deadline), get)
+                    .await
+                {
+                    // The wait timeout ran out first: deadpool's own error, as
+                    // its timer would have made it.
+                    Err(Expired) if wait_ends.is_some() => {
+                        Ok(Err(PoolError::Timeout(TimeoutType::Wait)))
+                    }
+                    bounded => bounded,
+                },
             }
         };
         node.metrics.pool_wait(started);
@@ -91,31 +111,14 @@ impl Connect for Pools {
     }
 }
 
-/// A checkout that found every slot taken, waiting for one until the
-/// call's `deadline` or the pool's wait timeout (from `started`), whichever
-/// comes first, both kept by the hub's deadline registry: deadpool's own
-/// wait timer is not set. The wait timeout running out first is deadpool's
-/// `Timeout(Wait)`, as deadpool's timer would have made it.
-async fn wait_for_slot(
-    hub: &Hub,
-    node: &Node,
-    timeouts: Timeouts,
-    deadline: Instant,
-    started: Instant,
-) -> Result<Result<Object, PoolError>, Expired> {
-    let waited = timeouts
+/// When a checkout that found every slot taken at `started` stops waiting
+/// for one because of the pool's wait timeout, if that comes before the
+/// call's `deadline`.
+fn wait_ends(timeouts: Timeouts, started: Instant, deadline: Instant) -> Option<Instant> {
+    timeouts
         .wait
         .map(|wait| clock::after(started, wait))
-        .filter(|waited| *waited < deadline);
-    let untimed = Timeouts {
-        wait: None,
-        ..timeouts
-    };
-    let get = node.pool.timeout_get(&untimed);
-    match hub.deadlines.bound(waited.unwrap_or(deadline), get).await {
-        Err(Expired) if waited.is_some() => Ok(Err(PoolError::Timeout(TimeoutType::Wait))),
-        done => done,
-    }
+        .filter(|ends| *ends < deadline)
 }
 
 /// A pooled connection, and the node it belongs to.
