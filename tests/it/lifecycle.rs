@@ -297,3 +297,44 @@ fn secrets_never_reach_debug_display_or_logs() {
     assert!(!shown.contains(SECRET), "secret in Debug/Display:\n{shown}");
     assert!(!logs.contains(SECRET), "secret in logs:\n{logs}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_stops_a_call_waiting_for_a_free_connection_at_its_timeout() {
+    let close_timeout = Duration::from_secs(1);
+    let (_cluster, db) = cluster_and_manager_with(|config| {
+        config.close_timeout = close_timeout;
+        config.deadline = Duration::from_secs(60);
+        config.pool.max_size = 1;
+        config.pool.wait_timeout = Duration::from_secs(30);
+    })
+    .await;
+    fn primary_only(db: &DatabaseManager) -> pgrouter::ReadBuilder<'_> {
+        db.read().strategy(ReadStrategy::PrimaryOnly)
+    }
+    primary_only(&db).query_one("SELECT 1", &[]).await.unwrap();
+    // The primary's only connection is taken: a read waits for it.
+    let held = db.write_pool().unwrap().get().await.unwrap();
+    let waiting = tokio::spawn({
+        let db = db.clone();
+        async move {
+            let result = primary_only(&db).query_one("SELECT 1", &[]).await;
+            (result, Instant::now())
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiting.is_finished(), "the read did not wait");
+
+    let start = Instant::now();
+    db.close().await;
+    let (result, ended) = waiting.await.unwrap();
+    let took = ended.saturating_duration_since(start);
+    eprintln!("the waiting read ended {took:?} after close ({close_timeout:?} allowed)");
+    let error = result.unwrap_err();
+    assert_eq!(*error.kind(), ErrorKind::Closed, "{error:?}");
+    assert!(!error.is_outcome_unknown(), "nothing was sent: {error:?}");
+    assert!(
+        took < close_timeout + SLACK,
+        "the waiting read ended {took:?} after close"
+    );
+    drop(held);
+}
