@@ -22,6 +22,10 @@
 //! `BENCH_OLD_PRIMARY=silent` cuts the old primary off in (3) instead of
 //! stopping it (its proxy black-holes everything, as a partition does: it
 //! neither answers nor refuses), so its probes hang for the whole timeout.
+//! `BENCH_LATENCY=1ms` (humantime) holds every chunk back by that long in
+//! each direction in every proxy (a round trip takes at least twice as
+//! long), outside the faults: on loopback a read's p99 is below a
+//! millisecond, under tokio's timer resolution and the hedge delay's floor.
 
 // Shared with bench_throughput, which uses all of it.
 #[allow(dead_code)]
@@ -89,7 +93,9 @@ async fn run(hedging: bool) -> Result<Vec<report::Summary>, Box<dyn std::error::
     let cluster = common::kv_cluster(KEYS)?;
     let mut proxies = Vec::new();
     for node in cluster.nodes() {
-        proxies.push(FaultProxy::start(node.addr()).await?);
+        let proxy = FaultProxy::start(node.addr()).await?;
+        proxy.set(no_fault());
+        proxies.push(proxy);
     }
     print_proxy_cost(&cluster, &proxies[LOCAL]).await?;
     let mut config = config(&cluster, &proxies);
@@ -161,6 +167,15 @@ fn config(cluster: &Cluster, proxies: &[FaultProxy]) -> Config {
     config
 }
 
+/// What every proxy does outside the faults: pass, or with
+/// `BENCH_LATENCY`, hold each chunk back by that long.
+fn no_fault() -> Fault {
+    match duration_from_env("BENCH_LATENCY", 0) {
+        latency if latency.is_zero() => Fault::Pass,
+        latency => Fault::Latency(latency),
+    }
+}
+
 /// `BENCH_HEALTH_INTERVAL`, or 250 ms.
 fn health_interval() -> Duration {
     duration_from_env("BENCH_HEALTH_INTERVAL", 250)
@@ -176,7 +191,8 @@ fn duration_from_env(variable: &str, default_ms: u64) -> Duration {
 }
 
 /// The median round trip of `SELECT 1` on node1, direct and through its
-/// proxy (in `Fault::Pass`), so the latencies below can be read.
+/// proxy (outside the faults: see [`no_fault`]), so the latencies below
+/// can be read.
 async fn print_proxy_cost(
     cluster: &Cluster,
     proxy: &FaultProxy,
@@ -222,6 +238,7 @@ fn print_setup(db: &DatabaseManager) {
         "hedging: {:?}; outliers: {:?}",
         config.hedging, config.outliers
     );
+    println!("every proxy outside the faults: {:?}", no_fault());
     println!(
         "health: probe every {:?}, probe timeout {:?}, fall {}, rise {}; deadline {:?}; \
          write hold {:?}; pool {} per node, idle connections checked after {:?}",
@@ -271,7 +288,7 @@ async fn black_hole(proxy: &FaultProxy, db: &DatabaseManager) -> Phase {
     proxy.set(Fault::BlackHole);
     phase.detected = detection.await.ok().flatten();
     sleep_until(phase.start + FAULT_HELD).await;
-    proxy.set(Fault::Pass);
+    proxy.set(no_fault());
     phase.cleared = Some(Instant::now());
     phase.recovered = wait_healthy(db, &[&node], true).await;
     tokio::time::sleep(SETTLE).await;
