@@ -1,5 +1,6 @@
 //! Every statement's deadline in one registry, kept by one task, instead of
-//! a timer per statement.
+//! a timer per statement. A checkout that has to wait (every slot taken, a
+//! connection being made) and a hedged read's first look are kept here too.
 //!
 //! A tokio timer costs each read ~650 instructions (its entry registered in
 //! the runtime's wheel and removed again, the runtime handle cloned;
